@@ -1,0 +1,65 @@
+//! Rows as the store keeps them; the daemon turns them into API objects.
+
+use hangar_api::{ImageRef, MachineConfig, MachineState};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub org_slug: String,
+    pub network: String,
+    /// Assigned by the store on insert.
+    pub internal_numeric_id: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineRecord {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub state: MachineState,
+    pub region: String,
+    pub instance_id: String,
+    pub private_ip: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+    pub cordoned: bool,
+    pub config: MachineConfig,
+    pub image_ref: Option<ImageRef>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: String,
+    pub machine_id: String,
+    pub kind: String,
+    pub status: String,
+    pub source: String,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    pub request: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRecord {
+    pub machine_id: String,
+    pub instance_id: String,
+    pub config: MachineConfig,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRecord {
+    pub machine_id: String,
+    pub nonce: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub owner: String,
+    pub description: String,
+    pub version: String,
+}

@@ -1,0 +1,612 @@
+//! The embedded backend: one SQLite database in WAL mode with `synchronous=FULL`, so a commit
+//! that returned is on disk even if the daemon is SIGKILLed right after.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use crate::{
+    AppRecord, EventRecord, LeaseRecord, MachineRecord, Result, Store, StoreError, VersionRecord,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apps (
+    internal_numeric_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    org_slug TEXT NOT NULL,
+    network TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE machines (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    region TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    private_ip TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    cordoned INTEGER NOT NULL DEFAULT 0,
+    config TEXT NOT NULL,
+    image_ref TEXT
+);
+CREATE INDEX machines_by_app ON machines(app, created_at);
+CREATE UNIQUE INDEX machines_live_name ON machines(app, name) WHERE state != 'destroyed';
+CREATE TABLE machine_versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_id TEXT NOT NULL REFERENCES machines(id) ON DELETE CASCADE,
+    instance_id TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (machine_id, instance_id)
+);
+CREATE TABLE machine_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    machine_id TEXT NOT NULL REFERENCES machines(id) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    request TEXT
+);
+CREATE INDEX machine_events_by_machine ON machine_events(machine_id, seq);
+CREATE TABLE leases (
+    machine_id TEXT PRIMARY KEY REFERENCES machines(id) ON DELETE CASCADE,
+    nonce TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    description TEXT NOT NULL,
+    version TEXT NOT NULL
+);
+"#];
+
+/// Readers run in parallel with the writer under WAL; a few are enough for 2-core hosts.
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer = open_conn(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "SQLite refused WAL mode; continuing with {mode}");
+        }
+        migrate(&writer)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                open_conn(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (SQLite rolls
+        // it back), so a poisoned lock is still safe to use.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            if let Ok(guard) = self.readers[(start + i) % self.readers.len()].try_lock() {
+                return guard;
+            }
+        }
+        self.readers[start % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const APP_COLUMNS: &str = "id, name, org_slug, network, internal_numeric_id, created_at";
+
+fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
+    Ok(AppRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        org_slug: r.get(2)?,
+        network: r.get(3)?,
+        internal_numeric_id: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
+     created_at, updated_at, cordoned, config, image_ref";
+
+fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
+    let state: String = r.get(3)?;
+    let config: String = r.get(10)?;
+    let image_ref: Option<String> = r.get(11)?;
+    Ok(MachineRecord {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        name: r.get(2)?,
+        state: state.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?,
+        region: r.get(4)?,
+        instance_id: r.get(5)?,
+        private_ip: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        cordoned: r.get(9)?,
+        config: from_json(&config)?,
+        image_ref: image_ref.as_deref().map(from_json).transpose()?,
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn insert_event(conn: &Connection, e: &EventRecord) -> Result<()> {
+    let request = e.request.as_ref().map(to_json).transpose()?;
+    conn.execute(
+        "INSERT INTO machine_events (id, machine_id, type, status, source, timestamp, request) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            e.id,
+            e.machine_id,
+            e.kind,
+            e.status,
+            e.source,
+            e.timestamp,
+            request
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_version(conn: &Connection, m: &MachineRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO machine_versions (machine_id, instance_id, config, created_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![m.id, m.instance_id, to_json(&m.config)?, m.updated_at],
+    )?;
+    Ok(())
+}
+
+fn put_lease_on(conn: &Connection, l: &LeaseRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO leases (machine_id, nonce, expires_at, owner, description, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT(machine_id) DO UPDATE SET nonce = excluded.nonce, \
+         expires_at = excluded.expires_at, owner = excluded.owner, \
+         description = excluded.description, version = excluded.version",
+        params![
+            l.machine_id,
+            l.nonce,
+            l.expires_at,
+            l.owner,
+            l.description,
+            l.version
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
+        let conn = self.writer();
+        let res = conn.execute(
+            "INSERT INTO apps (id, name, org_slug, network, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![app.id, app.name, app.org_slug, app.network, app.created_at],
+        );
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AppNameTaken(app.name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut out = app.clone();
+        out.internal_numeric_id = conn.last_insert_rowid();
+        Ok(out)
+    }
+
+    fn get_app(&self, name: &str) -> Result<Option<AppRecord>> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"),
+                [name],
+                app_from_row,
+            )
+            .optional()?)
+    }
+
+    fn list_apps(&self, org_slug: Option<&str>) -> Result<Vec<AppRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE ?1 IS NULL OR org_slug = ?1 ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([org_slug], app_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn delete_app(&self, name: &str) -> Result<bool> {
+        let conn = self.writer();
+        Ok(conn.execute("DELETE FROM apps WHERE name = ?1", [name])? > 0)
+    }
+
+    fn count_machines(&self, app: &str) -> Result<i64> {
+        let conn = self.reader();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM machines WHERE app = ?1 AND state != 'destroyed'",
+            [app],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn insert_machine(
+        &self,
+        m: &MachineRecord,
+        event: &EventRecord,
+        lease: Option<&LeaseRecord>,
+    ) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
+        let res = tx.execute(
+            &format!(
+                "INSERT INTO machines ({MACHINE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                m.id,
+                m.app,
+                m.name,
+                m.state.as_str(),
+                m.region,
+                m.instance_id,
+                m.private_ip,
+                m.created_at,
+                m.updated_at,
+                m.cordoned,
+                to_json(&m.config)?,
+                image_ref
+            ],
+        );
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::MachineNameTaken(m.name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        insert_version(&tx, m)?;
+        insert_event(&tx, event)?;
+        if let Some(l) = lease {
+            put_lease_on(&tx, l)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn update_machine(
+        &self,
+        m: &MachineRecord,
+        new_version: bool,
+        event: Option<&EventRecord>,
+    ) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
+        let config = to_json(&m.config)?;
+        let res = tx.execute(
+            "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
+             private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10 \
+             WHERE id = ?1",
+            params![
+                m.id,
+                m.name,
+                m.state.as_str(),
+                m.region,
+                m.instance_id,
+                m.private_ip,
+                m.updated_at,
+                m.cordoned,
+                config,
+                image_ref
+            ],
+        );
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::MachineNameTaken(m.name.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if new_version {
+            insert_version(&tx, m)?;
+        } else {
+            // Metadata changes rewrite the current version's config without making a new one.
+            tx.execute(
+                "UPDATE machine_versions SET config = ?3 WHERE machine_id = ?1 AND instance_id = ?2",
+                params![m.id, m.instance_id, config],
+            )?;
+        }
+        if let Some(e) = event {
+            insert_event(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE app = ?1 AND id = ?2"
+        ))?;
+        Ok(stmt.query_row([app, id], machine_from_row).optional()?)
+    }
+
+    fn list_machines(&self, app: &str, include_destroyed: bool) -> Result<Vec<MachineRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE app = ?1 \
+             AND (?2 OR state != 'destroyed') ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map(params![app, include_destroyed], machine_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn list_live_machines(&self) -> Result<Vec<MachineRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE state != 'destroyed' ORDER BY created_at"
+        ))?;
+        let rows = stmt.query_map([], machine_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, machine_id, type, status, source, timestamp, request FROM machine_events \
+             WHERE machine_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![machine_id, limit as i64], |r| {
+            let request: Option<String> = r.get(6)?;
+            Ok(EventRecord {
+                id: r.get(0)?,
+                machine_id: r.get(1)?,
+                kind: r.get(2)?,
+                status: r.get(3)?,
+                source: r.get(4)?,
+                timestamp: r.get(5)?,
+                request: request.as_deref().map(from_json).transpose()?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT machine_id, instance_id, config, created_at FROM machine_versions \
+             WHERE machine_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([machine_id], |r| {
+            let config: String = r.get(2)?;
+            Ok(VersionRecord {
+                machine_id: r.get(0)?,
+                instance_id: r.get(1)?,
+                config: from_json(&config)?,
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn has_version(&self, machine_id: &str, instance_id: &str) -> Result<bool> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM machine_versions WHERE machine_id = ?1 AND instance_id = ?2",
+                [machine_id, instance_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn get_lease(&self, machine_id: &str) -> Result<Option<LeaseRecord>> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row(
+                "SELECT machine_id, nonce, expires_at, owner, description, version FROM leases \
+                 WHERE machine_id = ?1",
+                [machine_id],
+                |r| {
+                    Ok(LeaseRecord {
+                        machine_id: r.get(0)?,
+                        nonce: r.get(1)?,
+                        expires_at: r.get(2)?,
+                        owner: r.get(3)?,
+                        description: r.get(4)?,
+                        version: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn put_lease(&self, lease: &LeaseRecord) -> Result<()> {
+        put_lease_on(&self.writer(), lease)
+    }
+
+    fn delete_lease(&self, machine_id: &str) -> Result<()> {
+        self.writer()
+            .execute("DELETE FROM leases WHERE machine_id = ?1", [machine_id])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::{MachineConfig, MachineState};
+
+    fn app(name: &str) -> AppRecord {
+        AppRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            org_slug: "personal".into(),
+            network: String::new(),
+            internal_numeric_id: 0,
+            created_at: 1,
+        }
+    }
+
+    fn machine(id: &str, name: &str) -> MachineRecord {
+        MachineRecord {
+            id: id.into(),
+            app: "a1".into(),
+            name: name.into(),
+            state: MachineState::Created,
+            region: "local".into(),
+            instance_id: format!("v-{id}"),
+            private_ip: "fdaa::2".into(),
+            created_at: 1,
+            updated_at: 1,
+            cordoned: false,
+            config: MachineConfig {
+                image: Some("busybox".into()),
+                ..Default::default()
+            },
+            image_ref: None,
+        }
+    }
+
+    fn event(id: &str, machine: &str) -> EventRecord {
+        EventRecord {
+            id: id.into(),
+            machine_id: machine.into(),
+            kind: "launch".into(),
+            status: "created".into(),
+            source: "user".into(),
+            timestamp: 1,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn test_round_trip_and_constraints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let a = store.create_app(&app("a1")).unwrap();
+        assert!(a.internal_numeric_id > 0);
+        assert!(matches!(
+            store.create_app(&app("a1")),
+            Err(StoreError::AppNameTaken(_))
+        ));
+        let m = machine("00000000000001", "n1");
+        store.insert_machine(&m, &event("e1", &m.id), None).unwrap();
+        let dup = machine("00000000000002", "n1");
+        assert!(matches!(
+            store.insert_machine(&dup, &event("e2", &dup.id), None),
+            Err(StoreError::MachineNameTaken(_))
+        ));
+        assert_eq!(store.get_machine("a1", &m.id).unwrap().unwrap(), m);
+        let mut m2 = m.clone();
+        m2.instance_id = "v2".into();
+        m2.state = MachineState::Destroyed;
+        store
+            .update_machine(&m2, true, Some(&event("e3", &m.id)))
+            .unwrap();
+        assert_eq!(store.list_versions(&m.id).unwrap().len(), 2);
+        assert_eq!(store.list_events(&m.id, 10).unwrap()[0].id, "e3");
+        assert_eq!(store.count_machines("a1").unwrap(), 0);
+        // The name of a destroyed machine can be used again.
+        store
+            .insert_machine(&dup, &event("e4", &dup.id), None)
+            .unwrap();
+        assert!(store.delete_app("a1").unwrap());
+        assert!(store.get_machine("a1", &dup.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn test_reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.create_app(&app("keep")).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.get_app("keep").unwrap().is_some());
+    }
+}
