@@ -312,6 +312,9 @@ pub struct HttpHeader {
     pub name: String,
     #[serde(default)]
     pub values: Vec<String>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -434,6 +437,9 @@ pub struct ContainerDependency {
     pub name: String,
     #[serde(default)]
     pub condition: String,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -442,6 +448,9 @@ pub struct ContainerMount {
     pub name: String,
     #[serde(default)]
     pub path: String,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 /// Container health check; times are integer **seconds** (unlike machine checks).
@@ -478,6 +487,9 @@ pub struct ContainerHealthcheck {
 pub struct TcpHealthcheck {
     #[serde(default)]
     pub port: i64,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -496,12 +508,18 @@ pub struct HttpHealthcheck {
     pub tls_skip_verify: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ExecHealthcheck {
     #[serde(default)]
     pub command: Vec<String>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -521,4 +539,7 @@ pub struct TempDirVolume {
     pub storage_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_mb: Option<i64>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
+use serde_json::Value;
 
 use crate::config::{
     ContainerConfig, ContainerHealthcheck, File, MachineCheck, MachineConfig, MachineGuest,
@@ -141,6 +142,19 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
             }
         }
     }
+    if let Some(fraction) = config
+        .spot
+        .as_ref()
+        .and_then(|s| s.get("max_price_fraction"))
+        .filter(|f| !f.is_null())
+    {
+        if !fraction.as_f64().is_some_and(|f| f > 0.0 && f <= 1.0) {
+            return Err(bad(
+                "config.spot.max_price_fraction",
+                format!("invalid value {fraction}: must be above 0 and at most 1"),
+            ));
+        }
+    }
     let volume_names = check_volumes(config)?;
     if let Some(containers) = &config.containers {
         check_containers(containers, &volume_names)?;
@@ -238,6 +252,22 @@ fn normalize_guest(config: &mut MachineConfig) -> Result {
             ));
         }
     }
+    if let Some(persist) = &guest.persist_rootfs {
+        let ok = match persist {
+            Value::String(s) => ["", "none", "never", "restart", "always"].contains(&s.as_str()),
+            Value::Number(n) => n.as_u64().is_some_and(|n| n <= 3),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad(
+                "config.guest.persist_rootfs",
+                format!("invalid value {persist}: must be never, restart, always, none or 0-3"),
+            ));
+        }
+    }
+    // `size` is stored as the guest it stands for: a stored config is what clients send back on
+    // update, and it must not then carry both.
+    config.size = None;
     config.guest = Some(guest);
     Ok(())
 }

@@ -68,7 +68,10 @@ impl Reference {
         }
         let (registry, path) = match name.split_once('/') {
             Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.bytes().any(|b| b.is_ascii_uppercase()) =>
             {
                 (first.to_string(), rest.to_string())
             }
@@ -161,6 +164,25 @@ fn valid_component(c: &str) -> bool {
 }
 
 fn check_registry(r: &str) -> Result<(), String> {
+    // An IPv6 host is bracketed: `[::1]:5000`.
+    if let Some(rest) = r.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return Err("invalid registry host".into());
+        };
+        if ip.is_empty() || !ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return Err("invalid registry host".into());
+        }
+        return match after {
+            "" => Ok(()),
+            p if p
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()) =>
+            {
+                Ok(())
+            }
+            _ => Err("invalid registry port".into()),
+        };
+    }
     let (host, port) = match r.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (r, None),
@@ -186,6 +208,7 @@ fn check_digest(d: &str) -> Result<(), String> {
     };
     let len = match algo {
         "sha256" => 64,
+        "sha384" => 96,
         "sha512" => 128,
         _ => return Err(format!("unsupported digest algorithm {algo:?}")),
     };
@@ -218,6 +241,21 @@ mod tests {
                 "registry-1.docker.io/library/ubuntu:latest",
                 "docker.io/library/ubuntu:latest",
             ),
+            ("alpine", "docker.io/library/alpine:latest"),
+            (
+                "docker.io/library/nginx:latest",
+                "docker.io/library/nginx:latest",
+            ),
+            ("docker.io/nginx", "docker.io/library/nginx:latest"),
+            ("index.docker.io/user/app:v2", "docker.io/user/app:v2"),
+            ("[::1]:5000/app:v1", "[::1]:5000/app:v1"),
+            ("[fd00::1]/app", "[fd00::1]/app:latest"),
+            ("Registry.Example/app", "Registry.Example/app:latest"),
+            ("MyHost/app", "MyHost/app:latest"),
+            (
+                "a/b__c/d-e.f--g:Tag_1.0-x",
+                "docker.io/a/b__c/d-e.f--g:Tag_1.0-x",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(
@@ -229,6 +267,8 @@ mod tests {
         let r = Reference::parse(&format!("repo@{D}")).unwrap();
         assert_eq!(r.tag, None);
         assert_eq!(r.to_string(), format!("docker.io/library/repo@{D}"));
+        let sha384 = format!("sha384:{}", "ab".repeat(48));
+        assert!(Reference::parse(&format!("repo@{sha384}")).is_ok());
         let r = Reference::parse(&format!("repo:tag@{D}")).unwrap();
         assert_eq!(r.tag.as_deref(), Some("tag"));
         assert_eq!(r.registry_host(), DOCKER_HUB_HOST);
@@ -248,6 +288,11 @@ mod tests {
             "-a",
             "host:99999/x",
             "repo:-bad",
+            "[::1/app",
+            "[]:5000/app",
+            "[::1]:port/app",
+            "[::1]x/app",
+            "a___b",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should fail");
         }
