@@ -1,13 +1,33 @@
 //! The Hangar daemon: serves the Fly Machines API over a unix socket (and optionally TCP),
 //! drives each machine's state machine and keeps everything in the store.
 
+mod clock;
+mod convert;
+mod error;
+mod extract;
+pub mod openapi;
+mod routes;
+pub mod runtime;
+mod server;
+pub mod service;
+
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hangar_store::SqliteStore;
+use tokio::net::{TcpListener, UnixListener};
+
+pub use server::router;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/hangar";
 pub const DEFAULT_SOCKET: &str = "/run/hangar/api.sock";
 /// Name of the admin token file inside the data dir (mode 0600).
 pub const TOKEN_FILE: &str = "token";
+/// Region reported for machines created without one; one host is one region.
+pub const DEFAULT_REGION: &str = "local";
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -18,6 +38,111 @@ pub struct DaemonOptions {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
-    let _ = opts;
-    anyhow::bail!("daemon not implemented yet")
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("failed to create data dir {}", opts.data_dir.display()))?;
+    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let _lock = server::lock_data_dir(&opts.data_dir)?;
+
+    let token_path = opts.data_dir.join(TOKEN_FILE);
+    let (token, created) = server::load_or_create_token(&token_path)?;
+    if created {
+        eprintln!(
+            "hangar: generated the admin API token in {}",
+            token_path.display()
+        );
+    } else {
+        eprintln!("hangar: admin API token is in {}", token_path.display());
+    }
+
+    let db_path = opts.data_dir.join("state.db");
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await?
+        .context("failed to open the state store")?;
+    let hangar = service::Hangar::new(
+        Arc::new(store),
+        Arc::new(runtime::NoRuntime),
+        DEFAULT_REGION.to_string(),
+    );
+    hangar
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling machines failed: {}", e.message))?;
+    let app = router(hangar, Arc::from(token.as_str()));
+
+    let unix = bind_unix(&opts.socket).await?;
+    eprintln!(
+        "hangar: serving the Machines API on unix://{}",
+        opts.socket.display()
+    );
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    {
+        let app = app.clone();
+        let mut rx = shutdown_rx.clone();
+        servers.spawn(async move {
+            axum::serve(unix, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if let Some(addr) = opts.listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to listen on {addr}"))?;
+        eprintln!(
+            "hangar: serving the Machines API on http://{}",
+            tcp.local_addr()?
+        );
+        let mut rx = shutdown_rx.clone();
+        servers.spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+        Some(res) = servers.join_next() => {
+            res.context("server task failed")?.context("server failed")?;
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    while let Some(res) = servers.join_next().await {
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "server task ended badly");
+        }
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    eprintln!("hangar: stopped");
+    Ok(())
+}
+
+async fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    if path.exists() {
+        // A live socket belongs to another daemon (with another data dir); a dead one is stale.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another hangar daemon is already serving {}; stop it or use --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("failed to remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("failed to bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
 }

@@ -1,0 +1,706 @@
+//! HTTP handlers of the `/v1` API. Each parses and checks its input, calls the service and
+//! shapes the answer exactly as Fly's API does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use hangar_api::{
+    CreateAppRequest, CreateAppResponse, CreateMachineRequest, ErrorResponse, ExecRequest,
+    LeaseReleaseData, LeaseReleaseResponse, LeaseRequest, LeaseResponse, ListAppsResponse, Machine,
+    MachineEvent, MachineState, MachineVersion, MetadataValueRequest, MetadataValueResponse,
+    OkResponse, SignalRequest, StartResponse, StopRequest, UpdateMetadataRequest, WaitResponse,
+};
+
+use crate::clock::rfc3339_ms;
+use crate::convert::{self, MachineView};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json_body, lease_nonce, optional_json_body, Query};
+use crate::runtime::RuntimeError;
+use crate::service::{Hangar, ListFilter, StopOptions, WaitTarget, DEFAULT_ORG, MAX_WAIT};
+
+pub type AppState = Arc<Hangar>;
+
+/// Events embedded in a machine object (newest first).
+const EMBEDDED_EVENTS: usize = 10;
+const EMBEDDED_EVENTS_IN_LIST: usize = 5;
+const DEFAULT_EVENT_LIMIT: i64 = 20;
+const MAX_EVENT_LIMIT: i64 = 50;
+
+fn ok() -> Json<OkResponse> {
+    Json(OkResponse { ok: true })
+}
+
+async fn machine_json(
+    h: &Hangar,
+    m: &hangar_store::MachineRecord,
+    nonce: Option<String>,
+    with_lease: bool,
+) -> ApiResult<Machine> {
+    let events = h.events(&m.id, EMBEDDED_EVENTS).await?;
+    let lease = if with_lease {
+        h.active_lease(&m.id).await?
+    } else {
+        None
+    };
+    Ok(convert::machine(MachineView {
+        record: m,
+        events: Some(&events),
+        lease: lease.as_ref(),
+        nonce,
+        summary: false,
+    }))
+}
+
+// ---- apps ---------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/apps", tag = "Apps", params(hangar_api::ListAppsQuery),
+    responses((status = 200, body = ListAppsResponse), (status = 401, body = ErrorResponse)))]
+pub async fn list_apps(
+    State(h): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<ListAppsResponse>> {
+    let q = Query::parse(q.as_deref());
+    let org = q
+        .get("org_slug")
+        .filter(|o| !o.is_empty())
+        .map(str::to_string);
+    let apps = h.list_apps(org).await?;
+    Ok(Json(ListAppsResponse {
+        total_apps: apps.len() as i64,
+        apps: apps.iter().map(|(a, n)| convert::app(a, *n)).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/apps", tag = "Apps", request_body = CreateAppRequest,
+    responses((status = 201, body = CreateAppResponse), (status = 400, body = ErrorResponse),
+        (status = 422, description = "name_taken", body = ErrorResponse)))]
+pub async fn create_app(
+    State(h): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<CreateAppResponse>)> {
+    let req: CreateAppRequest = json_body(&body)?;
+    let name = match (req.name.as_deref(), req.app_name.as_deref()) {
+        (Some(n), Some(a)) if !n.is_empty() && !a.is_empty() && n != a => {
+            return Err(ApiError::bad_request(
+                "name and app_name disagree; give one of them",
+            ))
+        }
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(a)) if !a.is_empty() => a.to_string(),
+        _ => return Err(ApiError::bad_request("name is required")),
+    };
+    let org = req
+        .org_slug
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| DEFAULT_ORG.to_string());
+    if org.len() > 63
+        || !org
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(ApiError::bad_request(format!("invalid org_slug {org:?}")));
+    }
+    let app = h
+        .create_app(name, org, req.network.unwrap_or_default())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateAppResponse {
+            id: app.id,
+            created_at: app.created_at,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}", tag = "Apps",
+    params(("app_name" = String, Path, description = "App name")),
+    responses((status = 200, body = hangar_api::App), (status = 404, body = ErrorResponse)))]
+pub async fn get_app(
+    State(h): State<AppState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<hangar_api::App>> {
+    let a = h.get_app(&app).await?;
+    let n = h.count_machines(&app).await?;
+    Ok(Json(convert::app(&a, n)))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app_name}", tag = "Apps",
+    params(("app_name" = String, Path, description = "App name"), hangar_api::DeleteAppQuery),
+    responses((status = 202, description = "Deleted"), (status = 404, body = ErrorResponse),
+        (status = 412, description = "The app still has machines", body = ErrorResponse)))]
+pub async fn delete_app(
+    State(h): State<AppState>,
+    Path(app): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<StatusCode> {
+    let force = Query::parse(q.as_deref()).bool("force", false)?;
+    h.delete_app(&app, force).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+// ---- machines -----------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines", tag = "Machines",
+    params(("app_name" = String, Path, description = "App name"), hangar_api::ListMachinesQuery),
+    responses((status = 200, body = [Machine]), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn list_machines(
+    State(h): State<AppState>,
+    Path(app): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<Machine>>> {
+    let q = Query::parse(q.as_deref());
+    let states = match q.get("state").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<MachineState>()
+                        .map_err(ApiError::bad_request)
+                })
+                .collect::<ApiResult<Vec<_>>>()?,
+        ),
+    };
+    let filter = ListFilter {
+        include_deleted: q.bool("include_deleted", false)?,
+        region: q
+            .get("region")
+            .filter(|r| !r.is_empty())
+            .map(str::to_string),
+        states,
+        metadata: q
+            .with_prefix("metadata.")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let summary = q.bool("summary", false)?;
+    let include_leases = q.bool("include_leases", false)?;
+    let records = h.list_machines(&app, filter).await?;
+    let mut out = Vec::with_capacity(records.len());
+    for m in &records {
+        let events = if summary {
+            Vec::new()
+        } else {
+            h.events(&m.id, EMBEDDED_EVENTS_IN_LIST).await?
+        };
+        let lease = if include_leases {
+            h.active_lease(&m.id).await?
+        } else {
+            None
+        };
+        out.push(convert::machine(MachineView {
+            record: m,
+            events: Some(&events),
+            lease: lease.as_ref(),
+            nonce: None,
+            summary,
+        }));
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines", tag = "Machines",
+    params(("app_name" = String, Path, description = "App name")),
+    request_body = CreateMachineRequest,
+    responses((status = 200, body = Machine), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 412, description = "No runtime can start the machine", body = ErrorResponse),
+        (status = 422, description = "name_taken", body = ErrorResponse)))]
+pub async fn create_machine(
+    State(h): State<AppState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Machine>> {
+    let req: CreateMachineRequest = json_body(&body)?;
+    let (m, nonce) = h.create_machine(&app, req).await?;
+    Ok(Json(machine_json(&h, &m, nonce, false).await?))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::GetMachineQuery),
+    responses((status = 200, body = Machine), (status = 404, body = ErrorResponse)))]
+pub async fn get_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Machine>> {
+    let q = Query::parse(q.as_deref());
+    let include_leases = q.bool("include_leases", false)?;
+    let m = h
+        .get_machine(&app, &id, q.bool("include_deleted", false)?)
+        .await?;
+    Ok(Json(machine_json(&h, &m, None, include_leases).await?))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = CreateMachineRequest,
+    responses((status = 200, body = Machine), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "Leased by someone else", body = ErrorResponse),
+        (status = 412, description = "Stale current_version or wrong state", body = ErrorResponse)))]
+pub async fn update_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Machine>> {
+    let req: CreateMachineRequest = json_body(&body)?;
+    let m = h
+        .update_machine(&app, &id, req, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(Json(machine_json(&h, &m, None, false).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::DeleteMachineQuery),
+    responses((status = 200, body = OkResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, description = "Started and not forced", body = ErrorResponse)))]
+pub async fn destroy_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<OkResponse>> {
+    let q = Query::parse(q.as_deref());
+    let force = q.bool("force", false)? || q.bool("kill", false)?;
+    h.destroy(&app, &id, force, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/start", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = StartResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn start_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<StartResponse>> {
+    let previous = h.start(&app, &id, lease_nonce(&headers).as_deref()).await?;
+    Ok(Json(StartResponse {
+        previous_state: previous,
+        migrated: false,
+        new_host: String::new(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/stop", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = StopRequest,
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn stop_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<OkResponse>> {
+    let req: StopRequest = optional_json_body(&body)?;
+    let opts = StopOptions {
+        signal: req.signal,
+        timeout: req.timeout.map(|t| t.as_duration()),
+    };
+    h.stop(&app, &id, opts, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/restart", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::RestartQuery),
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn restart_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<OkResponse>> {
+    let q = Query::parse(q.as_deref());
+    let signal = match q.get("signal").filter(|s| !s.is_empty()) {
+        Some(s) => {
+            Some(hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+        None => None,
+    };
+    let timeout = match q.get("timeout").filter(|s| !s.is_empty()) {
+        Some(t) => Some(parse_timeout(t)?),
+        None => None,
+    };
+    // force_stop is accepted for compatibility; a stop always escalates to SIGKILL.
+    q.bool("force_stop", false)?;
+    h.restart(
+        &app,
+        &id,
+        StopOptions { signal, timeout },
+        lease_nonce(&headers).as_deref(),
+    )
+    .await?;
+    Ok(ok())
+}
+
+/// A duration string (`10s`) or a number of seconds.
+fn parse_timeout(t: &str) -> ApiResult<Duration> {
+    if let Ok(secs) = t.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    hangar_api::duration::parse_go_duration(t).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/signal", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = SignalRequest,
+    responses((status = 200, body = OkResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 412, body = ErrorResponse)))]
+pub async fn signal_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<OkResponse>> {
+    let req: SignalRequest = json_body(&body)?;
+    if !req
+        .signal
+        .is_one_of(hangar_api::signal::SIGNAL_REQUEST_SIGNALS)
+    {
+        return Err(ApiError::bad_request(format!(
+            "signal {} cannot be sent to a machine",
+            req.signal
+        )));
+    }
+    let m = h.get_machine(&app, &id, false).await?;
+    not_running(&m)
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/suspend", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 404, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn suspend_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<OkResponse>> {
+    let m = h.get_machine(&app, &id, false).await?;
+    not_running(&m)
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/exec", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = ExecRequest,
+    responses((status = 200, body = hangar_api::ExecResponse), (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn exec_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<OkResponse>> {
+    let req: ExecRequest = json_body(&body)?;
+    let has_command = req.command.as_ref().is_some_and(|c| !c.is_empty())
+        || req.cmd.as_deref().is_some_and(|c| !c.trim().is_empty());
+    if !has_command {
+        return Err(ApiError::bad_request("command is required"));
+    }
+    if req.container.is_some() && req.machine == Some(true) {
+        return Err(ApiError::bad_request(
+            "container and machine are mutually exclusive",
+        ));
+    }
+    if req.timeout.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request("timeout must not be negative"));
+    }
+    let m = h.get_machine(&app, &id, false).await?;
+    not_running(&m)
+}
+
+/// Process-level endpoints need a running machine, which needs a runtime.
+fn not_running<T>(m: &hangar_store::MachineRecord) -> ApiResult<T> {
+    if m.state != MachineState::Started {
+        return Err(ApiError::precondition(format!(
+            "machine is {}, not started",
+            m.state
+        )));
+    }
+    Err(RuntimeError::NotConfigured.into())
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn cordon_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OkResponse>> {
+    h.set_cordoned(&app, &id, true, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/uncordon", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = OkResponse), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn uncordon_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OkResponse>> {
+    h.set_cordoned(&app, &id, false, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/wait", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::WaitQuery),
+    responses((status = 200, body = WaitResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 408, description = "Timed out", body = ErrorResponse)))]
+pub async fn wait_machine(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<WaitResponse>> {
+    let q = Query::parse(q.as_deref());
+    let mut targets = Vec::new();
+    for s in q
+        .all("state")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        targets.push(WaitTarget::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid state {s:?}: wait accepts started, stopped, suspended, destroyed, failed, created or settled"
+            ))
+        })?);
+    }
+    if targets.is_empty() {
+        targets.push(WaitTarget::State(MachineState::Started));
+    }
+    let timeout = match q.get("timeout").filter(|t| !t.is_empty()) {
+        None => MAX_WAIT,
+        Some(t) => parse_timeout(t)?.min(MAX_WAIT),
+    };
+    let version = q
+        .get("version")
+        .or(q.get("instance_id"))
+        .filter(|v| !v.is_empty());
+    let (snap, version) = h.wait(&app, &id, &targets, timeout, version).await?;
+    Ok(Json(WaitResponse {
+        ok: true,
+        state: snap.state,
+        version,
+        event_id: snap.event_id,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/events", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::EventsQuery),
+    responses((status = 200, body = [MachineEvent]), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn machine_events(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<MachineEvent>>> {
+    let q = Query::parse(q.as_deref());
+    let limit = q.int("limit")?.unwrap_or(DEFAULT_EVENT_LIMIT);
+    if limit < 0 {
+        return Err(ApiError::bad_request("limit must not be negative"));
+    }
+    let m = h.get_machine(&app, &id, true).await?;
+    let events = h
+        .events(&m.id, limit.clamp(1, MAX_EVENT_LIMIT) as usize)
+        .await?;
+    Ok(Json(events.iter().map(convert::event).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/versions", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = [MachineVersion]), (status = 404, body = ErrorResponse)))]
+pub async fn machine_versions(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<MachineVersion>>> {
+    let versions = h.versions(&app, &id).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|v| MachineVersion {
+                version: v.instance_id,
+                user_config: v.config,
+                created_at: Some(rfc3339_ms(v.created_at)),
+            })
+            .collect(),
+    ))
+}
+
+// ---- leases -------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", tag = "Leases",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = LeaseResponse), (status = 404, description = "lease not found", body = ErrorResponse)))]
+pub async fn get_lease(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<LeaseResponse>> {
+    let m = h.get_machine(&app, &id, false).await?;
+    let lease = h
+        .active_lease(&m.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("lease not found"))?;
+    Ok(Json(convert::lease(&lease)))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", tag = "Leases",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), hangar_api::LeaseQuery),
+    request_body = LeaseRequest,
+    responses((status = 201, body = LeaseResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, description = "Held by someone else", body = ErrorResponse)))]
+pub async fn acquire_lease(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<LeaseResponse>)> {
+    let req: LeaseRequest = optional_json_body(&body)?;
+    let ttl = match req.ttl {
+        Some(t) => Some(t),
+        None => Query::parse(q.as_deref()).int("ttl")?,
+    };
+    let lease = h
+        .acquire_lease(
+            &app,
+            &id,
+            ttl,
+            req.description,
+            lease_nonce(&headers).as_deref(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(convert::lease(&lease))))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", tag = "Leases",
+    params(("app_name" = String, Path), ("machine_id" = String, Path),
+        ("fly-machine-lease-nonce" = String, Header, description = "The lease's nonce")),
+    responses((status = 200, body = LeaseReleaseResponse), (status = 400, description = "No nonce", body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn release_lease(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<LeaseReleaseResponse>> {
+    h.release_lease(&app, &id, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(Json(LeaseReleaseResponse {
+        status: "success".into(),
+        data: LeaseReleaseData { ok: true },
+    }))
+}
+
+// ---- metadata -----------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = std::collections::BTreeMap<String, String>), (status = 404, body = ErrorResponse)))]
+pub async fn get_metadata(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<std::collections::BTreeMap<String, String>>> {
+    let m = h.get_machine(&app, &id, false).await?;
+    Ok(Json(m.config.metadata.unwrap_or_default()))
+}
+
+#[utoipa::path(patch, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = UpdateMetadataRequest,
+    responses((status = 204, description = "Updated"), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, description = "Stale machine_version", body = ErrorResponse)))]
+pub async fn patch_metadata(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let req: UpdateMetadataRequest = json_body(&body)?;
+    h.update_metadata(
+        &app,
+        &id,
+        req.metadata,
+        req.machine_version.as_deref(),
+        lease_nonce(&headers).as_deref(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = UpdateMetadataRequest,
+    responses((status = 204, description = "Updated"), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, description = "Stale machine_version", body = ErrorResponse)))]
+pub async fn put_metadata(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    patch_metadata(state, path, headers, body).await
+}
+
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), ("key" = String, Path)),
+    responses((status = 200, body = MetadataValueResponse), (status = 404, body = ErrorResponse)))]
+pub async fn get_metadata_key(
+    State(h): State<AppState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+) -> ApiResult<Json<MetadataValueResponse>> {
+    let m = h.get_machine(&app, &id, false).await?;
+    let value = m
+        .config
+        .metadata
+        .and_then(|md| md.get(&key).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("metadata key {key:?} not found")))?;
+    Ok(Json(MetadataValueResponse { value }))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), ("key" = String, Path)),
+    request_body = MetadataValueRequest,
+    responses((status = 204, description = "Set"), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse)))]
+pub async fn set_metadata_key(
+    State(h): State<AppState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let req: MetadataValueRequest = json_body(&body)?;
+    let changes = [(key, Some(req.value))].into_iter().collect();
+    h.update_metadata(&app, &id, changes, None, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", tag = "Metadata",
+    params(("app_name" = String, Path), ("machine_id" = String, Path), ("key" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn delete_metadata_key(
+    State(h): State<AppState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let changes = [(key, None)].into_iter().collect();
+    h.update_metadata(&app, &id, changes, None, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// JSON 404 for paths the API does not have.
+pub async fn not_found() -> Response {
+    ApiError::not_found("not found").into_response()
+}
+
+pub async fn method_not_allowed() -> Response {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response()
+}

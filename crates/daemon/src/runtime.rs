@@ -1,0 +1,68 @@
+//! What runs machines. The daemon's state machine drives a [`Runtime`]; the namespace sandbox
+//! with Pilot is the real one and arrives with the sandbox issue. Until a runtime is configured,
+//! [`NoRuntime`] refuses to start anything rather than pretending a machine is running.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_api::{MachineConfig, Signal};
+use hangar_store::MachineRecord;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "no machine runtime is configured on this host, so machines cannot be started; \
+         create them with skip_launch to store them without starting"
+    )]
+    NotConfigured,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("runtime failure: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Checks, before any state is written, that this runtime can run `config` at all.
+    fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError>;
+    /// Boots the machine's current version; returns once it is running.
+    async fn start(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
+    /// Sends `signal`, waits up to `timeout`, then kills what is left.
+    async fn stop(
+        &self,
+        machine: &MachineRecord,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError>;
+    /// Releases everything the machine holds on the host (processes, mounts, cgroups, dirs).
+    async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
+    /// Whether the machine's processes are alive (used to reconcile after a daemon restart).
+    async fn is_running(&self, machine: &MachineRecord) -> bool;
+}
+
+/// The runtime of a daemon with no machine backend: it stores machines but never runs them.
+pub struct NoRuntime;
+
+#[async_trait]
+impl Runtime for NoRuntime {
+    fn preflight(&self, _config: &MachineConfig) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+
+    async fn start(&self, _machine: &MachineRecord) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+
+    async fn stop(&self, _: &MachineRecord, _: Signal, _: Duration) -> Result<(), RuntimeError> {
+        // Nothing ever ran, so there is nothing to stop.
+        Ok(())
+    }
+
+    async fn destroy(&self, _machine: &MachineRecord) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn is_running(&self, _machine: &MachineRecord) -> bool {
+        false
+    }
+}

@@ -1,0 +1,198 @@
+//! Listeners, authentication, the data-dir lock and graceful shutdown.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nix::fcntl::{Flock, FlockArg};
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::routes::{self, AppState};
+
+/// Larger than axum's 2 MiB default: configs may carry files as base64.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn router(state: AppState, token: Arc<str>) -> Router {
+    let machine = "/v1/apps/{app_name}/machines/{machine_id}";
+    let api = Router::new()
+        .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
+        .route(
+            "/v1/apps/{app_name}",
+            get(routes::get_app).delete(routes::delete_app),
+        )
+        .route(
+            "/v1/apps/{app_name}/machines",
+            get(routes::list_machines).post(routes::create_machine),
+        )
+        .route(
+            machine,
+            get(routes::get_machine)
+                .post(routes::update_machine)
+                .delete(routes::destroy_machine),
+        )
+        .route(&format!("{machine}/start"), post(routes::start_machine))
+        .route(&format!("{machine}/stop"), post(routes::stop_machine))
+        .route(&format!("{machine}/restart"), post(routes::restart_machine))
+        .route(&format!("{machine}/signal"), post(routes::signal_machine))
+        .route(&format!("{machine}/suspend"), post(routes::suspend_machine))
+        .route(&format!("{machine}/exec"), post(routes::exec_machine))
+        .route(&format!("{machine}/cordon"), post(routes::cordon_machine))
+        .route(
+            &format!("{machine}/uncordon"),
+            post(routes::uncordon_machine),
+        )
+        .route(&format!("{machine}/wait"), get(routes::wait_machine))
+        .route(&format!("{machine}/events"), get(routes::machine_events))
+        .route(
+            &format!("{machine}/versions"),
+            get(routes::machine_versions),
+        )
+        .route(
+            &format!("{machine}/lease"),
+            get(routes::get_lease)
+                .post(routes::acquire_lease)
+                .delete(routes::release_lease),
+        )
+        .route(
+            &format!("{machine}/metadata"),
+            get(routes::get_metadata)
+                .patch(routes::patch_metadata)
+                .put(routes::put_metadata),
+        )
+        .route(
+            &format!("{machine}/metadata/{{key}}"),
+            get(routes::get_metadata_key)
+                .post(routes::set_metadata_key)
+                .delete(routes::delete_metadata_key),
+        )
+        .route_layer(middleware::from_fn_with_state(token, require_token))
+        .with_state(state);
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .merge(api)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_id))
+}
+
+async fn openapi_json() -> Response {
+    Json(crate::openapi::ApiDoc::openapi()).into_response()
+}
+
+/// Accepts `Bearer <token>` and `FlyV1 <token>[,<token>…]` (fly-go sends FlyV1 for macaroons).
+async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let presented: Vec<&str> = match header.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => vec![rest.trim()],
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("flyv1") => {
+            rest.split(',').map(str::trim).collect()
+        }
+        _ => Vec::new(),
+    };
+    if presented
+        .iter()
+        .any(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+    {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = hangar_api::ids::new_ulid();
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(hangar_api::REQUEST_ID_HEADER, v);
+    }
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && res
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none_or(|v| v != "application/json")
+    {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    }
+    res
+}
+
+/// Holds the exclusive lock on the data dir for the daemon's lifetime.
+pub struct DataDirLock {
+    _lock: Flock<File>,
+}
+
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    let path = data_dir.join("daemon.lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            writeln!(lock, "{}", std::process::id())?;
+            Ok(DataDirLock { _lock: lock })
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "another hangar daemon (pid {}) is already running on {}",
+                pid.trim(),
+                data_dir.display()
+            )
+        }
+        Err((_, e)) => Err(e).with_context(|| format!("failed to lock {}", path.display())),
+    }
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+pub fn load_or_create_token(path: &Path) -> anyhow::Result<(String, bool)> {
+    match fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        writeln!(f, "{token}")?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok((token, true))
+}

@@ -1,0 +1,1088 @@
+//! The machine service: apps, machines and their state machine, leases, metadata and `wait`.
+//! HTTP handlers call into it; every transition is written to the store (with its event) before
+//! the runtime is asked to act, and watchers are woken after each write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hangar_api::ids;
+use hangar_api::{
+    validate_config, CreateMachineRequest, ImageRef, MachineConfig, MachineState, Signal,
+};
+use hangar_store::{AppRecord, EventRecord, LeaseRecord, MachineRecord, Store};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::clock::{now_ms, now_secs, rfc3339_secs};
+use crate::error::{ApiError, ApiResult};
+use crate::runtime::Runtime;
+
+pub const DEFAULT_ORG: &str = "personal";
+/// Default stop timeout (fly.toml `kill_timeout`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a single `wait` call blocks (Fly's proxy limit).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_LEASE_TTL: i64 = 30;
+const MAX_LEASE_TTL: i64 = 24 * 3600;
+/// The owner recorded on leases; there is one admin identity until tokens get scopes.
+const LEASE_OWNER: &str = "admin";
+
+/// What `wait` watches: the latest state of a machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub state: MachineState,
+    pub instance_id: String,
+    pub event_id: Option<String>,
+}
+
+/// Per-machine coordination: mutations take `lock`, `wait` subscribes to `watch`.
+struct MachineHandle {
+    lock: tokio::sync::Mutex<()>,
+    watch: watch::Sender<Snapshot>,
+}
+
+/// Who caused an event (`user` for API calls, `flyd` for the platform itself).
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    User,
+    Platform,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::User => "user",
+            Source::Platform => "flyd",
+        }
+    }
+}
+
+pub struct Hangar {
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn Runtime>,
+    handles: Mutex<HashMap<String, Arc<MachineHandle>>>,
+    region: String,
+    /// Lets background tasks (the launch after a create) hold the service without a cycle.
+    me: Weak<Hangar>,
+}
+
+/// Runs a blocking store call off the async workers (SQLite commits fsync).
+async fn db<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> hangar_store::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+pub struct ListFilter {
+    pub include_deleted: bool,
+    pub region: Option<String>,
+    pub states: Option<Vec<MachineState>>,
+    pub metadata: Vec<(String, String)>,
+}
+
+pub struct StopOptions {
+    pub signal: Option<Signal>,
+    pub timeout: Option<Duration>,
+}
+
+impl Hangar {
+    pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, region: String) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            store,
+            runtime,
+            handles: Mutex::new(HashMap::new()),
+            region,
+            me: me.clone(),
+        })
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn handle(&self, m: &MachineRecord) -> Arc<MachineHandle> {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles
+            .entry(m.id.clone())
+            .or_insert_with(|| {
+                Arc::new(MachineHandle {
+                    lock: tokio::sync::Mutex::new(()),
+                    watch: watch::channel(Snapshot {
+                        state: m.state,
+                        instance_id: m.instance_id.clone(),
+                        event_id: None,
+                    })
+                    .0,
+                })
+            })
+            .clone()
+    }
+
+    // ---- apps -------------------------------------------------------------------------------
+
+    pub async fn create_app(
+        &self,
+        name: String,
+        org: String,
+        network: String,
+    ) -> ApiResult<AppRecord> {
+        ids::check_app_name(&name).map_err(ApiError::bad_request)?;
+        let app = AppRecord {
+            id: ids::new_app_id(),
+            name,
+            org_slug: org,
+            network,
+            internal_numeric_id: 0,
+            created_at: now_ms(),
+        };
+        db(&self.store, move |s| s.create_app(&app)).await
+    }
+
+    pub async fn get_app(&self, name: &str) -> ApiResult<AppRecord> {
+        let n = name.to_string();
+        db(&self.store, move |s| s.get_app(&n))
+            .await?
+            .ok_or_else(|| ApiError::app_not_found(name))
+    }
+
+    pub async fn list_apps(&self, org: Option<String>) -> ApiResult<Vec<(AppRecord, i64)>> {
+        db(&self.store, move |s| {
+            let apps = s.list_apps(org.as_deref())?;
+            apps.into_iter()
+                .map(|a| {
+                    let n = s.count_machines(&a.name)?;
+                    Ok((a, n))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn count_machines(&self, app: &str) -> ApiResult<i64> {
+        let a = app.to_string();
+        db(&self.store, move |s| s.count_machines(&a)).await
+    }
+
+    /// Deletes an app; with `force`, destroys its machines first.
+    pub async fn delete_app(&self, name: &str, force: bool) -> ApiResult<()> {
+        self.get_app(name).await?;
+        let machines = self.list_machine_records(name, false).await?;
+        if !machines.is_empty() && !force {
+            return Err(ApiError::precondition(format!(
+                "app {name:?} still has {} machine(s); destroy them first or pass force=true",
+                machines.len()
+            )));
+        }
+        for m in machines {
+            self.destroy_locked(&m.app, &m.id, None, true, true).await?;
+        }
+        let n = name.to_string();
+        db(&self.store, move |s| s.delete_app(&n)).await?;
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.retain(|_, h| h.watch.borrow().state != MachineState::Destroyed);
+        Ok(())
+    }
+
+    // ---- reading machines -------------------------------------------------------------------
+
+    async fn load(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
+        let (a, i) = (app.to_string(), id.to_string());
+        db(&self.store, move |s| s.get_machine(&a, &i))
+            .await?
+            .ok_or_else(ApiError::machine_not_found)
+    }
+
+    /// A machine that is not destroyed; a destroyed one is `machine not found`.
+    pub async fn get_machine(
+        &self,
+        app: &str,
+        id: &str,
+        include_deleted: bool,
+    ) -> ApiResult<MachineRecord> {
+        let m = self.load(app, id).await?;
+        if m.state == MachineState::Destroyed && !include_deleted {
+            return Err(ApiError::machine_not_found());
+        }
+        Ok(m)
+    }
+
+    async fn list_machine_records(
+        &self,
+        app: &str,
+        include_deleted: bool,
+    ) -> ApiResult<Vec<MachineRecord>> {
+        let a = app.to_string();
+        db(&self.store, move |s| s.list_machines(&a, include_deleted)).await
+    }
+
+    pub async fn list_machines(
+        &self,
+        app: &str,
+        filter: ListFilter,
+    ) -> ApiResult<Vec<MachineRecord>> {
+        self.get_app(app).await?;
+        let all = self
+            .list_machine_records(app, filter.include_deleted)
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|m| filter.region.as_deref().is_none_or(|r| m.region == r))
+            .filter(|m| filter.states.as_ref().is_none_or(|s| s.contains(&m.state)))
+            .filter(|m| {
+                filter.metadata.iter().all(|(k, v)| {
+                    m.config
+                        .metadata
+                        .as_ref()
+                        .and_then(|md| md.get(k))
+                        .is_some_and(|mv| mv == v)
+                })
+            })
+            .collect())
+    }
+
+    pub async fn events(&self, machine_id: &str, limit: usize) -> ApiResult<Vec<EventRecord>> {
+        let id = machine_id.to_string();
+        db(&self.store, move |s| s.list_events(&id, limit)).await
+    }
+
+    pub async fn versions(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> ApiResult<Vec<hangar_store::VersionRecord>> {
+        let m = self.get_machine(app, id, false).await?;
+        let mut versions = db(&self.store, move |s| s.list_versions(&m.id)).await?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    pub async fn active_lease(&self, machine_id: &str) -> ApiResult<Option<LeaseRecord>> {
+        let id = machine_id.to_string();
+        let lease = db(&self.store, move |s| s.get_lease(&id)).await?;
+        Ok(lease.filter(|l| l.expires_at > now_secs()))
+    }
+
+    // ---- writes -----------------------------------------------------------------------------
+
+    fn event(
+        m: &MachineRecord,
+        kind: &str,
+        status: MachineState,
+        source: Source,
+        request: Option<serde_json::Value>,
+    ) -> EventRecord {
+        EventRecord {
+            id: ids::new_ulid(),
+            machine_id: m.id.clone(),
+            kind: kind.to_string(),
+            status: status.as_str().to_string(),
+            source: source.as_str().to_string(),
+            timestamp: now_ms(),
+            request,
+        }
+    }
+
+    fn notify(&self, m: &MachineRecord, event_id: Option<String>) {
+        let handle = self.handle(m);
+        handle.watch.send_replace(Snapshot {
+            state: m.state,
+            instance_id: m.instance_id.clone(),
+            event_id,
+        });
+    }
+
+    /// Moves `m` to `state`, recording an event of `kind`, durably, then wakes waiters.
+    async fn transition(
+        &self,
+        m: &mut MachineRecord,
+        state: MachineState,
+        kind: &str,
+        source: Source,
+        request: Option<serde_json::Value>,
+    ) -> ApiResult<()> {
+        m.state = state;
+        m.updated_at = now_ms();
+        let event = Self::event(m, kind, state, source, request);
+        let event_id = event.id.clone();
+        let rec = m.clone();
+        db(&self.store, move |s| {
+            s.update_machine(&rec, false, Some(&event))
+        })
+        .await?;
+        self.notify(m, Some(event_id));
+        Ok(())
+    }
+
+    /// Refuses a mutation of a leased machine unless `nonce` matches the lease.
+    async fn check_lease(&self, m: &MachineRecord, nonce: Option<&str>) -> ApiResult<()> {
+        if let Some(lease) = self.active_lease(&m.id).await? {
+            if nonce != Some(lease.nonce.as_str()) {
+                return Err(lease_conflict(m, &lease));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        req: CreateMachineRequest,
+    ) -> ApiResult<(MachineRecord, Option<String>)> {
+        let app_rec = self.get_app(app).await?;
+        let mut config = req.config;
+        validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(name) = &req.name {
+            ids::check_machine_name(name).map_err(ApiError::bad_request)?;
+        }
+        let region = match req.region.as_deref().filter(|r| !r.is_empty()) {
+            Some(r) => {
+                check_region(r)?;
+                r.to_string()
+            }
+            None => self.region.clone(),
+        };
+        let lease_ttl = req.lease_ttl.map(check_lease_ttl).transpose()?;
+        if !req.skip_launch {
+            self.runtime.preflight(&config)?;
+        }
+        let now = now_ms();
+        let id = ids::new_machine_id();
+        let instance_id = ids::new_ulid();
+        let mut m = MachineRecord {
+            id: id.clone(),
+            app: app.to_string(),
+            name: req.name.clone().unwrap_or_else(ids::new_machine_name),
+            state: MachineState::Created,
+            region,
+            instance_id: instance_id.clone(),
+            private_ip: private_ip(app_rec.internal_numeric_id),
+            created_at: now,
+            updated_at: now,
+            cordoned: req.skip_service_registration,
+            image_ref: image_ref(&config),
+            config,
+        };
+        let lease = lease_ttl.map(|ttl| LeaseRecord {
+            machine_id: id.clone(),
+            nonce: ids::new_nonce(),
+            expires_at: now_secs() + ttl,
+            owner: LEASE_OWNER.to_string(),
+            description: String::new(),
+            version: instance_id.clone(),
+        });
+        let event = Self::event(&m, "launch", MachineState::Created, Source::User, None);
+        // A generated name can collide; try a few before giving up.
+        let mut attempts = 0;
+        loop {
+            let (rec, ev, l) = (m.clone(), event.clone(), lease.clone());
+            match db(&self.store, move |s| {
+                s.insert_machine(&rec, &ev, l.as_ref())
+            })
+            .await
+            {
+                Ok(()) => break,
+                Err(e) if e.code == Some("name_taken") && req.name.is_none() && attempts < 5 => {
+                    attempts += 1;
+                    m.name = ids::new_machine_name();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.notify(&m, Some(event.id.clone()));
+        if !req.skip_launch {
+            // Boot in the background, as Fly does: the response says `created`.
+            let this = self.me.clone();
+            let (app, id) = (m.app.clone(), m.id.clone());
+            tokio::spawn(async move {
+                if let Some(this) = this.upgrade() {
+                    if let Err(e) = this.start_internal(&app, &id, Source::Platform).await {
+                        tracing::warn!(machine = %id, error = %e.message, "launch failed");
+                    }
+                }
+            });
+        }
+        Ok((m, lease.map(|l| l.nonce)))
+    }
+
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: CreateMachineRequest,
+        nonce: Option<&str>,
+    ) -> ApiResult<MachineRecord> {
+        let mut config = req.config;
+        validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
+            if v != m.instance_id {
+                return Err(ApiError::precondition(format!(
+                    "machine version mismatch: current_version {v} is not the current version {}",
+                    m.instance_id
+                )));
+            }
+        }
+        if is_transient(m.state) {
+            return Err(ApiError::precondition(format!(
+                "unable to update machine while it is {}",
+                m.state
+            )));
+        }
+        if let (Some(old), Some(new)) = (mount_volumes(&m.config), mount_volumes(&config)) {
+            if old != new {
+                return Err(ApiError::bad_request(
+                    "config.mounts: volumes cannot be changed by an update (only a mount's path)",
+                ));
+            }
+        }
+        let was_running = m.state == MachineState::Started;
+        let launch = !req.skip_launch;
+        if launch {
+            self.runtime.preflight(&config)?;
+        }
+        let previous = m.state;
+        let old_version = m.instance_id.clone();
+        // Metadata belongs to the machine, not to a version; an update's config carries its own.
+        m.config = config;
+        m.image_ref = image_ref(&m.config);
+        m.instance_id = ids::new_ulid();
+        m.state = MachineState::Replacing;
+        m.updated_at = now_ms();
+        let event = Self::event(
+            &m,
+            "update",
+            MachineState::Replacing,
+            Source::User,
+            Some(json!({ "previous_version": old_version })),
+        );
+        let event_id = event.id.clone();
+        let rec = m.clone();
+        db(&self.store, move |s| {
+            s.update_machine(&rec, true, Some(&event))
+        })
+        .await?;
+        self.notify(&m, Some(event_id));
+
+        if was_running {
+            let old = MachineRecord {
+                instance_id: old_version,
+                ..m.clone()
+            };
+            let (signal, timeout) = stop_params(
+                &old.config,
+                &StopOptions {
+                    signal: None,
+                    timeout: None,
+                },
+            );
+            self.runtime.stop(&old, signal, timeout).await?;
+        }
+        let final_state = match (launch, was_running) {
+            (true, _) => MachineState::Started,
+            (false, true) => MachineState::Stopped,
+            (false, false) => previous,
+        };
+        if launch {
+            if let Err(e) = self.runtime.start(&m).await {
+                self.transition(
+                    &mut m,
+                    MachineState::Failed,
+                    "update",
+                    Source::Platform,
+                    Some(json!({"error": e.to_string()})),
+                )
+                .await?;
+                return Err(e.into());
+            }
+        }
+        self.transition(&mut m, final_state, "update", Source::Platform, None)
+            .await?;
+        Ok(m)
+    }
+
+    pub async fn start(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<MachineState> {
+        let m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad_request(
+                "machines with a schedule are started by the scheduler and cannot be started manually",
+            ));
+        }
+        self.start_internal(app, id, Source::User).await
+    }
+
+    /// Starts (or resumes) a machine; returns the state it was in.
+    async fn start_internal(&self, app: &str, id: &str, source: Source) -> ApiResult<MachineState> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        let previous = m.state;
+        match m.state {
+            MachineState::Created
+            | MachineState::Stopped
+            | MachineState::Suspended
+            | MachineState::Failed => {}
+            MachineState::Started => return Ok(previous),
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to start machine from state {other}"
+                )))
+            }
+        }
+        self.runtime.preflight(&m.config)?;
+        self.transition(&mut m, MachineState::Starting, "start", source, None)
+            .await?;
+        match self.runtime.start(&m).await {
+            Ok(()) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Started,
+                    "start",
+                    Source::Platform,
+                    None,
+                )
+                .await?;
+                Ok(previous)
+            }
+            Err(e) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Failed,
+                    "start",
+                    Source::Platform,
+                    Some(json!({ "error": e.to_string() })),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn stop(
+        &self,
+        app: &str,
+        id: &str,
+        opts: StopOptions,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        if let Some(sig) = opts.signal {
+            if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid stop signal {sig}; use one of {}",
+                    hangar_api::signal::STOP_SIGNALS.join(", ")
+                )));
+            }
+        }
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        match m.state {
+            MachineState::Started => {
+                let (signal, timeout) = stop_params(&m.config, &opts);
+                self.transition(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)}))).await?;
+                self.runtime.stop(&m, signal, timeout).await?;
+                self.transition(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::Platform,
+                    None,
+                )
+                .await?;
+            }
+            MachineState::Suspended => {
+                // Stopping a suspended machine throws its snapshot away.
+                self.runtime
+                    .stop(&m, Signal::SIGKILL, Duration::ZERO)
+                    .await?;
+                self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
+                    .await?;
+            }
+            MachineState::Created | MachineState::Stopped | MachineState::Failed => {}
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to stop machine while it is {other}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn restart(
+        &self,
+        app: &str,
+        id: &str,
+        opts: StopOptions,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "unable to restart machine: it is {}, not started",
+                m.state
+            )));
+        }
+        let (signal, timeout) = stop_params(&m.config, &opts);
+        self.transition(
+            &mut m,
+            MachineState::Restarting,
+            "restart",
+            Source::User,
+            None,
+        )
+        .await?;
+        self.runtime.stop(&m, signal, timeout).await?;
+        match self.runtime.start(&m).await {
+            Ok(()) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Started,
+                    "restart",
+                    Source::Platform,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Failed,
+                    "restart",
+                    Source::Platform,
+                    Some(json!({"error": e.to_string()})),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn destroy(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        self.destroy_locked(app, id, nonce, force, false).await
+    }
+
+    async fn destroy_locked(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+        force: bool,
+        skip_lease: bool,
+    ) -> ApiResult<()> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        if !skip_lease {
+            self.check_lease(&m, nonce).await?;
+        }
+        let stoppable = matches!(
+            m.state,
+            MachineState::Created
+                | MachineState::Stopped
+                | MachineState::Suspended
+                | MachineState::Failed
+        );
+        if !stoppable && !force {
+            return Err(ApiError::precondition(
+                "unable to destroy machine, not currently stopped or suspended (use force=true)",
+            ));
+        }
+        self.transition(
+            &mut m,
+            MachineState::Destroying,
+            "destroy",
+            Source::User,
+            None,
+        )
+        .await?;
+        if !stoppable {
+            self.runtime
+                .stop(&m, Signal::SIGKILL, Duration::ZERO)
+                .await?;
+        }
+        self.runtime.destroy(&m).await?;
+        let mid = m.id.clone();
+        db(&self.store, move |s| s.delete_lease(&mid)).await?;
+        self.transition(
+            &mut m,
+            MachineState::Destroyed,
+            "destroy",
+            Source::Platform,
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_cordoned(
+        &self,
+        app: &str,
+        id: &str,
+        cordoned: bool,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if m.cordoned != cordoned {
+            m.cordoned = cordoned;
+            m.updated_at = now_ms();
+            let rec = m.clone();
+            db(&self.store, move |s| s.update_machine(&rec, false, None)).await?;
+        }
+        Ok(())
+    }
+
+    // ---- metadata ---------------------------------------------------------------------------
+
+    /// Applies metadata changes (`None` deletes) without creating a new version.
+    pub async fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        changes: BTreeMap<String, Option<String>>,
+        machine_version: Option<&str>,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        for key in changes.keys() {
+            check_metadata_key(key)?;
+        }
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if let Some(v) = machine_version.filter(|v| !v.is_empty()) {
+            if v != m.instance_id {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "machine_version {v} is stale; the current version is {}",
+                        m.instance_id
+                    ),
+                ));
+            }
+        }
+        let metadata = m.config.metadata.get_or_insert_with(BTreeMap::new);
+        for (k, v) in changes {
+            match v.filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    metadata.insert(k, v);
+                }
+                None => {
+                    metadata.remove(&k);
+                }
+            }
+        }
+        m.updated_at = now_ms();
+        let rec = m.clone();
+        db(&self.store, move |s| s.update_machine(&rec, false, None)).await
+    }
+
+    // ---- leases -----------------------------------------------------------------------------
+
+    pub async fn acquire_lease(
+        &self,
+        app: &str,
+        id: &str,
+        ttl: Option<i64>,
+        description: Option<String>,
+        nonce: Option<&str>,
+    ) -> ApiResult<LeaseRecord> {
+        let ttl = check_lease_ttl(ttl.unwrap_or(DEFAULT_LEASE_TTL))?;
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let m = self.get_machine(app, id, false).await?;
+        let current = self.active_lease(&m.id).await?;
+        let lease = match (current, nonce) {
+            (Some(l), Some(n)) if l.nonce == n => LeaseRecord {
+                expires_at: now_secs() + ttl,
+                description: description.unwrap_or(l.description.clone()),
+                ..l
+            },
+            (Some(l), _) => return Err(lease_conflict(&m, &l)),
+            (None, _) => LeaseRecord {
+                machine_id: m.id.clone(),
+                nonce: ids::new_nonce(),
+                expires_at: now_secs() + ttl,
+                owner: LEASE_OWNER.to_string(),
+                description: description.unwrap_or_default(),
+                version: m.instance_id.clone(),
+            },
+        };
+        let rec = lease.clone();
+        db(&self.store, move |s| s.put_lease(&rec)).await?;
+        Ok(lease)
+    }
+
+    pub async fn release_lease(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
+        let Some(nonce) = nonce else {
+            return Err(ApiError::bad_request(
+                "releasing a lease needs its nonce in the fly-machine-lease-nonce header",
+            ));
+        };
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let Some(lease) = self.active_lease(&m.id).await? else {
+            return Err(ApiError::not_found("lease not found"));
+        };
+        if lease.nonce != nonce {
+            return Err(lease_conflict(&m, &lease));
+        }
+        let mid = m.id.clone();
+        db(&self.store, move |s| s.delete_lease(&mid)).await
+    }
+
+    // ---- wait -------------------------------------------------------------------------------
+
+    /// Blocks until the machine (or the given version of it) is in one of `targets`.
+    pub async fn wait(
+        &self,
+        app: &str,
+        id: &str,
+        targets: &[WaitTarget],
+        timeout: Duration,
+        version: Option<&str>,
+    ) -> ApiResult<(Snapshot, String)> {
+        let m = self.load(app, id).await?;
+        if let Some(v) = version {
+            if v != m.instance_id {
+                let (mid, vv) = (m.id.clone(), v.to_string());
+                if !db(&self.store, move |s| s.has_version(&mid, &vv)).await? {
+                    return Err(ApiError::bad_request(format!(
+                        "version {v} is not a version of machine {id}"
+                    )));
+                }
+            }
+        }
+        let handle = self.handle(&m);
+        let mut rx = handle.watch.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            let (state, reported_version) = match version {
+                Some(v) if v != snap.instance_id => (MachineState::Replaced, v.to_string()),
+                _ => (snap.state, snap.instance_id.clone()),
+            };
+            if targets.iter().any(|t| t.matches(state)) {
+                return Ok((Snapshot { state, ..snap }, reported_version));
+            }
+            if state.is_terminal() {
+                return Err(ApiError::bad_request(format!(
+                    "machine failed to reach desired state, currently {state}"
+                )));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ApiError::internal("machine watch closed")),
+                Err(_) => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "timed out waiting for machine to reach state {}; currently {state}",
+                            targets
+                                .iter()
+                                .map(|t| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    // ---- start-up ---------------------------------------------------------------------------
+
+    /// Settles machines the previous daemon left mid-transition (it may have been SIGKILLed).
+    pub async fn reconcile(&self) -> ApiResult<()> {
+        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        for mut m in machines {
+            let running = self.runtime.is_running(&m).await;
+            let settled = match m.state {
+                MachineState::Destroying => {
+                    self.runtime.destroy(&m).await?;
+                    let mid = m.id.clone();
+                    db(&self.store, move |s| s.delete_lease(&mid)).await?;
+                    Some((MachineState::Destroyed, "destroy"))
+                }
+                MachineState::Started if !running => Some((MachineState::Stopped, "exit")),
+                s if is_transient(s) => Some(if running {
+                    (MachineState::Started, "start")
+                } else {
+                    (MachineState::Stopped, "stop")
+                }),
+                _ => None,
+            };
+            if let Some((state, kind)) = settled {
+                tracing::info!(machine = %m.id, from = %m.state, to = %state, "reconciled machine after restart");
+                self.transition(
+                    &mut m,
+                    state,
+                    kind,
+                    Source::Platform,
+                    Some(json!({"reason": "reconciled after daemon restart"})),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// States `wait` accepts, `settled` meaning any non-transient state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WaitTarget {
+    State(MachineState),
+    Settled,
+}
+
+impl WaitTarget {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "settled" => Some(WaitTarget::Settled),
+            "started" | "stopped" | "suspended" | "destroyed" | "failed" | "created" => {
+                s.parse().ok().map(WaitTarget::State)
+            }
+            _ => None,
+        }
+    }
+
+    fn matches(&self, state: MachineState) -> bool {
+        match self {
+            WaitTarget::State(s) => *s == state,
+            WaitTarget::Settled => state.is_settled(),
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            WaitTarget::State(s) => s.as_str(),
+            WaitTarget::Settled => "settled",
+        }
+    }
+}
+
+fn is_transient(s: MachineState) -> bool {
+    !s.is_settled()
+}
+
+fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ApiError {
+    ApiError::conflict(format!(
+        "machine {} lease currently held by {}, expires at {}",
+        m.id,
+        l.owner,
+        rfc3339_secs(l.expires_at)
+    ))
+}
+
+fn check_lease_ttl(ttl: i64) -> ApiResult<i64> {
+    if !(1..=MAX_LEASE_TTL).contains(&ttl) {
+        return Err(ApiError::bad_request(format!(
+            "invalid lease ttl {ttl}: must be between 1 and {MAX_LEASE_TTL} seconds"
+        )));
+    }
+    Ok(ttl)
+}
+
+fn check_region(r: &str) -> ApiResult<()> {
+    if r.len() > 32
+        || !r
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid region {r:?}: use lowercase letters and digits"
+        )));
+    }
+    Ok(())
+}
+
+fn check_metadata_key(k: &str) -> ApiResult<()> {
+    if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(format!("invalid metadata key {k:?}")));
+    }
+    Ok(())
+}
+
+fn mount_volumes(c: &MachineConfig) -> Option<Vec<String>> {
+    c.mounts
+        .as_ref()
+        .map(|ms| ms.iter().map(|m| m.volume.clone()).collect())
+}
+
+/// The signal and timeout to stop with: the request's, else `stop_config`'s, else SIGINT/5 s.
+pub fn stop_params(config: &MachineConfig, opts: &StopOptions) -> (Signal, Duration) {
+    let sc = config.stop_config.as_ref();
+    let signal = opts
+        .signal
+        .or(sc.and_then(|s| s.signal))
+        .unwrap_or(Signal::SIGINT);
+    let timeout = opts
+        .timeout
+        .or(sc.and_then(|s| s.timeout).map(|d| d.as_duration()))
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    (signal, timeout)
+}
+
+/// A 6PN-style private address: `fdaa:0:<network>:a7b:<host>:<machine>:<machine>:2`. The
+/// networking milestone replaces this with addresses that are actually routed.
+fn private_ip(app_numeric_id: i64) -> String {
+    let machine: u32 = rand::random();
+    format!(
+        "fdaa:0:{:x}:a7b:1:{:x}:{:x}:2",
+        app_numeric_id & 0xffff,
+        machine >> 16,
+        machine & 0xffff
+    )
+}
+
+fn image_ref(config: &MachineConfig) -> Option<ImageRef> {
+    let image = config
+        .image
+        .as_deref()
+        .filter(|i| !i.is_empty())
+        .or_else(|| {
+            let containers = config.containers.as_ref()?;
+            containers
+                .iter()
+                .find(|c| c.name == "app")
+                .or(containers.first())
+                .map(|c| c.image.as_str())
+        })?;
+    let r = hangar_image::Reference::parse(image).ok()?;
+    Some(ImageRef {
+        registry: r.registry,
+        repository: r.repository,
+        tag: r.tag.unwrap_or_default(),
+        digest: r.digest.unwrap_or_default(),
+        labels: BTreeMap::new(),
+    })
+}
