@@ -1,0 +1,160 @@
+//! A real `hangar daemon` on a temp data dir, driven over its unix socket.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_client::{Client, Endpoint, RawResponse};
+use serde_json::{json, Value};
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub client: Client,
+    pub token: String,
+    // Kept so the directory outlives the daemon; dropped last.
+    pub tmp: tempfile::TempDir,
+}
+
+pub fn hangar_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hangar")
+}
+
+fn spawn(data_dir: &Path, socket: &Path) -> Child {
+    Command::new(hangar_bin())
+        .args(["daemon", "--data-dir"])
+        .arg(data_dir)
+        .arg("--socket")
+        .arg(socket)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hangar daemon")
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let socket = tmp.path().join("api.sock");
+        let child = spawn(&data_dir, &socket);
+        let mut d = Daemon {
+            child: Some(child),
+            client: Client::new(Endpoint::Unix(socket.clone()), None),
+            data_dir,
+            socket,
+            token: String::new(),
+            tmp,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    /// Starts a daemon again on the same data dir and socket.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the daemon first");
+        self.child = Some(spawn(&self.data_dir, &self.socket));
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("daemon exited early ({status}): {err}");
+                }
+            }
+            if let Ok(token) = std::fs::read_to_string(self.data_dir.join("token")) {
+                let token = token.trim().to_string();
+                if !token.is_empty() && self.socket.exists() {
+                    let client = Client::new(Endpoint::Unix(self.socket.clone()), Some(token.clone()));
+                    if client.get("/v1/apps").query("org_slug", "personal").send_raw().await.is_ok() {
+                        self.client = client;
+                        self.token = token;
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        child.wait().expect("wait daemon")
+    }
+
+    pub async fn get(&self, path: &str) -> RawResponse {
+        self.client.get(path).send_raw().await.expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> RawResponse {
+        self.client.post(path).json(&body).send_raw().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> RawResponse {
+        self.client.delete(path).send_raw().await.expect("request")
+    }
+
+    pub async fn create_app(&self, name: &str) {
+        let r = self.post("/v1/apps", json!({"name": name, "org_slug": "personal"})).await;
+        assert_eq!(r.status, 201, "create app {name}: {}", r.text());
+    }
+
+    /// Creates a machine that is stored but not launched.
+    pub async fn create_machine(&self, app: &str, extra: Value) -> Value {
+        let mut body = json!({"skip_launch": true, "config": {"image": "busybox"}});
+        merge(&mut body, extra);
+        let r = self.post(&format!("/v1/apps/{app}/machines"), body).await;
+        assert_eq!(r.status, 200, "create machine: {}", r.text());
+        r.json().expect("machine json")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Deep-merges `extra` into `base` (objects merge, everything else replaces).
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+pub fn error_text(r: &RawResponse) -> String {
+    let v: Value = r.json().unwrap_or_else(|_| panic!("error body is not JSON: {}", r.text()));
+    v["error"].as_str().unwrap_or_else(|| panic!("no error field: {v}")).to_string()
+}
