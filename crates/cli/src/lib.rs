@@ -1,3 +1,127 @@
-pub fn run() -> anyhow::Result<()> {
-    Ok(())
+//! The `hangar` command line: a flyctl-like client of the Hangar daemon, and the daemon itself.
+
+pub mod app_name;
+pub mod apps;
+pub mod auth;
+pub mod daemon;
+pub mod machine;
+pub mod output;
+
+use anyhow::{anyhow, Context, Result};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hangar",
+    version,
+    about = "Fly-style Machines on your own Linux hosts",
+    after_help = "Examples:\n  \
+        sudo hangar daemon\n  \
+        hangar apps create my-app\n  \
+        hangar machine list -a my-app\n\n\
+        The client finds the daemon through HANGAR_API_URL (unix:///run/hangar/api.sock by default)\n\
+        and authenticates with HANGAR_API_TOKEN or the daemon's token file."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the Hangar daemon (the Machines API server) in the foreground
+    Daemon(daemon::DaemonArgs),
+    /// Manage API authentication
+    #[command(subcommand, after_help = "Examples:\n  hangar auth token")]
+    Auth(auth::AuthCommand),
+    /// Manage apps
+    #[command(
+        subcommand,
+        visible_alias = "app",
+        after_help = "Examples:\n  \
+        hangar apps create my-app\n  \
+        hangar apps list"
+    )]
+    Apps(apps::AppsCommand),
+    /// Manage machines
+    #[command(visible_alias = "m")]
+    Machine(machine::MachineArgs),
+    /// Print a shell completion script
+    #[command(after_help = "Examples:\n  \
+        hangar completion bash > /etc/bash_completion.d/hangar\n  \
+        hangar completion zsh > \"${fpath[1]}/_hangar\"\n  \
+        hangar completion fish > ~/.config/fish/completions/hangar.fish")]
+    Completion {
+        /// Shell to generate the script for
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: Shell,
+    },
+}
+
+/// Parses the process arguments and runs the command. Help and version output exit the process
+/// directly (status 0); every other failure is returned for `main` to print as one line.
+pub fn run() -> Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return Err(clap_error(e)),
+    };
+    execute(cli)
+}
+
+/// Help/version requests exit here; real usage errors become one-line errors.
+fn clap_error(e: clap::Error) -> anyhow::Error {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => anyhow!("{} (see --help)", one_line_clap_error(&e)),
+    }
+}
+
+/// Clap renders `error: <what>` plus indented detail lines, a blank line, then usage. Keep the
+/// first paragraph, joined into one line, so `Error: …` stays on one line and still names the
+/// offending flag or missing argument.
+pub fn one_line_clap_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first_paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first_paragraph.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+pub fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Daemon(args) => daemon::run(args),
+        Command::Auth(cmd) => auth::run(cmd),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hangar", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
+        Command::Machine(args) => {
+            with_client(|client| async move { machine::run(&client, args).await })
+        }
+    }
+}
+
+/// Runs a client command on a single-threaded runtime: a CLI makes one request at a time.
+fn with_client<F, Fut>(f: F) -> Result<()>
+where
+    F: FnOnce(hangar_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let client = hangar_client::Client::from_env()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(f(client))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! `hangar daemon`: runs the API server in the foreground.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    sudo hangar daemon\n  \
+    hangar daemon --data-dir ./data --socket ./api.sock --listen 127.0.0.1:4280\n\n\
+    Logging follows RUST_LOG (default: info).")]
+pub struct DaemonArgs {
+    /// Directory for the database, images, machine state and the API token
+    #[arg(long, value_name = "DIR", env = "HANGAR_DATA_DIR", default_value = hangar_daemon::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Unix socket to serve the API on
+    #[arg(long, value_name = "PATH", default_value = hangar_daemon::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also serve the API over TCP on this address (e.g. 127.0.0.1:4280)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+pub fn run(args: DaemonArgs) -> Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // try_init: a subscriber may already be installed when embedded (tests); that one wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(hangar_daemon::run(hangar_daemon::DaemonOptions {
+        data_dir: args.data_dir,
+        socket: args.socket,
+        listen: args.listen,
+    }))
+}

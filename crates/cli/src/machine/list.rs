@@ -1,0 +1,158 @@
+//! `hangar machine list`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hangar_api::Machine;
+use hangar_client::ListMachinesOptions;
+
+use super::{image_of, volume_of, Ctx};
+use crate::output::{print_json, Table};
+
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListArgs {
+    /// Only print machine ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print the machines as JSON
+    #[arg(short = 'j', long)]
+    pub json: bool,
+    /// Only machines in these states (comma-separated: created,started,stopped,suspended)
+    #[arg(long, value_name = "STATES")]
+    pub state: Option<String>,
+    /// Include destroyed machines
+    #[arg(long)]
+    pub include_deleted: bool,
+}
+
+pub async fn run(ctx: &Ctx<'_>, args: ListArgs) -> Result<()> {
+    let opts = ListMachinesOptions {
+        include_deleted: args.include_deleted,
+        states: args
+            .state
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        ..Default::default()
+    };
+    let failed = || format!("failed to list machines of app {}", ctx.app);
+
+    if args.json {
+        // Fetched untyped so the output is exactly what the API returned.
+        let mut req = ctx.client.get(format!(
+            "/v1/apps/{}/machines",
+            hangar_client::encode(ctx.app)
+        ));
+        if opts.include_deleted {
+            req = req.query("include_deleted", "true");
+        }
+        if !opts.states.is_empty() {
+            req = req.query("state", opts.states.join(","));
+        }
+        let body: serde_json::Value = req.send().await.with_context(failed)?;
+        return print_json(&body);
+    }
+
+    let machines = ctx
+        .client
+        .list_machines(ctx.app, &opts)
+        .await
+        .with_context(failed)?;
+    if args.quiet {
+        for m in &machines {
+            println!("{}", m.id);
+        }
+        return Ok(());
+    }
+    if machines.is_empty() {
+        println!("No machines are available on this app {}", ctx.app);
+        return Ok(());
+    }
+    println!(
+        "{} machines have been retrieved from app {}.\n",
+        machines.len(),
+        ctx.app
+    );
+    print!("{}", machines_table(&machines).render());
+    Ok(())
+}
+
+pub fn machines_table(machines: &[Machine]) -> Table {
+    let mut table = Table::new([
+        "ID",
+        "NAME",
+        "STATE",
+        "REGION",
+        "IMAGE",
+        "IP ADDRESS",
+        "VOLUME",
+        "CREATED",
+        "LAST UPDATED",
+    ]);
+    for m in machines {
+        table.row([
+            m.id.clone(),
+            m.name.clone(),
+            m.state.to_string(),
+            m.region.clone(),
+            image_of(m),
+            m.private_ip.clone(),
+            volume_of(m),
+            m.created_at.clone(),
+            m.updated_at.clone(),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::machine;
+    use hangar_api::MachineState;
+
+    #[test]
+    fn table_has_flyctl_columns() {
+        let out = machines_table(&[machine(
+            "1857156b526dd8",
+            "aged-thunder-7371",
+            MachineState::Stopped,
+        )])
+        .render();
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .split("  ")
+            .filter(|s| !s.is_empty())
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "ID",
+                "NAME",
+                "STATE",
+                "REGION",
+                "IMAGE",
+                "IP ADDRESS",
+                "VOLUME",
+                "CREATED",
+                "LAST UPDATED"
+            ]
+        );
+        let row = lines.next().unwrap();
+        for cell in [
+            "1857156b526dd8",
+            "aged-thunder-7371",
+            "stopped",
+            "nginx:latest",
+            "fdaa:0:18:a7b:196:e274:9ce1:2",
+            "vol_9vw681egy1jj5xm4",
+            "2023-11-08T01:52:30Z",
+        ] {
+            assert!(row.contains(cell), "{row}");
+        }
+    }
+}

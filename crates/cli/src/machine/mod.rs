@@ -1,0 +1,310 @@
+//! `hangar machine …` (alias `m`), following flyctl's `fly machine`.
+
+mod destroy;
+mod leases;
+mod lifecycle;
+mod list;
+mod status;
+mod wait;
+
+use std::future::Future;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use hangar_api::{Machine, MachineState};
+use hangar_client::{Client, ClientError, ListMachinesOptions, StatusCode};
+
+use crate::app_name::AppArgs;
+
+pub use destroy::DestroyArgs;
+pub use leases::LeasesCommand;
+pub use lifecycle::{IdsArgs, StopArgs};
+pub use list::ListArgs;
+pub use status::StatusArgs;
+pub use wait::WaitArgs;
+
+/// Lease ttl flyctl uses for its mutations (reference 1.3).
+const LEASE_TTL_SECS: u64 = 120;
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(after_help = "Examples:\n  \
+    hangar machine list -a my-app\n  \
+    hangar m status 1857156b526dd8 -a my-app")]
+pub struct MachineArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    #[command(subcommand)]
+    pub command: MachineCommand,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum MachineCommand {
+    /// List the app's machines
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  \
+        hangar machine list -a my-app\n  \
+        hangar m ls -q --state started,stopped\n  \
+        hangar m ls --json --include-deleted"
+    )]
+    List(ListArgs),
+    /// Show a machine's details and recent events
+    #[command(after_help = "Examples:\n  \
+        hangar machine status 1857156b526dd8\n  \
+        hangar m status aged-thunder-7371 --display-config")]
+    Status(StatusArgs),
+    /// Destroy machines
+    #[command(visible_aliases = ["rm", "remove"], after_help = "Examples:\n  \
+        hangar machine destroy 1857156b526dd8\n  \
+        hangar m rm --force 1857156b526dd8 aged-thunder-7371")]
+    Destroy(DestroyArgs),
+    /// View or clear machine leases
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        hangar machine leases view\n  \
+        hangar m leases clear 1857156b526dd8"
+    )]
+    Leases(LeasesCommand),
+    /// Take machines out of proxy routing
+    #[command(after_help = "Examples:\n  \
+        hangar machine cordon 1857156b526dd8")]
+    Cordon(IdsArgs),
+    /// Put cordoned machines back into routing
+    #[command(after_help = "Examples:\n  \
+        hangar machine uncordon 1857156b526dd8")]
+    Uncordon(IdsArgs),
+    /// Wait for a machine to reach a state
+    #[command(after_help = "Examples:\n  \
+        hangar machine wait 1857156b526dd8\n  \
+        hangar m wait 1857156b526dd8 --state started -w 2m")]
+    Wait(WaitArgs),
+    /// Start stopped or suspended machines
+    #[command(after_help = "Examples:\n  \
+        hangar machine start 1857156b526dd8\n  \
+        hangar m start aged-thunder-7371 bold-river-1234")]
+    Start(IdsArgs),
+    /// Stop running machines
+    #[command(after_help = "Examples:\n  \
+        hangar machine stop 1857156b526dd8\n  \
+        hangar m stop 1857156b526dd8 --signal SIGTERM --timeout 30")]
+    Stop(StopArgs),
+}
+
+pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
+    let app = args.app.resolve()?;
+    let ctx = Ctx { client, app: &app };
+    match args.command {
+        MachineCommand::List(a) => list::run(&ctx, a).await,
+        MachineCommand::Status(a) => status::run(&ctx, a).await,
+        MachineCommand::Destroy(a) => destroy::run(&ctx, a).await,
+        MachineCommand::Leases(c) => leases::run(&ctx, c).await,
+        MachineCommand::Cordon(a) => lifecycle::cordon(&ctx, a, true).await,
+        MachineCommand::Uncordon(a) => lifecycle::cordon(&ctx, a, false).await,
+        MachineCommand::Wait(a) => wait::run(&ctx, a).await,
+        MachineCommand::Start(a) => lifecycle::start(&ctx, a).await,
+        MachineCommand::Stop(a) => lifecycle::stop(&ctx, a).await,
+    }
+}
+
+/// What every machine subcommand works with.
+pub(crate) struct Ctx<'a> {
+    pub client: &'a Client,
+    pub app: &'a str,
+}
+
+impl Ctx<'_> {
+    async fn list(&self) -> Result<Vec<Machine>> {
+        self.client
+            .list_machines(self.app, &ListMachinesOptions::default())
+            .await
+            .with_context(|| format!("failed to list machines of app {}", self.app))
+    }
+
+    /// Turns a machine id or name into an id. Ids are used as given (a wrong one gets the
+    /// server's `machine not found`); names are looked up among the app's machines.
+    async fn resolve(&self, arg: &str) -> Result<String> {
+        if hangar_api::ids::is_machine_id(arg) {
+            return Ok(arg.to_string());
+        }
+        let machines = self.list().await?;
+        pick_by_id_or_name(&machines, arg, self.app)
+    }
+
+    /// Like [`resolve`](Self::resolve) for an optional argument: without one, the app's only
+    /// machine is meant (flyctl would prompt; a script cannot answer a prompt).
+    async fn resolve_opt(&self, arg: Option<&str>) -> Result<String> {
+        match arg {
+            Some(arg) => self.resolve(arg).await,
+            None => only_machine(&self.list().await?, self.app),
+        }
+    }
+
+    /// Resolves many arguments with at most one listing; none means the app's only machine.
+    async fn resolve_many(&self, args: &[String]) -> Result<Vec<String>> {
+        if args.is_empty() {
+            return Ok(vec![only_machine(&self.list().await?, self.app)?]);
+        }
+        let mut listed: Option<Vec<Machine>> = None;
+        let mut ids = Vec::with_capacity(args.len());
+        for arg in args {
+            if hangar_api::ids::is_machine_id(arg) {
+                ids.push(arg.clone());
+                continue;
+            }
+            if listed.is_none() {
+                listed = Some(self.list().await?);
+            }
+            let machines = listed.as_deref().unwrap_or_default();
+            ids.push(pick_by_id_or_name(machines, arg, self.app)?);
+        }
+        Ok(ids)
+    }
+
+    async fn get(&self, id: &str) -> Result<Machine> {
+        self.client
+            .get_machine(self.app, id)
+            .await
+            .with_context(|| format!("failed to get machine {id}"))
+    }
+
+    /// Runs `action` holding the machine's lease, like flyctl: acquire with ttl 120, send the
+    /// nonce with the mutation, release afterwards whether or not the action succeeded.
+    async fn with_lease<T, F, Fut>(&self, id: &str, purpose: &str, action: F) -> Result<T>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let description = format!("hangar machine {purpose}");
+        let lease = self
+            .client
+            .acquire_lease(self.app, id, LEASE_TTL_SECS, Some(&description), None)
+            .await
+            .map_err(|e| lease_error(e, id))?;
+        let nonce = lease.data.nonce;
+        let result = action(nonce.clone()).await;
+        if let Err(e) = self.client.release_lease(self.app, id, &nonce).await {
+            // A destroyed machine takes its lease with it; anything else is worth a warning but
+            // must not mask the action's own outcome.
+            if !e.is_not_found() {
+                eprintln!("Warning: failed to release the lease on machine {id}: {e}");
+            }
+        }
+        result
+    }
+}
+
+fn lease_error(e: ClientError, id: &str) -> anyhow::Error {
+    if e.is_status(StatusCode::CONFLICT) {
+        anyhow!(
+            "machine {id} is leased by someone else ({}); retry later or clear it with `hangar machine leases clear {id}`",
+            e.api_message().unwrap_or("lease conflict")
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("failed to acquire a lease on machine {id}"))
+    }
+}
+
+fn pick_by_id_or_name(machines: &[Machine], arg: &str, app: &str) -> Result<String> {
+    let matches: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.id == arg || m.name == arg)
+        .collect();
+    match matches.as_slice() {
+        [m] => Ok(m.id.clone()),
+        [] => bail!("no machine with id or name {arg:?} in app {app}"),
+        _ => bail!("more than one machine in app {app} is named {arg:?}; use its id"),
+    }
+}
+
+fn only_machine(machines: &[Machine], app: &str) -> Result<String> {
+    let live: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.state != MachineState::Destroyed)
+        .collect();
+    match live.as_slice() {
+        [m] => Ok(m.id.clone()),
+        [] => bail!("app {app} has no machines"),
+        many => bail!(
+            "app {app} has {} machines; pass a machine id or name",
+            many.len()
+        ),
+    }
+}
+
+/// The image a machine runs, as flyctl shows it: `repository:tag` from the resolved image
+/// reference, else the configured image.
+fn image_of(m: &Machine) -> String {
+    if let Some(r) = &m.image_ref {
+        if !r.repository.is_empty() {
+            let repo = if r.registry.is_empty() || r.registry == "docker.io" {
+                r.repository.clone()
+            } else {
+                format!("{}/{}", r.registry, r.repository)
+            };
+            return if r.tag.is_empty() {
+                repo
+            } else {
+                format!("{repo}:{}", r.tag)
+            };
+        }
+    }
+    m.config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// The first mounted volume's id, for the VOLUME column.
+fn volume_of(m: &Machine) -> String {
+    m.config
+        .as_ref()
+        .and_then(|c| c.mounts.as_ref())
+        .and_then(|mounts| mounts.first())
+        .map(|mount| mount.volume.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn machine(id: &str, name: &str, state: MachineState) -> Machine {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "name": name,
+            "state": state,
+            "region": "local",
+            "instance_id": "01HEPA330HZ37A78TK080NAK1M",
+            "private_ip": "fdaa:0:18:a7b:196:e274:9ce1:2",
+            "created_at": "2023-11-08T01:52:30Z",
+            "updated_at": "2023-11-08T01:53:00Z",
+            "config": {"image": "nginx:latest", "mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/data"}]},
+            "host_status": "ok",
+            "cordoned": false
+        }))
+        .expect("test machine JSON matches the Machine type")
+    }
+
+    #[test]
+    fn picks_machines() {
+        let ms = vec![
+            machine("1857156b526dd8", "aged-thunder-7371", MachineState::Started),
+            machine("2857156b526dd8", "bold-river-1234", MachineState::Destroyed),
+        ];
+        assert_eq!(
+            pick_by_id_or_name(&ms, "aged-thunder-7371", "a").unwrap(),
+            "1857156b526dd8"
+        );
+        assert!(pick_by_id_or_name(&ms, "nope", "a").is_err());
+        assert_eq!(only_machine(&ms, "a").unwrap(), "1857156b526dd8");
+        assert!(only_machine(&ms[1..], "a").is_err());
+    }
+
+    #[test]
+    fn image_and_volume_columns() {
+        let m = machine("1857156b526dd8", "x", MachineState::Started);
+        assert_eq!(image_of(&m), "nginx:latest");
+        assert_eq!(volume_of(&m), "vol_9vw681egy1jj5xm4");
+    }
+}

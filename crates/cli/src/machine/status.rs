@@ -1,0 +1,150 @@
+//! `hangar machine status`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hangar_api::{Machine, MachineEvent};
+
+use super::{image_of, volume_of, Ctx};
+use crate::output::{key_values, print_json, unix_ms_rfc3339, Table};
+
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusArgs {
+    /// Machine id or name (default: the app's only machine)
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// Print the machine's config as JSON
+    #[arg(short = 'd', long)]
+    pub display_config: bool,
+    /// Print the machine as JSON
+    #[arg(short = 'j', long, conflicts_with = "display_config")]
+    pub json: bool,
+}
+
+pub async fn run(ctx: &Ctx<'_>, args: StatusArgs) -> Result<()> {
+    let id = ctx.resolve_opt(args.id.as_deref()).await?;
+
+    if args.json || args.display_config {
+        // Untyped, so unknown fields survive.
+        let body: serde_json::Value = ctx
+            .client
+            .get(format!(
+                "/v1/apps/{}/machines/{}",
+                hangar_client::encode(ctx.app),
+                hangar_client::encode(&id)
+            ))
+            .send()
+            .await
+            .with_context(|| format!("failed to get machine {id}"))?;
+        return if args.json {
+            print_json(&body)
+        } else {
+            print_json(body.get("config").unwrap_or(&serde_json::Value::Null))
+        };
+    }
+
+    let machine = ctx.get(&id).await?;
+    let events = match &machine.events {
+        Some(events) => events.clone(),
+        None => ctx
+            .client
+            .machine_events(ctx.app, &id, None)
+            .await
+            .with_context(|| format!("failed to get the events of machine {id}"))?,
+    };
+    print!("{}", render_status(&machine, &events));
+    Ok(())
+}
+
+pub fn render_status(m: &Machine, events: &[MachineEvent]) -> String {
+    let config = m.config.as_ref();
+    let guest = config.and_then(|c| c.guest.as_ref());
+    let join = |v: Option<&Vec<String>>| v.map(|v| v.join(" ")).unwrap_or_default();
+    let process_group = config
+        .and_then(|c| c.metadata.as_ref())
+        .and_then(|md| {
+            md.get("fly_process_group")
+                .or_else(|| md.get("process_group"))
+        })
+        .cloned()
+        .unwrap_or_default();
+
+    let mut out = format!(
+        "Machine ID: {}\nInstance ID: {}\nState: {}\n\nVM\n",
+        m.id, m.instance_id, m.state
+    );
+    out.push_str(&key_values(&[
+        ("ID", m.id.clone()),
+        ("Instance ID", m.instance_id.clone()),
+        ("State", m.state.to_string()),
+        ("Image", image_of(m)),
+        ("Name", m.name.clone()),
+        ("Private IP", m.private_ip.clone()),
+        ("Region", m.region.clone()),
+        ("Process Group", process_group),
+        (
+            "CPU Kind",
+            guest.map(|g| g.cpu_kind.clone()).unwrap_or_default(),
+        ),
+        (
+            "vCPUs",
+            guest.map(|g| g.cpus.to_string()).unwrap_or_default(),
+        ),
+        (
+            "Memory",
+            guest.map(|g| g.memory_mb.to_string()).unwrap_or_default(),
+        ),
+        ("Created", m.created_at.clone()),
+        ("Updated", m.updated_at.clone()),
+        (
+            "Entrypoint",
+            join(config.and_then(|c| c.init.entrypoint.as_ref())),
+        ),
+        ("Command", join(config.and_then(|c| c.init.cmd.as_ref()))),
+        ("Volume", volume_of(m)),
+        ("Cordoned", m.cordoned.to_string()),
+    ]));
+    out.push_str("\nEvent Logs\n");
+    out.push_str(&events_table(events).render());
+    out
+}
+
+pub fn events_table(events: &[MachineEvent]) -> Table {
+    let mut table = Table::new(["STATE", "EVENT", "SOURCE", "TIMESTAMP"]);
+    for e in events {
+        table.row([
+            e.status.clone(),
+            e.kind.clone(),
+            e.source.clone(),
+            unix_ms_rfc3339(e.timestamp),
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::machine;
+    use hangar_api::MachineState;
+
+    #[test]
+    fn renders_status_and_events() {
+        let m = machine("1857156b526dd8", "aged-thunder-7371", MachineState::Started);
+        let events = vec![MachineEvent {
+            id: "01HEPA330HZ37A78TK080NAK1M".into(),
+            kind: "start".into(),
+            status: "started".into(),
+            source: "user".into(),
+            timestamp: 1_699_408_350_123,
+            request: None,
+        }];
+        let out = render_status(&m, &events);
+        assert!(out.starts_with("Machine ID: 1857156b526dd8\n"), "{out}");
+        assert!(out.contains("  Image         = nginx:latest\n"), "{out}");
+        assert!(out.contains("STATE    EVENT  SOURCE  TIMESTAMP\n"), "{out}");
+        assert!(
+            out.contains("started  start  user    2023-11-08T01:52:30.123Z\n"),
+            "{out}"
+        );
+    }
+}
