@@ -1,6 +1,26 @@
-//! Images: references resolved as Docker does. The registry client, layer store and overlay
-//! root filesystems arrive with the images issue.
+//! Images for machines: references, the OCI registry client, the content-addressed store with
+//! layers unpacked once each, imports for air-gapped hosts, and overlay root filesystems.
 
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod idmap;
+pub mod import;
+pub mod oci;
+pub mod platform;
 pub mod reference;
+pub mod rootfs;
+pub mod store;
+pub mod unpack;
 
+pub use config::ImageConfig;
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use idmap::{IdRange, Userns};
+pub use import::ImportOptions;
+pub use platform::Platform;
 pub use reference::{Reference, ReferenceError};
+pub use rootfs::{mount_rootfs, remove_rootfs, unmount_rootfs, RootfsSpec};
+pub use store::{
+    GcReport, ImageDetails, ImageRecord, ImageStore, InUse, LayerRecord, RemoveReport,
+};

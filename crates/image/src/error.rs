@@ -1,0 +1,108 @@
+//! One error type for the crate; every variant carries the path, digest or registry it is about
+//! so a daemon log line is actionable without a backtrace.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid digest {0:?} (only sha256:<64 lowercase hex> is supported)")]
+    InvalidDigest(String),
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("refusing layer {layer}: entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("invalid {what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid {what}: {reason}")]
+    Format { what: String, reason: String },
+    #[error("unsupported media type {media_type:?} for {what}")]
+    UnsupportedMediaType { what: String, media_type: String },
+    #[error("no manifest for platform {wanted} in {reference} (available: {})", available.join(", "))]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        available: Vec<String>,
+    },
+    #[error("image not found: {0}")]
+    NotFound(String),
+    #[error("image {image} is in use by {}", users.join(", "))]
+    InUse { image: String, users: Vec<String> },
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("registry {registry}: authentication failed: {message}")]
+    Auth { registry: String, message: String },
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: {source}")]
+    Mount {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl AsRef<Path>,
+    ) -> impl FnOnce(io::Error) -> Error {
+        let path = path.as_ref().to_path_buf();
+        move |source| Error::Io {
+            context,
+            path,
+            source,
+        }
+    }
+
+    pub(crate) fn format(what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Format {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Json { what, source }
+    }
+}
