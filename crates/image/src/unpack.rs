@@ -134,6 +134,14 @@ impl<'a> Unpacker<'a> {
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
         }
+        // The tar crate reads a base-256 size from its last 8 bytes only; a field whose value
+        // does not fit in 64 bits would silently become something else.
+        let raw_size = &entry.header().as_old().size;
+        if raw_size[0] & 0x80 != 0
+            && (raw_size[0] != 0x80 || raw_size[1..4].iter().any(|&b| b != 0))
+        {
+            return Err(self.unsafe_entry(&raw_path, "size field out of range"));
+        }
         let size = entry.size();
         if size > self.limits.max_entry_size {
             return Err(self.unsafe_entry(&raw_path, format!("absurd size {size}")));
