@@ -1,6 +1,7 @@
 //! Images for machines: references, the OCI registry client, the content-addressed store with
 //! layers unpacked once each, imports for air-gapped hosts, and overlay root filesystems.
 
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -8,7 +9,9 @@ pub mod idmap;
 pub mod import;
 pub mod oci;
 pub mod platform;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
@@ -19,7 +22,9 @@ pub use error::{Error, Result};
 pub use idmap::{IdRange, Userns};
 pub use import::ImportOptions;
 pub use platform::Platform;
+pub use pull::{pull, Progress, ProgressFn, PullOptions};
 pub use reference::{Reference, ReferenceError};
+pub use registry::{RegistryConfig, RegistryOptions};
 pub use rootfs::{mount_rootfs, remove_rootfs, unmount_rootfs, RootfsSpec};
 pub use store::{
     GcReport, ImageDetails, ImageRecord, ImageStore, InUse, LayerRecord, RemoveReport,
