@@ -650,7 +650,7 @@ fn find<'a>(idx: &'a IndexFile, name: &str) -> Option<&'a ImageRecord> {
     let n = r.to_string();
     idx.images
         .values()
-        .find(|rec| rec.references.iter().any(|x| *x == n))
+        .find(|rec| rec.references.contains(&n))
 }
 
 /// A blob being written to `tmp/`; dropped without `commit`, it is deleted.
