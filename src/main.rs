@@ -1,7 +1,29 @@
+use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match hangar_cli::run() {
+    // Machine-internal entry points, not user commands: the sandbox helper the daemon spawns
+    // for each machine, and Pilot, PID 1 inside it. Both must stay single-threaded.
+    let args: Vec<String> = std::env::args().collect();
+    match (args.get(1).map(String::as_str), args.get(2), args.get(3)) {
+        (Some("sandbox-spawn"), Some(plan), None) => {
+            return report(hangar_daemon::sandbox_runtime::sandbox_spawn_main(
+                Path::new(plan),
+            ))
+        }
+        (Some("pilot"), Some(flag), Some(dir)) if flag == "--machine-dir" => {
+            return match hangar_pilot::main(Path::new(dir)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => report(Err(e)),
+            };
+        }
+        _ => {}
+    }
+    report(hangar_cli::run())
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` joins anyhow's context chain on one line: "outer: cause: root cause".

@@ -100,6 +100,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NotConfigured => Self::precondition(e.to_string()),
             RuntimeError::Unsupported(_) => Self::bad_request(e.to_string()),
             RuntimeError::Failed(_) => Self::internal(e.to_string()),
+            RuntimeError::Image(_) => Self::bad_request(e.to_string()),
         }
     }
 }

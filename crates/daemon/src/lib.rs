@@ -8,6 +8,7 @@ mod extract;
 pub mod openapi;
 mod routes;
 pub mod runtime;
+pub mod sandbox_runtime;
 mod server;
 pub mod service;
 
@@ -58,11 +59,46 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
         .await?
         .context("failed to open the state store")?;
-    let hangar = service::Hangar::new(
-        Arc::new(store),
-        Arc::new(runtime::NoRuntime),
-        DEFAULT_REGION.to_string(),
-    );
+    let (exits_tx, mut exits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime: Arc<dyn runtime::Runtime> = if std::env::var("HANGAR_RUNTIME").as_deref()
+        == Ok("none")
+    {
+        eprintln!("hangar: HANGAR_RUNTIME=none: machines are stored but never started");
+        Arc::new(runtime::NoRuntime)
+    } else {
+        // Pilots are grandchildren of the daemon; as a subreaper it inherits (and reaps) them.
+        // SAFETY: prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            anyhow::bail!(
+                "prctl(PR_SET_CHILD_SUBREAPER): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let images_dir = opts.data_dir.join("images");
+        let images =
+            tokio::task::spawn_blocking(move || hangar_image::ImageStore::open(images_dir))
+                .await?
+                .context("failed to open the image store")?;
+        Arc::new(
+            sandbox_runtime::SandboxRuntime::new(
+                &opts.data_dir,
+                Arc::new(images),
+                hangar_image::PullOptions::default(),
+                exits_tx,
+            )
+            .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
+        )
+    };
+    let hangar = service::Hangar::new(Arc::new(store), runtime, DEFAULT_REGION.to_string());
+    {
+        let hangar = hangar.clone();
+        tokio::spawn(async move {
+            while let Some(exit) = exits_rx.recv().await {
+                let hangar = hangar.clone();
+                tokio::spawn(async move { hangar.on_exit(exit).await });
+            }
+        });
+    }
     hangar
         .reconcile()
         .await

@@ -19,6 +19,8 @@ pub enum RuntimeError {
     Unsupported(String),
     #[error("runtime failure: {0}")]
     Failed(String),
+    #[error("{0}")]
+    Image(String),
 }
 
 #[async_trait]
@@ -36,8 +38,27 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError>;
     /// Releases everything the machine holds on the host (processes, mounts, cgroups, dirs).
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
-    /// Whether the machine's processes are alive (used to reconcile after a daemon restart).
-    async fn is_running(&self, machine: &MachineRecord) -> bool;
+    /// Re-attaches to a machine that was running when the daemon last stopped; true when it
+    /// still runs (its later exit is then reported as usual).
+    async fn adopt(&self, machine: &MachineRecord) -> bool;
+    /// Freezes (`true`) or thaws a running machine.
+    async fn set_frozen(&self, machine: &MachineRecord, frozen: bool) -> Result<(), RuntimeError>;
+    /// Sends `signal` to the machine's containers.
+    async fn signal(&self, machine: &MachineRecord, signal: Signal) -> Result<(), RuntimeError>;
+}
+
+/// How a machine's main process ended, reported by the runtime when it happens on its own
+/// (and also after a requested stop).
+#[derive(Debug, Clone)]
+pub struct MachineExit {
+    pub app: String,
+    pub machine_id: String,
+    pub instance_id: String,
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    /// Unix milliseconds.
+    pub exited_at: i64,
 }
 
 /// The runtime of a daemon with no machine backend: it stores machines but never runs them.
@@ -62,7 +83,15 @@ impl Runtime for NoRuntime {
         Ok(())
     }
 
-    async fn is_running(&self, _machine: &MachineRecord) -> bool {
+    async fn adopt(&self, _machine: &MachineRecord) -> bool {
         false
+    }
+
+    async fn set_frozen(&self, _: &MachineRecord, _: bool) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+
+    async fn signal(&self, _: &MachineRecord, _: Signal) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
     }
 }

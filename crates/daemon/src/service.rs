@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::{now_ms, now_secs, rfc3339_secs};
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::Runtime;
+use crate::runtime::{MachineExit, Runtime};
 
 pub const DEFAULT_ORG: &str = "personal";
 /// Default stop timeout (fly.toml `kill_timeout`).
@@ -24,6 +24,8 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a single `wait` call blocks (Fly's proxy limit).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_LEASE_TTL: i64 = 30;
+const DEFAULT_MAX_RETRIES: i64 = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(300);
 const MAX_LEASE_TTL: i64 = 24 * 3600;
 /// The owner recorded on leases; there is one admin identity until tokens get scopes.
 const LEASE_OWNER: &str = "admin";
@@ -65,6 +67,8 @@ pub struct Hangar {
     region: String,
     /// Lets background tasks (the launch after a create) hold the service without a cycle.
     me: Weak<Hangar>,
+    /// Recent automatic restarts per machine, for `max_retries` within [`RESTART_WINDOW`].
+    restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -99,6 +103,7 @@ impl Hangar {
             handles: Mutex::new(HashMap::new()),
             region,
             me: me.clone(),
+            restarts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -919,13 +924,147 @@ impl Hangar {
         }
     }
 
+    // ---- exits and restart policy ----------------------------------------------------------
+
+    /// Records a machine's exit and applies its restart policy (reference 5.3): `no` stops it
+    /// (or destroys it with `auto_destroy`), `always` restarts it, `on-failure` restarts it on a
+    /// non-zero exit up to `max_retries` (default 10) times within 5 minutes.
+    pub async fn on_exit(&self, exit: MachineExit) {
+        if let Err(e) = self.handle_exit(&exit).await {
+            tracing::warn!(machine = %exit.machine_id, error = %e.message, "handling machine exit failed");
+        }
+    }
+
+    async fn handle_exit(&self, exit: &MachineExit) -> ApiResult<()> {
+        let m = self.load(&exit.app, &exit.machine_id).await?;
+        let handle = self.handle(&m);
+        let guard = handle.lock.lock().await;
+        let mut m = self.load(&exit.app, &exit.machine_id).await?;
+        if m.instance_id != exit.instance_id || m.state.is_terminal() {
+            return Ok(());
+        }
+        let requested_stop = m.state != MachineState::Started;
+        let policy = m
+            .config
+            .restart
+            .as_ref()
+            .map(|r| r.policy.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("on-failure")
+            .to_string();
+        let max_retries = m
+            .config
+            .restart
+            .as_ref()
+            .and_then(|r| r.max_retries)
+            .unwrap_or(DEFAULT_MAX_RETRIES)
+            .max(0) as usize;
+        let failed = exit.exit_code != 0 || exit.oom_killed;
+        let restart_count = self.recent_restarts(&m.id);
+        let restarting = !requested_stop
+            && match policy.as_str() {
+                "always" => true,
+                "on-failure" => failed && restart_count < max_retries,
+                _ => false,
+            };
+        let request = json!({
+            "exit_event": {
+                "exit_code": exit.exit_code,
+                "guest_exit_code": exit.exit_code,
+                "guest_signal": exit.signal.unwrap_or(-1),
+                "signal": exit.signal.unwrap_or(-1),
+                "oom_killed": exit.oom_killed,
+                "requested_stop": requested_stop,
+                "restarting": restarting,
+                "exited_at": crate::clock::rfc3339_ms(exit.exited_at),
+            },
+            "restart_count": restart_count,
+        });
+        if requested_stop {
+            // The stop (or update, destroy) in progress owns the state; just log the exit.
+            let event = Self::event(&m, "exit", m.state, Source::Platform, Some(request));
+            let rec = m.clone();
+            return db(&self.store, move |s| {
+                s.update_machine(&rec, false, Some(&event))
+            })
+            .await;
+        }
+        if restarting {
+            self.note_restart(&m.id);
+            self.transition(
+                &mut m,
+                MachineState::Starting,
+                "exit",
+                Source::Platform,
+                Some(request),
+            )
+            .await?;
+            return match self.runtime.start(&m).await {
+                Ok(()) => {
+                    self.transition(
+                        &mut m,
+                        MachineState::Started,
+                        "restart",
+                        Source::Platform,
+                        None,
+                    )
+                    .await
+                }
+                Err(e) => {
+                    self.transition(
+                        &mut m,
+                        MachineState::Failed,
+                        "restart",
+                        Source::Platform,
+                        Some(json!({"error": e.to_string()})),
+                    )
+                    .await
+                }
+            };
+        }
+        self.transition(
+            &mut m,
+            MachineState::Stopped,
+            "exit",
+            Source::Platform,
+            Some(request),
+        )
+        .await?;
+        // The machine's resources go now; the logs stay until it is destroyed.
+        self.runtime
+            .stop(&m, Signal::SIGKILL, Duration::ZERO)
+            .await?;
+        if m.config.auto_destroy {
+            drop(guard);
+            self.destroy_locked(&exit.app, &exit.machine_id, None, false, true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn recent_restarts(&self, id: &str) -> usize {
+        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+        let list = restarts.entry(id.to_string()).or_default();
+        let cutoff = std::time::Instant::now() - RESTART_WINDOW;
+        list.retain(|t| *t > cutoff);
+        list.len()
+    }
+
+    fn note_restart(&self, id: &str) {
+        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+        restarts
+            .entry(id.to_string())
+            .or_default()
+            .push(std::time::Instant::now());
+    }
+
     // ---- start-up ---------------------------------------------------------------------------
 
     /// Settles machines the previous daemon left mid-transition (it may have been SIGKILLed).
     pub async fn reconcile(&self) -> ApiResult<()> {
         let machines = db(&self.store, |s| s.list_live_machines()).await?;
         for mut m in machines {
-            let running = self.runtime.is_running(&m).await;
+            let running = self.runtime.adopt(&m).await;
             let settled = match m.state {
                 MachineState::Destroying => {
                     self.runtime.destroy(&m).await?;

@@ -1,0 +1,953 @@
+//! The namespace sandbox runtime: each machine is a user/pid/mount/uts/ipc/net/cgroup namespace
+//! set with Pilot as PID 1, built by a fresh `hangar sandbox-spawn` helper process (never by
+//! unsharing inside this multi-threaded daemon). Container root filesystems are overlays of the
+//! shared image layers, idmapped so that root-owned layer files belong to the machine's root.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use hangar_api::{MachineConfig, Signal};
+use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
+use hangar_pilot::spec::{
+    ContainerSpec, ContainerState, ContainerStatus, PilotSpec, Reply, Request, CONTROL_SOCKET,
+    EXIT_FILE, SPEC_FILE,
+};
+use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
+use hangar_sandbox::container::{ContainerFile, ContainerProcess};
+use hangar_sandbox::SandboxSpec;
+use hangar_store::MachineRecord;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::now_ms;
+use crate::runtime::{MachineExit, Runtime, RuntimeError};
+
+/// Machine uid ranges start here, 65536 ids each, far above ordinary users.
+const UID_BASE_START: u32 = 1 << 20;
+const UID_RANGE: u32 = 65536;
+const MAX_SLOTS: u32 = 4096;
+const PIDS_LIMIT: u64 = 32768;
+const LOG_MAX_BYTES: u64 = 16 << 20;
+const RUNTIME_FILE: &str = "runtime.json";
+const SPAWN_FILE: &str = "spawn.json";
+const PILOT_LOG: &str = "pilot.log";
+
+/// What the spawn helper needs: the sandbox and the root filesystems to mount for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpawnPlan {
+    pub sandbox: SandboxSpec,
+    pub mounts: Vec<MountPlan>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MountPlan {
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: PathBuf,
+    pub workdir: PathBuf,
+    pub target: PathBuf,
+}
+
+/// Kept in the machine dir so a restarted daemon can find the machine again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RuntimeState {
+    instance_id: String,
+    pid: i32,
+    /// Process start time (clock ticks since boot), to tell a recycled pid from Pilot.
+    start_time: u64,
+    slot: u32,
+}
+
+struct Running {
+    state: RuntimeState,
+    exited: watch::Receiver<Option<MachineExit>>,
+}
+
+pub struct SandboxRuntime {
+    machines_dir: PathBuf,
+    images: Arc<ImageStore>,
+    pull: PullOptions,
+    hierarchy: Hierarchy,
+    exe: PathBuf,
+    slots: Mutex<BTreeSet<u32>>,
+    running: Mutex<HashMap<String, Running>>,
+    exits: mpsc::UnboundedSender<MachineExit>,
+}
+
+fn failed(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed(e.to_string())
+}
+
+impl SandboxRuntime {
+    /// Checks the host can run sandboxes (a usable cgroup hierarchy) and sets up the dirs.
+    pub fn new(
+        data_dir: &Path,
+        images: Arc<ImageStore>,
+        pull: PullOptions,
+        exits: mpsc::UnboundedSender<MachineExit>,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
+        let machines_dir = data_dir.join("machines");
+        std::fs::create_dir_all(&machines_dir)?;
+        // Machine roots are unprivileged host uids; they must be able to reach their own
+        // machine dir (but not list anything above it).
+        for dir in [data_dir, machines_dir.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        Ok(Self {
+            machines_dir,
+            images,
+            pull,
+            hierarchy,
+            exe: std::env::current_exe()?,
+            slots: Mutex::new(BTreeSet::new()),
+            running: Mutex::new(HashMap::new()),
+            exits,
+        })
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.machines_dir.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> MachineCgroup {
+        MachineCgroup::new(self.hierarchy.clone(), format!("hangar/{id}"))
+    }
+
+    fn alloc_slot(&self) -> Result<u32, RuntimeError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (0..MAX_SLOTS)
+            .find(|s| !slots.contains(s))
+            .ok_or_else(|| failed("no free uid range for another machine"))?;
+        slots.insert(slot);
+        Ok(slot)
+    }
+
+    fn free_slot(&self, slot: u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot);
+    }
+
+    /// Finds an image locally, pulling it when missing.
+    async fn ensure_image(&self, image: &str) -> Result<ImageRecord, RuntimeError> {
+        let reference = Reference::parse(image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+        let store = self.images.clone();
+        let name = reference.to_string();
+        let found = tokio::task::spawn_blocking(move || store.resolve(&name))
+            .await
+            .map_err(failed)?;
+        match found {
+            Ok(rec) => Ok(rec),
+            Err(hangar_image::Error::NotFound(_)) => {
+                tracing::info!(%reference, "pulling image");
+                hangar_image::pull(&self.images, &reference, &self.pull)
+                    .await
+                    .map_err(|e| RuntimeError::Image(format!("pulling {reference}: {e}")))
+            }
+            Err(e) => Err(RuntimeError::Image(e.to_string())),
+        }
+    }
+
+    /// Builds the pilot spec and the mount plan for the machine's current config.
+    async fn plan(
+        &self,
+        m: &MachineRecord,
+        dir: &Path,
+        uid_base: u32,
+    ) -> Result<(PilotSpec, Vec<MountPlan>), RuntimeError> {
+        let mut containers = Vec::new();
+        let mut mounts = Vec::new();
+        for c in container_configs(&m.config) {
+            let record = self.ensure_image(&c.image).await?;
+            let store = self.images.clone();
+            let cdir = dir.join("containers").join(&c.name);
+            let digest = record.manifest_digest.clone();
+            let (details, rootfs) = tokio::task::spawn_blocking({
+                let cdir = cdir.clone();
+                move || {
+                    let details = store.inspect(&digest.to_string())?;
+                    let rootfs =
+                        store.prepare_rootfs(&digest, &cdir, Some((uid_base, uid_base)))?;
+                    Ok::<_, hangar_image::Error>((details, rootfs))
+                }
+            })
+            .await
+            .map_err(failed)?
+            .map_err(|e| RuntimeError::Image(e.to_string()))?;
+            let target = cdir.join("rootfs");
+            std::fs::create_dir_all(&target).map_err(failed)?;
+            let process = container_process(m, &c, &details.config, &rootfs, &target)?;
+            let stop_signal = c
+                .stop_signal
+                .or_else(|| {
+                    details
+                        .config
+                        .stop_signal
+                        .as_deref()
+                        .and_then(|s| Signal::parse(s).ok())
+                })
+                .unwrap_or(Signal::SIGINT);
+            containers.push(ContainerSpec {
+                name: c.name.clone(),
+                process,
+                stop_signal: stop_signal.number(),
+                stop_timeout_ms: c.stop_timeout.as_millis() as u64,
+            });
+            mounts.push(MountPlan {
+                lowerdirs: rootfs.lowerdirs,
+                upperdir: rootfs.upperdir,
+                workdir: rootfs.workdir,
+                target,
+            });
+        }
+        Ok((
+            PilotSpec {
+                machine_id: m.id.clone(),
+                containers,
+                log_max_bytes: LOG_MAX_BYTES,
+            },
+            mounts,
+        ))
+    }
+
+    async fn launch(&self, m: &MachineRecord, slot: u32) -> Result<RuntimeState, RuntimeError> {
+        let dir = self.machine_dir(&m.id);
+        let uid_base = UID_BASE_START + slot * UID_RANGE;
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        std::os::unix::fs::chown(&dir, Some(uid_base), Some(uid_base)).map_err(failed)?;
+        let _ = std::fs::remove_file(dir.join(EXIT_FILE));
+        let (pilot_spec, mounts) = self.plan(m, &dir, uid_base).await?;
+        write_json(&dir.join(SPEC_FILE), &pilot_spec)?;
+        let guest = m.config.guest.clone().unwrap_or_default();
+        let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
+        let swap_bytes = (m.config.init.swap_size_mb.unwrap_or(0).max(0) as u64) << 20;
+        let plan = SpawnPlan {
+            sandbox: SandboxSpec {
+                machine_id: m.id.clone(),
+                machine_dir: dir.clone(),
+                uid_base,
+                uid_count: UID_RANGE,
+                cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+                cgroup_path: PathBuf::from(format!("hangar/{}", m.id)),
+                cpus: guest.cpus.max(1) as u32,
+                memory_bytes,
+                swap_bytes,
+                pids: PIDS_LIMIT,
+                hostname: m.id.clone(),
+                pilot_args: vec![
+                    "pilot".into(),
+                    "--machine-dir".into(),
+                    dir.display().to_string(),
+                ],
+                pilot_log: dir.join(PILOT_LOG),
+            },
+            mounts,
+        };
+        write_json(&dir.join(SPAWN_FILE), &plan)?;
+        let out = tokio::process::Command::new(&self.exe)
+            .arg("sandbox-spawn")
+            .arg(dir.join(SPAWN_FILE))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| failed(format!("running the sandbox helper: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(format!(
+                "building the sandbox failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))?;
+        Ok(RuntimeState {
+            instance_id: m.instance_id.clone(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            slot,
+        })
+    }
+
+    /// Watches Pilot's exit through a pidfd and reports it; returns the receiver for stop().
+    fn watch_exit(
+        &self,
+        m: &MachineRecord,
+        state: &RuntimeState,
+    ) -> Result<watch::Receiver<Option<MachineExit>>, RuntimeError> {
+        let pidfd = pidfd_open(state.pid).map_err(|e| failed(format!("pidfd_open: {e}")))?;
+        let (tx, rx) = watch::channel(None);
+        let exits = self.exits.clone();
+        let dir = self.machine_dir(&m.id);
+        let cgroup = self.cgroup(&m.id);
+        let (app, id, instance) = (m.app.clone(), m.id.clone(), state.instance_id.clone());
+        tokio::spawn(async move {
+            let status = wait_pidfd(pidfd).await;
+            let statuses: Vec<ContainerStatus> = std::fs::read(dir.join(EXIT_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let first = statuses.first();
+            let (mut exit_code, mut signal) = match first {
+                Some(c) => (c.exit_code.unwrap_or(0), c.signal),
+                None => status.unwrap_or((0, None)),
+            };
+            if first.is_none() && exit_code == 0 && signal.is_none() {
+                // Pilot died without a report (killed): treat it as killed.
+                exit_code = 137;
+                signal = Some(9);
+            }
+            let oom_killed = cgroup.oom_kills().unwrap_or(0) > 0;
+            let exit = MachineExit {
+                app,
+                machine_id: id,
+                instance_id: instance,
+                exit_code: if signal.is_some() && first.is_some_and(|c| c.exit_code.is_none()) {
+                    128 + signal.unwrap_or(0)
+                } else {
+                    exit_code
+                },
+                signal,
+                oom_killed,
+                exited_at: now_ms(),
+            };
+            let _ = tx.send(Some(exit.clone()));
+            let _ = exits.send(exit);
+        });
+        Ok(rx)
+    }
+
+    /// Releases what a stopped machine held on the host: rootfs mounts, writable layers,
+    /// cgroup, uid range. Logs stay until the machine is destroyed.
+    async fn cleanup(&self, id: &str, keep_rootfs: bool) -> Result<(), RuntimeError> {
+        let state = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .map(|r| r.state)
+            .or_else(|| read_state(&self.machine_dir(id)));
+        let dir = self.machine_dir(id);
+        let cgroup = self.cgroup(id);
+        // Found on disk rather than from runtime.json: a crash may have left mounts behind
+        // before that file was written.
+        let targets: Vec<PathBuf> = std::fs::read_dir(dir.join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.path().join("rootfs")).collect())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            if cgroup.exists() {
+                cgroup.destroy().map_err(failed)?;
+            }
+            for target in &targets {
+                if is_mountpoint(target) {
+                    hangar_image::unmount_rootfs(target).map_err(failed)?;
+                }
+                if !keep_rootfs {
+                    if let Some(cdir) = target.parent() {
+                        hangar_image::remove_rootfs(cdir).map_err(failed)?;
+                    }
+                }
+            }
+            for f in [RUNTIME_FILE, CONTROL_SOCKET, SPAWN_FILE] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(failed)??;
+        if let Some(s) = state {
+            self.free_slot(s.slot);
+        }
+        Ok(())
+    }
+
+    async fn control(&self, id: &str, req: &Request) -> Result<Reply, RuntimeError> {
+        let path = self.machine_dir(id).join(CONTROL_SOCKET);
+        let stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| failed(format!("connecting to pilot: {e}")))?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(req).map_err(failed)?;
+        line.push(b'\n');
+        write.write_all(&line).await.map_err(failed)?;
+        let mut reply = String::new();
+        BufReader::new(read)
+            .read_line(&mut reply)
+            .await
+            .map_err(failed)?;
+        serde_json::from_str(&reply).map_err(|e| failed(format!("bad reply from pilot: {e}")))
+    }
+
+    /// Waits until Pilot has started (or failed to start) every container.
+    async fn wait_ready(
+        &self,
+        id: &str,
+        exited: &mut watch::Receiver<Option<MachineExit>>,
+    ) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_micros(200);
+        loop {
+            if exited.borrow().is_some() {
+                let log = std::fs::read_to_string(self.machine_dir(id).join(PILOT_LOG))
+                    .unwrap_or_default();
+                let statuses: Vec<ContainerStatus> =
+                    std::fs::read(self.machine_dir(id).join(EXIT_FILE))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
+                    return Err(failed(format!("container failed to start: {err}")));
+                }
+                if statuses.is_empty() {
+                    return Err(failed(format!("pilot exited during start: {}", log.trim())));
+                }
+                // Every container ran and exited already: a short-lived machine. That is a
+                // successful start; the exit is reported separately.
+                return Ok(());
+            }
+            if let Ok(reply) = self.control(id, &Request::Status).await {
+                if let Some(status) = reply.status {
+                    if let Some(err) = status.containers.iter().find_map(|c| c.error.clone()) {
+                        return Err(failed(format!("container failed to start: {err}")));
+                    }
+                    if status
+                        .containers
+                        .iter()
+                        .all(|c| c.state != ContainerState::Created)
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(failed("pilot did not start the containers within 30s"));
+            }
+            // The socket appears within milliseconds; back off gently until it does.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = exited.changed() => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for SandboxRuntime {
+    fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
+        for c in container_configs(config) {
+            Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+        // Leftovers of an earlier run (a crash, a kill) go first.
+        self.cleanup(&m.id, keep_rootfs(&m.config, true)).await?;
+        let slot = self.alloc_slot()?;
+        let state = match self.launch(m, slot).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.cgroup(&m.id).destroy();
+                let _ = self.cleanup(&m.id, false).await;
+                self.free_slot(slot);
+                return Err(e);
+            }
+        };
+        write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)?;
+        let mut exited = self.watch_exit(m, &state)?;
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                m.id.clone(),
+                Running {
+                    state,
+                    exited: exited.clone(),
+                },
+            );
+        if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
+            let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn stop(
+        &self,
+        m: &MachineRecord,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let exited = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&m.id)
+            .map(|r| r.exited.clone());
+        if let Some(mut exited) = exited {
+            if exited.borrow().is_none() {
+                let req = Request::Stop {
+                    signal: Some(signal.number()),
+                    timeout_ms: Some(timeout.as_millis() as u64),
+                };
+                let asked = self.control(&m.id, &req).await.is_ok();
+                let grace = if asked {
+                    timeout + Duration::from_secs(2)
+                } else {
+                    Duration::ZERO
+                };
+                if tokio::time::timeout(grace, exited.wait_for(|e| e.is_some()))
+                    .await
+                    .is_err()
+                {
+                    // Pilot did not finish in time: kill the whole machine.
+                    let cgroup = self.cgroup(&m.id);
+                    tokio::task::spawn_blocking(move || cgroup.kill_all())
+                        .await
+                        .map_err(failed)?
+                        .map_err(failed)?;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        exited.wait_for(|e| e.is_some()),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.cleanup(&m.id, keep_rootfs(&m.config, true)).await
+    }
+
+    async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+        self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
+        self.cleanup(&m.id, false).await?;
+        let dir = self.machine_dir(&m.id);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(format!("removing {}: {e}", dir.display()))),
+        })
+        .await
+        .map_err(failed)?
+    }
+
+    async fn adopt(&self, m: &MachineRecord) -> bool {
+        let dir = self.machine_dir(&m.id);
+        let state = read_state(&dir);
+        if let Some(s) = &state {
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(s.slot);
+        }
+        let alive = state.as_ref().is_some_and(|s| {
+            s.instance_id == m.instance_id && start_time(s.pid).is_some_and(|t| t == s.start_time)
+        });
+        let Some(state) = state.filter(|_| alive) else {
+            // Whatever is left of it (processes, mounts, cgroup) goes.
+            let _ = self.cleanup(&m.id, keep_rootfs(&m.config, true)).await;
+            return false;
+        };
+        match self.watch_exit(m, &state) {
+            Ok(exited) => {
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(m.id.clone(), Running { state, exited });
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.set_frozen(frozen))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn signal(&self, m: &MachineRecord, signal: Signal) -> Result<(), RuntimeError> {
+        let reply = self
+            .control(
+                &m.id,
+                &Request::Signal {
+                    signal: signal.number(),
+                },
+            )
+            .await?;
+        match reply.error {
+            Some(e) => Err(failed(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The rootfs survives a stop only with `rootfs.persist` of `restart` or `always`.
+fn keep_rootfs(config: &MachineConfig, _restart: bool) -> bool {
+    config
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.persist.as_deref())
+        .is_some_and(|p| p == "restart" || p == "always")
+}
+
+/// One container to run: the implicit `app` of an `image` config, or each of `containers`.
+struct PlannedContainer {
+    name: String,
+    image: String,
+    exec: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    user: Option<String>,
+    env: Vec<(String, String)>,
+    files: Vec<hangar_api::File>,
+    stop_signal: Option<Signal>,
+    stop_timeout: Duration,
+}
+
+fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
+    let machine_env: Vec<(String, String)> = config
+        .env
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let stop = config.stop_config.as_ref();
+    let stop_signal = stop.and_then(|s| s.signal);
+    let stop_timeout = stop
+        .and_then(|s| s.timeout)
+        .map(|d| d.as_duration())
+        .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT);
+    match config.containers.as_ref().filter(|c| !c.is_empty()) {
+        Some(containers) => containers
+            .iter()
+            .map(|c| PlannedContainer {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                exec: c.exec.clone(),
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                user: c.user.clone(),
+                env: machine_env
+                    .iter()
+                    .cloned()
+                    .chain(c.env.iter().flatten().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect(),
+                files: c.files.clone().unwrap_or_default(),
+                stop_signal: c.stop.as_ref().and_then(|s| s.signal).or(stop_signal),
+                stop_timeout: c
+                    .stop
+                    .as_ref()
+                    .and_then(|s| s.timeout)
+                    .map(|d| d.as_duration())
+                    .unwrap_or(stop_timeout),
+            })
+            .collect(),
+        None => vec![PlannedContainer {
+            name: "app".into(),
+            image: config.image.clone().unwrap_or_default(),
+            exec: config.init.exec.clone(),
+            entrypoint: config.init.entrypoint.clone(),
+            cmd: config.init.cmd.clone(),
+            user: None,
+            env: machine_env,
+            files: config.files.clone().unwrap_or_default(),
+            stop_signal,
+            stop_timeout,
+        }],
+    }
+}
+
+/// Resolves command, environment, user and files of one container (reference 2.2 and 4.1).
+fn container_process(
+    m: &MachineRecord,
+    c: &PlannedContainer,
+    image: &hangar_image::ImageConfig,
+    rootfs: &RootfsSpec,
+    target: &Path,
+) -> Result<ContainerProcess, RuntimeError> {
+    let argv = match &c.exec {
+        Some(exec) if !exec.is_empty() => exec.clone(),
+        _ => {
+            let entrypoint = c
+                .entrypoint
+                .clone()
+                .unwrap_or_else(|| image.entrypoint.clone());
+            // An explicitly empty cmd means "use the image's".
+            let cmd = match &c.cmd {
+                Some(cmd) if !cmd.is_empty() => cmd.clone(),
+                _ => image.cmd.clone(),
+            };
+            entrypoint.into_iter().chain(cmd).collect()
+        }
+    };
+    if argv.is_empty() {
+        return Err(RuntimeError::Image(format!(
+            "container {}: the image has no entrypoint or cmd; set init.cmd or init.exec",
+            c.name
+        )));
+    }
+    let mut env: Vec<(String, String)> = image
+        .env
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    fn set(env: &mut Vec<(String, String)>, k: &str, v: String) {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v));
+    }
+    for (k, v) in &c.env {
+        set(&mut env, k, v.clone());
+    }
+    let guest = m.config.guest.clone().unwrap_or_default();
+    set(&mut env, "FLY_APP_NAME", m.app.clone());
+    set(&mut env, "FLY_MACHINE_ID", m.id.clone());
+    set(&mut env, "FLY_ALLOC_ID", m.id.clone());
+    set(&mut env, "FLY_REGION", m.region.clone());
+    set(&mut env, "PRIMARY_REGION", m.region.clone());
+    set(&mut env, "FLY_IMAGE_REF", c.image.clone());
+    set(&mut env, "FLY_MACHINE_VERSION", m.instance_id.clone());
+    set(&mut env, "FLY_PRIVATE_IP", m.private_ip.clone());
+    set(&mut env, "FLY_VM_MEMORY_MB", guest.memory_mb.to_string());
+    if let Some(group) = m
+        .config
+        .metadata
+        .as_ref()
+        .and_then(|md| md.get("fly_process_group"))
+    {
+        set(&mut env, "FLY_PROCESS_GROUP", group.clone());
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        set(
+            &mut env,
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        set(&mut env, "HOME", "/root".into());
+    }
+    let user_spec = c
+        .user
+        .clone()
+        .or_else(|| image.user.clone())
+        .unwrap_or_default();
+    let (uid, gid) = resolve_user(&user_spec, &rootfs.lowerdirs)?;
+    let mut files = vec![
+        ContainerFile {
+            path: "/etc/hostname".into(),
+            content: format!("{}\n", m.id).into_bytes(),
+            mode: 0o644,
+        },
+        ContainerFile {
+            path: "/etc/hosts".into(),
+            content: format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n127.0.1.1\t{}\n",
+                m.private_ip, m.id
+            )
+            .into_bytes(),
+            mode: 0o644,
+        },
+        ContainerFile {
+            path: "/etc/resolv.conf".into(),
+            content: b"nameserver fdaa::3\n".to_vec(),
+            mode: 0o644,
+        },
+    ];
+    for f in &c.files {
+        let content = match (&f.raw_value, &f.secret_name, &f.image_config) {
+            (Some(raw), _, _) => base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| RuntimeError::Image(format!("file {}: {e}", f.guest_path)))?,
+            (_, Some(secret), _) => return Err(RuntimeError::Unsupported(format!(
+                "file {}: secret {secret:?} cannot be resolved (app secrets are not supported yet)",
+                f.guest_path
+            ))),
+            (_, _, Some(_)) => serde_json::to_vec_pretty(image).map_err(failed)?,
+            _ => continue,
+        };
+        files.push(ContainerFile {
+            path: f.guest_path.clone(),
+            content,
+            mode: f.mode.unwrap_or(0o644),
+        });
+    }
+    Ok(ContainerProcess {
+        rootfs: target.to_path_buf(),
+        argv,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: image
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        additional_gids: Vec::new(),
+        files,
+        binds: Vec::new(),
+    })
+}
+
+/// `user`, `uid`, `user:group` or `uid:gid`, names looked up in the image's /etc/passwd and
+/// /etc/group (the topmost layer that has the file wins).
+fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let read = |file: &str| {
+        layers
+            .iter()
+            .map(|l| l.join("etc").join(file))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let passwd = read("passwd");
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[2] == user)
+                .and_then(|f| f[3].parse().ok())
+                .unwrap_or(uid);
+            (uid, gid)
+        }
+        Err(_) => passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == user)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .ok_or_else(|| {
+                RuntimeError::Image(format!(
+                    "user {user:?} not found in the image's /etc/passwd"
+                ))
+            })?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read("group")
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| {
+                    RuntimeError::Image(format!("group {g:?} not found in the image's /etc/group"))
+                })?,
+        },
+    };
+    if uid >= UID_RANGE || gid >= UID_RANGE {
+        return Err(RuntimeError::Image(format!(
+            "user {spec:?} is outside the machine's id range"
+        )));
+    }
+    Ok((uid, gid))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(failed)?;
+    std::fs::write(path, bytes).map_err(|e| failed(format!("writing {}: {e}", path.display())))
+}
+
+fn read_state(dir: &Path) -> Option<RuntimeState> {
+    serde_json::from_slice(&std::fs::read(dir.join(RUNTIME_FILE)).ok()?).ok()
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, to detect pid reuse.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits for the process behind `pidfd` to exit and reaps it when it is our child (Pilot is
+/// reparented to the daemon, a subreaper). Returns (exit code, signal) when known.
+async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
+    // SAFETY: we own the pidfd and it stays open for as long as the AsyncFd lives.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.ok()?;
+    let _ = afd.readable().await.ok()?;
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: P_PIDFD with a valid pidfd; WEXITED reaps.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            afd.get_ref().as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: after a successful waitid the status fields are valid.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    match code {
+        libc::CLD_EXITED => Some((status, None)),
+        libc::CLD_KILLED | libc::CLD_DUMPED => Some((128 + status, Some(status))),
+        _ => None,
+    }
+}
+
+/// Entry point of `hangar sandbox-spawn <plan>`: builds the sandbox, mounts the root
+/// filesystems through the machine's user namespace and prints Pilot's pid.
+pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
+    let plan: SpawnPlan = serde_json::from_slice(&std::fs::read(plan_path)?)?;
+    let pid = hangar_sandbox::spawn_machine(&plan.sandbox, |ns| {
+        let fd = ns.try_clone().map_err(|e| e.to_string())?;
+        let userns = hangar_image::Userns::from_fd(fd);
+        for m in &plan.mounts {
+            let spec = RootfsSpec {
+                lowerdirs: m.lowerdirs.clone(),
+                upperdir: m.upperdir.clone(),
+                workdir: m.workdir.clone(),
+            };
+            hangar_image::mount_rootfs(&spec, &m.target, Some(&userns))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    println!("{pid}");
+    Ok(())
+}

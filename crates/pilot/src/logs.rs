@@ -1,0 +1,80 @@
+//! Container output: each line with a timestamp and stream into a size-bounded log file
+//! (`<name>.log`, rotated once to `<name>.log.1`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+}
+
+impl LogFile {
+    pub fn open(path: PathBuf, max: u64) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path,
+            file,
+            size,
+            max,
+        })
+    }
+
+    /// Appends `line` (without its newline) as `<RFC 3339 time> <stream> <line>`.
+    pub fn write_line(&mut self, stream: &str, line: &[u8]) -> std::io::Result<()> {
+        let ts = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+        let mut record = Vec::with_capacity(ts.len() + stream.len() + line.len() + 3);
+        record.extend_from_slice(ts.as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(stream.as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(line);
+        record.push(b'\n');
+        if self.size + record.len() as u64 > self.max {
+            self.rotate()?;
+        }
+        self.file.write_all(&record)?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let old = self.path.with_extension("log.1");
+        fs::rename(&self.path, old)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_lines_are_stamped_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        let mut log = LogFile::open(path.clone(), 200).unwrap();
+        for i in 0..20 {
+            log.write_line("stdout", format!("line {i}").as_bytes())
+                .unwrap();
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= 200);
+        assert!(text.lines().all(|l| l.contains(" stdout line ")));
+        assert!(dir.path().join("app.log.1").exists());
+    }
+}

@@ -1,0 +1,429 @@
+//! One cgroup per machine, on cgroup v1 (one directory per controller) or v2 (one unified
+//! directory). Written by hand rather than with libcgroups: the job is a dozen file writes, and
+//! this host's hybrid layout (v1 controllers beside a v2 mount holding only hugetlb) must use the
+//! v1 path even though a v2 mount exists.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no usable cgroup hierarchy under {0} (need cgroup v2, or v1 with memory, cpu and pids)"
+    )]
+    NoHierarchy(PathBuf),
+    #[error("cgroup {0} still has processes after kill")]
+    Busy(PathBuf),
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(io("write", path))
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(io("read", path))
+}
+
+/// Which layout the host uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// One directory per controller: `<root>/memory`, `<root>/cpu`, …
+    V1 { root: PathBuf },
+    /// A single unified tree at `<root>`.
+    V2 { root: PathBuf },
+}
+
+/// v1 controllers a machine uses; `cpuacct` and `freezer` are optional.
+const V1_REQUIRED: &[&str] = &["memory", "cpu", "pids"];
+const V1_OPTIONAL: &[&str] = &["freezer", "cpuacct"];
+
+impl Hierarchy {
+    /// Detects the layout under `root` (normally `/sys/fs/cgroup`). A pure v2 host has
+    /// `cgroup.controllers` at the root; a hybrid host keeps its controllers on v1.
+    pub fn detect(root: &Path) -> Result<Hierarchy> {
+        if root.join("cgroup.controllers").exists() {
+            return Ok(Hierarchy::V2 {
+                root: root.to_path_buf(),
+            });
+        }
+        if V1_REQUIRED
+            .iter()
+            .all(|c| root.join(c).join("tasks").exists())
+        {
+            return Ok(Hierarchy::V1 {
+                root: root.to_path_buf(),
+            });
+        }
+        Err(CgroupError::NoHierarchy(root.to_path_buf()))
+    }
+}
+
+/// Resource limits of a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU quota in whole CPUs (`guest.cpus`).
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// Swap allowed on top of memory; 0 means none.
+    pub swap_bytes: u64,
+    pub pids: u64,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct MachineCgroup {
+    hierarchy: Hierarchy,
+    /// Path below each hierarchy root, e.g. `hangar/0123456789abcd`.
+    rel: PathBuf,
+}
+
+impl MachineCgroup {
+    pub fn new(hierarchy: Hierarchy, rel: impl Into<PathBuf>) -> Self {
+        Self {
+            hierarchy,
+            rel: rel.into(),
+        }
+    }
+
+    /// Every directory this cgroup occupies (one per v1 controller, one on v2).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => vec![root.join(&self.rel)],
+            Hierarchy::V1 { root } => V1_REQUIRED
+                .iter()
+                .chain(V1_OPTIONAL)
+                .map(|c| root.join(c))
+                .filter(|d| d.exists())
+                .map(|d| d.join(&self.rel))
+                .collect(),
+        }
+    }
+
+    fn v1(&self, controller: &str) -> Option<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { root } => {
+                let base = root.join(controller);
+                base.exists().then(|| base.join(&self.rel))
+            }
+            Hierarchy::V2 { .. } => None,
+        }
+    }
+
+    /// Creates the cgroup and applies `limits`.
+    pub fn create(&self, limits: &Limits) -> Result<()> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => {
+                // Controllers must be enabled in every ancestor's subtree_control.
+                let mut dir = root.clone();
+                for part in self.rel.iter() {
+                    enable_v2_controllers(&dir)?;
+                    dir.push(part);
+                    mkdir(&dir)?;
+                }
+                let quota = u64::from(limits.cpus) * CPU_PERIOD_US;
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, &limits.swap_bytes.to_string())?;
+                }
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+            }
+            Hierarchy::V1 { .. } => {
+                for dir in self.dirs() {
+                    mkdir_all(&dir)?;
+                }
+                if let Some(cpu) = self.v1("cpu") {
+                    write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    let quota = u64::from(limits.cpus) * CPU_PERIOD_US;
+                    write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                if let Some(mem) = self.v1("memory") {
+                    write(
+                        &mem.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
+                    // memsw (memory + swap) exists only with swap accounting enabled.
+                    let memsw = mem.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        let total = limits.memory_bytes.saturating_add(limits.swap_bytes);
+                        write(&memsw, &total.to_string())?;
+                    }
+                    let swappiness = mem.join("memory.swappiness");
+                    if limits.swap_bytes == 0 && swappiness.exists() {
+                        // Best effort: some kernels refuse swappiness writes on non-root cgroups.
+                        let _ = fs::write(&swappiness, "0");
+                    }
+                }
+                if let Some(pids) = self.v1("pids") {
+                    write(&pids.join("pids.max"), &limits.pids.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` (and, later, its children) into the cgroup.
+    pub fn add_process(&self, pid: i32) -> Result<()> {
+        for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn procs(&self) -> Result<Vec<i32>> {
+        let dir = match &self.hierarchy {
+            Hierarchy::V2 { root } => root.join(&self.rel),
+            Hierarchy::V1 { .. } => match self.v1("pids") {
+                Some(d) => d,
+                None => return Ok(Vec::new()),
+            },
+        };
+        match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io("read", &dir)(e)),
+        }
+    }
+
+    /// Freezes (`true`) or thaws every process of the machine, waiting until the kernel says so.
+    pub fn set_frozen(&self, frozen: bool) -> Result<()> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => {
+                let dir = root.join(&self.rel);
+                write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                wait_for(&dir.join("cgroup.events"), |s| s.lines().any(|l| l == want))
+            }
+            Hierarchy::V1 { .. } => {
+                let Some(dir) = self.v1("freezer") else {
+                    return Ok(());
+                };
+                let state = if frozen { "FROZEN" } else { "THAWED" };
+                write(&dir.join("freezer.state"), state)?;
+                wait_for(&dir.join("freezer.state"), |s| s.trim() == state)
+            }
+        }
+    }
+
+    /// How many times the kernel OOM-killed a process in this cgroup.
+    pub fn oom_kills(&self) -> Result<u64> {
+        let (file, key) = match &self.hierarchy {
+            Hierarchy::V2 { root } => (root.join(&self.rel).join("memory.events"), "oom_kill"),
+            Hierarchy::V1 { .. } => match self.v1("memory") {
+                Some(d) => (d.join("memory.oom_control"), "oom_kill"),
+                None => return Ok(0),
+            },
+        };
+        let text = match fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io("read", &file)(e)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Kills every process in the cgroup and waits until it is empty.
+    pub fn kill_all(&self) -> Result<()> {
+        if let Hierarchy::V2 { root } = &self.hierarchy {
+            let kill = root.join(&self.rel).join("cgroup.kill");
+            if kill.exists() {
+                write(&kill, "1")?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // A frozen process cannot die; thaw first.
+            let _ = self.set_frozen(false);
+            let procs = self.procs()?;
+            if procs.is_empty() {
+                return Ok(());
+            }
+            for pid in procs {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy(self.rel.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Removes the cgroup directories; missing ones are fine.
+    pub fn destroy(&self) -> Result<()> {
+        self.kill_all()?;
+        for dir in self.dirs() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    // Exiting processes can keep the directory busy for a moment.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(io("remove", &dir)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|d| d.exists())
+    }
+}
+
+fn enable_v2_controllers(dir: &Path) -> Result<()> {
+    let control = dir.join("cgroup.subtree_control");
+    let available = read(&dir.join("cgroup.controllers"))?;
+    let enabled = fs::read_to_string(&control).unwrap_or_default();
+    let wanted: Vec<String> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !wanted.is_empty() {
+        write(&control, &wanted.join(" "))?;
+    }
+    Ok(())
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("create", dir)(e)),
+    }
+}
+
+fn mkdir_all(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io("create", dir))
+}
+
+fn wait_for(file: &Path, done: impl Fn(&str) -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = read(file)?;
+        if done(&s) || Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out like a cgroup v2 root; the kernel's files become plain files.
+    fn fake_v2() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("cgroup.subtree_control"), "").unwrap();
+        dir
+    }
+
+    #[test]
+    fn test_detect_v2_and_v1() {
+        let v2 = fake_v2();
+        assert_eq!(
+            Hierarchy::detect(v2.path()).unwrap(),
+            Hierarchy::V2 {
+                root: v2.path().to_path_buf()
+            }
+        );
+        let v1 = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "pids"] {
+            fs::create_dir(v1.path().join(c)).unwrap();
+            fs::write(v1.path().join(c).join("tasks"), "").unwrap();
+        }
+        assert!(matches!(
+            Hierarchy::detect(v1.path()).unwrap(),
+            Hierarchy::V1 { .. }
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Hierarchy::detect(empty.path()).is_err());
+    }
+
+    #[test]
+    fn test_v2_limits_written() {
+        let root = fake_v2();
+        // The kernel creates interface files in a new cgroup; emulate that for the parent.
+        let hangar = root.path().join("hangar");
+        fs::create_dir(&hangar).unwrap();
+        fs::write(hangar.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(hangar.join("cgroup.subtree_control"), "").unwrap();
+        let machine = hangar.join("m1");
+        fs::create_dir(&machine).unwrap();
+        fs::write(machine.join("memory.swap.max"), "max").unwrap();
+        let cg = MachineCgroup::new(
+            Hierarchy::V2 {
+                root: root.path().to_path_buf(),
+            },
+            "hangar/m1",
+        );
+        cg.create(&Limits {
+            cpus: 2,
+            memory_bytes: 256 << 20,
+            swap_bytes: 0,
+            pids: 4096,
+        })
+        .unwrap();
+        let r = |f: &str| fs::read_to_string(machine.join(f)).unwrap();
+        assert_eq!(r("cpu.max"), "200000 100000");
+        assert_eq!(r("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(r("memory.swap.max"), "0");
+        assert_eq!(r("pids.max"), "4096");
+        assert_eq!(
+            fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids"
+        );
+        cg.add_process(42).unwrap();
+        assert_eq!(r("cgroup.procs"), "42");
+        fs::write(
+            machine.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills().unwrap(), 1);
+        fs::write(machine.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        cg.set_frozen(true).unwrap();
+        assert_eq!(r("cgroup.freeze"), "1");
+    }
+}

@@ -1,0 +1,356 @@
+//! Turning a freshly cloned process (new mount + pid namespace, inside the machine's user
+//! namespace) into a container: its root filesystem with /proc, a minimal /dev and masked paths,
+//! then user, capabilities, no_new_privs and seccomp, then exec. Written by hand because it runs
+//! nested under Pilot inside an already-built user namespace, where youki's libcontainer would
+//! insist on building every namespace itself; the steps follow the OCI runtime spec's defaults.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+/// What Pilot hands to the container setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerProcess {
+    /// The container's root filesystem, already mounted (overlay of the image layers).
+    pub rootfs: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Files to write into the rootfs before pivoting: (path, content, mode).
+    #[serde(default)]
+    pub files: Vec<ContainerFile>,
+    /// Machine-level volumes bind-mounted into the container: (host path, container path).
+    #[serde(default)]
+    pub binds: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FSETID,
+    Capability::CAP_FOWNER,
+    Capability::CAP_MKNOD,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_KILL,
+    Capability::CAP_AUDIT_WRITE,
+];
+
+/// Paths hidden from containers (the OCI/Docker defaults).
+const MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/interrupts",
+];
+const MASKED_DIRS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<(), String> {
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(|e| err(&format!("bind {} on {}", src.display(), dst.display()), e))
+}
+
+/// Joins `path` (absolute inside the container) under `root` without `..` tricks.
+fn under(root: &Path, path: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+    {
+        p.push(c);
+    }
+    p
+}
+
+/// Sets up the container and execs its process. Returns only on failure.
+pub fn exec_container(p: &ContainerProcess) -> String {
+    match setup(p) {
+        Ok(()) => exec(p),
+        Err(e) => e,
+    }
+}
+
+fn setup(p: &ContainerProcess) -> Result<(), String> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| err("make mounts private", e))?;
+    let root = &p.rootfs;
+    // pivot_root needs the new root to be a mount point.
+    bind(root, root, MsFlags::MS_REC)?;
+    write_files(root, &p.files)?;
+    for (host, target) in &p.binds {
+        let dst = under(root, target);
+        fs::create_dir_all(&dst).map_err(|e| err(&format!("mkdir {}", dst.display()), e))?;
+        bind(host, &dst, MsFlags::MS_REC)?;
+    }
+    let proc_dir = root.join("proc");
+    fs::create_dir_all(&proc_dir).map_err(|e| err("mkdir /proc", e))?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| err("mount /proc", e))?;
+    let sys_dir = root.join("sys");
+    fs::create_dir_all(&sys_dir).map_err(|e| err("mkdir /sys", e))?;
+    let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    if mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None::<&str>).is_err() {
+        // Without sysfs rights, an empty read-only tmpfs keeps /sys from showing the host.
+        mount(Some("tmpfs"), &sys_dir, Some("tmpfs"), ro, Some("size=0"))
+            .map_err(|e| err("mount /sys", e))?;
+    }
+    setup_dev(root)?;
+
+    std::env::set_current_dir(root).map_err(|e| err("chdir rootfs", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach old root", e))?;
+    std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
+
+    mask_paths()?;
+    Ok(())
+}
+
+fn write_files(root: &Path, files: &[ContainerFile]) -> Result<(), String> {
+    for f in files {
+        let path = under(root, &f.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| err(&format!("mkdir for {}", f.path), e))?;
+        }
+        // Never follow a symlink the image planted at the target.
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&path).map_err(|e| err(&format!("replace {}", f.path), e))?;
+        }
+        fs::write(&path, &f.content).map_err(|e| err(&format!("write {}", f.path), e))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))
+            .map_err(|e| err(&format!("chmod {}", f.path), e))?;
+    }
+    Ok(())
+}
+
+fn setup_dev(root: &Path) -> Result<(), String> {
+    let dev = root.join("dev");
+    fs::create_dir_all(&dev).map_err(|e| err("mkdir /dev", e))?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(|e| err("mount /dev", e))?;
+    // Device nodes cannot be created in a user namespace; bind the host's harmless ones.
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::write(&target, b"").map_err(|e| err(&format!("create /dev/{name}"), e))?;
+        bind(&Path::new("/dev").join(name), &target, MsFlags::empty())?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(|e| err("mkdir /dev/pts", e))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| err("mount /dev/pts", e))?;
+    symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| err("link /dev/ptmx", e))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| err("mkdir /dev/shm", e))?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| err("mount /dev/shm", e))?;
+    let mqueue = dev.join("mqueue");
+    fs::create_dir(&mqueue).map_err(|e| err("mkdir /dev/mqueue", e))?;
+    let _ = mount(
+        Some("mqueue"),
+        &mqueue,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link)).map_err(|e| err(&format!("link /dev/{link}"), e))?;
+    }
+    Ok(())
+}
+
+fn mask_paths() -> Result<(), String> {
+    for path in MASKED_FILES {
+        if Path::new(path).exists() {
+            bind(Path::new("/dev/null"), Path::new(path), MsFlags::empty())?;
+        }
+    }
+    for path in MASKED_DIRS {
+        if Path::new(path).is_dir() {
+            mount(
+                Some("tmpfs"),
+                *path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+            .map_err(|e| err(&format!("mask {path}"), e))?;
+        }
+    }
+    for path in READONLY_PATHS {
+        if !Path::new(path).exists() {
+            continue;
+        }
+        bind(Path::new(path), Path::new(path), MsFlags::MS_REC)?;
+        mount(
+            None::<&str>,
+            *path,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| err(&format!("read-only {path}"), e))?;
+    }
+    Ok(())
+}
+
+fn exec(p: &ContainerProcess) -> String {
+    if let Err(e) = drop_privileges(p) {
+        return e;
+    }
+    if let Err(e) = std::env::set_current_dir(&p.cwd) {
+        return err(&format!("chdir {}", p.cwd), e);
+    }
+    let Some(program) = p.argv.first() else {
+        return "no command to run (the image has no entrypoint or cmd; set init.cmd)".into();
+    };
+    let path_var = p
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let resolved = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        match path_var
+            .split(':')
+            .map(|d| Path::new(d).join(program))
+            .find(|c| c.is_file())
+        {
+            Some(c) => c,
+            None => return format!("executable {program:?} not found in PATH {path_var}"),
+        }
+    };
+    let to_c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains NUL"));
+    let argv: Result<Vec<CString>, String> = p.argv.iter().map(|a| to_c(a)).collect();
+    let env: Result<Vec<CString>, String> = p.env.iter().map(|a| to_c(a)).collect();
+    let (argv, env) = match (argv, env) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let path = match CString::new(resolved.as_os_str().as_encoded_bytes()) {
+        Ok(p) => p,
+        Err(_) => return "executable path contains NUL".into(),
+    };
+    let e = nix::unistd::execve(&path, &argv, &env);
+    format!("exec {}: {e:?}", resolved.display())
+}
+
+/// Limits the container to Docker's capabilities, switches user, sets no_new_privs and loads
+/// the seccomp filter (last, so the setup above may use what the filter forbids).
+fn drop_privileges(p: &ContainerProcess) -> Result<(), String> {
+    let keep: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            // Capabilities the running kernel does not know cannot be dropped; ignore them.
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    let gids: Vec<nix::unistd::Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(|e| err("setgroups", e))?;
+    let gid = nix::unistd::Gid::from_raw(p.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| err("setgid", e))?;
+    // Keep capabilities across setuid so root keeps its set; others lose them below.
+    let uid = nix::unistd::Uid::from_raw(p.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| err("setuid", e))?;
+    let set: caps::CapsHashSet = if p.uid == 0 { keep } else { Default::default() };
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())
+        .map_err(|e| err("clear inheritable caps", e))?;
+    caps::set(None, CapSet::Effective, &set).map_err(|e| err("set effective caps", e))?;
+    caps::set(None, CapSet::Permitted, &set).map_err(|e| err("set permitted caps", e))?;
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(err("no_new_privs", std::io::Error::last_os_error()));
+    }
+    crate::seccomp::apply_default_filter().map_err(|e| err("seccomp", e))
+}

@@ -1,0 +1,325 @@
+//! Building a machine's sandbox. The daemon runs `hangar sandbox-spawn <spec>` — a fresh,
+//! single-threaded process, because forking and unsharing inside the multi-threaded daemon is
+//! unsafe. The helper:
+//!
+//! 1. creates the machine cgroup and joins it, so everything it forks is accounted there;
+//! 2. forks a child that unshares a user namespace, and writes that child's uid/gid maps
+//!    (machine root = `uid_base` on the host);
+//! 3. runs `prepare` with the new user namespace (the caller mounts the root filesystems);
+//! 4. lets the child unshare mount, uts, ipc, net, cgroup and pid namespaces and fork Pilot,
+//!    which becomes PID 1 of the machine;
+//! 5. prints Pilot's host pid and exits. Pilot is reparented to the daemon (a subreaper) and
+//!    outlives it if the daemon dies.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{Hierarchy, Limits, MachineCgroup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cgroup setup failed: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("preparing the machine failed: {0}")]
+    Prepare(String),
+    #[error("the sandbox child failed: {0}")]
+    Child(String),
+}
+
+type Result<T> = std::result::Result<T, SpawnError>;
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SpawnError {
+    let what = what.into();
+    move |source| SpawnError::Sys { what, source }
+}
+
+fn ioerr(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpawnError {
+    let what = what.into();
+    move |source| SpawnError::Io { what, source }
+}
+
+/// Everything the helper needs, written by the daemon as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub machine_id: String,
+    pub machine_dir: PathBuf,
+    /// First host uid/gid of the machine's range; machine root maps to it.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub cgroup_root: PathBuf,
+    /// Cgroup path below each hierarchy root (`hangar/<id>`).
+    pub cgroup_path: PathBuf,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub swap_bytes: u64,
+    pub pids: u64,
+    pub hostname: String,
+    /// Arguments for Pilot after the executable (`pilot --machine-dir …`).
+    pub pilot_args: Vec<String>,
+    /// Where Pilot's own stdout/stderr go.
+    pub pilot_log: PathBuf,
+}
+
+impl SandboxSpec {
+    pub fn cgroup(&self) -> Result<MachineCgroup> {
+        Ok(MachineCgroup::new(
+            Hierarchy::detect(&self.cgroup_root)?,
+            self.cgroup_path.clone(),
+        ))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            swap_bytes: self.swap_bytes,
+            pids: self.pids,
+        }
+    }
+}
+
+/// Opens the user namespace of `pid` for the `prepare` step.
+pub fn userns_fd(pid: Pid) -> Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/user");
+    let fd = open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("open {path}")))?;
+    Ok(fd)
+}
+
+fn pipe_pair() -> Result<(File, File)> {
+    // Close-on-exec, or Pilot (and every container after it) would hold the write ends and
+    // the helper's reads would not see EOF until the machine exits.
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    Ok((File::from(r), File::from(w)))
+}
+
+/// Runs the helper's job and returns Pilot's host pid. Must be called from a single-threaded
+/// process. `prepare` runs in the helper (host root, host mount namespace) once the machine's
+/// user namespace exists, with that namespace's fd; mounts it makes are inherited by Pilot.
+pub fn spawn_machine(
+    spec: &SandboxSpec,
+    prepare: impl FnOnce(&OwnedFd) -> std::result::Result<(), String>,
+) -> Result<i32> {
+    let cgroup = spec.cgroup()?;
+    cgroup.create(&spec.limits())?;
+    cgroup.add_process(std::process::id() as i32)?;
+
+    // Open the executable now: after the switch to the machine's uids, host paths such as a
+    // 0700 home directory may not be traversable, but an open fd can still be executed.
+    let exe = open(
+        "/proc/self/exe",
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open /proc/self/exe"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.pilot_log)
+        .map_err(ioerr(format!("open {}", spec.pilot_log.display())))?;
+    std::os::unix::fs::chown(&spec.pilot_log, Some(spec.uid_base), Some(spec.uid_base))
+        .map_err(ioerr("chown pilot log"))?;
+    let argv: Vec<CString> = std::iter::once("hangar".to_string())
+        .chain(spec.pilot_args.iter().cloned())
+        .map(|a| CString::new(a).map_err(|e| SpawnError::Child(e.to_string())))
+        .collect::<Result<_>>()?;
+    let env = [
+        CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .map_err(|e| SpawnError::Child(e.to_string()))?,
+    ];
+    let hostname = spec.hostname.clone();
+
+    let (mut ready_r, mut ready_w) = pipe_pair()?; // child → helper: user namespace exists
+    let (mut go_r, mut go_w) = pipe_pair()?; // helper → child: maps written, mounts ready
+    let (mut pid_r, mut pid_w) = pipe_pair()?; // child → helper: Pilot's pid, or an error
+
+    // SAFETY: the helper is single-threaded, so the child may allocate and run normal code.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop((ready_r, go_w, pid_r));
+            let result = sandbox_child(&mut ready_w, &mut go_r, &hostname, &exe, &argv, &env, &log);
+            // Only errors come back here; Pilot's pid was reported on success.
+            let msg = match result {
+                Ok(pid) => format!("ok {pid}"),
+                Err(e) => format!("err {e}"),
+            };
+            let _ = pid_w.write_all(msg.as_bytes());
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, go_r, pid_w));
+            let outcome = (|| {
+                let mut b = [0u8; 1];
+                ready_r
+                    .read_exact(&mut b)
+                    .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
+                write_id_maps(child, spec.uid_base, spec.uid_count)?;
+                let ns = userns_fd(child)?;
+                prepare(&ns).map_err(SpawnError::Prepare)?;
+                go_w.write_all(b"g")
+                    .map_err(ioerr("signal sandbox child"))?;
+                let mut msg = String::new();
+                pid_r
+                    .read_to_string(&mut msg)
+                    .map_err(ioerr("read pilot pid"))?;
+                match msg.split_once(' ') {
+                    Some(("ok", pid)) => pid
+                        .trim()
+                        .parse::<i32>()
+                        .map_err(|_| SpawnError::Child(format!("bad pid {pid:?}"))),
+                    Some(("err", e)) => Err(SpawnError::Child(e.to_string())),
+                    _ => Err(SpawnError::Child(format!("unexpected reply {msg:?}"))),
+                }
+            })();
+            drop(go_w);
+            let _ = waitpid(child, None);
+            if outcome.is_err() {
+                let _ = cgroup.kill_all();
+            }
+            outcome
+        }
+    }
+}
+
+fn child_error(pid_r: &mut File) -> String {
+    let mut msg = String::new();
+    let _ = pid_r.read_to_string(&mut msg);
+    msg.strip_prefix("err ").unwrap_or(&msg).to_string()
+}
+
+fn write_id_maps(child: Pid, base: u32, count: u32) -> Result<()> {
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{child}/{file}");
+        std::fs::write(&path, format!("0 {base} {count}\n"))
+            .map_err(ioerr(format!("write {path}")))?;
+    }
+    Ok(())
+}
+
+/// The first child: enters the new namespaces and forks Pilot. Returns Pilot's pid.
+fn sandbox_child(
+    ready_w: &mut File,
+    go_r: &mut File,
+    hostname: &str,
+    exe: &OwnedFd,
+    argv: &[CString],
+    env: &[CString],
+    log: &File,
+) -> std::result::Result<i32, String> {
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
+    ready_w.write_all(b"r").map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    go_r.read_exact(&mut b)
+        .map_err(|_| "helper gave up before the namespaces were ready".to_string())?;
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|e| format!("setresgid: {e}"))?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|e| format!("setresuid: {e}"))?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(|e| format!("unshare namespaces: {e}"))?;
+    nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
+    // SAFETY: single-threaded (the helper's only thread forked us).
+    match unsafe { fork() }.map_err(|e| format!("fork pilot: {e}"))? {
+        ForkResult::Parent { child } => Ok(child.as_raw()),
+        ForkResult::Child => {
+            let err = pilot_child(exe, argv, env, log);
+            let _ = writeln!(&*log, "hangar: starting pilot failed: {err}");
+            // SAFETY: exit without unwinding into the parent's state.
+            unsafe { libc::_exit(127) }
+        }
+    }
+}
+
+/// PID 1 of the machine before it becomes Pilot.
+fn pilot_child(exe: &OwnedFd, argv: &[CString], env: &[CString], log: &File) -> String {
+    use nix::mount::{mount, MsFlags};
+    // Mounts made from here on stay inside the machine.
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
+        return format!("make / private: {e}");
+    }
+    // A /proc of the machine's own pid namespace.
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        return format!("mount /proc: {e}");
+    }
+    if let Err(e) = crate::net::loopback_up() {
+        return format!("bring up lo: {e}");
+    }
+    if let Err(e) = nix::unistd::setsid() {
+        return format!("setsid: {e}");
+    }
+    let devnull = match open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return format!("open /dev/null: {e}"),
+    };
+    for (src, dst) in [
+        (devnull.as_raw_fd(), 0),
+        (log.as_raw_fd(), 1),
+        (log.as_raw_fd(), 2),
+    ] {
+        // SAFETY: plain dup2 on fds we own.
+        if unsafe { libc::dup2(src, dst) } < 0 {
+            return format!("dup2: {}", std::io::Error::last_os_error());
+        }
+    }
+    let err = nix::unistd::execveat(
+        exe.as_fd(),
+        c"",
+        argv,
+        env,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    );
+    format!("exec pilot: {err:?}")
+}
+
+/// Reads a spec file written by the daemon.
+pub fn read_spec(path: &Path) -> Result<SandboxSpec> {
+    let bytes = std::fs::read(path).map_err(ioerr(format!("read {}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| SpawnError::Child(format!("bad spec: {e}")))
+}
