@@ -125,9 +125,27 @@ pub fn apps_table(list: &ListAppsResponse) -> Table {
     table
 }
 
+/// Asks for a line of text on the terminal (trimmed); refuses when stdin is not a terminal.
+pub(crate) fn ask(question: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("an answer is required but stdin is not a terminal");
+    }
+    print!("{question}");
+    std::io::stdout()
+        .flush()
+        .context("cannot write to stdout")?;
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer from stdin")?;
+    Ok(answer.trim().to_string())
+}
+
 /// Asks a yes/no question on the terminal; refuses (rather than hangs or assumes yes) when
 /// stdin is not a terminal.
-fn confirm(question: &str) -> Result<bool> {
+pub(crate) fn confirm(question: &str) -> Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!("confirmation required but stdin is not a terminal; pass --yes/-y");

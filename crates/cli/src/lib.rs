@@ -4,6 +4,7 @@ pub mod app_name;
 pub mod apps;
 pub mod auth;
 pub mod daemon;
+pub mod embedded;
 pub mod machine;
 pub mod output;
 
@@ -104,6 +105,12 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
         Command::Machine(args) => {
+            if matches!(
+                args.command,
+                machine::MachineCommand::Run(_) | machine::MachineCommand::Create(_)
+            ) {
+                embedded::ensure_daemon()?;
+            }
             with_client(|client| async move { machine::run(&client, args).await })
         }
     }

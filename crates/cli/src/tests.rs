@@ -305,7 +305,8 @@ fn machine_stop() {
         MachineCommand::Stop(StopArgs {
             ids: ids(&["abc"]),
             signal: Some(Signal::SIGTERM),
-            timeout: Some(30)
+            timeout: Some(30),
+            wait_timeout: None,
         })
     );
     let err = parse(&["m", "stop", "abc", "--signal", "SIGSEGV"]).unwrap_err();

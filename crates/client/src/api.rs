@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use hangar_api::{
-    App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, LeaseRequest, LeaseResponse,
-    ListAppsResponse, Machine, MachineEvent, MachineVersion, MetadataValueRequest,
-    MetadataValueResponse, OkResponse, StartResponse, StopRequest, UpdateMetadataRequest,
-    WaitResponse,
+    App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, ExecRequest, ExecResponse,
+    LeaseRequest, LeaseResponse, ListAppsResponse, Machine, MachineEvent, MachineVersion,
+    MetadataValueRequest, MetadataValueResponse, OkResponse, StartResponse, StopRequest,
+    UpdateMetadataRequest, WaitResponse,
 };
 
 use crate::client::{encode, Client};
@@ -23,6 +23,16 @@ pub struct ListMachinesOptions {
     pub summary: bool,
     /// `metadata.KEY=VALUE`; every pair must match.
     pub metadata: Vec<(String, String)>,
+}
+
+/// Query of `POST …/restart`.
+#[derive(Debug, Clone, Default)]
+pub struct RestartOptions {
+    /// Signal name (`SIGTERM`) to stop with.
+    pub signal: Option<String>,
+    /// Seconds to wait before killing.
+    pub timeout_secs: Option<u64>,
+    pub force_stop: bool,
 }
 
 /// Query of `GET …/wait`.
@@ -173,6 +183,69 @@ impl Client {
             .json(req)
             .send()
             .await
+    }
+
+    /// `POST …/restart?force_stop=&timeout=&signal=`; `timeout_secs` is sent as seconds.
+    pub async fn restart_machine(
+        &self,
+        app: &str,
+        id: &str,
+        opts: &RestartOptions,
+        nonce: Option<&str>,
+    ) -> Result<OkResponse, ClientError> {
+        self.post(format!("{}/restart", machine_path(app, id)))
+            .query_opt("force_stop", opts.force_stop.then_some("true"))
+            .query_opt("timeout", opts.timeout_secs)
+            .query_opt("signal", opts.signal.as_deref())
+            .lease_nonce(nonce)
+            .send()
+            .await
+    }
+
+    /// `POST …/suspend`.
+    pub async fn suspend_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<OkResponse, ClientError> {
+        self.post(format!("{}/suspend", machine_path(app, id)))
+            .lease_nonce(nonce)
+            .send()
+            .await
+    }
+
+    /// `POST …/signal` with a numeric signal, as fly-go's `Kill` sends `{"signal": 9}`.
+    pub async fn signal_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: i32,
+        nonce: Option<&str>,
+    ) -> Result<OkResponse, ClientError> {
+        self.post(format!("{}/signal", machine_path(app, id)))
+            .lease_nonce(nonce)
+            .json(&serde_json::json!({ "signal": signal }))
+            .send()
+            .await
+    }
+
+    /// `POST …/exec`: runs a command to completion and returns its output.
+    pub async fn exec_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &ExecRequest,
+    ) -> Result<ExecResponse, ClientError> {
+        self.post(format!("{}/exec", machine_path(app, id)))
+            .json(req)
+            .send()
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/volumes` (not served by every daemon yet), untyped.
+    pub async fn list_volumes(&self, app: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.get(format!("{}/volumes", app_path(app))).send().await
     }
 
     /// `POST …/cordon`.

@@ -18,7 +18,7 @@ mod endpoint;
 mod error;
 mod token;
 
-pub use api::{ListMachinesOptions, WaitOptions};
+pub use api::{ListMachinesOptions, RestartOptions, WaitOptions};
 pub use client::{encode, Auth, Client, RawResponse, RequestBuilder};
 pub use endpoint::{Endpoint, API_URL_ENV, DEFAULT_SOCKET};
 pub use error::ClientError;

@@ -25,6 +25,9 @@ pub struct StopArgs {
     /// Seconds to wait after the signal before killing the machine
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Wait this long for each machine to reach `stopped`, e.g. 30s, 5m
+    #[arg(short = 'w', long, value_name = "DURATION", value_parser = super::wait::parse_wait_timeout)]
+    pub wait_timeout: Option<std::time::Duration>,
 }
 
 /// Accepts `SIGTERM`, `term` or a number, limited to the signals the stop endpoint takes.
@@ -69,16 +72,22 @@ pub async fn stop(ctx: &Ctx<'_>, args: StopArgs) -> Result<()> {
         let id = id.as_str();
         let req = &req;
         println!("Sending kill signal to machine {id}...");
-        let resp = ctx
+        let (resp, version) = ctx
             .with_lease(id, "stop", |nonce| async move {
-                ctx.client
+                let version = ctx.get(id).await?.instance_id;
+                let resp = ctx
+                    .client
                     .stop_machine(ctx.app, id, req, Some(&nonce))
                     .await
-                    .with_context(|| format!("could not stop machine {id}"))
+                    .with_context(|| format!("could not stop machine {id}"))?;
+                Ok((resp, version))
             })
             .await?;
         if !resp.ok {
             bail!("could not stop machine {id}: the daemon did not confirm the stop");
+        }
+        if let Some(timeout) = args.wait_timeout {
+            super::wait::wait_for(ctx, id, &version, "stopped", timeout).await?;
         }
         println!("{id} has been successfully stopped");
     }

@@ -1,10 +1,15 @@
 //! `hangar machine …` (alias `m`), following flyctl's `fly machine`.
 
+pub mod clone;
+pub mod config_builder;
 mod destroy;
 mod leases;
 mod lifecycle;
 mod list;
+pub mod process;
+pub mod run;
 mod status;
+pub mod update;
 mod wait;
 
 use std::future::Future;
@@ -16,11 +21,15 @@ use hangar_client::{Client, ClientError, ListMachinesOptions, StatusCode};
 
 use crate::app_name::AppArgs;
 
+pub use clone::CloneArgs;
 pub use destroy::DestroyArgs;
 pub use leases::LeasesCommand;
 pub use lifecycle::{IdsArgs, StopArgs};
 pub use list::ListArgs;
+pub use process::{ExecArgs, KillArgs, RestartArgs, SuspendArgs};
+pub use run::{CreateArgs, RunArgs};
 pub use status::StatusArgs;
+pub use update::UpdateArgs;
 pub use wait::WaitArgs;
 
 /// Lease ttl flyctl uses for its mutations (reference 1.3).
@@ -39,6 +48,54 @@ pub struct MachineArgs {
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum MachineCommand {
+    /// Create and start a machine
+    #[command(after_help = "Examples:\n  \
+        hangar machine run nginx -a my-app -p 80/tcp:http -p 443:80/tcp:http:tls\n  \
+        hangar m run debian sleep inf --rm --vm-memory 512\n  \
+        hangar m run busybox --env MODE=prod --file-literal /etc/motd='hello' --restart on-failure\n  \
+        hangar m run nginx --machine-config machine.json --autostop=suspend --autostart\n\n\
+        Without a reachable daemon on the default socket (and no HANGAR_API_URL), `hangar daemon`\n\
+        is started in the background first.")]
+    Run(Box<RunArgs>),
+    /// Create a machine without starting it
+    #[command(after_help = "Examples:\n  \
+        hangar machine create nginx -a my-app --name web-1\n  \
+        hangar m create alpine sleep 3600 --schedule daily\n  \
+        hangar m create nginx --standby-for 1857156b526dd8")]
+    Create(Box<CreateArgs>),
+    /// Update a machine's configuration
+    #[command(after_help = "Examples:\n  \
+        hangar machine update 1857156b526dd8 --env LOG_LEVEL=debug --yes\n  \
+        hangar m update 1857156b526dd8 --vm-size shared-cpu-2x --skip-start\n  \
+        hangar m update 1857156b526dd8 -C 'nginx -g \"daemon off;\"' -y\n  \
+        hangar m update 1857156b526dd8 --port 8080/tcp:-  # remove the service on 8080")]
+    Update(Box<UpdateArgs>),
+    /// Create a copy of a machine
+    #[command(after_help = "Examples:\n  \
+        hangar machine clone 1857156b526dd8\n  \
+        hangar m clone 1857156b526dd8 --name web-2 --clear-cmd\n  \
+        hangar m clone 1857156b526dd8 --standby-for source")]
+    Clone(Box<CloneArgs>),
+    /// Restart machines
+    #[command(after_help = "Examples:\n  \
+        hangar machine restart 1857156b526dd8\n  \
+        hangar m restart 1857156b526dd8 --signal SIGTERM --time 10 --force")]
+    Restart(RestartArgs),
+    /// Suspend machines
+    #[command(after_help = "Examples:\n  \
+        hangar machine suspend 1857156b526dd8\n  \
+        hangar m suspend 1857156b526dd8 --wait-timeout 30s")]
+    Suspend(SuspendArgs),
+    /// Kill a machine (SIGKILL to its main process)
+    #[command(after_help = "Examples:\n  \
+        hangar machine kill 1857156b526dd8")]
+    Kill(KillArgs),
+    /// Run a command on a machine
+    #[command(after_help = "Examples:\n  \
+        hangar machine exec 1857156b526dd8 'ls -la /'\n  \
+        hangar m exec 'cat /etc/os-release' --timeout 10\n  \
+        hangar m exec 1857156b526dd8 env --container app")]
+    Exec(ExecArgs),
     /// List the app's machines
     #[command(
         visible_alias = "ls",
@@ -92,9 +149,22 @@ pub enum MachineCommand {
 }
 
 pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
+    // run/create may create the app; everything else needs an existing one.
+    match args.command {
+        MachineCommand::Run(a) => return run::run(client, &args.app, *a).await,
+        MachineCommand::Create(a) => return run::create_cmd(client, &args.app, *a).await,
+        _ => {}
+    }
     let app = args.app.resolve()?;
     let ctx = Ctx { client, app: &app };
     match args.command {
+        MachineCommand::Run(_) | MachineCommand::Create(_) => unreachable!("handled above"),
+        MachineCommand::Update(a) => update::run(&ctx, *a).await,
+        MachineCommand::Clone(a) => clone::run(&ctx, *a).await,
+        MachineCommand::Restart(a) => process::restart(&ctx, a).await,
+        MachineCommand::Suspend(a) => process::suspend(&ctx, a).await,
+        MachineCommand::Kill(a) => process::kill(&ctx, a).await,
+        MachineCommand::Exec(a) => process::exec(&ctx, a).await,
         MachineCommand::List(a) => list::run(&ctx, a).await,
         MachineCommand::Status(a) => status::run(&ctx, a).await,
         MachineCommand::Destroy(a) => destroy::run(&ctx, a).await,
@@ -192,6 +262,17 @@ impl Ctx<'_> {
         }
         result
     }
+}
+
+/// The daemon's "no machine runtime" refusal (412) as its own one-line error; anything else
+/// gets `context`.
+pub(crate) fn no_runtime(e: ClientError, context: impl FnOnce() -> String) -> anyhow::Error {
+    if e.is_status(StatusCode::PRECONDITION_FAILED) {
+        if let Some(msg) = e.api_message().filter(|m| m.contains("no machine runtime")) {
+            return anyhow!("{msg}");
+        }
+    }
+    anyhow::Error::new(e).context(context())
 }
 
 fn lease_error(e: ClientError, id: &str) -> anyhow::Error {

@@ -69,34 +69,44 @@ fn is_transient(e: &ClientError) -> bool {
 
 pub async fn run(ctx: &Ctx<'_>, args: WaitArgs) -> Result<()> {
     let id = ctx.resolve_opt(args.id.as_deref()).await?;
-    let deadline = Instant::now() + args.wait_timeout;
-    let mut version = ctx.get(&id).await?.instance_id;
-    let mut transient_failures = 0;
-
+    let version = ctx.get(&id).await?.instance_id;
     println!(
         "Waiting for machine {id} to reach the {} state...",
         args.state
     );
+    let state = wait_for(ctx, &id, &version, &args.state, args.wait_timeout).await?;
+    println!("Machine {id} reached the {state} state");
+    Ok(())
+}
+
+/// Waits (in rounds of at most 60 s) until machine `id` reaches `state` or `timeout` passes.
+/// Follows the machine to its new version if it is updated meanwhile; retries transient errors.
+pub(crate) async fn wait_for(
+    ctx: &Ctx<'_>,
+    id: &str,
+    version: &str,
+    state: &str,
+    timeout: Duration,
+) -> Result<hangar_api::MachineState> {
+    let deadline = Instant::now() + timeout;
+    let mut version = version.to_string();
+    let mut transient_failures = 0;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             bail!(
-                "timed out after {} waiting for machine {id} to reach the {} state (raise --wait-timeout)",
-                hangar_api::duration::format_go_duration(args.wait_timeout),
-                args.state
+                "timed out after {} waiting for machine {id} to reach the {state} state (raise --wait-timeout)",
+                hangar_api::duration::format_go_duration(timeout),
             );
         }
         let opts = WaitOptions {
-            states: vec![args.state.clone()],
+            states: vec![state.to_string()],
             timeout_secs: Some(next_wait_secs(remaining)),
             version: Some(version.clone()),
             from_event_id: None,
         };
-        match ctx.client.wait_machine(ctx.app, &id, &opts).await {
-            Ok(resp) => {
-                println!("Machine {id} reached the {} state", resp.state);
-                return Ok(());
-            }
+        match ctx.client.wait_machine(ctx.app, id, &opts).await {
+            Ok(resp) => return Ok(resp.state),
             // 408: this round's server-side timeout passed; the overall deadline decides.
             Err(e) if e.is_status(StatusCode::REQUEST_TIMEOUT) => {}
             // The machine was updated while we waited: follow the new version (flyctl retries these).
@@ -104,7 +114,7 @@ pub async fn run(ctx: &Ctx<'_>, args: WaitArgs) -> Result<()> {
                 if e.api_message()
                     .is_some_and(|m| m.contains("currently replaced")) =>
             {
-                version = ctx.get(&id).await?.instance_id;
+                version = ctx.get(id).await?.instance_id;
             }
             Err(e) if is_transient(&e) && transient_failures < MAX_TRANSIENT_RETRIES => {
                 transient_failures += 1;
@@ -114,10 +124,7 @@ pub async fn run(ctx: &Ctx<'_>, args: WaitArgs) -> Result<()> {
             }
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!(
-                        "failed waiting for machine {id} to reach the {} state",
-                        args.state
-                    )
+                    format!("failed waiting for machine {id} to reach the {state} state")
                 })
             }
         }

@@ -1,0 +1,265 @@
+//! `hangar machine run` and `hangar machine create` (flyctl `fly machine run|create`).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hangar_api::{CreateAppRequest, CreateMachineRequest, Machine};
+use hangar_client::{Client, StatusCode};
+
+use super::config_builder::{build_config, BuildOptions, ConfigFlags};
+use super::wait::wait_for;
+use super::{no_runtime, Ctx};
+use crate::app_name::AppArgs;
+
+/// Flags common to `run` and `create`.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateArgs {
+    /// Image to run (`.` would build the Dockerfile here, which is not supported yet)
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Command (and arguments) to run instead of the image's CMD
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+    pub command: Vec<String>,
+    /// Organization to create the app in, when it has to be created
+    #[arg(short = 'o', long, value_name = "SLUG", default_value = "personal")]
+    pub org: String,
+    /// Machine name (default: generated)
+    #[arg(short = 'n', long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Region to create the machine in
+    #[arg(short = 'r', long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Not supported: use `hangar machine update` to change an existing machine
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Destroy the machine when it exits (implies --restart no)
+    #[arg(long)]
+    pub rm: bool,
+    /// Dockerfile to build (not supported yet)
+    #[arg(long, value_name = "PATH")]
+    pub dockerfile: Option<String>,
+    /// Build with Depot (not supported yet)
+    #[arg(long, hide = true)]
+    pub build_depot: bool,
+    /// Build with Nixpacks (not supported yet)
+    #[arg(long, hide = true)]
+    pub build_nixpacks: bool,
+    #[command(flatten)]
+    pub config: ConfigFlags,
+}
+
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Do not wait for the machine to start
+    #[arg(long)]
+    pub detach: bool,
+    /// Open a shell on a throwaway machine (image default: ubuntu)
+    #[arg(long)]
+    pub shell: bool,
+    /// With --shell: the user to log in as
+    #[arg(long, value_name = "USER", default_value = "root", requires = "shell")]
+    pub user: String,
+    /// With --shell: the shell to run
+    #[arg(
+        long = "command",
+        value_name = "COMMAND",
+        default_value = "/bin/bash",
+        requires = "shell"
+    )]
+    pub shell_command: String,
+}
+
+/// How long `run` waits for `started`, as flyctl.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The image and build checks shared by run and create, before anything is sent.
+fn check_unsupported(a: &CreateArgs) -> Result<()> {
+    if a.id.is_some() {
+        bail!("--id is not supported by run/create: use `hangar machine update` to change an existing machine");
+    }
+    if a.image.as_deref() == Some(".")
+        || a.dockerfile.is_some()
+        || a.build_depot
+        || a.build_nixpacks
+    {
+        bail!("building images is not supported yet: pass a prebuilt image reference (e.g. nginx:latest)");
+    }
+    Ok(())
+}
+
+/// The MachineConfig for a run/create command line (pure apart from local files).
+pub fn config_for(a: &CreateArgs, shell: bool) -> Result<hangar_api::MachineConfig> {
+    check_unsupported(a)?;
+    let image = match (&a.image, shell) {
+        (Some(i), _) => i.clone(),
+        (None, true) => "ubuntu".to_string(),
+        (None, false) => bail!("an image is required: hangar machine run <IMAGE> [COMMAND...]"),
+    };
+    build_config(
+        &a.config,
+        &BuildOptions {
+            base: None,
+            updating: false,
+            rm: a.rm || shell,
+            image: Some(image),
+            command: (!a.command.is_empty()).then(|| a.command.clone()),
+            shell,
+        },
+    )
+}
+
+pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<()> {
+    let config = config_for(&args.create, args.shell)?;
+    let app = resolve_or_create_app(client, app_args, &args.create.org).await?;
+    let ctx = Ctx { client, app: &app };
+    let skip_launch = config.standbys.as_ref().is_some_and(|s| !s.is_empty());
+    let machine = create(&ctx, &args.create, config, skip_launch).await?;
+    println!("Success! A machine has been successfully launched in app {app}");
+    print_summary(&machine);
+    if skip_launch {
+        println!("\nMachine created as a standby; it starts when a watched machine's host fails.");
+        return Ok(());
+    }
+    if args.detach && !args.shell {
+        return Ok(());
+    }
+    let state = wait_started(&ctx, &machine).await?;
+    if args.shell {
+        let id = machine.id.as_str();
+        // The machine is throwaway either way: clean it up before reporting.
+        let destroyed = client.delete_machine(&app, id, true, None).await;
+        if let Err(e) = destroyed {
+            eprintln!("Warning: failed to destroy the shell machine {id}: {e}");
+        }
+        bail!(
+            "an interactive shell ({} as {}) needs the streaming exec endpoint, which the daemon does not implement yet; machine {id} was destroyed",
+            args.shell_command,
+            args.user
+        );
+    }
+    println!("\nMachine {state}, you can connect via the following private ip");
+    println!("  {}", machine.private_ip);
+    Ok(())
+}
+
+pub async fn create_cmd(client: &Client, app_args: &AppArgs, args: CreateArgs) -> Result<()> {
+    let config = config_for(&args, false)?;
+    let app = resolve_or_create_app(client, app_args, &args.org).await?;
+    let ctx = Ctx { client, app: &app };
+    let machine = create(&ctx, &args, config, true).await?;
+    println!("Success! A machine has been successfully created in app {app}");
+    print_summary(&machine);
+    println!("\nMachine created, you can connect via the following private ip");
+    println!("  {}", machine.private_ip);
+    Ok(())
+}
+
+async fn create(
+    ctx: &Ctx<'_>,
+    a: &CreateArgs,
+    config: hangar_api::MachineConfig,
+    skip_launch: bool,
+) -> Result<Machine> {
+    let req = CreateMachineRequest {
+        config,
+        name: a.name.clone(),
+        region: a.region.clone(),
+        skip_launch,
+        ..Default::default()
+    };
+    ctx.client.create_machine(ctx.app, &req).await.map_err(|e| {
+        no_runtime(e, || {
+            format!("could not create a machine in app {}", ctx.app)
+        })
+    })
+}
+
+fn print_summary(m: &Machine) {
+    println!(" Machine ID: {}", m.id);
+    println!(" Name: {}", m.name);
+    println!(" Instance ID: {}", m.instance_id);
+    println!(" State: {}", m.state);
+    println!(" Private IP: {}", m.private_ip);
+}
+
+/// Waits for `started` with a spinner on a terminal.
+pub(crate) async fn wait_started(ctx: &Ctx<'_>, m: &Machine) -> Result<hangar_api::MachineState> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!("Waiting for machine {} to start...", m.id));
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb
+    });
+    if spinner.is_none() {
+        println!("\nWaiting for machine {} to start...", m.id);
+    }
+    let result = wait_for(ctx, &m.id, &m.instance_id, "started", START_TIMEOUT).await;
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    result
+}
+
+/// `--app`/fly.toml, else (on a terminal) a new app; an app that does not exist is offered for
+/// creation on a terminal.
+pub async fn resolve_or_create_app(client: &Client, args: &AppArgs, org: &str) -> Result<String> {
+    let interactive = std::io::stdin().is_terminal();
+    let app = match args.resolve() {
+        Ok(app) => app,
+        Err(e) if !interactive || args.config.is_some() => return Err(e),
+        Err(_) => {
+            let name = crate::apps::ask(
+                "No app given. Name of the app to create (blank for a generated name): ",
+            )?;
+            let name = if name.is_empty() {
+                generated_app_name()
+            } else {
+                name
+            };
+            create_app(client, &name, org).await?;
+            return Ok(name);
+        }
+    };
+    match client.get_app(&app).await {
+        Ok(_) => Ok(app),
+        Err(e) if e.is_status(StatusCode::NOT_FOUND) => {
+            if !interactive {
+                bail!("app {app} does not exist: create it with `hangar apps create {app}` or pass an existing app with --app");
+            }
+            if !crate::apps::confirm(&format!(
+                "App {app} does not exist. Create it in organization {org}?"
+            ))? {
+                bail!("app {app} does not exist; pass an existing app with --app");
+            }
+            create_app(client, &app, org).await?;
+            Ok(app)
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to look up app {app}")),
+    }
+}
+
+async fn create_app(client: &Client, name: &str, org: &str) -> Result<()> {
+    let req = CreateAppRequest {
+        name: Some(name.to_string()),
+        org_slug: Some(org.to_string()),
+        ..Default::default()
+    };
+    client
+        .create_app(&req)
+        .await
+        .with_context(|| format!("failed to create app {name}"))?;
+    println!("New app created: {name}");
+    Ok(())
+}
+
+fn generated_app_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    format!("app-{:06x}", nanos & 0xff_ffff)
+}
