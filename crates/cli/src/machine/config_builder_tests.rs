@@ -84,9 +84,10 @@ fn cases() -> Vec<Case> {
         ok("run nginx", nginx(json!({}))),
         ok("create nginx", nginx(json!({}))),
         ok("run nginx sleep inf", nginx(json!({"init": {"cmd": ["sleep", "inf"]}}))),
+        ok("run nginx sleep inf -e A=1", nginx(json!({"init": {"cmd": ["sleep", "inf"]}, "env": {"A": "1"}}))),
         ok(
-            "run debian sh -c 'echo hi' --not-a-flag",
-            json!({"image": "debian", "init": {"cmd": ["sh", "-c", "echo hi", "--not-a-flag"]}, "guest": guest()}),
+            "run debian --rm -- sh -c 'echo hi' --not-a-flag",
+            json!({"image": "debian", "init": {"cmd": ["sh", "-c", "echo hi", "--not-a-flag"]}, "guest": guest(), "auto_destroy": true, "restart": {"policy": "no"}}),
         ),
         ok("run -e A=1 nginx", nginx(json!({"env": {"A": "1"}}))),
         err("run nginx --id 1857156b526dd8", &["--id", "hangar machine update"]),
@@ -130,7 +131,7 @@ fn cases() -> Vec<Case> {
         ok("run nginx --swap-size 1gb", nginx(json!({"init": {"swap_size_mb": 1024}}))),
         ok("run nginx --swap-size 256", nginx(json!({"init": {"swap_size_mb": 256}}))),
         ok("run nginx --cachedrive-size 10gb", nginx(json!({"cache_drive": {"size_mb": 10240}}))),
-        err("run nginx --swap-size -5", &["--swap-size"]),
+        err("run nginx --swap-size=-5", &["--swap-size"]),
         // ---- env, schedule, metadata ----
         ok("run nginx -e A=1 --env B=x=y --env C=", nginx(json!({"env": {"A": "1", "B": "x=y", "C": ""}}))),
         err("run nginx -e NOVALUE", &["--env", "NAME=VALUE"]),

@@ -52,6 +52,7 @@ pub enum MachineCommand {
     #[command(after_help = "Examples:\n  \
         hangar machine run nginx -a my-app -p 80/tcp:http -p 443:80/tcp:http:tls\n  \
         hangar m run debian sleep inf --rm --vm-memory 512\n  \
+        hangar m run debian -- sh -c 'echo hello; sleep inf'\n  \
         hangar m run busybox --env MODE=prod --file-literal /etc/motd='hello' --restart on-failure\n  \
         hangar m run nginx --machine-config machine.json --autostop=suspend --autostart\n\n\
         Without a reachable daemon on the default socket (and no HANGAR_API_URL), `hangar daemon`\n\

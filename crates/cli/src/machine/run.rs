@@ -19,8 +19,9 @@ pub struct CreateArgs {
     /// Image to run (`.` would build the Dockerfile here, which is not supported yet)
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Command (and arguments) to run instead of the image's CMD
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+    /// Command (and arguments) to run instead of the image's CMD; put it after `--` when it
+    /// has arguments starting with `-`
+    #[arg(value_name = "COMMAND", num_args = 1..)]
     pub command: Vec<String>,
     /// Organization to create the app in, when it has to be created
     #[arg(short = 'o', long, value_name = "SLUG", default_value = "personal")]
