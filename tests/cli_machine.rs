@@ -259,7 +259,7 @@ async fn run_without_a_runtime_and_app_resolution() {
     let cli = Cli::new(&d);
 
     let err = cli.fails(&["machine", "run", "busybox", "-a", "run-app"]);
-    assert!(err.contains("no machine runtime"), "{err}");
+    assert!(err.starts_with("Error: no machine runtime"), "{err}");
     assert!(cli.ids("run-app").is_empty());
 
     // An update that would start the machine gets the same answer.

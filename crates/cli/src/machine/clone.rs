@@ -144,13 +144,14 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: CloneArgs) -> Result<()> {
         .await
         .map_err(|e| no_runtime(e, || format!("could not clone machine {id}")))?;
     println!("Provisioned machine {} ({})", machine.id, machine.name);
+    let mut state = machine.state;
     if !skip_launch && !args.detach {
-        wait_started(ctx, &machine).await?;
+        state = wait_started(ctx, &machine).await?;
         println!("Machine {} has been started", machine.id);
     }
     println!(
-        "Machine {} has been cloned to {} (state {})",
-        source.id, machine.id, machine.state
+        "Machine {} has been cloned to {} (state {state})",
+        source.id, machine.id
     );
     Ok(())
 }

@@ -270,6 +270,8 @@ impl Ctx<'_> {
 pub(crate) fn no_runtime(e: ClientError, context: impl FnOnce() -> String) -> anyhow::Error {
     if e.is_status(StatusCode::PRECONDITION_FAILED) {
         if let Some(msg) = e.api_message().filter(|m| m.contains("no machine runtime")) {
+            // Fly-style bodies prefix the code (`failed_precondition: …`); the line is the point.
+            let msg = msg.strip_prefix("failed_precondition: ").unwrap_or(msg);
             return anyhow!("{msg}");
         }
     }
