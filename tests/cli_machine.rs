@@ -97,6 +97,13 @@ impl<'a> Cli<'a> {
     }
 }
 
+/// A daemon without a machine runtime. The harness's `start()` is runtime-less; the variable
+/// makes that hold whichever version of the harness is in the tree (the child inherits it).
+async fn start_daemon() -> Daemon {
+    std::env::set_var("HANGAR_RUNTIME", "none");
+    Daemon::start().await
+}
+
 /// The value after `label` on a line of the run/create summary.
 fn field(out: &str, label: &str) -> String {
     out.lines()
@@ -107,7 +114,7 @@ fn field(out: &str, label: &str) -> String {
 
 #[tokio::test]
 async fn create_status_update_clone_list_leases_destroy() {
-    let d = Daemon::start().await;
+    let d = start_daemon().await;
     d.create_app("cli-app").await;
     let cli = Cli::new(&d);
     cli.write("motd", "hello from a file\n");
@@ -254,7 +261,7 @@ async fn create_status_update_clone_list_leases_destroy() {
 
 #[tokio::test]
 async fn run_without_a_runtime_and_app_resolution() {
-    let d = Daemon::start().await;
+    let d = start_daemon().await;
     d.create_app("run-app").await;
     let cli = Cli::new(&d);
 
