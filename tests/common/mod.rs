@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 pub struct Daemon {
     pub child: Option<Child>,
+    pub runtime: bool,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub client: Client,
@@ -23,9 +24,13 @@ pub fn hangar_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hangar")
 }
 
-fn spawn(data_dir: &Path, socket: &Path) -> Child {
-    Command::new(hangar_bin())
-        .args(["daemon", "--data-dir"])
+fn spawn(data_dir: &Path, socket: &Path, runtime: bool) -> Child {
+    let mut cmd = Command::new(hangar_bin());
+    if !runtime {
+        // API tests run the control plane alone: machines are stored, never started.
+        cmd.env("HANGAR_RUNTIME", "none");
+    }
+    cmd.args(["daemon", "--data-dir"])
         .arg(data_dir)
         .arg("--socket")
         .arg(socket)
@@ -38,13 +43,24 @@ fn spawn(data_dir: &Path, socket: &Path) -> Child {
 }
 
 impl Daemon {
+    /// A daemon without a machine runtime (API tests).
     pub async fn start() -> Daemon {
+        Self::start_inner(false).await
+    }
+
+    /// A daemon that really runs machines (needs root and the test registry).
+    pub async fn start_with_runtime() -> Daemon {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(runtime: bool) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let socket = tmp.path().join("api.sock");
-        let child = spawn(&data_dir, &socket);
+        let child = spawn(&data_dir, &socket, runtime);
         let mut d = Daemon {
             child: Some(child),
+            runtime,
             client: Client::new(Endpoint::Unix(socket.clone()), None),
             data_dir,
             socket,
@@ -58,7 +74,7 @@ impl Daemon {
     /// Starts a daemon again on the same data dir and socket.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the daemon first");
-        self.child = Some(spawn(&self.data_dir, &self.socket));
+        self.child = Some(spawn(&self.data_dir, &self.socket, self.runtime));
         self.wait_ready().await;
     }
 
@@ -78,8 +94,15 @@ impl Daemon {
             if let Ok(token) = std::fs::read_to_string(self.data_dir.join("token")) {
                 let token = token.trim().to_string();
                 if !token.is_empty() && self.socket.exists() {
-                    let client = Client::new(Endpoint::Unix(self.socket.clone()), Some(token.clone()));
-                    if client.get("/v1/apps").query("org_slug", "personal").send_raw().await.is_ok() {
+                    let client =
+                        Client::new(Endpoint::Unix(self.socket.clone()), Some(token.clone()));
+                    if client
+                        .get("/v1/apps")
+                        .query("org_slug", "personal")
+                        .send_raw()
+                        .await
+                        .is_ok()
+                    {
                         self.client = client;
                         self.token = token;
                         return;
@@ -114,7 +137,12 @@ impl Daemon {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> RawResponse {
-        self.client.post(path).json(&body).send_raw().await.expect("request")
+        self.client
+            .post(path)
+            .json(&body)
+            .send_raw()
+            .await
+            .expect("request")
     }
 
     pub async fn delete(&self, path: &str) -> RawResponse {
@@ -122,7 +150,9 @@ impl Daemon {
     }
 
     pub async fn create_app(&self, name: &str) {
-        let r = self.post("/v1/apps", json!({"name": name, "org_slug": "personal"})).await;
+        let r = self
+            .post("/v1/apps", json!({"name": name, "org_slug": "personal"}))
+            .await;
         assert_eq!(r.status, 201, "create app {name}: {}", r.text());
     }
 
@@ -155,6 +185,11 @@ pub fn merge(base: &mut Value, extra: Value) {
 }
 
 pub fn error_text(r: &RawResponse) -> String {
-    let v: Value = r.json().unwrap_or_else(|_| panic!("error body is not JSON: {}", r.text()));
-    v["error"].as_str().unwrap_or_else(|| panic!("no error field: {v}")).to_string()
+    let v: Value = r
+        .json()
+        .unwrap_or_else(|_| panic!("error body is not JSON: {}", r.text()));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {v}"))
+        .to_string()
 }

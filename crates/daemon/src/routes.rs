@@ -359,6 +359,7 @@ fn parse_timeout(t: &str) -> ApiResult<Duration> {
 pub async fn signal_machine(
     State(h): State<AppState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<OkResponse>> {
     let req: SignalRequest = json_body(&body)?;
@@ -371,8 +372,9 @@ pub async fn signal_machine(
             req.signal
         )));
     }
-    let m = h.get_machine(&app, &id, false).await?;
-    not_running(&m)
+    h.signal(&app, &id, req.signal, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/suspend", tag = "Machines",
@@ -381,9 +383,11 @@ pub async fn signal_machine(
 pub async fn suspend_machine(
     State(h): State<AppState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
-    let m = h.get_machine(&app, &id, false).await?;
-    not_running(&m)
+    h.suspend(&app, &id, lease_nonce(&headers).as_deref())
+        .await?;
+    Ok(ok())
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/exec", tag = "Machines",

@@ -29,13 +29,14 @@ pub trait Runtime: Send + Sync + 'static {
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError>;
     /// Boots the machine's current version; returns once it is running.
     async fn start(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
-    /// Sends `signal`, waits up to `timeout`, then kills what is left.
+    /// Sends `signal`, waits up to `timeout`, then kills what is left. Returns how the machine
+    /// ended when this call stopped it (a requested stop is not reported as an exit).
     async fn stop(
         &self,
         machine: &MachineRecord,
         signal: Signal,
         timeout: Duration,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<Option<MachineExit>, RuntimeError>;
     /// Releases everything the machine holds on the host (processes, mounts, cgroups, dirs).
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Re-attaches to a machine that was running when the daemon last stopped; true when it
@@ -74,9 +75,14 @@ impl Runtime for NoRuntime {
         Err(RuntimeError::NotConfigured)
     }
 
-    async fn stop(&self, _: &MachineRecord, _: Signal, _: Duration) -> Result<(), RuntimeError> {
+    async fn stop(
+        &self,
+        _: &MachineRecord,
+        _: Signal,
+        _: Duration,
+    ) -> Result<Option<MachineExit>, RuntimeError> {
         // Nothing ever ran, so there is nothing to stop.
-        Ok(())
+        Ok(None)
     }
 
     async fn destroy(&self, _machine: &MachineRecord) -> Result<(), RuntimeError> {

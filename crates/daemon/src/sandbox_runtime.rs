@@ -66,6 +66,8 @@ struct RuntimeState {
 struct Running {
     state: RuntimeState,
     exited: watch::Receiver<Option<MachineExit>>,
+    /// Set by stop(): the exit that follows was asked for and is returned to the caller.
+    stopping: bool,
 }
 
 pub struct SandboxRuntime {
@@ -75,7 +77,7 @@ pub struct SandboxRuntime {
     hierarchy: Hierarchy,
     exe: PathBuf,
     slots: Mutex<BTreeSet<u32>>,
-    running: Mutex<HashMap<String, Running>>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<MachineExit>,
 }
 
@@ -107,7 +109,7 @@ impl SandboxRuntime {
             hierarchy,
             exe: std::env::current_exe()?,
             slots: Mutex::new(BTreeSet::new()),
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
             exits,
         })
     }
@@ -285,10 +287,24 @@ impl SandboxRuntime {
     ) -> Result<watch::Receiver<Option<MachineExit>>, RuntimeError> {
         let pidfd = pidfd_open(state.pid).map_err(|e| failed(format!("pidfd_open: {e}")))?;
         let (tx, rx) = watch::channel(None);
+        // Registered before the watcher runs, so an instant exit still counts as current.
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                m.id.clone(),
+                Running {
+                    state: state.clone(),
+                    exited: rx.clone(),
+                    stopping: false,
+                },
+            );
         let exits = self.exits.clone();
         let dir = self.machine_dir(&m.id);
         let cgroup = self.cgroup(&m.id);
         let (app, id, instance) = (m.app.clone(), m.id.clone(), state.instance_id.clone());
+        let running = self.running.clone();
+        let pid = state.pid;
         tokio::spawn(async move {
             let status = wait_pidfd(pidfd).await;
             let statuses: Vec<ContainerStatus> = std::fs::read(dir.join(EXIT_FILE))
@@ -320,7 +336,16 @@ impl SandboxRuntime {
                 exited_at: now_ms(),
             };
             let _ = tx.send(Some(exit.clone()));
-            let _ = exits.send(exit);
+            // Only the machine's current run reports; a run replaced by a newer one (killed
+            // while cleaning up before a restart) must not look like a crash.
+            let current = running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&exit.machine_id)
+                .is_some_and(|r| r.state.pid == pid && !r.stopping);
+            if current {
+                let _ = exits.send(exit);
+            }
         });
         Ok(rx)
     }
@@ -464,16 +489,6 @@ impl Runtime for SandboxRuntime {
         };
         write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)?;
         let mut exited = self.watch_exit(m, &state)?;
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                m.id.clone(),
-                Running {
-                    state,
-                    exited: exited.clone(),
-                },
-            );
         if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
@@ -486,15 +501,21 @@ impl Runtime for SandboxRuntime {
         m: &MachineRecord,
         signal: Signal,
         timeout: Duration,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Option<MachineExit>, RuntimeError> {
         let exited = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&m.id)
-            .map(|r| r.exited.clone());
+            .get_mut(&m.id)
+            .map(|r| {
+                r.stopping = true;
+                r.exited.clone()
+            });
+        let mut outcome = None;
         if let Some(mut exited) = exited {
             if exited.borrow().is_none() {
+                // A suspended (frozen) Pilot could not answer; thaw it first.
+                let _ = self.set_frozen(m, false).await;
                 let req = Request::Stop {
                     signal: Some(signal.number()),
                     timeout_ms: Some(timeout.as_millis() as u64),
@@ -521,9 +542,11 @@ impl Runtime for SandboxRuntime {
                     )
                     .await;
                 }
+                outcome = exited.borrow().clone();
             }
         }
-        self.cleanup(&m.id, keep_rootfs(&m.config, true)).await
+        self.cleanup(&m.id, keep_rootfs(&m.config, true)).await?;
+        Ok(outcome)
     }
 
     async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
@@ -556,16 +579,7 @@ impl Runtime for SandboxRuntime {
             let _ = self.cleanup(&m.id, keep_rootfs(&m.config, true)).await;
             return false;
         };
-        match self.watch_exit(m, &state) {
-            Ok(exited) => {
-                self.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(m.id.clone(), Running { state, exited });
-                true
-            }
-            Err(_) => false,
-        }
+        self.watch_exit(m, &state).is_ok()
     }
 
     async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {
@@ -772,10 +786,12 @@ fn container_process(
             (Some(raw), _, _) => base64::engine::general_purpose::STANDARD
                 .decode(raw)
                 .map_err(|e| RuntimeError::Image(format!("file {}: {e}", f.guest_path)))?,
-            (_, Some(secret), _) => return Err(RuntimeError::Unsupported(format!(
+            (_, Some(secret), _) => {
+                return Err(RuntimeError::Unsupported(format!(
                 "file {}: secret {secret:?} cannot be resolved (app secrets are not supported yet)",
                 f.guest_path
-            ))),
+            )))
+            }
             (_, _, Some(_)) => serde_json::to_vec_pretty(image).map_err(failed)?,
             _ => continue,
         };

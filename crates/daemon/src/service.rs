@@ -545,6 +545,37 @@ impl Hangar {
                 )))
             }
         }
+        if m.state == MachineState::Suspended {
+            // Resume: thaw the frozen machine; its memory was kept.
+            let resume = Some(json!({"resume": true}));
+            self.transition(&mut m, MachineState::Starting, "start", source, resume)
+                .await?;
+            return match self.runtime.set_frozen(&m, false).await {
+                Ok(()) => {
+                    self.transition(
+                        &mut m,
+                        MachineState::Started,
+                        "start",
+                        Source::Platform,
+                        None,
+                    )
+                    .await?;
+                    Ok(previous)
+                }
+                Err(e) => {
+                    let error = Some(json!({"error": e.to_string()}));
+                    self.transition(
+                        &mut m,
+                        MachineState::Failed,
+                        "start",
+                        Source::Platform,
+                        error,
+                    )
+                    .await?;
+                    Err(e.into())
+                }
+            };
+        }
         self.runtime.preflight(&m.config)?;
         self.transition(&mut m, MachineState::Starting, "start", source, None)
             .await?;
@@ -598,7 +629,10 @@ impl Hangar {
             MachineState::Started => {
                 let (signal, timeout) = stop_params(&m.config, &opts);
                 self.transition(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)}))).await?;
-                self.runtime.stop(&m, signal, timeout).await?;
+                if let Some(exit) = self.runtime.stop(&m, signal, timeout).await? {
+                    self.record_exit(&m, &exit, true, false, self.recent_restarts(&m.id))
+                        .await?;
+                }
                 self.transition(
                     &mut m,
                     MachineState::Stopped,
@@ -623,6 +657,78 @@ impl Hangar {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// Freezes a started machine's cgroup; `start` thaws it.
+    pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let mut m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        match m.state {
+            MachineState::Started => {}
+            MachineState::Suspended => return Ok(()),
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to suspend machine while it is {other}"
+                )))
+            }
+        }
+        self.transition(
+            &mut m,
+            MachineState::Suspending,
+            "suspend",
+            Source::User,
+            None,
+        )
+        .await?;
+        match self.runtime.set_frozen(&m, true).await {
+            Ok(()) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Suspended,
+                    "suspend",
+                    Source::Platform,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                // Freezing failed, so the machine still runs.
+                self.transition(
+                    &mut m,
+                    MachineState::Started,
+                    "suspend",
+                    Source::Platform,
+                    Some(json!({"error": e.to_string()})),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn signal(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Signal,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        let m = self.get_machine(app, id, false).await?;
+        let handle = self.handle(&m);
+        let _guard = handle.lock.lock().await;
+        let m = self.get_machine(app, id, false).await?;
+        self.check_lease(&m, nonce).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        self.runtime.signal(&m, signal).await?;
         Ok(())
     }
 
@@ -967,27 +1073,10 @@ impl Hangar {
                 "on-failure" => failed && restart_count < max_retries,
                 _ => false,
             };
-        let request = json!({
-            "exit_event": {
-                "exit_code": exit.exit_code,
-                "guest_exit_code": exit.exit_code,
-                "guest_signal": exit.signal.unwrap_or(-1),
-                "signal": exit.signal.unwrap_or(-1),
-                "oom_killed": exit.oom_killed,
-                "requested_stop": requested_stop,
-                "restarting": restarting,
-                "exited_at": crate::clock::rfc3339_ms(exit.exited_at),
-            },
-            "restart_count": restart_count,
-        });
+        let request = exit_request(exit, requested_stop, restarting, restart_count);
         if requested_stop {
             // The stop (or update, destroy) in progress owns the state; just log the exit.
-            let event = Self::event(&m, "exit", m.state, Source::Platform, Some(request));
-            let rec = m.clone();
-            return db(&self.store, move |s| {
-                s.update_machine(&rec, false, Some(&event))
-            })
-            .await;
+            return self.record_exit(&m, exit, true, false, restart_count).await;
         }
         if restarting {
             self.note_restart(&m.id);
@@ -1042,6 +1131,24 @@ impl Hangar {
         Ok(())
     }
 
+    /// Appends an `exit` event without changing the machine's state.
+    async fn record_exit(
+        &self,
+        m: &MachineRecord,
+        exit: &MachineExit,
+        requested_stop: bool,
+        restarting: bool,
+        restart_count: usize,
+    ) -> ApiResult<()> {
+        let request = exit_request(exit, requested_stop, restarting, restart_count);
+        let event = Self::event(m, "exit", m.state, Source::Platform, Some(request));
+        let rec = m.clone();
+        db(&self.store, move |s| {
+            s.update_machine(&rec, false, Some(&event))
+        })
+        .await
+    }
+
     fn recent_restarts(&self, id: &str) -> usize {
         let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
         let list = restarts.entry(id.to_string()).or_default();
@@ -1094,6 +1201,28 @@ impl Hangar {
         }
         Ok(())
     }
+}
+
+/// The `request` of an `exit` event (reference 3.2).
+fn exit_request(
+    exit: &MachineExit,
+    requested_stop: bool,
+    restarting: bool,
+    restart_count: usize,
+) -> serde_json::Value {
+    json!({
+        "exit_event": {
+            "exit_code": exit.exit_code,
+            "guest_exit_code": exit.exit_code,
+            "guest_signal": exit.signal.unwrap_or(-1),
+            "signal": exit.signal.unwrap_or(-1),
+            "oom_killed": exit.oom_killed,
+            "requested_stop": requested_stop,
+            "restarting": restarting,
+            "exited_at": crate::clock::rfc3339_ms(exit.exited_at),
+        },
+        "restart_count": restart_count,
+    })
 }
 
 /// States `wait` accepts, `settled` meaning any non-transient state.

@@ -89,7 +89,7 @@ fn build(e: seccompiler::BackendError) -> SeccompError {
 /// answer, so the clone3 rule can live in its own program with a different error.
 pub fn default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|nr| (*nr as i64, Vec::new())).collect();
+        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     // clone is allowed unless it asks for a new namespace: one rule per namespace flag.
     for bit in [
         libc::CLONE_NEWNS,
@@ -108,7 +108,7 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
         )
         .map_err(build)?;
         rules
-            .entry(libc::SYS_clone as i64)
+            .entry(libc::SYS_clone)
             .or_default()
             .push(SeccompRule::new(vec![cond]).map_err(build)?);
     }
@@ -122,7 +122,7 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
     // clone3 passes its flags in memory, where BPF cannot look: answer ENOSYS so libc falls
     // back to clone, which the rules above can inspect.
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3 as i64, Vec::new())]),
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         target_arch()?,

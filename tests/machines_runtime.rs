@@ -1,0 +1,546 @@
+//! Machines that really run: sandbox, Pilot and the lifecycle, against a real daemon and
+//! images pulled from the loopback test registry (`scripts/registry start && push`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{error_text, Daemon};
+use serde_json::{json, Value};
+
+fn image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}
+
+fn id(m: &Value) -> String {
+    m["id"].as_str().unwrap().to_string()
+}
+
+/// Creates and launches a machine running `script` under `sh -c`.
+async fn run(d: &Daemon, app: &str, script: &str, extra: Value) -> String {
+    let mut body =
+        json!({"config": {"image": image(), "init": {"exec": ["/bin/sh", "-c", script]}}});
+    common::merge(&mut body, extra);
+    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    id(&r.json::<Value>().unwrap())
+}
+
+async fn wait(d: &Daemon, app: &str, id: &str, state: &str) -> Value {
+    let r = d
+        .get(&format!(
+            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "wait {state}: {} (machine: {})",
+        r.text(),
+        d.get(&format!("/v1/apps/{app}/machines/{id}")).await.text()
+    );
+    r.json().unwrap()
+}
+
+async fn events(d: &Daemon, app: &str, id: &str) -> Vec<Value> {
+    d.get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
+        .await
+        .json()
+        .unwrap()
+}
+
+fn exits(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["type"] == "exit").collect()
+}
+
+fn log(d: &Daemon, id: &str) -> String {
+    std::fs::read_to_string(d.data_dir.join("machines").join(id).join("logs/app.log"))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn test_exit_codes_and_restart_policies() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("rp").await;
+
+    let no = run(
+        &d,
+        "rp",
+        "exit 3",
+        json!({"config": {"restart": {"policy": "no"}}}),
+    )
+    .await;
+    let on_failure = run(
+        &d,
+        "rp",
+        "exit 3",
+        json!({"config": {"restart": {"policy": "on-failure", "max_retries": 2}}}),
+    )
+    .await;
+    let ok_exit = run(
+        &d,
+        "rp",
+        "exit 0",
+        json!({"config": {"restart": {"policy": "on-failure"}}}),
+    )
+    .await;
+    let destroy = run(
+        &d,
+        "rp",
+        "exit 0",
+        json!({"config": {"restart": {"policy": "no"}, "auto_destroy": true}}),
+    )
+    .await;
+
+    wait(&d, "rp", &no, "stopped").await;
+    let ev = events(&d, "rp", &no).await;
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ev:?}");
+    assert_eq!(ex[0]["request"]["exit_event"]["exit_code"], 3);
+    assert_eq!(ex[0]["request"]["exit_event"]["restarting"], false);
+    assert_eq!(ex[0]["request"]["exit_event"]["requested_stop"], false);
+
+    // on-failure with max_retries 2: the first run plus two restarts, then it stays stopped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = events(&d, "rp", &on_failure).await;
+        if exits(&ev).len() >= 3 {
+            let m: Value = d
+                .get(&format!("/v1/apps/rp/machines/{on_failure}"))
+                .await
+                .json()
+                .unwrap();
+            if m["state"] == "stopped" {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "on-failure did not settle: {ev:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ev = events(&d, "rp", &on_failure).await;
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 3, "{ev:?}");
+    assert!(ex
+        .iter()
+        .all(|e| e["request"]["exit_event"]["exit_code"] == 3));
+    assert_eq!(
+        ex[0]["request"]["exit_event"]["restarting"], false,
+        "the latest exit is final"
+    );
+    assert_eq!(ex[1]["request"]["exit_event"]["restarting"], true);
+
+    wait(&d, "rp", &ok_exit, "stopped").await;
+    assert_eq!(
+        exits(&events(&d, "rp", &ok_exit).await).len(),
+        1,
+        "exit 0 is not a failure"
+    );
+
+    wait(&d, "rp", &destroy, "destroyed").await;
+
+    // `always` restarts even after a clean exit.
+    let always = run(
+        &d,
+        "rp",
+        "sleep 0.2; exit 0",
+        json!({"config": {"restart": {"policy": "always"}}}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while exits(&events(&d, "rp", &always).await).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "always did not restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = d
+        .client
+        .delete(format!("/v1/apps/rp/machines/{always}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn test_lifecycle_stop_escalation_suspend_resume() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("lc").await;
+    // The counter writes a number every 50 ms; sh as PID 1 ignores SIGINT, so stop escalates.
+    let m = run(&d, "lc", "trap '' INT TERM; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.05; done", json!({"config": {"stop_config": {"timeout": "1s"}}})).await;
+    let path = format!("/v1/apps/lc/machines/{m}");
+    wait(&d, "lc", &m, "started").await;
+
+    // Suspend freezes the counter; start resumes it.
+    let r = d
+        .client
+        .post(format!("{path}/suspend"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "lc", &m, "suspended").await;
+    let before = log(&d, &m).lines().count();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        log(&d, &m).lines().count(),
+        before,
+        "a suspended machine does not advance"
+    );
+    let r = d
+        .client
+        .post(format!("{path}/start"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json::<Value>().unwrap()["previous_state"], "suspended");
+    wait(&d, "lc", &m, "started").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        log(&d, &m).lines().count() > before,
+        "resumed machine advances"
+    );
+
+    let r = d
+        .post(&format!("{path}/signal"), json!({"signal": "SIGUSR1"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let started = std::time::Instant::now();
+    let r = d.post(&format!("{path}/stop"), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "lc", &m, "stopped").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "SIGINT was ignored, SIGKILL came after the 1s timeout"
+    );
+    let ev = events(&d, "lc", &m).await;
+    let ex = exits(&ev);
+    assert_eq!(ex[0]["request"]["exit_event"]["requested_stop"], true);
+    assert_eq!(ex[0]["request"]["exit_event"]["signal"], 9);
+
+    // Start again from stopped, restart in place, then destroy needs force while started.
+    let r = d
+        .client
+        .post(format!("{path}/start"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "lc", &m, "started").await;
+    let r = d
+        .client
+        .post(format!("{path}/restart"))
+        .query("timeout", "1s")
+        .query("signal", "SIGKILL")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "lc", &m, "started").await;
+    let r = d.delete(&path).await;
+    assert_eq!(r.status, 412);
+    assert!(error_text(&r).contains("not currently stopped"));
+    let r = d
+        .client
+        .delete(&path)
+        .query("kill", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    wait(&d, "lc", &m, "destroyed").await;
+    assert!(
+        !d.data_dir.join("machines").join(&m).exists(),
+        "machine dir removed"
+    );
+}
+
+#[tokio::test]
+async fn test_isolation_env_files_and_limits() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("iso").await;
+    let script = r#"
+echo "uid=$(id -u)"
+echo "hostname=$(hostname)"
+echo "pid1=$(cat /proc/1/cmdline | tr '\0' ' ')"
+echo "app=$FLY_APP_NAME machine=$FLY_MACHINE_ID region=$FLY_REGION mem=$FLY_VM_MEMORY_MB custom=$CUSTOM"
+echo "file=$(cat /etc/hello.txt) mode=$(stat -c %a /etc/hello.txt)"
+ls /work >/dev/null 2>&1 && echo "host=visible" || echo "host=hidden"
+mount -t tmpfs none /mnt 2>/dev/null && echo "mount=allowed" || echo "mount=denied"
+echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo "procsys=writable" || echo "procsys=readonly"
+cat /proc/kcore >/dev/null 2>&1; echo "kcore=$(wc -c < /proc/kcore)"
+insmod /nonexistent.ko 2>/dev/null; echo "caps=$(grep CapEff /proc/self/status)"
+echo "nnp=$(grep NoNewPrivs /proc/self/status | tr -d ' \t')"
+echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t')"
+ls /dev | tr '\n' ' '; echo
+echo "lo=$(cat /sys/class/net/lo/operstate 2>/dev/null)"
+echo "checks=$((40+2))"
+sleep 300
+"#;
+    let m = run(
+        &d,
+        "iso",
+        script,
+        json!({"config": {
+            "env": {"CUSTOM": "yes"},
+            "guest": {"cpus": 2, "memory_mb": 512},
+            "files": [{"guest_path": "/etc/hello.txt", "raw_value": "aGVsbG8K", "mode": 420}]
+        }}),
+    )
+    .await;
+    wait(&d, "iso", &m, "started").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log(&d, &m).contains("checks=42") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "script did not finish: {}",
+            log(&d, &m)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = log(&d, &m);
+    assert!(out.contains("uid=0"), "{out}");
+    assert!(out.contains(&format!("hostname={m}")), "{out}");
+    assert!(
+        out.contains("pid1=/bin/sh -c"),
+        "the container's command is its PID 1: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "app=iso machine={m} region=local mem=512 custom=yes"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("file=hello mode=644"), "{out}");
+    assert!(out.contains("host=hidden"), "{out}");
+    assert!(out.contains("mount=denied"), "{out}");
+    assert!(out.contains("procsys=readonly"), "{out}");
+    assert!(
+        out.contains("kcore=0") || !std::path::Path::new("/proc/kcore").exists(),
+        "{out}"
+    );
+    assert!(
+        out.contains("CapEff:\t00000000a80425fb"),
+        "Docker's default capabilities: {out}"
+    );
+    assert!(out.contains("nnp=NoNewPrivs:1"), "{out}");
+    assert!(out.contains("seccomp=Seccomp:2"), "{out}");
+    assert!(
+        out.contains("lo=unknown") || out.contains("lo=up"),
+        "loopback up: {out}"
+    );
+    assert!(
+        !out.contains("sda") && !out.contains("kmsg"),
+        "minimal /dev: {out}"
+    );
+
+    // The machine's root is an unprivileged host uid, and its limits are in its cgroup.
+    let pid: i32 =
+        std::fs::read_to_string(d.data_dir.join("machines").join(&m).join("runtime.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["pid"].as_i64())
+            .unwrap() as i32;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        !uid_line.contains("\t0\t"),
+        "pilot is not host root: {uid_line}"
+    );
+    let cg = cgroup_dir(&m);
+    match cg {
+        CgroupFiles::V1 { memory, cpu } => {
+            assert_eq!(
+                std::fs::read_to_string(memory.join("memory.limit_in_bytes"))
+                    .unwrap()
+                    .trim(),
+                (512u64 << 20).to_string()
+            );
+            assert_eq!(
+                std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+                    .unwrap()
+                    .trim(),
+                "200000"
+            );
+        }
+        CgroupFiles::V2(dir) => {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("memory.max"))
+                    .unwrap()
+                    .trim(),
+                (512u64 << 20).to_string()
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join("cpu.max")).unwrap().trim(),
+                "200000 100000"
+            );
+        }
+    }
+    let r = d
+        .client
+        .delete(format!("/v1/apps/iso/machines/{m}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+enum CgroupFiles {
+    V1 {
+        memory: std::path::PathBuf,
+        cpu: std::path::PathBuf,
+    },
+    V2(std::path::PathBuf),
+}
+
+fn cgroup_dir(id: &str) -> CgroupFiles {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        CgroupFiles::V2(root.join("hangar").join(id))
+    } else {
+        CgroupFiles::V1 {
+            memory: root.join("memory/hangar").join(id),
+            cpu: root.join("cpu/hangar").join(id),
+        }
+    }
+}
+
+#[tokio::test]
+async fn test_oom_is_reported() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("oom").await;
+    // /dev/zero has no newline, so tail keeps everything it reads: far beyond 256 MB.
+    let m = run(
+        &d,
+        "oom",
+        "head -c 1000m /dev/zero | tail > /dev/null",
+        json!({"config": {"restart": {"policy": "no"}}}),
+    )
+    .await;
+    wait(&d, "oom", &m, "stopped").await;
+    let ev = events(&d, "oom", &m).await;
+    let ex = exits(&ev);
+    assert_eq!(ex[0]["request"]["exit_event"]["oom_killed"], true, "{ev:?}");
+}
+
+#[tokio::test]
+async fn test_machines_survive_daemon_sigkill() {
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("surv").await;
+    let m = run(
+        &d,
+        "surv",
+        "while true; do echo alive; sleep 0.1; done",
+        json!({}),
+    )
+    .await;
+    wait(&d, "surv", &m, "started").await;
+    d.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = log(&d, &m).lines().count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        log(&d, &m).lines().count() > before,
+        "the machine keeps running without the daemon"
+    );
+    d.restart().await;
+    let got: Value = d
+        .get(&format!("/v1/apps/surv/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(got["state"], "started", "re-adopted");
+    let r = d
+        .post(
+            &format!("/v1/apps/surv/machines/{m}/stop"),
+            json!({"signal": "SIGKILL", "timeout": "1s"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "surv", &m, "stopped").await;
+    let r = d.delete(&format!("/v1/apps/surv/machines/{m}")).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Mounts under this daemon's data dir, and processes carrying the test's marker.
+fn count_host_state(data_dir: &std::path::Path) -> (usize, usize) {
+    let dir = data_dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .count();
+    let procs = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .map(|c| c.contains("hangar-leak-check"))
+                .unwrap_or(false)
+        })
+        .count();
+    (mounts, procs)
+}
+
+fn cgroup_exists(id: &str) -> bool {
+    match cgroup_dir(id) {
+        CgroupFiles::V1 { memory, cpu } => memory.exists() || cpu.exists(),
+        CgroupFiles::V2(d) => d.exists(),
+    }
+}
+
+#[tokio::test]
+async fn test_destroying_machines_leaves_nothing_behind() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("leak").await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(
+            run(
+                &d,
+                "leak",
+                "exec sh -c 'sleep 300; true' hangar-leak-check",
+                json!({}),
+            )
+            .await,
+        );
+    }
+    for m in &ids {
+        wait(&d, "leak", m, "started").await;
+    }
+    let (mounts, procs) = count_host_state(&d.data_dir);
+    assert!(
+        mounts >= 50 && procs >= 50,
+        "{mounts} mounts, {procs} processes while running"
+    );
+    assert!(ids.iter().all(|m| cgroup_exists(m)));
+    for m in &ids {
+        let r = d
+            .client
+            .delete(format!("/v1/apps/leak/machines/{m}"))
+            .query("force", "true")
+            .send_raw()
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (mounts, procs) = count_host_state(&d.data_dir);
+    assert_eq!(mounts, 0, "mounts left behind");
+    assert_eq!(procs, 0, "processes left behind");
+    let leftover: Vec<_> = ids.iter().filter(|m| cgroup_exists(m)).collect();
+    assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
+    let dirs = std::fs::read_dir(d.data_dir.join("machines"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, 0, "machine dirs left behind");
+}
