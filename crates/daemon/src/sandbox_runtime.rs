@@ -14,7 +14,8 @@ use base64::Engine;
 use hangar_api::{MachineConfig, Signal};
 use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
 use hangar_pilot::spec::{
-    ContainerSpec, ContainerState, ContainerStatus, PilotSpec, Reply, Request, CONTROL_SOCKET,
+    CheckKind, Condition, ContainerSpec, ContainerState, ContainerStatus, Dependency,
+    HealthcheckSpec, PilotSpec, Probe, Reply, Request, RestartPolicy, RestartSpec, CONTROL_SOCKET,
     EXIT_FILE, SPEC_FILE,
 };
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
@@ -202,6 +203,9 @@ impl SandboxRuntime {
                 process,
                 stop_signal: stop_signal.number(),
                 stop_timeout_ms: c.stop_timeout.as_millis() as u64,
+                depends_on: c.depends_on.clone(),
+                healthchecks: c.healthchecks.clone(),
+                restart: c.restart.clone(),
             });
             mounts.push(MountPlan {
                 lowerdirs: rootfs.lowerdirs,
@@ -627,6 +631,9 @@ struct PlannedContainer {
     files: Vec<hangar_api::File>,
     stop_signal: Option<Signal>,
     stop_timeout: Duration,
+    depends_on: Vec<Dependency>,
+    healthchecks: Vec<HealthcheckSpec>,
+    restart: RestartSpec,
 }
 
 fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
@@ -665,6 +672,27 @@ fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
                     .and_then(|s| s.timeout)
                     .map(|d| d.as_duration())
                     .unwrap_or(stop_timeout),
+                depends_on: c
+                    .depends_on
+                    .iter()
+                    .flatten()
+                    .map(|d| Dependency {
+                        name: d.name.clone(),
+                        condition: match d.condition.as_str() {
+                            "healthy" => Condition::Healthy,
+                            "exited_successfully" => Condition::ExitedSuccessfully,
+                            _ => Condition::Started,
+                        },
+                    })
+                    .collect(),
+                healthchecks: c
+                    .healthchecks
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter_map(|(i, h)| healthcheck_spec(i, h))
+                    .collect(),
+                restart: restart_spec(c.restart.as_ref()),
             })
             .collect(),
         None => vec![PlannedContainer {
@@ -678,8 +706,82 @@ fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
             files: config.files.clone().unwrap_or_default(),
             stop_signal,
             stop_timeout,
+            depends_on: Vec::new(),
+            healthchecks: Vec::new(),
+            // The daemon applies the machine's restart policy by rebooting the machine.
+            restart: RestartSpec::default(),
         }],
     }
+}
+
+/// Container restart policy; containers default to `on-failure` like machines.
+fn restart_spec(r: Option<&hangar_api::MachineRestart>) -> RestartSpec {
+    let policy = match r.map(|r| r.policy.as_str()) {
+        Some("no") => RestartPolicy::No,
+        Some("always") => RestartPolicy::Always,
+        _ => RestartPolicy::OnFailure,
+    };
+    RestartSpec {
+        policy,
+        max_retries: r
+            .and_then(|r| r.max_retries)
+            .unwrap_or(10)
+            .clamp(0, i64::from(u32::MAX)) as u32,
+    }
+}
+
+/// A container health check in Pilot's terms (times in ms; defaults for what is unset).
+fn healthcheck_spec(i: usize, h: &hangar_api::ContainerHealthcheck) -> Option<HealthcheckSpec> {
+    let secs = |v: Option<i64>, default: u64| v.map_or(default, |v| v.max(0) as u64) * 1000;
+    let probe = if let Some(t) = &h.tcp {
+        Probe::Tcp {
+            port: t.port as u16,
+        }
+    } else if let Some(http) = &h.http {
+        Probe::Http {
+            port: http.port as u16,
+            method: http
+                .method
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".into()),
+            path: http
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            scheme: http
+                .scheme
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "http".into()),
+            headers: http
+                .headers
+                .iter()
+                .flatten()
+                .flat_map(|hd| hd.values.iter().map(|v| (hd.name.clone(), v.clone())))
+                .collect(),
+            tls_skip_verify: http.tls_skip_verify.unwrap_or(false),
+        }
+    } else {
+        Probe::Exec {
+            command: h.exec.as_ref()?.command.clone(),
+        }
+    };
+    Some(HealthcheckSpec {
+        name: h.name.clone().unwrap_or_else(|| format!("check-{i}")),
+        kind: match h.kind.as_deref() {
+            Some("liveness") => CheckKind::Liveness,
+            _ => CheckKind::Readiness,
+        },
+        stop_when_unhealthy: h.unhealthy.as_deref() == Some("stop"),
+        interval_ms: secs(h.interval, 10),
+        timeout_ms: secs(h.timeout, 5),
+        grace_period_ms: secs(h.grace_period, 0),
+        success_threshold: h.success_threshold.unwrap_or(1).max(1) as u32,
+        failure_threshold: h.failure_threshold.unwrap_or(3).max(1) as u32,
+        probe,
+    })
 }
 
 /// Resolves command, environment, user and files of one container (reference 2.2 and 4.1).

@@ -25,14 +25,105 @@ pub struct ContainerSpec {
     /// Signal number sent on stop.
     pub stop_signal: i32,
     pub stop_timeout_ms: u64,
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+    #[serde(default)]
+    pub healthchecks: Vec<HealthcheckSpec>,
+    /// Per-container restart policy. The implicit `app` container of a single-image machine
+    /// has `no`: the daemon restarts the whole machine instead.
+    #[serde(default)]
+    pub restart: RestartSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dependency {
+    pub name: String,
+    pub condition: Condition,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Started,
+    Healthy,
+    ExitedSuccessfully,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthcheckSpec {
+    pub name: String,
+    pub kind: CheckKind,
+    /// `unhealthy: stop`: a failing liveness check stops the container; its restart policy decides.
+    pub stop_when_unhealthy: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub grace_period_ms: u64,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    pub probe: Probe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Readiness,
+    Liveness,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    Tcp {
+        port: u16,
+    },
+    Http {
+        port: u16,
+        method: String,
+        path: String,
+        /// `http` or `https`.
+        scheme: String,
+        headers: Vec<(String, String)>,
+        tls_skip_verify: bool,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    /// For `on_failure`: restarts allowed within five minutes.
+    pub max_retries: u32,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::No,
+            max_retries: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    OnFailure,
+}
+
+/// Container states as the machine JSON reports them (`containers[].state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ContainerState {
+    /// Not started yet: waiting for its dependencies.
     Created,
     Running,
+    /// Ended; may be restarted by its policy.
     Exited,
+    /// Could not start (exec failed, or a dependency can never be satisfied).
     Failed,
 }
 
@@ -49,6 +140,73 @@ pub struct ContainerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub restart_count: u32,
+    /// `starting`, `healthy` or `unhealthy` when the container has health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<CheckStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckStatus {
+    pub name: String,
+    /// `passing`, `warning` (in grace period / not run yet) or `critical`.
+    pub status: String,
+    #[serde(default)]
+    pub output: String,
+    /// Unix milliseconds of the last result.
+    #[serde(default)]
+    pub updated_at: i64,
+}
+
+/// Something that happened to a container; streamed to `watch` connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub container: String,
+    pub kind: EventKind,
+    /// Unix milliseconds.
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub restart_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    Exited,
+    Restarting,
+    Failed,
+    Health,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    /// Signal that killed the command, or 0.
+    pub exit_signal: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One process of a container (the API's ProcessStat).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub container: String,
+    pub pid: i32,
+    pub command: String,
+    pub directory: String,
+    /// Bytes.
+    pub rss: u64,
+    /// CPU time in clock ticks (user + system).
+    pub cpu: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +222,19 @@ pub enum Request {
     Signal {
         signal: i32,
     },
+    /// Runs a command inside a container (its namespaces, root, env and user); the reply
+    /// carries `exec`. Without `container`, the first one.
+    Exec {
+        container: Option<String>,
+        command: Vec<String>,
+        stdin: Option<String>,
+        timeout_ms: Option<u64>,
+    },
+    /// Processes of every container; the reply carries `ps`.
+    Ps,
+    /// Turns the connection into a stream of [`Event`] lines (one JSON object per line),
+    /// starting with nothing: the caller asks for `status` first if it needs the present.
+    Watch,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,11 +242,15 @@ pub struct StatusReply {
     pub containers: Vec<ContainerStatus>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ps: Option<Vec<ProcessInfo>>,
 }

@@ -77,6 +77,8 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
             signal: None,
             error: None,
             restart_count: 0,
+            health: None,
+            checks: Vec::new(),
         })
         .collect();
     let state: Shared = Rc::new(RefCell::new(State {
@@ -298,7 +300,7 @@ async fn serve(stream: tokio::net::UnixStream, state: Shared, exited: Rc<Notify>
             Err(e) => Reply {
                 ok: false,
                 error: Some(format!("bad request: {e}")),
-                status: None,
+                ..Default::default()
             },
             Ok(Request::Status) => Reply {
                 ok: true,
@@ -306,13 +308,13 @@ async fn serve(stream: tokio::net::UnixStream, state: Shared, exited: Rc<Notify>
                 status: Some(StatusReply {
                     containers: state.borrow().status.clone(),
                 }),
+                ..Default::default()
             },
             Ok(Request::Stop { signal, timeout_ms }) => {
                 spawn_stop(&state, &exited, signal, timeout_ms);
                 Reply {
                     ok: true,
-                    error: None,
-                    status: None,
+                    ..Default::default()
                 }
             }
             Ok(Request::Signal { signal }) => {
@@ -327,9 +329,14 @@ async fn serve(stream: tokio::net::UnixStream, state: Shared, exited: Rc<Notify>
                 Reply {
                     ok: result.is_ok(),
                     error: result.err(),
-                    status: None,
+                    ..Default::default()
                 }
             }
+            Ok(other) => Reply {
+                ok: false,
+                error: Some(format!("this pilot cannot handle {other:?} yet")),
+                ..Default::default()
+            },
         };
         let Ok(mut bytes) = serde_json::to_vec(&reply) else {
             return;
