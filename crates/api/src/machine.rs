@@ -369,6 +369,31 @@ pub struct ExecResponse {
     pub stderr: String,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ListenSocket {
+    pub proto: String,
+    pub address: String,
+}
+
+/// One process of a machine (`GET …/ps`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ProcessStat {
+    pub pid: i32,
+    /// CPU time in kernel mode (clock ticks).
+    pub stime: u64,
+    /// CPU time in user mode (clock ticks).
+    pub rtime: u64,
+    pub command: String,
+    pub directory: String,
+    pub cpu: u64,
+    pub rss: u64,
+    #[serde(default)]
+    pub listen_sockets: Vec<ListenSocket>,
+    /// Hangar addition: the container the process belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
 /// Query of `GET /apps/{app}/machines`. `metadata.KEY=VALUE` filters arrive as extra keys.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

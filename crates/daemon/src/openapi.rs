@@ -41,6 +41,7 @@ impl Modify for BearerAuth {
         routes::signal_machine,
         routes::suspend_machine,
         routes::exec_machine,
+        routes::machine_ps,
         routes::cordon_machine,
         routes::uncordon_machine,
         routes::wait_machine,

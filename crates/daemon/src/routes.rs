@@ -20,7 +20,6 @@ use crate::clock::rfc3339_ms;
 use crate::convert::{self, MachineView};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_body, lease_nonce, optional_json_body, Query};
-use crate::runtime::RuntimeError;
 use crate::service::{Hangar, ListFilter, StopOptions, WaitTarget, DEFAULT_ORG, MAX_WAIT};
 
 pub type AppState = Arc<Hangar>;
@@ -29,6 +28,8 @@ pub type AppState = Arc<Hangar>;
 const EMBEDDED_EVENTS: usize = 10;
 const EMBEDDED_EVENTS_IN_LIST: usize = 5;
 const DEFAULT_EVENT_LIMIT: i64 = 20;
+const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 30;
+const MAX_EXEC_TIMEOUT_SECS: i64 = 3600;
 const MAX_EVENT_LIMIT: i64 = 50;
 
 fn ok() -> Json<OkResponse> {
@@ -47,13 +48,28 @@ async fn machine_json(
     } else {
         None
     };
-    Ok(convert::machine(MachineView {
+    let mut machine = convert::machine(MachineView {
         record: m,
         events: Some(&events),
         lease: lease.as_ref(),
         nonce,
         summary: false,
-    }))
+    });
+    if let Some(views) = h.containers(m).await {
+        let mut checks = Vec::new();
+        let mut containers = Vec::new();
+        for v in views {
+            checks.extend(v.checks);
+            containers.push(v.status);
+        }
+        machine.checks = Some(checks);
+        // Single-image machines have one implicit container; fly-go shows containers only
+        // for multi-container machines.
+        if m.config.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            machine.containers = Some(containers);
+        }
+    }
+    Ok(machine)
 }
 
 // ---- apps ---------------------------------------------------------------------------------
@@ -399,34 +415,41 @@ pub async fn exec_machine(
     State(h): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<OkResponse>> {
+) -> ApiResult<Json<hangar_api::ExecResponse>> {
     let req: ExecRequest = json_body(&body)?;
-    let has_command = req.command.as_ref().is_some_and(|c| !c.is_empty())
-        || req.cmd.as_deref().is_some_and(|c| !c.trim().is_empty());
-    if !has_command {
-        return Err(ApiError::bad_request("command is required"));
-    }
+    let command = match (&req.command, req.cmd.as_deref()) {
+        (Some(c), _) if !c.is_empty() => c.clone(),
+        (_, Some(cmd)) if !cmd.trim().is_empty() => shlex::split(cmd)
+            .ok_or_else(|| ApiError::bad_request(format!("cmd {cmd:?} has unbalanced quotes")))?,
+        _ => return Err(ApiError::bad_request("command is required")),
+    };
     if req.container.is_some() && req.machine == Some(true) {
         return Err(ApiError::bad_request(
             "container and machine are mutually exclusive",
         ));
     }
-    if req.timeout.is_some_and(|t| t < 0) {
-        return Err(ApiError::bad_request("timeout must not be negative"));
-    }
-    let m = h.get_machine(&app, &id, false).await?;
-    not_running(&m)
+    let timeout = match req.timeout {
+        Some(t) if t < 0 => return Err(ApiError::bad_request("timeout must not be negative")),
+        Some(t) if t > 0 => Duration::from_secs(t.min(MAX_EXEC_TIMEOUT_SECS) as u64),
+        _ => Duration::from_secs(DEFAULT_EXEC_TIMEOUT_SECS),
+    };
+    let spec = crate::runtime::ExecSpec {
+        container: req.container,
+        command,
+        stdin: req.stdin,
+        timeout,
+    };
+    Ok(Json(h.exec(&app, &id, spec).await?))
 }
 
-/// Process-level endpoints need a running machine, which needs a runtime.
-fn not_running<T>(m: &hangar_store::MachineRecord) -> ApiResult<T> {
-    if m.state != MachineState::Started {
-        return Err(ApiError::precondition(format!(
-            "machine is {}, not started",
-            m.state
-        )));
-    }
-    Err(RuntimeError::NotConfigured.into())
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/ps", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = [hangar_api::ProcessStat]), (status = 404, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn machine_ps(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<hangar_api::ProcessStat>>> {
+    Ok(Json(h.ps(&app, &id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", tag = "Machines",

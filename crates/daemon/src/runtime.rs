@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hangar_api::{MachineConfig, Signal};
+use hangar_api::{CheckStatus, ContainerStatus, ExecResponse, MachineConfig, ProcessStat, Signal};
 use hangar_store::MachineRecord;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +46,32 @@ pub trait Runtime: Send + Sync + 'static {
     async fn set_frozen(&self, machine: &MachineRecord, frozen: bool) -> Result<(), RuntimeError>;
     /// Sends `signal` to the machine's containers.
     async fn signal(&self, machine: &MachineRecord, signal: Signal) -> Result<(), RuntimeError>;
+    /// Runs a command in a container of a running machine and collects its output.
+    async fn exec(
+        &self,
+        machine: &MachineRecord,
+        exec: ExecSpec,
+    ) -> Result<ExecResponse, RuntimeError>;
+    /// The processes of a running machine.
+    async fn ps(&self, machine: &MachineRecord) -> Result<Vec<ProcessStat>, RuntimeError>;
+    /// Live status of each container, `None` when the machine is not running here.
+    async fn containers(&self, machine: &MachineRecord) -> Option<Vec<ContainerView>>;
+}
+
+/// A command to run inside a machine.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub container: Option<String>,
+    pub command: Vec<String>,
+    pub stdin: Option<String>,
+    pub timeout: Duration,
+}
+
+/// A container as the machine JSON shows it, with its health checks.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    pub status: ContainerStatus,
+    pub checks: Vec<CheckStatus>,
 }
 
 /// How a machine's main process ended, reported by the runtime when it happens on its own
@@ -99,5 +125,17 @@ impl Runtime for NoRuntime {
 
     async fn signal(&self, _: &MachineRecord, _: Signal) -> Result<(), RuntimeError> {
         Err(RuntimeError::NotConfigured)
+    }
+
+    async fn exec(&self, _: &MachineRecord, _: ExecSpec) -> Result<ExecResponse, RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+
+    async fn ps(&self, _: &MachineRecord) -> Result<Vec<ProcessStat>, RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+
+    async fn containers(&self, _: &MachineRecord) -> Option<Vec<ContainerView>> {
+        None
     }
 }

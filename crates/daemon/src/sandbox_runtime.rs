@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::now_ms;
-use crate::runtime::{MachineExit, Runtime, RuntimeError};
+use crate::runtime::{ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError};
 
 /// Machine uid ranges start here, 65536 ids each, far above ordinary users.
 const UID_BASE_START: u32 = 1 << 20;
@@ -44,6 +44,16 @@ const PILOT_LOG: &str = "pilot.log";
 pub struct SpawnPlan {
     pub sandbox: SandboxSpec,
     pub mounts: Vec<MountPlan>,
+    /// `temp_dir` volumes with `storage_type: memory`: a tmpfs each.
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsPlan>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TmpfsPlan {
+    pub target: PathBuf,
+    pub size_mb: u64,
+    pub uid: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,9 +175,10 @@ impl SandboxRuntime {
         m: &MachineRecord,
         dir: &Path,
         uid_base: u32,
-    ) -> Result<(PilotSpec, Vec<MountPlan>), RuntimeError> {
+    ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<TmpfsPlan>), RuntimeError> {
         let mut containers = Vec::new();
         let mut mounts = Vec::new();
+        let volumes = prepare_volumes(&m.config, dir, uid_base)?;
         for c in container_configs(&m.config) {
             let record = self.ensure_image(&c.image).await?;
             let store = self.images.clone();
@@ -187,7 +198,14 @@ impl SandboxRuntime {
             .map_err(|e| RuntimeError::Image(e.to_string()))?;
             let target = cdir.join("rootfs");
             std::fs::create_dir_all(&target).map_err(failed)?;
-            let process = container_process(m, &c, &details.config, &rootfs, &target)?;
+            let mut process = container_process(m, &c, &details.config, &rootfs, &target)?;
+            for (volume, path) in &c.mounts {
+                let host = volumes
+                    .dirs
+                    .get(volume)
+                    .ok_or_else(|| RuntimeError::Image(format!("unknown volume {volume:?}")))?;
+                process.binds.push((host.clone(), path.clone()));
+            }
             let stop_signal = c
                 .stop_signal
                 .or_else(|| {
@@ -221,6 +239,7 @@ impl SandboxRuntime {
                 log_max_bytes: LOG_MAX_BYTES,
             },
             mounts,
+            volumes.tmpfs,
         ))
     }
 
@@ -230,7 +249,7 @@ impl SandboxRuntime {
         std::fs::create_dir_all(&dir).map_err(failed)?;
         std::os::unix::fs::chown(&dir, Some(uid_base), Some(uid_base)).map_err(failed)?;
         let _ = std::fs::remove_file(dir.join(EXIT_FILE));
-        let (pilot_spec, mounts) = self.plan(m, &dir, uid_base).await?;
+        let (pilot_spec, mounts, tmpfs) = self.plan(m, &dir, uid_base).await?;
         write_json(&dir.join(SPEC_FILE), &pilot_spec)?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
@@ -256,6 +275,7 @@ impl SandboxRuntime {
                 pilot_log: dir.join(PILOT_LOG),
             },
             mounts,
+            tmpfs,
         };
         write_json(&dir.join(SPAWN_FILE), &plan)?;
         let out = tokio::process::Command::new(&self.exe)
@@ -384,6 +404,19 @@ impl SandboxRuntime {
                         hangar_image::remove_rootfs(cdir).map_err(failed)?;
                     }
                 }
+            }
+            // temp_dir volumes live as long as one boot of the machine.
+            let volumes = dir.join("volumes");
+            if let Ok(rd) = std::fs::read_dir(&volumes) {
+                for entry in rd.flatten() {
+                    if is_mountpoint(&entry.path()) {
+                        nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH)
+                            .map_err(|e| {
+                                failed(format!("unmount {}: {e}", entry.path().display()))
+                            })?;
+                    }
+                }
+                std::fs::remove_dir_all(&volumes).map_err(failed)?;
             }
             for f in [RUNTIME_FILE, CONTROL_SOCKET, SPAWN_FILE] {
                 let _ = std::fs::remove_file(dir.join(f));
@@ -594,6 +627,97 @@ impl Runtime for SandboxRuntime {
             .map_err(failed)
     }
 
+    async fn exec(
+        &self,
+        m: &MachineRecord,
+        exec: ExecSpec,
+    ) -> Result<hangar_api::ExecResponse, RuntimeError> {
+        let req = Request::Exec {
+            container: exec.container,
+            command: exec.command,
+            stdin: exec.stdin,
+            timeout_ms: Some(exec.timeout.as_millis() as u64),
+        };
+        let reply = self.control(&m.id, &req).await?;
+        if let Some(e) = reply.error {
+            return Err(RuntimeError::Unsupported(e));
+        }
+        let r = reply
+            .exec
+            .ok_or_else(|| failed("pilot sent no exec result"))?;
+        Ok(hangar_api::ExecResponse {
+            exit_code: i64::from(r.exit_code),
+            exit_signal: i64::from(r.exit_signal),
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })
+    }
+
+    async fn ps(&self, m: &MachineRecord) -> Result<Vec<hangar_api::ProcessStat>, RuntimeError> {
+        let reply = self.control(&m.id, &Request::Ps).await?;
+        if let Some(e) = reply.error {
+            return Err(failed(e));
+        }
+        Ok(reply
+            .ps
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| hangar_api::ProcessStat {
+                pid: p.pid,
+                stime: 0,
+                rtime: p.cpu,
+                command: p.command,
+                directory: p.directory,
+                cpu: p.cpu,
+                rss: p.rss,
+                listen_sockets: Vec::new(),
+                container: Some(p.container),
+            })
+            .collect())
+    }
+
+    async fn containers(&self, m: &MachineRecord) -> Option<Vec<ContainerView>> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&m.id);
+        if !running {
+            return None;
+        }
+        let reply = self.control(&m.id, &Request::Status).await.ok()?;
+        Some(
+            reply
+                .status?
+                .containers
+                .into_iter()
+                .map(|c| ContainerView {
+                    checks: c
+                        .checks
+                        .iter()
+                        .map(|k| hangar_api::CheckStatus {
+                            name: format!("{}:{}", c.name, k.name),
+                            status: k.status.clone(),
+                            output: k.output.clone(),
+                            updated_at: (k.updated_at > 0)
+                                .then(|| crate::clock::rfc3339_ms(k.updated_at)),
+                        })
+                        .collect(),
+                    status: hangar_api::ContainerStatus {
+                        name: c.name.clone(),
+                        state: serde_json::to_value(c.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        exit_code: c.exit_code.map(i64::from),
+                        restart_count: i64::from(c.restart_count),
+                        health: c.health.clone(),
+                    },
+                })
+                .collect(),
+        )
+    }
+
     async fn signal(&self, m: &MachineRecord, signal: Signal) -> Result<(), RuntimeError> {
         let reply = self
             .control(
@@ -634,6 +758,8 @@ struct PlannedContainer {
     depends_on: Vec<Dependency>,
     healthchecks: Vec<HealthcheckSpec>,
     restart: RestartSpec,
+    /// (volume name, path in the container).
+    mounts: Vec<(String, String)>,
 }
 
 fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
@@ -693,6 +819,12 @@ fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
                     .filter_map(|(i, h)| healthcheck_spec(i, h))
                     .collect(),
                 restart: restart_spec(c.restart.as_ref()),
+                mounts: c
+                    .mounts
+                    .iter()
+                    .flatten()
+                    .map(|m| (m.name.clone(), m.path.clone()))
+                    .collect(),
             })
             .collect(),
         None => vec![PlannedContainer {
@@ -710,8 +842,38 @@ fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
             healthchecks: Vec::new(),
             // The daemon applies the machine's restart policy by rebooting the machine.
             restart: RestartSpec::default(),
+            mounts: Vec::new(),
         }],
     }
+}
+
+struct Volumes {
+    dirs: HashMap<String, PathBuf>,
+    tmpfs: Vec<TmpfsPlan>,
+}
+
+/// Creates the machine's `temp_dir` volumes (`config.volumes`), shared by the containers
+/// that mount them; `memory` ones become a tmpfs of `size_mb` when the sandbox is built.
+fn prepare_volumes(config: &MachineConfig, dir: &Path, uid: u32) -> Result<Volumes, RuntimeError> {
+    let mut out = Volumes {
+        dirs: HashMap::new(),
+        tmpfs: Vec::new(),
+    };
+    for v in config.volumes.iter().flatten() {
+        let Some(t) = &v.temp_dir else { continue };
+        let path = dir.join("volumes").join(&v.name);
+        std::fs::create_dir_all(&path).map_err(failed)?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(failed)?;
+        if t.storage_type.as_deref() == Some("memory") {
+            out.tmpfs.push(TmpfsPlan {
+                target: path.clone(),
+                size_mb: t.size_mb.filter(|s| *s > 0).unwrap_or(64) as u64,
+                uid,
+            });
+        }
+        out.dirs.insert(v.name.clone(), path);
+    }
+    Ok(out)
 }
 
 /// Container restart policy; containers default to `on-failure` like machines.
@@ -1063,6 +1225,17 @@ pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
             };
             hangar_image::mount_rootfs(&spec, &m.target, Some(&userns))
                 .map_err(|e| e.to_string())?;
+        }
+        for t in &plan.tmpfs {
+            let opts = format!("size={}m,mode=0755,uid={},gid={}", t.size_mb, t.uid, t.uid);
+            nix::mount::mount(
+                Some("tmpfs"),
+                &t.target,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .map_err(|e| format!("mount tmpfs volume {}: {e}", t.target.display()))?;
         }
         Ok(())
     })?;

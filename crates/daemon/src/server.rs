@@ -46,6 +46,7 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .route(&format!("{machine}/signal"), post(routes::signal_machine))
         .route(&format!("{machine}/suspend"), post(routes::suspend_machine))
         .route(&format!("{machine}/exec"), post(routes::exec_machine))
+        .route(&format!("{machine}/ps"), get(routes::machine_ps))
         .route(&format!("{machine}/cordon"), post(routes::cordon_machine))
         .route(
             &format!("{machine}/uncordon"),

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::{now_ms, now_secs, rfc3339_secs};
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::{MachineExit, Runtime};
+use crate::runtime::{ExecSpec, MachineExit, Runtime};
 
 pub const DEFAULT_ORG: &str = "personal";
 /// Default stop timeout (fly.toml `kill_timeout`).
@@ -730,6 +730,45 @@ impl Hangar {
         }
         self.runtime.signal(&m, signal).await?;
         Ok(())
+    }
+
+    /// Runs a command in a started machine.
+    pub async fn exec(
+        &self,
+        app: &str,
+        id: &str,
+        exec: ExecSpec,
+    ) -> ApiResult<hangar_api::ExecResponse> {
+        let m = self.get_machine(app, id, false).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        Ok(self.runtime.exec(&m, exec).await?)
+    }
+
+    pub async fn ps(&self, app: &str, id: &str) -> ApiResult<Vec<hangar_api::ProcessStat>> {
+        let m = self.get_machine(app, id, false).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        Ok(self.runtime.ps(&m).await?)
+    }
+
+    /// Live container statuses of a started machine (for the machine JSON).
+    pub async fn containers(
+        &self,
+        m: &MachineRecord,
+    ) -> Option<Vec<crate::runtime::ContainerView>> {
+        if m.state != MachineState::Started {
+            return None;
+        }
+        self.runtime.containers(m).await
     }
 
     pub async fn restart(
