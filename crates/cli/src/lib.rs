@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod daemon;
 pub mod embedded;
+pub mod logs;
 pub mod machine;
 pub mod output;
 
@@ -49,6 +50,8 @@ pub enum Command {
     /// Manage machines
     #[command(visible_alias = "m")]
     Machine(machine::MachineArgs),
+    /// Show the logs of an app's machines (follows new lines unless --no-tail)
+    Logs(logs::LogsArgs),
     /// Print a shell completion script
     #[command(after_help = "Examples:\n  \
         hangar completion bash > /etc/bash_completion.d/hangar\n  \
@@ -104,6 +107,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
+        Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
         Command::Machine(args) => {
             if matches!(
                 args.command,

@@ -159,6 +159,58 @@ impl Client {
         req.send_raw().await
     }
 
+    /// GETs `path_and_query` and hands the body to `on_chunk` as it arrives (for streaming
+    /// endpoints such as logs); stops when the body ends or `on_chunk` returns false. A non-2xx
+    /// answer is an [`ClientError::Api`] error.
+    pub async fn get_streaming(
+        &self,
+        path_and_query: &str,
+        mut on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut sender = self.connect().await?;
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path_and_query)
+            .header(header::HOST, "hangar")
+            .header(header::USER_AGENT, USER_AGENT);
+        if let Some(auth) = self.authorization(&Auth::Default)? {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let transport = |cause: hyper::Error| ClientError::Transport {
+            method: "GET".into(),
+            path: path_and_query.to_string(),
+            endpoint: self.endpoint.to_string(),
+            cause,
+        };
+        let res = sender.send_request(req).await.map_err(transport)?;
+        let status = res.status();
+        let mut body = res.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(transport)?.to_bytes();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Api {
+                status,
+                message,
+                code: None,
+            });
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(transport)?;
+            if let Some(data) = frame.data_ref() {
+                if !on_chunk(data) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let connect_error = |cause| ClientError::Connect {
             endpoint: self.endpoint.to_string(),

@@ -5,6 +5,7 @@ mod clock;
 mod convert;
 mod error;
 mod extract;
+mod logs;
 pub mod openapi;
 mod routes;
 pub mod runtime;
@@ -89,7 +90,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
-    let hangar = service::Hangar::new(Arc::new(store), runtime, DEFAULT_REGION.to_string());
+    let hangar = service::Hangar::new(
+        Arc::new(store),
+        runtime,
+        DEFAULT_REGION.to_string(),
+        opts.data_dir.join("machines"),
+    );
     {
         let hangar = hangar.clone();
         tokio::spawn(async move {

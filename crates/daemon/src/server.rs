@@ -76,6 +76,11 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
                 .post(routes::set_metadata_key)
                 .delete(routes::delete_metadata_key),
         )
+        // Hangar's own endpoints live outside /v1, which stays Fly's.
+        .route(
+            "/hangar/v1/apps/{app_name}/logs",
+            get(crate::logs::app_logs),
+        )
         .route_layer(middleware::from_fn_with_state(token, require_token))
         .with_state(state);
     Router::new()

@@ -67,6 +67,8 @@ pub struct Hangar {
     region: String,
     /// Lets background tasks (the launch after a create) hold the service without a cycle.
     me: Weak<Hangar>,
+    /// Where each machine's dir (logs, Pilot's files) lives.
+    machines_dir: std::path::PathBuf,
     /// Recent automatic restarts per machine, for `max_retries` within [`RESTART_WINDOW`].
     restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
@@ -96,15 +98,25 @@ pub struct StopOptions {
 }
 
 impl Hangar {
-    pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, region: String) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<dyn Runtime>,
+        region: String,
+        machines_dir: std::path::PathBuf,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             store,
             runtime,
+            machines_dir,
             handles: Mutex::new(HashMap::new()),
             region,
             me: me.clone(),
             restarts: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn machines_dir(&self) -> &std::path::Path {
+        &self.machines_dir
     }
 
     pub fn region(&self) -> &str {

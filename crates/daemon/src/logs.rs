@@ -1,0 +1,217 @@
+//! `GET /hangar/v1/apps/{app}/logs`: the container logs Pilot writes
+//! (`<data>/machines/<id>/logs/<container>.log`, lines `<RFC 3339> <stream> <text>`) as NDJSON,
+//! oldest first, optionally following new lines as they are written.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
+use crate::routes::AppState;
+use crate::service::ListFilter;
+
+/// How often a follower looks for new lines; logs are for people, 250 ms is prompt enough.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+const DEFAULT_TAIL: usize = 100;
+
+#[derive(Debug, Serialize)]
+pub struct LogLine {
+    pub timestamp: String,
+    pub app: String,
+    pub machine_id: String,
+    pub region: String,
+    pub container: String,
+    pub stream: String,
+    pub message: String,
+}
+
+/// One log file being read, remembering where it stopped.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    machine_id: String,
+    region: String,
+    container: String,
+}
+
+fn parse(line: &str) -> Option<(&str, &str, &str)> {
+    let (ts, rest) = line.split_once(' ')?;
+    let (stream, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((ts, stream, msg))
+}
+
+impl Tail {
+    /// New complete lines since the last read; a file that shrank was rotated.
+    fn read_new(&mut self, app: &str) -> Vec<LogLine> {
+        let Ok(file) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            self.offset = 0;
+        }
+        let mut reader = BufReader::new(file);
+        if reader.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            match reader.read_line(&mut buf) {
+                Ok(0) | Err(_) => break,
+                // A partial line: leave it for the next read.
+                Ok(_) if !buf.ends_with('\n') => break,
+                Ok(n) => {
+                    self.offset += n as u64;
+                    if let Some((ts, stream, msg)) = parse(buf.trim_end_matches('\n')) {
+                        out.push(LogLine {
+                            timestamp: ts.to_string(),
+                            app: app.to_string(),
+                            machine_id: self.machine_id.clone(),
+                            region: self.region.clone(),
+                            container: self.container.clone(),
+                            stream: stream.to_string(),
+                            message: msg.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf)> {
+    let dir = machines_dir.join(machine_id).join("logs");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".log").map(|c| (c.to_string(), e.path()))
+        })
+        .collect()
+}
+
+fn to_ndjson(lines: &[LogLine]) -> Bytes {
+    let mut out = Vec::new();
+    for l in lines {
+        if serde_json::to_writer(&mut out, l).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Query: `instance` (machine id or name), `follow` (default false), `tail` (lines, default 100).
+pub async fn app_logs(
+    State(h): State<AppState>,
+    UrlPath(app): UrlPath<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let q = Query::parse(q.as_deref());
+    let follow = q.bool("follow", false)?;
+    let tail = match q.int("tail")? {
+        Some(n) if n < 0 => return Err(ApiError::bad_request("tail must not be negative")),
+        Some(n) => n as usize,
+        None => DEFAULT_TAIL,
+    };
+    let instance = q
+        .get("instance")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let machines_dir = h.machines_dir().to_path_buf();
+    let filter = move || ListFilter {
+        include_deleted: false,
+        region: None,
+        states: None,
+        metadata: Vec::new(),
+    };
+    let machines = h.list_machines(&app, filter()).await?;
+    if let Some(i) = &instance {
+        if !machines.iter().any(|m| &m.id == i || &m.name == i) {
+            return Err(ApiError::machine_not_found());
+        }
+    }
+    let wanted =
+        move |id: &str, name: &str| instance.as_deref().is_none_or(|i| i == id || i == name);
+
+    let mut tails: HashMap<PathBuf, Tail> = HashMap::new();
+    let mut first = Vec::new();
+    for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
+        for (container, path) in log_files(&machines_dir, &m.id) {
+            let mut t = Tail {
+                path: path.clone(),
+                offset: 0,
+                machine_id: m.id.clone(),
+                region: m.region.clone(),
+                container,
+            };
+            first.extend(t.read_new(&app));
+            tails.insert(path, t);
+        }
+    }
+    // RFC 3339 timestamps of one clock sort as strings.
+    first.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+    let skip = first.len().saturating_sub(tail);
+    let first = to_ndjson(&first[skip..]);
+    if !follow {
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], first).into_response());
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+            // Machines (and containers) that appeared since the last look are picked up too.
+            if let Ok(machines) = h.list_machines(&app, filter()).await {
+                for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
+                    for (container, path) in log_files(&machines_dir, &m.id) {
+                        tails.entry(path.clone()).or_insert(Tail {
+                            path,
+                            offset: 0,
+                            machine_id: m.id.clone(),
+                            region: m.region.clone(),
+                            container,
+                        });
+                    }
+                }
+            }
+            let mut lines: Vec<LogLine> =
+                tails.values_mut().flat_map(|t| t.read_new(&app)).collect();
+            if lines.is_empty() {
+                if tx.is_closed() {
+                    return;
+                }
+                continue;
+            }
+            lines.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+            if tx.send(to_ndjson(&lines)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
