@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod daemon;
 pub mod embedded;
+pub mod image;
 pub mod logs;
 pub mod machine;
 pub mod output;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Manage machines
     #[command(visible_alias = "m")]
     Machine(machine::MachineArgs),
+    /// Manage the image store (pull, import, list, inspect, remove, prune)
+    #[command(subcommand, visible_alias = "images")]
+    Image(image::ImageCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
     /// Print a shell completion script
@@ -107,6 +111,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
+        Command::Image(cmd) => with_client(|client| async move { image::run(&client, cmd).await }),
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
         Command::Machine(args) => {
             if matches!(

@@ -165,11 +165,30 @@ impl Client {
     pub async fn get_streaming(
         &self,
         path_and_query: &str,
+        on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        self.stream(Method::GET, path_and_query, on_chunk).await
+    }
+
+    /// [`get_streaming`](Self::get_streaming) for POST endpoints that stream (image pulls).
+    pub async fn get_streaming_post(
+        &self,
+        path_and_query: &str,
+        on_chunk: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        self.stream(Method::POST, path_and_query, on_chunk).await
+    }
+
+    async fn stream(
+        &self,
+        method: Method,
+        path_and_query: &str,
         mut on_chunk: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
         let mut sender = self.connect().await?;
+        let method_name = method.to_string();
         let mut req = Request::builder()
-            .method(Method::GET)
+            .method(method)
             .uri(path_and_query)
             .header(header::HOST, "hangar")
             .header(header::USER_AGENT, USER_AGENT);
@@ -180,7 +199,7 @@ impl Client {
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Request(e.to_string()))?;
         let transport = |cause: hyper::Error| ClientError::Transport {
-            method: "GET".into(),
+            method: method_name.clone(),
             path: path_and_query.to_string(),
             endpoint: self.endpoint.to_string(),
             cause,

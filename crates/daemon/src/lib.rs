@@ -5,6 +5,7 @@ mod clock;
 mod convert;
 mod error;
 mod extract;
+mod images;
 mod logs;
 pub mod openapi;
 mod routes;
@@ -61,6 +62,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .await?
         .context("failed to open the state store")?;
     let (exits_tx, mut exits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let images_dir = opts.data_dir.join("images");
+    let image_store =
+        tokio::task::spawn_blocking(move || hangar_image::ImageStore::open(images_dir))
+            .await?
+            .context("failed to open the image store")?;
+    let image_store = Arc::new(image_store);
+    let pull = hangar_image::PullOptions::default();
     let runtime: Arc<dyn runtime::Runtime> = if std::env::var("HANGAR_RUNTIME").as_deref()
         == Ok("none")
     {
@@ -75,19 +83,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 std::io::Error::last_os_error()
             );
         }
-        let images_dir = opts.data_dir.join("images");
-        let images =
-            tokio::task::spawn_blocking(move || hangar_image::ImageStore::open(images_dir))
-                .await?
-                .context("failed to open the image store")?;
         Arc::new(
-            sandbox_runtime::SandboxRuntime::new(
-                &opts.data_dir,
-                Arc::new(images),
-                hangar_image::PullOptions::default(),
-                exits_tx,
-            )
-            .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
+            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx)
+                .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
     let hangar = service::Hangar::new(
@@ -95,6 +93,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         runtime,
         DEFAULT_REGION.to_string(),
         opts.data_dir.join("machines"),
+        Some(images::Images {
+            store: image_store,
+            pull,
+        }),
     );
     {
         let hangar = hangar.clone();

@@ -81,6 +81,14 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             "/hangar/v1/apps/{app_name}/logs",
             get(crate::logs::app_logs),
         )
+        .route(
+            "/hangar/v1/images",
+            get(crate::images::list).delete(crate::images::remove),
+        )
+        .route("/hangar/v1/images/inspect", get(crate::images::inspect))
+        .route("/hangar/v1/images/pull", post(crate::images::pull))
+        .route("/hangar/v1/images/import", post(crate::images::import))
+        .route("/hangar/v1/images/prune", post(crate::images::prune))
         .route_layer(middleware::from_fn_with_state(token, require_token))
         .with_state(state);
     Router::new()

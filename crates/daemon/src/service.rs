@@ -69,6 +69,7 @@ pub struct Hangar {
     me: Weak<Hangar>,
     /// Where each machine's dir (logs, Pilot's files) lives.
     machines_dir: std::path::PathBuf,
+    images: Option<crate::images::Images>,
     /// Recent automatic restarts per machine, for `max_retries` within [`RESTART_WINDOW`].
     restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
@@ -103,16 +104,42 @@ impl Hangar {
         runtime: Arc<dyn Runtime>,
         region: String,
         machines_dir: std::path::PathBuf,
+        images: Option<crate::images::Images>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             store,
             runtime,
             machines_dir,
+            images,
             handles: Mutex::new(HashMap::new()),
             region,
             me: me.clone(),
             restarts: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn images(&self) -> Option<&crate::images::Images> {
+        self.images.as_ref()
+    }
+
+    /// Image references and digests of every machine that is not destroyed.
+    pub async fn image_refs_in_use(&self) -> ApiResult<Vec<String>> {
+        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let mut refs = Vec::new();
+        for m in machines {
+            refs.extend(m.config.image.clone().filter(|i| !i.is_empty()));
+            refs.extend(
+                m.config
+                    .containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.image.clone()),
+            );
+            if let Some(r) = m.image_ref.as_ref().filter(|r| !r.digest.is_empty()) {
+                refs.push(r.digest.clone());
+            }
+        }
+        Ok(refs)
     }
 
     pub fn machines_dir(&self) -> &std::path::Path {

@@ -1,0 +1,194 @@
+//! Image management under `/hangar/v1/images` (Hangar's own prefix; `/v1` stays Fly's): list,
+//! inspect, pull (NDJSON progress), import, remove and prune.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use hangar_image::{ImageStore, InUse, Progress, PullOptions, Reference};
+use serde_json::json;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
+use crate::routes::AppState;
+
+/// The image store and how to pull into it.
+pub struct Images {
+    pub store: Arc<ImageStore>,
+    pub pull: PullOptions,
+}
+
+fn image_error(e: hangar_image::Error) -> ApiError {
+    use hangar_image::Error as E;
+    match e {
+        E::NotFound(name) => ApiError::not_found(format!("image {name:?} not found")),
+        E::Reference(r) => ApiError::bad_request(r.to_string()),
+        E::InUse { image, users } => ApiError::conflict(format!(
+            "image {image} is used by {}; destroy those machines first",
+            users.join(", ")
+        )),
+        E::Registry { .. } | E::Auth { .. } | E::Http { .. } | E::NoMatchingPlatform { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn images(h: &AppState) -> ApiResult<&Images> {
+    h.images()
+        .ok_or_else(|| ApiError::precondition("this daemon has no image store"))
+}
+
+fn reference(q: &Query) -> ApiResult<String> {
+    q.get("ref")
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::bad_request("the query parameter ref (an image reference) is required")
+        })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> hangar_image::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(image_error)
+}
+
+/// Every image reference or digest a machine (not destroyed) still uses.
+async fn in_use(h: &AppState) -> ApiResult<InUse> {
+    Ok(InUse::new(h.image_refs_in_use().await?))
+}
+
+pub async fn list(State(h): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let store = images(&h)?.store.clone();
+    let list = blocking(move || store.list()).await?;
+    Ok(Json(json!(list)))
+}
+
+pub async fn inspect(
+    State(h): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = reference(&Query::parse(q.as_deref()))?;
+    let store = images(&h)?.store.clone();
+    let details = blocking(move || store.inspect(&name)).await?;
+    Ok(Json(json!(details)))
+}
+
+pub async fn remove(
+    State(h): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = reference(&Query::parse(q.as_deref()))?;
+    let used = in_use(&h).await?;
+    let store = images(&h)?.store.clone();
+    let report = blocking(move || store.remove(&name, &used)).await?;
+    Ok(Json(json!(report)))
+}
+
+pub async fn prune(
+    State(h): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let all = Query::parse(q.as_deref()).bool("all", false)?;
+    let used = in_use(&h).await?;
+    let store = images(&h)?.store.clone();
+    let report = blocking(move || store.prune(&used, all)).await?;
+    Ok(Json(json!(report)))
+}
+
+/// `path` is a file or directory on the daemon's host.
+pub async fn import(
+    State(h): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let q = Query::parse(q.as_deref());
+    let path = PathBuf::from(
+        q.get("path")
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| {
+                ApiError::bad_request("the query parameter path (an absolute path) is required")
+            })?,
+    );
+    let tag = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) => Some(Reference::parse(t).map_err(|e| ApiError::bad_request(e.to_string()))?),
+        None => None,
+    };
+    if !path.exists() {
+        return Err(ApiError::bad_request(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    let store = images(&h)?.store.clone();
+    let opts = hangar_image::ImportOptions {
+        reference: tag,
+        ..Default::default()
+    };
+    let records = blocking(move || store.import(&path, &opts)).await?;
+    Ok(Json(json!(records)))
+}
+
+/// Streams NDJSON progress: `{"event": …}` lines, then `{"done": digest}` or `{"error": …}`.
+pub async fn pull(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let name = reference(&Query::parse(q.as_deref()))?;
+    let r = Reference::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let imgs = images(&h)?;
+    let store = imgs.store.clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let mut opts = imgs.pull.clone();
+    let progress_tx = tx.clone();
+    opts.progress = Some(Arc::new(move |p: Progress| {
+        let v = match p {
+            Progress::Resolved {
+                manifest_digest,
+                layers,
+            } => json!({"event": "resolved", "digest": manifest_digest.to_string(),
+                "layers": layers.iter().map(|(d, s)| json!({"digest": d.to_string(), "size": s})).collect::<Vec<_>>()}),
+            Progress::LayerCached { digest, total } => {
+                json!({"event": "cached", "digest": digest.to_string(), "total": total})
+            }
+            Progress::LayerBytes {
+                digest,
+                done,
+                total,
+            } => {
+                json!({"event": "bytes", "digest": digest.to_string(), "done": done, "total": total})
+            }
+            Progress::LayerVerified { digest } => {
+                json!({"event": "verified", "digest": digest.to_string()})
+            }
+            Progress::LayerUnpacked { digest } => {
+                json!({"event": "unpacked", "digest": digest.to_string()})
+            }
+            Progress::Done { manifest_digest } => {
+                json!({"event": "stored", "digest": manifest_digest.to_string()})
+            }
+        };
+        let _ = progress_tx.send(Bytes::from(format!("{v}\n")));
+    }));
+    tokio::spawn(async move {
+        let line = match hangar_image::pull(&store, &r, &opts).await {
+            Ok(rec) => json!({"done": rec.manifest_digest.to_string(), "reference": r.to_string()}),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        let _ = tx.send(Bytes::from(format!("{line}\n")));
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
