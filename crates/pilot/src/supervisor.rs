@@ -1,43 +1,98 @@
-//! Pilot's main loop: starts the containers, reaps children (Pilot is PID 1), forwards
-//! termination signals as a stop, serves the control socket and exits when every container has
-//! ended.
+//! Pilot's main loop: starts the containers as their dependencies allow, reaps children (Pilot
+//! is PID 1), runs health checks, applies restart policies, turns SIGTERM into an orderly stop,
+//! serves the control socket and exits when every container has ended for good.
+//!
+//! Everything runs on one thread (current_thread runtime + LocalSet): state is an
+//! `Rc<RefCell<State>>`, and forking for containers and execs is safe.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
+use tokio::task::AbortHandle;
 
-use crate::logs::LogFile;
+use crate::exec::{Ended, Waiters};
+use crate::graph::{self, Decision, DepView};
+use crate::health::{self, CheckMachine, CheckState};
+use crate::restart::RestartTracker;
 use crate::spec::{
-    ContainerSpec, ContainerState, ContainerStatus, PilotSpec, Reply, Request, StatusReply,
-    CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
+    CheckKind, CheckStatus, Condition, ContainerSpec, ContainerState, ContainerStatus, Event,
+    EventKind, PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
 };
+use crate::{checks, control, launch};
 
-/// Stack for the cloned container child; it only runs the setup code before exec.
-const CHILD_STACK: usize = 1 << 20;
+/// Events buffered per watcher; a watcher that falls this far behind is dropped.
+const WATCH_BUFFER: usize = 1024;
 
-struct State {
-    spec: PilotSpec,
-    status: Vec<ContainerStatus>,
-    pids: HashMap<i32, usize>,
-    stopping: bool,
+pub(crate) struct Container {
+    pub spec: ContainerSpec,
+    pub status: ContainerStatus,
+    deps: Vec<(usize, Condition)>,
+    /// Bumped at every launch; timers and checks of an older run see it and stop.
+    pub run: u64,
+    launched: bool,
+    exited_ok: bool,
+    exited_bad: bool,
+    /// Will never run again.
+    finished: bool,
+    restart_pending: bool,
+    /// A liveness check is stopping this run: its exit counts as a failure.
+    liveness_stop: bool,
+    tracker: RestartTracker,
+    checks: Vec<CheckMachine>,
+    gating: Vec<usize>,
+    tasks: Vec<AbortHandle>,
 }
 
-type Shared = Rc<RefCell<State>>;
+impl Container {
+    fn running(&self) -> bool {
+        self.status.state == ContainerState::Running
+    }
+
+    fn ready(&self) -> bool {
+        self.running()
+            && self.gating.iter().all(|&k| {
+                self.checks
+                    .get(k)
+                    .is_some_and(|c| c.state == CheckState::Passing)
+            })
+    }
+
+    fn view(&self) -> DepView {
+        DepView {
+            launched: self.launched,
+            running: self.running(),
+            ready: self.ready(),
+            exited_ok: self.exited_ok,
+            exited_bad: self.exited_bad,
+            finished: self.finished,
+            failed: self.status.state == ContainerState::Failed,
+        }
+    }
+}
+
+pub(crate) struct State {
+    log_dir: PathBuf,
+    log_max: u64,
+    pub containers: Vec<Container>,
+    pids: HashMap<i32, usize>,
+    pub stopping: bool,
+    pub events: broadcast::Sender<Event>,
+    /// Woken at every change that may end Pilot or a stop wave.
+    pub changed: Rc<Notify>,
+    pub waiters: Waiters,
+}
+
+pub(crate) type Shared = Rc<RefCell<State>>;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
 pub fn main(dir: &Path) -> anyhow::Result<i32> {
@@ -66,284 +121,489 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).context("binding the control socket")?;
 
-    let status = spec
+    let deps = graph::dependency_indices(&spec.containers);
+    let containers = spec
         .containers
         .iter()
-        .map(|c| ContainerStatus {
-            name: c.name.clone(),
-            state: ContainerState::Created,
-            pid: None,
-            exit_code: None,
-            signal: None,
-            error: None,
-            restart_count: 0,
-            health: None,
-            checks: Vec::new(),
+        .zip(deps)
+        .map(|(c, deps)| Container {
+            status: ContainerStatus {
+                name: c.name.clone(),
+                state: ContainerState::Created,
+                pid: None,
+                exit_code: None,
+                signal: None,
+                error: None,
+                restart_count: 0,
+                health: None,
+                checks: c
+                    .healthchecks
+                    .iter()
+                    .map(|h| CheckStatus {
+                        name: h.name.clone(),
+                        status: CheckState::Warning.as_str().into(),
+                        output: String::new(),
+                        updated_at: 0,
+                    })
+                    .collect(),
+            },
+            deps,
+            run: 0,
+            launched: false,
+            exited_ok: false,
+            exited_bad: false,
+            finished: false,
+            restart_pending: false,
+            liveness_stop: false,
+            tracker: RestartTracker::default(),
+            checks: c.healthchecks.iter().map(CheckMachine::new).collect(),
+            gating: health::gating(&c.healthchecks),
+            tasks: Vec::new(),
+            spec: c.clone(),
         })
         .collect();
     let state: Shared = Rc::new(RefCell::new(State {
-        spec: spec.clone(),
-        status,
+        log_dir,
+        log_max: spec.log_max_bytes,
+        containers,
         pids: HashMap::new(),
         stopping: false,
+        events: broadcast::channel(WATCH_BUFFER).0,
+        changed: Rc::new(Notify::new()),
+        waiters: Waiters::default(),
     }));
-    let exited = Rc::new(Notify::new());
 
-    for (i, c) in spec.containers.iter().enumerate() {
-        match start_container(c) {
-            Ok((pid, out, err)) => {
-                let mut s = state.borrow_mut();
-                s.status[i].state = ContainerState::Running;
-                s.status[i].pid = Some(pid);
-                s.pids.insert(pid, i);
-                drop(s);
-                let log = log_dir.join(format!("{}.log", c.name));
-                spawn_log_reader(out, "stdout", log.clone(), spec.log_max_bytes);
-                spawn_log_reader(err, "stderr", log, spec.log_max_bytes);
-                tracing::info!(container = %c.name, pid, "container started");
-            }
-            Err(e) => {
-                tracing::error!(container = %c.name, error = %e, "container failed to start");
-                let mut s = state.borrow_mut();
-                s.status[i].state = ContainerState::Failed;
-                s.status[i].error = Some(e);
-                s.status[i].exit_code = Some(127);
-            }
-        }
-    }
-
+    reconcile(&state);
+    let changed = state.borrow().changed.clone();
     loop {
         if all_done(&state) {
             break;
         }
+        let notified = changed.notified();
         tokio::select! {
-            _ = sigchld.recv() => {
-                reap(&state);
-                exited.notify_waiters();
-            }
-            _ = sigterm.recv() => spawn_stop(&state, &exited, None, None),
-            _ = sigint.recv() => spawn_stop(&state, &exited, None, None),
+            _ = sigchld.recv() => reap(&state),
+            _ = sigterm.recv() => spawn_stop(&state, None, None),
+            _ = sigint.recv() => spawn_stop(&state, None, None),
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
-                    tokio::task::spawn_local(serve(stream, state.clone(), exited.clone()));
+                    tokio::task::spawn_local(control::serve(stream, state.clone()));
                 }
             }
+            _ = notified => {}
         }
     }
     // Let the log readers drain what the containers wrote last.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let s = state.borrow();
+    let statuses: Vec<ContainerStatus> = s.containers.iter().map(|c| c.status.clone()).collect();
     let exit_path = dir.join(EXIT_FILE);
-    std::fs::write(&exit_path, serde_json::to_vec(&s.status)?)
+    std::fs::write(&exit_path, serde_json::to_vec(&statuses)?)
         .with_context(|| format!("writing {}", exit_path.display()))?;
     let _ = std::fs::remove_file(&socket);
-    // The machine's exit code is its first container's (the `app` one for single-image machines).
-    let first = s.status.first();
-    Ok(match first {
-        Some(c) => match (c.exit_code, c.signal) {
-            (Some(code), _) => code,
-            (None, Some(sig)) => 128 + sig,
-            _ => 0,
-        },
-        None => 0,
-    })
+    Ok(exit_code(&statuses))
+}
+
+/// A single container's code is the machine's; with several, 0 only if all ended with 0.
+fn exit_code(statuses: &[ContainerStatus]) -> i32 {
+    let code = |c: &ContainerStatus| match (c.exit_code, c.signal, c.state) {
+        (Some(code), _, _) => code,
+        (None, Some(sig), _) => 128 + sig,
+        (None, None, ContainerState::Failed) => 1,
+        _ => 0,
+    };
+    match statuses {
+        [] => 0,
+        [only] => code(only),
+        all => all.iter().map(code).find(|&c| c != 0).unwrap_or(0),
+    }
 }
 
 fn all_done(state: &Shared) -> bool {
-    state
-        .borrow()
-        .status
-        .iter()
-        .all(|c| matches!(c.state, ContainerState::Exited | ContainerState::Failed))
+    let s = state.borrow();
+    s.pids.is_empty()
+        && s.containers.iter().all(|c| !c.restart_pending)
+        && (s.stopping
+            || s.containers
+                .iter()
+                .all(|c| c.status.state != ContainerState::Created))
 }
 
-/// Reaps every child that has exited; records container exits.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn event(c: &Container, kind: EventKind) -> Event {
+    Event {
+        container: c.spec.name.clone(),
+        kind,
+        at: now_ms(),
+        exit_code: None,
+        signal: None,
+        health: None,
+        message: None,
+        restart_count: c.status.restart_count,
+    }
+}
+
+impl State {
+    /// Broadcasts to the watchers; having none is fine.
+    fn emit(&self, e: Event) {
+        tracing::info!(container = %e.container, kind = ?e.kind, code = ?e.exit_code,
+            signal = ?e.signal, health = ?e.health, message = ?e.message, "container event");
+        let _ = self.events.send(e);
+    }
+
+    fn fail(&mut self, i: usize, error: String) {
+        let c = &mut self.containers[i];
+        c.status.state = ContainerState::Failed;
+        c.status.error = Some(error.clone());
+        c.finished = true;
+        let mut e = event(c, EventKind::Failed);
+        e.message = Some(error);
+        self.emit(e);
+    }
+
+    /// Recomputes a container's health from its checks; reports a change.
+    fn update_health(&mut self, i: usize) {
+        let c = &mut self.containers[i];
+        if c.checks.is_empty() {
+            return;
+        }
+        let h = health::aggregate(c.checks.iter().map(|m| m.state));
+        let new = Some(h.as_str().to_string());
+        if c.status.health != new {
+            c.status.health = new;
+            let mut e = event(c, EventKind::Health);
+            e.health = Some(h.as_str().into());
+            self.emit(e);
+        }
+    }
+}
+
+/// Starts every waiting container whose conditions hold and fails those that can never start,
+/// until nothing changes (a failure or a start may decide others).
+pub(crate) fn reconcile(state: &Shared) {
+    loop {
+        let decision = {
+            let s = state.borrow();
+            s.containers.iter().enumerate().find_map(|(i, c)| {
+                if s.stopping || c.status.state != ContainerState::Created || c.launched {
+                    return None;
+                }
+                let deps: Vec<(&str, Condition, DepView)> = c
+                    .deps
+                    .iter()
+                    .map(|&(d, cond)| {
+                        let dep = &s.containers[d];
+                        (dep.spec.name.as_str(), cond, dep.view())
+                    })
+                    .collect();
+                match graph::decide(&deps) {
+                    Decision::Wait => None,
+                    other => Some((i, other)),
+                }
+            })
+        };
+        match decision {
+            None => break,
+            Some((i, Decision::Fail(msg))) => state.borrow_mut().fail(i, msg),
+            Some((i, _)) => launch_container(state, i),
+        }
+    }
+    state.borrow().changed.notify_waiters();
+}
+
+/// Launches (or relaunches) container `i`: a new clone on the same rootfs, fresh checks.
+fn launch_container(state: &Shared, i: usize) {
+    let (spec, log_path, log_max) = {
+        let s = state.borrow();
+        let c = &s.containers[i];
+        (
+            c.spec.clone(),
+            s.log_dir.join(format!("{}.log", c.spec.name)),
+            s.log_max,
+        )
+    };
+    match launch::start_container(&spec) {
+        Ok((pid, out, err)) => {
+            let run = {
+                let mut s = state.borrow_mut();
+                s.pids.insert(pid, i);
+                let c = &mut s.containers[i];
+                c.run += 1;
+                c.launched = true;
+                c.liveness_stop = false;
+                c.status.state = ContainerState::Running;
+                c.status.pid = Some(pid);
+                c.status.exit_code = None;
+                c.status.signal = None;
+                c.checks = spec.healthchecks.iter().map(CheckMachine::new).collect();
+                for st in &mut c.status.checks {
+                    st.status = CheckState::Warning.as_str().into();
+                    st.output = String::new();
+                }
+                let e = event(c, EventKind::Started);
+                s.emit(e);
+                s.update_health(i);
+                s.containers[i].run
+            };
+            launch::spawn_log_reader(out, "stdout", log_path.clone(), log_max);
+            launch::spawn_log_reader(err, "stderr", log_path, log_max);
+            let tasks: Vec<AbortHandle> = (0..spec.healthchecks.len())
+                .map(|k| {
+                    tokio::task::spawn_local(checks::run_check(state.clone(), i, k, run))
+                        .abort_handle()
+                })
+                .collect();
+            state.borrow_mut().containers[i].tasks = tasks;
+        }
+        Err(e) => {
+            let mut s = state.borrow_mut();
+            s.containers[i].status.exit_code = Some(127);
+            s.fail(i, e);
+        }
+    }
+}
+
+/// Reaps every child that has exited: exec children go to their waiters, containers to
+/// [`on_exit`]; anything else (a failed exec child) is just reaped.
 fn reap(state: &Shared) {
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => record_exit(state, pid.as_raw(), Some(code), None),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                record_exit(state, pid.as_raw(), None, Some(sig as i32))
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
+        let (pid, ended) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (
+                pid.as_raw(),
+                Ended {
+                    code: Some(code),
+                    signal: None,
+                },
+            ),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (
+                pid.as_raw(),
+                Ended {
+                    code: None,
+                    signal: Some(sig as i32),
+                },
+            ),
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
             Ok(_) => continue,
+        };
+        let waiters = state.borrow().waiters.clone();
+        let waiter = waiters.borrow_mut().remove(&pid);
+        if let Some(tx) = waiter {
+            let _ = tx.send(ended);
+            continue;
+        }
+        let index = state.borrow_mut().pids.remove(&pid);
+        if let Some(i) = index {
+            on_exit(state, i, ended);
         }
     }
+    reconcile(state);
 }
 
-fn record_exit(state: &Shared, pid: i32, code: Option<i32>, sig: Option<i32>) {
+/// Records a container's exit and decides on a restart.
+fn on_exit(state: &Shared, i: usize, ended: Ended) {
     let mut s = state.borrow_mut();
-    let Some(i) = s.pids.remove(&pid) else {
-        return;
+    let stopping = s.stopping;
+    let c = &mut s.containers[i];
+    for t in c.tasks.drain(..) {
+        t.abort();
+    }
+    c.status.state = ContainerState::Exited;
+    c.status.pid = None;
+    c.status.exit_code = ended.code;
+    c.status.signal = ended.signal;
+    let clean = ended.code == Some(0);
+    c.exited_ok |= clean;
+    c.exited_bad = !clean;
+    let failed = !clean || c.liveness_stop;
+    let mut e = event(c, EventKind::Exited);
+    e.exit_code = ended.code;
+    e.signal = ended.signal;
+    let backoff = if stopping {
+        None
+    } else {
+        c.tracker.decide(&c.spec.restart, failed, Instant::now())
     };
-    let c = &mut s.status[i];
-    c.state = ContainerState::Exited;
-    c.exit_code = code;
-    c.signal = sig;
-    c.pid = None;
-    tracing::info!(container = %c.name, ?code, ?sig, "container exited");
-}
-
-/// Clones a child in new mount and pid namespaces that becomes the container's PID 1.
-fn start_container(c: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), String> {
-    let pipe =
-        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let (exec_r, exec_w) = pipe()?;
-    let devnull = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-    let process = c.process.clone();
-    let mut stack = vec![0u8; CHILD_STACK];
-    let child = Box::new(|| {
-        for (src, dst) in [
-            (devnull.as_raw_fd(), 0),
-            (out_w.as_raw_fd(), 1),
-            (err_w.as_raw_fd(), 2),
-        ] {
-            // SAFETY: dup2 onto the standard fds of this fresh child.
-            unsafe { libc::dup2(src, dst) };
+    match backoff {
+        None => c.finished = true,
+        Some(_) => {
+            c.restart_pending = true;
+            c.status.restart_count += 1;
         }
-        let msg = hangar_sandbox::container::exec_container(&process);
-        // SAFETY: writing the failure to the parent through the pipe we own.
-        unsafe { libc::write(exec_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-        127
-    });
-    // SAFETY: Pilot is single-threaded, so the child (a copy of this process, no CLONE_VM) can
-    // run ordinary Rust code until it execs.
-    let pid = unsafe {
-        nix::sched::clone(
-            child,
-            &mut stack,
-            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID,
-            Some(libc::SIGCHLD),
-        )
     }
-    .map_err(|e| format!("clone: {e}"))?;
-    drop((out_w, err_w, exec_w));
-    // The exec pipe closes on a successful exec; otherwise it carries the reason.
-    let mut failure = String::new();
-    let _ = File::from(exec_r).read_to_string(&mut failure);
-    if !failure.is_empty() {
-        return Err(failure);
+    let restarting = backoff.map(|_| event(c, EventKind::Restarting));
+    let run = c.run;
+    s.emit(e);
+    if let Some(r) = restarting {
+        s.emit(r);
     }
-    Ok((pid.as_raw(), out_r, err_r))
+    drop(s);
+    if let Some(delay) = backoff {
+        tokio::task::spawn_local(restart_after(state.clone(), i, run, delay));
+    }
 }
 
-fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u64) {
-    tokio::task::spawn_local(async move {
-        let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+async fn restart_after(state: Shared, i: usize, run: u64, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    {
+        let mut s = state.borrow_mut();
+        let c = &mut s.containers[i];
+        if c.run != run || !c.restart_pending {
             return;
-        };
-        let mut log = match LogFile::open(path, max) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open log file");
-                return;
-            }
-        };
-        let mut reader = BufReader::new(rx);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let _ = log.write_line(stream, text);
-                }
-            }
         }
-    });
-}
-
-fn spawn_stop(state: &Shared, exited: &Rc<Notify>, signal: Option<i32>, timeout_ms: Option<u64>) {
-    if std::mem::replace(&mut state.borrow_mut().stopping, true) {
-        return;
+        c.restart_pending = false;
+        if s.stopping {
+            s.containers[i].finished = true;
+            s.changed.notify_waiters();
+            return;
+        }
     }
-    tokio::task::spawn_local(stop_all(state.clone(), exited.clone(), signal, timeout_ms));
+    launch_container(&state, i);
+    reconcile(&state);
 }
 
-/// Stops containers in reverse order, each with its signal, escalating to SIGKILL.
-async fn stop_all(state: Shared, exited: Rc<Notify>, signal: Option<i32>, timeout_ms: Option<u64>) {
-    let order: Vec<usize> = (0..state.borrow().status.len()).rev().collect();
-    for i in order {
-        let (pid, sig, timeout) = {
-            let s = state.borrow();
-            let spec = &s.spec.containers[i];
-            (
-                s.status[i].pid,
-                signal.unwrap_or(spec.stop_signal),
-                Duration::from_millis(timeout_ms.unwrap_or(spec.stop_timeout_ms)),
-            )
-        };
-        let Some(pid) = pid else { continue };
-        if let Ok(sig) = Signal::try_from(sig) {
-            let _ = kill(Pid::from_raw(pid), sig);
+/// Feeds one probe result of check `k` of container `i` (run `run`); returns false when the
+/// run is over and the check should stop.
+pub(crate) fn check_result(
+    state: &Shared,
+    i: usize,
+    k: usize,
+    run: u64,
+    pass: bool,
+    output: String,
+) -> bool {
+    let stop = {
+        let mut s = state.borrow_mut();
+        let stopping = s.stopping;
+        let c = &mut s.containers[i];
+        if c.run != run || !c.running() || stopping {
+            return false;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        while state.borrow().status[i].pid.is_some() {
-            let notified = exited.notified();
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                // A container's PID 1 ignores signals it has no handler for; SIGKILL always works.
+        let changed = c.checks[k].record(pass);
+        let st = c.checks[k].state;
+        if let Some(status) = c.status.checks.get_mut(k) {
+            status.status = st.as_str().into();
+            status.output = output;
+            status.updated_at = now_ms();
+        }
+        let spec = &c.spec.healthchecks[k];
+        let stop = changed
+            && st == CheckState::Critical
+            && spec.kind == CheckKind::Liveness
+            && spec.stop_when_unhealthy
+            && !c.liveness_stop;
+        if stop {
+            c.liveness_stop = true;
+        }
+        s.update_health(i);
+        stop.then(|| {
+            let c = &s.containers[i];
+            (c.status.pid, c.spec.stop_signal, c.spec.stop_timeout_ms)
+        })
+    };
+    if let Some((Some(pid), sig, timeout)) = stop {
+        tracing::warn!(
+            container = i,
+            "liveness check failed: stopping the container"
+        );
+        tokio::task::spawn_local(stop_one(
+            state.clone(),
+            i,
+            pid,
+            sig,
+            Duration::from_millis(timeout),
+        ));
+    }
+    // A health change may let dependents start.
+    reconcile(state);
+    true
+}
+
+/// Sends `sig` to container `i`'s init, then SIGKILL if it is still there after `timeout`.
+async fn stop_one(state: Shared, i: usize, pid: i32, sig: i32, timeout: Duration) {
+    let changed = state.borrow().changed.clone();
+    let alive = |s: &Shared| s.borrow().containers[i].status.pid == Some(pid);
+    if let Ok(sig) = Signal::try_from(sig) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while alive(&state) {
+        let notified = changed.notified();
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // A container's PID 1 ignores signals it has no handler for; SIGKILL always works.
+            if alive(&state) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                exited.notified().await;
             }
+            return;
         }
     }
 }
 
-async fn serve(stream: tokio::net::UnixStream, state: Shared, exited: Rc<Notify>) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Reply {
-                ok: false,
-                error: Some(format!("bad request: {e}")),
-                ..Default::default()
-            },
-            Ok(Request::Status) => Reply {
-                ok: true,
-                error: None,
-                status: Some(StatusReply {
-                    containers: state.borrow().status.clone(),
-                }),
-                ..Default::default()
-            },
-            Ok(Request::Stop { signal, timeout_ms }) => {
-                spawn_stop(&state, &exited, signal, timeout_ms);
-                Reply {
-                    ok: true,
-                    ..Default::default()
-                }
-            }
-            Ok(Request::Signal { signal }) => {
-                let pids: Vec<i32> = state.borrow().status.iter().filter_map(|c| c.pid).collect();
-                let result = Signal::try_from(signal)
-                    .map_err(|e| e.to_string())
-                    .map(|sig| {
-                        for pid in pids {
-                            let _ = kill(Pid::from_raw(pid), sig);
-                        }
-                    });
-                Reply {
-                    ok: result.is_ok(),
-                    error: result.err(),
-                    ..Default::default()
-                }
-            }
-            Ok(other) => Reply {
-                ok: false,
-                error: Some(format!("this pilot cannot handle {other:?} yet")),
-                ..Default::default()
-            },
-        };
-        let Ok(mut bytes) = serde_json::to_vec(&reply) else {
+pub(crate) fn spawn_stop(state: &Shared, signal: Option<i32>, timeout_ms: Option<u64>) {
+    {
+        let mut s = state.borrow_mut();
+        if std::mem::replace(&mut s.stopping, true) {
             return;
+        }
+        // No restarts during a stop; containers still waiting never start.
+        for c in &mut s.containers {
+            if c.restart_pending {
+                c.restart_pending = false;
+                c.finished = true;
+            }
+        }
+        s.changed.notify_waiters();
+    }
+    tokio::task::spawn_local(stop_all(state.clone(), signal, timeout_ms));
+}
+
+/// Stops the containers wave by wave, dependents before what they depend on; within a wave
+/// in parallel, each with its own signal and timeout (or the request's), then SIGKILL.
+async fn stop_all(state: Shared, signal: Option<i32>, timeout_ms: Option<u64>) {
+    let waves = {
+        let s = state.borrow();
+        let deps: Vec<Vec<(usize, Condition)>> =
+            s.containers.iter().map(|c| c.deps.clone()).collect();
+        graph::stop_waves(&deps)
+    };
+    for wave in waves {
+        let stops: Vec<_> = {
+            let s = state.borrow();
+            wave.iter()
+                .filter_map(|&i| {
+                    let c = &s.containers[i];
+                    let pid = c.status.pid?;
+                    let sig = signal.unwrap_or(c.spec.stop_signal);
+                    let timeout =
+                        Duration::from_millis(timeout_ms.unwrap_or(c.spec.stop_timeout_ms));
+                    Some(tokio::task::spawn_local(stop_one(
+                        state.clone(),
+                        i,
+                        pid,
+                        sig,
+                        timeout,
+                    )))
+                })
+                .collect()
         };
-        bytes.push(b'\n');
-        if write.write_all(&bytes).await.is_err() {
-            return;
+        for s in stops {
+            let _ = s.await;
+        }
+        // stop_one returns after SIGKILL without waiting; wait for the wave's exits.
+        let changed = state.borrow().changed.clone();
+        loop {
+            let notified = changed.notified();
+            let left = {
+                let s = state.borrow();
+                wave.iter().any(|&i| s.containers[i].status.pid.is_some())
+            };
+            if !left {
+                break;
+            }
+            notified.await;
         }
     }
 }

@@ -280,14 +280,34 @@ fn mask_paths() -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `argv` inside a running container, from a child that Pilot cloned into the container's
+/// pid namespace: joins its mount namespace (`mnt_ns`, an open `/proc/<init>/ns/mnt`, which also
+/// moves root and cwd to the container's root), then takes the container's user, capabilities,
+/// no_new_privs, seccomp filter, working directory and environment, like its init process.
+/// Returns only on failure.
+pub fn exec_in_container(
+    mnt_ns: std::os::fd::BorrowedFd<'_>,
+    p: &ContainerProcess,
+    argv: &[String],
+) -> String {
+    if let Err(e) = nix::sched::setns(mnt_ns, nix::sched::CloneFlags::CLONE_NEWNS) {
+        return err("join the container's mount namespace", e);
+    }
+    exec_argv(p, argv)
+}
+
 fn exec(p: &ContainerProcess) -> String {
+    exec_argv(p, &p.argv)
+}
+
+fn exec_argv(p: &ContainerProcess, argv: &[String]) -> String {
     if let Err(e) = drop_privileges(p) {
         return e;
     }
     if let Err(e) = std::env::set_current_dir(&p.cwd) {
         return err(&format!("chdir {}", p.cwd), e);
     }
-    let Some(program) = p.argv.first() else {
+    let Some(program) = argv.first() else {
         return "no command to run (the image has no entrypoint or cmd; set init.cmd)".into();
     };
     let path_var = p
@@ -308,7 +328,7 @@ fn exec(p: &ContainerProcess) -> String {
         }
     };
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains NUL"));
-    let argv: Result<Vec<CString>, String> = p.argv.iter().map(|a| to_c(a)).collect();
+    let argv: Result<Vec<CString>, String> = argv.iter().map(|a| to_c(a)).collect();
     let env: Result<Vec<CString>, String> = p.env.iter().map(|a| to_c(a)).collect();
     let (argv, env) = match (argv, env) {
         (Ok(a), Ok(e)) => (a, e),

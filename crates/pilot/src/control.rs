@@ -1,0 +1,187 @@
+//! The control socket: one JSON request per line, one JSON reply per line; `watch` turns the
+//! connection into a stream of events.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::spec::{ContainerState, Reply, Request, StatusReply};
+use crate::supervisor::{spawn_stop, Shared};
+use crate::{exec, ps};
+
+/// Exec timeout when the request gives none.
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one event line may take to reach a watcher.
+const WATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn error(msg: impl Into<String>) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(msg.into()),
+        ..Default::default()
+    }
+}
+
+fn ok() -> Reply {
+    Reply {
+        ok: true,
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => error(format!("bad request: {e}")),
+            Ok(Request::Watch) => {
+                watch(lines.into_inner(), write, &state).await;
+                return;
+            }
+            Ok(req) => handle(req, &state).await,
+        };
+        let Ok(mut bytes) = serde_json::to_vec(&reply) else {
+            return;
+        };
+        bytes.push(b'\n');
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(req: Request, state: &Shared) -> Reply {
+    match req {
+        Request::Status => Reply {
+            status: Some(StatusReply {
+                containers: state
+                    .borrow()
+                    .containers
+                    .iter()
+                    .map(|c| c.status.clone())
+                    .collect(),
+            }),
+            ..ok()
+        },
+        Request::Stop { signal, timeout_ms } => {
+            spawn_stop(state, signal, timeout_ms);
+            ok()
+        }
+        Request::Signal { signal } => {
+            let pids: Vec<i32> = state
+                .borrow()
+                .containers
+                .iter()
+                .filter_map(|c| c.status.pid)
+                .collect();
+            match Signal::try_from(signal) {
+                Ok(sig) => {
+                    for pid in pids {
+                        let _ = kill(Pid::from_raw(pid), sig);
+                    }
+                    ok()
+                }
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Request::Exec {
+            container,
+            command,
+            stdin,
+            timeout_ms,
+        } => {
+            let target = {
+                let s = state.borrow();
+                let c = match &container {
+                    Some(name) => s.containers.iter().find(|c| &c.spec.name == name),
+                    None => s.containers.first(),
+                };
+                match c {
+                    None => Err(format!(
+                        "no container {:?} in this machine",
+                        container.as_deref().unwrap_or_default()
+                    )),
+                    Some(c) => match (c.status.state, c.status.pid) {
+                        (ContainerState::Running, Some(pid)) => {
+                            Ok((pid, c.spec.process.clone(), s.waiters.clone()))
+                        }
+                        _ => Err(format!("container {} is not running", c.spec.name)),
+                    },
+                }
+            };
+            let (pid, process, waiters) = match target {
+                Ok(t) => t,
+                Err(e) => return error(e),
+            };
+            let timeout = timeout_ms
+                .filter(|&t| t > 0)
+                .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_millis);
+            match exec::run(pid, &process, &command, stdin, timeout, &waiters).await {
+                Ok(r) => Reply {
+                    exec: Some(r),
+                    ..ok()
+                },
+                Err(e) => error(e),
+            }
+        }
+        Request::Ps => {
+            let running: Vec<(String, i32, String)> = state
+                .borrow()
+                .containers
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.spec.name.clone(),
+                        c.status.pid?,
+                        c.spec.process.rootfs.to_string_lossy().into_owned(),
+                    ))
+                })
+                .collect();
+            Reply {
+                ps: Some(ps::list(Path::new("/proc"), &running)),
+                ..ok()
+            }
+        }
+        Request::Watch => error("watch is handled by the connection"),
+    }
+}
+
+/// Streams events until the client goes away or falls too far behind.
+async fn watch(read: BufReader<OwnedReadHalf>, mut write: OwnedWriteHalf, state: &Shared) {
+    let mut rx = state.borrow().events.subscribe();
+    let mut read = read;
+    let mut sink = Vec::new();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(e) => {
+                    let Ok(mut line) = serde_json::to_vec(&e) else { continue };
+                    line.push(b'\n');
+                    // A client that stops reading is dropped rather than kept forever.
+                    match tokio::time::timeout(WATCH_WRITE_TIMEOUT, write.write_all(&line)).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "dropping a watcher that fell behind");
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // Anything the client sends is ignored; end of stream means it went away.
+            n = read.read_until(b'\n', &mut sink) => {
+                sink.clear();
+                if !matches!(n, Ok(m) if m > 0) {
+                    return;
+                }
+            }
+        }
+    }
+}

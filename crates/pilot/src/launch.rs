@@ -1,0 +1,88 @@
+//! Launching one container process: a clone in new mount and pid namespaces that sets up the
+//! container and execs its command, with stdout and stderr piped into its log file.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::logs::LogFile;
+use crate::spec::ContainerSpec;
+
+/// Stack for the cloned container child; it only runs the setup code before exec.
+const CHILD_STACK: usize = 1 << 20;
+
+/// Clones a child in new mount and pid namespaces that becomes the container's PID 1.
+pub fn start_container(c: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), String> {
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (exec_r, exec_w) = pipe()?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let process = c.process.clone();
+    let mut stack = vec![0u8; CHILD_STACK];
+    let child = Box::new(|| {
+        for (src, dst) in [
+            (devnull.as_raw_fd(), 0),
+            (out_w.as_raw_fd(), 1),
+            (err_w.as_raw_fd(), 2),
+        ] {
+            // SAFETY: dup2 onto the standard fds of this fresh child.
+            unsafe { libc::dup2(src, dst) };
+        }
+        let msg = hangar_sandbox::container::exec_container(&process);
+        // SAFETY: writing the failure to the parent through the pipe we own.
+        unsafe { libc::write(exec_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        127
+    });
+    // SAFETY: Pilot is single-threaded, so the child (a copy of this process, no CLONE_VM) can
+    // run ordinary Rust code until it execs.
+    let pid = unsafe {
+        nix::sched::clone(
+            child,
+            &mut stack,
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| format!("clone: {e}"))?;
+    drop((out_w, err_w, exec_w));
+    // The exec pipe closes on a successful exec; otherwise it carries the reason.
+    let mut failure = String::new();
+    let _ = File::from(exec_r).read_to_string(&mut failure);
+    if !failure.is_empty() {
+        return Err(failure);
+    }
+    Ok((pid.as_raw(), out_r, err_r))
+}
+
+pub fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u64) {
+    tokio::task::spawn_local(async move {
+        let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
+        let mut log = match LogFile::open(path, max) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open log file");
+                return;
+            }
+        };
+        let mut reader = BufReader::new(rx);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let _ = log.write_line(stream, text);
+                }
+            }
+        }
+    });
+}
