@@ -211,3 +211,59 @@ async fn test_restarts_and_failed_dependencies() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn test_liveness_stop_restarts_and_watch_streams_events() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("multi3").await;
+    let script = "touch /tmp/alive; sleep 2; rm /tmp/alive; exec sleep 3600";
+    let body = json!({"config": {"containers": [
+        container("app", script, json!({
+            "restart": {"policy": "on-failure", "max_retries": 1},
+            "stop": {"signal": "SIGKILL"},
+            "healthchecks": [{"name": "alive", "kind": "liveness", "unhealthy": "stop",
+                "exec": {"command": ["test", "-e", "/tmp/alive"]},
+                "interval": 1, "timeout": 1, "success_threshold": 1, "failure_threshold": 1}],
+        })),
+    ]}});
+    let r = d.post("/v1/apps/multi3/machines", body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sock = d.data_dir.join("machines").join(&id).join("pilot.sock");
+    let start = Instant::now();
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&sock).await {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("pilot socket: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"{\"op\":\"watch\"}\n").await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !kinds.ends_with(&["restarting".to_string(), "started".to_string()]) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("events so far: {kinds:?}"))
+            .unwrap()
+            .unwrap();
+        let e: Value = serde_json::from_str(&line).unwrap();
+        let kind = e["kind"].as_str().unwrap().to_string();
+        kinds.push(match e["health"].as_str() {
+            Some(h) => format!("{kind}:{h}"),
+            None => kind,
+        });
+    }
+    // The first check may pass before the watch connects; the failure comes 2 s in.
+    let unhealthy = kinds.iter().position(|k| k == "health:unhealthy");
+    let exited = kinds.iter().position(|k| k == "exited");
+    assert!(unhealthy.is_some() && unhealthy < exited, "{kinds:?}");
+    let m = machine(&d, "multi3", &id).await;
+    assert_eq!(state_of(&m, "app").unwrap()["restart_count"], 1, "{m}");
+}
