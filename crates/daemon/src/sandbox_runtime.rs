@@ -108,6 +108,7 @@ impl SandboxRuntime {
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
         let machines_dir = data_dir.join("machines");
         std::fs::create_dir_all(&machines_dir)?;
+        check_traversable(data_dir)?;
         // Machine roots are unprivileged host uids; they must be able to reach their own
         // machine dir (but not list anything above it).
         for dir in [data_dir, machines_dir.as_path()] {
@@ -732,6 +733,26 @@ impl Runtime for SandboxRuntime {
             None => Ok(()),
         }
     }
+}
+
+/// Pilot and the container setup run as the machine's unprivileged host uid and reach their
+/// machine dir by path, so every directory above the data dir must let others through.
+fn check_traversable(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = std::fs::canonicalize(data_dir)?;
+    for dir in abs.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "{} (mode {:o}) blocks machines from reaching their files under {}: run `chmod o+x {}` or use a --data-dir elsewhere",
+                dir.display(),
+                mode & 0o7777,
+                abs.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The rootfs survives a stop only with `rootfs.persist` of `restart` or `always`.

@@ -1083,10 +1083,23 @@ impl Hangar {
             if targets.iter().any(|t| t.matches(state)) {
                 return Ok((Snapshot { state, ..snap }, reported_version));
             }
-            if state.is_terminal() {
-                return Err(ApiError::bad_request(format!(
-                    "machine failed to reach desired state, currently {state}"
-                )));
+            // A failed machine only moves again when someone acts on it: waiting for another
+            // state would just time out, so say why now.
+            if state.is_terminal() || state == MachineState::Failed {
+                let mut msg = format!("machine failed to reach desired state, currently {state}");
+                if state == MachineState::Failed {
+                    let events = self.events(&m.id, 5).await.unwrap_or_default();
+                    if let Some(err) = events.iter().find_map(|e| {
+                        e.request
+                            .as_ref()?
+                            .get("error")?
+                            .as_str()
+                            .map(str::to_string)
+                    }) {
+                        msg.push_str(&format!(": {err}"));
+                    }
+                }
+                return Err(ApiError::bad_request(msg));
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
