@@ -17,7 +17,13 @@ async fn test_auth_required_with_fly_error_body() {
         Auth::Header(format!("Basic {}", d.token)),
         Auth::Header("Bearer".into()),
     ] {
-        let r = d.client.get("/v1/apps").auth(auth.clone()).send_raw().await.unwrap();
+        let r = d
+            .client
+            .get("/v1/apps")
+            .auth(auth.clone())
+            .send_raw()
+            .await
+            .unwrap();
         assert_eq!(r.status, 401, "{auth:?}");
         assert!(error_text(&r).contains("unauthorized"));
     }
@@ -38,7 +44,13 @@ async fn test_auth_required_with_fly_error_body() {
         .unwrap();
     assert_eq!(r.status, 200, "FlyV1 with several macaroons");
     // The OpenAPI document needs no token.
-    let r = d.client.get("/openapi.json").auth(Auth::None).send_raw().await.unwrap();
+    let r = d
+        .client
+        .get("/openapi.json")
+        .auth(Auth::None)
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     let doc: Value = r.json().unwrap();
     assert!(doc["paths"]["/v1/apps/{app_name}/machines/{machine_id}/wait"].is_object());
@@ -57,14 +69,20 @@ async fn test_token_file_is_private() {
         .env_remove("HANGAR_API_TOKEN")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d.token);
 }
 
 #[tokio::test]
 async fn test_apps_crud() {
     let d = Daemon::start().await;
-    let r = d.post("/v1/apps", json!({"name": "a1", "org_slug": "personal"})).await;
+    let r = d
+        .post("/v1/apps", json!({"name": "a1", "org_slug": "personal"}))
+        .await;
     assert_eq!(r.status, 201);
     let created: Value = r.json().unwrap();
     assert_eq!(created["id"].as_str().unwrap().len(), 16);
@@ -73,10 +91,14 @@ async fn test_apps_crud() {
     // `app_name` is the older spelling; the org defaults to personal.
     let r = d.post("/v1/apps", json!({"app_name": "a2"})).await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = d.post("/v1/apps", json!({"name": "other", "org_slug": "acme"})).await;
+    let r = d
+        .post("/v1/apps", json!({"name": "other", "org_slug": "acme"}))
+        .await;
     assert_eq!(r.status, 201);
 
-    let r = d.post("/v1/apps", json!({"name": "a1", "org_slug": "personal"})).await;
+    let r = d
+        .post("/v1/apps", json!({"name": "a1", "org_slug": "personal"}))
+        .await;
     assert_eq!(r.status, 422);
     let body: Value = r.json().unwrap();
     assert_eq!(body["status"], "name_taken");
@@ -87,7 +109,13 @@ async fn test_apps_crud() {
     }
     let r = d.post("/v1/apps", json!({"org_slug": "personal"})).await;
     assert_eq!(r.status, 400);
-    let r = d.client.post("/v1/apps").body(b"{not json".to_vec(), "application/json").send_raw().await.unwrap();
+    let r = d
+        .client
+        .post("/v1/apps")
+        .body(b"{not json".to_vec(), "application/json")
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert!(error_text(&r).contains("invalid request body"));
 
@@ -105,7 +133,12 @@ async fn test_apps_crud() {
     let r = d.get("/v1/apps?org_slug=personal").await;
     let list: Value = r.json().unwrap();
     assert_eq!(list["total_apps"], 2);
-    let names: Vec<_> = list["apps"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = list["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a1", "a2"]);
     let list: Value = d.get("/v1/apps?org_slug=acme").await.json().unwrap();
     assert_eq!(list["total_apps"], 1);
@@ -128,7 +161,15 @@ async fn test_delete_app_with_machines_needs_force() {
     let r = d.delete("/v1/apps/busy?force=true").await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(d.get("/v1/apps/busy").await.status, 404);
-    assert_eq!(d.get(&format!("/v1/apps/busy/machines/{}", m["id"].as_str().unwrap())).await.status, 404);
+    assert_eq!(
+        d.get(&format!(
+            "/v1/apps/busy/machines/{}",
+            m["id"].as_str().unwrap()
+        ))
+        .await
+        .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -137,7 +178,13 @@ async fn test_unknown_routes_are_json_errors() {
     let r = d.get("/v1/nothing").await;
     assert_eq!(r.status, 404);
     error_text(&r);
-    let r = d.client.put("/v1/apps").json(&json!({})).send_raw().await.unwrap();
+    let r = d
+        .client
+        .put("/v1/apps")
+        .json(&json!({}))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 405);
     error_text(&r);
 }
@@ -188,10 +235,16 @@ async fn test_tcp_listener() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let client = loop {
-        assert!(std::time::Instant::now() < deadline, "daemon did not listen on TCP");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not listen on TCP"
+        );
         if let Ok(t) = std::fs::read_to_string(tmp.path().join("data/token")) {
             let c = hangar_client::Client::new(
-                hangar_client::Endpoint::Tcp { host: "127.0.0.1".into(), port },
+                hangar_client::Endpoint::Tcp {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
                 Some(t.trim().to_string()),
             );
             if let Ok(r) = c.get("/v1/apps").send_raw().await {

@@ -16,7 +16,10 @@ async fn test_create_shapes() {
     let d = Daemon::start().await;
     d.create_app("a1").await;
     let m = d
-        .create_machine("a1", json!({"config": {"image": "docker.io/library/nginx:latest", "env": {"A": "1"}}}))
+        .create_machine(
+            "a1",
+            json!({"config": {"image": "docker.io/library/nginx:latest", "env": {"A": "1"}}}),
+        )
         .await;
     let mid = id(&m);
     assert_eq!(mid.len(), 14);
@@ -35,23 +38,49 @@ async fn test_create_shapes() {
     assert!(m["events"][0]["timestamp"].as_i64().unwrap() > 1_600_000_000_000);
     assert_eq!(m["cordoned"], false);
     assert_eq!(m["host_status"], "ok");
-    assert_eq!(m["config"]["guest"], json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256}));
+    assert_eq!(
+        m["config"]["guest"],
+        json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+    );
     assert_eq!(m["image_ref"]["repository"], "library/nginx");
     assert_eq!(m["image_ref"]["tag"], "latest");
     assert!(m.get("nonce").is_none());
 
-    let got: Value = d.get(&format!("/v1/apps/a1/machines/{mid}")).await.json().unwrap();
+    let got: Value = d
+        .get(&format!("/v1/apps/a1/machines/{mid}"))
+        .await
+        .json()
+        .unwrap();
     assert_eq!(got["config"], m["config"]);
-    assert_eq!(d.get("/v1/apps/a1/machines/00000000000000").await.status, 404);
-    assert_eq!(error_text(&d.get("/v1/apps/a1/machines/00000000000000").await), "machine not found");
-    assert_eq!(d.post("/v1/apps/missing/machines", json!({"config": {"image": "busybox"}})).await.status, 404);
+    assert_eq!(
+        d.get("/v1/apps/a1/machines/00000000000000").await.status,
+        404
+    );
+    assert_eq!(
+        error_text(&d.get("/v1/apps/a1/machines/00000000000000").await),
+        "machine not found"
+    );
+    assert_eq!(
+        d.post(
+            "/v1/apps/missing/machines",
+            json!({"config": {"image": "busybox"}})
+        )
+        .await
+        .status,
+        404
+    );
 }
 
 #[tokio::test]
 async fn test_create_without_runtime_is_refused_and_changes_nothing() {
     let d = Daemon::start().await;
     d.create_app("a1").await;
-    let r = d.post("/v1/apps/a1/machines", json!({"config": {"image": "busybox"}})).await;
+    let r = d
+        .post(
+            "/v1/apps/a1/machines",
+            json!({"config": {"image": "busybox"}}),
+        )
+        .await;
     assert_eq!(r.status, 412, "{}", r.text());
     assert!(error_text(&r).contains("no machine runtime"));
     let list: Vec<Value> = d.get("/v1/apps/a1/machines").await.json().unwrap();
@@ -81,10 +110,16 @@ async fn test_config_round_trip_and_validation_errors() {
         )
         .await;
     let c = &m["config"];
-    assert_eq!(c["guest"], json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096}));
+    assert_eq!(
+        c["guest"],
+        json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096})
+    );
     assert_eq!(c["future_field"], json!({"x": [1, 2]}));
     assert_eq!(c["init"]["new_init_knob"], true);
-    assert_eq!(c["stop_config"], json!({"timeout": "30s", "signal": "SIGTERM"}));
+    assert_eq!(
+        c["stop_config"],
+        json!({"timeout": "30s", "signal": "SIGTERM"})
+    );
     assert_eq!(c["checks"]["web"]["interval"], "15s");
     assert_eq!(c["services"][0]["autostop"], true);
     assert_eq!(c["services"][1]["autostop"], "suspend");
@@ -92,24 +127,65 @@ async fn test_config_round_trip_and_validation_errors() {
 
     let cases = [
         (json!({}), "config.image"),
-        (json!({"image": "nginx", "guest": {"cpu_kind": "shared", "cpus": 3, "memory_mb": 300}}), "config.guest.cpus"),
-        (json!({"image": "nginx", "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 300}}), "config.guest.memory_mb"),
-        (json!({"image": "nginx", "restart": {"policy": "sometimes"}}), "config.restart.policy"),
-        (json!({"image": "nginx", "schedule": "every-5m"}), "config.schedule"),
-        (json!({"image": "nginx", "files": [{"guest_path": "rel/path", "raw_value": "aGk="}]}), "guest_path"),
-        (json!({"image": "nginx", "files": [{"guest_path": "/x"}]}), "config.files[0]"),
-        (json!({"image": "nginx", "files": [{"guest_path": "/x", "raw_value": "!!!"}]}), "raw_value"),
-        (json!({"image": "nginx", "services": [{"protocol": "tcp", "internal_port": 80, "autostop": "sometimes"}]}), "autostop"),
-        (json!({"image": "nginx", "stop_config": {"signal": "SIGFOO"}}), "signal"),
-        (json!({"image": "nginx", "checks": {"c": {"type": "tcp", "port": 80, "interval": "-5s"}}}), "interval"),
+        (
+            json!({"image": "nginx", "guest": {"cpu_kind": "shared", "cpus": 3, "memory_mb": 300}}),
+            "config.guest.cpus",
+        ),
+        (
+            json!({"image": "nginx", "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 300}}),
+            "config.guest.memory_mb",
+        ),
+        (
+            json!({"image": "nginx", "restart": {"policy": "sometimes"}}),
+            "config.restart.policy",
+        ),
+        (
+            json!({"image": "nginx", "schedule": "every-5m"}),
+            "config.schedule",
+        ),
+        (
+            json!({"image": "nginx", "files": [{"guest_path": "rel/path", "raw_value": "aGk="}]}),
+            "guest_path",
+        ),
+        (
+            json!({"image": "nginx", "files": [{"guest_path": "/x"}]}),
+            "config.files[0]",
+        ),
+        (
+            json!({"image": "nginx", "files": [{"guest_path": "/x", "raw_value": "!!!"}]}),
+            "raw_value",
+        ),
+        (
+            json!({"image": "nginx", "services": [{"protocol": "tcp", "internal_port": 80, "autostop": "sometimes"}]}),
+            "autostop",
+        ),
+        (
+            json!({"image": "nginx", "stop_config": {"signal": "SIGFOO"}}),
+            "signal",
+        ),
+        (
+            json!({"image": "nginx", "checks": {"c": {"type": "tcp", "port": 80, "interval": "-5s"}}}),
+            "interval",
+        ),
         (json!({"image": "Not A Ref"}), "config.image"),
-        (json!({"containers": [{"name": "a", "image": "busybox", "depends_on": [{"name": "b", "condition": "started"}]}]}), "unknown container"),
+        (
+            json!({"containers": [{"name": "a", "image": "busybox", "depends_on": [{"name": "b", "condition": "started"}]}]}),
+            "unknown container",
+        ),
     ];
     for (config, needle) in cases {
-        let r = d.post("/v1/apps/a1/machines", json!({"skip_launch": true, "config": config})).await;
+        let r = d
+            .post(
+                "/v1/apps/a1/machines",
+                json!({"skip_launch": true, "config": config}),
+            )
+            .await;
         assert_eq!(r.status, 400, "{config}: {}", r.text());
         let e = error_text(&r);
-        assert!(e.contains(needle), "{config}: error {e:?} should mention {needle:?}");
+        assert!(
+            e.contains(needle),
+            "{config}: error {e:?} should mention {needle:?}"
+        );
     }
     let list: Vec<Value> = d.get("/v1/apps/a1/machines").await.json().unwrap();
     assert_eq!(list.len(), 1, "rejected configs created nothing");
@@ -121,11 +197,21 @@ async fn test_names_unique_per_app() {
     d.create_app("a1").await;
     d.create_app("a2").await;
     d.create_machine("a1", json!({"name": "web"})).await;
-    let r = d.post("/v1/apps/a1/machines", json!({"name": "web", "skip_launch": true, "config": {"image": "busybox"}})).await;
+    let r = d
+        .post(
+            "/v1/apps/a1/machines",
+            json!({"name": "web", "skip_launch": true, "config": {"image": "busybox"}}),
+        )
+        .await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(error_text(&r).contains("already exists for app"));
     d.create_machine("a2", json!({"name": "web"})).await;
-    let r = d.post("/v1/apps/a1/machines", json!({"name": "bad name!", "skip_launch": true, "config": {"image": "busybox"}})).await;
+    let r = d
+        .post(
+            "/v1/apps/a1/machines",
+            json!({"name": "bad name!", "skip_launch": true, "config": {"image": "busybox"}}),
+        )
+        .await;
     assert_eq!(r.status, 400);
 }
 
@@ -133,24 +219,56 @@ async fn test_names_unique_per_app() {
 async fn test_list_filters() {
     let d = Daemon::start().await;
     d.create_app("a1").await;
-    let m1 = d.create_machine("a1", json!({"region": "ord", "config": {"metadata": {"role": "db"}}})).await;
+    let m1 = d
+        .create_machine(
+            "a1",
+            json!({"region": "ord", "config": {"metadata": {"role": "db"}}}),
+        )
+        .await;
     let m2 = d.create_machine("a1", json!({"region": "syd"})).await;
     let ids = |r: Vec<Value>| r.iter().map(id).collect::<Vec<_>>();
     let all: Vec<Value> = d.get("/v1/apps/a1/machines").await.json().unwrap();
     assert_eq!(ids(all), [id(&m1), id(&m2)]);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?region=ord").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?region=ord")
+        .await
+        .json()
+        .unwrap();
     assert_eq!(ids(r), [id(&m1)]);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?metadata.role=db").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?metadata.role=db")
+        .await
+        .json()
+        .unwrap();
     assert_eq!(ids(r), [id(&m1)]);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?metadata.role=web").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?metadata.role=web")
+        .await
+        .json()
+        .unwrap();
     assert!(r.is_empty());
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?state=created,stopped").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?state=created,stopped")
+        .await
+        .json()
+        .unwrap();
     assert_eq!(r.len(), 2);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?state=started").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?state=started")
+        .await
+        .json()
+        .unwrap();
     assert!(r.is_empty());
     assert_eq!(d.get("/v1/apps/a1/machines?state=bogus").await.status, 400);
-    assert_eq!(d.get("/v1/apps/a1/machines?summary=maybe").await.status, 400);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?summary=true").await.json().unwrap();
+    assert_eq!(
+        d.get("/v1/apps/a1/machines?summary=maybe").await.status,
+        400
+    );
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?summary=true")
+        .await
+        .json()
+        .unwrap();
     assert!(r[0].get("config").is_none() && r[0].get("events").is_none());
 
     let r = d.delete(&format!("/v1/apps/a1/machines/{}", id(&m2))).await;
@@ -158,17 +276,31 @@ async fn test_list_filters() {
     assert_eq!(r.json::<Value>().unwrap(), json!({"ok": true}));
     let r: Vec<Value> = d.get("/v1/apps/a1/machines").await.json().unwrap();
     assert_eq!(ids(r), [id(&m1)]);
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?include_deleted=true").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?include_deleted=true")
+        .await
+        .json()
+        .unwrap();
     assert_eq!(r.len(), 2);
     assert_eq!(r[1]["state"], "destroyed");
-    assert_eq!(d.get(&format!("/v1/apps/a1/machines/{}", id(&m2))).await.status, 404);
+    assert_eq!(
+        d.get(&format!("/v1/apps/a1/machines/{}", id(&m2)))
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
 async fn test_update_versions_and_replaced_wait() {
     let d = Daemon::start().await;
     d.create_app("a1").await;
-    let m = d.create_machine("a1", json!({"region": "ord", "config": {"image": "nginx:1.26"}})).await;
+    let m = d
+        .create_machine(
+            "a1",
+            json!({"region": "ord", "config": {"image": "nginx:1.26"}}),
+        )
+        .await;
     let mid = id(&m);
     let v1 = m["instance_id"].as_str().unwrap().to_string();
     let path = format!("/v1/apps/a1/machines/{mid}");
@@ -184,7 +316,12 @@ async fn test_update_versions_and_replaced_wait() {
     assert_eq!(m2["region"], "ord", "region is immutable");
     assert_eq!(m2["state"], "created");
     assert_eq!(m2["config"]["image"], "nginx:1.27");
-    let kinds: Vec<_> = m2["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let kinds: Vec<_> = m2["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds[0], "update");
 
     let versions: Vec<Value> = d.get(&format!("{path}/versions")).await.json().unwrap();
@@ -192,21 +329,43 @@ async fn test_update_versions_and_replaced_wait() {
     assert_eq!(versions[0]["version"], v2.as_str());
     assert_eq!(versions[1]["user_config"]["image"], "nginx:1.26");
 
-    let r = d.get(&format!("{path}/wait?state=settled&version={v1}&timeout=1")).await;
+    let r = d
+        .get(&format!("{path}/wait?state=settled&version={v1}&timeout=1"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json::<Value>().unwrap()["state"], "replaced");
-    let r = d.get(&format!("{path}/wait?state=started&version={v1}&timeout=1")).await;
+    let r = d
+        .get(&format!("{path}/wait?state=started&version={v1}&timeout=1"))
+        .await;
     assert_eq!(r.status, 400);
     assert!(error_text(&r).contains("currently replaced"));
-    let r = d.get(&format!("{path}/wait?state=created&instance_id={v2}&timeout=1")).await;
+    let r = d
+        .get(&format!(
+            "{path}/wait?state=created&instance_id={v2}&timeout=1"
+        ))
+        .await;
     assert_eq!(r.status, 200);
 
-    let r = d.post(&path, json!({"skip_launch": true, "config": {"image": "nginx", "guest": {"cpus": 3}}})).await;
+    let r = d
+        .post(
+            &path,
+            json!({"skip_launch": true, "config": {"image": "nginx", "guest": {"cpus": 3}}}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = d.post(&path, json!({"skip_launch": false, "config": {"image": "nginx"}})).await;
+    let r = d
+        .post(
+            &path,
+            json!({"skip_launch": false, "config": {"image": "nginx"}}),
+        )
+        .await;
     assert_eq!(r.status, 412, "launching needs a runtime: {}", r.text());
     let after: Value = d.get(&path).await.json().unwrap();
-    assert_eq!(after["instance_id"], v2.as_str(), "failed updates change nothing");
+    assert_eq!(
+        after["instance_id"],
+        v2.as_str(),
+        "failed updates change nothing"
+    );
 }
 
 #[tokio::test]
@@ -219,7 +378,9 @@ async fn test_lease_lifecycle_and_enforcement() {
 
     assert_eq!(d.get(&lease_path).await.status, 404);
     assert_eq!(error_text(&d.get(&lease_path).await), "lease not found");
-    let r = d.post(&lease_path, json!({"ttl": 60, "description": "deploy"})).await;
+    let r = d
+        .post(&lease_path, json!({"ttl": 60, "description": "deploy"}))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let lease: Value = r.json().unwrap();
     assert_eq!(lease["status"], "success");
@@ -234,7 +395,14 @@ async fn test_lease_lifecycle_and_enforcement() {
     assert!(error_text(&r).contains("lease currently held by"));
 
     // Refresh with the nonce extends the lease.
-    let r = d.client.post(&lease_path).query("ttl", 600).lease_nonce(Some(&nonce)).send_raw().await.unwrap();
+    let r = d
+        .client
+        .post(&lease_path)
+        .query("ttl", 600)
+        .lease_nonce(Some(&nonce))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let refreshed: Value = r.json().unwrap();
     assert_eq!(refreshed["data"]["nonce"], nonce.as_str());
@@ -244,13 +412,40 @@ async fn test_lease_lifecycle_and_enforcement() {
     let update = json!({"skip_launch": true, "config": {"image": "nginx"}});
     let no_nonce = [
         d.client.post(&path).json(&update).send_raw().await.unwrap(),
-        d.client.post(format!("{path}/cordon")).send_raw().await.unwrap(),
-        d.client.post(format!("{path}/uncordon")).send_raw().await.unwrap(),
-        d.client.post(format!("{path}/start")).send_raw().await.unwrap(),
-        d.client.post(format!("{path}/stop")).send_raw().await.unwrap(),
-        d.client.post(format!("{path}/metadata/k")).json(&json!({"value": "v"})).send_raw().await.unwrap(),
+        d.client
+            .post(format!("{path}/cordon"))
+            .send_raw()
+            .await
+            .unwrap(),
+        d.client
+            .post(format!("{path}/uncordon"))
+            .send_raw()
+            .await
+            .unwrap(),
+        d.client
+            .post(format!("{path}/start"))
+            .send_raw()
+            .await
+            .unwrap(),
+        d.client
+            .post(format!("{path}/stop"))
+            .send_raw()
+            .await
+            .unwrap(),
+        d.client
+            .post(format!("{path}/metadata/k"))
+            .json(&json!({"value": "v"}))
+            .send_raw()
+            .await
+            .unwrap(),
         d.client.delete(&path).send_raw().await.unwrap(),
-        d.client.post(&path).json(&update).lease_nonce(Some("000000000000")).send_raw().await.unwrap(),
+        d.client
+            .post(&path)
+            .json(&update)
+            .lease_nonce(Some("000000000000"))
+            .send_raw()
+            .await
+            .unwrap(),
     ];
     for r in no_nonce {
         assert_eq!(r.status, 409, "{}", r.text());
@@ -260,24 +455,79 @@ async fn test_lease_lifecycle_and_enforcement() {
     assert_eq!(still["cordoned"], false);
 
     // With the nonce they go through.
-    let r = d.client.post(format!("{path}/cordon")).lease_nonce(Some(&nonce)).send_raw().await.unwrap();
+    let r = d
+        .client
+        .post(format!("{path}/cordon"))
+        .lease_nonce(Some(&nonce))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    let r = d.client.post(&path).json(&update).lease_nonce(Some(&nonce)).send_raw().await.unwrap();
+    let r = d
+        .client
+        .post(&path)
+        .json(&update)
+        .lease_nonce(Some(&nonce))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = d.client.post(format!("{path}/start")).lease_nonce(Some(&nonce)).send_raw().await.unwrap();
-    assert_eq!(r.status, 412, "start is refused for want of a runtime, not the lease: {}", r.text());
+    let r = d
+        .client
+        .post(format!("{path}/start"))
+        .lease_nonce(Some(&nonce))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        412,
+        "start is refused for want of a runtime, not the lease: {}",
+        r.text()
+    );
 
-    let leased: Value = d.get(&format!("{path}?include_leases=true")).await.json().unwrap();
+    let leased: Value = d
+        .get(&format!("{path}?include_leases=true"))
+        .await
+        .json()
+        .unwrap();
     assert_eq!(leased["lease"]["description"], "deploy");
 
-    assert_eq!(d.delete(&lease_path).await.status, 400, "release needs the nonce");
-    let r = d.client.delete(&lease_path).lease_nonce(Some("ffffffffffff")).send_raw().await.unwrap();
+    assert_eq!(
+        d.delete(&lease_path).await.status,
+        400,
+        "release needs the nonce"
+    );
+    let r = d
+        .client
+        .delete(&lease_path)
+        .lease_nonce(Some("ffffffffffff"))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 409);
-    let r = d.client.delete(&lease_path).lease_nonce(Some(&nonce)).send_raw().await.unwrap();
+    let r = d
+        .client
+        .delete(&lease_path)
+        .lease_nonce(Some(&nonce))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.json::<Value>().unwrap(), json!({"status": "success", "data": {"ok": true}}));
+    assert_eq!(
+        r.json::<Value>().unwrap(),
+        json!({"status": "success", "data": {"ok": true}})
+    );
     assert_eq!(d.get(&lease_path).await.status, 404);
-    assert_eq!(d.client.post(format!("{path}/uncordon")).send_raw().await.unwrap().status, 200);
+    assert_eq!(
+        d.client
+            .post(format!("{path}/uncordon"))
+            .send_raw()
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     for bad in [json!({"ttl": 0}), json!({"ttl": -5}), json!({"ttl": "x"})] {
         assert_eq!(d.post(&lease_path, bad.clone()).await.status, 400, "{bad}");
@@ -293,9 +543,20 @@ async fn test_create_with_lease_ttl_and_start_needs_nonce() {
         .await;
     let nonce = m["nonce"].as_str().expect("nonce on create with lease_ttl");
     let path = format!("/v1/apps/a1/machines/{}", id(&m));
-    let r = d.client.post(format!("{path}/start")).send_raw().await.unwrap();
+    let r = d
+        .client
+        .post(format!("{path}/start"))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 409);
-    let r = d.client.post(format!("{path}/start")).lease_nonce(Some(nonce)).send_raw().await.unwrap();
+    let r = d
+        .client
+        .post(format!("{path}/start"))
+        .lease_nonce(Some(nonce))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 412);
     assert!(error_text(&r).contains("no machine runtime"));
     let after: Value = d.get(&path).await.json().unwrap();
@@ -308,15 +569,27 @@ async fn test_metadata() {
     d.create_app("a1").await;
     let m = d.create_machine("a1", json!({})).await;
     let path = format!("/v1/apps/a1/machines/{}", id(&m));
-    let r = d.post(&format!("{path}/metadata/role"), json!({"value": "primary"})).await;
+    let r = d
+        .post(
+            &format!("{path}/metadata/role"),
+            json!({"value": "primary"}),
+        )
+        .await;
     assert_eq!(r.status, 204, "{}", r.text());
     let md: Value = d.get(&format!("{path}/metadata")).await.json().unwrap();
     assert_eq!(md, json!({"role": "primary"}));
-    let got: Value = d.get(&format!("{path}/metadata/role")).await.json().unwrap();
+    let got: Value = d
+        .get(&format!("{path}/metadata/role"))
+        .await
+        .json()
+        .unwrap();
     assert_eq!(got, json!({"value": "primary"}));
     assert_eq!(d.get(&format!("{path}/metadata/none")).await.status, 404);
     let after: Value = d.get(&path).await.json().unwrap();
-    assert_eq!(after["instance_id"], m["instance_id"], "metadata makes no new version");
+    assert_eq!(
+        after["instance_id"], m["instance_id"],
+        "metadata makes no new version"
+    );
     let versions: Vec<Value> = d.get(&format!("{path}/versions")).await.json().unwrap();
     assert_eq!(versions.len(), 1);
 
@@ -331,14 +604,20 @@ async fn test_metadata() {
     let r = d
         .client
         .patch(format!("{path}/metadata"))
-        .json(&json!({"metadata": {"role": null, "tier": "a"}, "machine_version": m["instance_id"]}))
+        .json(
+            &json!({"metadata": {"role": null, "tier": "a"}, "machine_version": m["instance_id"]}),
+        )
         .send_raw()
         .await
         .unwrap();
     assert_eq!(r.status, 204, "{}", r.text());
     let md: Value = d.get(&format!("{path}/metadata")).await.json().unwrap();
     assert_eq!(md, json!({"tier": "a"}));
-    let r: Vec<Value> = d.get("/v1/apps/a1/machines?metadata.tier=a").await.json().unwrap();
+    let r: Vec<Value> = d
+        .get("/v1/apps/a1/machines?metadata.tier=a")
+        .await
+        .json()
+        .unwrap();
     assert_eq!(r.len(), 1);
     assert_eq!(d.delete(&format!("{path}/metadata/tier")).await.status, 204);
     let md: Value = d.get(&format!("{path}/metadata")).await.json().unwrap();
@@ -352,7 +631,9 @@ async fn test_wait_timeouts_errors_and_wakeups() {
     let m = d.create_machine("a1", json!({})).await;
     let path = format!("/v1/apps/a1/machines/{}", id(&m));
 
-    let r = d.get(&format!("{path}/wait?state=started,stopped&timeout=1")).await;
+    let r = d
+        .get(&format!("{path}/wait?state=started,stopped&timeout=1"))
+        .await;
     assert_eq!(r.status, 408, "{}", r.text());
     let r = d.get(&format!("{path}/wait?state=bogus")).await;
     assert_eq!(r.status, 400);
@@ -363,10 +644,16 @@ async fn test_wait_timeouts_errors_and_wakeups() {
     assert_eq!(body["state"], "created");
     assert_eq!(body["version"], m["instance_id"]);
     // Repeated state parameters, as fly-go sends them.
-    let r = d.get(&format!("{path}/wait?state=stopped&state=created&timeout=1")).await;
+    let r = d
+        .get(&format!(
+            "{path}/wait?state=stopped&state=created&timeout=1"
+        ))
+        .await;
     assert_eq!(r.status, 200);
     // A timeout above 60 s is clamped, not refused.
-    let r = d.get(&format!("{path}/wait?state=created&timeout=3600")).await;
+    let r = d
+        .get(&format!("{path}/wait?state=created&timeout=3600"))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(d.get(&format!("{path}/wait?timeout=abc")).await.status, 400);
 
@@ -386,7 +673,9 @@ async fn test_wait_timeouts_errors_and_wakeups() {
     assert_eq!(r.json::<Value>().unwrap()["state"], "destroyed");
     assert!(elapsed < Duration::from_secs(60), "woke before its timeout");
     // Waiting on a destroyed machine for another state fails at once.
-    let r = d.get(&format!("{path}/wait?state=started&timeout=30")).await;
+    let r = d
+        .get(&format!("{path}/wait?state=started&timeout=30"))
+        .await;
     assert_eq!(r.status, 400);
     assert!(error_text(&r).contains("machine failed to reach desired state"));
 }
@@ -397,33 +686,113 @@ async fn test_events_cordon_stop_and_destroy() {
     d.create_app("a1").await;
     let m = d.create_machine("a1", json!({})).await;
     let path = format!("/v1/apps/a1/machines/{}", id(&m));
-    assert_eq!(d.post(&format!("{path}/cordon"), json!(null)).await.status, 200);
+    assert_eq!(
+        d.post(&format!("{path}/cordon"), json!(null)).await.status,
+        200
+    );
     let got: Value = d.get(&path).await.json().unwrap();
     assert_eq!(got["cordoned"], true);
-    assert_eq!(d.post(&format!("{path}/uncordon"), json!(null)).await.status, 200);
+    assert_eq!(
+        d.post(&format!("{path}/uncordon"), json!(null))
+            .await
+            .status,
+        200
+    );
     let got: Value = d.get(&path).await.json().unwrap();
     assert_eq!(got["cordoned"], false);
 
     // Stopping a machine that never ran is a no-op; a bad signal is a 400.
-    assert_eq!(d.post(&format!("{path}/stop"), json!({"signal": "SIGTERM", "timeout": "30s"})).await.status, 200);
-    assert_eq!(d.post(&format!("{path}/stop"), json!({"signal": "SIGFOO"})).await.status, 400);
-    assert_eq!(d.post(&format!("{path}/stop"), json!({"signal": "SIGSEGV"})).await.status, 400);
-    assert_eq!(d.client.post(format!("{path}/restart")).send_raw().await.unwrap().status, 412);
-    assert_eq!(d.client.post(format!("{path}/restart")).query("signal", "SIGFOO").send_raw().await.unwrap().status, 400);
-    assert_eq!(d.post(&format!("{path}/signal"), json!({"signal": 9})).await.status, 412);
-    assert_eq!(d.post(&format!("{path}/signal"), json!({"signal": "SIGWHAT"})).await.status, 400);
-    assert_eq!(d.post(&format!("{path}/exec"), json!({"command": ["true"]})).await.status, 412);
+    assert_eq!(
+        d.post(
+            &format!("{path}/stop"),
+            json!({"signal": "SIGTERM", "timeout": "30s"})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        d.post(&format!("{path}/stop"), json!({"signal": "SIGFOO"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        d.post(&format!("{path}/stop"), json!({"signal": "SIGSEGV"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        d.client
+            .post(format!("{path}/restart"))
+            .send_raw()
+            .await
+            .unwrap()
+            .status,
+        412
+    );
+    assert_eq!(
+        d.client
+            .post(format!("{path}/restart"))
+            .query("signal", "SIGFOO")
+            .send_raw()
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        d.post(&format!("{path}/signal"), json!({"signal": 9}))
+            .await
+            .status,
+        412
+    );
+    assert_eq!(
+        d.post(&format!("{path}/signal"), json!({"signal": "SIGWHAT"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        d.post(&format!("{path}/exec"), json!({"command": ["true"]}))
+            .await
+            .status,
+        412
+    );
     assert_eq!(d.post(&format!("{path}/exec"), json!({})).await.status, 400);
-    assert_eq!(d.client.post(format!("{path}/suspend")).send_raw().await.unwrap().status, 412);
+    assert_eq!(
+        d.client
+            .post(format!("{path}/suspend"))
+            .send_raw()
+            .await
+            .unwrap()
+            .status,
+        412
+    );
 
     // A scheduled machine cannot be started by hand.
-    let s = d.create_machine("a1", json!({"config": {"image": "alpine", "schedule": "daily"}})).await;
-    let r = d.client.post(format!("/v1/apps/a1/machines/{}/start", id(&s))).send_raw().await.unwrap();
+    let s = d
+        .create_machine(
+            "a1",
+            json!({"config": {"image": "alpine", "schedule": "daily"}}),
+        )
+        .await;
+    let r = d
+        .client
+        .post(format!("/v1/apps/a1/machines/{}/start", id(&s)))
+        .send_raw()
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert!(error_text(&r).contains("schedule"));
 
     assert_eq!(d.delete(&format!("{path}?kill=false")).await.status, 200);
-    let events: Vec<Value> = d.get(&format!("{path}/events?limit=2")).await.json().unwrap();
+    let events: Vec<Value> = d
+        .get(&format!("{path}/events?limit=2"))
+        .await
+        .json()
+        .unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["type"], "destroy");
     assert_eq!(events[0]["status"], "destroyed");
@@ -443,9 +812,19 @@ async fn test_sigkill_keeps_every_acknowledged_write() {
         let app = format!("k{round}");
         d.create_app(&app).await;
         apps.push(app.clone());
-        let m = d.create_machine(&app, json!({"config": {"metadata": {"round": round.to_string()}}})).await;
+        let m = d
+            .create_machine(
+                &app,
+                json!({"config": {"metadata": {"round": round.to_string()}}}),
+            )
+            .await;
         let path = format!("/v1/apps/{app}/machines/{}", id(&m));
-        assert_eq!(d.post(&format!("{path}/metadata/acked"), json!({"value": "yes"})).await.status, 204);
+        assert_eq!(
+            d.post(&format!("{path}/metadata/acked"), json!({"value": "yes"}))
+                .await
+                .status,
+            204
+        );
         let r = d.post(&format!("{path}/lease"), json!({"ttl": 3600})).await;
         assert_eq!(r.status, 201);
         machines.push((app, m, r.json::<Value>().unwrap()["data"]["nonce"].clone()));

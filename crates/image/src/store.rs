@@ -648,9 +648,7 @@ fn find<'a>(idx: &'a IndexFile, name: &str) -> Option<&'a ImageRecord> {
         return idx.images.get(d);
     }
     let n = r.to_string();
-    idx.images
-        .values()
-        .find(|rec| rec.references.contains(&n))
+    idx.images.values().find(|rec| rec.references.contains(&n))
 }
 
 /// A blob being written to `tmp/`; dropped without `commit`, it is deleted.
