@@ -52,7 +52,13 @@ pub enum Command {
     #[command(visible_alias = "m")]
     Machine(machine::MachineArgs),
     /// Manage the image store (pull, import, list, inspect, remove, prune)
-    #[command(subcommand, visible_alias = "images")]
+    #[command(
+        subcommand,
+        visible_alias = "images",
+        after_help = "Examples:\n  \
+        hangar image pull 127.0.0.1:5000/hangar/busybox:latest\n  \
+        hangar image ls"
+    )]
     Image(image::ImageCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),

@@ -1,0 +1,303 @@
+//! Machine start benchmark: create→`started` latency (p50/p99) with a cached image, start of a
+//! stopped machine, and host memory per idle machine, against `runc run` and `podman run --rm`
+//! of the same busybox rootfs in the same run. Prints figures; it asserts nothing.
+//!
+//!     cargo run --release --example bench_machines -- [--machines 200] [--idle 500]
+//!
+//! Needs root, the loopback registry with the fixtures (`scripts/registry start && push`), and
+//! for the peers `runc`, `podman`, `skopeo`, `umoci` (Debian packages).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_client::{Client, Endpoint};
+use serde_json::{json, Value};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    let p50 = percentile(&samples, 0.5);
+    println!(
+        "  {name:<44} p50 {:>8.2} ms   p99 {:>8.2} ms   (n={})",
+        p50.as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.len()
+    );
+    p50
+}
+
+fn registry() -> String {
+    std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+struct Daemon {
+    child: std::process::Child,
+    client: Client,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_daemon() -> Daemon {
+    let dir = PathBuf::from(format!("/tmp/hangar-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let exe = std::env::current_exe().expect("exe");
+    let hangar = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("hangar"))
+        .expect("target dir");
+    let child = Command::new(&hangar)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", hangar.display()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("data/token")) {
+            let client = Client::new(Endpoint::Unix(dir.join("api.sock")), Some(t.trim().to_string()));
+            if client.get("/v1/apps").send_raw().await.is_ok() {
+                return Daemon { child, client, dir };
+            }
+        }
+        assert!(Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
+    let t0 = Instant::now();
+    let m: Value = c
+        .post(format!("/v1/apps/{app}/machines"))
+        .json(&json!({"config": {"image": image, "init": {"exec": ["/bin/sleep", "inf"]}, "restart": {"policy": "no"}}}))
+        .send()
+        .await
+        .expect("create");
+    let id = m["id"].as_str().expect("id").to_string();
+    let r = c
+        .get(format!("/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"))
+        .send_raw()
+        .await
+        .expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
+    (id, t0.elapsed())
+}
+
+fn time_cmd(cmd: &mut Command) -> Option<Duration> {
+    let t0 = Instant::now();
+    let ok = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?.success();
+    ok.then(|| t0.elapsed())
+}
+
+/// A runc bundle whose rootfs is the busybox fixture image.
+fn runc_bundle(work: &Path) -> Option<PathBuf> {
+    let images = Path::new("target/test-images");
+    let bundle = work.join("bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    let ok = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:busybox", images.display()))
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    // Replace umoci's config with runc's default spec running `true`.
+    let _ = std::fs::remove_file(bundle.join("config.json"));
+    Command::new("runc").arg("spec").current_dir(&bundle).status().ok()?;
+    let spec_path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).ok()?).ok()?;
+    spec["process"]["args"] = json!(["/bin/true"]);
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]);
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).ok()?).ok()?;
+    Some(bundle)
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let machines = arg("--machines", 200);
+    let idle = arg("--idle", 500);
+    let image = format!("{}/hangar/busybox:latest", registry());
+    let d = start_daemon().await;
+    let c = &d.client;
+    c.post("/v1/apps").json(&json!({"name": "bench"})).send_raw().await.expect("app");
+    // Warm the image cache: the benchmark is about starting, not pulling.
+    let (warm, _) = create(c, "bench", &image).await;
+    let _ = c.delete(format!("/v1/apps/bench/machines/{warm}?force=true")).send_raw().await;
+
+    println!("machine start ({machines} machines, cached image, 2 cores):");
+    let mut create_lat = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..machines {
+        let (id, lat) = create(c, "bench", &image).await;
+        create_lat.push(lat);
+        ids.push(id);
+        // One at a time, like a user's `run`: this measures latency, not throughput.
+    }
+    let hangar_p50 = report("hangar create -> started", create_lat);
+
+    for id in &ids {
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/stop"))
+            .json(&json!({"signal": "SIGKILL", "timeout": "1s"}))
+            .send_raw()
+            .await
+            .expect("stop");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut start_lat = Vec::new();
+    for id in ids.iter().take(100) {
+        let t0 = Instant::now();
+        let r = c.post(format!("/v1/apps/bench/machines/{id}/start")).send_raw().await.expect("start");
+        assert_eq!(r.status, 200, "{}", r.text());
+        start_lat.push(t0.elapsed());
+    }
+    report("hangar start of a stopped machine", start_lat);
+    for id in &ids {
+        let _ = c.delete(format!("/v1/apps/bench/machines/{id}?force=true")).send_raw().await;
+    }
+
+    // Peers, same rootfs, `true` to completion.
+    let work = d.dir.join("peers");
+    std::fs::create_dir_all(&work).expect("peers dir");
+    let runs = 30;
+    let mut runc_p50 = None;
+    match runc_bundle(&work) {
+        Some(bundle) => {
+            let mut lat = Vec::new();
+            for i in 0..runs {
+                if let Some(t) = time_cmd(Command::new("runc").args(["run", "--bundle"]).arg(&bundle).arg(format!("hangar-bench-{i}"))) {
+                    lat.push(t);
+                }
+            }
+            if lat.is_empty() {
+                println!("  runc run: failed (is runc installed and working here?)");
+            } else {
+                runc_p50 = Some(report("runc run (true, to exit)", lat));
+            }
+        }
+        None => println!("  runc: skipped (needs umoci and runc)"),
+    }
+    let mut podman_p50 = None;
+    let loaded = Command::new("skopeo")
+        .args(["copy", "-q", "oci:target/test-images:busybox", "containers-storage:localhost/hangar-bench-busybox:latest"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if loaded {
+        let mut lat = Vec::new();
+        for _ in 0..runs {
+            if let Some(t) = time_cmd(Command::new("podman").args([
+                "run", "--rm", "--runtime=runc", "--cgroup-manager=cgroupfs", "--ulimit", "nofile=1024:1024",
+                "--ulimit", "nproc=1024:1024", "--network=none", "localhost/hangar-bench-busybox:latest", "/bin/true",
+            ])) {
+                lat.push(t);
+            }
+        }
+        if lat.is_empty() {
+            println!("  podman run --rm: failed");
+        } else {
+            podman_p50 = Some(report("podman run --rm (true, to exit)", lat));
+        }
+    } else {
+        println!("  podman: skipped (needs skopeo and podman)");
+    }
+    let ratio = |peer: Option<Duration>| {
+        peer.map(|p| format!("{:.1}x", p.as_secs_f64() / hangar_p50.as_secs_f64().max(1e-9)))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!("  hangar p50 vs runc: {} faster; vs podman: {} faster", ratio(runc_p50), ratio(podman_p50));
+
+    println!("\nidle machines ({idle} running `sleep inf`):");
+    let daemon_before = rss_kib(d.child.id());
+    let mut ids = Vec::new();
+    for _ in 0..idle {
+        let (id, _) = create(c, "bench", &image).await;
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pilot_pss = 0u64;
+    let mut sleep_pss = 0u64;
+    for id in &ids {
+        let state: Value = std::fs::read(d.dir.join("data/machines").join(id).join("runtime.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let Some(pid) = state["pid"].as_i64() else { continue };
+        pilot_pss += pss_kib(pid as i32);
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            sleep_pss += pss_kib(child);
+        }
+    }
+    let daemon_after = rss_kib(d.child.id());
+    let n = ids.len().max(1) as f64;
+    println!("  pilot PSS per machine:            {:>8.0} KiB", pilot_pss as f64 / n);
+    println!("  workload (sleep) PSS per machine: {:>8.0} KiB", sleep_pss as f64 / n);
+    println!(
+        "  daemon RSS growth per machine:    {:>8.1} KiB  ({daemon_before} -> {daemon_after} KiB)",
+        daemon_after.saturating_sub(daemon_before) as f64 / n
+    );
+    println!(
+        "  overhead per machine (pilot + daemon): {:.2} MiB",
+        (pilot_pss as f64 + daemon_after.saturating_sub(daemon_before) as f64) / n / 1024.0
+    );
+    for id in &ids {
+        let _ = c.delete(format!("/v1/apps/bench/machines/{id}?force=true")).send_raw().await;
+    }
+}
