@@ -55,7 +55,9 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -78,11 +80,19 @@ async fn start_daemon() -> Daemon {
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", hangar.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {}: {e} (cargo build --release first)",
+                hangar.display()
+            )
+        });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(t) = std::fs::read_to_string(dir.join("data/token")) {
-            let client = Client::new(Endpoint::Unix(dir.join("api.sock")), Some(t.trim().to_string()));
+            let client = Client::new(
+                Endpoint::Unix(dir.join("api.sock")),
+                Some(t.trim().to_string()),
+            );
             if client.get("/v1/apps").send_raw().await.is_ok() {
                 return Daemon { child, client, dir };
             }
@@ -102,7 +112,9 @@ async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
         .expect("create");
     let id = m["id"].as_str().expect("id").to_string();
     let r = c
-        .get(format!("/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"))
+        .get(format!(
+            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
+        ))
         .send_raw()
         .await
         .expect("wait");
@@ -112,7 +124,12 @@ async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
 
 fn time_cmd(cmd: &mut Command) -> Option<Duration> {
     let t0 = Instant::now();
-    let ok = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?.success();
+    let ok = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
     ok.then(|| t0.elapsed())
 }
 
@@ -135,7 +152,11 @@ fn runc_bundle(work: &Path) -> Option<PathBuf> {
     }
     // Replace umoci's config with runc's default spec running `true`.
     let _ = std::fs::remove_file(bundle.join("config.json"));
-    Command::new("runc").arg("spec").current_dir(&bundle).status().ok()?;
+    Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .ok()?;
     let spec_path = bundle.join("config.json");
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).ok()?).ok()?;
     spec["process"]["args"] = json!(["/bin/true"]);
@@ -174,10 +195,17 @@ async fn main() {
     let image = format!("{}/hangar/busybox:latest", registry());
     let d = start_daemon().await;
     let c = &d.client;
-    c.post("/v1/apps").json(&json!({"name": "bench"})).send_raw().await.expect("app");
+    c.post("/v1/apps")
+        .json(&json!({"name": "bench"}))
+        .send_raw()
+        .await
+        .expect("app");
     // Warm the image cache: the benchmark is about starting, not pulling.
     let (warm, _) = create(c, "bench", &image).await;
-    let _ = c.delete(format!("/v1/apps/bench/machines/{warm}?force=true")).send_raw().await;
+    let _ = c
+        .delete(format!("/v1/apps/bench/machines/{warm}?force=true"))
+        .send_raw()
+        .await;
 
     println!("machine start ({machines} machines, cached image, 2 cores):");
     let mut create_lat = Vec::new();
@@ -202,13 +230,20 @@ async fn main() {
     let mut start_lat = Vec::new();
     for id in ids.iter().take(100) {
         let t0 = Instant::now();
-        let r = c.post(format!("/v1/apps/bench/machines/{id}/start")).send_raw().await.expect("start");
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/start"))
+            .send_raw()
+            .await
+            .expect("start");
         assert_eq!(r.status, 200, "{}", r.text());
         start_lat.push(t0.elapsed());
     }
     report("hangar start of a stopped machine", start_lat);
     for id in &ids {
-        let _ = c.delete(format!("/v1/apps/bench/machines/{id}?force=true")).send_raw().await;
+        let _ = c
+            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+            .send_raw()
+            .await;
     }
 
     // Peers, same rootfs, `true` to completion.
@@ -220,7 +255,12 @@ async fn main() {
         Some(bundle) => {
             let mut lat = Vec::new();
             for i in 0..runs {
-                if let Some(t) = time_cmd(Command::new("runc").args(["run", "--bundle"]).arg(&bundle).arg(format!("hangar-bench-{i}"))) {
+                if let Some(t) = time_cmd(
+                    Command::new("runc")
+                        .args(["run", "--bundle"])
+                        .arg(&bundle)
+                        .arg(format!("hangar-bench-{i}")),
+                ) {
                     lat.push(t);
                 }
             }
@@ -234,7 +274,12 @@ async fn main() {
     }
     let mut podman_p50 = None;
     let loaded = Command::new("skopeo")
-        .args(["copy", "-q", "oci:target/test-images:busybox", "containers-storage:localhost/hangar-bench-busybox:latest"])
+        .args([
+            "copy",
+            "-q",
+            "oci:target/test-images:busybox",
+            "containers-storage:localhost/hangar-bench-busybox:latest",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -243,8 +288,17 @@ async fn main() {
         let mut lat = Vec::new();
         for _ in 0..runs {
             if let Some(t) = time_cmd(Command::new("podman").args([
-                "run", "--rm", "--runtime=runc", "--cgroup-manager=cgroupfs", "--ulimit", "nofile=1024:1024",
-                "--ulimit", "nproc=1024:1024", "--network=none", "localhost/hangar-bench-busybox:latest", "/bin/true",
+                "run",
+                "--rm",
+                "--runtime=runc",
+                "--cgroup-manager=cgroupfs",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+                "--network=none",
+                "localhost/hangar-bench-busybox:latest",
+                "/bin/true",
             ])) {
                 lat.push(t);
             }
@@ -258,10 +312,19 @@ async fn main() {
         println!("  podman: skipped (needs skopeo and podman)");
     }
     let ratio = |peer: Option<Duration>| {
-        peer.map(|p| format!("{:.1}x", p.as_secs_f64() / hangar_p50.as_secs_f64().max(1e-9)))
-            .unwrap_or_else(|| "n/a".into())
+        peer.map(|p| {
+            format!(
+                "{:.1}x",
+                p.as_secs_f64() / hangar_p50.as_secs_f64().max(1e-9)
+            )
+        })
+        .unwrap_or_else(|| "n/a".into())
     };
-    println!("  hangar p50 vs runc: {} faster; vs podman: {} faster", ratio(runc_p50), ratio(podman_p50));
+    println!(
+        "  hangar p50 vs runc: {} faster; vs podman: {} faster",
+        ratio(runc_p50),
+        ratio(podman_p50)
+    );
 
     println!("\nidle machines ({idle} running `sleep inf`):");
     let daemon_before = rss_kib(d.child.id());
@@ -278,17 +341,29 @@ async fn main() {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        let Some(pid) = state["pid"].as_i64() else { continue };
+        let Some(pid) = state["pid"].as_i64() else {
+            continue;
+        };
         pilot_pss += pss_kib(pid as i32);
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
             sleep_pss += pss_kib(child);
         }
     }
     let daemon_after = rss_kib(d.child.id());
     let n = ids.len().max(1) as f64;
-    println!("  pilot PSS per machine:            {:>8.0} KiB", pilot_pss as f64 / n);
-    println!("  workload (sleep) PSS per machine: {:>8.0} KiB", sleep_pss as f64 / n);
+    println!(
+        "  pilot PSS per machine:            {:>8.0} KiB",
+        pilot_pss as f64 / n
+    );
+    println!(
+        "  workload (sleep) PSS per machine: {:>8.0} KiB",
+        sleep_pss as f64 / n
+    );
     println!(
         "  daemon RSS growth per machine:    {:>8.1} KiB  ({daemon_before} -> {daemon_after} KiB)",
         daemon_after.saturating_sub(daemon_before) as f64 / n
@@ -298,6 +373,9 @@ async fn main() {
         (pilot_pss as f64 + daemon_after.saturating_sub(daemon_before) as f64) / n / 1024.0
     );
     for id in &ids {
-        let _ = c.delete(format!("/v1/apps/bench/machines/{id}?force=true")).send_raw().await;
+        let _ = c
+            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+            .send_raw()
+            .await;
     }
 }
