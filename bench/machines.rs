@@ -63,6 +63,8 @@ impl Drop for Daemon {
     }
 }
 
+// The child is handed to `Daemon`, whose Drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
 async fn start_daemon() -> Daemon {
     let dir = PathBuf::from(format!("/tmp/hangar-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");

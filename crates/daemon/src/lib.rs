@@ -101,9 +101,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     {
         let hangar = hangar.clone();
         tokio::spawn(async move {
-            while let Some(exit) = exits_rx.recv().await {
-                let hangar = hangar.clone();
-                tokio::spawn(async move { hangar.on_exit(exit).await });
+            while let Some(event) = exits_rx.recv().await {
+                match event {
+                    runtime::RuntimeEvent::Exited(exit) => {
+                        let hangar = hangar.clone();
+                        tokio::spawn(async move { hangar.on_exit(exit).await });
+                    }
+                    // In order, on this task: container events are quick appends.
+                    runtime::RuntimeEvent::Container(ev) => hangar.on_container_event(ev).await,
+                }
             }
         });
     }

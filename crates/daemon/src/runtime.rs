@@ -74,6 +74,28 @@ pub struct ContainerView {
     pub checks: Vec<CheckStatus>,
 }
 
+/// What a runtime reports on its own, as it happens.
+#[derive(Debug, Clone)]
+pub enum RuntimeEvent {
+    /// The machine's main process (Pilot) ended.
+    Exited(MachineExit),
+    /// Something happened to one container: started, exited, restarting, failed, health.
+    Container(ContainerEvent),
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub app: String,
+    pub machine_id: String,
+    pub instance_id: String,
+    /// `started`, `exited`, `restarting`, `failed` or `health`.
+    pub kind: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// The details: container, exit_code, signal, restart_count, health, message.
+    pub detail: serde_json::Value,
+}
+
 /// How a machine's main process ended, reported by the runtime when it happens on its own
 /// (and also after a requested stop).
 #[derive(Debug, Clone)]

@@ -27,7 +27,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::now_ms;
-use crate::runtime::{ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerEvent, ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError, RuntimeEvent,
+};
 
 /// Machine uid ranges start here, 65536 ids each, far above ordinary users.
 const UID_BASE_START: u32 = 1 << 20;
@@ -89,7 +91,7 @@ pub struct SandboxRuntime {
     exe: PathBuf,
     slots: Mutex<BTreeSet<u32>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
-    exits: mpsc::UnboundedSender<MachineExit>,
+    exits: mpsc::UnboundedSender<RuntimeEvent>,
 }
 
 fn failed(e: impl std::fmt::Display) -> RuntimeError {
@@ -102,7 +104,7 @@ impl SandboxRuntime {
         data_dir: &Path,
         images: Arc<ImageStore>,
         pull: PullOptions,
-        exits: mpsc::UnboundedSender<MachineExit>,
+        exits: mpsc::UnboundedSender<RuntimeEvent>,
     ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
@@ -369,10 +371,62 @@ impl SandboxRuntime {
                 .get(&exit.machine_id)
                 .is_some_and(|r| r.state.pid == pid && !r.stopping);
             if current {
-                let _ = exits.send(exit);
+                let _ = exits.send(RuntimeEvent::Exited(exit));
             }
         });
         Ok(rx)
+    }
+
+    /// Follows Pilot's event stream and reports each container event; ends with Pilot.
+    fn watch_containers(&self, m: &MachineRecord) {
+        let socket = self.machine_dir(&m.id).join(CONTROL_SOCKET);
+        let events = self.exits.clone();
+        let (app, id, instance) = (m.app.clone(), m.id.clone(), m.instance_id.clone());
+        tokio::spawn(async move {
+            // Pilot creates its socket within milliseconds of starting.
+            let mut stream = None;
+            for _ in 0..200 {
+                if let Ok(s) = tokio::net::UnixStream::connect(&socket).await {
+                    stream = Some(s);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let Some(stream) = stream else { return };
+            let (read, mut write) = stream.into_split();
+            if write.write_all(b"{\"op\":\"watch\"}\n").await.is_err() {
+                return;
+            }
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(ev) = serde_json::from_str::<hangar_pilot::spec::Event>(&line) else {
+                    continue;
+                };
+                let kind = serde_json::to_value(ev.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let detail = serde_json::json!({
+                    "container": ev.container,
+                    "exit_code": ev.exit_code,
+                    "signal": ev.signal,
+                    "restart_count": ev.restart_count,
+                    "health": ev.health,
+                    "message": ev.message,
+                });
+                let sent = events.send(RuntimeEvent::Container(ContainerEvent {
+                    app: app.clone(),
+                    machine_id: id.clone(),
+                    instance_id: instance.clone(),
+                    kind,
+                    at: ev.at,
+                    detail,
+                }));
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Releases what a stopped machine held on the host: rootfs mounts, writable layers,
@@ -527,6 +581,7 @@ impl Runtime for SandboxRuntime {
         };
         write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)?;
         let mut exited = self.watch_exit(m, &state)?;
+        self.watch_containers(m);
         if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
@@ -617,7 +672,11 @@ impl Runtime for SandboxRuntime {
             let _ = self.cleanup(&m.id, keep_rootfs(&m.config, true)).await;
             return false;
         };
-        self.watch_exit(m, &state).is_ok()
+        let ok = self.watch_exit(m, &state).is_ok();
+        if ok {
+            self.watch_containers(m);
+        }
+        ok
     }
 
     async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {

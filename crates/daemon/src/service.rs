@@ -1240,6 +1240,29 @@ impl Hangar {
         .await
     }
 
+    /// Records a container's start, exit, restart, failure or health change as a machine event
+    /// (`container_<kind>`), without touching the machine's state.
+    pub async fn on_container_event(&self, ev: crate::runtime::ContainerEvent) {
+        let Ok(m) = self.load(&ev.app, &ev.machine_id).await else {
+            return;
+        };
+        if m.instance_id != ev.instance_id {
+            return;
+        }
+        let event = EventRecord {
+            id: ids::new_ulid(),
+            machine_id: m.id.clone(),
+            kind: format!("container_{}", ev.kind),
+            status: m.state.as_str().to_string(),
+            source: Source::Platform.as_str().to_string(),
+            timestamp: if ev.at > 0 { ev.at } else { now_ms() },
+            request: Some(ev.detail),
+        };
+        if let Err(e) = db(&self.store, move |s| s.append_event(&event)).await {
+            tracing::warn!(machine = %ev.machine_id, error = %e.message, "recording a container event failed");
+        }
+    }
+
     fn recent_restarts(&self, id: &str) -> usize {
         let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
         let list = restarts.entry(id.to_string()).or_default();

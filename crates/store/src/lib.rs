@@ -59,6 +59,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every machine not destroyed, across apps (start-up reconciliation).
     fn list_live_machines(&self) -> Result<Vec<MachineRecord>>;
 
+    /// Appends an event without touching the machine row (container events, which must not
+    /// race the machine's own transitions).
+    fn append_event(&self, event: &EventRecord) -> Result<()>;
     /// Newest first.
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>>;
     /// Oldest first.

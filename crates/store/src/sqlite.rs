@@ -432,6 +432,10 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn append_event(&self, event: &EventRecord) -> Result<()> {
+        insert_event(&self.writer(), event)
+    }
+
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
