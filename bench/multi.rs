@@ -1,0 +1,206 @@
+//! Multi-container figures: time from create to all containers started for a 5-container chain
+//! gated by tcp checks at a 1 s interval, and the CPU Pilot uses supervising 20 containers with
+//! health checks. Prints figures; asserts nothing.
+//!
+//!     cargo build --release && cargo run --release --example bench_multi
+//!
+//! Needs root and the loopback registry with the fixtures (`scripts/registry start && push`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_client::{Client, Endpoint};
+use serde_json::{json, Value};
+
+fn image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}
+
+struct Daemon {
+    child: std::process::Child,
+    client: Client,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// The child is handed to `Daemon`, whose Drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
+async fn start_daemon() -> Daemon {
+    let dir = PathBuf::from(format!("/tmp/hangar-bench-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let hangar = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(|d| d.join("hangar")))
+        .expect("target dir");
+    let child = Command::new(&hangar)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon (cargo build --release first)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("data/token")) {
+            let client = Client::new(
+                Endpoint::Unix(dir.join("api.sock")),
+                Some(t.trim().to_string()),
+            );
+            if client.get("/v1/apps").send_raw().await.is_ok() {
+                return Daemon { child, client, dir };
+            }
+        }
+        assert!(Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn server(name: &str, port: u16, depends: Option<&str>) -> Value {
+    let mut c = json!({
+        "name": name,
+        "image": image(),
+        "cmd": ["httpd", "-f", "-p", port.to_string(), "-h", "/"],
+        "healthchecks": [{"name": "tcp", "tcp": {"port": port}, "interval": 1, "timeout": 1,
+            "grace_period": 0, "success_threshold": 1, "failure_threshold": 3, "kind": "readiness"}],
+    });
+    if let Some(dep) = depends {
+        c["depends_on"] = json!([{"name": dep, "condition": "healthy"}]);
+    }
+    c
+}
+
+async fn run(c: &Client, app: &str, containers: Vec<Value>) -> (String, Duration) {
+    let t0 = Instant::now();
+    let m: Value = c
+        .post(format!("/v1/apps/{app}/machines"))
+        .json(&json!({"config": {"containers": containers, "restart": {"policy": "no"}}}))
+        .send()
+        .await
+        .expect("create");
+    let id = m["id"].as_str().expect("id").to_string();
+    let r = c
+        .get(format!(
+            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .send_raw()
+        .await
+        .expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
+    (id, t0.elapsed())
+}
+
+fn cpu_ticks(pid: i64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let d = start_daemon().await;
+    let c = &d.client;
+    c.post("/v1/apps")
+        .json(&json!({"name": "multi"}))
+        .send_raw()
+        .await
+        .expect("app");
+    // Warm the image cache.
+    let (warm, _) = run(c, "multi", vec![server("w", 9999, None)]).await;
+    let _ = c
+        .delete(format!("/v1/apps/multi/machines/{warm}?force=true"))
+        .send_raw()
+        .await;
+
+    println!("5-container chain, each gated on the previous one's tcp check (1 s interval):");
+    let mut times = Vec::new();
+    for round in 0..5 {
+        let chain: Vec<Value> = (0..5u16)
+            .map(|i| {
+                let prev = (i > 0).then(|| format!("c{}", i - 1));
+                server(&format!("c{i}"), 9000 + i, prev.as_deref())
+            })
+            .collect();
+        let (id, t) = run(c, "multi", chain).await;
+        println!(
+            "  round {round}: create -> all 5 started in {:.0} ms",
+            t.as_secs_f64() * 1e3
+        );
+        times.push(t);
+        let _ = c
+            .delete(format!("/v1/apps/multi/machines/{id}?force=true"))
+            .send_raw()
+            .await;
+    }
+    times.sort();
+    println!(
+        "  median: {:.0} ms",
+        times[times.len() / 2].as_secs_f64() * 1e3
+    );
+
+    println!("\nPilot supervising 20 containers with tcp + http health checks every 1 s:");
+    let containers: Vec<Value> = (0..20u16)
+        .map(|i| {
+            let port = 9100 + i;
+            json!({
+                "name": format!("s{i}"),
+                "image": image(),
+                "cmd": ["httpd", "-f", "-p", port.to_string(), "-h", "/"],
+                "healthchecks": [
+                    {"name": "tcp", "tcp": {"port": port}, "interval": 1, "timeout": 1, "kind": "readiness"},
+                    {"name": "http", "http": {"port": port, "path": "/", "method": "GET"}, "interval": 1, "timeout": 1, "kind": "liveness"}
+                ],
+            })
+        })
+        .collect();
+    let (id, t) = run(c, "multi", containers).await;
+    println!("  create -> 20 started: {:.0} ms", t.as_secs_f64() * 1e3);
+    let state: Value = std::fs::read(d.dir.join("data/machines").join(&id).join("runtime.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let pid = state["pid"].as_i64().expect("pilot pid");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let window = Duration::from_secs(30);
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(window).await;
+    let after = cpu_ticks(pid);
+    // SAFETY: sysconf with a constant name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (after - before) as f64 / hz / window.as_secs_f64() * 100.0;
+    println!(
+        "  Pilot CPU over {}s: {:.2}% of one core ({} ticks)",
+        window.as_secs(),
+        cpu,
+        after - before
+    );
+    let m: Value = c
+        .get(format!("/v1/apps/multi/machines/{id}"))
+        .send()
+        .await
+        .expect("get");
+    let passing = m["checks"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter(|k| k["status"] == "passing").count());
+    println!("  checks passing: {passing}/40");
+    let _ = c
+        .delete(format!("/v1/apps/multi/machines/{id}?force=true"))
+        .send_raw()
+        .await;
+}
