@@ -2,6 +2,7 @@
 //! drives each machine's state machine and keeps everything in the store.
 
 mod clock;
+mod console;
 mod convert;
 mod error;
 mod extract;

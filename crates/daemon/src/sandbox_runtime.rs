@@ -227,6 +227,7 @@ impl SandboxRuntime {
                 depends_on: c.depends_on.clone(),
                 healthchecks: c.healthchecks.clone(),
                 restart: c.restart.clone(),
+                tty: m.config.init.tty,
             });
             mounts.push(MountPlan {
                 lowerdirs: rootfs.lowerdirs,

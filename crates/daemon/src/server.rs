@@ -85,6 +85,10 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             "/hangar/v1/images",
             get(crate::images::list).delete(crate::images::remove),
         )
+        .route(
+            "/hangar/v1/apps/{app_name}/machines/{machine_id}/console",
+            post(crate::console::console),
+        )
         .route("/hangar/v1/images/inspect", get(crate::images::inspect))
         .route("/hangar/v1/images/pull", post(crate::images::pull))
         .route("/hangar/v1/images/import", post(crate::images::import))

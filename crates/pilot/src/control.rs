@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::spec::{ContainerState, Reply, Request, StatusReply};
 use crate::supervisor::{spawn_stop, Shared};
-use crate::{exec, ps};
+use crate::{attach, exec, ps};
 
 /// Exec timeout when the request gives none.
 const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,6 +44,57 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 watch(lines.into_inner(), write, &state).await;
                 return;
             }
+            Ok(Request::Attach {
+                container,
+                command,
+                user,
+                env,
+                rows,
+                cols,
+            }) => {
+                let session = target(&state, container.as_deref()).and_then(|(pid, mut process, _)| {
+                    if let Some(u) = user.as_deref() {
+                        attach::apply_user(&mut process, u)?;
+                    }
+                    for kv in &env {
+                        if let Some((k, v)) = kv.split_once('=') {
+                            attach::set_env(&mut process.env, k, v);
+                        }
+                    }
+                    Ok(attach::Session {
+                        init_pid: pid,
+                        process,
+                        argv: if command.is_empty() {
+                            vec!["/bin/sh".into()]
+                        } else {
+                            command
+                        },
+                        rows,
+                        cols,
+                    })
+                });
+                let waiters = state.borrow().waiters.clone();
+                let started = session.and_then(|s| attach::start(&s, &waiters));
+                let (reply, started) = match started {
+                    Ok(s) => (ok(), Some(s)),
+                    Err(e) => (error(e), None),
+                };
+                let Ok(mut bytes) = serde_json::to_vec(&reply) else {
+                    return;
+                };
+                bytes.push(b'\n');
+                let sent = write.write_all(&bytes).await.is_ok();
+                if let Some((master, pid, exited)) = started {
+                    if sent {
+                        // The reader keeps whatever the client sent after its request line.
+                        attach::pump(lines.into_inner(), write, master, pid, exited).await;
+                    } else {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    return;
+                }
+                continue;
+            }
             Ok(req) => handle(req, &state).await,
         };
         let Ok(mut bytes) = serde_json::to_vec(&reply) else {
@@ -53,6 +104,31 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
         if write.write_all(&bytes).await.is_err() {
             return;
         }
+    }
+}
+
+/// The running container a request names (the first one without a name): its init pid, its
+/// process settings and the exec waiters.
+fn target(
+    state: &Shared,
+    container: Option<&str>,
+) -> Result<(i32, hangar_sandbox::container::ContainerProcess, crate::exec::Waiters), String> {
+    let s = state.borrow();
+    let c = match container {
+        Some(name) => s.containers.iter().find(|c| c.spec.name == name),
+        None => s.containers.first(),
+    };
+    match c {
+        None => Err(format!(
+            "no container {:?} in this machine",
+            container.unwrap_or_default()
+        )),
+        Some(c) => match (c.status.state, c.status.pid) {
+            (ContainerState::Running, Some(pid)) => {
+                Ok((pid, c.spec.process.clone(), s.waiters.clone()))
+            }
+            _ => Err(format!("container {} is not running", c.spec.name)),
+        },
     }
 }
 
@@ -96,25 +172,7 @@ async fn handle(req: Request, state: &Shared) -> Reply {
             stdin,
             timeout_ms,
         } => {
-            let target = {
-                let s = state.borrow();
-                let c = match &container {
-                    Some(name) => s.containers.iter().find(|c| &c.spec.name == name),
-                    None => s.containers.first(),
-                };
-                match c {
-                    None => Err(format!(
-                        "no container {:?} in this machine",
-                        container.as_deref().unwrap_or_default()
-                    )),
-                    Some(c) => match (c.status.state, c.status.pid) {
-                        (ContainerState::Running, Some(pid)) => {
-                            Ok((pid, c.spec.process.clone(), s.waiters.clone()))
-                        }
-                        _ => Err(format!("container {} is not running", c.spec.name)),
-                    },
-                }
-            };
+            let target = target(state, container.as_deref());
             let (pid, process, waiters) = match target {
                 Ok(t) => t,
                 Err(e) => return error(e),
@@ -148,7 +206,7 @@ async fn handle(req: Request, state: &Shared) -> Reply {
                 ..ok()
             }
         }
-        Request::Watch => error("watch is handled by the connection"),
+        Request::Watch | Request::Attach { .. } => error("handled by the connection"),
     }
 }
 

@@ -57,6 +57,45 @@ pub fn spawn(
     argv: &[String],
     waiters: &Waiters,
 ) -> Result<(Spawned, oneshot::Receiver<Ended>), String> {
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let stdio = || {
+        for (src, dst) in [
+            (in_r.as_raw_fd(), 0),
+            (out_w.as_raw_fd(), 1),
+            (err_w.as_raw_fd(), 2),
+        ] {
+            // SAFETY: dup2 onto the standard fds of this fresh child.
+            unsafe { libc::dup2(src, dst) };
+        }
+        Ok(())
+    };
+    let (pid, rx) = spawn_with(init_pid, process, argv, waiters, stdio)?;
+    drop((in_r, out_w, err_w));
+    Ok((
+        Spawned {
+            pid,
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+        },
+        rx,
+    ))
+}
+
+/// Clones a child into the container's pid namespace that runs `child_setup` (its standard
+/// fds, session…), then joins the container and execs `argv`. Returns its pid once the exec
+/// succeeded; the exit status arrives on the receiver.
+pub fn spawn_with(
+    init_pid: i32,
+    process: &ContainerProcess,
+    argv: &[String],
+    waiters: &Waiters,
+    child_setup: impl Fn() -> Result<(), String>,
+) -> Result<(i32, oneshot::Receiver<Ended>), String> {
     if argv.is_empty() {
         return Err("no command given".into());
     }
@@ -68,25 +107,16 @@ pub fn spawn(
     let mnt_ns = open("mnt")?;
     let own_pid_ns = File::open("/proc/self/ns/pid")
         .map_err(|e| format!("opening pilot's pid namespace: {e}"))?;
-    let pipe =
-        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let (fail_r, fail_w) = pipe()?;
+    let (fail_r, fail_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let process = process.clone();
     let argv = argv.to_vec();
     let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
-        for (src, dst) in [
-            (in_r.as_raw_fd(), 0),
-            (out_w.as_raw_fd(), 1),
-            (err_w.as_raw_fd(), 2),
-        ] {
-            // SAFETY: dup2 onto the standard fds of this fresh child.
-            unsafe { libc::dup2(src, dst) };
-        }
-        let msg = hangar_sandbox::container::exec_in_container(mnt_ns.as_fd(), &process, &argv);
+        let msg = match child_setup() {
+            Ok(()) => hangar_sandbox::container::exec_in_container(mnt_ns.as_fd(), &process, &argv),
+            Err(e) => e,
+        };
         // SAFETY: writing the failure to the parent through the pipe we own.
         unsafe { libc::write(fail_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
         127
@@ -106,7 +136,7 @@ pub fn spawn(
     let pid = cloned.map_err(|e| format!("clone: {e}"))?.as_raw();
     let (tx, rx) = oneshot::channel();
     waiters.borrow_mut().insert(pid, tx);
-    drop((in_r, out_w, err_w, fail_w));
+    drop(fail_w);
     // The failure pipe closes on a successful exec; otherwise it carries the reason.
     let mut failure = String::new();
     let _ = File::from(fail_r).read_to_string(&mut failure);
@@ -114,15 +144,7 @@ pub fn spawn(
         // The child exits 127 at once; the reaper still finds it registered and drops the status.
         return Err(failure);
     }
-    Ok((
-        Spawned {
-            pid,
-            stdin: in_w,
-            stdout: out_r,
-            stderr: err_r,
-        },
-        rx,
-    ))
+    Ok((pid, rx))
 }
 
 /// Feeds `stdin`, collects the output and waits for the exit, killing the command at `timeout`.

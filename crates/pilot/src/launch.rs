@@ -15,24 +15,46 @@ use crate::spec::ContainerSpec;
 /// Stack for the cloned container child; it only runs the setup code before exec.
 const CHILD_STACK: usize = 1 << 20;
 
+/// Where a container's output comes from.
+pub enum Output {
+    /// stdout and stderr pipes.
+    Pipes(OwnedFd, OwnedFd),
+    /// The master of the container's terminal (`tty: true`).
+    Tty(OwnedFd),
+}
+
 /// Clones a child in new mount and pid namespaces that becomes the container's PID 1.
-pub fn start_container(c: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), String> {
+pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
     let devnull = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    // The container's devpts does not exist before its setup, so the pty comes from Pilot's.
+    let pty = if c.tty {
+        Some(crate::attach::open_pty(None, 24, 80)?)
+    } else {
+        None
+    };
     let process = c.process.clone();
     let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
-        for (src, dst) in [
-            (devnull.as_raw_fd(), 0),
-            (out_w.as_raw_fd(), 1),
-            (err_w.as_raw_fd(), 2),
-        ] {
-            // SAFETY: dup2 onto the standard fds of this fresh child.
-            unsafe { libc::dup2(src, dst) };
+        if let Some(p) = &pty {
+            if let Err(msg) = crate::attach::become_session_leader(p.slave.as_raw_fd()) {
+                // SAFETY: writing the failure to the parent through the pipe we own.
+                unsafe { libc::write(exec_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+                return 127;
+            }
+        } else {
+            for (src, dst) in [
+                (devnull.as_raw_fd(), 0),
+                (out_w.as_raw_fd(), 1),
+                (err_w.as_raw_fd(), 2),
+            ] {
+                // SAFETY: dup2 onto the standard fds of this fresh child.
+                unsafe { libc::dup2(src, dst) };
+            }
         }
         let msg = hangar_sandbox::container::exec_container(&process);
         // SAFETY: writing the failure to the parent through the pipe we own.
@@ -57,7 +79,10 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), Str
     if !failure.is_empty() {
         return Err(failure);
     }
-    Ok((pid.as_raw(), out_r, err_r))
+    match pty {
+        Some(p) => Ok((pid.as_raw(), Output::Tty(p.master))),
+        None => Ok((pid.as_raw(), Output::Pipes(out_r, err_r))),
+    }
 }
 
 pub fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u64) {

@@ -3,6 +3,7 @@
 //! restart policies; captures their output; reaps zombies; runs `exec` and `ps` inside them;
 //! streams their events; turns SIGTERM into an orderly stop and reports how each container ended.
 
+mod attach;
 mod checks;
 mod control;
 mod exec;

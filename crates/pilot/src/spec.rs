@@ -33,6 +33,9 @@ pub struct ContainerSpec {
     /// has `no`: the daemon restarts the whole machine instead.
     #[serde(default)]
     pub restart: RestartSpec,
+    /// The main process gets a pty (`init.tty`); its output still goes to the log.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +238,46 @@ pub enum Request {
     /// Turns the connection into a stream of [`Event`] lines (one JSON object per line),
     /// starting with nothing: the caller asks for `status` first if it needs the present.
     Watch,
+    /// Runs `command` (default `/bin/sh`) inside a container on a new pty, as `user` (a name
+    /// or uid from the container's /etc/passwd, default the container's own), with `env`
+    /// (`KEY=value`) added. After a `{"ok":true}` line the connection carries [`frame`]s.
+    Attach {
+        #[serde(default)]
+        container: Option<String>,
+        #[serde(default)]
+        command: Vec<String>,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        env: Vec<String>,
+        #[serde(default = "default_rows")]
+        rows: u16,
+        #[serde(default = "default_cols")]
+        cols: u16,
+    },
+}
+
+fn default_rows() -> u16 {
+    24
+}
+
+fn default_cols() -> u16 {
+    80
+}
+
+/// Framing of an attached connection, both ways: 1-byte type, 4-byte big-endian payload
+/// length, payload. The daemon passes it through unchanged (`hangar_client::console` speaks
+/// the same; keep them in sync).
+pub mod frame {
+    pub const HEADER: usize = 5;
+    /// Largest payload accepted; data frames are far smaller.
+    pub const MAX_PAYLOAD: usize = 1 << 20;
+    /// Terminal bytes: client → pty input, pty output → client.
+    pub const DATA: u8 = 0;
+    /// Client → Pilot: rows then cols, u16 big-endian each.
+    pub const RESIZE: u8 = 1;
+    /// Pilot → client, last: the exit code as i32 big-endian (128+signal when killed).
+    pub const EXIT: u8 = 2;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -327,7 +327,7 @@ fn launch_container(state: &Shared, i: usize) {
         )
     };
     match launch::start_container(&spec) {
-        Ok((pid, out, err)) => {
+        Ok((pid, output)) => {
             let run = {
                 let mut s = state.borrow_mut();
                 s.pids.insert(pid, i);
@@ -349,8 +349,15 @@ fn launch_container(state: &Shared, i: usize) {
                 s.update_health(i);
                 s.containers[i].run
             };
-            launch::spawn_log_reader(out, "stdout", log_path.clone(), log_max);
-            launch::spawn_log_reader(err, "stderr", log_path, log_max);
+            match output {
+                launch::Output::Pipes(out, err) => {
+                    launch::spawn_log_reader(out, "stdout", log_path.clone(), log_max);
+                    launch::spawn_log_reader(err, "stderr", log_path, log_max);
+                }
+                launch::Output::Tty(master) => {
+                    crate::attach::spawn_tty_log_reader(master, log_path, log_max)
+                }
+            }
             let tasks: Vec<AbortHandle> = (0..spec.healthchecks.len())
                 .map(|k| {
                     tokio::task::spawn_local(checks::run_check(state.clone(), i, k, run))

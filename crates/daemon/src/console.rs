@@ -1,0 +1,141 @@
+//! `POST /hangar/v1/apps/{app}/machines/{id}/console`: an interactive command on a pty inside
+//! a started machine, over an HTTP/1.1 upgrade (`Connection: Upgrade`,
+//! `Upgrade: hangar-console`).
+//!
+//! Query: `container` (default the first), `command` (shell words, default `/bin/sh`), `user`
+//! (name or uid in the container, default the container's), `rows`, `cols` (default 24×80),
+//! `term` (the `TERM` to set, default `xterm`).
+//!
+//! The daemon asks Pilot to start the command (`attach` on its control socket) before it
+//! answers, so a bad container, user or command is an ordinary HTTP error; then it answers 101
+//! and splices the upgraded connection with Pilot's. Both directions carry Pilot's framing
+//! unchanged: 1-byte type, 4-byte big-endian length, payload; `0` data, `1` resize (rows, cols
+//! as u16 BE, client → machine), `2` exit (i32 BE code, machine → client, last).
+
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hangar_api::MachineState;
+use hangar_pilot::spec::{Reply, Request as PilotRequest, CONTROL_SOCKET};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
+use crate::routes::AppState;
+
+/// The `Upgrade` protocol name.
+pub const PROTOCOL: &str = "hangar-console";
+const DEFAULT_COMMAND: &str = "/bin/sh";
+
+fn wants_upgrade(req: &Request) -> bool {
+    let has = |name: header::HeaderName, want: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(want))
+            })
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, PROTOCOL)
+}
+
+fn dimension(q: &Query, key: &str, default: u16) -> ApiResult<u16> {
+    match q.int(key)? {
+        None => Ok(default),
+        Some(n) if (1..=u16::MAX as i64).contains(&n) => Ok(n as u16),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be between 1 and 65535"
+        ))),
+    }
+}
+
+pub async fn console(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    mut req: Request,
+) -> ApiResult<Response> {
+    if !wants_upgrade(&req) {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("this endpoint needs Connection: Upgrade and Upgrade: {PROTOCOL}"),
+        ));
+    }
+    let q = Query::parse(raw.as_deref());
+    let rows = dimension(&q, "rows", 24)?;
+    let cols = dimension(&q, "cols", 80)?;
+    let command_text = q
+        .get("command")
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or(DEFAULT_COMMAND);
+    let command = shlex::split(command_text).ok_or_else(|| {
+        ApiError::bad_request(format!("command {command_text:?} has unbalanced quotes"))
+    })?;
+    let term = q.get("term").filter(|t| !t.is_empty()).unwrap_or("xterm");
+    let attach = PilotRequest::Attach {
+        container: q.get("container").filter(|c| !c.is_empty()).map(str::to_string),
+        command,
+        user: q.get("user").filter(|u| !u.is_empty()).map(str::to_string),
+        env: vec![format!("TERM={term}")],
+        rows,
+        cols,
+    };
+
+    let m = h.get_machine(&app, &id, false).await?;
+    if m.state != MachineState::Started {
+        return Err(ApiError::precondition(format!(
+            "machine is {}, not started",
+            m.state
+        )));
+    }
+    let socket = h.machines_dir().join(&m.id).join(CONTROL_SOCKET);
+    let stream = UnixStream::connect(&socket).await.map_err(|e| {
+        ApiError::precondition(format!("the machine's Pilot is not reachable: {e}"))
+    })?;
+    // Buffered for the reply line; bytes Pilot sends right after it stay in the buffer and
+    // are forwarded first (BufReader passes writes through).
+    let mut pilot = BufReader::new(stream);
+    let mut line = serde_json::to_vec(&attach).map_err(|e| ApiError::internal(e.to_string()))?;
+    line.push(b'\n');
+    let io_err = |e: std::io::Error| ApiError::internal(format!("talking to Pilot: {e}"));
+    pilot.write_all(&line).await.map_err(io_err)?;
+    let mut reply = String::new();
+    pilot.read_line(&mut reply).await.map_err(io_err)?;
+    let reply: Reply = serde_json::from_str(&reply)
+        .map_err(|e| ApiError::internal(format!("unexpected reply from Pilot: {e}")))?;
+    if !reply.ok {
+        let msg = reply.error.unwrap_or_else(|| "attach failed".into());
+        return Err(if msg.starts_with("no container") {
+            ApiError::not_found(msg)
+        } else if msg.contains("is not running") {
+            ApiError::precondition(msg)
+        } else {
+            ApiError::bad_request(msg)
+        });
+    }
+
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                // Dropping Pilot's connection hangs the session up.
+                tracing::warn!(error = %e, "console upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(upgraded);
+        // Ends when either side closes; Pilot closes after the exit frame.
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut pilot).await {
+            tracing::debug!(error = %e, "console connection ended");
+        }
+    });
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    res.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
+    Ok(res)
+}
