@@ -22,7 +22,7 @@ use crate::error::ClientError;
 use crate::token;
 
 /// TCP connects to an unreachable host can hang for minutes; a local daemon answers at once.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USER_AGENT: &str = concat!("hangar-client/", env!("CARGO_PKG_VERSION"));
 
@@ -276,6 +276,10 @@ impl Client {
             let _ = conn.await;
         });
         Ok(sender)
+    }
+
+    pub(crate) fn authorization_for(&self, auth: &Auth) -> Result<Option<String>, ClientError> {
+        self.authorization(auth)
     }
 
     fn authorization(&self, auth: &Auth) -> Result<Option<String>, ClientError> {

@@ -14,12 +14,14 @@
 
 mod api;
 mod client;
+mod console;
 mod endpoint;
 mod error;
 mod token;
 
 pub use api::{ListMachinesOptions, RestartOptions, WaitOptions};
 pub use client::{encode, Auth, Client, RawResponse, RequestBuilder};
+pub use console::{ConsoleFrame, ConsoleOptions, ConsoleStream, CONSOLE_PROTOCOL};
 pub use endpoint::{Endpoint, API_URL_ENV, DEFAULT_SOCKET};
 pub use error::ClientError;
 pub use token::{

@@ -1,0 +1,200 @@
+//! Interactive consoles: `POST /hangar/v1/apps/{app}/machines/{id}/console` (HTTP upgrade to
+//! Pilot's framed pty stream) against a real daemon and the loopback test registry, and
+//! `hangar machine run --shell` driven through a real terminal (tmux).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use hangar_client::{ConsoleFrame, ConsoleOptions, ConsoleStream};
+use serde_json::{json, Value};
+use tokio::io::{ReadHalf, WriteHalf};
+
+fn image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}
+
+async fn started_machine(d: &Daemon, app: &str, extra: Value) -> String {
+    let mut body = json!({"config": {"image": image(), "init": {"exec": ["/bin/sleep", "inf"]}}});
+    common::merge(&mut body, extra);
+    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .get(&format!(
+            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "wait started: {}", r.text());
+    id
+}
+
+/// Reads frames until the accumulated terminal output contains `needle` (or an exit frame).
+async fn read_until(
+    r: &mut ReadHalf<ConsoleStream>,
+    out: &mut String,
+    needle: &str,
+) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !out.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, ConsoleFrame::read(r))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; output so far: {out:?}"))
+            .expect("read frame");
+        match frame {
+            Some(ConsoleFrame::Data(d)) => out.push_str(&String::from_utf8_lossy(&d)),
+            Some(ConsoleFrame::Exit(code)) => return Some(code),
+            Some(other) => panic!("unexpected frame {other:?}"),
+            None => panic!("stream ended waiting for {needle:?}; output: {out:?}"),
+        }
+    }
+    None
+}
+
+async fn send(w: &mut WriteHalf<ConsoleStream>, f: ConsoleFrame) {
+    f.write(w).await.expect("write frame");
+}
+
+#[tokio::test]
+async fn console_runs_a_shell_on_a_pty() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("con").await;
+    let id = started_machine(&d, "con", json!({})).await;
+
+    let stream = d
+        .client
+        .console(
+            "con",
+            &id,
+            &ConsoleOptions {
+                command: Some("/bin/sh".into()),
+                rows: Some(30),
+                cols: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("console");
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut out = String::new();
+
+    send(&mut w, ConsoleFrame::Data(b"echo hello-$((40+2))\n".to_vec())).await;
+    assert_eq!(read_until(&mut r, &mut out, "hello-42\r\n").await, None);
+
+    // The initial size, then a resize, as the command sees them on its terminal.
+    out.clear();
+    send(&mut w, ConsoleFrame::Data(b"stty size; tty\n".to_vec())).await;
+    read_until(&mut r, &mut out, "30 100\r\n").await;
+    read_until(&mut r, &mut out, "/dev/pts/").await;
+    out.clear();
+    send(&mut w, ConsoleFrame::Resize { rows: 50, cols: 132 }).await;
+    send(&mut w, ConsoleFrame::Data(b"stty size\n".to_vec())).await;
+    read_until(&mut r, &mut out, "50 132\r\n").await;
+
+    // Ctrl-C reaches the foreground job through the pty's line discipline.
+    out.clear();
+    send(&mut w, ConsoleFrame::Data(b"sleep 30; echo slept\n".to_vec())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut w, ConsoleFrame::Data(vec![3])).await;
+    send(&mut w, ConsoleFrame::Data(b"echo after-$((1+1))\n".to_vec())).await;
+    read_until(&mut r, &mut out, "after-2\r\n").await;
+    assert!(!out.contains("\nslept"), "sleep was not interrupted: {out:?}");
+
+    out.clear();
+    send(&mut w, ConsoleFrame::Data(b"exit 3\n".to_vec())).await;
+    let code = read_until(&mut r, &mut out, "\u{0}never").await;
+    assert_eq!(code, Some(3), "output: {out:?}");
+}
+
+#[tokio::test]
+async fn console_errors_are_http_errors() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("conerr").await;
+    let id = started_machine(&d, "conerr", json!({})).await;
+    let err = |opts: ConsoleOptions| {
+        let c = d.client.clone();
+        let id = id.clone();
+        async move { c.console("conerr", &id, &opts).await.err().expect("an error") }
+    };
+    let e = err(ConsoleOptions {
+        container: Some("nope".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{e}");
+    let e = err(ConsoleOptions {
+        user: Some("nobody-here".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
+    let e = err(ConsoleOptions {
+        command: Some("/no/such/shell".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
+    // A plain POST without the upgrade is refused.
+    let r = d
+        .post(&format!("/hangar/v1/apps/conerr/machines/{id}/console"), json!({}))
+        .await;
+    assert_eq!(r.status, 426, "{}", r.text());
+    // So is a missing token.
+    let anon = hangar_client::Client::new(hangar_client::Endpoint::Unix(d.socket.clone()), None);
+    let e = anon
+        .console("conerr", &id, &ConsoleOptions::default())
+        .await
+        .err()
+        .expect("unauthorized");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{e}");
+}
+
+#[tokio::test]
+async fn console_as_another_user_and_tty_main_process() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("conuser").await;
+    let id = started_machine(
+        &d,
+        "conuser",
+        json!({"config": {"init": {"tty": true, "exec": ["/bin/sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo main-on-tty; echo main-out; sleep inf"]}}}),
+    )
+    .await;
+    let stream = d
+        .client
+        .console(
+            "conuser",
+            &id,
+            &ConsoleOptions {
+                user: Some("nobody".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("console");
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut out = String::new();
+    send(&mut w, ConsoleFrame::Data(b"id -u; echo $HOME; exit\n".to_vec())).await;
+    let code = read_until(&mut r, &mut out, "\u{0}never").await;
+    assert_eq!(code, Some(0), "output: {out:?}");
+    assert!(out.contains("65534\r\n"), "not nobody: {out:?}");
+
+    // init.tty: the main process has a terminal and its output reaches the log.
+    let log = d.data_dir.join("machines").join(&id).join("logs/app.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("stdout main-out\n") {
+            assert!(text.contains("stdout main-on-tty\n"), "no tty: {text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "log: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
