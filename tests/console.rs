@@ -85,7 +85,11 @@ async fn console_runs_a_shell_on_a_pty() {
     let (mut r, mut w) = tokio::io::split(stream);
     let mut out = String::new();
 
-    send(&mut w, ConsoleFrame::Data(b"echo hello-$((40+2))\n".to_vec())).await;
+    send(
+        &mut w,
+        ConsoleFrame::Data(b"echo hello-$((40+2))\n".to_vec()),
+    )
+    .await;
     assert_eq!(read_until(&mut r, &mut out, "hello-42\r\n").await, None);
 
     // The initial size, then a resize, as the command sees them on its terminal.
@@ -94,18 +98,36 @@ async fn console_runs_a_shell_on_a_pty() {
     read_until(&mut r, &mut out, "30 100\r\n").await;
     read_until(&mut r, &mut out, "/dev/pts/").await;
     out.clear();
-    send(&mut w, ConsoleFrame::Resize { rows: 50, cols: 132 }).await;
+    send(
+        &mut w,
+        ConsoleFrame::Resize {
+            rows: 50,
+            cols: 132,
+        },
+    )
+    .await;
     send(&mut w, ConsoleFrame::Data(b"stty size\n".to_vec())).await;
     read_until(&mut r, &mut out, "50 132\r\n").await;
 
     // Ctrl-C reaches the foreground job through the pty's line discipline.
     out.clear();
-    send(&mut w, ConsoleFrame::Data(b"sleep 30; echo slept\n".to_vec())).await;
+    send(
+        &mut w,
+        ConsoleFrame::Data(b"sleep 30; echo slept\n".to_vec()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     send(&mut w, ConsoleFrame::Data(vec![3])).await;
-    send(&mut w, ConsoleFrame::Data(b"echo after-$((1+1))\n".to_vec())).await;
+    send(
+        &mut w,
+        ConsoleFrame::Data(b"echo after-$((1+1))\n".to_vec()),
+    )
+    .await;
     read_until(&mut r, &mut out, "after-2\r\n").await;
-    assert!(!out.contains("\nslept"), "sleep was not interrupted: {out:?}");
+    assert!(
+        !out.contains("\nslept"),
+        "sleep was not interrupted: {out:?}"
+    );
 
     out.clear();
     send(&mut w, ConsoleFrame::Data(b"exit 3\n".to_vec())).await;
@@ -121,7 +143,12 @@ async fn console_errors_are_http_errors() {
     let err = |opts: ConsoleOptions| {
         let c = d.client.clone();
         let id = id.clone();
-        async move { c.console("conerr", &id, &opts).await.err().expect("an error") }
+        async move {
+            c.console("conerr", &id, &opts)
+                .await
+                .err()
+                .expect("an error")
+        }
     };
     let e = err(ConsoleOptions {
         container: Some("nope".into()),
@@ -143,7 +170,10 @@ async fn console_errors_are_http_errors() {
     assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
     // A plain POST without the upgrade is refused.
     let r = d
-        .post(&format!("/hangar/v1/apps/conerr/machines/{id}/console"), json!({}))
+        .post(
+            &format!("/hangar/v1/apps/conerr/machines/{id}/console"),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, 426, "{}", r.text());
     // So is a missing token.
@@ -180,7 +210,11 @@ async fn console_as_another_user_and_tty_main_process() {
         .expect("console");
     let (mut r, mut w) = tokio::io::split(stream);
     let mut out = String::new();
-    send(&mut w, ConsoleFrame::Data(b"id -u; echo $HOME; exit\n".to_vec())).await;
+    send(
+        &mut w,
+        ConsoleFrame::Data(b"id -u; echo $HOME; exit\n".to_vec()),
+    )
+    .await;
     let code = read_until(&mut r, &mut out, "\u{0}never").await;
     assert_eq!(code, Some(0), "output: {out:?}");
     assert!(out.contains("65534\r\n"), "not nobody: {out:?}");
@@ -197,4 +231,123 @@ async fn console_as_another_user_and_tty_main_process() {
         assert!(Instant::now() < deadline, "log: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs tmux on a private server socket.
+fn tmux(sock: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run tmux (apt-get install tmux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the pane shows `needle`; returns the pane text.
+async fn pane_until(sock: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = tmux(
+            sock,
+            &["capture-pane", "-p", "-J", "-S", "-200", "-t", "shell"],
+        );
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the pane:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cli_run_shell_through_a_real_terminal() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("shellapp").await;
+    let sock = d.tmp.path().join("tmux.sock");
+    let script = format!(
+        "{} machine run --shell {} -a shellapp; echo CLI-EXIT=$?; \
+         stty -a | grep -q -- -icanon || echo TTY-RESTORED; sleep 600",
+        common::hangar_bin(),
+        image()
+    );
+    let env_url = format!("HANGAR_API_URL=unix://{}", d.socket.display());
+    let env_token = format!("HANGAR_API_TOKEN={}", d.token);
+    tmux(
+        &sock,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "shell",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            "-e",
+            &env_url,
+            "-e",
+            &env_token,
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    struct Kill<'a>(&'a std::path::Path);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            tmux(self.0, &["kill-server"]);
+        }
+    }
+    let _kill = Kill(&sock);
+
+    pane_until(&sock, "/ # ").await;
+    tmux(
+        &sock,
+        &["send-keys", "-t", "shell", "echo out-$((6*7))", "Enter"],
+    );
+    pane_until(&sock, "out-42").await;
+    tmux(&sock, &["send-keys", "-t", "shell", "stty size", "Enter"]);
+    pane_until(&sock, "40 120").await;
+    // A window change reaches the remote terminal (SIGWINCH → resize frame).
+    tmux(
+        &sock,
+        &["resize-window", "-t", "shell", "-x", "100", "-y", "30"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tmux(&sock, &["send-keys", "-t", "shell", "stty size", "Enter"]);
+    pane_until(&sock, "30 100").await;
+    tmux(&sock, &["send-keys", "-t", "shell", "exit 4", "Enter"]);
+    let text = pane_until(&sock, "CLI-EXIT=").await;
+    assert!(text.contains("CLI-EXIT=4"), "pane:\n{text}");
+    pane_until(&sock, "TTY-RESTORED").await;
+
+    // The throwaway machine is gone.
+    let r = d.get("/v1/apps/shellapp/machines").await;
+    let list: Vec<Value> = r.json().unwrap();
+    assert!(list.is_empty(), "machines left: {list:?}");
+}
+
+#[tokio::test]
+async fn cli_run_shell_needs_a_terminal() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("notty").await;
+    let out = std::process::Command::new(common::hangar_bin())
+        .args(["machine", "run", "--shell", &image(), "-a", "notty"])
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run hangar");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "Error: --shell needs an interactive terminal on stdin"
+    );
+    let list: Vec<Value> = d.get("/v1/apps/notty/machines").await.json().unwrap();
+    assert!(list.is_empty(), "machines: {list:?}");
 }

@@ -32,10 +32,8 @@ const DEFAULT_COMMAND: &str = "/bin/sh";
 fn wants_upgrade(req: &Request) -> bool {
     let has = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(want))
-            })
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
         })
     };
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, PROTOCOL)
@@ -75,7 +73,10 @@ pub async fn console(
     })?;
     let term = q.get("term").filter(|t| !t.is_empty()).unwrap_or("xterm");
     let attach = PilotRequest::Attach {
-        container: q.get("container").filter(|c| !c.is_empty()).map(str::to_string),
+        container: q
+            .get("container")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         command,
         user: q.get("user").filter(|u| !u.is_empty()).map(str::to_string),
         env: vec![format!("TERM={term}")],

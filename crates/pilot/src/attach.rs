@@ -66,8 +66,11 @@ fn set_cloexec(fd: RawFd) -> Result<(), String> {
 /// on Pilot's.
 pub fn open_pty(container_init: Option<i32>, rows: u16, cols: u16) -> Result<Pty, String> {
     if let Some(pid) = container_init {
-        if let Ok(p) = open_in(&Path::new("/proc").join(pid.to_string()).join("root/dev/pts/ptmx"))
-        {
+        if let Ok(p) = open_in(
+            &Path::new("/proc")
+                .join(pid.to_string())
+                .join("root/dev/pts/ptmx"),
+        ) {
             set_size(p.master.as_raw_fd(), rows, cols)?;
             return Ok(p);
         }
@@ -127,10 +130,7 @@ pub fn become_session_leader(slave: RawFd) -> Result<(), String> {
     // SAFETY: plain ioctl/dup2 on fds of this fresh child.
     unsafe {
         if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
-            return Err(format!(
-                "TIOCSCTTY: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
         }
         for dst in 0..3 {
             if libc::dup2(slave, dst) < 0 {
@@ -154,18 +154,25 @@ pub fn apply_user(process: &mut ContainerProcess, spec: &str) -> Result<(), Stri
         None => (spec, None),
     };
     // name:x:uid:gid:gecos:home:shell
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
-        f.len() >= 7 && (f[0] == user || f[2] == user)
-    });
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user));
     let (uid, mut gid, name, home) = match (&entry, user.parse::<u32>()) {
         (Some(f), _) => (
-            f[2].parse::<u32>().map_err(|_| format!("bad uid for user {user} in /etc/passwd"))?,
-            f[3].parse::<u32>().map_err(|_| format!("bad gid for user {user} in /etc/passwd"))?,
+            f[2].parse::<u32>()
+                .map_err(|_| format!("bad uid for user {user} in /etc/passwd"))?,
+            f[3].parse::<u32>()
+                .map_err(|_| format!("bad gid for user {user} in /etc/passwd"))?,
             f[0].to_string(),
             f[5].to_string(),
         ),
         (None, Ok(uid)) => (uid, uid, uid.to_string(), "/".to_string()),
-        (None, Err(_)) => return Err(format!("unable to find user {user}: no matching entries in passwd file")),
+        (None, Err(_)) => {
+            return Err(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            ))
+        }
     };
     if let Some(g) = group {
         gid = match g.parse::<u32>() {
@@ -343,15 +350,17 @@ pub async fn pump<R: AsyncRead + Unpin + 'static>(
             // What the command wrote last may still sit in the pty.
             let deadline = tokio::time::Instant::now() + DRAIN;
             while master_open {
-                let Ok(Ok(mut guard)) =
-                    tokio::time::timeout_at(deadline, master.readable()).await
+                let Ok(Ok(mut guard)) = tokio::time::timeout_at(deadline, master.readable()).await
                 else {
                     break;
                 };
                 match guard.try_io(|fd| read_fd(fd.get_ref().as_raw_fd(), &mut buf)) {
                     Err(_would_block) => {}
                     Ok(Ok(n)) if n > 0 => {
-                        if send_frame(&mut write, frame::DATA, &buf[..n]).await.is_err() {
+                        if send_frame(&mut write, frame::DATA, &buf[..n])
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

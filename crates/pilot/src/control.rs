@@ -52,27 +52,28 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 rows,
                 cols,
             }) => {
-                let session = target(&state, container.as_deref()).and_then(|(pid, mut process, _)| {
-                    if let Some(u) = user.as_deref() {
-                        attach::apply_user(&mut process, u)?;
-                    }
-                    for kv in &env {
-                        if let Some((k, v)) = kv.split_once('=') {
-                            attach::set_env(&mut process.env, k, v);
+                let session =
+                    target(&state, container.as_deref()).and_then(|(pid, mut process, _)| {
+                        if let Some(u) = user.as_deref() {
+                            attach::apply_user(&mut process, u)?;
                         }
-                    }
-                    Ok(attach::Session {
-                        init_pid: pid,
-                        process,
-                        argv: if command.is_empty() {
-                            vec!["/bin/sh".into()]
-                        } else {
-                            command
-                        },
-                        rows,
-                        cols,
-                    })
-                });
+                        for kv in &env {
+                            if let Some((k, v)) = kv.split_once('=') {
+                                attach::set_env(&mut process.env, k, v);
+                            }
+                        }
+                        Ok(attach::Session {
+                            init_pid: pid,
+                            process,
+                            argv: if command.is_empty() {
+                                vec!["/bin/sh".into()]
+                            } else {
+                                command
+                            },
+                            rows,
+                            cols,
+                        })
+                    });
                 let waiters = state.borrow().waiters.clone();
                 let started = session.and_then(|s| attach::start(&s, &waiters));
                 let (reply, started) = match started {
@@ -112,7 +113,14 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
 fn target(
     state: &Shared,
     container: Option<&str>,
-) -> Result<(i32, hangar_sandbox::container::ContainerProcess, crate::exec::Waiters), String> {
+) -> Result<
+    (
+        i32,
+        hangar_sandbox::container::ContainerProcess,
+        crate::exec::Waiters,
+    ),
+    String,
+> {
     let s = state.borrow();
     let c = match container {
         Some(name) => s.containers.iter().find(|c| c.spec.name == name),

@@ -2,6 +2,7 @@
 
 pub mod clone;
 pub mod config_builder;
+pub mod console;
 mod destroy;
 mod leases;
 mod lifecycle;
@@ -22,6 +23,7 @@ use hangar_client::{Client, ClientError, ListMachinesOptions, StatusCode};
 use crate::app_name::AppArgs;
 
 pub use clone::CloneArgs;
+pub use console::ConsoleArgs;
 pub use destroy::DestroyArgs;
 pub use leases::LeasesCommand;
 pub use lifecycle::{IdsArgs, StopArgs};
@@ -97,6 +99,12 @@ pub enum MachineCommand {
         hangar m exec 'cat /etc/os-release' --timeout 10\n  \
         hangar m exec 1857156b526dd8 env --container app")]
     Exec(ExecArgs),
+    /// Open an interactive shell (or command) on a machine's terminal (flyctl `ssh console`)
+    #[command(after_help = "Examples:\n  \
+        hangar machine console 1857156b526dd8\n  \
+        hangar m console --container sidecar --user nobody\n  \
+        hangar m console 1857156b526dd8 -C 'top -d 1'")]
+    Console(ConsoleArgs),
     /// List the app's machines
     #[command(
         visible_alias = "ls",
@@ -166,6 +174,7 @@ pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
         MachineCommand::Suspend(a) => process::suspend(&ctx, a).await,
         MachineCommand::Kill(a) => process::kill(&ctx, a).await,
         MachineCommand::Exec(a) => process::exec(&ctx, a).await,
+        MachineCommand::Console(a) => console::run(&ctx, a).await,
         MachineCommand::List(a) => list::run(&ctx, a).await,
         MachineCommand::Status(a) => status::run(&ctx, a).await,
         MachineCommand::Destroy(a) => destroy::run(&ctx, a).await,

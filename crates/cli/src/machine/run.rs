@@ -68,7 +68,7 @@ pub struct RunArgs {
     #[arg(
         long = "command",
         value_name = "COMMAND",
-        default_value = "/bin/bash",
+        default_value = super::console::DEFAULT_SHELL,
         requires = "shell"
     )]
     pub shell_command: String,
@@ -114,6 +114,9 @@ pub fn config_for(a: &CreateArgs, shell: bool) -> Result<hangar_api::MachineConf
 }
 
 pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<()> {
+    if args.shell {
+        super::console::require_terminal()?;
+    }
     let config = config_for(&args.create, args.shell)?;
     let app = resolve_or_create_app(client, app_args, &args.create.org).await?;
     let ctx = Ctx { client, app: &app };
@@ -128,23 +131,38 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
     if args.detach && !args.shell {
         return Ok(());
     }
-    let state = wait_started(&ctx, &machine).await?;
     if args.shell {
-        let id = machine.id.as_str();
-        // The machine is throwaway either way: clean it up before reporting.
-        let destroyed = client.delete_machine(&app, id, true, None).await;
-        if let Err(e) = destroyed {
-            eprintln!("Warning: failed to destroy the shell machine {id}: {e}");
-        }
-        bail!(
-            "an interactive shell ({} as {}) needs the streaming exec endpoint, which the daemon does not implement yet; machine {id} was destroyed",
-            args.shell_command,
-            args.user
-        );
+        return shell(&ctx, &machine, &args).await;
     }
+    let state = wait_started(&ctx, &machine).await?;
     println!("\nMachine {state}, you can connect via the following private ip");
     println!("  {}", machine.private_ip);
     Ok(())
+}
+
+/// The shell of `run --shell`: attach once started, then destroy the throwaway machine
+/// whatever happened, and exit with the shell's code.
+async fn shell(ctx: &Ctx<'_>, machine: &Machine, args: &RunArgs) -> Result<()> {
+    let id = machine.id.as_str();
+    let attached = async {
+        wait_started(ctx, machine).await?;
+        super::console::session(
+            ctx.client,
+            ctx.app,
+            id,
+            hangar_client::ConsoleOptions {
+                command: Some(args.shell_command.clone()),
+                user: Some(args.user.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = ctx.client.delete_machine(ctx.app, id, true, None).await {
+        eprintln!("Warning: failed to destroy the shell machine {id}: {e}");
+    }
+    super::console::exit_with(attached?)
 }
 
 pub async fn create_cmd(client: &Client, app_args: &AppArgs, args: CreateArgs) -> Result<()> {
