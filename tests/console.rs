@@ -143,12 +143,7 @@ async fn console_errors_are_http_errors() {
     let err = |opts: ConsoleOptions| {
         let c = d.client.clone();
         let id = id.clone();
-        async move {
-            c.console("conerr", &id, &opts)
-                .await
-                .err()
-                .expect("an error")
-        }
+        async move { c.console("conerr", &id, &opts).await.expect_err("an error") }
     };
     let e = err(ConsoleOptions {
         container: Some("nope".into()),
@@ -181,8 +176,7 @@ async fn console_errors_are_http_errors() {
     let e = anon
         .console("conerr", &id, &ConsoleOptions::default())
         .await
-        .err()
-        .expect("unauthorized");
+        .expect_err("unauthorized");
     assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{e}");
 }
 

@@ -364,7 +364,7 @@ pub async fn pump<R: AsyncRead + Unpin + 'static>(
                             return;
                         }
                     }
-                    Ok(_) => break,
+                    Ok(_) => master_open = false,
                 }
             }
             let code = exit_code(e);
