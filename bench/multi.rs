@@ -164,7 +164,7 @@ async fn main() {
                 "cmd": ["httpd", "-f", "-p", port.to_string(), "-h", "/"],
                 "healthchecks": [
                     {"name": "tcp", "tcp": {"port": port}, "interval": 1, "timeout": 1, "kind": "readiness"},
-                    {"name": "http", "http": {"port": port, "path": "/", "method": "GET"}, "interval": 1, "timeout": 1, "kind": "liveness"}
+                    {"name": "http", "http": {"port": port, "path": "/etc/hostname", "method": "GET"}, "interval": 1, "timeout": 1, "kind": "liveness"}
                 ],
             })
         })

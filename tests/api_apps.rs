@@ -257,3 +257,31 @@ async fn test_tcp_listener() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn test_app_idempotency_key() {
+    let d = Daemon::start().await;
+    let r = d
+        .post("/v1/apps", json!({"name": "idem", "idempotency_key": "k1"}))
+        .await;
+    assert_eq!(r.status, 201);
+    let first: Value = r.json().unwrap();
+    // The same key again (with the same name, or none) returns the first app.
+    for body in [
+        json!({"name": "idem", "idempotency_key": "k1"}),
+        json!({"idempotency_key": "k1"}),
+    ] {
+        let r = d.post("/v1/apps", body).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(r.json::<Value>().unwrap()["id"], first["id"]);
+    }
+    // The same key with another name is refused, and creates nothing.
+    let r = d
+        .post(
+            "/v1/apps",
+            json!({"name": "other", "idempotency_key": "k1"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(d.get("/v1/apps/other").await.status, 404);
+}

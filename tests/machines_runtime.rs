@@ -385,6 +385,52 @@ sleep 300
             );
         }
     }
+    // Once running, the machine records what its image resolved to.
+    let got: Value = d
+        .get(&format!("/v1/apps/iso/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    assert!(
+        got["image_ref"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{got}"
+    );
+    assert_eq!(got["image_ref"]["repository"], "hangar/busybox");
+
+    // An update reboots a running machine into the new version.
+    let v1 = got["instance_id"].as_str().unwrap().to_string();
+    let mut config = got["config"].clone();
+    config["env"]["CUSTOM"] = json!("updated");
+    config["init"]["exec"] = json!([
+        "/bin/sh",
+        "-c",
+        "echo custom=$CUSTOM version=$FLY_MACHINE_VERSION; sleep 300"
+    ]);
+    let r = d
+        .post(
+            &format!("/v1/apps/iso/machines/{m}"),
+            json!({"config": config, "current_version": v1}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v2 = r.json::<Value>().unwrap()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(v1, v2);
+    wait(&d, "iso", &m, "started").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log(&d, &m).contains(&format!("custom=updated version={v2}")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new version did not run: {}",
+            log(&d, &m)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = d
         .client
         .delete(format!("/v1/apps/iso/machines/{m}"))

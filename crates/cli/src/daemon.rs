@@ -22,6 +22,9 @@ pub struct DaemonArgs {
     /// Also serve the API over TCP on this address (e.g. 127.0.0.1:4280)
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Pull from this registry over plain HTTP (repeatable; loopback registries already are)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 pub fn run(args: DaemonArgs) -> Result<()> {
@@ -40,5 +43,6 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         data_dir: args.data_dir,
         socket: args.socket,
         listen: args.listen,
+        insecure_registries: args.insecure_registries,
     }))
 }

@@ -38,6 +38,8 @@ pub struct DaemonOptions {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// Registries (`host[:port]`) to pull from over plain HTTP; loopback ones always are.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -69,7 +71,16 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await?
             .context("failed to open the image store")?;
     let image_store = Arc::new(image_store);
-    let pull = hangar_image::PullOptions::default();
+    let mut pull = hangar_image::PullOptions::default();
+    for registry in &opts.insecure_registries {
+        pull.registry.registries.insert(
+            registry.clone(),
+            hangar_image::RegistryConfig {
+                insecure: Some(true),
+                ..Default::default()
+            },
+        );
+    }
     let runtime: Arc<dyn runtime::Runtime> = if std::env::var("HANGAR_RUNTIME").as_deref()
         == Ok("none")
     {

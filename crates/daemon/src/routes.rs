@@ -106,10 +106,34 @@ pub async fn create_app(
                 "name and app_name disagree; give one of them",
             ))
         }
-        (Some(n), _) if !n.is_empty() => n.to_string(),
-        (_, Some(a)) if !a.is_empty() => a.to_string(),
-        _ => return Err(ApiError::bad_request("name is required")),
+        (Some(n), _) if !n.is_empty() => Some(n.to_string()),
+        (_, Some(a)) if !a.is_empty() => Some(a.to_string()),
+        _ => None,
     };
+    let key = req.idempotency_key.clone().filter(|k| !k.is_empty());
+    // A retry with the same idempotency key (and the same name, or none) gets the first app.
+    if let Some(k) = &key {
+        if let Some(first) = h.app_by_idempotency_key(k).await? {
+            if name.as_ref().is_some_and(|n| n != &first.name) {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "idempotency key {k:?} was used to create app {:?}, not {:?}",
+                        first.name,
+                        name.unwrap_or_default()
+                    ),
+                ));
+            }
+            return Ok((
+                StatusCode::CREATED,
+                Json(CreateAppResponse {
+                    id: first.id,
+                    created_at: first.created_at,
+                }),
+            ));
+        }
+    }
+    let name = name.ok_or_else(|| ApiError::bad_request("name is required"))?;
     let org = req
         .org_slug
         .filter(|o| !o.is_empty())
@@ -122,7 +146,7 @@ pub async fn create_app(
         return Err(ApiError::bad_request(format!("invalid org_slug {org:?}")));
     }
     let app = h
-        .create_app(name, org, req.network.unwrap_or_default())
+        .create_app(name, org, req.network.unwrap_or_default(), key)
         .await?;
     Ok((
         StatusCode::CREATED,

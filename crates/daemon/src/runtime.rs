@@ -54,6 +54,8 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ExecResponse, RuntimeError>;
     /// The processes of a running machine.
     async fn ps(&self, machine: &MachineRecord) -> Result<Vec<ProcessStat>, RuntimeError>;
+    /// What an image reference resolves to locally (digest, labels), when it is stored here.
+    async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef>;
     /// Live status of each container, `None` when the machine is not running here.
     async fn containers(&self, machine: &MachineRecord) -> Option<Vec<ContainerView>>;
 }
@@ -158,6 +160,10 @@ impl Runtime for NoRuntime {
     }
 
     async fn containers(&self, _: &MachineRecord) -> Option<Vec<ContainerView>> {
+        None
+    }
+
+    async fn image_ref(&self, _: &str) -> Option<hangar_api::ImageRef> {
         None
     }
 }

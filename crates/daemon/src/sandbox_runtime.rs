@@ -737,6 +737,23 @@ impl Runtime for SandboxRuntime {
             .collect())
     }
 
+    async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef> {
+        let reference = Reference::parse(image).ok()?;
+        let store = self.images.clone();
+        let name = reference.to_string();
+        let details = tokio::task::spawn_blocking(move || store.inspect(&name))
+            .await
+            .ok()?
+            .ok()?;
+        Some(hangar_api::ImageRef {
+            registry: reference.registry,
+            repository: reference.repository,
+            tag: reference.tag.unwrap_or_default(),
+            digest: details.record.manifest_digest.to_string(),
+            labels: details.config.labels,
+        })
+    }
+
     async fn containers(&self, m: &MachineRecord) -> Option<Vec<ContainerView>> {
         let running = self
             .running

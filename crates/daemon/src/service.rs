@@ -175,6 +175,7 @@ impl Hangar {
         name: String,
         org: String,
         network: String,
+        idempotency_key: Option<String>,
     ) -> ApiResult<AppRecord> {
         ids::check_app_name(&name).map_err(ApiError::bad_request)?;
         let app = AppRecord {
@@ -184,8 +185,14 @@ impl Hangar {
             network,
             internal_numeric_id: 0,
             created_at: now_ms(),
+            idempotency_key,
         };
         db(&self.store, move |s| s.create_app(&app)).await
+    }
+
+    pub async fn app_by_idempotency_key(&self, key: &str) -> ApiResult<Option<AppRecord>> {
+        let k = key.to_string();
+        db(&self.store, move |s| s.get_app_by_idempotency_key(&k)).await
     }
 
     pub async fn get_app(&self, name: &str) -> ApiResult<AppRecord> {
@@ -350,6 +357,12 @@ impl Hangar {
         source: Source,
         request: Option<serde_json::Value>,
     ) -> ApiResult<()> {
+        // Once a machine runs, its image is stored here: record the digest and labels.
+        if state == MachineState::Started
+            && m.image_ref.as_ref().is_none_or(|r| r.digest.is_empty())
+        {
+            self.refresh_image_ref(m).await;
+        }
         m.state = state;
         m.updated_at = now_ms();
         let event = Self::event(m, kind, state, source, request);
@@ -420,6 +433,7 @@ impl Hangar {
             description: String::new(),
             version: instance_id.clone(),
         });
+        self.refresh_image_ref(&mut m).await;
         let event = Self::event(&m, "launch", MachineState::Created, Source::User, None);
         // A generated name can collide; try a few before giving up.
         let mut attempts = 0;
@@ -1263,6 +1277,16 @@ impl Hangar {
         }
     }
 
+    /// Fills `image_ref` with what the image resolved to here (digest, labels) once it is stored.
+    async fn refresh_image_ref(&self, m: &mut MachineRecord) {
+        let Some(image) = main_image(&m.config) else {
+            return;
+        };
+        if let Some(r) = self.runtime.image_ref(&image).await {
+            m.image_ref = Some(r);
+        }
+    }
+
     fn recent_restarts(&self, id: &str) -> usize {
         let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
         let list = restarts.entry(id.to_string()).or_default();
@@ -1446,20 +1470,21 @@ fn private_ip(app_numeric_id: i64) -> String {
     )
 }
 
+/// The image a machine is known by: `image`, else the `app` container's, else the first's.
+fn main_image(config: &MachineConfig) -> Option<String> {
+    config.image.clone().filter(|i| !i.is_empty()).or_else(|| {
+        let containers = config.containers.as_ref()?;
+        containers
+            .iter()
+            .find(|c| c.name == "app")
+            .or(containers.first())
+            .map(|c| c.image.clone())
+    })
+}
+
 fn image_ref(config: &MachineConfig) -> Option<ImageRef> {
-    let image = config
-        .image
-        .as_deref()
-        .filter(|i| !i.is_empty())
-        .or_else(|| {
-            let containers = config.containers.as_ref()?;
-            containers
-                .iter()
-                .find(|c| c.name == "app")
-                .or(containers.first())
-                .map(|c| c.image.as_str())
-        })?;
-    let r = hangar_image::Reference::parse(image).ok()?;
+    let image = main_image(config)?;
+    let r = hangar_image::Reference::parse(&image).ok()?;
     Some(ImageRef {
         registry: r.registry,
         repository: r.repository,

@@ -34,6 +34,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord>;
     fn get_app(&self, name: &str) -> Result<Option<AppRecord>>;
+    fn get_app_by_idempotency_key(&self, key: &str) -> Result<Option<AppRecord>>;
     fn list_apps(&self, org_slug: Option<&str>) -> Result<Vec<AppRecord>>;
     /// Deletes the app and every machine, version, event and lease of it.
     fn delete_app(&self, name: &str) -> Result<bool>;

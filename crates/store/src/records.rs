@@ -12,6 +12,8 @@ pub struct AppRecord {
     pub internal_numeric_id: i64,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// `CreateAppRequest.idempotency_key`: a retry with it returns this app.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     internal_numeric_id INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -64,7 +65,12 @@ CREATE TABLE leases (
     description TEXT NOT NULL,
     version TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE apps ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX apps_idempotency_key ON apps(idempotency_key) WHERE idempotency_key IS NOT NULL;
+"#,
+];
 
 /// Readers run in parallel with the writer under WAL; a few are enough for 2-core hosts.
 const READERS: usize = 4;
@@ -164,7 +170,8 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     })
 }
 
-const APP_COLUMNS: &str = "id, name, org_slug, network, internal_numeric_id, created_at";
+const APP_COLUMNS: &str =
+    "id, name, org_slug, network, internal_numeric_id, created_at, idempotency_key";
 
 fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
     Ok(AppRecord {
@@ -174,6 +181,7 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
         network: r.get(3)?,
         internal_numeric_id: r.get(4)?,
         created_at: r.get(5)?,
+        idempotency_key: r.get(6)?,
     })
 }
 
@@ -261,8 +269,16 @@ impl Store for SqliteStore {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let conn = self.writer();
         let res = conn.execute(
-            "INSERT INTO apps (id, name, org_slug, network, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![app.id, app.name, app.org_slug, app.network, app.created_at],
+            "INSERT INTO apps (id, name, org_slug, network, created_at, idempotency_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                app.id,
+                app.name,
+                app.org_slug,
+                app.network,
+                app.created_at,
+                app.idempotency_key
+            ],
         );
         match res {
             Ok(_) => {}
@@ -282,6 +298,17 @@ impl Store for SqliteStore {
             .query_row(
                 &format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"),
                 [name],
+                app_from_row,
+            )
+            .optional()?)
+    }
+
+    fn get_app_by_idempotency_key(&self, key: &str) -> Result<Option<AppRecord>> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {APP_COLUMNS} FROM apps WHERE idempotency_key = ?1"),
+                [key],
                 app_from_row,
             )
             .optional()?)
@@ -532,6 +559,7 @@ mod tests {
             network: String::new(),
             internal_numeric_id: 0,
             created_at: 1,
+            idempotency_key: None,
         }
     }
 
@@ -600,6 +628,32 @@ mod tests {
             .unwrap();
         assert!(store.delete_app("a1").unwrap());
         assert!(store.get_machine("a1", &dup.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn test_migrates_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database as the first release left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO apps (id, name, org_slug, created_at) VALUES ('i', 'old', 'personal', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get_app("old").unwrap().unwrap().idempotency_key, None);
+        let mut a = app("new");
+        a.idempotency_key = Some("k".into());
+        store.create_app(&a).unwrap();
+        assert_eq!(
+            store.get_app_by_idempotency_key("k").unwrap().unwrap().name,
+            "new"
+        );
     }
 
     #[test]
