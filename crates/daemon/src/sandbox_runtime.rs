@@ -378,8 +378,9 @@ impl SandboxRuntime {
         Ok(rx)
     }
 
-    /// Follows Pilot's event stream and reports each container event; ends with Pilot.
-    fn watch_containers(&self, m: &MachineRecord) {
+    /// Follows Pilot's event stream and reports each container event; ends with Pilot. Pilot
+    /// replays its recent events first; those before `since` (unix ms) were reported already.
+    fn watch_containers(&self, m: &MachineRecord, since: i64) {
         let socket = self.machine_dir(&m.id).join(CONTROL_SOCKET);
         let events = self.exits.clone();
         let (app, id, instance) = (m.app.clone(), m.id.clone(), m.instance_id.clone());
@@ -403,6 +404,9 @@ impl SandboxRuntime {
                 let Ok(ev) = serde_json::from_str::<hangar_pilot::spec::Event>(&line) else {
                     continue;
                 };
+                if ev.at < since {
+                    continue;
+                }
                 let kind = serde_json::to_value(ev.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -582,7 +586,7 @@ impl Runtime for SandboxRuntime {
         };
         write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)?;
         let mut exited = self.watch_exit(m, &state)?;
-        self.watch_containers(m);
+        self.watch_containers(m, 0);
         if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
@@ -675,7 +679,8 @@ impl Runtime for SandboxRuntime {
         };
         let ok = self.watch_exit(m, &state).is_ok();
         if ok {
-            self.watch_containers(m);
+            // Re-adopted after a daemon restart: the earlier events were recorded then.
+            self.watch_containers(m, now_ms());
         }
         ok
     }

@@ -220,7 +220,23 @@ async fn handle(req: Request, state: &Shared) -> Reply {
 
 /// Streams events until the client goes away or falls too far behind.
 async fn watch(read: BufReader<OwnedReadHalf>, mut write: OwnedWriteHalf, state: &Shared) {
-    let mut rx = state.borrow().events.subscribe();
+    // Subscribe and snapshot the history in one step (Pilot is single-threaded), so the
+    // replay and the live stream neither overlap nor leave a gap.
+    let (mut rx, replay) = {
+        let s = state.borrow();
+        let replay = s.history.borrow().clone();
+        (s.events.subscribe(), replay)
+    };
+    for e in replay {
+        let Ok(mut line) = serde_json::to_vec(&e) else {
+            continue;
+        };
+        line.push(b'\n');
+        match tokio::time::timeout(WATCH_WRITE_TIMEOUT, write.write_all(&line)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
     let mut read = read;
     let mut sink = Vec::new();
     loop {

@@ -236,7 +236,7 @@ pub enum Request {
     /// Processes of every container; the reply carries `ps`.
     Ps,
     /// Turns the connection into a stream of [`Event`] lines (one JSON object per line),
-    /// starting with nothing: the caller asks for `status` first if it needs the present.
+    /// starting with a replay of the most recent events (up to 256) since Pilot started.
     Watch,
     /// Runs `command` (default `/bin/sh`) inside a container on a new pty, as `user` (a name
     /// or uid from the container's /etc/passwd, default the container's own), with `env`

@@ -80,6 +80,9 @@ impl Container {
     }
 }
 
+/// Events kept for watchers that connect late.
+const HISTORY_LEN: usize = 256;
+
 pub(crate) struct State {
     log_dir: PathBuf,
     log_max: u64,
@@ -87,6 +90,9 @@ pub(crate) struct State {
     pids: HashMap<i32, usize>,
     pub stopping: bool,
     pub events: broadcast::Sender<Event>,
+    /// The most recent events, replayed to a new watcher so that what happened before it
+    /// connected (containers that start at once) is not lost.
+    pub history: RefCell<std::collections::VecDeque<Event>>,
     /// Woken at every change that may end Pilot or a stop wave.
     pub changed: Rc<Notify>,
     pub waiters: Waiters,
@@ -169,6 +175,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
         pids: HashMap::new(),
         stopping: false,
         events: broadcast::channel(WATCH_BUFFER).0,
+        history: RefCell::new(std::collections::VecDeque::new()),
         changed: Rc::new(Notify::new()),
         waiters: Waiters::default(),
     }));
@@ -252,6 +259,13 @@ impl State {
     fn emit(&self, e: Event) {
         tracing::info!(container = %e.container, kind = ?e.kind, code = ?e.exit_code,
             signal = ?e.signal, health = ?e.health, message = ?e.message, "container event");
+        {
+            let mut history = self.history.borrow_mut();
+            if history.len() == HISTORY_LEN {
+                history.pop_front();
+            }
+            history.push_back(e.clone());
+        }
         let _ = self.events.send(e);
     }
 

@@ -1,0 +1,122 @@
+//! Multi-container ordering seen from the API: a diamond-shaped dependency graph starts in
+//! order (from the container events' timestamps), and a machine stop stops dependents first.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::Daemon;
+use serde_json::{json, Value};
+
+fn image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}
+
+fn c(name: &str, deps: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "image": image(),
+        // sh as PID 1 ignores SIGINT/SIGTERM without a trap; trap them so stop order shows.
+        "cmd": ["sh", "-c", "trap 'echo stopping; exit 0' INT TERM; while true; do sleep 0.1; done"],
+        "depends_on": deps.iter().map(|d| json!({"name": d, "condition": "started"})).collect::<Vec<_>>(),
+    })
+}
+
+/// Container name → timestamps (ms) of its events of `kind`.
+async fn event_times(d: &Daemon, app: &str, id: &str, kind: &str) -> HashMap<String, i64> {
+    let events: Vec<Value> = d
+        .get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
+        .await
+        .json()
+        .unwrap();
+    events
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .filter_map(|e| {
+            Some((
+                e["request"]["container"].as_str()?.to_string(),
+                e["timestamp"].as_i64()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn test_diamond_start_order_and_reverse_stop() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("dia").await;
+    // top -> (left, right) -> bottom
+    let config = json!({"containers": [
+        c("bottom", &["left", "right"]),
+        c("left", &["top"]),
+        c("right", &["top"]),
+        c("top", &[]),
+    ]});
+    let r = d
+        .post("/v1/apps/dia/machines", json!({"config": config}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .get(&format!(
+            "/v1/apps/dia/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Events arrive from Pilot's stream a moment after the state.
+    let mut started = HashMap::new();
+    for _ in 0..100 {
+        started = event_times(&d, "dia", &id, "container_started").await;
+        if started.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(
+        started["top"] <= started["left"] && started["top"] <= started["right"],
+        "{started:?}"
+    );
+    assert!(
+        started["left"] <= started["bottom"] && started["right"] <= started["bottom"],
+        "{started:?}"
+    );
+
+    let r = d
+        .post(
+            &format!("/v1/apps/dia/machines/{id}/stop"),
+            json!({"timeout": "5s"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d
+        .get(&format!(
+            "/v1/apps/dia/machines/{id}/wait?state=stopped&timeout=60"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut exited = HashMap::new();
+    for _ in 0..100 {
+        exited = event_times(&d, "dia", &id, "container_exited").await;
+        if exited.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(exited.len(), 4, "{exited:?}");
+    assert!(
+        exited["bottom"] <= exited["left"] && exited["bottom"] <= exited["right"],
+        "dependents stop first: {exited:?}"
+    );
+    assert!(
+        exited["left"] <= exited["top"] && exited["right"] <= exited["top"],
+        "{exited:?}"
+    );
+    let r = d.delete(&format!("/v1/apps/dia/machines/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
