@@ -1027,6 +1027,7 @@ fn healthcheck_spec(i: usize, h: &hangar_api::ContainerHealthcheck) -> Option<He
                 .flat_map(|hd| hd.values.iter().map(|v| (hd.name.clone(), v.clone())))
                 .collect(),
             tls_skip_verify: http.tls_skip_verify.unwrap_or(false),
+            tls_server_name: http.tls_server_name.clone().filter(|n| !n.is_empty()),
         }
     } else {
         Probe::Exec {

@@ -72,19 +72,24 @@ async fn probe_once(state: &Shared, i: usize, probe: &Probe, timeout: Duration) 
             path,
             scheme,
             headers,
-            ..
+            tls_skip_verify,
+            tls_server_name,
         } => {
-            if scheme.eq_ignore_ascii_case("https") {
-                return (
-                    false,
-                    "https health checks are not supported by this pilot".into(),
-                );
-            }
-            match http::request(*port, method, path, headers).await {
+            let https = scheme.eq_ignore_ascii_case("https");
+            let result = if https {
+                let name = tls_server_name.as_deref().unwrap_or("localhost");
+                http::request_tls(*port, method, path, headers, name, *tls_skip_verify).await
+            } else {
+                http::request(*port, method, path, headers).await
+            };
+            match result {
                 Ok((code, line)) => ((200..300).contains(&code), line),
                 Err(e) => (
                     false,
-                    format!("{method} http://127.0.0.1:{port}{path}: {e}"),
+                    format!(
+                        "{method} {}://127.0.0.1:{port}{path}: {e}",
+                        if https { "https" } else { "http" }
+                    ),
                 ),
             }
         }

@@ -1,7 +1,7 @@
 //! A minimal HTTP/1.1 client for health checks: one request with `Connection: close`, only the
 //! status line is read. Redirects are not followed (a 3xx fails the check, as Fly's do).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The response head is never larger than this for a health endpoint worth the name.
@@ -70,14 +70,42 @@ fn first_line(buf: &[u8]) -> Option<&[u8]> {
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-/// Sends the request and returns `(status code, status line)`.
+/// Sends the request over plain TCP and returns `(status code, status line)`.
 pub async fn request(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(String, String)],
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    exchange(stream, port, method, path, headers).await
+}
+
+/// The same over TLS: the certificate is checked against the web PKI roots for `server_name`
+/// unless `skip_verify` (the usual case for a sidecar's self-signed certificate).
+pub async fn request_tls(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    server_name: &str,
+    skip_verify: bool,
+) -> anyhow::Result<(u16, String)> {
+    let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config(skip_verify)?);
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|_| anyhow::anyhow!("invalid TLS server name {server_name:?}"))?;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = connector.connect(name, tcp).await?;
+    exchange(stream, port, method, path, headers).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> anyhow::Result<(u16, String)> {
     stream
         .write_all(&build_request(method, path, port, headers))
         .await?;

@@ -16,5 +16,6 @@ mod ps;
 pub mod restart;
 pub mod spec;
 mod supervisor;
+mod tls;
 
 pub use supervisor::main;

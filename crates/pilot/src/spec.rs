@@ -87,6 +87,9 @@ pub enum Probe {
         scheme: String,
         headers: Vec<(String, String)>,
         tls_skip_verify: bool,
+        /// SNI and the name the certificate must carry (default `localhost`).
+        #[serde(default)]
+        tls_server_name: Option<String>,
     },
     Exec {
         command: Vec<String>,
