@@ -185,4 +185,31 @@ async fn test_machine_cli_flows_on_running_machines() {
     );
     let left = ok(&d, &["machine", "list", "-a", "clirt", "-q"]);
     assert!(left.trim().is_empty(), "{left}");
+
+    // run --rm in the foreground shows the output and exits with the machine's exit code.
+    let out = hangar(
+        &d,
+        &[
+            "machine",
+            "run",
+            &image,
+            "-a",
+            "clirt",
+            "--rm",
+            "--",
+            "sh",
+            "-c",
+            "echo bye from the machine; exit 5",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("bye from the machine"), "{stdout}");
+    let left = ok(&d, &["machine", "list", "-a", "clirt", "-q"]);
+    assert!(left.trim().is_empty(), "--rm destroyed it: {left}");
 }

@@ -647,17 +647,49 @@ impl Runtime for SandboxRuntime {
         Ok(outcome)
     }
 
-    async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+    async fn destroy(&self, m: &MachineRecord, logs_grace: Duration) -> Result<(), RuntimeError> {
         self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
         self.cleanup(&m.id, false).await?;
         let dir = self.machine_dir(&m.id);
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(failed(format!("removing {}: {e}", dir.display()))),
-        })
-        .await
-        .map_err(failed)?
+        if logs_grace.is_zero() {
+            return remove_dir(dir).await;
+        }
+        // Everything but the logs goes now; the logs a little later.
+        let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !p.ends_with("logs"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in entries {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(logs_grace).await;
+            let _ = remove_dir(dir).await;
+        });
+        Ok(())
+    }
+
+    async fn sweep(&self, live: &std::collections::HashSet<String>) {
+        let Ok(rd) = std::fs::read_dir(&self.machines_dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&id) {
+                continue;
+            }
+            tracing::info!(machine = %id, "removing what a destroyed machine left behind");
+            let _ = self.cleanup(&id, false).await;
+            let _ = remove_dir(entry.path()).await;
+        }
     }
 
     async fn adopt(&self, m: &MachineRecord) -> bool {
@@ -815,6 +847,16 @@ impl Runtime for SandboxRuntime {
             None => Ok(()),
         }
     }
+}
+
+async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(failed(format!("removing {}: {e}", dir.display()))),
+    })
+    .await
+    .map_err(failed)?
 }
 
 /// Pilot and the container setup run as the machine's unprivileged host uid and reach their

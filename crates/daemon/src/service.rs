@@ -26,6 +26,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_LEASE_TTL: i64 = 30;
 const DEFAULT_MAX_RETRIES: i64 = 10;
 const RESTART_WINDOW: Duration = Duration::from_secs(300);
+/// How long an auto-destroyed machine's logs stay readable (for `run --rm` followers).
+const AUTO_DESTROY_LOGS_GRACE: Duration = Duration::from_secs(10);
 const MAX_LEASE_TTL: i64 = 24 * 3600;
 /// The owner recorded on leases; there is one admin identity until tokens get scopes.
 const LEASE_OWNER: &str = "admin";
@@ -231,7 +233,8 @@ impl Hangar {
             )));
         }
         for m in machines {
-            self.destroy_locked(&m.app, &m.id, None, true, true).await?;
+            self.destroy_locked(&m.app, &m.id, None, true, true, Duration::ZERO)
+                .await?;
         }
         let n = name.to_string();
         db(&self.store, move |s| s.delete_app(&n)).await?;
@@ -884,7 +887,8 @@ impl Hangar {
         force: bool,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        self.destroy_locked(app, id, nonce, force, false).await
+        self.destroy_locked(app, id, nonce, force, false, Duration::ZERO)
+            .await
     }
 
     async fn destroy_locked(
@@ -894,6 +898,7 @@ impl Hangar {
         nonce: Option<&str>,
         force: bool,
         skip_lease: bool,
+        logs_grace: Duration,
     ) -> ApiResult<()> {
         let m = self.get_machine(app, id, false).await?;
         let handle = self.handle(&m);
@@ -927,7 +932,7 @@ impl Hangar {
                 .stop(&m, Signal::SIGKILL, Duration::ZERO)
                 .await?;
         }
-        self.runtime.destroy(&m).await?;
+        self.runtime.destroy(&m, logs_grace).await?;
         let mid = m.id.clone();
         db(&self.store, move |s| s.delete_lease(&mid)).await?;
         self.transition(
@@ -1230,8 +1235,15 @@ impl Hangar {
             .await?;
         if m.config.auto_destroy {
             drop(guard);
-            self.destroy_locked(&exit.app, &exit.machine_id, None, false, true)
-                .await?;
+            self.destroy_locked(
+                &exit.app,
+                &exit.machine_id,
+                None,
+                false,
+                true,
+                AUTO_DESTROY_LOGS_GRACE,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -1308,11 +1320,17 @@ impl Hangar {
     /// Settles machines the previous daemon left mid-transition (it may have been SIGKILLed).
     pub async fn reconcile(&self) -> ApiResult<()> {
         let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let live: std::collections::HashSet<String> = machines
+            .iter()
+            .filter(|m| m.state != MachineState::Destroying)
+            .map(|m| m.id.clone())
+            .collect();
+        self.runtime.sweep(&live).await;
         for mut m in machines {
             let running = self.runtime.adopt(&m).await;
             let settled = match m.state {
                 MachineState::Destroying => {
-                    self.runtime.destroy(&m).await?;
+                    self.runtime.destroy(&m, Duration::ZERO).await?;
                     let mid = m.id.clone();
                     db(&self.store, move |s| s.delete_lease(&mid)).await?;
                     Some((MachineState::Destroyed, "destroy"))

@@ -137,7 +137,65 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
     let state = wait_started(&ctx, &machine).await?;
     println!("\nMachine {state}, you can connect via the following private ip");
     println!("  {}", machine.private_ip);
+    if args.create.rm {
+        let code = follow_until_destroyed(&ctx, &machine).await?;
+        if code != 0 {
+            // The machine's own exit code, as `docker run --rm` gives it.
+            std::process::exit(code.clamp(1, 255));
+        }
+    }
     Ok(())
+}
+
+/// `run --rm` in the foreground: shows the machine's output until it exits and is destroyed,
+/// then returns its exit code.
+async fn follow_until_destroyed(ctx: &Ctx<'_>, m: &Machine) -> Result<i32> {
+    let client = ctx.client.clone();
+    let path = format!(
+        "/hangar/v1/apps/{}/logs?follow=true&tail=1000&instance={}",
+        hangar_client::encode(ctx.app),
+        hangar_client::encode(&m.id)
+    );
+    let logs = tokio::spawn(async move {
+        let mut pending = Vec::new();
+        let _ = client
+            .get_streaming(&path, |chunk| {
+                pending.extend_from_slice(chunk);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) {
+                        let msg = v["message"].as_str().unwrap_or_default();
+                        if v["stream"] == "stderr" {
+                            eprintln!("{msg}");
+                        } else {
+                            println!("{msg}");
+                        }
+                    }
+                }
+                true
+            })
+            .await;
+    });
+    // No deadline: the machine runs as long as its command does.
+    let waited = wait_for(
+        ctx,
+        &m.id,
+        &m.instance_id,
+        "destroyed",
+        Duration::from_secs(u64::MAX / 4),
+    )
+    .await;
+    // Let the last lines arrive before the follower stops.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    logs.abort();
+    waited?;
+    let events = ctx.client.machine_events(ctx.app, &m.id, Some(50)).await?;
+    let code = events
+        .iter()
+        .find(|e| e.kind == "exit")
+        .and_then(|e| e.request.as_ref()?["exit_event"]["exit_code"].as_i64())
+        .unwrap_or(0);
+    Ok(code as i32)
 }
 
 /// The shell of `run --shell`: attach once started, then destroy the throwaway machine
