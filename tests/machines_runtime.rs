@@ -283,6 +283,9 @@ echo "nnp=$(grep NoNewPrivs /proc/self/status | tr -d ' \t')"
 echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t')"
 ls /dev | tr '\n' ' '; echo
 echo "lo=$(cat /sys/class/net/lo/operstate 2>/dev/null)"
+echo "uidmap=$(head -n1 /proc/self/uid_map | tr -s ' ' ':')"
+echo "modules=$(grep -c . /proc/modules 2>/dev/null)"
+echo x > /sys/kernel/profiling 2>/dev/null && echo "sys=writable" || echo "sys=readonly"
 echo "checks=$((40+2))"
 sleep 300
 "#;
@@ -334,6 +337,23 @@ sleep 300
     );
     assert!(out.contains("nnp=NoNewPrivs:1"), "{out}");
     assert!(out.contains("seccomp=Seccomp:2"), "{out}");
+    // Root in the machine is an unprivileged host uid (its range starts at 2^20).
+    let uidmap = out
+        .lines()
+        .filter_map(|l| l.split(" stdout uidmap=").nth(1))
+        .last()
+        .unwrap_or_default();
+    let base: u64 = uidmap
+        .trim_matches(':')
+        .split(':')
+        .nth(1)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        base >= 1 << 20,
+        "machine root maps to host uid {base}: {uidmap}"
+    );
+    assert!(out.contains("sys=readonly"), "{out}");
     assert!(
         out.contains("lo=unknown") || out.contains("lo=up"),
         "loopback up: {out}"
