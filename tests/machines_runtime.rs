@@ -341,7 +341,7 @@ sleep 300
     let uidmap = out
         .lines()
         .filter_map(|l| l.split(" stdout uidmap=").nth(1))
-        .last()
+        .next_back()
         .unwrap_or_default();
     let base: u64 = uidmap
         .trim_matches(':')
