@@ -7,11 +7,15 @@
 //! Needs root, the loopback registry with the fixtures (`scripts/registry start && push`), and
 //! for the peers `runc`, `podman`, `skopeo`, `umoci` (Debian packages).
 
+#[path = "common.rs"]
+mod common;
+
+use common::start_daemon;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hangar_client::{Client, Endpoint};
+use hangar_client::Client;
 use serde_json::{json, Value};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -45,63 +49,6 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
 
 fn registry() -> String {
     std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
-
-struct Daemon {
-    child: std::process::Child,
-    client: Client,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-// The child is handed to `Daemon`, whose Drop kills and waits for it.
-#[allow(clippy::zombie_processes)]
-async fn start_daemon() -> Daemon {
-    let dir = PathBuf::from(format!("/tmp/hangar-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let exe = std::env::current_exe().expect("exe");
-    let hangar = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("hangar"))
-        .expect("target dir");
-    let child = Command::new(&hangar)
-        .args(["daemon", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(dir.join("api.sock"))
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "start {}: {e} (cargo build --release first)",
-                hangar.display()
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(dir.join("data/token")) {
-            let client = Client::new(
-                Endpoint::Unix(dir.join("api.sock")),
-                Some(t.trim().to_string()),
-            );
-            if client.get("/v1/apps").send_raw().await.is_ok() {
-                return Daemon { child, client, dir };
-            }
-        }
-        assert!(Instant::now() < deadline, "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
@@ -195,7 +142,7 @@ async fn main() {
     let machines = arg("--machines", 200);
     let idle = arg("--idle", 500);
     let image = format!("{}/hangar/busybox:latest", registry());
-    let d = start_daemon().await;
+    let d = start_daemon("machines").await;
     let c = &d.client;
     c.post("/v1/apps")
         .json(&json!({"name": "bench"}))

@@ -42,7 +42,7 @@ pub struct Snapshot {
 
 /// Per-machine coordination: mutations take `lock`, `wait` subscribes to `watch`.
 struct MachineHandle {
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
     watch: watch::Sender<Snapshot>,
 }
 
@@ -158,7 +158,7 @@ impl Hangar {
             .entry(m.id.clone())
             .or_insert_with(|| {
                 Arc::new(MachineHandle {
-                    lock: tokio::sync::Mutex::new(()),
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
                     watch: watch::channel(Snapshot {
                         state: m.state,
                         instance_id: m.instance_id.clone(),
@@ -241,6 +241,19 @@ impl Hangar {
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         handles.retain(|_, h| h.watch.borrow().state != MachineState::Destroyed);
         Ok(())
+    }
+
+    /// Takes the machine's lock, then reads it again: what a mutation acts on is what the
+    /// lock protects, not what was read before waiting for it.
+    async fn lock_machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let m = self.get_machine(app, id, false).await?;
+        let guard = self.handle(&m).lock.clone().lock_owned().await;
+        let m = self.get_machine(app, id, false).await?;
+        Ok((guard, m))
     }
 
     // ---- reading machines -------------------------------------------------------------------
@@ -480,10 +493,7 @@ impl Hangar {
     ) -> ApiResult<MachineRecord> {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
@@ -584,10 +594,7 @@ impl Hangar {
 
     /// Starts (or resumes) a machine; returns the state it was in.
     async fn start_internal(&self, app: &str, id: &str, source: Source) -> ApiResult<MachineState> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         let previous = m.state;
         match m.state {
             MachineState::Created
@@ -676,10 +683,7 @@ impl Hangar {
                 )));
             }
         }
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         match m.state {
             MachineState::Started => {
@@ -718,10 +722,7 @@ impl Hangar {
 
     /// Freezes a started machine's cgroup; `start` thaws it.
     pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         match m.state {
             MachineState::Started => {}
@@ -773,10 +774,7 @@ impl Hangar {
         signal: Signal,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let m = self.get_machine(app, id, false).await?;
+        let (_guard, m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         if m.state != MachineState::Started {
             return Err(ApiError::precondition(format!(
@@ -834,10 +832,7 @@ impl Hangar {
         opts: StopOptions,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         if m.state != MachineState::Started {
             return Err(ApiError::precondition(format!(
@@ -900,10 +895,7 @@ impl Hangar {
         skip_lease: bool,
         logs_grace: Duration,
     ) -> ApiResult<()> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         if !skip_lease {
             self.check_lease(&m, nonce).await?;
         }
@@ -952,10 +944,7 @@ impl Hangar {
         cordoned: bool,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         if m.cordoned != cordoned {
             m.cordoned = cordoned;
@@ -980,10 +969,7 @@ impl Hangar {
         for key in changes.keys() {
             check_metadata_key(key)?;
         }
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let mut m = self.get_machine(app, id, false).await?;
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         if let Some(v) = machine_version.filter(|v| !v.is_empty()) {
             if v != m.instance_id {
@@ -1023,10 +1009,7 @@ impl Hangar {
         nonce: Option<&str>,
     ) -> ApiResult<LeaseRecord> {
         let ttl = check_lease_ttl(ttl.unwrap_or(DEFAULT_LEASE_TTL))?;
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
-        let m = self.get_machine(app, id, false).await?;
+        let (_guard, m) = self.lock_machine(app, id).await?;
         let current = self.active_lease(&m.id).await?;
         let lease = match (current, nonce) {
             (Some(l), Some(n)) if l.nonce == n => LeaseRecord {
@@ -1055,9 +1038,7 @@ impl Hangar {
                 "releasing a lease needs its nonce in the fly-machine-lease-nonce header",
             ));
         };
-        let m = self.get_machine(app, id, false).await?;
-        let handle = self.handle(&m);
-        let _guard = handle.lock.lock().await;
+        let (_guard, m) = self.lock_machine(app, id).await?;
         let Some(lease) = self.active_lease(&m.id).await? else {
             return Err(ApiError::not_found("lease not found"));
         };
@@ -1153,8 +1134,7 @@ impl Hangar {
 
     async fn handle_exit(&self, exit: &MachineExit) -> ApiResult<()> {
         let m = self.load(&exit.app, &exit.machine_id).await?;
-        let handle = self.handle(&m);
-        let guard = handle.lock.lock().await;
+        let guard = self.handle(&m).lock.clone().lock_owned().await;
         let mut m = self.load(&exit.app, &exit.machine_id).await?;
         if m.instance_id != exit.instance_id || m.state.is_terminal() {
             return Ok(());

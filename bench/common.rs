@@ -1,0 +1,57 @@
+//! Shared by the benchmark runners: a release `hangar daemon` on a throw-away data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_client::{Client, Endpoint};
+
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub client: Client,
+    pub dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// The child is handed to `Daemon`, whose Drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
+pub async fn start_daemon(name: &str) -> Daemon {
+    let dir = PathBuf::from(format!("/tmp/hangar-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let hangar = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(|d| d.join("hangar")))
+        .expect("target dir");
+    let child = Command::new(&hangar)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon (cargo build --release first)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("data/token")) {
+            let client = Client::new(
+                Endpoint::Unix(dir.join("api.sock")),
+                Some(t.trim().to_string()),
+            );
+            if client.get("/v1/apps").send_raw().await.is_ok() {
+                return Daemon { child, client, dir };
+            }
+        }
+        assert!(Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
