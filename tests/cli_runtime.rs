@@ -186,6 +186,43 @@ async fn test_machine_cli_flows_on_running_machines() {
     let left = ok(&d, &["machine", "list", "-a", "clirt", "-q"]);
     assert!(left.trim().is_empty(), "{left}");
 
+    // Top-level checks run and `run` waits for them, like flyctl.
+    let checks = r#"{"checks": {"web": {"type": "http", "port": 8080, "path": "/etc/hostname", "interval": "1s", "timeout": "1s"}}}"#;
+    let out = ok(
+        &d,
+        &[
+            "machine",
+            "run",
+            &image,
+            "-a",
+            "clirt",
+            "--name",
+            "checked",
+            "--machine-config",
+            checks,
+            "--",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/",
+        ],
+    );
+    assert!(out.contains("is healthy"), "{out}");
+    let checked = machine_id(&d, "clirt", "checked");
+    let status: Value = serde_json::from_str(&ok(
+        &d,
+        &["machine", "status", &checked, "-a", "clirt", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(status["checks"][0]["name"], "web", "{status}");
+    assert_eq!(status["checks"][0]["status"], "passing", "{status}");
+    ok(
+        &d,
+        &["machine", "destroy", &checked, "-a", "clirt", "--force"],
+    );
+
     // run --rm in the foreground shows the output and exits with the machine's exit code.
     let out = hangar(
         &d,

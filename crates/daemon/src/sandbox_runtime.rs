@@ -801,6 +801,7 @@ impl Runtime for SandboxRuntime {
             return None;
         }
         let reply = self.control(&m.id, &Request::Status).await.ok()?;
+        let single = m.config.containers.as_ref().is_none_or(|c| c.is_empty());
         Some(
             reply
                 .status?
@@ -811,7 +812,12 @@ impl Runtime for SandboxRuntime {
                         .checks
                         .iter()
                         .map(|k| hangar_api::CheckStatus {
-                            name: format!("{}:{}", c.name, k.name),
+                            // Single-image machines show their checks by name, as Fly does.
+                            name: if single {
+                                k.name.clone()
+                            } else {
+                                format!("{}:{}", c.name, k.name)
+                            },
                             status: k.status.clone(),
                             output: k.output.clone(),
                             updated_at: (k.updated_at > 0)
@@ -984,7 +990,14 @@ fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
             stop_signal,
             stop_timeout,
             depends_on: Vec::new(),
-            healthchecks: Vec::new(),
+            // Top-level `checks` (tcp/http) run in Pilot against the machine's network: they
+            // report status and gate nothing (readiness only matters to the proxy).
+            healthchecks: config
+                .checks
+                .iter()
+                .flatten()
+                .filter_map(|(name, c)| machine_check_spec(name, c))
+                .collect(),
             // The daemon applies the machine's restart policy by rebooting the machine.
             restart: RestartSpec::default(),
             mounts: Vec::new(),
@@ -1035,6 +1048,54 @@ fn restart_spec(r: Option<&hangar_api::MachineRestart>) -> RestartSpec {
             .unwrap_or(10)
             .clamp(0, i64::from(u32::MAX)) as u32,
     }
+}
+
+/// A machine-level check (`config.checks`, durations as Go durations) in Pilot's terms.
+fn machine_check_spec(name: &str, c: &hangar_api::MachineCheck) -> Option<HealthcheckSpec> {
+    let port = u16::try_from(c.port?).ok()?;
+    let ms = |d: Option<hangar_api::GoDuration>, default: u64| {
+        d.map_or(default, |d| d.as_duration().as_millis() as u64)
+    };
+    let probe = match c.kind_type.as_deref() {
+        Some("http") => Probe::Http {
+            port,
+            method: c
+                .method
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".into()),
+            path: c
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            scheme: c
+                .protocol
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "http".into()),
+            headers: c
+                .headers
+                .iter()
+                .flatten()
+                .flat_map(|h| h.values.iter().map(|v| (h.name.clone(), v.clone())))
+                .collect(),
+            tls_skip_verify: c.tls_skip_verify.unwrap_or(false),
+            tls_server_name: c.tls_server_name.clone().filter(|n| !n.is_empty()),
+        },
+        _ => Probe::Tcp { port },
+    };
+    Some(HealthcheckSpec {
+        name: name.to_string(),
+        kind: CheckKind::Readiness,
+        stop_when_unhealthy: false,
+        interval_ms: ms(c.interval, 15_000),
+        timeout_ms: ms(c.timeout, 10_000),
+        grace_period_ms: ms(c.grace_period, 0),
+        success_threshold: 1,
+        failure_threshold: 1,
+        probe,
+    })
 }
 
 /// A container health check in Pilot's terms (times in ms; defaults for what is unset).

@@ -137,6 +137,7 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
     let state = wait_started(&ctx, &machine).await?;
     println!("\nMachine {state}, you can connect via the following private ip");
     println!("  {}", machine.private_ip);
+    watch_checks(&ctx, &machine.id).await?;
     if args.create.rm {
         let code = follow_until_destroyed(&ctx, &machine).await?;
         if code != 0 {
@@ -145,6 +146,51 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
         }
     }
     Ok(())
+}
+
+/// How long `run` watches health checks before reporting them as they are.
+const CHECKS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Like flyctl: after the start, wait for the machine's checks to pass and show them.
+async fn watch_checks(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+    let has_checks = |m: &Machine| {
+        let config = m.config.as_ref();
+        config.is_some_and(|c| c.checks.as_ref().is_some_and(|k| !k.is_empty()))
+            || config.is_some_and(|c| {
+                c.containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.healthchecks.as_ref().is_some_and(|h| !h.is_empty()))
+            })
+    };
+    let mut m = ctx.get(id).await?;
+    if !has_checks(&m) {
+        return Ok(());
+    }
+    println!("\nChecking health of machine {id}...");
+    let deadline = std::time::Instant::now() + CHECKS_TIMEOUT;
+    loop {
+        let checks = m.checks.clone().unwrap_or_default();
+        let all_passing = !checks.is_empty() && checks.iter().all(|c| c.status == "passing");
+        if all_passing
+            || std::time::Instant::now() > deadline
+            || m.state != hangar_api::MachineState::Started
+        {
+            let mut table = crate::output::Table::new(["NAME", "STATUS", "OUTPUT"]);
+            for c in &checks {
+                table.row([c.name.clone(), c.status.clone(), c.output.clone()]);
+            }
+            print!("{}", table.render());
+            if all_passing {
+                println!("Machine {id} is healthy");
+            } else {
+                eprintln!("Warning: not every check of machine {id} passes yet");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        m = ctx.get(id).await?;
+    }
 }
 
 /// `run --rm` in the foreground: shows the machine's output until it exits and is destroyed,
