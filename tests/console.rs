@@ -187,7 +187,7 @@ async fn console_as_another_user_and_tty_main_process() {
     let id = started_machine(
         &d,
         "conuser",
-        json!({"config": {"init": {"tty": true, "exec": ["/bin/sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo main-on-tty; echo main-out; sleep inf"]}}}),
+        json!({"config": {"init": {"tty": true, "exec": ["/bin/sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo main-on-tty; echo \"tty=$(tty) size=$(stty size)\"; echo main-out; sleep inf"]}}}),
     )
     .await;
     let stream = d
@@ -220,6 +220,8 @@ async fn console_as_another_user_and_tty_main_process() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("stdout main-out\n") {
             assert!(text.contains("stdout main-on-tty\n"), "no tty: {text}");
+            // The terminal is one of the container's own /dev/pts, with a sane size.
+            assert!(text.contains("tty=/dev/pts/0 size=24 80"), "{text}");
             break;
         }
         assert!(Instant::now() < deadline, "log: {text}");

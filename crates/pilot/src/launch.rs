@@ -31,32 +31,40 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
     let (err_r, err_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
     let devnull = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-    // The container's devpts does not exist before its setup, so the pty comes from Pilot's.
-    let pty = if c.tty {
-        Some(crate::attach::open_pty(None, 24, 80)?)
+    // With a terminal, the child opens it in the container's own devpts once that exists and
+    // passes the master back over this socket.
+    let tty_socket = if c.tty {
+        Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| format!("socketpair: {e}"))?,
+        )
     } else {
         None
     };
     let process = c.process.clone();
     let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
-        if let Some(p) = &pty {
-            if let Err(msg) = crate::attach::become_session_leader(p.slave.as_raw_fd()) {
-                // SAFETY: writing the failure to the parent through the pipe we own.
-                unsafe { libc::write(exec_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-                return 127;
+        let msg = match &tty_socket {
+            Some((_, child_end)) => {
+                hangar_sandbox::container::exec_container_on_tty(&process, child_end.as_raw_fd())
             }
-        } else {
-            for (src, dst) in [
-                (devnull.as_raw_fd(), 0),
-                (out_w.as_raw_fd(), 1),
-                (err_w.as_raw_fd(), 2),
-            ] {
-                // SAFETY: dup2 onto the standard fds of this fresh child.
-                unsafe { libc::dup2(src, dst) };
+            None => {
+                for (src, dst) in [
+                    (devnull.as_raw_fd(), 0),
+                    (out_w.as_raw_fd(), 1),
+                    (err_w.as_raw_fd(), 2),
+                ] {
+                    // SAFETY: dup2 onto the standard fds of this fresh child.
+                    unsafe { libc::dup2(src, dst) };
+                }
+                hangar_sandbox::container::exec_container(&process)
             }
-        }
-        let msg = hangar_sandbox::container::exec_container(&process);
+        };
         // SAFETY: writing the failure to the parent through the pipe we own.
         unsafe { libc::write(exec_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
         127
@@ -79,10 +87,42 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
     if !failure.is_empty() {
         return Err(failure);
     }
-    match pty {
-        Some(p) => Ok((pid.as_raw(), Output::Tty(p.master))),
+    match tty_socket {
+        Some((parent_end, child_end)) => {
+            drop(child_end);
+            let master = receive_fd(&parent_end)?;
+            Ok((pid.as_raw(), Output::Tty(master)))
+        }
         None => Ok((pid.as_raw(), Output::Pipes(out_r, err_r))),
     }
+}
+
+/// The terminal master the container child sent (it is there once the exec succeeded).
+fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("receiving the container's terminal: {e}"))?;
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| format!("receiving the container's terminal: {e}"))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err("the container did not send its terminal".into())
 }
 
 pub fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u64) {

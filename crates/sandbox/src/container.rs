@@ -119,6 +119,67 @@ pub fn exec_container(p: &ContainerProcess) -> String {
     }
 }
 
+/// Like [`exec_container`], with the process on a terminal of the container's own devpts
+/// (`init.tty`): the pty is opened after the setup, so `tty` inside names a real
+/// `/dev/pts/N`; its master goes back to Pilot over `master_to` (SCM_RIGHTS).
+pub fn exec_container_on_tty(p: &ContainerProcess, master_to: std::os::fd::RawFd) -> String {
+    if let Err(e) = setup(p) {
+        return e;
+    }
+    if let Err(e) = own_terminal(master_to) {
+        return e;
+    }
+    exec(p)
+}
+
+fn own_terminal(master_to: std::os::fd::RawFd) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| err("open /dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| err("ptsname", e))?;
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on the master we own.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err(&format!("open {name}"), e))?;
+    nix::unistd::setsid().map_err(|e| err("setsid", e))?;
+    // SAFETY: plain ioctl/dup2 on fds this fresh child owns.
+    unsafe {
+        if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+            return Err(err("TIOCSCTTY", std::io::Error::last_os_error()));
+        }
+        for dst in 0..3 {
+            if libc::dup2(slave.as_raw_fd(), dst) < 0 {
+                return Err(err("dup2", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    let fds = [master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"m")];
+    sendmsg::<()>(
+        master_to,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| err("hand the terminal to pilot", e))?;
+    Ok(())
+}
+
 fn setup(p: &ContainerProcess) -> Result<(), String> {
     mount(
         None::<&str>,
