@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +54,12 @@ fn parse(line: &str) -> Option<(&str, &str, &str)> {
 impl Tail {
     /// New complete lines since the last read; a file that shrank was rotated.
     fn read_new(&mut self, app: &str) -> Vec<LogLine> {
-        let Ok(file) = std::fs::File::open(&self.path) else {
+        // The machine dir belongs to the machine's uid: never follow a link planted there.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+        else {
             return Vec::new();
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);

@@ -335,8 +335,7 @@ impl SandboxRuntime {
         let pid = state.pid;
         tokio::spawn(async move {
             let status = wait_pidfd(pidfd).await;
-            let statuses: Vec<ContainerStatus> = std::fs::read(dir.join(EXIT_FILE))
-                .ok()
+            let statuses: Vec<ContainerStatus> = read_machine_file(&dir.join(EXIT_FILE))
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             let first = statuses.first();
@@ -470,10 +469,12 @@ impl SandboxRuntime {
             if let Ok(rd) = std::fs::read_dir(&volumes) {
                 for entry in rd.flatten() {
                     if is_mountpoint(&entry.path()) {
-                        nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH)
-                            .map_err(|e| {
-                                failed(format!("unmount {}: {e}", entry.path().display()))
-                            })?;
+                        nix::mount::umount2(
+                            &entry.path(),
+                            nix::mount::MntFlags::MNT_DETACH
+                                | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+                        )
+                        .map_err(|e| failed(format!("unmount {}: {e}", entry.path().display())))?;
                     }
                 }
                 std::fs::remove_dir_all(&volumes).map_err(failed)?;
@@ -518,11 +519,11 @@ impl SandboxRuntime {
         let mut delay = Duration::from_micros(200);
         loop {
             if exited.borrow().is_some() {
-                let log = std::fs::read_to_string(self.machine_dir(id).join(PILOT_LOG))
+                let log = read_machine_file(&self.machine_dir(id).join(PILOT_LOG))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
                 let statuses: Vec<ContainerStatus> =
-                    std::fs::read(self.machine_dir(id).join(EXIT_FILE))
-                        .ok()
+                    read_machine_file(&self.machine_dir(id).join(EXIT_FILE))
                         .and_then(|b| serde_json::from_slice(&b).ok())
                         .unwrap_or_default();
                 if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
@@ -1357,15 +1358,38 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> 
 }
 
 fn read_state(dir: &Path) -> Option<RuntimeState> {
-    serde_json::from_slice(&std::fs::read(dir.join(RUNTIME_FILE)).ok()?).ok()
+    serde_json::from_slice(&read_machine_file(&dir.join(RUNTIME_FILE))?).ok()
 }
 
+/// Largest file the daemon reads back from a machine dir.
+const MACHINE_FILE_MAX: u64 = 1 << 20;
+
+/// Reads a file from a machine dir, which belongs to the machine's uid: no symlinks, no FIFOs
+/// or devices that could block or leak host data, at most 1 MiB.
+fn read_machine_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut out = Vec::new();
+    file.take(MACHINE_FILE_MAX).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// Whether `path` itself (never what a symlink there points to) is a mount point.
 fn is_mountpoint(path: &Path) -> bool {
     let Some(parent) = path.parent() else {
         return false;
     };
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+    match (std::fs::symlink_metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), _) if a.file_type().is_symlink() => false,
         (Ok(a), Ok(b)) => a.dev() != b.dev(),
         _ => false,
     }

@@ -127,14 +127,19 @@ pub fn overlay_fd(spec: &RootfsSpec, userns: Option<&Userns>) -> Result<OwnedFd>
 }
 
 /// Unmounts a root filesystem (lazily if busy, so a stuck process cannot wedge cleanup).
+///
+/// Never follows a symlink at `target`: the dir it sits in may belong to the machine's uid.
 pub fn unmount_rootfs(target: &Path) -> Result<()> {
-    match rustix::mount::unmount(target, UnmountFlags::empty()) {
+    match rustix::mount::unmount(target, UnmountFlags::NOFOLLOW) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::BUSY) => rustix::mount::unmount(target, UnmountFlags::DETACH)
-            .map_err(|e| Error::Mount {
-                what: format!("unmount {}", target.display()),
-                source: e.into(),
-            }),
+        Err(rustix::io::Errno::BUSY) => {
+            rustix::mount::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW).map_err(
+                |e| Error::Mount {
+                    what: format!("unmount {}", target.display()),
+                    source: e.into(),
+                },
+            )
+        }
         Err(rustix::io::Errno::INVAL) => Ok(()), // not mounted
         Err(e) => Err(Error::Mount {
             what: format!("unmount {}", target.display()),
