@@ -934,7 +934,22 @@ impl Hangar {
             Source::Platform,
             None,
         )
-        .await
+        .await?;
+        // Waiters already woke; a later wait builds a fresh handle from the stored state.
+        self.forget(&m.id);
+        Ok(())
+    }
+
+    /// Drops the in-memory bookkeeping of a destroyed machine so churn does not grow it.
+    fn forget(&self, id: &str) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.restarts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     pub async fn set_cordoned(
