@@ -214,7 +214,11 @@ async fn console_as_another_user_and_tty_main_process() {
     assert!(out.contains("65534\r\n"), "not nobody: {out:?}");
 
     // init.tty: the main process has a terminal and its output reaches the log.
-    let log = d.data_dir.join("machines").join(&id).join("logs/app.log");
+    let log = d
+        .data_dir
+        .join("machines")
+        .join(&id)
+        .join("run/logs/app.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -46,7 +46,7 @@ fn logs(d: &Daemon, id: &str, container: &str) -> String {
         d.data_dir
             .join("machines")
             .join(id)
-            .join("logs")
+            .join("run/logs")
             .join(format!("{container}.log")),
     )
     .unwrap_or_default()

@@ -56,8 +56,13 @@ fn exits(events: &[Value]) -> Vec<&Value> {
 }
 
 fn log(d: &Daemon, id: &str) -> String {
-    std::fs::read_to_string(d.data_dir.join("machines").join(id).join("logs/app.log"))
-        .unwrap_or_default()
+    std::fs::read_to_string(
+        d.data_dir
+            .join("machines")
+            .join(id)
+            .join("run/logs/app.log"),
+    )
+    .unwrap_or_default()
 }
 
 #[tokio::test]

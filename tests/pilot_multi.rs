@@ -233,7 +233,7 @@ async fn test_liveness_stop_restarts_and_watch_streams_events() {
         .as_str()
         .unwrap()
         .to_string();
-    let sock = d.data_dir.join("machines").join(&id).join("pilot.sock");
+    let sock = d.data_dir.join("machines").join(&id).join("run/pilot.sock");
     let start = Instant::now();
     let stream = loop {
         match tokio::net::UnixStream::connect(&sock).await {

@@ -91,7 +91,11 @@ pub async fn console(
             m.state
         )));
     }
-    let socket = h.machines_dir().join(&m.id).join(CONTROL_SOCKET);
+    let socket = h
+        .machines_dir()
+        .join(&m.id)
+        .join(crate::sandbox_runtime::RUN_DIR)
+        .join(CONTROL_SOCKET);
     let stream = UnixStream::connect(&socket).await.map_err(|e| {
         ApiError::precondition(format!("the machine's Pilot is not reachable: {e}"))
     })?;

@@ -5,7 +5,12 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,6 +44,8 @@ pub struct LogLine {
 /// One log file being read, remembering where it stopped.
 struct Tail {
     path: PathBuf,
+    /// Keeps the logs dir fd that `path` goes through open.
+    _dir: Arc<OwnedFd>,
     offset: u64,
     machine_id: String,
     region: String,
@@ -57,11 +64,14 @@ impl Tail {
         // The machine dir belongs to the machine's uid: never follow a link planted there.
         let Ok(file) = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&self.path)
         else {
             return Vec::new();
         };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Vec::new();
+        }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < self.offset {
             self.offset = 0;
@@ -98,15 +108,31 @@ impl Tail {
     }
 }
 
-fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf)> {
-    let dir = machines_dir.join(machine_id).join("logs");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+/// The log files of a machine, as paths through an fd of its logs dir: the dir is opened
+/// without following a symlink (the machine's uid owns it), and the paths keep pointing into it
+/// even if the name is swapped later. The fd lives as long as the returned handle.
+fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc<OwnedFd>)> {
+    let dir = machines_dir
+        .join(machine_id)
+        .join(crate::sandbox_runtime::RUN_DIR)
+        .join("logs");
+    let Ok(fd) = nix::fcntl::open(
+        &dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let fd = Arc::new(fd);
+    let through = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let Ok(rd) = std::fs::read_dir(&through) else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".log").map(|c| (c.to_string(), e.path()))
+            name.strip_suffix(".log")
+                .map(|c| (c.to_string(), through.join(&name), fd.clone()))
         })
         .collect()
 }
@@ -154,19 +180,20 @@ pub async fn app_logs(
     let wanted =
         move |id: &str, name: &str| instance.as_deref().is_none_or(|i| i == id || i == name);
 
-    let mut tails: HashMap<PathBuf, Tail> = HashMap::new();
+    let mut tails: HashMap<(String, String), Tail> = HashMap::new();
     let mut first = Vec::new();
     for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
-        for (container, path) in log_files(&machines_dir, &m.id) {
+        for (container, path, dir) in log_files(&machines_dir, &m.id) {
             let mut t = Tail {
-                path: path.clone(),
+                path,
+                _dir: dir,
                 offset: 0,
                 machine_id: m.id.clone(),
                 region: m.region.clone(),
-                container,
+                container: container.clone(),
             };
             first.extend(t.read_new(&app));
-            tails.insert(path, t);
+            tails.insert((m.id.clone(), container), t);
         }
     }
     // RFC 3339 timestamps of one clock sort as strings.
@@ -187,14 +214,17 @@ pub async fn app_logs(
             // Machines (and containers) that appeared since the last look are picked up too.
             if let Ok(machines) = h.list_machines(&app, filter()).await {
                 for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
-                    for (container, path) in log_files(&machines_dir, &m.id) {
-                        tails.entry(path.clone()).or_insert(Tail {
-                            path,
-                            offset: 0,
-                            machine_id: m.id.clone(),
-                            region: m.region.clone(),
-                            container,
-                        });
+                    for (container, path, dir) in log_files(&machines_dir, &m.id) {
+                        tails
+                            .entry((m.id.clone(), container.clone()))
+                            .or_insert(Tail {
+                                path,
+                                _dir: dir,
+                                offset: 0,
+                                machine_id: m.id.clone(),
+                                region: m.region.clone(),
+                                container,
+                            });
                     }
                 }
             }

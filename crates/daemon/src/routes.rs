@@ -385,11 +385,22 @@ pub async fn restart_machine(
 
 /// A duration string (`10s`) or a number of seconds.
 fn parse_timeout(t: &str) -> ApiResult<Duration> {
-    if let Ok(secs) = t.trim().parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match t.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => hangar_api::duration::parse_go_duration(t)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    if d > MAX_TIMEOUT {
+        return Err(ApiError::bad_request(format!(
+            "timeout {t:?} is too long (at most {})",
+            hangar_api::duration::format_go_duration(MAX_TIMEOUT)
+        )));
     }
-    hangar_api::duration::parse_go_duration(t).map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(d)
 }
+
+/// The longest timeout a request may ask for (stop, restart, wait).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/signal", tag = "Machines",
     params(("app_name" = String, Path), ("machine_id" = String, Path)),

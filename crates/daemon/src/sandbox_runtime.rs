@@ -40,6 +40,12 @@ const LOG_MAX_BYTES: u64 = 16 << 20;
 const RUNTIME_FILE: &str = "runtime.json";
 const SPAWN_FILE: &str = "spawn.json";
 const PILOT_LOG: &str = "pilot.log";
+/// Pilot's writable dir inside a machine dir.
+pub const RUN_DIR: &str = "run";
+/// How long Pilot has to answer a control request (exec adds its own timeout).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest control reply accepted (exec output is capped at 1 MiB per stream by Pilot).
+const CONTROL_REPLY_MAX: u64 = 16 << 20;
 
 /// What the spawn helper needs: the sandbox and the root filesystems to mount for it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -126,6 +132,12 @@ impl SandboxRuntime {
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
         })
+    }
+
+    /// Pilot's own dir inside the machine dir: the only part the machine's uid may write
+    /// (control socket, logs, exit report). The machine dir above it stays root's.
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.machine_dir(id).join(RUN_DIR)
     }
 
     fn machine_dir(&self, id: &str) -> PathBuf {
@@ -249,12 +261,17 @@ impl SandboxRuntime {
 
     async fn launch(&self, m: &MachineRecord, slot: u32) -> Result<RuntimeState, RuntimeError> {
         let dir = self.machine_dir(&m.id);
+        let run = self.run_dir(&m.id);
         let uid_base = UID_BASE_START + slot * UID_RANGE;
-        std::fs::create_dir_all(&dir).map_err(failed)?;
-        std::os::unix::fs::chown(&dir, Some(uid_base), Some(uid_base)).map_err(failed)?;
-        let _ = std::fs::remove_file(dir.join(EXIT_FILE));
+        std::fs::create_dir_all(&run).map_err(failed)?;
+        // This boot's uid owns the run dir and what earlier boots left there (their logs).
+        chown_tree_nofollow(&run, uid_base).map_err(failed)?;
+        let _ = std::fs::remove_file(run.join(EXIT_FILE));
         let (pilot_spec, mounts, tmpfs) = self.plan(m, &dir, uid_base).await?;
-        write_json(&dir.join(SPEC_FILE), &pilot_spec)?;
+        write_new_file(
+            &run.join(SPEC_FILE),
+            &serde_json::to_vec(&pilot_spec).map_err(failed)?,
+        )?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
         let swap_bytes = (m.config.init.swap_size_mb.unwrap_or(0).max(0) as u64) << 20;
@@ -274,9 +291,9 @@ impl SandboxRuntime {
                 pilot_args: vec![
                     "pilot".into(),
                     "--machine-dir".into(),
-                    dir.display().to_string(),
+                    run.display().to_string(),
                 ],
-                pilot_log: dir.join(PILOT_LOG),
+                pilot_log: run.join(PILOT_LOG),
             },
             mounts,
             tmpfs,
@@ -328,7 +345,7 @@ impl SandboxRuntime {
                 },
             );
         let exits = self.exits.clone();
-        let dir = self.machine_dir(&m.id);
+        let dir = self.run_dir(&m.id);
         let cgroup = self.cgroup(&m.id);
         let (app, id, instance) = (m.app.clone(), m.id.clone(), state.instance_id.clone());
         let running = self.running.clone();
@@ -380,7 +397,7 @@ impl SandboxRuntime {
     /// Follows Pilot's event stream and reports each container event; ends with Pilot. Pilot
     /// replays its recent events first; those before `since` (unix ms) were reported already.
     fn watch_containers(&self, m: &MachineRecord, since: i64) {
-        let socket = self.machine_dir(&m.id).join(CONTROL_SOCKET);
+        let socket = self.run_dir(&m.id).join(CONTROL_SOCKET);
         let events = self.exits.clone();
         let (app, id, instance) = (m.app.clone(), m.id.clone(), m.instance_id.clone());
         tokio::spawn(async move {
@@ -479,9 +496,10 @@ impl SandboxRuntime {
                 }
                 std::fs::remove_dir_all(&volumes).map_err(failed)?;
             }
-            for f in [RUNTIME_FILE, CONTROL_SOCKET, SPAWN_FILE] {
+            for f in [RUNTIME_FILE, SPAWN_FILE] {
                 let _ = std::fs::remove_file(dir.join(f));
             }
+            let _ = std::fs::remove_file(dir.join(RUN_DIR).join(CONTROL_SOCKET));
             Ok(())
         })
         .await
@@ -492,21 +510,34 @@ impl SandboxRuntime {
         Ok(())
     }
 
+    /// One request to Pilot's control socket. Bounded in time (a hung or frozen Pilot must not
+    /// hold a machine's lock forever) and in size.
     async fn control(&self, id: &str, req: &Request) -> Result<Reply, RuntimeError> {
-        let path = self.machine_dir(id).join(CONTROL_SOCKET);
-        let stream = tokio::net::UnixStream::connect(&path)
+        let limit = match req {
+            Request::Exec { timeout_ms, .. } => {
+                Duration::from_millis(timeout_ms.unwrap_or(60_000)).saturating_add(CONTROL_TIMEOUT)
+            }
+            _ => CONTROL_TIMEOUT,
+        };
+        let path = self.run_dir(id).join(CONTROL_SOCKET);
+        let exchange = async {
+            let stream = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(|e| failed(format!("connecting to pilot: {e}")))?;
+            let (read, mut write) = stream.into_split();
+            let mut line = serde_json::to_vec(req).map_err(failed)?;
+            line.push(b'\n');
+            write.write_all(&line).await.map_err(failed)?;
+            let mut reply = String::new();
+            BufReader::new(tokio::io::AsyncReadExt::take(read, CONTROL_REPLY_MAX))
+                .read_line(&mut reply)
+                .await
+                .map_err(failed)?;
+            serde_json::from_str(&reply).map_err(|e| failed(format!("bad reply from pilot: {e}")))
+        };
+        tokio::time::timeout(limit, exchange)
             .await
-            .map_err(|e| failed(format!("connecting to pilot: {e}")))?;
-        let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(req).map_err(failed)?;
-        line.push(b'\n');
-        write.write_all(&line).await.map_err(failed)?;
-        let mut reply = String::new();
-        BufReader::new(read)
-            .read_line(&mut reply)
-            .await
-            .map_err(failed)?;
-        serde_json::from_str(&reply).map_err(|e| failed(format!("bad reply from pilot: {e}")))
+            .map_err(|_| failed(format!("pilot did not answer within {}s", limit.as_secs())))?
     }
 
     /// Waits until Pilot has started (or failed to start) every container.
@@ -519,11 +550,11 @@ impl SandboxRuntime {
         let mut delay = Duration::from_micros(200);
         loop {
             if exited.borrow().is_some() {
-                let log = read_machine_file(&self.machine_dir(id).join(PILOT_LOG))
+                let log = read_machine_file(&self.run_dir(id).join(PILOT_LOG))
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
                 let statuses: Vec<ContainerStatus> =
-                    read_machine_file(&self.machine_dir(id).join(EXIT_FILE))
+                    read_machine_file(&self.run_dir(id).join(EXIT_FILE))
                         .and_then(|b| serde_json::from_slice(&b).ok())
                         .unwrap_or_default();
                 if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
@@ -576,17 +607,23 @@ impl Runtime for SandboxRuntime {
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config, true)).await?;
         let slot = self.alloc_slot()?;
-        let state = match self.launch(m, slot).await {
-            Ok(s) => s,
+        let keep = keep_rootfs(&m.config, true);
+        let launched = match self.launch(m, slot).await {
+            Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
+                .and_then(|()| self.watch_exit(m, &state)),
+            Err(e) => Err(e),
+        };
+        let mut exited = match launched {
+            Ok(exited) => exited,
             Err(e) => {
-                let _ = self.cgroup(&m.id).destroy();
-                let _ = self.cleanup(&m.id, false).await;
+                // Kill whatever started; a persistent rootfs survives a failed start.
+                let cgroup = self.cgroup(&m.id);
+                let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                let _ = self.cleanup(&m.id, keep).await;
                 self.free_slot(slot);
                 return Err(e);
             }
         };
-        write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)?;
-        let mut exited = self.watch_exit(m, &state)?;
         self.watch_containers(m, 0);
         if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
@@ -621,7 +658,7 @@ impl Runtime for SandboxRuntime {
                 };
                 let asked = self.control(&m.id, &req).await.is_ok();
                 let grace = if asked {
-                    timeout + Duration::from_secs(2)
+                    timeout.saturating_add(Duration::from_secs(2))
                 } else {
                     Duration::ZERO
                 };
@@ -655,12 +692,12 @@ impl Runtime for SandboxRuntime {
         if logs_grace.is_zero() {
             return remove_dir(dir).await;
         }
-        // Everything but the logs goes now; the logs a little later.
+        // Everything but Pilot's run dir (the logs) goes now; the logs a little later.
         let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
-                    .filter(|p| !p.ends_with("logs"))
+                    .filter(|p| !p.ends_with(RUN_DIR))
                     .collect()
             })
             .unwrap_or_default();
@@ -1359,6 +1396,48 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> 
 
 fn read_state(dir: &Path) -> Option<RuntimeState> {
     serde_json::from_slice(&read_machine_file(&dir.join(RUNTIME_FILE))?).ok()
+}
+
+/// Writes a file root owns into a dir the machine's uid can write: whatever sits at the path
+/// (a planted symlink, say) is removed first and the new file is created exclusively.
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
+    f.write_all(bytes).map_err(failed)
+}
+
+/// Gives `dir` and everything under it to `uid`, never following a symlink.
+fn chown_tree_nofollow(dir: &Path, uid: u32) -> std::io::Result<()> {
+    use nix::unistd::{fchownat, Gid, Uid};
+    let own = |p: &Path| {
+        fchownat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(uid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)
+    };
+    own(dir)?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            chown_tree_nofollow(&path, uid)?;
+        } else {
+            own(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Largest file the daemon reads back from a machine dir.

@@ -475,7 +475,7 @@ impl Hangar {
             let (app, id) = (m.app.clone(), m.id.clone());
             tokio::spawn(async move {
                 if let Some(this) = this.upgrade() {
-                    if let Err(e) = this.start_internal(&app, &id, Source::Platform).await {
+                    if let Err(e) = this.start_internal(&app, &id, Source::Platform, None).await {
                         tracing::warn!(machine = %id, error = %e.message, "launch failed");
                     }
                 }
@@ -516,7 +516,8 @@ impl Hangar {
                 ));
             }
         }
-        let was_running = m.state == MachineState::Started;
+        // A suspended machine still holds its (frozen) sandbox: it is stopped like a running one.
+        let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);
         let launch = !req.skip_launch;
         if launch {
             self.runtime.preflight(&config)?;
@@ -582,19 +583,28 @@ impl Hangar {
     }
 
     pub async fn start(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<MachineState> {
-        let m = self.get_machine(app, id, false).await?;
-        self.check_lease(&m, nonce).await?;
-        if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::bad_request(
-                "machines with a schedule are started by the scheduler and cannot be started manually",
-            ));
-        }
-        self.start_internal(app, id, Source::User).await
+        self.start_internal(app, id, Source::User, Some(nonce))
+            .await
     }
 
-    /// Starts (or resumes) a machine; returns the state it was in.
-    async fn start_internal(&self, app: &str, id: &str, source: Source) -> ApiResult<MachineState> {
+    /// Starts (or resumes) a machine; returns the state it was in. A user start (`lease` is
+    /// `Some`) checks the lease and the schedule under the machine's lock.
+    async fn start_internal(
+        &self,
+        app: &str,
+        id: &str,
+        source: Source,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<MachineState> {
         let (_guard, mut m) = self.lock_machine(app, id).await?;
+        if let Some(nonce) = lease {
+            self.check_lease(&m, nonce).await?;
+            if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_request(
+                    "machines with a schedule are started by the scheduler and cannot be started manually",
+                ));
+            }
+        }
         let previous = m.state;
         match m.state {
             MachineState::Created
@@ -1296,10 +1306,16 @@ impl Hangar {
 
     fn recent_restarts(&self, id: &str) -> usize {
         let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-        let list = restarts.entry(id.to_string()).or_default();
+        let Some(list) = restarts.get_mut(id) else {
+            return 0;
+        };
         let cutoff = std::time::Instant::now() - RESTART_WINDOW;
         list.retain(|t| *t > cutoff);
-        list.len()
+        let n = list.len();
+        if n == 0 {
+            restarts.remove(id);
+        }
+        n
     }
 
     fn note_restart(&self, id: &str) {

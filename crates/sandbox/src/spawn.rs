@@ -138,12 +138,24 @@ pub fn spawn_machine(
         Mode::empty(),
     )
     .map_err(sys("open /proc/self/exe"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.pilot_log)
-        .map_err(ioerr(format!("open {}", spec.pilot_log.display())))?;
-    std::os::unix::fs::chown(&spec.pilot_log, Some(spec.uid_base), Some(spec.uid_base))
+    // The log sits in the machine's own dir: never follow a link planted there, and give the
+    // machine the file we opened, not whatever the path names.
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&spec.pilot_log)
+            .map_err(ioerr(format!("open {}", spec.pilot_log.display())))?
+    };
+    if !log.metadata().map_err(ioerr("stat pilot log"))?.is_file() {
+        return Err(SpawnError::Child(format!(
+            "{} is not a regular file",
+            spec.pilot_log.display()
+        )));
+    }
+    std::os::unix::fs::fchown(&log, Some(spec.uid_base), Some(spec.uid_base))
         .map_err(ioerr("chown pilot log"))?;
     let argv: Vec<CString> = std::iter::once("hangar".to_string())
         .chain(spec.pilot_args.iter().cloned())
