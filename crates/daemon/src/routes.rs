@@ -32,6 +32,16 @@ const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 30;
 const MAX_EXEC_TIMEOUT_SECS: i64 = 3600;
 const MAX_EVENT_LIMIT: i64 = 50;
 
+/// Runs a mutation to completion even if the client goes away: hyper drops a request's future
+/// when its connection closes, which must not leave a machine half-way through a transition.
+async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
 fn ok() -> Json<OkResponse> {
     Json(OkResponse { ok: true })
 }
@@ -256,7 +266,11 @@ pub async fn create_machine(
     body: Bytes,
 ) -> ApiResult<Json<Machine>> {
     let req: CreateMachineRequest = json_body(&body)?;
-    let (m, nonce) = h.create_machine(&app, req).await?;
+    let (m, nonce) = detached({
+        let (h, app) = (h.clone(), app.clone());
+        async move { h.create_machine(&app, req).await }
+    })
+    .await?;
     Ok(Json(machine_json(&h, &m, nonce, false).await?))
 }
 
@@ -289,9 +303,12 @@ pub async fn update_machine(
     body: Bytes,
 ) -> ApiResult<Json<Machine>> {
     let req: CreateMachineRequest = json_body(&body)?;
-    let m = h
-        .update_machine(&app, &id, req, lease_nonce(&headers).as_deref())
-        .await?;
+    let nonce = lease_nonce(&headers);
+    let m = detached({
+        let (h, app, id) = (h.clone(), app.clone(), id.clone());
+        async move { h.update_machine(&app, &id, req, nonce.as_deref()).await }
+    })
+    .await?;
     Ok(Json(machine_json(&h, &m, None, false).await?))
 }
 
@@ -307,8 +324,8 @@ pub async fn destroy_machine(
 ) -> ApiResult<Json<OkResponse>> {
     let q = Query::parse(q.as_deref());
     let force = q.bool("force", false)? || q.bool("kill", false)?;
-    h.destroy(&app, &id, force, lease_nonce(&headers).as_deref())
-        .await?;
+    let nonce = lease_nonce(&headers);
+    detached(async move { h.destroy(&app, &id, force, nonce.as_deref()).await }).await?;
     Ok(ok())
 }
 
@@ -321,7 +338,8 @@ pub async fn start_machine(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<StartResponse>> {
-    let previous = h.start(&app, &id, lease_nonce(&headers).as_deref()).await?;
+    let nonce = lease_nonce(&headers);
+    let previous = detached(async move { h.start(&app, &id, nonce.as_deref()).await }).await?;
     Ok(Json(StartResponse {
         previous_state: previous,
         migrated: false,
@@ -345,8 +363,8 @@ pub async fn stop_machine(
         signal: req.signal,
         timeout: req.timeout.map(|t| t.as_duration()),
     };
-    h.stop(&app, &id, opts, lease_nonce(&headers).as_deref())
-        .await?;
+    let nonce = lease_nonce(&headers);
+    detached(async move { h.stop(&app, &id, opts, nonce.as_deref()).await }).await?;
     Ok(ok())
 }
 
@@ -373,12 +391,11 @@ pub async fn restart_machine(
     };
     // force_stop is accepted for compatibility; a stop always escalates to SIGKILL.
     q.bool("force_stop", false)?;
-    h.restart(
-        &app,
-        &id,
-        StopOptions { signal, timeout },
-        lease_nonce(&headers).as_deref(),
-    )
+    let nonce = lease_nonce(&headers);
+    detached(async move {
+        h.restart(&app, &id, StopOptions { signal, timeout }, nonce.as_deref())
+            .await
+    })
     .await?;
     Ok(ok())
 }
@@ -436,8 +453,8 @@ pub async fn suspend_machine(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
-    h.suspend(&app, &id, lease_nonce(&headers).as_deref())
-        .await?;
+    let nonce = lease_nonce(&headers);
+    detached(async move { h.suspend(&app, &id, nonce.as_deref()).await }).await?;
     Ok(ok())
 }
 

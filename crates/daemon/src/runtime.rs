@@ -62,6 +62,9 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ExecResponse, RuntimeError>;
     /// The processes of a running machine.
     async fn ps(&self, machine: &MachineRecord) -> Result<Vec<ProcessStat>, RuntimeError>;
+    /// Whether `run` is still the machine's current run: an exit reported for an earlier one
+    /// (replaced by a start while the report waited) must not count against the new one.
+    fn is_current_run(&self, machine_id: &str, run: i64) -> bool;
     /// What an image reference resolves to locally (digest, labels), when it is stored here.
     async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef>;
     /// Live status of each container, `None` when the machine is not running here.
@@ -118,6 +121,8 @@ pub struct MachineExit {
     pub oom_killed: bool,
     /// Unix milliseconds.
     pub exited_at: i64,
+    /// Which run of the machine ended (the runtime's own id for one boot).
+    pub run: i64,
 }
 
 /// The runtime of a daemon with no machine backend: it stores machines but never runs them.
@@ -173,5 +178,9 @@ impl Runtime for NoRuntime {
 
     async fn image_ref(&self, _: &str) -> Option<hangar_api::ImageRef> {
         None
+    }
+
+    fn is_current_run(&self, _: &str, _: i64) -> bool {
+        true
     }
 }

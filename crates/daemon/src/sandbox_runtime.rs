@@ -378,6 +378,7 @@ impl SandboxRuntime {
                 signal,
                 oom_killed,
                 exited_at: now_ms(),
+                run: i64::from(pid),
             };
             let _ = tx.send(Some(exit.clone()));
             // Only the machine's current run reports; a run replaced by a newer one (killed
@@ -810,6 +811,14 @@ impl Runtime for SandboxRuntime {
                 container: Some(p.container),
             })
             .collect())
+    }
+
+    fn is_current_run(&self, machine_id: &str, run: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(machine_id)
+            .is_some_and(|r| i64::from(r.state.pid) == run)
     }
 
     async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef> {

@@ -392,6 +392,25 @@ impl Hangar {
         Ok(())
     }
 
+    /// A runtime failure in the middle of a transition leaves the machine `failed` (with the
+    /// error in the event), never stuck in `stopping` or `destroying`.
+    async fn or_fail<T>(
+        &self,
+        m: &mut MachineRecord,
+        kind: &str,
+        result: Result<T, crate::runtime::RuntimeError>,
+    ) -> ApiResult<T> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let request = Some(json!({ "error": e.to_string() }));
+                self.transition(m, MachineState::Failed, kind, Source::Platform, request)
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Refuses a mutation of a leased machine unless `nonce` matches the lease.
     async fn check_lease(&self, m: &MachineRecord, nonce: Option<&str>) -> ApiResult<()> {
         if let Some(lease) = self.active_lease(&m.id).await? {
@@ -557,7 +576,8 @@ impl Hangar {
                     timeout: None,
                 },
             );
-            self.runtime.stop(&old, signal, timeout).await?;
+            let stopped = self.runtime.stop(&old, signal, timeout).await;
+            self.or_fail(&mut m, "update", stopped).await?;
         }
         let final_state = match (launch, was_running) {
             (true, _) => MachineState::Started,
@@ -699,7 +719,8 @@ impl Hangar {
             MachineState::Started => {
                 let (signal, timeout) = stop_params(&m.config, &opts);
                 self.transition(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)}))).await?;
-                if let Some(exit) = self.runtime.stop(&m, signal, timeout).await? {
+                let stopped = self.runtime.stop(&m, signal, timeout).await;
+                if let Some(exit) = self.or_fail(&mut m, "stop", stopped).await? {
                     self.record_exit(&m, &exit, true, false, self.recent_restarts(&m.id))
                         .await?;
                 }
@@ -714,9 +735,8 @@ impl Hangar {
             }
             MachineState::Suspended => {
                 // Stopping a suspended machine throws its snapshot away.
-                self.runtime
-                    .stop(&m, Signal::SIGKILL, Duration::ZERO)
-                    .await?;
+                let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
+                self.or_fail(&mut m, "stop", stopped).await?;
                 self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
                     .await?;
             }
@@ -859,7 +879,8 @@ impl Hangar {
             None,
         )
         .await?;
-        self.runtime.stop(&m, signal, timeout).await?;
+        let stopped = self.runtime.stop(&m, signal, timeout).await;
+        self.or_fail(&mut m, "restart", stopped).await?;
         match self.runtime.start(&m).await {
             Ok(()) => {
                 self.transition(
@@ -930,11 +951,11 @@ impl Hangar {
         )
         .await?;
         if !stoppable {
-            self.runtime
-                .stop(&m, Signal::SIGKILL, Duration::ZERO)
-                .await?;
+            let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
+            self.or_fail(&mut m, "destroy", stopped).await?;
         }
-        self.runtime.destroy(&m, logs_grace).await?;
+        let destroyed = self.runtime.destroy(&m, logs_grace).await;
+        self.or_fail(&mut m, "destroy", destroyed).await?;
         let mid = m.id.clone();
         db(&self.store, move |s| s.delete_lease(&mid)).await?;
         self.transition(
@@ -1161,7 +1182,10 @@ impl Hangar {
         let m = self.load(&exit.app, &exit.machine_id).await?;
         let guard = self.handle(&m).lock.clone().lock_owned().await;
         let mut m = self.load(&exit.app, &exit.machine_id).await?;
-        if m.instance_id != exit.instance_id || m.state.is_terminal() {
+        if m.instance_id != exit.instance_id
+            || m.state.is_terminal()
+            || !self.runtime.is_current_run(&m.id, exit.run)
+        {
             return Ok(());
         }
         let requested_stop = m.state != MachineState::Started;
@@ -1337,34 +1361,74 @@ impl Hangar {
             .map(|m| m.id.clone())
             .collect();
         self.runtime.sweep(&live).await;
-        for mut m in machines {
-            let running = self.runtime.adopt(&m).await;
-            let settled = match m.state {
-                MachineState::Destroying => {
-                    self.runtime.destroy(&m, Duration::ZERO).await?;
-                    let mid = m.id.clone();
-                    db(&self.store, move |s| s.delete_lease(&mid)).await?;
-                    Some((MachineState::Destroyed, "destroy"))
+        for m in machines {
+            // One machine that cannot be settled must not keep the daemon from starting.
+            if let Err(e) = self.reconcile_one(&m).await {
+                tracing::error!(machine = %m.id, error = %e.message, "reconciling failed; marking the machine failed");
+                if let Ok((_guard, mut m)) = self.lock_machine(&m.app, &m.id).await {
+                    let request = Some(json!({"error": e.message}));
+                    let _ = self
+                        .transition(
+                            &mut m,
+                            MachineState::Failed,
+                            "reconcile",
+                            Source::Platform,
+                            request,
+                        )
+                        .await;
                 }
-                MachineState::Started if !running => Some((MachineState::Stopped, "exit")),
-                s if is_transient(s) => Some(if running {
-                    (MachineState::Started, "start")
-                } else {
-                    (MachineState::Stopped, "stop")
-                }),
-                _ => None,
-            };
-            if let Some((state, kind)) = settled {
-                tracing::info!(machine = %m.id, from = %m.state, to = %state, "reconciled machine after restart");
-                self.transition(
-                    &mut m,
-                    state,
-                    kind,
-                    Source::Platform,
-                    Some(json!({"reason": "reconciled after daemon restart"})),
-                )
-                .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Settles one machine the previous daemon left: re-adopts it if it runs, and finishes
+    /// what was in flight (a destroy, a stop, a suspend) instead of guessing.
+    async fn reconcile_one(&self, m: &MachineRecord) -> ApiResult<()> {
+        let (_guard, mut m) = self.lock_machine(&m.app, &m.id).await?;
+        let running = self.runtime.adopt(&m).await;
+        let settled = match m.state {
+            MachineState::Destroying => {
+                self.runtime.destroy(&m, Duration::ZERO).await?;
+                let mid = m.id.clone();
+                db(&self.store, move |s| s.delete_lease(&mid)).await?;
+                Some((MachineState::Destroyed, "destroy"))
+            }
+            MachineState::Stopping if running => {
+                let (signal, timeout) = stop_params(
+                    &m.config,
+                    &StopOptions {
+                        signal: None,
+                        timeout: None,
+                    },
+                );
+                self.runtime.stop(&m, signal, timeout).await?;
+                Some((MachineState::Stopped, "stop"))
+            }
+            MachineState::Suspending if running => {
+                self.runtime.set_frozen(&m, true).await?;
+                Some((MachineState::Suspended, "suspend"))
+            }
+            MachineState::Started | MachineState::Suspended if !running => {
+                Some((MachineState::Stopped, "exit"))
+            }
+            s if is_transient(s) => Some(if running {
+                (MachineState::Started, "start")
+            } else {
+                (MachineState::Stopped, "stop")
+            }),
+            _ => None,
+        };
+        if let Some((state, kind)) = settled {
+            tracing::info!(machine = %m.id, from = %m.state, to = %state, "reconciled machine after restart");
+            self.transition(
+                &mut m,
+                state,
+                kind,
+                Source::Platform,
+                Some(json!({"reason": "reconciled after daemon restart"})),
+            )
+            .await?;
         }
         Ok(())
     }
