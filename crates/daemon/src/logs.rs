@@ -137,6 +137,28 @@ fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc
         .collect()
 }
 
+/// Starts following the log files of `targets` (machine id, region) not followed yet.
+fn add_tails(
+    tails: &mut HashMap<(String, String), Tail>,
+    machines_dir: &Path,
+    targets: &[(String, String)],
+) {
+    for (id, region) in targets {
+        for (container, path, dir) in log_files(machines_dir, id) {
+            tails
+                .entry((id.clone(), container.clone()))
+                .or_insert(Tail {
+                    path,
+                    _dir: dir,
+                    offset: 0,
+                    machine_id: id.clone(),
+                    region: region.clone(),
+                    container,
+                });
+        }
+    }
+}
+
 fn to_ndjson(lines: &[LogLine]) -> Bytes {
     let mut out = Vec::new();
     for l in lines {
@@ -180,22 +202,26 @@ pub async fn app_logs(
     let wanted =
         move |id: &str, name: &str| instance.as_deref().is_none_or(|i| i == id || i == name);
 
-    let mut tails: HashMap<(String, String), Tail> = HashMap::new();
-    let mut first = Vec::new();
-    for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
-        for (container, path, dir) in log_files(&machines_dir, &m.id) {
-            let mut t = Tail {
-                path,
-                _dir: dir,
-                offset: 0,
-                machine_id: m.id.clone(),
-                region: m.region.clone(),
-                container: container.clone(),
-            };
-            first.extend(t.read_new(&app));
-            tails.insert((m.id.clone(), container), t);
-        }
-    }
+    let targets: Vec<(String, String)> = machines
+        .iter()
+        .filter(|m| wanted(&m.id, &m.name))
+        .map(|m| (m.id.clone(), m.region.clone()))
+        .collect();
+    // File reads run on the blocking pool, not on the API's workers.
+    let (mut tails, mut first) = {
+        let (dir, app) = (machines_dir.clone(), app.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut tails = HashMap::new();
+            add_tails(&mut tails, &dir, &targets);
+            let first: Vec<LogLine> = tails
+                .values_mut()
+                .flat_map(|t: &mut Tail| t.read_new(&app))
+                .collect();
+            (tails, first)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    };
     // RFC 3339 timestamps of one clock sort as strings.
     first.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
     let skip = first.len().saturating_sub(tail);
@@ -212,24 +238,26 @@ pub async fn app_logs(
         loop {
             tokio::time::sleep(FOLLOW_INTERVAL).await;
             // Machines (and containers) that appeared since the last look are picked up too.
-            if let Ok(machines) = h.list_machines(&app, filter()).await {
-                for m in machines.iter().filter(|m| wanted(&m.id, &m.name)) {
-                    for (container, path, dir) in log_files(&machines_dir, &m.id) {
-                        tails
-                            .entry((m.id.clone(), container.clone()))
-                            .or_insert(Tail {
-                                path,
-                                _dir: dir,
-                                offset: 0,
-                                machine_id: m.id.clone(),
-                                region: m.region.clone(),
-                                container,
-                            });
-                    }
-                }
-            }
-            let mut lines: Vec<LogLine> =
-                tails.values_mut().flat_map(|t| t.read_new(&app)).collect();
+            let targets: Vec<(String, String)> = match h.list_machines(&app, filter()).await {
+                Ok(machines) => machines
+                    .iter()
+                    .filter(|m| wanted(&m.id, &m.name))
+                    .map(|m| (m.id.clone(), m.region.clone()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let (dir, app2) = (machines_dir.clone(), app.clone());
+            let Ok((back, mut lines)) = tokio::task::spawn_blocking(move || {
+                add_tails(&mut tails, &dir, &targets);
+                let lines: Vec<LogLine> =
+                    tails.values_mut().flat_map(|t| t.read_new(&app2)).collect();
+                (tails, lines)
+            })
+            .await
+            else {
+                return;
+            };
+            tails = back;
             if lines.is_empty() {
                 if tx.is_closed() {
                     return;

@@ -482,6 +482,12 @@ impl SandboxRuntime {
                     }
                 }
             }
+            // Between boots nothing of the machine runs: its run dir goes back to root, so the
+            // uid range (reused by later machines) owns nothing here.
+            let run = dir.join(RUN_DIR);
+            if run.is_dir() {
+                chown_tree_nofollow(&run, 0).map_err(failed)?;
+            }
             // temp_dir volumes live as long as one boot of the machine.
             let volumes = dir.join("volumes");
             if let Ok(rd) = std::fs::read_dir(&volumes) {
