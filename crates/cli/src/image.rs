@@ -36,6 +36,9 @@ pub enum ImageCommand {
         /// Reference to record the image under
         #[arg(long)]
         tag: Option<String>,
+        /// Which image of an archive or layout holding several (its ref name, e.g. `busybox`)
+        #[arg(long, value_name = "NAME")]
+        select: Option<String>,
     },
     /// Remove an image (refused while a machine uses it)
     #[command(
@@ -124,7 +127,7 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> Result<()> {
             );
             Ok(())
         }
-        ImageCommand::Import { path, tag } => {
+        ImageCommand::Import { path, tag, select } => {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let mut url = format!(
@@ -133,6 +136,9 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> Result<()> {
             );
             if let Some(t) = tag {
                 url.push_str(&format!("&tag={}", encode(&t)));
+            }
+            if let Some(sel) = select {
+                url.push_str(&format!("&select={}", encode(&sel)));
             }
             let v: Value = client.post(url).send().await?;
             for img in v.as_array().into_iter().flatten() {

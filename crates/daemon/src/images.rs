@@ -36,6 +36,14 @@ fn image_error(e: hangar_image::Error) -> ApiError {
         E::Registry { .. } | E::Auth { .. } | E::Http { .. } | E::NoMatchingPlatform { .. } => {
             ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
         }
+        // Problems with what the user handed us (an archive, a layout) are theirs to fix.
+        E::Format { .. }
+        | E::UnsupportedMediaType { .. }
+        | E::Json { .. }
+        | E::Layer { .. }
+        | E::UnsafeEntry { .. }
+        | E::DigestMismatch { .. }
+        | E::SizeMismatch { .. } => ApiError::bad_request(e.to_string()),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -45,13 +53,17 @@ fn images(h: &AppState) -> ApiResult<&Images> {
         .ok_or_else(|| ApiError::precondition("this daemon has no image store"))
 }
 
+/// `ref`: an image reference, or a manifest digest (`sha256:…` or a hex prefix of at least 12).
 fn reference(q: &Query) -> ApiResult<String> {
-    q.get("ref")
-        .filter(|r| !r.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ApiError::bad_request("the query parameter ref (an image reference) is required")
-        })
+    let name = q.get("ref").filter(|r| !r.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("the query parameter ref (an image reference) is required")
+    })?;
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    let is_digest = hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_digest {
+        Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    Ok(name.to_string())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -132,6 +144,10 @@ pub async fn import(
     let store = images(&h)?.store.clone();
     let opts = hangar_image::ImportOptions {
         reference: tag,
+        select: q
+            .get("select")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         ..Default::default()
     };
     let records = blocking(move || store.import(&path, &opts)).await?;

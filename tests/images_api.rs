@@ -1,0 +1,183 @@
+//! The image management API and CLI against a real daemon and the loopback registry.
+
+mod common;
+
+use std::process::Command;
+
+use common::{error_text, hangar_bin, Daemon};
+use serde_json::{json, Value};
+
+fn registry() -> String {
+    std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+fn hangar(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(hangar_bin())
+        .args(args)
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .output()
+        .expect("run hangar")
+}
+
+#[tokio::test]
+async fn test_pull_list_inspect_remove_prune() {
+    let d = Daemon::start().await;
+    let image = format!("{}/hangar/config:latest", registry());
+
+    // Pull streams NDJSON progress and ends with the digest.
+    let r = d
+        .client
+        .post("/hangar/v1/images/pull")
+        .query("ref", &image)
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "resolved", "{lines:?}");
+    let digest = lines.last().unwrap()["done"]
+        .as_str()
+        .expect("done line")
+        .to_string();
+    assert!(digest.starts_with("sha256:"));
+
+    let list: Vec<Value> = d.get("/hangar/v1/images").await.json().unwrap();
+    assert!(
+        list.iter().any(|i| i["manifest_digest"] == digest.as_str()),
+        "{list:?}"
+    );
+    let r = d
+        .client
+        .get("/hangar/v1/images/inspect")
+        .query("ref", &image)
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let details: Value = r.json().unwrap();
+    assert!(details["config"]["env"].as_array().is_some(), "{details}");
+
+    // A malformed reference is a 400, an unknown one a 404.
+    let r = d
+        .client
+        .get("/hangar/v1/images/inspect")
+        .query("ref", "Not A Ref")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = d
+        .client
+        .get("/hangar/v1/images/inspect")
+        .query("ref", "127.0.0.1:5000/none:x")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // An image a machine uses cannot be removed.
+    d.create_app("img").await;
+    let m = d
+        .create_machine("img", json!({"config": {"image": image}}))
+        .await;
+    let r = d
+        .client
+        .delete("/hangar/v1/images")
+        .query("ref", &image)
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(error_text(&r).contains("used by"));
+    let r = d
+        .delete(&format!(
+            "/v1/apps/img/machines/{}",
+            m["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = d
+        .client
+        .delete("/hangar/v1/images")
+        .query("ref", &image)
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list: Vec<Value> = d.get("/hangar/v1/images").await.json().unwrap();
+    assert!(!list.iter().any(|i| i["manifest_digest"] == digest.as_str()));
+    let r = d
+        .client
+        .post("/hangar/v1/images/prune")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn test_cli_pull_import_and_ls() {
+    let d = Daemon::start().await;
+    let image = format!("{}/hangar/layers:latest", registry());
+    let out = hangar(&d, &["image", "pull", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Pulled"));
+
+    // Import the fixtures' OCI layout dir (built by scripts/build-test-images) under a tag.
+    let layout = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images");
+    if layout.join("index.json").exists() {
+        // A tag names one image: a layout with several needs a choice, and says so (a 400).
+        let out = hangar(
+            &d,
+            &[
+                "image",
+                "import",
+                layout.to_str().unwrap(),
+                "--tag",
+                "localhost/x:1",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("HTTP 400"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = hangar(
+            &d,
+            &[
+                "image",
+                "import",
+                layout.to_str().unwrap(),
+                "--select",
+                "busybox",
+                "--tag",
+                "localhost/imported:v1",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = hangar(&d, &["image", "ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(ls.contains("hangar/layers:latest"), "{ls}");
+    if layout.join("index.json").exists() {
+        assert!(ls.contains("localhost/imported:v1"), "{ls}");
+    }
+    let out = hangar(&d, &["image", "rm", "Not A Ref"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+}
