@@ -103,6 +103,33 @@ pub fn render_status(m: &Machine, events: &[MachineEvent]) -> String {
         ("Volume", volume_of(m)),
         ("Cordoned", m.cordoned.to_string()),
     ]));
+    if let Some(containers) = m.containers.as_ref().filter(|c| !c.is_empty()) {
+        out.push_str("\nContainers\n");
+        let mut t = Table::new(["NAME", "STATE", "HEALTH", "RESTARTS", "EXIT CODE"]);
+        for c in containers {
+            t.row([
+                c.name.clone(),
+                c.state.clone(),
+                c.health.clone().unwrap_or_default(),
+                c.restart_count.to_string(),
+                c.exit_code.map(|e| e.to_string()).unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    if let Some(checks) = m.checks.as_ref().filter(|c| !c.is_empty()) {
+        out.push_str(&format!("\nChecks [{}]\n", checks.len()));
+        let mut t = Table::new(["NAME", "STATUS", "LAST UPDATED", "OUTPUT"]);
+        for c in checks {
+            t.row([
+                c.name.clone(),
+                c.status.clone(),
+                c.updated_at.clone().unwrap_or_default(),
+                c.output.clone(),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
     out.push_str("\nEvent Logs\n");
     out.push_str(&events_table(events).render());
     out
