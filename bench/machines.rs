@@ -277,6 +277,7 @@ async fn main() {
 
     println!("\nidle machines ({idle} running `sleep inf`):");
     let daemon_before = rss_kib(d.child.id());
+    let available_before = mem_available_kib();
     let mut ids = Vec::new();
     for _ in 0..idle {
         let (id, _) = create(c, "bench", &image).await;
@@ -304,6 +305,7 @@ async fn main() {
         }
     }
     let daemon_after = rss_kib(d.child.id());
+    let available_after = mem_available_kib();
     let n = ids.len().max(1) as f64;
     println!(
         "  pilot PSS per machine:            {:>8.0} KiB",
@@ -321,10 +323,29 @@ async fn main() {
         "  overhead per machine (pilot + daemon): {:.2} MiB",
         (pilot_pss as f64 + daemon_after.saturating_sub(daemon_before) as f64) / n / 1024.0
     );
+    // Everything the host gave up, kernel objects included (namespaces, cgroups, mounts, page
+    // tables); noisy on a busy host, so it is a bound rather than a precise figure.
+    let host_total = available_before.saturating_sub(available_after) as f64 / n;
+    println!(
+        "  host memory per machine (MemAvailable drop): {:.2} MiB, of which workload {:.2} MiB",
+        host_total / 1024.0,
+        sleep_pss as f64 / n / 1024.0
+    );
     for id in &ids {
         let _ = c
             .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
             .send_raw()
             .await;
     }
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }
