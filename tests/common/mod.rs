@@ -168,6 +168,32 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Machines outlive their daemon by design; a test must not leave any running on the
+        // host, so destroy every app (and its machines) first.
+        if self.runtime && self.child.is_some() && !self.token.is_empty() {
+            let client = self.client.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let apps: Value = client.get("/v1/apps").send().await.ok()?;
+                    for app in apps["apps"].as_array()? {
+                        let Some(name) = app["name"].as_str() else {
+                            continue;
+                        };
+                        let _ = client
+                            .delete(format!("/v1/apps/{name}"))
+                            .query("force", "true")
+                            .send_raw()
+                            .await;
+                    }
+                    Some(())
+                })
+            })
+            .join();
+        }
         self.kill9();
     }
 }
