@@ -392,6 +392,14 @@ impl Hangar {
         Ok(())
     }
 
+    /// Boots the machine's current version and records `started`, or `failed` with the reason.
+    async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ApiResult<()> {
+        let started = self.runtime.start(m).await;
+        self.or_fail(m, kind, started).await?;
+        self.transition(m, MachineState::Started, kind, Source::Platform, None)
+            .await
+    }
+
     /// A runtime failure in the middle of a transition leaves the machine `failed` (with the
     /// error in the event), never stuck in `stopping` or `destroying`.
     async fn or_fail<T>(
@@ -585,17 +593,8 @@ impl Hangar {
             (false, false) => previous,
         };
         if launch {
-            if let Err(e) = self.runtime.start(&m).await {
-                self.transition(
-                    &mut m,
-                    MachineState::Failed,
-                    "update",
-                    Source::Platform,
-                    Some(json!({"error": e.to_string()})),
-                )
-                .await?;
-                return Err(e.into());
-            }
+            let started = self.runtime.start(&m).await;
+            self.or_fail(&mut m, "update", started).await?;
         }
         self.transition(&mut m, final_state, "update", Source::Platform, None)
             .await?;
@@ -672,30 +671,8 @@ impl Hangar {
         self.runtime.preflight(&m.config)?;
         self.transition(&mut m, MachineState::Starting, "start", source, None)
             .await?;
-        match self.runtime.start(&m).await {
-            Ok(()) => {
-                self.transition(
-                    &mut m,
-                    MachineState::Started,
-                    "start",
-                    Source::Platform,
-                    None,
-                )
-                .await?;
-                Ok(previous)
-            }
-            Err(e) => {
-                self.transition(
-                    &mut m,
-                    MachineState::Failed,
-                    "start",
-                    Source::Platform,
-                    Some(json!({ "error": e.to_string() })),
-                )
-                .await?;
-                Err(e.into())
-            }
-        }
+        self.boot(&mut m, "start").await?;
+        Ok(previous)
     }
 
     pub async fn stop(
@@ -881,29 +858,7 @@ impl Hangar {
         .await?;
         let stopped = self.runtime.stop(&m, signal, timeout).await;
         self.or_fail(&mut m, "restart", stopped).await?;
-        match self.runtime.start(&m).await {
-            Ok(()) => {
-                self.transition(
-                    &mut m,
-                    MachineState::Started,
-                    "restart",
-                    Source::Platform,
-                    None,
-                )
-                .await
-            }
-            Err(e) => {
-                self.transition(
-                    &mut m,
-                    MachineState::Failed,
-                    "restart",
-                    Source::Platform,
-                    Some(json!({"error": e.to_string()})),
-                )
-                .await?;
-                Err(e.into())
-            }
-        }
+        self.boot(&mut m, "restart").await
     }
 
     pub async fn destroy(
@@ -1227,28 +1182,11 @@ impl Hangar {
                 Some(request),
             )
             .await?;
-            return match self.runtime.start(&m).await {
-                Ok(()) => {
-                    self.transition(
-                        &mut m,
-                        MachineState::Started,
-                        "restart",
-                        Source::Platform,
-                        None,
-                    )
-                    .await
-                }
-                Err(e) => {
-                    self.transition(
-                        &mut m,
-                        MachineState::Failed,
-                        "restart",
-                        Source::Platform,
-                        Some(json!({"error": e.to_string()})),
-                    )
-                    .await
-                }
-            };
+            // A failed reboot leaves the machine `failed` with the reason; that is the outcome.
+            if let Err(e) = self.boot(&mut m, "restart").await {
+                tracing::warn!(machine = %m.id, error = %e.message, "automatic restart failed");
+            }
+            return Ok(());
         }
         self.transition(
             &mut m,
