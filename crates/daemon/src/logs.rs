@@ -46,6 +46,9 @@ struct Tail {
     path: PathBuf,
     /// Keeps the logs dir fd that `path` goes through open.
     _dir: Arc<OwnedFd>,
+    /// The first read starts this many bytes before the end (the `tail` window), at a line
+    /// boundary; `None` reads from the start.
+    window: Option<u64>,
     offset: u64,
     machine_id: String,
     region: String,
@@ -77,8 +80,23 @@ impl Tail {
             self.offset = 0;
         }
         let mut reader = BufReader::new(file);
+        let mut skip_partial = false;
+        if let Some(window) = self.window.take() {
+            if len > window {
+                self.offset = len - window;
+                skip_partial = true;
+            }
+        }
         if reader.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
+        }
+        if skip_partial {
+            // The window starts mid-line; the first complete line follows the next newline.
+            let mut partial = Vec::new();
+            match reader.read_until(b'\n', &mut partial) {
+                Ok(n) if partial.ends_with(b"\n") => self.offset += n as u64,
+                _ => return Vec::new(),
+            }
         }
         let mut out = Vec::new();
         let mut buf = String::new();
@@ -142,6 +160,7 @@ fn add_tails(
     tails: &mut HashMap<(String, String), Tail>,
     machines_dir: &Path,
     targets: &[(String, String)],
+    window: Option<u64>,
 ) {
     for (id, region) in targets {
         for (container, path, dir) in log_files(machines_dir, id) {
@@ -150,6 +169,7 @@ fn add_tails(
                 .or_insert(Tail {
                     path,
                     _dir: dir,
+                    window,
                     offset: 0,
                     machine_id: id.clone(),
                     region: region.clone(),
@@ -212,7 +232,10 @@ pub async fn app_logs(
         let (dir, app) = (machines_dir.clone(), app.clone());
         tokio::task::spawn_blocking(move || {
             let mut tails = HashMap::new();
-            add_tails(&mut tails, &dir, &targets);
+            // Lines are short; 1 KiB a line (at least 64 KiB) covers the asked-for tail
+            // without reading whole files.
+            let window = (tail as u64).saturating_mul(1024).max(64 * 1024);
+            add_tails(&mut tails, &dir, &targets, Some(window));
             let first: Vec<LogLine> = tails
                 .values_mut()
                 .flat_map(|t: &mut Tail| t.read_new(&app))
@@ -248,7 +271,8 @@ pub async fn app_logs(
             };
             let (dir, app2) = (machines_dir.clone(), app.clone());
             let Ok((back, mut lines)) = tokio::task::spawn_blocking(move || {
-                add_tails(&mut tails, &dir, &targets);
+                // Machines that appear while following are read from their first line.
+                add_tails(&mut tails, &dir, &targets, None);
                 let lines: Vec<LogLine> =
                     tails.values_mut().flat_map(|t| t.read_new(&app2)).collect();
                 (tails, lines)

@@ -1,0 +1,78 @@
+//! The logs endpoint: tails from the end of big logs, follows new lines, names the container.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Daemon;
+use serde_json::{json, Value};
+
+fn image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}
+
+#[tokio::test]
+async fn test_tail_and_follow() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("logs").await;
+    let script = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo \"line $i of many, padded to make the log a few hundred kilobytes long ........................................\"; done; echo done-writing; sleep 300";
+    let r = d
+        .post("/v1/apps/logs/machines", json!({"name": "chatty", "config": {"image": image(), "init": {"exec": ["/bin/sh", "-c", script]}}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = |body: String| -> Vec<Value> {
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let tail = loop {
+        let r = d
+            .client
+            .get("/hangar/v1/apps/logs/logs")
+            .query("tail", 5)
+            .send_raw()
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = lines(r.text());
+        if got.last().is_some_and(|l| l["message"] == "done-writing") {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the machine did not finish writing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tail.len(), 5, "{tail:?}");
+    assert!(
+        tail[3]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 3000 "),
+        "{tail:?}"
+    );
+    assert_eq!(tail[0]["container"], "app");
+    assert_eq!(tail[0]["stream"], "stdout");
+
+    // A bad instance is a 404; a bad tail a 400.
+    let r = d
+        .client
+        .get("/hangar/v1/apps/logs/logs")
+        .query("instance", "nope")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let r = d
+        .client
+        .get("/hangar/v1/apps/logs/logs")
+        .query("tail", "-3")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+}
