@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::fcntl::{open, OFlag};
 use nix::sched::{unshare, CloneFlags};
@@ -328,10 +328,4 @@ fn pilot_child(exe: &OwnedFd, argv: &[CString], env: &[CString], log: &File) -> 
         nix::fcntl::AtFlags::AT_EMPTY_PATH,
     );
     format!("exec pilot: {err:?}")
-}
-
-/// Reads a spec file written by the daemon.
-pub fn read_spec(path: &Path) -> Result<SandboxSpec> {
-    let bytes = std::fs::read(path).map_err(ioerr(format!("read {}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| SpawnError::Child(format!("bad spec: {e}")))
 }

@@ -219,6 +219,15 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A write's result, with a unique-constraint failure turned into the "name taken" error.
+fn or_taken(res: rusqlite::Result<usize>, taken: impl FnOnce() -> StoreError) -> Result<()> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(taken()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn insert_event(conn: &Connection, e: &EventRecord) -> Result<()> {
     let request = e.request.as_ref().map(to_json).transpose()?;
     conn.execute(
@@ -280,13 +289,7 @@ impl Store for SqliteStore {
                 app.idempotency_key
             ],
         );
-        match res {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AppNameTaken(app.name.clone()))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        or_taken(res, || StoreError::AppNameTaken(app.name.clone()))?;
         let mut out = app.clone();
         out.internal_numeric_id = conn.last_insert_rowid();
         Ok(out)
@@ -366,13 +369,7 @@ impl Store for SqliteStore {
                 image_ref
             ],
         );
-        match res {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::MachineNameTaken(m.name.clone()))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
         insert_version(&tx, m)?;
         insert_event(&tx, event)?;
         if let Some(l) = lease {
@@ -409,13 +406,7 @@ impl Store for SqliteStore {
                 image_ref
             ],
         );
-        match res {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::MachineNameTaken(m.name.clone()))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
         if new_version {
             insert_version(&tx, m)?;
         } else {
