@@ -55,3 +55,10 @@ pub async fn start_daemon(name: &str) -> Daemon {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The busybox fixture image in the loopback registry (`scripts/registry start && push`).
+pub fn test_image() -> String {
+    let registry =
+        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    format!("{registry}/hangar/busybox:latest")
+}

@@ -47,10 +47,6 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
     p50
 }
 
-fn registry() -> String {
-    std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
-
 async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
     let t0 = Instant::now();
     let m: Value = c
@@ -141,7 +137,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn main() {
     let machines = arg("--machines", 200);
     let idle = arg("--idle", 500);
-    let image = format!("{}/hangar/busybox:latest", registry());
+    let image = common::test_image();
     let d = start_daemon("machines").await;
     let c = &d.client;
     c.post("/v1/apps")

@@ -9,18 +9,12 @@
 #[path = "common.rs"]
 mod common;
 
-use common::start_daemon;
+use common::{start_daemon, test_image as image};
 
 use std::time::{Duration, Instant};
 
 use hangar_client::Client;
 use serde_json::{json, Value};
-
-fn image() -> String {
-    let registry =
-        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    format!("{registry}/hangar/busybox:latest")
-}
 
 fn server(name: &str, port: u16, depends: Option<&str>) -> Value {
     let mut c = json!({

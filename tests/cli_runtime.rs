@@ -3,16 +3,12 @@
 
 mod common;
 
+use common::test_image as image;
+
 use std::process::{Command, Output, Stdio};
 
 use common::{hangar_bin, Daemon};
 use serde_json::Value;
-
-fn image() -> String {
-    let registry =
-        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    format!("{registry}/hangar/busybox:latest")
-}
 
 fn hangar(d: &Daemon, args: &[&str]) -> Output {
     Command::new(hangar_bin())

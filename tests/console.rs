@@ -4,18 +4,14 @@
 
 mod common;
 
+use common::test_image as image;
+
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use hangar_client::{ConsoleFrame, ConsoleOptions, ConsoleStream};
 use serde_json::{json, Value};
 use tokio::io::{ReadHalf, WriteHalf};
-
-fn image() -> String {
-    let registry =
-        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    format!("{registry}/hangar/busybox:latest")
-}
 
 async fn started_machine(d: &Daemon, app: &str, extra: Value) -> String {
     let mut body = json!({"config": {"image": image(), "init": {"exec": ["/bin/sleep", "inf"]}}});

@@ -4,12 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{error_text, hangar_bin, Daemon};
+use common::{error_text, hangar_bin, registry, Daemon};
 use serde_json::{json, Value};
-
-fn registry() -> String {
-    std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
-}
 
 fn hangar(d: &Daemon, args: &[&str]) -> std::process::Output {
     Command::new(hangar_bin())

@@ -3,16 +3,12 @@
 
 mod common;
 
+use common::test_image as image;
+
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::{json, Value};
-
-fn image() -> String {
-    let registry =
-        std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    format!("{registry}/hangar/busybox:latest")
-}
 
 fn container(name: &str, script: &str, extra: Value) -> Value {
     let mut c = json!({"name": name, "image": image(), "exec": ["/bin/sh", "-c", script]});

@@ -20,6 +20,16 @@ pub struct Daemon {
     pub tmp: tempfile::TempDir,
 }
 
+/// The loopback test registry (`scripts/registry start && push`).
+pub fn registry() -> String {
+    std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// The busybox fixture image, as machines pull it.
+pub fn test_image() -> String {
+    format!("{}/hangar/busybox:latest", registry())
+}
+
 pub fn hangar_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hangar")
 }
