@@ -3,6 +3,7 @@
 
 mod clock;
 mod console;
+mod container_plan;
 mod convert;
 mod error;
 mod extract;

@@ -1,0 +1,487 @@
+//! From a machine's config to what Pilot runs: one [`PlannedContainer`] per container (the
+//! implicit `app` of an `image` config, or each of `containers`), their health checks, restart
+//! policies, `temp_dir` volumes, and the resolved command, environment, user and files of each
+//! process (reference 2.2, 2.9 and 4.1).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use hangar_api::{MachineConfig, Signal};
+use hangar_image::RootfsSpec;
+use hangar_pilot::spec::{
+    CheckKind, Condition, Dependency, HealthcheckSpec, Probe, RestartPolicy, RestartSpec,
+};
+use hangar_sandbox::container::{ContainerFile, ContainerProcess};
+use hangar_store::MachineRecord;
+
+use crate::runtime::RuntimeError;
+use crate::sandbox_runtime::{failed, TmpfsPlan, UID_RANGE};
+
+/// One container to run: the implicit `app` of an `image` config, or each of `containers`.
+pub(crate) struct PlannedContainer {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) exec: Option<Vec<String>>,
+    pub(crate) entrypoint: Option<Vec<String>>,
+    pub(crate) cmd: Option<Vec<String>>,
+    pub(crate) user: Option<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) files: Vec<hangar_api::File>,
+    pub(crate) stop_signal: Option<Signal>,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) depends_on: Vec<Dependency>,
+    pub(crate) healthchecks: Vec<HealthcheckSpec>,
+    pub(crate) restart: RestartSpec,
+    /// (volume name, path in the container).
+    pub(crate) mounts: Vec<(String, String)>,
+}
+
+pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
+    let machine_env: Vec<(String, String)> = config
+        .env
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let stop = config.stop_config.as_ref();
+    let stop_signal = stop.and_then(|s| s.signal);
+    let stop_timeout = stop
+        .and_then(|s| s.timeout)
+        .map(|d| d.as_duration())
+        .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT);
+    match config.containers.as_ref().filter(|c| !c.is_empty()) {
+        Some(containers) => containers
+            .iter()
+            .map(|c| PlannedContainer {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                exec: c.exec.clone(),
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                user: c.user.clone(),
+                env: machine_env
+                    .iter()
+                    .cloned()
+                    .chain(c.env.iter().flatten().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect(),
+                files: c.files.clone().unwrap_or_default(),
+                stop_signal: c.stop.as_ref().and_then(|s| s.signal).or(stop_signal),
+                stop_timeout: c
+                    .stop
+                    .as_ref()
+                    .and_then(|s| s.timeout)
+                    .map(|d| d.as_duration())
+                    .unwrap_or(stop_timeout),
+                depends_on: c
+                    .depends_on
+                    .iter()
+                    .flatten()
+                    .map(|d| Dependency {
+                        name: d.name.clone(),
+                        condition: match d.condition.as_str() {
+                            "healthy" => Condition::Healthy,
+                            "exited_successfully" => Condition::ExitedSuccessfully,
+                            _ => Condition::Started,
+                        },
+                    })
+                    .collect(),
+                healthchecks: c
+                    .healthchecks
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter_map(|(i, h)| healthcheck_spec(i, h))
+                    .collect(),
+                restart: restart_spec(c.restart.as_ref()),
+                mounts: c
+                    .mounts
+                    .iter()
+                    .flatten()
+                    .map(|m| (m.name.clone(), m.path.clone()))
+                    .collect(),
+            })
+            .collect(),
+        None => vec![PlannedContainer {
+            name: "app".into(),
+            image: config.image.clone().unwrap_or_default(),
+            exec: config.init.exec.clone(),
+            entrypoint: config.init.entrypoint.clone(),
+            cmd: config.init.cmd.clone(),
+            user: None,
+            env: machine_env,
+            files: config.files.clone().unwrap_or_default(),
+            stop_signal,
+            stop_timeout,
+            depends_on: Vec::new(),
+            // Top-level `checks` (tcp/http) run in Pilot against the machine's network: they
+            // report status and gate nothing (readiness only matters to the proxy).
+            healthchecks: config
+                .checks
+                .iter()
+                .flatten()
+                .filter_map(|(name, c)| machine_check_spec(name, c))
+                .collect(),
+            // The daemon applies the machine's restart policy by rebooting the machine.
+            restart: RestartSpec::default(),
+            mounts: Vec::new(),
+        }],
+    }
+}
+
+pub(crate) struct Volumes {
+    pub(crate) dirs: HashMap<String, PathBuf>,
+    pub(crate) tmpfs: Vec<TmpfsPlan>,
+}
+
+/// Creates the machine's `temp_dir` volumes (`config.volumes`), shared by the containers
+/// that mount them; `memory` ones become a tmpfs of `size_mb` when the sandbox is built.
+pub(crate) fn prepare_volumes(
+    config: &MachineConfig,
+    dir: &Path,
+    uid: u32,
+) -> Result<Volumes, RuntimeError> {
+    let mut out = Volumes {
+        dirs: HashMap::new(),
+        tmpfs: Vec::new(),
+    };
+    for v in config.volumes.iter().flatten() {
+        let Some(t) = &v.temp_dir else { continue };
+        let path = dir.join("volumes").join(&v.name);
+        std::fs::create_dir_all(&path).map_err(failed)?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(failed)?;
+        if t.storage_type.as_deref() == Some("memory") {
+            out.tmpfs.push(TmpfsPlan {
+                target: path.clone(),
+                size_mb: t.size_mb.filter(|s| *s > 0).unwrap_or(64) as u64,
+                uid,
+            });
+        }
+        out.dirs.insert(v.name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// Container restart policy; containers default to `on-failure` like machines.
+pub(crate) fn restart_spec(r: Option<&hangar_api::MachineRestart>) -> RestartSpec {
+    let policy = match r.map(|r| r.policy.as_str()) {
+        Some("no") => RestartPolicy::No,
+        Some("always") => RestartPolicy::Always,
+        _ => RestartPolicy::OnFailure,
+    };
+    RestartSpec {
+        policy,
+        max_retries: r
+            .and_then(|r| r.max_retries)
+            .unwrap_or(10)
+            .clamp(0, i64::from(u32::MAX)) as u32,
+    }
+}
+
+/// A machine-level check (`config.checks`, durations as Go durations) in Pilot's terms.
+pub(crate) fn machine_check_spec(
+    name: &str,
+    c: &hangar_api::MachineCheck,
+) -> Option<HealthcheckSpec> {
+    let port = u16::try_from(c.port?).ok()?;
+    let ms = |d: Option<hangar_api::GoDuration>, default: u64| {
+        d.map_or(default, |d| d.as_duration().as_millis() as u64)
+    };
+    let probe = match c.kind_type.as_deref() {
+        Some("http") => Probe::Http {
+            port,
+            method: c
+                .method
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".into()),
+            path: c
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            scheme: c
+                .protocol
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "http".into()),
+            headers: c
+                .headers
+                .iter()
+                .flatten()
+                .flat_map(|h| h.values.iter().map(|v| (h.name.clone(), v.clone())))
+                .collect(),
+            tls_skip_verify: c.tls_skip_verify.unwrap_or(false),
+            tls_server_name: c.tls_server_name.clone().filter(|n| !n.is_empty()),
+        },
+        _ => Probe::Tcp { port },
+    };
+    Some(HealthcheckSpec {
+        name: name.to_string(),
+        kind: CheckKind::Readiness,
+        stop_when_unhealthy: false,
+        interval_ms: ms(c.interval, 15_000),
+        timeout_ms: ms(c.timeout, 10_000),
+        grace_period_ms: ms(c.grace_period, 0),
+        success_threshold: 1,
+        failure_threshold: 1,
+        probe,
+    })
+}
+
+/// A container health check in Pilot's terms (times in ms; defaults for what is unset).
+pub(crate) fn healthcheck_spec(
+    i: usize,
+    h: &hangar_api::ContainerHealthcheck,
+) -> Option<HealthcheckSpec> {
+    let secs = |v: Option<i64>, default: u64| v.map_or(default, |v| v.max(0) as u64) * 1000;
+    let probe = if let Some(t) = &h.tcp {
+        Probe::Tcp {
+            port: t.port as u16,
+        }
+    } else if let Some(http) = &h.http {
+        Probe::Http {
+            port: http.port as u16,
+            method: http
+                .method
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".into()),
+            path: http
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            scheme: http
+                .scheme
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "http".into()),
+            headers: http
+                .headers
+                .iter()
+                .flatten()
+                .flat_map(|hd| hd.values.iter().map(|v| (hd.name.clone(), v.clone())))
+                .collect(),
+            tls_skip_verify: http.tls_skip_verify.unwrap_or(false),
+            tls_server_name: http.tls_server_name.clone().filter(|n| !n.is_empty()),
+        }
+    } else {
+        Probe::Exec {
+            command: h.exec.as_ref()?.command.clone(),
+        }
+    };
+    Some(HealthcheckSpec {
+        name: h.name.clone().unwrap_or_else(|| format!("check-{i}")),
+        kind: match h.kind.as_deref() {
+            Some("liveness") => CheckKind::Liveness,
+            _ => CheckKind::Readiness,
+        },
+        stop_when_unhealthy: h.unhealthy.as_deref() == Some("stop"),
+        interval_ms: secs(h.interval, 10),
+        timeout_ms: secs(h.timeout, 5),
+        grace_period_ms: secs(h.grace_period, 0),
+        success_threshold: h.success_threshold.unwrap_or(1).max(1) as u32,
+        failure_threshold: h.failure_threshold.unwrap_or(3).max(1) as u32,
+        probe,
+    })
+}
+
+/// Resolves command, environment, user and files of one container (reference 2.2 and 4.1).
+pub(crate) fn container_process(
+    m: &MachineRecord,
+    c: &PlannedContainer,
+    image: &hangar_image::ImageConfig,
+    rootfs: &RootfsSpec,
+    target: &Path,
+) -> Result<ContainerProcess, RuntimeError> {
+    let argv = match &c.exec {
+        Some(exec) if !exec.is_empty() => exec.clone(),
+        _ => {
+            let entrypoint = c
+                .entrypoint
+                .clone()
+                .unwrap_or_else(|| image.entrypoint.clone());
+            // An explicitly empty cmd means "use the image's".
+            let cmd = match &c.cmd {
+                Some(cmd) if !cmd.is_empty() => cmd.clone(),
+                _ => image.cmd.clone(),
+            };
+            entrypoint.into_iter().chain(cmd).collect()
+        }
+    };
+    if argv.is_empty() {
+        return Err(RuntimeError::Image(format!(
+            "container {}: the image has no entrypoint or cmd; set init.cmd or init.exec",
+            c.name
+        )));
+    }
+    let mut env: Vec<(String, String)> = image
+        .env
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    fn set(env: &mut Vec<(String, String)>, k: &str, v: String) {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v));
+    }
+    for (k, v) in &c.env {
+        set(&mut env, k, v.clone());
+    }
+    let guest = m.config.guest.clone().unwrap_or_default();
+    set(&mut env, "FLY_APP_NAME", m.app.clone());
+    set(&mut env, "FLY_MACHINE_ID", m.id.clone());
+    set(&mut env, "FLY_ALLOC_ID", m.id.clone());
+    set(&mut env, "FLY_REGION", m.region.clone());
+    set(&mut env, "PRIMARY_REGION", m.region.clone());
+    set(&mut env, "FLY_IMAGE_REF", c.image.clone());
+    set(&mut env, "FLY_MACHINE_VERSION", m.instance_id.clone());
+    set(&mut env, "FLY_PRIVATE_IP", m.private_ip.clone());
+    set(&mut env, "FLY_VM_MEMORY_MB", guest.memory_mb.to_string());
+    if let Some(group) = m
+        .config
+        .metadata
+        .as_ref()
+        .and_then(|md| md.get("fly_process_group"))
+    {
+        set(&mut env, "FLY_PROCESS_GROUP", group.clone());
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        set(
+            &mut env,
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        set(&mut env, "HOME", "/root".into());
+    }
+    let user_spec = c
+        .user
+        .clone()
+        .or_else(|| image.user.clone())
+        .unwrap_or_default();
+    let (uid, gid) = resolve_user(&user_spec, &rootfs.lowerdirs)?;
+    let mut files = vec![
+        ContainerFile {
+            path: "/etc/hostname".into(),
+            content: format!("{}\n", m.id).into_bytes(),
+            mode: 0o644,
+        },
+        ContainerFile {
+            path: "/etc/hosts".into(),
+            content: format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n127.0.1.1\t{}\n",
+                m.private_ip, m.id
+            )
+            .into_bytes(),
+            mode: 0o644,
+        },
+        ContainerFile {
+            path: "/etc/resolv.conf".into(),
+            content: b"nameserver fdaa::3\n".to_vec(),
+            mode: 0o644,
+        },
+    ];
+    for f in &c.files {
+        let content = match (&f.raw_value, &f.secret_name, &f.image_config) {
+            (Some(raw), _, _) => base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| RuntimeError::Image(format!("file {}: {e}", f.guest_path)))?,
+            (_, Some(secret), _) => {
+                return Err(RuntimeError::Unsupported(format!(
+                "file {}: secret {secret:?} cannot be resolved (app secrets are not supported yet)",
+                f.guest_path
+            )))
+            }
+            (_, _, Some(_)) => serde_json::to_vec_pretty(image).map_err(failed)?,
+            _ => continue,
+        };
+        files.push(ContainerFile {
+            path: f.guest_path.clone(),
+            content,
+            mode: f.mode.unwrap_or(0o644),
+        });
+    }
+    Ok(ContainerProcess {
+        rootfs: target.to_path_buf(),
+        argv,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: image
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        additional_gids: Vec::new(),
+        files,
+        binds: Vec::new(),
+    })
+}
+
+/// `user`, `uid`, `user:group` or `uid:gid`, names looked up in the image's /etc/passwd and
+/// /etc/group (the topmost layer that has the file wins).
+pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let read = |file: &str| {
+        layers
+            .iter()
+            .map(|l| l.join("etc").join(file))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    let passwd = read("passwd");
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[2] == user)
+                .and_then(|f| f[3].parse().ok())
+                .unwrap_or(uid);
+            (uid, gid)
+        }
+        Err(_) => passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == user)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .ok_or_else(|| {
+                RuntimeError::Image(format!(
+                    "user {user:?} not found in the image's /etc/passwd"
+                ))
+            })?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read("group")
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| {
+                    RuntimeError::Image(format!("group {g:?} not found in the image's /etc/group"))
+                })?,
+        },
+    };
+    if uid >= UID_RANGE || gid >= UID_RANGE {
+        return Err(RuntimeError::Image(format!(
+            "user {spec:?} is outside the machine's id range"
+        )));
+    }
+    Ok((uid, gid))
+}
