@@ -430,10 +430,6 @@ pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32),
     if spec.is_empty() {
         return Ok((0, 0));
     }
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
     let read = |file: &str| {
         layers
             .iter()
@@ -442,46 +438,12 @@ pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32),
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default()
     };
-    let passwd = read("passwd");
-    let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => {
-            let gid = passwd
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() > 3 && f[2] == user)
-                .and_then(|f| f[3].parse().ok())
-                .unwrap_or(uid);
-            (uid, gid)
-        }
-        Err(_) => passwd
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && f[0] == user)
-            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .ok_or_else(|| {
-                RuntimeError::Image(format!(
-                    "user {user:?} not found in the image's /etc/passwd"
-                ))
-            })?,
-    };
-    let gid = match group {
-        None => primary_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => read("group")
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() > 2 && f[0] == g)
-                .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| {
-                    RuntimeError::Image(format!("group {g:?} not found in the image's /etc/group"))
-                })?,
-        },
-    };
-    if uid >= UID_RANGE || gid >= UID_RANGE {
+    let user = hangar_sandbox::user::lookup(spec, &read("passwd"), &read("group"))
+        .map_err(|e| RuntimeError::Image(format!("in the image: {e}")))?;
+    if user.uid >= UID_RANGE || user.gid >= UID_RANGE {
         return Err(RuntimeError::Image(format!(
             "user {spec:?} is outside the machine's id range"
         )));
     }
-    Ok((uid, gid))
+    Ok((user.uid, user.gid))
 }

@@ -148,43 +148,13 @@ pub fn apply_user(process: &mut ContainerProcess, spec: &str) -> Result<(), Stri
         return Ok(());
     }
     let read = |f: &str| std::fs::read_to_string(process.rootfs.join(f)).unwrap_or_default();
-    let passwd = read("etc/passwd");
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    // name:x:uid:gid:gecos:home:shell
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user));
-    let (uid, mut gid, name, home) = match (&entry, user.parse::<u32>()) {
-        (Some(f), _) => (
-            f[2].parse::<u32>()
-                .map_err(|_| format!("bad uid for user {user} in /etc/passwd"))?,
-            f[3].parse::<u32>()
-                .map_err(|_| format!("bad gid for user {user} in /etc/passwd"))?,
-            f[0].to_string(),
-            f[5].to_string(),
-        ),
-        (None, Ok(uid)) => (uid, uid, uid.to_string(), "/".to_string()),
-        (None, Err(_)) => {
-            return Err(format!(
-                "unable to find user {user}: no matching entries in passwd file"
-            ))
-        }
-    };
-    if let Some(g) = group {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => read("etc/group")
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}"))?,
-        };
-    }
+    let hangar_sandbox::user::User {
+        uid,
+        gid,
+        name,
+        home,
+    } = hangar_sandbox::user::lookup(spec, &read("etc/passwd"), &read("etc/group"))
+        .map_err(|e| format!("unable to find user: {e}"))?;
     process.uid = uid;
     process.gid = gid;
     process.additional_gids.clear();

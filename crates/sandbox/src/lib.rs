@@ -6,6 +6,7 @@ pub mod container;
 pub mod net;
 pub mod seccomp;
 pub mod spawn;
+pub mod user;
 
 pub use cgroup::{Hierarchy, Limits, MachineCgroup};
 pub use spawn::{spawn_machine, SandboxSpec};
