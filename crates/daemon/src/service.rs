@@ -256,6 +256,19 @@ impl Hangar {
         Ok((guard, m))
     }
 
+    /// [`lock_machine`](Self::lock_machine) for a mutation: also refuses a leased machine
+    /// unless `nonce` is the lease's.
+    async fn lock_leased(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let (guard, m) = self.lock_machine(app, id).await?;
+        self.check_lease(&m, nonce).await?;
+        Ok((guard, m))
+    }
+
     // ---- reading machines -------------------------------------------------------------------
 
     async fn load(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
@@ -520,8 +533,7 @@ impl Hangar {
     ) -> ApiResult<MachineRecord> {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
                 return Err(ApiError::precondition(format!(
@@ -690,8 +702,7 @@ impl Hangar {
                 )));
             }
         }
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         match m.state {
             MachineState::Started => {
                 let (signal, timeout) = stop_params(&m.config, &opts);
@@ -729,8 +740,7 @@ impl Hangar {
 
     /// Freezes a started machine's cgroup; `start` thaws it.
     pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         match m.state {
             MachineState::Started => {}
             MachineState::Suspended => return Ok(()),
@@ -781,8 +791,7 @@ impl Hangar {
         signal: Signal,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let (_guard, m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
         if m.state != MachineState::Started {
             return Err(ApiError::precondition(format!(
                 "machine is {}, not started",
@@ -839,8 +848,7 @@ impl Hangar {
         opts: StopOptions,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if m.state != MachineState::Started {
             return Err(ApiError::precondition(format!(
                 "unable to restart machine: it is {}, not started",
@@ -945,8 +953,7 @@ impl Hangar {
         cordoned: bool,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if m.cordoned != cordoned {
             m.cordoned = cordoned;
             m.updated_at = now_ms();
@@ -970,8 +977,7 @@ impl Hangar {
         for key in changes.keys() {
             check_metadata_key(key)?;
         }
-        let (_guard, mut m) = self.lock_machine(app, id).await?;
-        self.check_lease(&m, nonce).await?;
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = machine_version.filter(|v| !v.is_empty()) {
             if v != m.instance_id {
                 return Err(ApiError::new(
