@@ -611,3 +611,46 @@ async fn test_destroying_machines_leaves_nothing_behind() {
         .count();
     assert_eq!(dirs, 0, "machine dirs left behind");
 }
+
+/// A container's `user` brings its supplementary groups from the image's /etc/group (as Docker
+/// does), for the main process and for exec sessions alike.
+#[tokio::test]
+async fn test_container_user_and_supplementary_groups() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("users").await;
+    let body = json!({"config": {"containers": [{
+        "name": "app", "image": image(), "user": "app",
+        "exec": ["/bin/sh", "-c", "echo main=$(id -u):$(id -g):$(id -G | tr ' ' ,) home=$HOME; exec sleep 300"],
+    }]}});
+    let r = d.post("/v1/apps/users/machines", body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let m = id(&r.json::<Value>().unwrap());
+    wait(&d, "users", &m, "started").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log(&d, &m).contains("main=") {
+        assert!(tokio::time::Instant::now() < deadline, "no output");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = log(&d, &m);
+    assert!(
+        out.contains("main=1000:1000:1000,50 home=/home/app"),
+        "{out}"
+    );
+    let r = d
+        .post(
+            &format!("/v1/apps/users/machines/{m}/exec"),
+            json!({"command": ["id", "-G"], "container": "app"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "exec: {}", r.text());
+    let got: Value = r.json().unwrap();
+    assert_eq!(got["stdout"].as_str().unwrap().trim(), "1000 50", "{got}");
+    let r = d
+        .client
+        .delete(format!("/v1/apps/users/machines/{m}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

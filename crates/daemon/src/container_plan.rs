@@ -14,6 +14,7 @@ use hangar_pilot::spec::{
     CheckKind, Condition, Dependency, HealthcheckSpec, Probe, RestartPolicy, RestartSpec,
 };
 use hangar_sandbox::container::{ContainerFile, ContainerProcess};
+use hangar_sandbox::user::User;
 use hangar_store::MachineRecord;
 
 use crate::runtime::RuntimeError;
@@ -357,15 +358,16 @@ pub(crate) fn container_process(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
     }
-    if !env.iter().any(|(k, _)| k == "HOME") {
-        set(&mut env, "HOME", "/root".into());
-    }
     let user_spec = c
         .user
         .clone()
         .or_else(|| image.user.clone())
         .unwrap_or_default();
-    let (uid, gid) = resolve_user(&user_spec, &rootfs.lowerdirs)?;
+    let user = resolve_user(&user_spec, &rootfs.lowerdirs)?;
+    // Docker's rule: HOME from the user's passwd entry unless the image or config set one.
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        set(&mut env, "HOME", user.home.clone());
+    }
     let mut files = vec![
         ContainerFile {
             path: "/etc/hostname".into(),
@@ -416,9 +418,9 @@ pub(crate) fn container_process(
             .clone()
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
-        additional_gids: Vec::new(),
+        uid: user.uid,
+        gid: user.gid,
+        additional_gids: user.groups,
         files,
         binds: Vec::new(),
     })
@@ -426,10 +428,8 @@ pub(crate) fn container_process(
 
 /// `user`, `uid`, `user:group` or `uid:gid`, names looked up in the image's /etc/passwd and
 /// /etc/group (the topmost layer that has the file wins).
-pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> {
-    if spec.is_empty() {
-        return Ok((0, 0));
-    }
+pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<User, RuntimeError> {
+    let spec = if spec.is_empty() { "0" } else { spec };
     let read = |file: &str| {
         layers
             .iter()
@@ -440,10 +440,11 @@ pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<(u32, u32),
     };
     let user = hangar_sandbox::user::lookup(spec, &read("passwd"), &read("group"))
         .map_err(|e| RuntimeError::Image(format!("in the image: {e}")))?;
-    if user.uid >= UID_RANGE || user.gid >= UID_RANGE {
+    if user.uid >= UID_RANGE || user.gid >= UID_RANGE || user.groups.iter().any(|&g| g >= UID_RANGE)
+    {
         return Err(RuntimeError::Image(format!(
             "user {spec:?} is outside the machine's id range"
         )));
     }
-    Ok((user.uid, user.gid))
+    Ok(user)
 }

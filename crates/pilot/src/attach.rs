@@ -153,11 +153,12 @@ pub fn apply_user(process: &mut ContainerProcess, spec: &str) -> Result<(), Stri
         gid,
         name,
         home,
+        groups,
     } = hangar_sandbox::user::lookup(spec, &read("etc/passwd"), &read("etc/group"))
         .map_err(|e| format!("unable to find user: {e}"))?;
     process.uid = uid;
     process.gid = gid;
-    process.additional_gids.clear();
+    process.additional_gids = groups;
     for (k, v) in [("HOME", home), ("USER", name.clone()), ("LOGNAME", name)] {
         set_env(&mut process.env, k, &v);
     }
