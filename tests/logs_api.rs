@@ -72,3 +72,61 @@ async fn test_tail_and_follow() {
         .unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// `follow=true` streams lines as they are written, including those of a machine created after
+/// the follower started.
+#[tokio::test]
+async fn test_follow_streams_new_lines() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("follow").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let client = d.client.clone();
+    let follower = tokio::spawn(async move {
+        let mut pending = Vec::new();
+        let _ = client
+            .get_streaming("/hangar/v1/apps/follow/logs?follow=true&tail=0", |chunk| {
+                pending.extend_from_slice(chunk);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    if tx.send(serde_json::from_slice(&line).unwrap()).is_err() {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let script =
+        "for i in 1 2 3 4 5; do echo tick $i; echo warn $i >&2; sleep 0.2; done; sleep 300";
+    let r = d
+        .post(
+            "/v1/apps/follow/machines",
+            json!({"config": {"image": image(), "init": {"exec": ["/bin/sh", "-c", script]}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !got.iter().any(|l: &Value| l["message"] == "warn 5") {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(line)) => got.push(line),
+            _ => panic!("follow stopped or timed out; got {got:?}"),
+        }
+    }
+    let ticks: Vec<&str> = got
+        .iter()
+        .filter(|l| l["stream"] == "stdout")
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(ticks, ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5"]);
+    assert!(got
+        .iter()
+        .all(|l| l["machine_id"] == id.as_str() && l["container"] == "app"));
+    assert_eq!(got.iter().filter(|l| l["stream"] == "stderr").count(), 5);
+    follower.abort();
+}

@@ -2,17 +2,19 @@
 //! (`<data>/machines/<id>/logs/<container>.log`, lines `<RFC 3339> <stream> <text>`) as NDJSON,
 //! oldest first, optionally following new lines as they are written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::stat::Mode;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, RawQuery, State};
@@ -26,8 +28,14 @@ use crate::extract::Query;
 use crate::routes::AppState;
 use crate::service::ListFilter;
 
-/// How often a follower looks for new lines; logs are for people, 250 ms is prompt enough.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a follower looks for machines and log dirs that appeared since it started; new
+/// lines in dirs already followed wake it at once (inotify).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// After a wake-up, how long to let more writes gather before reading, so a chatty container
+/// costs one read per batch rather than one per line.
+const COALESCE: Duration = Duration::from_millis(10);
+/// Without inotify (no instances left), followers fall back to polling this often.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const DEFAULT_TAIL: usize = 100;
 
 #[derive(Debug, Serialize)]
@@ -130,15 +138,7 @@ impl Tail {
 /// without following a symlink (the machine's uid owns it), and the paths keep pointing into it
 /// even if the name is swapped later. The fd lives as long as the returned handle.
 fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc<OwnedFd>)> {
-    let dir = machines_dir
-        .join(machine_id)
-        .join(crate::sandbox_runtime::RUN_DIR)
-        .join("logs");
-    let Ok(fd) = nix::fcntl::open(
-        &dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
+    let Ok(fd) = open_logs_dir(machines_dir, machine_id) else {
         return Vec::new();
     };
     let fd = Arc::new(fd);
@@ -153,6 +153,96 @@ fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc
                 .map(|c| (c.to_string(), through.join(&name), fd.clone()))
         })
         .collect()
+}
+
+/// Wakes a follower when a file in a followed logs dir is written or created.
+struct LogWatch {
+    fd: AsyncFd<InotifyFd>,
+    watched: HashSet<String>,
+}
+
+/// `AsyncFd` wants `AsRawFd`, which nix's `Inotify` only offers through `AsFd`.
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl LogWatch {
+    fn new() -> Option<Self> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| tracing::debug!("logs follow: no inotify ({e}), polling"))
+            .ok()?;
+        // SAFETY: the inotify fd is owned by the InotifyFd inside the AsyncFd, so it stays open
+        // for as long as it is registered.
+        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.ok()?;
+        Some(Self {
+            fd,
+            watched: HashSet::new(),
+        })
+    }
+
+    /// Watches the logs dir of each machine not watched yet (dirs that do not exist yet are
+    /// tried again on the next rescan).
+    fn watch(&mut self, machines_dir: &Path, targets: &[(String, String)]) {
+        for (id, _) in targets {
+            if self.watched.contains(id) {
+                continue;
+            }
+            // Opened without following links (the machine's uid owns the dir), then watched
+            // through the fd.
+            let Ok(fd) = open_logs_dir(machines_dir, id) else {
+                continue;
+            };
+            let flags = AddWatchFlags::IN_MODIFY
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_ONLYDIR;
+            let through = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            if self
+                .fd
+                .get_ref()
+                .0
+                .add_watch(through.as_str(), flags)
+                .is_ok()
+            {
+                self.watched.insert(id.clone());
+            }
+        }
+    }
+
+    /// Waits until something was written; false when inotify broke down.
+    async fn changed(&self) -> bool {
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else {
+                return false;
+            };
+            match ready.get_inner().0.read_events() {
+                Ok(_) => return true,
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Consumes events that arrived while reading, so they do not cause a second wake-up.
+    fn drain(&self) {
+        while self.fd.get_ref().0.read_events().is_ok() {}
+    }
+}
+
+fn open_logs_dir(machines_dir: &Path, machine_id: &str) -> nix::Result<OwnedFd> {
+    let dir = machines_dir
+        .join(machine_id)
+        .join(crate::sandbox_runtime::RUN_DIR)
+        .join("logs");
+    nix::fcntl::open(
+        &dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Starts following the log files of `targets` (machine id, region) not followed yet.
@@ -258,21 +348,33 @@ pub async fn app_logs(
         if tx.send(first).await.is_err() {
             return;
         }
-        loop {
-            tokio::time::sleep(FOLLOW_INTERVAL).await;
-            // Machines (and containers) that appeared since the last look are picked up too.
-            let targets: Vec<(String, String)> = match h.list_machines(&app, filter()).await {
+        let list_targets = || async {
+            match h.list_machines(&app, filter()).await {
                 Ok(machines) => machines
                     .iter()
                     .filter(|m| wanted(&m.id, &m.name))
                     .map(|m| (m.id.clone(), m.region.clone()))
                     .collect(),
                 Err(_) => Vec::new(),
-            };
-            let (dir, app2) = (machines_dir.clone(), app.clone());
+            }
+        };
+        let mut watch = LogWatch::new();
+        let mut targets: Vec<(String, String)> = Vec::new();
+        let mut next_rescan = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_rescan {
+                // Machines (and containers) that appeared since the last look are picked up.
+                targets = list_targets().await;
+                if let Some(w) = watch.as_mut() {
+                    w.watch(&machines_dir, &targets);
+                }
+                next_rescan = tokio::time::Instant::now() + RESCAN_INTERVAL;
+            }
+            // Watches are in place before this read, so nothing written after it is missed.
+            let (dir, app2, t) = (machines_dir.clone(), app.clone(), targets.clone());
             let Ok((back, mut lines)) = tokio::task::spawn_blocking(move || {
                 // Machines that appear while following are read from their first line.
-                add_tails(&mut tails, &dir, &targets, None);
+                add_tails(&mut tails, &dir, &t, None);
                 let lines: Vec<LogLine> =
                     tails.values_mut().flat_map(|t| t.read_new(&app2)).collect();
                 (tails, lines)
@@ -282,15 +384,35 @@ pub async fn app_logs(
                 return;
             };
             tails = back;
-            if lines.is_empty() {
-                if tx.is_closed() {
+            if !lines.is_empty() {
+                lines.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+                if tx.send(to_ndjson(&lines)).await.is_err() {
                     return;
                 }
-                continue;
             }
-            lines.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
-            if tx.send(to_ndjson(&lines)).await.is_err() {
-                return;
+            let rescan = tokio::time::sleep_until(next_rescan);
+            match watch.as_ref() {
+                Some(w) => {
+                    tokio::select! {
+                        ok = w.changed() => {
+                            if !ok {
+                                watch = None;
+                            }
+                            tokio::time::sleep(COALESCE).await;
+                            if let Some(w) = watch.as_ref() {
+                                w.drain();
+                            }
+                        }
+                        _ = rescan => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
             }
         }
     });
