@@ -620,11 +620,14 @@ async fn test_container_user_and_supplementary_groups() {
     d.create_app("users").await;
     let body = json!({"config": {"containers": [{
         "name": "app", "image": image(), "user": "app",
-        "exec": ["/bin/sh", "-c", "echo main=$(id -u):$(id -g):$(id -G | tr ' ' ,) home=$HOME; exec sleep 300"],
+        "exec": ["/bin/sh", "-c", "echo main=$(id -u):$(id -g):$(id -G | tr ' ' ,) home=$HOME version=$V region=$R; exec sleep 300"],
+        "env_from": [{"env_var": "V", "field_ref": "version"}, {"env_var": "R", "field_ref": "region"}],
     }]}});
     let r = d.post("/v1/apps/users/machines", body).await;
     assert_eq!(r.status, 200, "create: {}", r.text());
-    let m = id(&r.json::<Value>().unwrap());
+    let created: Value = r.json().unwrap();
+    let m = id(&created);
+    let version = created["instance_id"].as_str().unwrap().to_string();
     wait(&d, "users", &m, "started").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !log(&d, &m).contains("main=") {
@@ -633,7 +636,9 @@ async fn test_container_user_and_supplementary_groups() {
     }
     let out = log(&d, &m);
     assert!(
-        out.contains("main=1000:1000:1000,50 home=/home/app"),
+        out.contains(&format!(
+            "main=1000:1000:1000,50 home=/home/app version={version} region=local"
+        )),
         "{out}"
     );
     let r = d
@@ -653,4 +658,60 @@ async fn test_container_user_and_supplementary_groups() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// `processes` (reference 2.8): each process runs from the machine's image in one shared root
+/// filesystem with its own command and env (`env_from` projections included), and the machine
+/// stops, with that process's exit code, as soon as one of them exits.
+#[tokio::test]
+async fn test_processes_share_rootfs_and_end_the_machine() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("procs").await;
+    let main = "echo main role=$ROLE id=$MY_ID; echo hi > /tmp/shared; \
+                while [ ! -e /tmp/seen ]; do sleep 0.05; done; exit 3";
+    let side = "while [ ! -e /tmp/shared ]; do sleep 0.05; done; \
+                echo side saw=$(cat /tmp/shared) app=$MY_APP role=$ROLE; touch /tmp/seen; exec sleep 300";
+    let body = json!({"config": {
+        "image": image(),
+        "restart": {"policy": "no"},
+        // `sleep` as PID 1 ignores the stop signal; do not wait 5 s for the SIGKILL.
+        "stop_config": {"timeout": "1s"},
+        "processes": [
+            {"exec": ["/bin/sh", "-c", main], "env": {"ROLE": "main"},
+             "env_from": [{"env_var": "MY_ID", "field_ref": "id"}]},
+            {"exec": ["/bin/sh", "-c", side],
+             "env_from": [{"env_var": "MY_APP", "field_ref": "app_name"}]},
+        ],
+    }});
+    let r = d.post("/v1/apps/procs/machines", body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let m = id(&r.json::<Value>().unwrap());
+    wait(&d, "procs", &m, "stopped").await;
+    let exit = events(&d, "procs", &m).await;
+    let exits = exits(&exit);
+    assert_eq!(
+        exits
+            .first()
+            .map(|e| &e["request"]["exit_event"]["exit_code"]),
+        Some(&json!(3)),
+        "{exits:?}"
+    );
+    let logs = d.data_dir.join("machines").join(&m).join("run/logs");
+    let main_log = std::fs::read_to_string(logs.join("app.log")).unwrap_or_default();
+    let side_log = std::fs::read_to_string(logs.join("app-2.log")).unwrap_or_default();
+    assert!(
+        main_log.contains(&format!("main role=main id={m}")),
+        "{main_log}"
+    );
+    assert!(
+        side_log.contains("side saw=hi app=procs role="),
+        "the second process sees the first one's files, has its own env: {side_log}"
+    );
+    let r = d
+        .client
+        .delete(format!("/v1/apps/procs/machines/{m}"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -50,8 +50,7 @@ pub struct MachineConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<File>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub processes: Option<Value>,
+    pub processes: Option<Vec<MachineProcess>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,6 +414,32 @@ pub struct ContainerConfig {
     pub healthchecks: Option<Vec<ContainerHealthcheck>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<ContainerMount>>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
+/// One process of an `image` machine (reference 2.8): each runs from the machine's image, in the
+/// same root filesystem, and the machine stops when any of them exits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MachineProcess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<EnvFrom>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub secrets: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_app_secrets: bool,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Extra,

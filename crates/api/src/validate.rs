@@ -37,6 +37,34 @@ const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 3600;
 
 /// Checks `config` and fills in what the platform defaults (guest size from `size` or the
 /// default preset). Called on create and on every update.
+/// Fields of the machine `env_from` can project into a variable (reference 4.1).
+pub const ENV_FROM_REFS: &[&str] = &["id", "version", "app_name", "private_ip", "region", "image"];
+
+fn check_env_from(field: &str, env_from: Option<&Vec<crate::EnvFrom>>) -> Result {
+    for (i, e) in env_from.into_iter().flatten().enumerate() {
+        if e.env_var.is_empty() {
+            return Err(bad(format!("{field}[{i}].env_var"), "is required"));
+        }
+        if e.env_var.contains(['=', '\0']) {
+            return Err(bad(
+                format!("{field}[{i}].env_var"),
+                format!("invalid environment variable name {:?}", e.env_var),
+            ));
+        }
+        if !ENV_FROM_REFS.contains(&e.field_ref.as_str()) {
+            return Err(bad(
+                format!("{field}[{i}].field_ref"),
+                format!(
+                    "invalid field_ref {:?}; valid: {}",
+                    e.field_ref,
+                    ENV_FROM_REFS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_config(config: &mut MachineConfig) -> Result {
     let has_image = config
         .image
@@ -56,6 +84,25 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
     normalize_guest(config)?;
     check_env("config.env", config.env.as_ref())?;
     check_init(config)?;
+    if let Some(processes) = config.processes.as_ref().filter(|p| !p.is_empty()) {
+        if has_containers {
+            return Err(bad(
+                "config.processes",
+                "processes cannot be combined with containers; give each process as a container",
+            ));
+        }
+        for (i, p) in processes.iter().enumerate() {
+            let field = format!("config.processes[{i}]");
+            check_argv(&format!("{field}.exec"), p.exec.as_ref())?;
+            check_argv(&format!("{field}.entrypoint"), p.entrypoint.as_ref())?;
+            check_argv(&format!("{field}.cmd"), p.cmd.as_ref())?;
+            check_env(&format!("{field}.env"), p.env.as_ref())?;
+            check_env_from(&format!("{field}.env_from"), p.env_from.as_ref())?;
+            if p.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                return Err(bad(format!("{field}.user"), "must not be empty"));
+            }
+        }
+    }
     if let Some(metadata) = &config.metadata {
         for key in metadata.keys() {
             if key.is_empty() {
@@ -617,22 +664,7 @@ fn check_containers(containers: &[ContainerConfig], volumes: &BTreeSet<String>) 
         check_argv(&format!("{field}.entrypoint"), c.entrypoint.as_ref())?;
         check_argv(&format!("{field}.cmd"), c.cmd.as_ref())?;
         check_env(&format!("{field}.env"), c.env.as_ref())?;
-        for (i, e) in c.env_from.iter().flatten().enumerate() {
-            const REFS: &[&str] = &["id", "version", "app_name", "private_ip", "region", "image"];
-            if e.env_var.is_empty() {
-                return Err(bad(format!("{field}.env_from[{i}].env_var"), "is required"));
-            }
-            if !REFS.contains(&e.field_ref.as_str()) {
-                return Err(bad(
-                    format!("{field}.env_from[{i}].field_ref"),
-                    format!(
-                        "invalid field_ref {:?}; valid: {}",
-                        e.field_ref,
-                        REFS.join(", ")
-                    ),
-                ));
-            }
-        }
+        check_env_from(&format!("{field}.env_from"), c.env_from.as_ref())?;
         if let Some(files) = &c.files {
             check_files(&format!("{field}.files"), files)?;
         }

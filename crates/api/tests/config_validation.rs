@@ -921,6 +921,37 @@ fn cases() -> Vec<Case> {
             err("config.containers[app].env_from[0].field_ref"),
         ),
         case(
+            "processes with commands, env and env_from",
+            json!({"image": "nginx", "processes": [
+                {"cmd": ["nginx"], "env": {"ROLE": "web"}, "env_from": [{"env_var": "ME", "field_ref": "id"}]},
+                {"exec": ["/worker"], "user": "app", "secrets": [{"env_var": "TOKEN"}]}
+            ]}),
+            ok_with(vec![
+                has("/processes/1/exec/0", json!("/worker")),
+                has("/processes/1/secrets/0/env_var", json!("TOKEN")),
+            ]),
+        ),
+        case(
+            "processes with an unknown env_from field_ref",
+            json!({"image": "nginx", "processes": [{"env_from": [{"env_var": "X", "field_ref": "nope"}]}]}),
+            err("config.processes[0].env_from[0].field_ref"),
+        ),
+        case(
+            "processes with an env_from variable that has no name",
+            json!({"image": "nginx", "processes": [{"env_from": [{"field_ref": "id"}]}]}),
+            err("config.processes[0].env_from[0].env_var"),
+        ),
+        case(
+            "processes together with containers",
+            json!({"processes": [{"cmd": ["x"]}], "containers": [{"name": "app", "image": "nginx"}]}),
+            err("config.processes"),
+        ),
+        case(
+            "processes that is not a list",
+            json!({"image": "nginx", "processes": {"cmd": ["x"]}}),
+            undecodable("processes"),
+        ),
+        case(
             "temp_dir volumes on disk and in memory",
             json!({
                 "volumes": [

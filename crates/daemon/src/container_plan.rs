@@ -29,6 +29,8 @@ pub(crate) struct PlannedContainer {
     pub(crate) cmd: Option<Vec<String>>,
     pub(crate) user: Option<String>,
     pub(crate) env: Vec<(String, String)>,
+    /// (variable, machine field) projections, reference 4.1.
+    pub(crate) env_from: Vec<(String, String)>,
     pub(crate) files: Vec<hangar_api::File>,
     pub(crate) stop_signal: Option<Signal>,
     pub(crate) stop_timeout: Duration,
@@ -37,6 +39,18 @@ pub(crate) struct PlannedContainer {
     pub(crate) restart: RestartSpec,
     /// (volume name, path in the container).
     pub(crate) mounts: Vec<(String, String)>,
+    /// A further process of an `image` machine runs in the root filesystem of this container
+    /// (the first process) instead of one of its own.
+    pub(crate) rootfs_of: Option<String>,
+    /// `processes` semantics: when this one ends for good, the machine stops.
+    pub(crate) stops_machine: bool,
+}
+
+fn env_from(list: Option<&Vec<hangar_api::EnvFrom>>) -> Vec<(String, String)> {
+    list.into_iter()
+        .flatten()
+        .map(|e| (e.env_var.clone(), e.field_ref.clone()))
+        .collect()
 }
 
 pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer> {
@@ -67,6 +81,7 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                     .cloned()
                     .chain(c.env.iter().flatten().map(|(k, v)| (k.clone(), v.clone())))
                     .collect(),
+                env_from: env_from(c.env_from.as_ref()),
                 files: c.files.clone().unwrap_or_default(),
                 stop_signal: c.stop.as_ref().and_then(|s| s.signal).or(stop_signal),
                 stop_timeout: c
@@ -102,33 +117,96 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                     .flatten()
                     .map(|m| (m.name.clone(), m.path.clone()))
                     .collect(),
+                rootfs_of: None,
+                stops_machine: false,
             })
             .collect(),
-        None => vec![PlannedContainer {
-            name: "app".into(),
-            image: config.image.clone().unwrap_or_default(),
-            exec: config.init.exec.clone(),
-            entrypoint: config.init.entrypoint.clone(),
-            cmd: config.init.cmd.clone(),
-            user: None,
-            env: machine_env,
-            files: config.files.clone().unwrap_or_default(),
-            stop_signal,
-            stop_timeout,
-            depends_on: Vec::new(),
-            // Top-level `checks` (tcp/http) run in Pilot against the machine's network: they
-            // report status and gate nothing (readiness only matters to the proxy).
-            healthchecks: config
-                .checks
-                .iter()
-                .flatten()
-                .filter_map(|(name, c)| machine_check_spec(name, c))
-                .collect(),
-            // The daemon applies the machine's restart policy by rebooting the machine.
-            restart: RestartSpec::default(),
-            mounts: Vec::new(),
-        }],
+        None => image_processes(config, machine_env, stop_signal, stop_timeout),
     }
+}
+
+/// The containers of an `image` machine: the implicit `app`, or one per entry of `processes`
+/// (reference 2.8), all from the machine's image and in the first one's root filesystem; the
+/// first is named `app`, the others `app-2`, `app-3`…
+fn image_processes(
+    config: &MachineConfig,
+    machine_env: Vec<(String, String)>,
+    stop_signal: Option<Signal>,
+    stop_timeout: Duration,
+) -> Vec<PlannedContainer> {
+    let main = PlannedContainer {
+        name: "app".into(),
+        image: config.image.clone().unwrap_or_default(),
+        exec: config.init.exec.clone(),
+        entrypoint: config.init.entrypoint.clone(),
+        cmd: config.init.cmd.clone(),
+        user: None,
+        env: machine_env,
+        files: config.files.clone().unwrap_or_default(),
+        stop_signal,
+        stop_timeout,
+        depends_on: Vec::new(),
+        // Top-level `checks` (tcp/http) run in Pilot against the machine's network: they
+        // report status and gate nothing (readiness only matters to the proxy).
+        healthchecks: config
+            .checks
+            .iter()
+            .flatten()
+            .filter_map(|(name, c)| machine_check_spec(name, c))
+            .collect(),
+        // The daemon applies the machine's restart policy by rebooting the machine.
+        restart: RestartSpec::default(),
+        mounts: Vec::new(),
+        env_from: Vec::new(),
+        rootfs_of: None,
+        stops_machine: false,
+    };
+    let processes = config.processes.as_deref().unwrap_or_default();
+    if processes.is_empty() {
+        return vec![main];
+    }
+    let multiple = processes.len() > 1;
+    processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = if i == 0 {
+                "app".to_string()
+            } else {
+                format!("app-{}", i + 1)
+            };
+            PlannedContainer {
+                name,
+                image: main.image.clone(),
+                // A process's command replaces init's the way init's replaces the image's.
+                exec: p.exec.clone().or_else(|| main.exec.clone()),
+                entrypoint: p.entrypoint.clone().or_else(|| main.entrypoint.clone()),
+                cmd: p.cmd.clone().or_else(|| main.cmd.clone()),
+                user: p.user.clone(),
+                env: main
+                    .env
+                    .iter()
+                    .cloned()
+                    .chain(p.env.iter().flatten().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect(),
+                env_from: env_from(p.env_from.as_ref()),
+                files: main.files.clone(),
+                stop_signal: main.stop_signal,
+                stop_timeout: main.stop_timeout,
+                depends_on: Vec::new(),
+                // Machine checks run once, with the first process.
+                healthchecks: if i == 0 {
+                    main.healthchecks.clone()
+                } else {
+                    Vec::new()
+                },
+                restart: RestartSpec::default(),
+                mounts: Vec::new(),
+                rootfs_of: (i > 0).then(|| "app".to_string()),
+                stops_machine: multiple,
+            }
+        })
+        .collect()
 }
 
 pub(crate) struct Volumes {
@@ -343,6 +421,19 @@ pub(crate) fn container_process(
     set(&mut env, "FLY_MACHINE_VERSION", m.instance_id.clone());
     set(&mut env, "FLY_PRIVATE_IP", m.private_ip.clone());
     set(&mut env, "FLY_VM_MEMORY_MB", guest.memory_mb.to_string());
+    for (var, field) in &c.env_from {
+        let value = match field.as_str() {
+            "id" => m.id.clone(),
+            "version" => m.instance_id.clone(),
+            "app_name" => m.app.clone(),
+            "private_ip" => m.private_ip.clone(),
+            "region" => m.region.clone(),
+            "image" => c.image.clone(),
+            // Validation admits only the fields above.
+            _ => continue,
+        };
+        set(&mut env, var, value);
+    }
     if let Some(group) = m
         .config
         .metadata

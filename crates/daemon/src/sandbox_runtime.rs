@@ -192,25 +192,39 @@ impl SandboxRuntime {
         let mut containers = Vec::new();
         let mut mounts = Vec::new();
         let volumes = prepare_volumes(&m.config, dir, uid_base)?;
+        // Root filesystems by container, for processes that share the first one's.
+        let mut prepared: HashMap<String, (hangar_image::ImageDetails, RootfsSpec)> =
+            HashMap::new();
         for c in container_configs(&m.config) {
-            let record = self.ensure_image(&c.image).await?;
-            let store = self.images.clone();
-            let cdir = dir.join("containers").join(&c.name);
-            let digest = record.manifest_digest.clone();
-            let (details, rootfs) = tokio::task::spawn_blocking({
-                let cdir = cdir.clone();
-                move || {
-                    let details = store.inspect(&digest.to_string())?;
-                    let rootfs =
-                        store.prepare_rootfs(&digest, &cdir, Some((uid_base, uid_base)))?;
-                    Ok::<_, hangar_image::Error>((details, rootfs))
+            let owner = c.rootfs_of.clone().unwrap_or_else(|| c.name.clone());
+            let target = dir.join("containers").join(&owner).join("rootfs");
+            let (details, rootfs) = match prepared.get(&owner) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let record = self.ensure_image(&c.image).await?;
+                    let store = self.images.clone();
+                    let cdir = dir.join("containers").join(&c.name);
+                    let digest = record.manifest_digest.clone();
+                    let (details, rootfs) = tokio::task::spawn_blocking(move || {
+                        let details = store.inspect(&digest.to_string())?;
+                        let rootfs =
+                            store.prepare_rootfs(&digest, &cdir, Some((uid_base, uid_base)))?;
+                        Ok::<_, hangar_image::Error>((details, rootfs))
+                    })
+                    .await
+                    .map_err(failed)?
+                    .map_err(|e| RuntimeError::Image(e.to_string()))?;
+                    std::fs::create_dir_all(&target).map_err(failed)?;
+                    mounts.push(MountPlan {
+                        lowerdirs: rootfs.lowerdirs.clone(),
+                        upperdir: rootfs.upperdir.clone(),
+                        workdir: rootfs.workdir.clone(),
+                        target: target.clone(),
+                    });
+                    prepared.insert(c.name.clone(), (details.clone(), rootfs.clone()));
+                    (details, rootfs)
                 }
-            })
-            .await
-            .map_err(failed)?
-            .map_err(|e| RuntimeError::Image(e.to_string()))?;
-            let target = cdir.join("rootfs");
-            std::fs::create_dir_all(&target).map_err(failed)?;
+            };
             let mut process = container_process(m, &c, &details.config, &rootfs, &target)?;
             for (volume, path) in &c.mounts {
                 let host = volumes
@@ -238,12 +252,7 @@ impl SandboxRuntime {
                 healthchecks: c.healthchecks.clone(),
                 restart: c.restart.clone(),
                 tty: m.config.init.tty,
-            });
-            mounts.push(MountPlan {
-                lowerdirs: rootfs.lowerdirs,
-                upperdir: rootfs.upperdir,
-                workdir: rootfs.workdir,
-                target,
+                stops_machine: c.stops_machine,
             });
         }
         Ok((

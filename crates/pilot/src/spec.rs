@@ -36,6 +36,10 @@ pub struct ContainerSpec {
     /// The main process gets a pty (`init.tty`); its output still goes to the log.
     #[serde(default)]
     pub tty: bool,
+    /// A process of a `processes` machine: when it ends for good, Pilot stops the others and
+    /// the machine exits with its code.
+    #[serde(default)]
+    pub stops_machine: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -89,6 +89,8 @@ pub(crate) struct State {
     pub containers: Vec<Container>,
     pids: HashMap<i32, usize>,
     pub stopping: bool,
+    /// The `stops_machine` container whose exit ended the machine; its code is the machine's.
+    ended_by: Option<usize>,
     pub events: broadcast::Sender<Event>,
     /// The most recent events, replayed to a new watcher so that what happened before it
     /// connected (containers that start at once) is not lost.
@@ -174,6 +176,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
         containers,
         pids: HashMap::new(),
         stopping: false,
+        ended_by: None,
         events: broadcast::channel(WATCH_BUFFER).0,
         history: RefCell::new(std::collections::VecDeque::new()),
         changed: Rc::new(Notify::new()),
@@ -207,7 +210,10 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
     std::fs::write(&exit_path, serde_json::to_vec(&statuses)?)
         .with_context(|| format!("writing {}", exit_path.display()))?;
     let _ = std::fs::remove_file(&socket);
-    Ok(exit_code(&statuses))
+    Ok(match s.ended_by {
+        Some(i) => exit_code(&statuses[i..=i]),
+        None => exit_code(&statuses),
+    })
 }
 
 /// A single container's code is the machine's; with several, 0 only if all ended with 0.
@@ -457,13 +463,21 @@ fn on_exit(state: &Shared, i: usize, ended: Ended) {
     }
     let restarting = backoff.map(|_| event(c, EventKind::Restarting));
     let run = c.run;
+    let ends_machine = backoff.is_none() && c.spec.stops_machine && !stopping;
     s.emit(e);
     if let Some(r) = restarting {
         s.emit(r);
     }
+    if ends_machine {
+        s.ended_by = Some(i);
+    }
     drop(s);
     if let Some(delay) = backoff {
         tokio::task::spawn_local(restart_after(state.clone(), i, run, delay));
+    }
+    if ends_machine {
+        // `processes` semantics: the machine stops when any of its processes exits.
+        spawn_stop(state, None, None);
     }
 }
 
