@@ -715,3 +715,43 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// `dns` shapes the machine's host name, /etc/hosts and /etc/resolv.conf.
+#[tokio::test]
+async fn test_dns_config() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("dns").await;
+    let body = json!({"config": {
+        "image": image(),
+        "init": {"exec": ["sleep", "300"]},
+        "dns": {"nameservers": ["10.0.0.2", "fd00::53"], "searches": ["corp.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}],
+                "hostname": "web-1", "hostname_fqdn": "web-1.corp.example"},
+    }});
+    let r = d.post("/v1/apps/dns/machines", body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let m = id(&r.json::<Value>().unwrap());
+    wait(&d, "dns", &m, "started").await;
+    let r = d
+        .post(
+            &format!("/v1/apps/dns/machines/{m}/exec"),
+            json!({"command": ["sh", "-c", "hostname; cat /etc/hostname /etc/resolv.conf; grep 127.0.1.1 /etc/hosts"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "exec: {}", r.text());
+    let out: Value = r.json().unwrap();
+    assert_eq!(
+        out["stdout"].as_str().unwrap(),
+        "web-1\nweb-1\nnameserver 10.0.0.2\nnameserver fd00::53\nsearch corp.example\n\
+         options ndots:2 rotate\n127.0.1.1\tweb-1.corp.example web-1\n",
+        "{out}"
+    );
+    let r = d
+        .client
+        .delete(format!("/v1/apps/dns/machines/{m}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -364,7 +364,23 @@ pub struct DnsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub searches: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<DnsOption>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname_fqdn: Option<String>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
+/// A resolv.conf option: `ndots` with value `2` becomes `options ndots:2`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DnsOption {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Extra,

@@ -65,6 +65,66 @@ fn check_env_from(field: &str, env_from: Option<&Vec<crate::EnvFrom>>) -> Result
     Ok(())
 }
 
+/// A host name of dot-separated labels of letters, digits and dashes (RFC 1123).
+fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn check_dns(dns: &crate::DnsConfig) -> Result {
+    for (i, ns) in dns.nameservers.iter().flatten().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad(
+                format!("config.dns.nameservers[{i}]"),
+                format!("{ns:?} is not an IP address"),
+            ));
+        }
+    }
+    for (i, search) in dns.searches.iter().flatten().enumerate() {
+        if !is_hostname(search) {
+            return Err(bad(
+                format!("config.dns.searches[{i}]"),
+                format!("{search:?} is not a domain name"),
+            ));
+        }
+    }
+    for (i, o) in dns.options.iter().flatten().enumerate() {
+        let clean = |s: &str| !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == ':');
+        if !clean(&o.name) || o.value.as_deref().is_some_and(|v| !clean(v)) {
+            return Err(bad(
+                format!("config.dns.options[{i}]"),
+                "an option needs a name, and neither it nor its value may contain spaces or ':'",
+            ));
+        }
+    }
+    if let Some(h) = dns.hostname.as_deref().filter(|h| !h.is_empty()) {
+        if !is_hostname(h) || h.contains('.') {
+            return Err(bad(
+                "config.dns.hostname",
+                format!("{h:?} is not a host name (letters, digits and '-', at most 63)"),
+            ));
+        }
+    }
+    if let Some(h) = dns.hostname_fqdn.as_deref().filter(|h| !h.is_empty()) {
+        if !is_hostname(h) {
+            return Err(bad(
+                "config.dns.hostname_fqdn",
+                format!("{h:?} is not a domain name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_config(config: &mut MachineConfig) -> Result {
     let has_image = config
         .image
@@ -150,6 +210,9 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
                 "a machine can mount at most one volume",
             ));
         }
+    }
+    if let Some(dns) = &config.dns {
+        check_dns(dns)?;
     }
     let services = config.services.as_deref().unwrap_or_default();
     for (i, service) in services.iter().enumerate() {

@@ -952,6 +952,36 @@ fn cases() -> Vec<Case> {
             undecodable("processes"),
         ),
         case(
+            "dns with nameservers, searches, options and hostnames",
+            alpine(json!({"dns": {"nameservers": ["10.0.0.2", "fd00::53"], "searches": ["corp.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}],
+                "hostname": "web-1", "hostname_fqdn": "web-1.corp.example", "dns_forward_rules": []}})),
+            ok_with(vec![
+                has("/dns/options/0/value", json!("2")),
+                has("/dns/dns_forward_rules", json!([])),
+            ]),
+        ),
+        case(
+            "dns nameserver that is not an IP address",
+            alpine(json!({"dns": {"nameservers": ["dns.example"]}})),
+            err("config.dns.nameservers[0]"),
+        ),
+        case(
+            "dns hostname with a dot",
+            alpine(json!({"dns": {"hostname": "a.b"}})),
+            err("config.dns.hostname"),
+        ),
+        case(
+            "dns search domain with a space",
+            alpine(json!({"dns": {"searches": ["a b"]}})),
+            err("config.dns.searches[0]"),
+        ),
+        case(
+            "dns option without a name",
+            alpine(json!({"dns": {"options": [{"value": "2"}]}})),
+            err("config.dns.options[0]"),
+        ),
+        case(
             "temp_dir volumes on disk and in memory",
             json!({
                 "volumes": [

@@ -459,24 +459,35 @@ pub(crate) fn container_process(
     if !env.iter().any(|(k, _)| k == "HOME") {
         set(&mut env, "HOME", user.home.clone());
     }
+    let hostname = hostname(&m.config, &m.id);
+    let names = match m
+        .config
+        .dns
+        .as_ref()
+        .and_then(|d| d.hostname_fqdn.as_deref())
+        .filter(|f| !f.is_empty() && *f != hostname)
+    {
+        Some(fqdn) => format!("{fqdn} {hostname}"),
+        None => hostname.clone(),
+    };
     let mut files = vec![
         ContainerFile {
             path: "/etc/hostname".into(),
-            content: format!("{}\n", m.id).into_bytes(),
+            content: format!("{hostname}\n").into_bytes(),
             mode: 0o644,
         },
         ContainerFile {
             path: "/etc/hosts".into(),
             content: format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n127.0.1.1\t{}\n",
-                m.private_ip, m.id
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n127.0.1.1\t{names}\n",
+                m.private_ip
             )
             .into_bytes(),
             mode: 0o644,
         },
         ContainerFile {
             path: "/etc/resolv.conf".into(),
-            content: b"nameserver fdaa::3\n".to_vec(),
+            content: resolv_conf(m.config.dns.as_ref()).into_bytes(),
             mode: 0o644,
         },
     ];
@@ -515,6 +526,49 @@ pub(crate) fn container_process(
         files,
         binds: Vec::new(),
     })
+}
+
+/// The machine's host name: `dns.hostname`, else its id.
+pub(crate) fn hostname(config: &MachineConfig, id: &str) -> String {
+    config
+        .dns
+        .as_ref()
+        .and_then(|d| d.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// `/etc/resolv.conf` from `dns`: its nameservers (default Fly's `fdaa::3`), search domains and
+/// options.
+fn resolv_conf(dns: Option<&hangar_api::DnsConfig>) -> String {
+    let mut out = String::new();
+    let servers: Vec<&str> = dns
+        .and_then(|d| d.nameservers.as_ref())
+        .map(|n| n.iter().map(String::as_str).collect())
+        .filter(|n: &Vec<&str>| !n.is_empty())
+        .unwrap_or_else(|| vec!["fdaa::3"]);
+    for ns in servers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if let Some(searches) = dns
+        .and_then(|d| d.searches.as_ref())
+        .filter(|s| !s.is_empty())
+    {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    let options: Vec<String> = dns
+        .and_then(|d| d.options.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|o| match &o.value {
+            Some(v) if !v.is_empty() => format!("{}:{v}", o.name),
+            _ => o.name.clone(),
+        })
+        .collect();
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
 }
 
 /// `user`, `uid`, `user:group` or `uid:gid`, names looked up in the image's /etc/passwd and

@@ -294,7 +294,7 @@ impl SandboxRuntime {
                 memory_bytes,
                 swap_bytes,
                 pids: PIDS_LIMIT,
-                hostname: m.id.clone(),
+                hostname: crate::container_plan::hostname(&m.config, &m.id),
                 pilot_args: vec![
                     "pilot".into(),
                     "--machine-dir".into(),
