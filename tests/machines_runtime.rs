@@ -279,7 +279,9 @@ ls /work >/dev/null 2>&1 && echo "host=visible" || echo "host=hidden"
 mount -t tmpfs none /mnt 2>/dev/null && echo "mount=allowed" || echo "mount=denied"
 echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo "procsys=writable" || echo "procsys=readonly"
 cat /proc/kcore >/dev/null 2>&1; echo "kcore=$(wc -c < /proc/kcore)"
-insmod /nonexistent.ko 2>/dev/null; echo "caps=$(grep CapEff /proc/self/status)"
+echo junk > /tmp/m.ko; echo "insmod=$(busybox insmod /tmp/m.ko 2>&1)"
+echo h > /proc/sysrq-trigger 2>/dev/null && echo "sysrq=writable" || echo "sysrq=denied"
+echo "caps=$(grep CapEff /proc/self/status)"
 echo "nnp=$(grep NoNewPrivs /proc/self/status | tr -d ' \t')"
 echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t')"
 ls /dev | tr '\n' ' '; echo
@@ -327,6 +329,12 @@ sleep 300
     assert!(out.contains("file=hello mode=644"), "{out}");
     assert!(out.contains("host=hidden"), "{out}");
     assert!(out.contains("mount=denied"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("insmod=") && l.contains("Operation not permitted")),
+        "loading a kernel module is refused: {out}"
+    );
+    assert!(out.contains("sysrq=denied"), "{out}");
     assert!(out.contains("procsys=readonly"), "{out}");
     assert!(
         out.contains("kcore=0") || !std::path::Path::new("/proc/kcore").exists(),
