@@ -184,6 +184,46 @@ async fn main() {
         start_lat.push(t0.elapsed());
     }
     report("hangar start of a stopped machine", start_lat);
+
+    // Resume: `start` of a suspended machine thaws its cgroup.
+    let mut suspend_lat = Vec::new();
+    let mut resume_lat = Vec::new();
+    for id in ids.iter().take(100) {
+        let t0 = Instant::now();
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/suspend"))
+            .send_raw()
+            .await
+            .expect("suspend");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = c
+            .get(format!(
+                "/v1/apps/bench/machines/{id}/wait?state=suspended&timeout=30"
+            ))
+            .send_raw()
+            .await
+            .expect("wait suspended");
+        assert_eq!(r.status, 200, "{}", r.text());
+        suspend_lat.push(t0.elapsed());
+        let t0 = Instant::now();
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/start"))
+            .send_raw()
+            .await
+            .expect("resume");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = c
+            .get(format!(
+                "/v1/apps/bench/machines/{id}/wait?state=started&timeout=30"
+            ))
+            .send_raw()
+            .await
+            .expect("wait started");
+        assert_eq!(r.status, 200, "{}", r.text());
+        resume_lat.push(t0.elapsed());
+    }
+    report("hangar suspend (until suspended)", suspend_lat);
+    report("hangar resume of a suspended machine", resume_lat);
     for id in &ids {
         let _ = c
             .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
