@@ -754,6 +754,18 @@ async fn test_dns_config() {
          options ndots:2 rotate\n127.0.1.1\tweb-1.corp.example web-1\n",
         "{out}"
     );
+    // A secret file cannot be resolved without app secrets: refused at create, nothing made.
+    let r = d
+        .post(
+            "/v1/apps/dns/machines",
+            json!({"config": {"image": image(),
+                "files": [{"guest_path": "/etc/token", "secret_name": "TOKEN"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(error_text(&r).contains("/etc/token"), "{}", r.text());
+    let list: Vec<Value> = d.get("/v1/apps/dns/machines").await.json().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
     let r = d
         .client
         .delete(format!("/v1/apps/dns/machines/{m}"))

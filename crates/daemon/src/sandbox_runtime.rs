@@ -613,6 +613,14 @@ impl Runtime for SandboxRuntime {
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
         for c in container_configs(config) {
             Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+            // Refused here rather than failing the machine at boot.
+            if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
+                return Err(RuntimeError::Unsupported(format!(
+                    "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
+                     use raw_value",
+                    f.guest_path
+                )));
+            }
         }
         Ok(())
     }
