@@ -19,6 +19,8 @@ use clap_complete::Shell;
 #[command(
     name = "hangar",
     version,
+    // pflag (flyctl) lets a repeated single-value flag's last value win; so do we.
+    args_override_self = true,
     about = "Fly-style Machines on your own Linux hosts",
     after_help = "Examples:\n  \
         sudo hangar daemon\n  \
@@ -49,7 +51,7 @@ pub enum Command {
     )]
     Apps(apps::AppsCommand),
     /// Manage machines
-    #[command(visible_alias = "m")]
+    #[command(visible_aliases = ["machines", "m"])]
     Machine(machine::MachineArgs),
     /// Manage the image store (pull, import, list, inspect, remove, prune)
     #[command(
@@ -77,11 +79,74 @@ pub enum Command {
 /// Parses the process arguments and runs the command. Help and version output exit the process
 /// directly (status 0); every other failure is returned for `main` to print as one line.
 pub fn run() -> Result<()> {
-    let cli = match Cli::try_parse() {
+    let args = go_bool_flags(&Cli::command(), std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => return Err(clap_error(e)),
     };
     execute(cli)
+}
+
+/// Go's flag package (flyctl's) accepts `--flag=true` and `--flag=false` for boolean flags,
+/// which clap's value-less flags refuse. Rewrites them for the (sub)command they belong to:
+/// `--rm=true` becomes `--rm`, `--rm=false` is dropped. Other arguments pass unchanged.
+pub fn go_bool_flags(
+    root: &clap::Command,
+    args: Vec<std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut cmd = root;
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(bin) = iter.next() {
+        out.push(bin);
+    }
+    let mut skip_value = false;
+    let mut positional_only = false;
+    for arg in iter {
+        let text = arg.to_string_lossy().into_owned();
+        if positional_only || std::mem::take(&mut skip_value) {
+            out.push(arg);
+            continue;
+        }
+        if text == "--" {
+            positional_only = true;
+            out.push(arg);
+            continue;
+        }
+        if let Some(flag) = text.strip_prefix("--") {
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (flag, None),
+            };
+            let found = cmd.get_arguments().find(|a| {
+                a.get_long() == Some(name)
+                    || a.get_all_aliases().is_some_and(|al| al.contains(&name))
+            });
+            match (found, value) {
+                (Some(a), Some(v)) if matches!(a.get_action(), clap::ArgAction::SetTrue) => {
+                    match v.to_ascii_lowercase().as_str() {
+                        "true" | "t" | "1" => out.push(format!("--{name}").into()),
+                        "false" | "f" | "0" => {}
+                        _ => out.push(arg),
+                    }
+                }
+                (Some(a), None) if a.get_action().takes_values() => {
+                    // `--flag value`: the next argument is the value, not a flag.
+                    skip_value = a.get_num_args().is_none_or(|n| n.min_values() > 0);
+                    out.push(arg);
+                }
+                _ => out.push(arg),
+            }
+            continue;
+        }
+        if !text.starts_with('-') {
+            if let Some(sub) = cmd.find_subcommand(&text) {
+                cmd = sub;
+            }
+        }
+        out.push(arg);
+    }
+    out
 }
 
 /// Help/version requests exit here; real usage errors become one-line errors.

@@ -16,8 +16,13 @@ use crate::machine::{
     StopArgs, WaitArgs,
 };
 
+/// Parses as `hangar` does, Go-style boolean values included.
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-    Cli::try_parse_from(std::iter::once("hangar").chain(args.iter().copied()))
+    let argv = std::iter::once("hangar")
+        .chain(args.iter().copied())
+        .map(std::ffi::OsString::from)
+        .collect();
+    Cli::try_parse_from(go_bool_flags(&Cli::command(), argv))
 }
 
 fn machine(args: &[&str]) -> MachineArgs {

@@ -40,7 +40,12 @@ pub struct VmFlags {
     )]
     pub vm_memory: Option<String>,
     /// Kind of CPU: shared or performance
-    #[arg(long, value_name = "KIND", help_heading = "VM size")]
+    #[arg(
+        long,
+        visible_alias = "vm-cpukind",
+        value_name = "KIND",
+        help_heading = "VM size"
+    )]
     pub vm_cpu_kind: Option<String>,
     /// Memory ceiling for ballooning, in MB or with a unit
     #[arg(long, value_name = "SIZE", help_heading = "VM size")]
@@ -782,17 +787,18 @@ fn apply_restart(
         None => {
             if opts.rm || (opts.updating && config.auto_destroy) {
                 "no"
-            } else if flags.schedule.is_some() && config.restart.is_none() {
+            } else if !opts.updating && flags.schedule.is_some() && config.restart.is_none() {
                 "on-failure"
             } else {
                 return Ok(());
             }
         }
     };
-    config
-        .restart
-        .get_or_insert_with(MachineRestart::default)
-        .policy = policy.to_string();
+    // flyctl writes a fresh restart object: a policy given here drops an older max_retries.
+    config.restart = Some(MachineRestart {
+        policy: policy.to_string(),
+        ..Default::default()
+    });
     Ok(())
 }
 

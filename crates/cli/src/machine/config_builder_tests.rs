@@ -1,6 +1,6 @@
 //! Command line → exact config JSON, for run, create, update and clone.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
 use crate::machine::{clone, run, update, MachineCommand};
@@ -96,6 +96,19 @@ fn cases() -> Vec<Case> {
         err("create", &["image is required"]),
         // ---- --rm, dns ----
         ok("run nginx --rm", nginx(json!({"auto_destroy": true, "restart": {"policy": "no"}}))),
+        // Go-style booleans and repeated flags, as pflag parses them for flyctl.
+        ok("run nginx --rm=true", nginx(json!({"auto_destroy": true, "restart": {"policy": "no"}}))),
+        ok("run nginx --rm=false", nginx(json!({}))),
+        ok("run nginx --skip-dns-registration=false", nginx(json!({}))),
+        ok("run nginx --skip-dns-registration=1", nginx(json!({"dns": {"skip_registration": true}}))),
+        ok("run nginx --vm-memory 512 --vm-memory 1024", nginx(json!({"guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 1024}}))),
+        ok("run nginx --vm-cpukind shared", nginx(json!({}))),
+        err("run nginx --rm=maybe", &["--rm"]),
+        // A policy given on the command line replaces the whole restart object.
+        ok(
+            "run nginx --machine-config '{\"restart\": {\"policy\": \"on-failure\", \"max_retries\": 3}}' --restart always",
+            nginx(json!({"restart": {"policy": "always"}})),
+        ),
         ok("create nginx --rm", nginx(json!({"auto_destroy": true, "restart": {"policy": "no"}}))),
         ok("run nginx --rm --restart always", nginx(json!({"auto_destroy": true, "restart": {"policy": "always"}}))),
         ok("run nginx --rm --restart ''", nginx(json!({"auto_destroy": true}))),
@@ -288,13 +301,14 @@ fn cases() -> Vec<Case> {
 fn build(line: &str, dir: &std::path::Path, auto_destroy_base: bool) -> anyhow::Result<Value> {
     let line = line.replace("{DIR}", &dir.display().to_string());
     let words = shlex::split(&line).expect("test line is valid shell words");
-    let cli = Cli::try_parse_from(
-        ["hangar", "machine"]
-            .into_iter()
-            .map(String::from)
-            .chain(words),
-    )
-    .map_err(|e| anyhow::anyhow!("clap: {e}"))?;
+    let argv = ["hangar", "machine"]
+        .into_iter()
+        .map(String::from)
+        .chain(words)
+        .map(std::ffi::OsString::from)
+        .collect();
+    let cli = Cli::try_parse_from(crate::go_bool_flags(&Cli::command(), argv))
+        .map_err(|e| anyhow::anyhow!("clap: {}", crate::one_line_clap_error(&e)))?;
     let Command::Machine(m) = cli.command else {
         panic!("not a machine command")
     };

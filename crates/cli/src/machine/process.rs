@@ -26,10 +26,13 @@ pub struct RestartArgs {
     /// Force the stop
     #[arg(long)]
     pub force: bool,
-    /// Accepted for compatibility; health checks are not watched yet
+    /// Do not wait for the machine's health checks to pass after the restart
     #[arg(long)]
     pub skip_health_checks: bool,
 }
+
+/// How long `restart` waits for a machine to be started again (flyctl's 5 minutes).
+const RESTART_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
 pub struct SuspendArgs {
@@ -88,6 +91,14 @@ pub(crate) async fn restart(ctx: &Ctx<'_>, args: RestartArgs) -> Result<()> {
                 .map_err(|e| super::no_runtime(e, || format!("could not restart machine {id}")))
         })
         .await?;
+        // As flyctl: wait for the machine to be started again, then for its checks.
+        let version = ctx.get(id).await?.instance_id;
+        wait_for(ctx, id, &version, "started", RESTART_WAIT)
+            .await
+            .with_context(|| format!("machine {id} did not start again"))?;
+        if !args.skip_health_checks {
+            super::run::watch_checks(ctx, id).await?;
+        }
         println!("Machine {id} restarted successfully!");
     }
     Ok(())

@@ -128,17 +128,18 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
         println!("\nMachine created as a standby; it starts when a watched machine's host fails.");
         return Ok(());
     }
-    if args.detach && !args.shell {
-        return Ok(());
-    }
     if args.shell {
         return shell(&ctx, &machine, &args).await;
     }
+    // Like flyctl, --detach still waits for the start; it skips the health checks (and, here,
+    // following a --rm machine to its end).
     let state = wait_started(&ctx, &machine).await?;
+    if !args.detach {
+        watch_checks(&ctx, &machine.id).await?;
+    }
     println!("\nMachine {state}, you can connect via the following private ip");
     println!("  {}", machine.private_ip);
-    watch_checks(&ctx, &machine.id).await?;
-    if args.create.rm {
+    if args.create.rm && !args.detach {
         let code = follow_until_destroyed(&ctx, &machine).await?;
         if code != 0 {
             // The machine's own exit code, as `docker run --rm` gives it.
@@ -152,7 +153,7 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
 const CHECKS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Like flyctl: after the start, wait for the machine's checks to pass and show them.
-async fn watch_checks(ctx: &Ctx<'_>, id: &str) -> Result<()> {
+pub(crate) async fn watch_checks(ctx: &Ctx<'_>, id: &str) -> Result<()> {
     let has_checks = |m: &Machine| {
         let config = m.config.as_ref();
         config.is_some_and(|c| c.checks.as_ref().is_some_and(|k| !k.is_empty()))

@@ -18,7 +18,7 @@ pub struct UpdateArgs {
     #[arg(value_name = "ID")]
     pub id: Option<String>,
     /// New image
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(short = 'i', long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Dockerfile to build (not supported yet)
     #[arg(long, value_name = "PATH")]
@@ -29,7 +29,7 @@ pub struct UpdateArgs {
     /// Do not start the machine after the update
     #[arg(long)]
     pub skip_start: bool,
-    /// Accepted for compatibility; health checks are not watched yet
+    /// Do not wait for the machine's health checks to pass after the update
     #[arg(long)]
     pub skip_health_checks: bool,
     /// Apply without asking for confirmation
@@ -111,8 +111,20 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: UpdateArgs) -> Result<()> {
             Ok(Some(state))
         })
         .await?;
-    if let Some(state) = version {
-        println!("Machine {id} updated successfully ({state})");
+    use hangar_api::MachineState;
+    match version {
+        // As flyctl: an update that leaves the machine failed is an error.
+        Some(MachineState::Failed) => bail!(
+            "machine {id} was updated but failed to start; see hangar logs -a {} -i {id}",
+            ctx.app
+        ),
+        Some(state) => {
+            if state == MachineState::Started && !args.skip_health_checks {
+                super::run::watch_checks(ctx, id).await?;
+            }
+            println!("Machine {id} updated successfully ({state})");
+        }
+        None => {}
     }
     Ok(())
 }
