@@ -653,12 +653,35 @@ fn check_method(field: &str, method: &str) -> Result {
     Ok(())
 }
 
+/// Container and volume names become directory names on the host: letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit (so never `.`, `..` or a hidden name), at most 63.
+pub fn is_dir_safe_name(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 fn check_volumes(config: &MachineConfig) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for (i, v) in config.volumes.iter().flatten().enumerate() {
         let field = format!("config.volumes[{i}]");
         if v.name.is_empty() {
             return Err(bad(format!("{field}.name"), "a volume name is required"));
+        }
+        if !is_dir_safe_name(&v.name) {
+            return Err(bad(
+                format!("{field}.name"),
+                format!(
+                    "volume name {:?} may only use letters, digits, '-', '_' and '.', \
+                     and must start with a letter or digit",
+                    v.name
+                ),
+            ));
         }
         if !names.insert(v.name.clone()) {
             return Err(bad(
@@ -695,15 +718,12 @@ fn check_containers(containers: &[ContainerConfig], volumes: &BTreeSet<String>) 
         if c.name.is_empty() {
             return Err(bad(format!("{field}.name"), "a container name is required"));
         }
-        if !c
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
+        if !is_dir_safe_name(&c.name) {
             return Err(bad(
                 format!("{field}.name"),
                 format!(
-                    "container name {:?} may only use letters, digits, '-', '_' and '.'",
+                    "container name {:?} may only use letters, digits, '-', '_' and '.', \
+                     and must start with a letter or digit",
                     c.name
                 ),
             ));

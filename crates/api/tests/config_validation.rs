@@ -982,6 +982,36 @@ fn cases() -> Vec<Case> {
             err("config.dns.options[0]"),
         ),
         case(
+            "an absolute volume name (would escape the machine dir)",
+            json!({"image": "nginx", "volumes": [{"name": "/etc", "temp_dir": {"storage_type": "memory"}}]}),
+            err("config.volumes[0].name"),
+        ),
+        case(
+            "a volume name that climbs out",
+            json!({"image": "nginx", "volumes": [{"name": "../../x", "temp_dir": {}}]}),
+            err("config.volumes[0].name"),
+        ),
+        case(
+            "a volume name of dots",
+            json!({"image": "nginx", "volumes": [{"name": "..", "temp_dir": {}}]}),
+            err("config.volumes[0].name"),
+        ),
+        case(
+            "a container named ..",
+            with_containers(json!([{"name": "..", "image": "nginx"}])),
+            err("config.containers[0].name"),
+        ),
+        case(
+            "a container named .",
+            with_containers(json!([{"name": ".", "image": "nginx"}])),
+            err("config.containers[0].name"),
+        ),
+        case(
+            "a hidden container name",
+            with_containers(json!([{"name": ".app", "image": "nginx"}])),
+            err("config.containers[0].name"),
+        ),
+        case(
             "temp_dir volumes on disk and in memory",
             json!({
                 "volumes": [

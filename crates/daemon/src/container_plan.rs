@@ -227,6 +227,13 @@ pub(crate) fn prepare_volumes(
     };
     for v in config.volumes.iter().flatten() {
         let Some(t) = &v.temp_dir else { continue };
+        // Validation admits only plain names; never let one reach outside the machine dir.
+        if !hangar_api::validate::is_dir_safe_name(&v.name) {
+            return Err(RuntimeError::Image(format!(
+                "invalid volume name {:?}",
+                v.name
+            )));
+        }
         let path = dir.join("volumes").join(&v.name);
         std::fs::create_dir_all(&path).map_err(failed)?;
         std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(failed)?;

@@ -196,6 +196,13 @@ impl SandboxRuntime {
         let mut prepared: HashMap<String, (hangar_image::ImageDetails, RootfsSpec)> =
             HashMap::new();
         for c in container_configs(&m.config) {
+            // Names become host paths; validation admits only plain ones, checked again here.
+            if !hangar_api::validate::is_dir_safe_name(&c.name) {
+                return Err(RuntimeError::Image(format!(
+                    "invalid container name {:?}",
+                    c.name
+                )));
+            }
             let owner = c.rootfs_of.clone().unwrap_or_else(|| c.name.clone());
             let target = dir.join("containers").join(&owner).join("rootfs");
             let (details, rootfs) = match prepared.get(&owner) {
