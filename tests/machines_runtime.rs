@@ -775,3 +775,62 @@ async fn test_dns_config() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// A stop waiting out a long grace period does not hold a forced destroy back, and a stop
+/// timeout beyond 24 h is refused.
+#[tokio::test]
+async fn test_forced_destroy_preempts_a_long_stop() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("preempt").await;
+    // `sleep` as PID 1 ignores SIGINT, so the stop waits for its whole timeout.
+    let m = run(&d, "preempt", "exec sleep 300", json!({})).await;
+    wait(&d, "preempt", &m, "started").await;
+    let r = d
+        .post(
+            &format!("/v1/apps/preempt/machines/{m}/stop"),
+            json!({"timeout": "2000000h"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let client = d.client.clone();
+    let path = format!("/v1/apps/preempt/machines/{m}/stop");
+    let stop = tokio::spawn(async move {
+        client
+            .post(path)
+            .json(&json!({"timeout": "1h"}))
+            .send_raw()
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Value = d
+            .get(&format!("/v1/apps/preempt/machines/{m}"))
+            .await
+            .json()
+            .unwrap();
+        if got["state"] == "stopping" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never stopping: {got}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        d.client
+            .delete(format!("/v1/apps/preempt/machines/{m}"))
+            .query("force", "true")
+            .send_raw(),
+    )
+    .await
+    .expect("the forced destroy waited for the stop's grace period")
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stopped = stop.await.unwrap().unwrap();
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let r = d
+        .get(&format!(
+            "/v1/apps/preempt/machines/{m}?include_deleted=true"
+        ))
+        .await;
+    assert_eq!(r.json::<Value>().unwrap()["state"], "destroyed");
+}

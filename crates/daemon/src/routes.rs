@@ -359,9 +359,16 @@ pub async fn stop_machine(
     body: Bytes,
 ) -> ApiResult<Json<OkResponse>> {
     let req: StopRequest = optional_json_body(&body)?;
+    let timeout = req.timeout.map(|t| t.as_duration());
+    if timeout.is_some_and(|t| t > MAX_TIMEOUT) {
+        return Err(ApiError::bad_request(format!(
+            "timeout is too long (at most {})",
+            hangar_api::duration::format_go_duration(MAX_TIMEOUT)
+        )));
+    }
     let opts = StopOptions {
         signal: req.signal,
-        timeout: req.timeout.map(|t| t.as_duration()),
+        timeout,
     };
     let nonce = lease_nonce(&headers);
     detached(async move { h.stop(&app, &id, opts, nonce.as_deref()).await }).await?;
@@ -381,7 +388,16 @@ pub async fn restart_machine(
     let q = Query::parse(q.as_deref());
     let signal = match q.get("signal").filter(|s| !s.is_empty()) {
         Some(s) => {
-            Some(hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            let sig =
+                hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            // The restart's stop takes the same signals as a stop.
+            if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid stop signal {sig}; use one of {}",
+                    hangar_api::signal::STOP_SIGNALS.join(", ")
+                )));
+            }
+            Some(sig)
         }
         None => None,
     };

@@ -889,6 +889,21 @@ impl Hangar {
         skip_lease: bool,
         logs_grace: Duration,
     ) -> ApiResult<()> {
+        if force {
+            // A stop in progress holds the machine's lock for up to its whole grace period;
+            // a forced destroy does not wait that out: it kills the processes, which ends the
+            // stop, and then takes the lock.
+            let m = self.get_machine(app, id, false).await?;
+            let stopping = matches!(
+                m.state,
+                MachineState::Stopping | MachineState::Restarting | MachineState::Replacing
+            );
+            if stopping && (skip_lease || self.check_lease(&m, nonce).await.is_ok()) {
+                if let Err(e) = self.runtime.signal(&m, Signal::SIGKILL).await {
+                    tracing::debug!(machine = %m.id, "forced destroy: kill during stop: {e}");
+                }
+            }
+        }
         let (_guard, mut m) = self.lock_machine(app, id).await?;
         if !skip_lease {
             self.check_lease(&m, nonce).await?;
