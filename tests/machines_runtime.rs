@@ -811,7 +811,10 @@ async fn test_forced_destroy_preempts_a_long_stop() {
         if got["state"] == "stopping" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never stopping: {got}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stopping: {got}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = tokio::time::timeout(

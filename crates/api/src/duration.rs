@@ -91,7 +91,9 @@ pub fn parse_go_duration(input: &str) -> Result<Duration, ParseDurationError> {
         let mut scale = unit_nanos;
         for digit in frac.bytes().take(18) {
             scale /= 10;
-            nanos += u128::from(digit - b'0') * scale;
+            nanos = nanos
+                .checked_add(u128::from(digit - b'0') * scale)
+                .ok_or_else(|| err("duration out of range"))?;
         }
         total = total
             .checked_add(nanos)

@@ -314,7 +314,7 @@ fn normalize_guest(config: &mut MachineConfig) -> Result {
         ));
     };
     if guest.memory_mb == 0 {
-        guest.memory_mb = lim.min_mb_per_cpu * guest.cpus;
+        guest.memory_mb = lim.min_mb_per_cpu.saturating_mul(guest.cpus);
     }
     if guest.gpus.unwrap_or(0) > 0 || guest.gpu_kind.as_deref().is_some_and(|k| !k.is_empty()) {
         return Err(bad(
@@ -411,6 +411,13 @@ fn check_init(config: &MachineConfig) -> Result {
     check_argv("config.init.cmd", init.cmd.as_ref())?;
     if init.swap_size_mb.is_some_and(|s| s < 0) {
         return Err(bad("config.init.swap_size_mb", "must not be negative"));
+    }
+    // 1 TiB: beyond any host here, and small enough for byte arithmetic.
+    if init.swap_size_mb.is_some_and(|s| s > 1 << 20) {
+        return Err(bad(
+            "config.init.swap_size_mb",
+            "must be at most 1048576 (1 TiB)",
+        ));
     }
     Ok(())
 }
@@ -698,6 +705,12 @@ fn check_volumes(config: &MachineConfig) -> Result<BTreeSet<String>> {
                     ));
                 }
             }
+            if t.size_mb.is_some_and(|s| s > 1 << 20) {
+                return Err(bad(
+                    format!("{field}.temp_dir.size_mb"),
+                    "must be at most 1048576 (1 TiB)",
+                ));
+            }
             if t.size_mb.is_some_and(|s| s < 0) {
                 return Err(bad(
                     format!("{field}.temp_dir.size_mb"),
@@ -888,6 +901,27 @@ fn check_healthcheck(field: &str, hc: &ContainerHealthcheck) -> Result {
     }
     if hc.grace_period.is_some_and(|v| v < 0) {
         return Err(bad(format!("{field}.grace_period"), "must not be negative"));
+    }
+    // Seconds; a day is far beyond any sensible probe period and keeps the arithmetic small.
+    for (name, v) in [
+        ("interval", hc.interval),
+        ("timeout", hc.timeout),
+        ("grace_period", hc.grace_period),
+    ] {
+        if v.is_some_and(|v| v > 86_400) {
+            return Err(bad(
+                format!("{field}.{name}"),
+                "must be at most 86400 seconds (24h)",
+            ));
+        }
+    }
+    for (name, v) in [
+        ("success_threshold", hc.success_threshold),
+        ("failure_threshold", hc.failure_threshold),
+    ] {
+        if v.is_some_and(|v| v > 1_000_000) {
+            return Err(bad(format!("{field}.{name}"), "must be at most 1000000"));
+        }
     }
     if let Some(kind) = hc.kind.as_deref().filter(|k| !k.is_empty()) {
         if kind != "readiness" && kind != "liveness" {

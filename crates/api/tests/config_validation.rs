@@ -1012,6 +1012,27 @@ fn cases() -> Vec<Case> {
             err("config.containers[0].name"),
         ),
         case(
+            "a healthcheck interval of 2^63 seconds",
+            with_containers(json!([{"name": "app", "image": "nginx",
+                "healthchecks": [{"tcp": {"port": 80}, "interval": 9223372036854775807i64}]}])),
+            err("config.containers[app].healthchecks[0].interval"),
+        ),
+        case(
+            "a huge cpu count with no memory",
+            alpine(json!({"guest": {"cpus": 90000000000000000i64, "cpu_kind": "shared"}})),
+            err("config.guest"),
+        ),
+        case(
+            "a duration whose fraction overflows",
+            alpine(json!({"stop_config": {"timeout": "340282366920938463463374607431768211.999us"}})),
+            undecodable("duration"),
+        ),
+        case(
+            "a swap size beyond 1 TiB",
+            alpine(json!({"init": {"swap_size_mb": 4611686018427387904i64}})),
+            err("config.init.swap_size_mb"),
+        ),
+        case(
             "temp_dir volumes on disk and in memory",
             json!({
                 "volumes": [

@@ -321,7 +321,8 @@ pub(crate) fn healthcheck_spec(
     i: usize,
     h: &hangar_api::ContainerHealthcheck,
 ) -> Option<HealthcheckSpec> {
-    let secs = |v: Option<i64>, default: u64| v.map_or(default, |v| v.max(0) as u64) * 1000;
+    let secs =
+        |v: Option<i64>, default: u64| v.map_or(default, |v| v.max(0) as u64).saturating_mul(1000);
     let probe = if let Some(t) = &h.tcp {
         Probe::Tcp {
             port: t.port as u16,
