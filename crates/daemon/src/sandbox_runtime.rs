@@ -707,8 +707,10 @@ impl Runtime for SandboxRuntime {
                     )
                     .await;
                 }
-                outcome = exited.borrow().clone();
             }
+            // Also an exit that happened just before this stop: its watcher's report is
+            // dropped once the run is cleaned up, so the stop records it.
+            outcome = exited.borrow().clone();
         }
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
         Ok(outcome)

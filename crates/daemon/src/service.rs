@@ -1164,7 +1164,9 @@ impl Hangar {
         {
             return Ok(());
         }
-        let requested_stop = m.state != MachineState::Started;
+        // A suspended machine can have exited just before it was frozen: that exit is its own,
+        // not one a stop asked for.
+        let requested_stop = !matches!(m.state, MachineState::Started | MachineState::Suspended);
         let policy = m
             .config
             .restart
@@ -1217,10 +1219,11 @@ impl Hangar {
             Some(request),
         )
         .await?;
-        // The machine's resources go now; the logs stay until it is destroyed.
-        self.runtime
-            .stop(&m, Signal::SIGKILL, Duration::ZERO)
-            .await?;
+        // The machine's resources go now; the logs stay until it is destroyed. A failure here
+        // must not skip auto_destroy, which cleans up again.
+        if let Err(e) = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await {
+            tracing::warn!(machine = %m.id, error = %e, "releasing an exited machine failed");
+        }
         if m.config.auto_destroy {
             drop(guard);
             self.destroy_locked(
