@@ -74,6 +74,9 @@ pub struct Hangar {
     images: Option<crate::images::Images>,
     /// Recent automatic restarts per machine, for `max_retries` within [`RESTART_WINDOW`].
     restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
+    /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
+    /// be created into an app being deleted (its row would vanish under a running sandbox).
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -117,7 +120,17 @@ impl Hangar {
             region,
             me: me.clone(),
             restarts: Mutex::new(HashMap::new()),
+            app_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn app_lock(&self, app: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.app_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app.to_string())
+            .or_default()
+            .clone()
     }
 
     pub fn images(&self) -> Option<&crate::images::Images> {
@@ -224,6 +237,8 @@ impl Hangar {
 
     /// Deletes an app; with `force`, destroys its machines first.
     pub async fn delete_app(&self, name: &str, force: bool) -> ApiResult<()> {
+        let lock = self.app_lock(name);
+        let _exclusive = lock.write().await;
         self.get_app(name).await?;
         let machines = self.list_machine_records(name, false).await?;
         if !machines.is_empty() && !force {
@@ -240,6 +255,11 @@ impl Hangar {
         db(&self.store, move |s| s.delete_app(&n)).await?;
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
         handles.retain(|_, h| h.watch.borrow().state != MachineState::Destroyed);
+        drop(handles);
+        self.app_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         Ok(())
     }
 
@@ -447,6 +467,8 @@ impl Hangar {
         app: &str,
         req: CreateMachineRequest,
     ) -> ApiResult<(MachineRecord, Option<String>)> {
+        let lock = self.app_lock(app);
+        let _shared = lock.read().await;
         let app_rec = self.get_app(app).await?;
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
