@@ -837,3 +837,88 @@ async fn test_forced_destroy_preempts_a_long_stop() {
         .await;
     assert_eq!(r.json::<Value>().unwrap()["state"], "destroyed");
 }
+
+/// The memory endpoints move a running machine's memory limit (its cgroup) and reclaim page
+/// cache; a stopped machine or an out-of-range limit is refused.
+#[tokio::test]
+async fn test_memory_balloon_endpoints() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("mem").await;
+    // 48 MiB of page cache from a file on the machine's disk, then idle.
+    let m = run(
+        &d,
+        "mem",
+        "dd if=/dev/zero of=/cache bs=1M count=48 2>/dev/null; cat /cache >/dev/null; echo filled; exec sleep 300",
+        json!({"config": {"guest": {"cpus": 1, "memory_mb": 512}}}),
+    )
+    .await;
+    wait(&d, "mem", &m, "started").await;
+    let path = format!("/v1/apps/mem/machines/{m}/memory");
+    let got: Value = d.get(&path).await.json().unwrap();
+    assert_eq!(got["limit_mb"], 512, "{got}");
+    assert!(got["available_mb"].as_i64().unwrap() <= 512, "{got}");
+
+    let r = d
+        .client
+        .put(&path)
+        .json(&json!({"limit_mb": 384}))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json::<Value>().unwrap()["limit_mb"], 384);
+    let limit_file = match cgroup_dir(&m) {
+        CgroupFiles::V1 { memory, .. } => memory.join("memory.limit_in_bytes"),
+        CgroupFiles::V2(dir) => dir.join("memory.max"),
+    };
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        (384u64 << 20).to_string()
+    );
+    for bad in [
+        json!({"limit_mb": 1024}),
+        json!({"limit_mb": 0}),
+        json!({"limit_mb": "x"}),
+    ] {
+        let r = d.client.put(&path).json(&bad).send_raw().await.unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log(&d, &m).contains("filled") {
+        assert!(tokio::time::Instant::now() < deadline, "no page cache yet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = d
+        .post(&format!("{path}/reclaim"), json!({"amount_mb": 40}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let freed = r.json::<Value>().unwrap()["actual_mb"].as_i64().unwrap();
+    assert!(freed > 0, "reclaimed {freed} MB");
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        (384u64 << 20).to_string(),
+        "reclaim leaves the limit as it was"
+    );
+    let r = d
+        .post(&format!("{path}/reclaim"), json!({"amount_mb": -1}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let r = d
+        .post(
+            &format!("/v1/apps/mem/machines/{m}/stop"),
+            json!({"timeout": "1s"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "mem", &m, "stopped").await;
+    assert_eq!(d.get(&path).await.status, 412);
+    let r = d
+        .client
+        .delete(format!("/v1/apps/mem/machines/{m}"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -361,6 +361,28 @@ pub struct ExecRequest {
     pub timeout: Option<i64>,
 }
 
+/// `GET/PUT …/memory`: the machine's memory limit (its balloon) and what is free under it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct MemoryResponse {
+    pub limit_mb: i64,
+    pub available_mb: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SetMemoryLimitRequest {
+    pub limit_mb: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ReclaimMemoryRequest {
+    pub amount_mb: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ReclaimMemoryResponse {
+    pub actual_mb: i64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ExecResponse {
     pub exit_code: i64,

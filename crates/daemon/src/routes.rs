@@ -520,6 +520,54 @@ pub async fn machine_ps(
     Ok(Json(h.ps(&app, &id).await?))
 }
 
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    responses((status = 200, body = hangar_api::MemoryResponse), (status = 404, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn get_memory(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<hangar_api::MemoryResponse>> {
+    Ok(Json(h.memory(&app, &id).await?))
+}
+
+#[utoipa::path(put, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = hangar_api::SetMemoryLimitRequest,
+    responses((status = 200, body = hangar_api::MemoryResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn set_memory(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<hangar_api::MemoryResponse>> {
+    let req: hangar_api::SetMemoryLimitRequest = json_body(&body)?;
+    let nonce = lease_nonce(&headers);
+    Ok(Json(
+        h.set_memory_limit(&app, &id, req.limit_mb, nonce.as_deref())
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/memory/reclaim", tag = "Machines",
+    params(("app_name" = String, Path), ("machine_id" = String, Path)),
+    request_body = hangar_api::ReclaimMemoryRequest,
+    responses((status = 200, body = hangar_api::ReclaimMemoryResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 412, body = ErrorResponse)))]
+pub async fn reclaim_memory(
+    State(h): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<hangar_api::ReclaimMemoryResponse>> {
+    let req: hangar_api::ReclaimMemoryRequest = json_body(&body)?;
+    let nonce = lease_nonce(&headers);
+    Ok(Json(
+        h.reclaim_memory(&app, &id, req.amount_mb, nonce.as_deref())
+            .await?,
+    ))
+}
+
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", tag = "Machines",
     params(("app_name" = String, Path), ("machine_id" = String, Path)),
     responses((status = 200, body = OkResponse), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]

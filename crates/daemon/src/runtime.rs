@@ -62,6 +62,26 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ExecResponse, RuntimeError>;
     /// The processes of a running machine.
     async fn ps(&self, machine: &MachineRecord) -> Result<Vec<ProcessStat>, RuntimeError>;
+    /// (limit, usage) of a running machine's memory, in bytes.
+    async fn memory(&self, _machine: &MachineRecord) -> Result<(u64, u64), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+    /// Sets a running machine's memory limit (its balloon), in bytes.
+    async fn set_memory_limit(
+        &self,
+        _machine: &MachineRecord,
+        _bytes: u64,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
+    /// Reclaims up to `bytes` of a running machine's memory; returns what was freed.
+    async fn reclaim_memory(
+        &self,
+        _machine: &MachineRecord,
+        _bytes: u64,
+    ) -> Result<u64, RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
     /// Whether `run` is still the machine's current run: an exit reported for an earlier one
     /// (replaced by a start while the report waited) must not count against the new one.
     fn is_current_run(&self, machine_id: &str, run: i64) -> bool;

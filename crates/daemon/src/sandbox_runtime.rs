@@ -916,6 +916,30 @@ impl Runtime for SandboxRuntime {
         )
     }
 
+    async fn memory(&self, m: &MachineRecord) -> Result<(u64, u64), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.memory())
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn set_memory_limit(&self, m: &MachineRecord, bytes: u64) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.set_memory_limit(bytes))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn reclaim_memory(&self, m: &MachineRecord, bytes: u64) -> Result<u64, RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.reclaim(bytes))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
     async fn signal(&self, m: &MachineRecord, signal: Signal) -> Result<(), RuntimeError> {
         let reply = self
             .control(

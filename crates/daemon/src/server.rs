@@ -47,6 +47,14 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .route(&format!("{machine}/suspend"), post(routes::suspend_machine))
         .route(&format!("{machine}/exec"), post(routes::exec_machine))
         .route(&format!("{machine}/ps"), get(routes::machine_ps))
+        .route(
+            &format!("{machine}/memory"),
+            get(routes::get_memory).put(routes::set_memory),
+        )
+        .route(
+            &format!("{machine}/memory/reclaim"),
+            post(routes::reclaim_memory),
+        )
         .route(&format!("{machine}/cordon"), post(routes::cordon_machine))
         .route(
             &format!("{machine}/uncordon"),

@@ -98,6 +98,17 @@ pub struct ListFilter {
     pub metadata: Vec<(String, String)>,
 }
 
+/// The smallest memory limit `PUT …/memory` sets: below it the machine's own init would not fit.
+const MIN_MEMORY_LIMIT_MB: i64 = 32;
+
+fn memory_response(limit: u64, usage: u64) -> hangar_api::MemoryResponse {
+    let mb = |b: u64| i64::try_from(b >> 20).unwrap_or(i64::MAX);
+    hangar_api::MemoryResponse {
+        limit_mb: mb(limit),
+        available_mb: mb(limit.saturating_sub(usage)),
+    }
+}
+
 pub struct StopOptions {
     pub signal: Option<Signal>,
     pub timeout: Option<Duration>,
@@ -850,6 +861,87 @@ impl Hangar {
             )));
         }
         Ok(self.runtime.ps(&m).await?)
+    }
+
+    /// A started machine, for the memory endpoints.
+    async fn started(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
+        let m = self.get_machine(app, id, false).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        Ok(m)
+    }
+
+    /// `GET …/memory`: the machine's memory limit and what is free under it, in MB.
+    pub async fn memory(&self, app: &str, id: &str) -> ApiResult<hangar_api::MemoryResponse> {
+        let m = self.started(app, id).await?;
+        let (limit, usage) = self.runtime.memory(&m).await?;
+        Ok(memory_response(limit, usage))
+    }
+
+    /// `PUT …/memory`: moves the balloon. The limit may not exceed the machine's memory
+    /// (`max_memory_mb` when set, else `memory_mb`); it lasts until the machine next boots.
+    pub async fn set_memory_limit(
+        &self,
+        app: &str,
+        id: &str,
+        limit_mb: i64,
+        nonce: Option<&str>,
+    ) -> ApiResult<hangar_api::MemoryResponse> {
+        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        let guest = m.config.guest.clone().unwrap_or_default();
+        let ceiling = guest
+            .max_memory_mb
+            .filter(|&c| c > 0)
+            .unwrap_or(guest.memory_mb);
+        if limit_mb < MIN_MEMORY_LIMIT_MB || limit_mb > ceiling {
+            return Err(ApiError::bad_request(format!(
+                "limit_mb must be between {MIN_MEMORY_LIMIT_MB} and {ceiling} (the machine's memory)"
+            )));
+        }
+        self.runtime
+            .set_memory_limit(&m, (limit_mb as u64) << 20)
+            .await?;
+        let (limit, usage) = self.runtime.memory(&m).await?;
+        Ok(memory_response(limit, usage))
+    }
+
+    /// `POST …/memory/reclaim`: frees up to `amount_mb` of the machine's memory.
+    pub async fn reclaim_memory(
+        &self,
+        app: &str,
+        id: &str,
+        amount_mb: i64,
+        nonce: Option<&str>,
+    ) -> ApiResult<hangar_api::ReclaimMemoryResponse> {
+        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
+        if m.state != MachineState::Started {
+            return Err(ApiError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        if amount_mb <= 0 || amount_mb > 1 << 20 {
+            return Err(ApiError::bad_request(
+                "amount_mb must be greater than zero (and at most 1048576)",
+            ));
+        }
+        let freed = self
+            .runtime
+            .reclaim_memory(&m, (amount_mb as u64) << 20)
+            .await?;
+        Ok(hangar_api::ReclaimMemoryResponse {
+            actual_mb: (freed >> 20) as i64,
+        })
     }
 
     /// Live container statuses of a started machine (for the machine JSON).

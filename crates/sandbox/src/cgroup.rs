@@ -226,6 +226,103 @@ impl MachineCgroup {
         }
     }
 
+    /// The memory controller's dir of this cgroup.
+    fn memory_dir(&self) -> Option<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => Some(root.join(&self.rel)),
+            Hierarchy::V1 { .. } => self.v1("memory"),
+        }
+    }
+
+    /// (limit, usage) of memory in bytes; `u64::MAX` for no limit.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let Some(dir) = self.memory_dir() else {
+            return Err(CgroupError::NoHierarchy(self.rel.clone()));
+        };
+        let (limit, usage) = match &self.hierarchy {
+            Hierarchy::V2 { .. } => ("memory.max", "memory.current"),
+            Hierarchy::V1 { .. } => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        };
+        let number = |f: &str| -> Result<u64> {
+            let path = dir.join(f);
+            let text = read(&path)?;
+            let text = text.trim();
+            if text == "max" {
+                return Ok(u64::MAX);
+            }
+            text.parse().map_err(|_| CgroupError::Io {
+                action: "parse",
+                path: path.clone(),
+                source: std::io::Error::new(ErrorKind::InvalidData, text.to_string()),
+            })
+        };
+        Ok((number(limit)?, number(usage)?))
+    }
+
+    /// Changes the memory limit of a running machine (the balloon), keeping its swap allowance.
+    pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        let Some(dir) = self.memory_dir() else {
+            return Err(CgroupError::NoHierarchy(self.rel.clone()));
+        };
+        match &self.hierarchy {
+            Hierarchy::V2 { .. } => write(&dir.join("memory.max"), &bytes.to_string()),
+            Hierarchy::V1 { .. } => {
+                let limit = dir.join("memory.limit_in_bytes");
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if !memsw.exists() {
+                    return write(&limit, &bytes.to_string());
+                }
+                // The kernel keeps memsw >= limit at every step: raise memsw first when
+                // growing, lower the limit first when shrinking.
+                let (old_limit, _) = self.memory()?;
+                let old_total: u64 = read(&memsw)?.trim().parse().unwrap_or(u64::MAX);
+                let swap = old_total.saturating_sub(old_limit);
+                let total = bytes.saturating_add(swap);
+                if bytes >= old_limit {
+                    write(&memsw, &total.to_string())?;
+                    write(&limit, &bytes.to_string())
+                } else {
+                    write(&limit, &bytes.to_string())?;
+                    write(&memsw, &total.to_string())
+                }
+            }
+        }
+    }
+
+    /// Asks the kernel to reclaim up to `bytes` of the machine's memory (page cache first);
+    /// returns how much its usage went down. v2 has `memory.reclaim`; on v1 the limit is
+    /// lowered for a moment to make the kernel reclaim, then put back.
+    pub fn reclaim(&self, bytes: u64) -> Result<u64> {
+        let Some(dir) = self.memory_dir() else {
+            return Err(CgroupError::NoHierarchy(self.rel.clone()));
+        };
+        let (limit, before) = self.memory()?;
+        match &self.hierarchy {
+            Hierarchy::V2 { .. } => {
+                // EAGAIN means less than asked could be reclaimed: not an error here.
+                match fs::write(dir.join("memory.reclaim"), bytes.to_string()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                    Err(e) => return Err(io("write", &dir.join("memory.reclaim"))(e)),
+                }
+            }
+            Hierarchy::V1 { .. } => {
+                let target = before.saturating_sub(bytes).max(1 << 20);
+                let path = dir.join("memory.limit_in_bytes");
+                // EBUSY: the kernel could not get usage that low; what it freed still counts.
+                let lowered = fs::write(&path, target.to_string());
+                if let Err(e) = &lowered {
+                    if e.raw_os_error() != Some(libc::EBUSY) {
+                        return Err(io("write", &path)(lowered.unwrap_err()));
+                    }
+                }
+                write(&path, &limit.to_string())?;
+            }
+        }
+        let (_, after) = self.memory()?;
+        Ok(before.saturating_sub(after))
+    }
+
     /// How many times the kernel OOM-killed a process in this cgroup.
     pub fn oom_kills(&self) -> Result<u64> {
         let (file, key) = match &self.hierarchy {
@@ -379,6 +476,32 @@ mod tests {
         ));
         let empty = tempfile::tempdir().unwrap();
         assert!(Hierarchy::detect(empty.path()).is_err());
+    }
+
+    #[test]
+    fn test_v2_memory_balloon() {
+        let root = fake_v2();
+        let machine = root.path().join("hangar/m2");
+        fs::create_dir_all(&machine).unwrap();
+        fs::write(machine.join("memory.max"), "268435456\n").unwrap();
+        fs::write(machine.join("memory.current"), "1048576\n").unwrap();
+        let cg = MachineCgroup::new(
+            Hierarchy::V2 {
+                root: root.path().to_path_buf(),
+            },
+            "hangar/m2",
+        );
+        assert_eq!(cg.memory().unwrap(), (256 << 20, 1 << 20));
+        cg.set_memory_limit(128 << 20).unwrap();
+        assert_eq!(cg.memory().unwrap().0, 128 << 20);
+        fs::write(machine.join("memory.max"), "max\n").unwrap();
+        assert_eq!(cg.memory().unwrap().0, u64::MAX);
+        // A fake cgroup frees nothing, but the request reaches memory.reclaim.
+        assert_eq!(cg.reclaim(4096).unwrap(), 0);
+        assert_eq!(
+            fs::read_to_string(machine.join("memory.reclaim")).unwrap(),
+            "4096"
+        );
     }
 
     #[test]
