@@ -269,7 +269,18 @@ async fn test_list_filters() {
         .await
         .json()
         .unwrap();
-    assert!(r[0].get("config").is_none() && r[0].get("events").is_none());
+    for omitted in ["config", "events", "checks", "host_status", "nonce"] {
+        assert!(
+            r[0].get(omitted).is_none(),
+            "summary has {omitted}: {}",
+            r[0]
+        );
+    }
+    assert_eq!(r[0]["state"], "created");
+    // A path that does not decode is a 400 with Fly's error body.
+    let r = d.get("/v1/apps/%FF/machines").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(common::error_text(&r).contains("path"), "{}", r.text());
 
     let r = d.delete(&format!("/v1/apps/a1/machines/{}", id(&m2))).await;
     assert_eq!(r.status, 200, "{}", r.text());

@@ -198,6 +198,8 @@ pub struct Machine {
     pub nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<StrippedLease>,
+    /// Empty (and left out) in `summary` listings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host_status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_features: Option<Vec<String>>,

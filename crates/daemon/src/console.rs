@@ -12,7 +12,8 @@
 //! unchanged: 1-byte type, 4-byte big-endian length, payload; `0` data, `1` resize (rows, cols
 //! as u16 BE, client → machine), `2` exit (i32 BE code, machine → client, last).
 
-use axum::extract::{Path, RawQuery, Request, State};
+use crate::extract::Path;
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hangar_api::MachineState;

@@ -75,7 +75,11 @@ pub fn machine(v: MachineView<'_>) -> Machine {
             expires_at: l.expires_at,
             owner: l.owner.clone(),
         }),
-        host_status: "ok".to_string(),
+        host_status: if v.summary {
+            String::new()
+        } else {
+            "ok".to_string()
+        },
         host_features: None,
         cordoned: m.cordoned,
         containers: None,

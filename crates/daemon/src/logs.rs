@@ -10,14 +10,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
+use crate::extract::Path as UrlPath;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -158,7 +159,7 @@ fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc
 /// Wakes a follower when a file in a followed logs dir is written or created.
 struct LogWatch {
     fd: AsyncFd<InotifyFd>,
-    watched: HashSet<String>,
+    watched: HashMap<String, WatchDescriptor>,
 }
 
 /// `AsyncFd` wants `AsRawFd`, which nix's `Inotify` only offers through `AsFd`.
@@ -180,7 +181,7 @@ impl LogWatch {
         let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.ok()?;
         Some(Self {
             fd,
-            watched: HashSet::new(),
+            watched: HashMap::new(),
         })
     }
 
@@ -188,7 +189,7 @@ impl LogWatch {
     /// tried again on the next rescan).
     fn watch(&mut self, machines_dir: &Path, targets: &[(String, String)]) {
         for (id, _) in targets {
-            if self.watched.contains(id) {
+            if self.watched.contains_key(id) {
                 continue;
             }
             // Opened without following links (the machine's uid owns the dir), then watched
@@ -201,14 +202,8 @@ impl LogWatch {
                 | AddWatchFlags::IN_MOVED_TO
                 | AddWatchFlags::IN_ONLYDIR;
             let through = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            if self
-                .fd
-                .get_ref()
-                .0
-                .add_watch(through.as_str(), flags)
-                .is_ok()
-            {
-                self.watched.insert(id.clone());
+            if let Ok(wd) = self.fd.get_ref().0.add_watch(through.as_str(), flags) {
+                self.watched.insert(id.clone(), wd);
             }
         }
     }
@@ -224,6 +219,13 @@ impl LogWatch {
                 Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
                 Err(_) => return false,
             }
+        }
+    }
+
+    /// Stops watching a machine that is gone (the kernel may have dropped the watch already).
+    fn unwatch(&mut self, id: &str) {
+        if let Some(wd) = self.watched.remove(id) {
+            let _ = self.fd.get_ref().0.rm_watch(wd);
         }
     }
 
@@ -361,6 +363,8 @@ pub async fn app_logs(
         let mut watch = LogWatch::new();
         let mut targets: Vec<(String, String)> = Vec::new();
         let mut next_rescan = tokio::time::Instant::now();
+        // Machines destroyed since the last rescan: read one last time, then let go.
+        let mut retiring: HashSet<String> = HashSet::new();
         loop {
             if tokio::time::Instant::now() >= next_rescan {
                 // Machines (and containers) that appeared since the last look are picked up.
@@ -368,6 +372,11 @@ pub async fn app_logs(
                 if let Some(w) = watch.as_mut() {
                     w.watch(&machines_dir, &targets);
                 }
+                retiring = tails
+                    .keys()
+                    .map(|(id, _)| id.clone())
+                    .filter(|id| !targets.iter().any(|(t, _)| t == id))
+                    .collect();
                 next_rescan = tokio::time::Instant::now() + RESCAN_INTERVAL;
             }
             // Watches are in place before this read, so nothing written after it is missed.
@@ -384,6 +393,16 @@ pub async fn app_logs(
                 return;
             };
             tails = back;
+            // Their files were read through still-open dir fds above; nothing more will come.
+            if !retiring.is_empty() {
+                tails.retain(|(id, _), _| !retiring.contains(id));
+                if let Some(w) = watch.as_mut() {
+                    for id in retiring.drain() {
+                        w.unwatch(&id);
+                    }
+                }
+                retiring.clear();
+            }
             if !lines.is_empty() {
                 lines.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
                 if tx.send(to_ndjson(&lines)).await.is_err() {

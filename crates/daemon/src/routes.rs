@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,7 @@ use hangar_api::{
 use crate::clock::rfc3339_ms;
 use crate::convert::{self, MachineView};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, lease_nonce, optional_json_body, Query};
+use crate::extract::{json_body, lease_nonce, optional_json_body, Path, Query};
 use crate::service::{Hangar, ListFilter, StopOptions, WaitTarget, DEFAULT_ORG, MAX_WAIT};
 
 pub type AppState = Arc<Hangar>;
