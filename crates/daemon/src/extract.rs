@@ -99,30 +99,6 @@ pub fn lease_nonce(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_query_repeats_and_prefix() {
-        let q = Query::parse(Some(
-            "state=started&state=stopped,created&metadata.role=db&force=1",
-        ));
-        assert_eq!(
-            q.all("state").collect::<Vec<_>>(),
-            ["started", "stopped,created"]
-        );
-        assert_eq!(
-            q.with_prefix("metadata.").collect::<Vec<_>>(),
-            [("role", "db")]
-        );
-        assert!(q.bool("force", false).unwrap());
-        assert!(Query::parse(Some("force=maybe"))
-            .bool("force", false)
-            .is_err());
-    }
-}
-
 /// axum's `Path` with Fly's error body: a path that does not decode (bad percent-encoding,
 /// invalid UTF-8) is a 400 `{"error": …}` rather than axum's plain-text rejection.
 pub struct Path<T>(pub T);
@@ -145,5 +121,29 @@ where
                 e.body_text()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_query_repeats_and_prefix() {
+        let q = Query::parse(Some(
+            "state=started&state=stopped,created&metadata.role=db&force=1",
+        ));
+        assert_eq!(
+            q.all("state").collect::<Vec<_>>(),
+            ["started", "stopped,created"]
+        );
+        assert_eq!(
+            q.with_prefix("metadata.").collect::<Vec<_>>(),
+            [("role", "db")]
+        );
+        assert!(q.bool("force", false).unwrap());
+        assert!(Query::parse(Some("force=maybe"))
+            .bool("force", false)
+            .is_err());
     }
 }
