@@ -253,10 +253,43 @@ async fn create_status_update_clone_list_leases_destroy() {
         .await
         .expect("release");
 
+    // Without --app, a machine id names its app (as flyctl looks it up).
+    let out = cli.ok(&["machine", "status", &clone_id]);
+    assert!(out.contains(&clone_id), "{out}");
+    let err = cli.fails(&["machine", "status", "0123456789abcd"]);
+    assert!(err.contains("--app"), "{err}");
+
+    // A created machine is not destroyed without --force (flyctl: only stopped or suspended).
+    let err = cli.fails(&["machine", "destroy", &clone_id, "-a", "cli-app"]);
+    assert!(err.contains("--force"), "{err}");
+
     // Destroy.
     let out = cli.ok(&["machine", "destroy", "--force", &clone_id, "-a", "cli-app"]);
     assert!(out.contains(&clone_id), "{out}");
     assert_eq!(cli.ids("cli-app"), vec![id.clone()]);
+
+    // --image picks every active machine running that image.
+    let out = cli.ok(&["machine", "create", "busybox:2", "-a", "cli-app"]);
+    let other = field(&out, "Machine ID:");
+    let out = cli.ok(&[
+        "machine",
+        "destroy",
+        "--image",
+        "busybox:2",
+        "--force",
+        "--yes",
+        "-a",
+        "cli-app",
+    ]);
+    assert!(
+        out.contains(&format!("{other} has been destroyed")),
+        "{out}"
+    );
+    assert_eq!(cli.ids("cli-app"), vec![id.clone()]);
+    let out = cli.ok(&[
+        "machine", "destroy", "--image", "nope:1", "--yes", "-a", "cli-app",
+    ]);
+    assert!(out.contains("No machine to destroy"), "{out}");
 }
 
 #[tokio::test]

@@ -248,7 +248,8 @@ fn machine_destroy() {
             machine(&[alias, "a", "b", "-f"]).command,
             MachineCommand::Destroy(DestroyArgs {
                 ids: ids(&["a", "b"]),
-                force: true
+                force: true,
+                ..Default::default()
             })
         );
     }
@@ -259,26 +260,61 @@ fn machine_destroy() {
 }
 
 #[test]
+fn go_style_booleans_and_repeated_flags() {
+    // `--json=false` is dropped, `--json=true` is the bare flag; the last of two values wins.
+    let m = machine(&["list", "--json=false"]);
+    assert!(matches!(
+        m.command,
+        MachineCommand::List(ListArgs { json: false, .. })
+    ));
+    let m = machine(&["list", "--json=true"]);
+    assert!(matches!(
+        m.command,
+        MachineCommand::List(ListArgs { json: true, .. })
+    ));
+    assert!(parse(&["machine", "list", "--json=perhaps"]).is_err());
+    let m = machine(&["stop", "abc", "--timeout", "5", "--timeout", "9"]);
+    assert!(
+        matches!(
+            m.command,
+            MachineCommand::Stop(StopArgs {
+                timeout: Some(9),
+                ..
+            })
+        ),
+        "{m:?}"
+    );
+    // After `--` nothing is rewritten.
+    let m = machine(&["exec", "abc", "--", "--json=false"]);
+    assert!(
+        matches!(&m.command, MachineCommand::Exec(e) if e.args == ids(&["abc", "--json=false"])),
+        "{m:?}"
+    );
+    assert!(matches!(
+        parse(&["machines", "list"]).unwrap().command,
+        Command::Machine(_)
+    ));
+}
+
+#[test]
 fn machine_leases() {
     assert_eq!(
         machine(&["leases", "view"]).command,
         MachineCommand::Leases(LeasesCommand::View {
-            id: None,
+            ids: vec![],
             json: false
         })
     );
     assert_eq!(
-        machine(&["leases", "view", "abc", "--json"]).command,
+        machine(&["lease", "view", "abc", "def", "--json"]).command,
         MachineCommand::Leases(LeasesCommand::View {
-            id: Some("abc".into()),
+            ids: ids(&["abc", "def"]),
             json: true
         })
     );
     assert_eq!(
         machine(&["leases", "clear", "abc"]).command,
-        MachineCommand::Leases(LeasesCommand::Clear {
-            id: Some("abc".into())
-        })
+        MachineCommand::Leases(LeasesCommand::Clear { ids: ids(&["abc"]) })
     );
 }
 

@@ -15,9 +15,9 @@ pub enum LeasesCommand {
         hangar machine leases view            # every machine of the app\n  \
         hangar m leases view 1857156b526dd8 --json")]
     View {
-        /// Machine id or name (default: every machine of the app)
+        /// Machine ids or names (default: every machine of the app)
         #[arg(value_name = "ID")]
-        id: Option<String>,
+        ids: Vec<String>,
         /// Print the leases as JSON, keyed by machine id
         #[arg(short = 'j', long)]
         json: bool,
@@ -25,31 +25,31 @@ pub enum LeasesCommand {
     /// Release leases held on machines
     #[command(after_help = "Examples:\n  \
         hangar machine leases clear 1857156b526dd8\n  \
-        hangar m leases clear                 # every machine of the app")]
+        hangar m leases clear                 # the app's only machine, or pick on a terminal")]
     Clear {
-        /// Machine id or name (default: every machine of the app)
+        /// Machine ids or names (default: the app's only machine; on a terminal, pick)
         #[arg(value_name = "ID")]
-        id: Option<String>,
+        ids: Vec<String>,
     },
 }
 
 pub async fn run(ctx: &Ctx<'_>, cmd: LeasesCommand) -> Result<()> {
     match cmd {
-        LeasesCommand::View { id, json } => view(ctx, id.as_deref(), json).await,
-        LeasesCommand::Clear { id } => clear(ctx, id.as_deref()).await,
+        LeasesCommand::View { ids, json } => view(ctx, &ids, json).await,
+        LeasesCommand::Clear { ids } => clear(ctx, &ids).await,
     }
 }
 
-/// The machines a leases command acts on: the one named, or all of the app's (as flyctl).
-async fn targets(ctx: &Ctx<'_>, id: Option<&str>) -> Result<Vec<String>> {
-    match id {
-        Some(id) => Ok(vec![ctx.resolve(id).await?]),
-        None => Ok(ctx.list().await?.into_iter().map(|m| m.id).collect()),
+/// The machines `leases view` shows: those named, or all of the app's.
+async fn targets(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(ctx.list().await?.into_iter().map(|m| m.id).collect());
     }
+    ctx.resolve_many(ids).await
 }
 
-async fn view(ctx: &Ctx<'_>, id: Option<&str>, json: bool) -> Result<()> {
-    let ids = targets(ctx, id).await?;
+async fn view(ctx: &Ctx<'_>, named: &[String], json: bool) -> Result<()> {
+    let ids = targets(ctx, named).await?;
     let mut found: Vec<(String, serde_json::Value)> = Vec::new();
     for id in ids {
         let path = format!(
@@ -71,9 +71,9 @@ async fn view(ctx: &Ctx<'_>, id: Option<&str>, json: bool) -> Result<()> {
         return print_json(&serde_json::Value::Object(map));
     }
     if found.is_empty() {
-        match id {
-            Some(id) => println!("No lease on machine {id}"),
-            None => println!("No leases on the machines of app {}", ctx.app),
+        match named {
+            [] => println!("No leases on the machines of app {}", ctx.app),
+            _ => println!("No leases found"),
         }
         return Ok(());
     }
@@ -95,8 +95,9 @@ async fn view(ctx: &Ctx<'_>, id: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn clear(ctx: &Ctx<'_>, id: Option<&str>) -> Result<()> {
-    for id in targets(ctx, id).await? {
+async fn clear(ctx: &Ctx<'_>, named: &[String]) -> Result<()> {
+    // Clearing is not done to every machine by default: a lease protects work in progress.
+    for id in ctx.resolve_many(named).await? {
         let lease = match ctx.client.get_lease(ctx.app, &id).await {
             Ok(lease) => lease,
             Err(e) if e.is_not_found() => {

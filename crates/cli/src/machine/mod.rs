@@ -14,6 +14,7 @@ pub mod update;
 mod wait;
 
 use std::future::Future;
+use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -127,6 +128,7 @@ pub enum MachineCommand {
     /// View or clear machine leases
     #[command(
         subcommand,
+        visible_alias = "lease",
         after_help = "Examples:\n  \
         hangar machine leases view\n  \
         hangar m leases clear 1857156b526dd8"
@@ -164,7 +166,18 @@ pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
         MachineCommand::Create(a) => return run::create_cmd(client, &args.app, *a).await,
         _ => {}
     }
-    let app = args.app.resolve()?;
+    let app = match args.app.resolve() {
+        Ok(app) => app,
+        // As flyctl: without an app, a machine id names it.
+        Err(e) => match args
+            .command
+            .first_machine_arg()
+            .filter(|a| hangar_api::ids::is_machine_id(a))
+        {
+            Some(id) => app_of_machine(client, id).await?.ok_or(e)?,
+            None => return Err(e),
+        },
+    };
     let ctx = Ctx { client, app: &app };
     match args.command {
         MachineCommand::Run(_) | MachineCommand::Create(_) => unreachable!("handled above"),
@@ -185,6 +198,51 @@ pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
         MachineCommand::Start(a) => lifecycle::start(&ctx, a).await,
         MachineCommand::Stop(a) => lifecycle::stop(&ctx, a).await,
     }
+}
+
+impl MachineCommand {
+    /// The first machine id or name on the command line, if the command takes one.
+    fn first_machine_arg(&self) -> Option<&str> {
+        fn first(v: &[String]) -> Option<&str> {
+            v.first().map(String::as_str)
+        }
+        match self {
+            MachineCommand::Run(_) | MachineCommand::Create(_) | MachineCommand::List(_) => None,
+            MachineCommand::Update(a) => a.id.as_deref(),
+            MachineCommand::Clone(a) => a.id.as_deref(),
+            MachineCommand::Restart(a) => first(&a.ids),
+            MachineCommand::Suspend(a) => first(&a.ids),
+            MachineCommand::Kill(a) => a.id.as_deref(),
+            // With one argument it is the command, not a machine.
+            MachineCommand::Exec(a) => (a.args.len() == 2).then(|| a.args[0].as_str()),
+            MachineCommand::Console(a) => a.id.as_deref(),
+            MachineCommand::Status(a) => a.id.as_deref(),
+            MachineCommand::Destroy(a) => first(&a.ids),
+            MachineCommand::Leases(LeasesCommand::View { ids, .. })
+            | MachineCommand::Leases(LeasesCommand::Clear { ids }) => first(ids),
+            MachineCommand::Cordon(a) | MachineCommand::Uncordon(a) | MachineCommand::Start(a) => {
+                first(&a.ids)
+            }
+            MachineCommand::Wait(a) => a.id.as_deref(),
+            MachineCommand::Stop(a) => first(&a.ids),
+        }
+    }
+}
+
+/// The app a machine id belongs to, looked up across the daemon's apps.
+async fn app_of_machine(client: &Client, id: &str) -> Result<Option<String>> {
+    let apps = client
+        .list_apps("")
+        .await
+        .context("failed to list apps to find the machine's app")?;
+    for app in apps.apps {
+        match client.get_machine(&app.name, id).await {
+            Ok(_) => return Ok(Some(app.name)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context(format!("failed to look for machine {id}")),
+        }
+    }
+    Ok(None)
 }
 
 /// What every machine subcommand works with.
@@ -220,10 +278,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// Resolves many arguments with at most one listing; none means the app's only machine.
+    /// Resolves many arguments with at most one listing; none means the app's only machine
+    /// (or, on a terminal, those the user picks).
     async fn resolve_many(&self, args: &[String]) -> Result<Vec<String>> {
         if args.is_empty() {
-            return Ok(vec![only_machine(&self.list().await?, self.app)?]);
+            return choose_machines(&self.list().await?, self.app, true);
         }
         let mut listed: Option<Vec<Machine>> = None;
         let mut ids = Vec::with_capacity(args.len());
@@ -310,18 +369,87 @@ fn pick_by_id_or_name(machines: &[Machine], arg: &str, app: &str) -> Result<Stri
     }
 }
 
+/// The machine meant when none is named: the app's only one; with several, the user picks on
+/// a terminal (as flyctl prompts), otherwise it is an error naming them.
 fn only_machine(machines: &[Machine], app: &str) -> Result<String> {
+    Ok(choose_machines(machines, app, false)?.remove(0))
+}
+
+/// The machines meant when none is named (`many`: several may be picked).
+fn choose_machines(machines: &[Machine], app: &str, many: bool) -> Result<Vec<String>> {
     let live: Vec<&Machine> = machines
         .iter()
         .filter(|m| m.state != MachineState::Destroyed)
         .collect();
     match live.as_slice() {
-        [m] => Ok(m.id.clone()),
+        [m] => return Ok(vec![m.id.clone()]),
         [] => bail!("app {app} has no machines"),
-        many => bail!(
-            "app {app} has {} machines; pass a machine id or name",
-            many.len()
-        ),
+        _ => {}
+    }
+    let names: Vec<String> = live
+        .iter()
+        .map(|m| format!("{} ({}, {})", m.id, m.name, m.state))
+        .collect();
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "app {app} has {} machines ({}); pass a machine id or name",
+            live.len(),
+            live.iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let picked = prompt_select(&names, many)?;
+    Ok(picked.into_iter().map(|i| live[i].id.clone()).collect())
+}
+
+/// A numbered menu on stderr; the answer is one number, or with `many` a comma list.
+fn prompt_select(options: &[String], many: bool) -> Result<Vec<usize>> {
+    use std::io::{BufRead, Write};
+    let mut err = std::io::stderr();
+    writeln!(
+        err,
+        "Select {}:",
+        if many { "machines" } else { "a machine" }
+    )?;
+    for (i, o) in options.iter().enumerate() {
+        writeln!(err, "  {}) {o}", i + 1)?;
+    }
+    loop {
+        write!(
+            err,
+            "{}: ",
+            if many {
+                "Numbers, comma-separated"
+            } else {
+                "Number"
+            }
+        )?;
+        err.flush()?;
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line)? == 0 {
+            bail!("no machine selected");
+        }
+        let picked: Option<Vec<usize>> = line
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=options.len()).contains(n))
+            })
+            .map(|n| n.map(|n| n - 1))
+            .collect();
+        match picked {
+            Some(p) if !p.is_empty() && (many || p.len() == 1) => return Ok(p),
+            _ => writeln!(
+                err,
+                "Enter {} between 1 and {}",
+                if many { "numbers" } else { "a number" },
+                options.len()
+            )?,
+        }
     }
 }
 
