@@ -83,24 +83,58 @@ pub fn machines_table(machines: &[Machine]) -> Table {
         "ID",
         "NAME",
         "STATE",
+        "CHECKS",
         "REGION",
+        "ROLE",
         "IMAGE",
         "IP ADDRESS",
         "VOLUME",
         "CREATED",
         "LAST UPDATED",
+        "PROCESS GROUP",
+        "SIZE",
     ]);
     for m in machines {
+        // flyctl: passing/total checks, and the role a `role` check reports.
+        let checks = m.checks.as_deref().unwrap_or_default();
+        let summary = if checks.is_empty() {
+            String::new()
+        } else {
+            let passing = checks.iter().filter(|c| c.status == "passing").count();
+            format!("{passing}/{}", checks.len())
+        };
+        let role = checks
+            .iter()
+            .find(|c| c.name == "role")
+            .map(|c| c.output.clone())
+            .unwrap_or_default();
+        let config = m.config.as_ref();
+        let metadata = config.and_then(|c| c.metadata.as_ref());
+        let group = metadata
+            .and_then(|md| {
+                md.get("fly_process_group")
+                    .or_else(|| md.get("process_group"))
+            })
+            .cloned()
+            .unwrap_or_default();
+        let size = config
+            .and_then(|c| c.guest.as_ref())
+            .map(|g| format!("{}:{}MB", hangar_api::guest::size_name(g), g.memory_mb))
+            .unwrap_or_default();
         table.row([
             m.id.clone(),
             m.name.clone(),
             m.state.to_string(),
+            summary,
             m.region.clone(),
+            role,
             image_of(m),
             m.private_ip.clone(),
             volume_of(m),
             m.created_at.clone(),
             m.updated_at.clone(),
+            group,
+            size,
         ]);
     }
     table
@@ -114,12 +148,22 @@ mod tests {
 
     #[test]
     fn table_has_flyctl_columns() {
-        let out = machines_table(&[machine(
-            "1857156b526dd8",
-            "aged-thunder-7371",
-            MachineState::Stopped,
-        )])
-        .render();
+        let mut m = machine("1857156b526dd8", "aged-thunder-7371", MachineState::Stopped);
+        m.checks = serde_json::from_value(serde_json::json!([
+            {"name": "http", "status": "passing", "output": "ok"},
+            {"name": "role", "status": "warning", "output": "primary"}
+        ]))
+        .unwrap();
+        if let Some(c) = m.config.as_mut() {
+            c.guest = Some(hangar_api::MachineGuest {
+                cpu_kind: "shared".into(),
+                cpus: 2,
+                memory_mb: 512,
+                ..Default::default()
+            });
+            c.metadata = Some([("fly_process_group".to_string(), "web".to_string())].into());
+        }
+        let out = machines_table(&[m]).render();
         let mut lines = out.lines();
         let header: Vec<&str> = lines
             .next()
@@ -134,12 +178,16 @@ mod tests {
                 "ID",
                 "NAME",
                 "STATE",
+                "CHECKS",
                 "REGION",
+                "ROLE",
                 "IMAGE",
                 "IP ADDRESS",
                 "VOLUME",
                 "CREATED",
-                "LAST UPDATED"
+                "LAST UPDATED",
+                "PROCESS GROUP",
+                "SIZE"
             ]
         );
         let row = lines.next().unwrap();
@@ -151,6 +199,10 @@ mod tests {
             "fdaa:0:18:a7b:196:e274:9ce1:2",
             "vol_9vw681egy1jj5xm4",
             "2023-11-08T01:52:30Z",
+            " 1/2 ",
+            " primary ",
+            " web ",
+            "shared-cpu-2x:512MB",
         ] {
             assert!(row.contains(cell), "{row}");
         }
