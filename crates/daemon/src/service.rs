@@ -98,6 +98,17 @@ pub struct ListFilter {
     pub metadata: Vec<(String, String)>,
 }
 
+/// 412 unless the machine is started (actions on its processes).
+fn require_started(m: &MachineRecord) -> ApiResult<()> {
+    if m.state != MachineState::Started {
+        return Err(ApiError::precondition(format!(
+            "machine is {}, not started",
+            m.state
+        )));
+    }
+    Ok(())
+}
+
 /// The smallest memory limit `PUT …/memory` sets: below it the machine's own init would not fit.
 const MIN_MEMORY_LIMIT_MB: i64 = 32;
 
@@ -438,7 +449,24 @@ impl Hangar {
 
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
     async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ApiResult<()> {
-        let started = self.runtime.start(m).await;
+        use futures_util::FutureExt;
+        // A bug in the runtime must leave the machine `failed`, not stuck in `starting`: the
+        // panic becomes an error (and whatever it left behind is cleaned up by the next start
+        // or the destroy).
+        let started = std::panic::AssertUnwindSafe(self.runtime.start(m))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                tracing::error!(machine = %m.id, "starting the machine panicked: {what}");
+                Err(crate::runtime::RuntimeError::Failed(format!(
+                    "internal error while starting: {what}"
+                )))
+            });
         self.or_fail(m, kind, started).await?;
         self.transition(m, MachineState::Started, kind, Source::Platform, None)
             .await
@@ -825,12 +853,7 @@ impl Hangar {
         nonce: Option<&str>,
     ) -> ApiResult<()> {
         let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         self.runtime.signal(&m, signal).await?;
         Ok(())
     }
@@ -843,35 +866,20 @@ impl Hangar {
         exec: ExecSpec,
     ) -> ApiResult<hangar_api::ExecResponse> {
         let m = self.get_machine(app, id, false).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         Ok(self.runtime.exec(&m, exec).await?)
     }
 
     pub async fn ps(&self, app: &str, id: &str) -> ApiResult<Vec<hangar_api::ProcessStat>> {
         let m = self.get_machine(app, id, false).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         Ok(self.runtime.ps(&m).await?)
     }
 
-    /// A started machine, for the memory endpoints.
+    /// A started machine, for the actions that need its processes.
     async fn started(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
         let m = self.get_machine(app, id, false).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         Ok(m)
     }
 
@@ -892,12 +900,7 @@ impl Hangar {
         nonce: Option<&str>,
     ) -> ApiResult<hangar_api::MemoryResponse> {
         let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let ceiling = guest
             .max_memory_mb
@@ -924,12 +927,7 @@ impl Hangar {
         nonce: Option<&str>,
     ) -> ApiResult<hangar_api::ReclaimMemoryResponse> {
         let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        if m.state != MachineState::Started {
-            return Err(ApiError::precondition(format!(
-                "machine is {}, not started",
-                m.state
-            )));
-        }
+        require_started(&m)?;
         if amount_mb <= 0 || amount_mb > 1 << 20 {
             return Err(ApiError::bad_request(
                 "amount_mb must be greater than zero (and at most 1048576)",
