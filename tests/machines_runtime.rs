@@ -722,6 +722,36 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // The code is that of the process that ended the machine, even when it is not the first
+    // and the first then stops cleanly.
+    let body = json!({"config": {
+        "image": image(),
+        "restart": {"policy": "no"},
+        "processes": [
+            {"exec": ["/bin/sh", "-c", "trap 'exit 0' INT TERM; while true; do sleep 0.05; done"]},
+            {"exec": ["/bin/sh", "-c", "sleep 0.3; exit 4"]},
+        ],
+    }});
+    let r = d.post("/v1/apps/procs/machines", body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let m = id(&r.json::<Value>().unwrap());
+    wait(&d, "procs", &m, "stopped").await;
+    let evs = events(&d, "procs", &m).await;
+    assert_eq!(
+        evs.iter()
+            .find(|e| e["type"] == "exit")
+            .map(|e| &e["request"]["exit_event"]["exit_code"]),
+        Some(&json!(4)),
+        "{evs:?}"
+    );
+    let r = d
+        .client
+        .delete(format!("/v1/apps/procs/machines/{m}"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// `dns` shapes the machine's host name, /etc/hosts and /etc/resolv.conf.

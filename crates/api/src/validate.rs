@@ -361,6 +361,13 @@ fn normalize_guest(config: &mut MachineConfig) -> Result {
                 "max_memory_mb must not be below memory_mb",
             ));
         }
+        // The balloon ceiling is memory the machine may be given: the size's own maximum.
+        if max_mem > max {
+            return Err(bad(
+                "config.guest.max_memory_mb",
+                format!("max_memory_mb must be at most {max} MB for this size"),
+            ));
+        }
     }
     if let Some(persist) = &guest.persist_rootfs {
         let ok = match persist {

@@ -1033,6 +1033,11 @@ fn cases() -> Vec<Case> {
             err("config.init.swap_size_mb"),
         ),
         case(
+            "a balloon ceiling beyond the size's memory",
+            alpine(json!({"guest": {"cpus": 1, "cpu_kind": "shared", "memory_mb": 256, "max_memory_mb": 17592186044416i64}})),
+            err("config.guest.max_memory_mb"),
+        ),
+        case(
             "temp_dir volumes on disk and in memory",
             json!({
                 "volumes": [

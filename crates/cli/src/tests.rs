@@ -284,6 +284,38 @@ fn go_style_booleans_and_repeated_flags() {
         ),
         "{m:?}"
     );
+    // The last value wins for booleans too: `--json --json=false` is false.
+    let m = machine(&["list", "--json", "--json=false"]);
+    assert!(
+        matches!(
+            m.command,
+            MachineCommand::List(ListArgs { json: false, .. })
+        ),
+        "{m:?}"
+    );
+    let m = machine(&["list", "-j", "--json=false"]);
+    assert!(
+        matches!(
+            m.command,
+            MachineCommand::List(ListArgs { json: false, .. })
+        ),
+        "{m:?}"
+    );
+    // Flag values are values, not subcommands: an app called `list`.
+    let m = machine(&["-a", "list", "status", "abc", "--display-config=true"]);
+    assert_eq!(m.app.app.as_deref(), Some("list"));
+    assert!(
+        matches!(
+            m.command,
+            MachineCommand::Status(StatusArgs {
+                display_config: true,
+                ..
+            })
+        ),
+        "{m:?}"
+    );
+    let m = machine(&["-alist", "status", "abc"]);
+    assert_eq!(m.app.app.as_deref(), Some("list"));
     // After `--` nothing is rewritten.
     let m = machine(&["exec", "abc", "--", "--json=false"]);
     assert!(

@@ -350,15 +350,15 @@ pub async fn app_logs(
         if tx.send(first).await.is_err() {
             return;
         }
+        // None when the listing failed: then nothing is added or retired this round.
         let list_targets = || async {
-            match h.list_machines(&app, filter()).await {
-                Ok(machines) => machines
+            h.list_machines(&app, filter()).await.ok().map(|machines| {
+                machines
                     .iter()
                     .filter(|m| wanted(&m.id, &m.name))
                     .map(|m| (m.id.clone(), m.region.clone()))
-                    .collect(),
-                Err(_) => Vec::new(),
-            }
+                    .collect::<Vec<_>>()
+            })
         };
         let mut watch = LogWatch::new();
         let mut targets: Vec<(String, String)> = Vec::new();
@@ -368,15 +368,22 @@ pub async fn app_logs(
         loop {
             if tokio::time::Instant::now() >= next_rescan {
                 // Machines (and containers) that appeared since the last look are picked up.
-                targets = list_targets().await;
-                if let Some(w) = watch.as_mut() {
-                    w.watch(&machines_dir, &targets);
+                if let Some(listed) = list_targets().await {
+                    targets = listed;
+                    if let Some(w) = watch.as_mut() {
+                        w.watch(&machines_dir, &targets);
+                    }
+                    let gone = |id: &String| !targets.iter().any(|(t, _)| t == id);
+                    retiring = tails
+                        .keys()
+                        .map(|(id, _)| id.clone())
+                        .filter(gone)
+                        .collect();
+                    // Watched machines that never had a log file are let go as well.
+                    if let Some(w) = watch.as_ref() {
+                        retiring.extend(w.watched.keys().filter(|id| gone(id)).cloned());
+                    }
                 }
-                retiring = tails
-                    .keys()
-                    .map(|(id, _)| id.clone())
-                    .filter(|id| !targets.iter().any(|(t, _)| t == id))
-                    .collect();
                 next_rescan = tokio::time::Instant::now() + RESCAN_INTERVAL;
             }
             // Watches are in place before this read, so nothing written after it is missed.

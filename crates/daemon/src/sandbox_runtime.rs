@@ -3,7 +3,7 @@
 //! unsharing inside this multi-threaded daemon). Container root filesystems are overlays of the
 //! shared image layers, idmapped so that root-owned layer files belong to the machine's root.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use hangar_api::{MachineConfig, Signal};
 use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
 use hangar_pilot::spec::{
-    ContainerSpec, ContainerState, ContainerStatus, PilotSpec, Reply, Request, CONTROL_SOCKET,
-    EXIT_FILE, SPEC_FILE,
+    ContainerSpec, ContainerState, ContainerStatus, PilotExit, PilotSpec, Reply, Request,
+    CONTROL_SOCKET, EXIT_FILE, SPEC_FILE,
 };
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
 use hangar_sandbox::SandboxSpec;
@@ -93,7 +93,8 @@ pub struct SandboxRuntime {
     pull: PullOptions,
     hierarchy: Hierarchy,
     exe: PathBuf,
-    slots: Mutex<BTreeSet<u32>>,
+    /// uid-range slots in use, with the machine holding each.
+    slots: Mutex<BTreeMap<u32, String>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<RuntimeEvent>,
 }
@@ -126,7 +127,7 @@ impl SandboxRuntime {
             pull,
             hierarchy,
             exe: std::env::current_exe()?,
-            slots: Mutex::new(BTreeSet::new()),
+            slots: Mutex::new(BTreeMap::new()),
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
         })
@@ -146,20 +147,21 @@ impl SandboxRuntime {
         MachineCgroup::new(self.hierarchy.clone(), format!("hangar/{id}"))
     }
 
-    fn alloc_slot(&self) -> Result<u32, RuntimeError> {
+    fn alloc_slot(&self, machine_id: &str) -> Result<u32, RuntimeError> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = (0..MAX_SLOTS)
-            .find(|s| !slots.contains(s))
+            .find(|s| !slots.contains_key(s))
             .ok_or_else(|| failed("no free uid range for another machine"))?;
-        slots.insert(slot);
+        slots.insert(slot, machine_id.to_string());
         Ok(slot)
     }
 
-    fn free_slot(&self, slot: u32) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&slot);
+    /// Frees `slot` if `machine_id` still holds it (freeing twice never frees another's).
+    fn free_slot(&self, slot: u32, machine_id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(&slot).is_some_and(|owner| owner == machine_id) {
+            slots.remove(&slot);
+        }
     }
 
     /// Finds an image locally, pulling it when missing.
@@ -366,29 +368,23 @@ impl SandboxRuntime {
         let pid = state.pid;
         tokio::spawn(async move {
             let status = wait_pidfd(pidfd).await;
-            let statuses: Vec<ContainerStatus> = read_machine_file(&dir.join(EXIT_FILE))
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            let first = statuses.first();
-            let (mut exit_code, mut signal) = match first {
-                Some(c) => (c.exit_code.unwrap_or(0), c.signal),
-                None => status.unwrap_or((0, None)),
+            let report = read_machine_file(&dir.join(EXIT_FILE))
+                .and_then(|b| PilotExit::parse(&b))
+                .filter(|e| !e.containers.is_empty());
+            let (exit_code, signal) = match &report {
+                Some(e) => (e.exit_code, e.signal),
+                None => match status {
+                    Some((code, sig)) if code != 0 || sig.is_some() => (code, sig),
+                    // Pilot died without a report (killed): treat it as killed.
+                    _ => (137, Some(9)),
+                },
             };
-            if first.is_none() && exit_code == 0 && signal.is_none() {
-                // Pilot died without a report (killed): treat it as killed.
-                exit_code = 137;
-                signal = Some(9);
-            }
             let oom_killed = cgroup.oom_kills().unwrap_or(0) > 0;
             let exit = MachineExit {
                 app,
                 machine_id: id,
                 instance_id: instance,
-                exit_code: if signal.is_some() && first.is_some_and(|c| c.exit_code.is_none()) {
-                    128 + signal.unwrap_or(0)
-                } else {
-                    exit_code
-                },
+                exit_code,
                 signal,
                 oom_killed,
                 exited_at: now_ms(),
@@ -526,7 +522,7 @@ impl SandboxRuntime {
         .await
         .map_err(failed)??;
         if let Some(s) = state {
-            self.free_slot(s.slot);
+            self.free_slot(s.slot, id);
         }
         Ok(())
     }
@@ -576,7 +572,8 @@ impl SandboxRuntime {
                     .unwrap_or_default();
                 let statuses: Vec<ContainerStatus> =
                     read_machine_file(&self.run_dir(id).join(EXIT_FILE))
-                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .and_then(|b| PilotExit::parse(&b))
+                        .map(|e| e.containers)
                         .unwrap_or_default();
                 if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
                     return Err(failed(format!("container failed to start: {err}")));
@@ -635,7 +632,13 @@ impl Runtime for SandboxRuntime {
     async fn start(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
-        let slot = self.alloc_slot()?;
+        let slot = self.alloc_slot(&m.id)?;
+        // Frees the slot if this start fails or unwinds (a panic) before the run owns it.
+        let mut slot_guard = SlotGuard {
+            runtime: self,
+            slot: Some(slot),
+            machine_id: &m.id,
+        };
         let keep = keep_rootfs(&m.config);
         let launched = match self.launch(m, slot).await {
             Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
@@ -649,10 +652,11 @@ impl Runtime for SandboxRuntime {
                 let cgroup = self.cgroup(&m.id);
                 let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
                 let _ = self.cleanup(&m.id, keep).await;
-                self.free_slot(slot);
                 return Err(e);
             }
         };
+        // The run holds the slot now; cleanup() frees it.
+        slot_guard.slot = None;
         self.watch_containers(m, 0);
         if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
@@ -768,7 +772,7 @@ impl Runtime for SandboxRuntime {
             self.slots
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(s.slot);
+                .insert(s.slot, m.id.clone());
         }
         let alive = state.as_ref().is_some_and(|s| {
             s.instance_id == m.instance_id && start_time(s.pid).is_some_and(|t| t == s.start_time)
@@ -952,6 +956,22 @@ impl Runtime for SandboxRuntime {
         match reply.error {
             Some(e) => Err(failed(e)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Gives a uid slot back unless disarmed: a start that fails or unwinds before its run owns the
+/// slot must not lose it.
+struct SlotGuard<'a> {
+    runtime: &'a SandboxRuntime,
+    slot: Option<u32>,
+    machine_id: &'a str,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.runtime.free_slot(slot, self.machine_id);
         }
     }
 }

@@ -506,6 +506,9 @@ impl Hangar {
         app: &str,
         req: CreateMachineRequest,
     ) -> ApiResult<(MachineRecord, Option<String>)> {
+        // Looked up first so that unknown names never get a lock entry; again under the lock,
+        // which a deletion may have waited for.
+        self.get_app(app).await?;
         let lock = self.app_lock(app);
         let _shared = lock.read().await;
         let app_rec = self.get_app(app).await?;
@@ -912,7 +915,7 @@ impl Hangar {
             )));
         }
         self.runtime
-            .set_memory_limit(&m, (limit_mb as u64) << 20)
+            .set_memory_limit(&m, (limit_mb as u64).saturating_mul(1 << 20))
             .await?;
         let (limit, usage) = self.runtime.memory(&m).await?;
         Ok(memory_response(limit, usage))
@@ -935,7 +938,7 @@ impl Hangar {
         }
         let freed = self
             .runtime
-            .reclaim_memory(&m, (amount_mb as u64) << 20)
+            .reclaim_memory(&m, (amount_mb as u64).saturating_mul(1 << 20))
             .await?;
         Ok(hangar_api::ReclaimMemoryResponse {
             actual_mb: (freed >> 20) as i64,

@@ -6,9 +6,44 @@ use serde::{Deserialize, Serialize};
 
 pub const SPEC_FILE: &str = "pilot.json";
 pub const CONTROL_SOCKET: &str = "pilot.sock";
-/// Written by Pilot just before it exits: how each container ended.
+/// Written by Pilot just before it exits: a [`PilotExit`].
 pub const EXIT_FILE: &str = "exit.json";
 pub const LOG_DIR: &str = "logs";
+
+/// How a machine ended: each container's last status, and the machine's own exit code and
+/// signal as Pilot decided them (the one container of a single-container machine; for
+/// `processes`, the process that ended the machine; otherwise the first container that did not
+/// end with 0).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PilotExit {
+    pub containers: Vec<crate::spec::ContainerStatus>,
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+}
+
+impl PilotExit {
+    /// Reads an exit file, also in the plain container-list form earlier Pilots wrote (its first
+    /// container decided).
+    pub fn parse(bytes: &[u8]) -> Option<PilotExit> {
+        if let Ok(exit) = serde_json::from_slice::<PilotExit>(bytes) {
+            return Some(exit);
+        }
+        let containers: Vec<ContainerStatus> = serde_json::from_slice(bytes).ok()?;
+        let (exit_code, signal) = containers
+            .first()
+            .map(|c| match (c.exit_code, c.signal) {
+                (Some(code), sig) => (code, sig),
+                (None, Some(sig)) => (128 + sig, Some(sig)),
+                (None, None) => (0, None),
+            })
+            .unwrap_or((0, None));
+        Some(PilotExit {
+            containers,
+            exit_code,
+            signal,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PilotSpec {

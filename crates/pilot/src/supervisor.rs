@@ -26,7 +26,7 @@ use crate::health::{self, CheckMachine, CheckState};
 use crate::restart::RestartTracker;
 use crate::spec::{
     CheckKind, CheckStatus, Condition, ContainerSpec, ContainerState, ContainerStatus, Event,
-    EventKind, PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
+    EventKind, PilotExit, PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
 };
 use crate::{checks, control, launch};
 
@@ -206,28 +206,32 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let s = state.borrow();
     let statuses: Vec<ContainerStatus> = s.containers.iter().map(|c| c.status.clone()).collect();
+    let exit = machine_exit(statuses, s.ended_by);
     let exit_path = dir.join(EXIT_FILE);
-    std::fs::write(&exit_path, serde_json::to_vec(&statuses)?)
+    std::fs::write(&exit_path, serde_json::to_vec(&exit)?)
         .with_context(|| format!("writing {}", exit_path.display()))?;
     let _ = std::fs::remove_file(&socket);
-    Ok(match s.ended_by {
-        Some(i) => exit_code(&statuses[i..=i]),
-        None => exit_code(&statuses),
-    })
+    Ok(exit.exit_code)
 }
 
-/// A single container's code is the machine's; with several, 0 only if all ended with 0.
-fn exit_code(statuses: &[ContainerStatus]) -> i32 {
+/// The machine's exit: that of the container that ended it (`processes`), of its only
+/// container, or of the first container that did not end with 0.
+fn machine_exit(containers: Vec<ContainerStatus>, ended_by: Option<usize>) -> PilotExit {
     let code = |c: &ContainerStatus| match (c.exit_code, c.signal, c.state) {
         (Some(code), _, _) => code,
         (None, Some(sig), _) => 128 + sig,
         (None, None, ContainerState::Failed) => 1,
         _ => 0,
     };
-    match statuses {
-        [] => 0,
-        [only] => code(only),
-        all => all.iter().map(code).find(|&c| c != 0).unwrap_or(0),
+    let decider = ended_by
+        .and_then(|i| containers.get(i))
+        .or_else(|| containers.iter().find(|c| code(c) != 0))
+        .or_else(|| containers.first());
+    let (exit_code, signal) = decider.map_or((0, None), |c| (code(c), c.signal));
+    PilotExit {
+        containers,
+        exit_code,
+        signal,
     }
 }
 
@@ -390,6 +394,16 @@ fn launch_container(state: &Shared, i: usize) {
             let mut s = state.borrow_mut();
             s.containers[i].status.exit_code = Some(127);
             s.fail(i, e);
+            // A process of a `processes` machine that cannot start ends the machine, as an exit
+            // would.
+            let ends_machine = s.containers[i].spec.stops_machine && !s.stopping;
+            if ends_machine {
+                s.ended_by = Some(i);
+            }
+            drop(s);
+            if ends_machine {
+                spawn_stop(state, None, None);
+            }
         }
     }
 }

@@ -307,16 +307,38 @@ impl MachineCgroup {
                 }
             }
             Hierarchy::V1 { .. } => {
-                let target = before.saturating_sub(bytes).max(1 << 20);
-                let path = dir.join("memory.limit_in_bytes");
-                // EBUSY: the kernel could not get usage that low; what it freed still counts.
-                let lowered = fs::write(&path, target.to_string());
-                if let Err(e) = &lowered {
-                    if e.raw_os_error() != Some(libc::EBUSY) {
-                        return Err(io("write", &path)(lowered.unwrap_err()));
+                // Only page cache is asked for: the limit never goes below what the machine's
+                // own (anonymous) memory needs, so nothing is OOM-killed in the moment it is low.
+                let cache = fs::read_to_string(dir.join("memory.stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.lines()
+                            .filter_map(|l| l.split_once(' '))
+                            .find(|(k, _)| *k == "total_cache")
+                            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                    })
+                    .unwrap_or(0);
+                let target = before.saturating_sub(bytes.min(cache)).max(1 << 20);
+                if target < before {
+                    let path = dir.join("memory.limit_in_bytes");
+                    // EBUSY: the kernel could not get usage that low; what it freed counts.
+                    let lowered = fs::write(&path, target.to_string());
+                    // The limit goes back whatever happened; a failed restore is retried.
+                    let mut restored = write(&path, &limit.to_string());
+                    for _ in 0..3 {
+                        if restored.is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                        restored = write(&path, &limit.to_string());
+                    }
+                    restored?;
+                    if let Err(e) = lowered {
+                        if e.raw_os_error() != Some(libc::EBUSY) {
+                            return Err(io("write", &path)(e));
+                        }
                     }
                 }
-                write(&path, &limit.to_string())?;
             }
         }
         let (_, after) = self.memory()?;

@@ -94,8 +94,9 @@ pub async fn run(ctx: &Ctx<'_>, args: DestroyArgs) -> Result<()> {
         println!("No machine to destroy, exiting");
         return Ok(());
     }
-    for id in ids {
-        let id = id.as_str();
+    // Every machine is checked before any is destroyed: no half-done batch.
+    let mut machines = Vec::with_capacity(ids.len());
+    for id in &ids {
         let machine = ctx.get(id).await?;
         if !force && !destroyable_without_force(machine.state) {
             bail!(
@@ -103,6 +104,10 @@ pub async fn run(ctx: &Ctx<'_>, args: DestroyArgs) -> Result<()> {
                 machine.state
             );
         }
+        machines.push(machine);
+    }
+    for machine in machines {
+        let id = machine.id.as_str();
         println!(
             "machine {id} was found and is currently in {} state, attempting to destroy...",
             machine.state

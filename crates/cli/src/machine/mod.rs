@@ -441,7 +441,11 @@ fn prompt_select(options: &[String], many: bool) -> Result<Vec<usize>> {
             })
             .map(|n| n.map(|n| n - 1))
             .collect();
-        match picked {
+        match picked.map(|mut p| {
+            p.sort_unstable();
+            p.dedup();
+            p
+        }) {
             Some(p) if !p.is_empty() && (many || p.len() == 1) => return Ok(p),
             _ => writeln!(
                 err,
