@@ -520,6 +520,15 @@ async fn test_machines_survive_daemon_sigkill() {
     )
     .await;
     wait(&d, "surv", &m, "started").await;
+    // This one exits while the daemon is down; the restart must record how.
+    let gone = run(
+        &d,
+        "surv",
+        "sleep 0.3; echo bye; exit 3",
+        json!({"config": {"restart": {"policy": "no"}}}),
+    )
+    .await;
+    wait(&d, "surv", &gone, "started").await;
     d.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = log(&d, &m).lines().count();
@@ -535,6 +544,16 @@ async fn test_machines_survive_daemon_sigkill() {
         .json()
         .unwrap();
     assert_eq!(got["state"], "started", "re-adopted");
+    let got = wait(&d, "surv", &gone, "stopped").await;
+    let evs = events(&d, "surv", &gone).await;
+    let exit = evs.iter().find(|e| e["type"] == "exit");
+    assert_eq!(
+        exit.map(|e| &e["request"]["exit_event"]["exit_code"]),
+        Some(&json!(3)),
+        "the exit while the daemon was down is recorded: {got} {evs:?}"
+    );
+    let r = d.delete(&format!("/v1/apps/surv/machines/{gone}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = d
         .post(
             &format!("/v1/apps/surv/machines/{m}/stop"),
