@@ -51,6 +51,37 @@ fn exits(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["type"] == "exit").collect()
 }
 
+/// Creates a machine from a full request body; returns its id and JSON.
+async fn create(d: &Daemon, app: &str, body: Value) -> (String, Value) {
+    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    let m: Value = r.json().unwrap();
+    (id(&m), m)
+}
+
+/// Destroys a machine (`force` for a running one) and checks the answer.
+async fn destroy(d: &Daemon, app: &str, id: &str, force: bool) {
+    let mut req = d.client.delete(format!("/v1/apps/{app}/machines/{id}"));
+    if force {
+        req = req.query("force", "true");
+    }
+    let r = req.send_raw().await.unwrap();
+    assert_eq!(r.status, 200, "destroy: {}", r.text());
+}
+
+/// Waits until the machine's app log contains `needle`.
+async fn until_logged(d: &Daemon, id: &str, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log(d, id).contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needle:?} never logged: {}",
+            log(d, id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn log(d: &Daemon, id: &str) -> String {
     std::fs::read_to_string(
         d.data_dir
@@ -460,14 +491,7 @@ sleep 300
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = d
-        .client
-        .delete(format!("/v1/apps/iso/machines/{m}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    destroy(&d, "iso", &m, true).await;
 }
 
 enum CgroupFiles {
@@ -650,17 +674,10 @@ async fn test_container_user_and_supplementary_groups() {
         "exec": ["/bin/sh", "-c", "echo main=$(id -u):$(id -g):$(id -G | tr ' ' ,) home=$HOME version=$V region=$R; exec sleep 300"],
         "env_from": [{"env_var": "V", "field_ref": "version"}, {"env_var": "R", "field_ref": "region"}],
     }]}});
-    let r = d.post("/v1/apps/users/machines", body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    let created: Value = r.json().unwrap();
-    let m = id(&created);
+    let (m, created) = create(&d, "users", body).await;
     let version = created["instance_id"].as_str().unwrap().to_string();
     wait(&d, "users", &m, "started").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !log(&d, &m).contains("main=") {
-        assert!(tokio::time::Instant::now() < deadline, "no output");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_logged(&d, &m, "main=").await;
     let out = log(&d, &m);
     assert!(
         out.contains(&format!(
@@ -677,14 +694,7 @@ async fn test_container_user_and_supplementary_groups() {
     assert_eq!(r.status, 200, "exec: {}", r.text());
     let got: Value = r.json().unwrap();
     assert_eq!(got["stdout"].as_str().unwrap().trim(), "1000 50", "{got}");
-    let r = d
-        .client
-        .delete(format!("/v1/apps/users/machines/{m}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    destroy(&d, "users", &m, true).await;
 }
 
 /// `processes` (reference 2.8): each process runs from the machine's image in one shared root
@@ -710,9 +720,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
              "env_from": [{"env_var": "MY_APP", "field_ref": "app_name"}]},
         ],
     }});
-    let r = d.post("/v1/apps/procs/machines", body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    let m = id(&r.json::<Value>().unwrap());
+    let (m, _) = create(&d, "procs", body).await;
     wait(&d, "procs", &m, "stopped").await;
     let exit = events(&d, "procs", &m).await;
     let exits = exits(&exit);
@@ -734,13 +742,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         side_log.contains("side saw=hi app=procs role="),
         "the second process sees the first one's files, has its own env: {side_log}"
     );
-    let r = d
-        .client
-        .delete(format!("/v1/apps/procs/machines/{m}"))
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    destroy(&d, "procs", &m, false).await;
 
     // The code is that of the process that ended the machine, even when it is not the first
     // and the first then stops cleanly.
@@ -752,9 +754,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
             {"exec": ["/bin/sh", "-c", "sleep 0.3; exit 4"]},
         ],
     }});
-    let r = d.post("/v1/apps/procs/machines", body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    let m = id(&r.json::<Value>().unwrap());
+    let (m, _) = create(&d, "procs", body).await;
     wait(&d, "procs", &m, "stopped").await;
     let evs = events(&d, "procs", &m).await;
     assert_eq!(
@@ -764,13 +764,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         Some(&json!(4)),
         "{evs:?}"
     );
-    let r = d
-        .client
-        .delete(format!("/v1/apps/procs/machines/{m}"))
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    destroy(&d, "procs", &m, false).await;
 }
 
 /// `dns` shapes the machine's host name, /etc/hosts and /etc/resolv.conf.
@@ -785,9 +779,7 @@ async fn test_dns_config() {
                 "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}],
                 "hostname": "web-1", "hostname_fqdn": "web-1.corp.example"},
     }});
-    let r = d.post("/v1/apps/dns/machines", body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    let m = id(&r.json::<Value>().unwrap());
+    let (m, _) = create(&d, "dns", body).await;
     wait(&d, "dns", &m, "started").await;
     let r = d
         .post(
@@ -815,14 +807,7 @@ async fn test_dns_config() {
     assert!(error_text(&r).contains("/etc/token"), "{}", r.text());
     let list: Vec<Value> = d.get("/v1/apps/dns/machines").await.json().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
-    let r = d
-        .client
-        .delete(format!("/v1/apps/dns/machines/{m}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    destroy(&d, "dns", &m, true).await;
 }
 
 /// A stop waiting out a long grace period does not hold a forced destroy back, and a stop
@@ -933,11 +918,7 @@ async fn test_memory_balloon_endpoints() {
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !log(&d, &m).contains("filled") {
-        assert!(tokio::time::Instant::now() < deadline, "no page cache yet");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_logged(&d, &m, "filled").await;
     let r = d
         .post(&format!("{path}/reclaim"), json!({"amount_mb": 40}))
         .await;
@@ -963,11 +944,5 @@ async fn test_memory_balloon_endpoints() {
     assert_eq!(r.status, 200, "{}", r.text());
     wait(&d, "mem", &m, "stopped").await;
     assert_eq!(d.get(&path).await.status, 412);
-    let r = d
-        .client
-        .delete(format!("/v1/apps/mem/machines/{m}"))
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    destroy(&d, "mem", &m, false).await;
 }
