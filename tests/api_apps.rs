@@ -54,6 +54,26 @@ async fn test_auth_required_with_fly_error_body() {
     assert_eq!(r.status, 200);
     let doc: Value = r.json().unwrap();
     assert!(doc["paths"]["/v1/apps/{app_name}/machines/{machine_id}/wait"].is_object());
+    // Every operation documents the refusals that can come before its handler, and every
+    // schema it references exists.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for code in ["400", "401"] {
+                assert!(
+                    op["responses"][code].is_object(),
+                    "{method} {path} lacks {code}"
+                );
+            }
+        }
+    }
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "missing schema {name}"
+        );
+    }
     assert!(r.headers.get("fly-request-id").is_some());
 }
 

@@ -14,6 +14,39 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // Any authenticated request can be refused before its handler: 401 without a valid
+        // token, 400 for a path or query that does not decode. Documented on every operation.
+        let error = |what: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorResponse",
+                        )))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| error("malformed request").into());
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| error("missing or invalid token").into());
+            }
+        }
     }
 }
 
