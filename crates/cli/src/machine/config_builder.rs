@@ -239,7 +239,8 @@ pub fn build_config(flags: &ConfigFlags, opts: &BuildOptions) -> Result<MachineC
     apply_restart(&mut config, flags, opts)?;
 
     // 12. Volumes.
-    for spec in &flags.volumes {
+    // A string slice in flyctl: `-v a:/x,b:/y` is two volumes.
+    for spec in flags.volumes.iter().flat_map(|v| v.split(',')) {
         let mount = parse_volume(spec)?;
         let mounts = config.mounts.get_or_insert_with(Vec::new);
         match mounts.iter_mut().find(|m| m.path == mount.path) {
@@ -805,12 +806,10 @@ fn apply_restart(
 // ---- step 12: --volume ----
 
 fn parse_volume(spec: &str) -> Result<MachineMount> {
+    // As flyctl: anything after a second ':' (mount options) is ignored.
     let parts: Vec<&str> = spec.splitn(3, ':').collect();
     let (source, path) = match parts.as_slice() {
-        [s, p] | [s, p, ""] if !s.is_empty() && !p.is_empty() => (*s, *p),
-        [_, _, opts] => bail!(
-            "invalid --volume {spec:?}: mount options ({opts}) are not supported; expected vol_id:/path"
-        ),
+        [s, p] | [s, p, _] if !s.is_empty() && !p.is_empty() => (*s, *p),
         _ => bail!("invalid --volume {spec:?}: expected vol_id:/path"),
     };
     if !source.starts_with("vol_") {

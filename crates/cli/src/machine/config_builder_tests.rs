@@ -199,7 +199,11 @@ fn cases() -> Vec<Case> {
         ok("run nginx -v vol_a:/data -v vol_b:/data", nginx(json!({"mounts": [{"volume": "vol_b", "path": "/data"}]}))),
         err("run nginx -v data:/data", &["--volume", "vol_", "names cannot be resolved yet"]),
         err("run nginx -v vol_x", &["--volume", "vol_id:/path"]),
-        err("run nginx -v vol_x:/data:ro", &["--volume", "not supported"]),
+        ok("run nginx -v vol_x:/data:ro", nginx(json!({"mounts": [{"volume": "vol_x", "path": "/data"}]}))),
+        ok(
+            "run nginx -v vol_a:/a,vol_b:/b",
+            nginx(json!({"mounts": [{"volume": "vol_a", "path": "/a"}, {"volume": "vol_b", "path": "/b"}]})),
+        ),
         // ---- autostop / autostart ----
         ok("run nginx -p 80/tcp:http --autostop", nginx(json!({"services": [{"protocol": "tcp", "internal_port": 80, "ports": [{"port": 80, "handlers": ["http"]}], "autostop": true, "force_instance_key": null}]}))),
         ok(
