@@ -21,7 +21,7 @@ pub struct CloneArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Set init.cmd to [] so the image's CMD runs
-    #[arg(long, conflicts_with = "override_cmd")]
+    #[arg(long)]
     pub clear_cmd: bool,
     /// Replace init.cmd (shell words)
     #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
@@ -74,10 +74,10 @@ pub fn clone_config(source: &Machine, args: &CloneArgs) -> Result<MachineConfig>
         config.image = Some(image);
     }
     config.guest = Some(apply_vm_flags(config.guest.take(), &args.vm)?);
+    // As flyctl: --clear-cmd wins over --override-cmd, and an empty override does nothing.
     if args.clear_cmd {
         config.init.cmd = Some(Vec::new());
-    }
-    if let Some(cmd) = &args.override_cmd {
+    } else if let Some(cmd) = args.override_cmd.as_deref().filter(|c| !c.is_empty()) {
         config.init.cmd = Some(split_words("--override-cmd", cmd)?);
     }
     if args.clear_auto_destroy {

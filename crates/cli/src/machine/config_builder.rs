@@ -448,12 +448,8 @@ fn fill_local_paths(patch: &mut Value, dir: Option<&Path>) -> Result<()> {
 fn target_container(config: &MachineConfig, name: Option<&str>) -> Result<Option<usize>> {
     let containers = match config.containers.as_deref() {
         Some(cs) if !cs.is_empty() => cs,
-        _ => {
-            if let Some(name) = name {
-                bail!("invalid --container {name:?}: the machine config has no containers");
-            }
-            return Ok(None);
-        }
+        // As flyctl, --container means nothing without containers and is ignored.
+        _ => return Ok(None),
     };
     if let Some(name) = name {
         return match containers.iter().position(|c| c.name == name) {
@@ -613,7 +609,10 @@ fn apply_storage(config: &mut MachineConfig, flags: &ConfigFlags) -> Result<()> 
     }
     if let Some(s) = &flags.swap_size {
         let mb = parse_size("--swap-size", s, MIB, "megabytes, or a size such as 512mb")?;
-        config.init.swap_size_mb = (mb > 0).then_some(mb as i64);
+        if mb == 0 {
+            bail!("invalid --swap-size {s:?}: it must be greater than zero");
+        }
+        config.init.swap_size_mb = Some(mb as i64);
     }
     if let Some(s) = &flags.cachedrive_size {
         let mb = parse_size(

@@ -262,7 +262,9 @@ fn cases() -> Vec<Case> {
                 "containers": [{"name": "app", "image": "nginx", "files": [{"guest_path": "/c", "raw_value": "bG9jYWwK"}]}]}),
         ),
         err("run nginx --container nope --machine-config '{\"containers\": [{\"name\": \"app\"}]}'", &["--container", "nope", "app"]),
-        err("run nginx --container app", &["--container", "no containers"]),
+        // flyctl ignores --container when there are no containers.
+        ok("run nginx --container app", nginx(json!({}))),
+        err("run nginx --swap-size 0", &["--swap-size", "greater than zero"]),
         err("run nginx --machine-config '{bad'", &["--machine-config", "not valid JSON"]),
         err("run nginx --machine-config '[1]'", &["--machine-config"]),
         err("run nginx --machine-config /nonexistent/m.json", &["--machine-config", "/nonexistent/m.json"]),
@@ -460,7 +462,15 @@ fn clone_configs() {
     );
     let e = clone_of("").unwrap_err().to_string();
     assert!(e.contains("--attach-volume"), "{e}");
-    assert!(clone_of("--clear-cmd --override-cmd x").is_err());
+    // flyctl: --clear-cmd wins over --override-cmd; an empty override changes nothing.
+    assert_eq!(
+        clone_of("--attach-volume vol_new --clear-cmd --override-cmd x").unwrap(),
+        base(json!({"init": {"cmd": []}}))
+    );
+    assert_eq!(
+        clone_of("--attach-volume vol_new --override-cmd ''").unwrap(),
+        base(json!({}))
+    );
 }
 
 #[test]
