@@ -211,7 +211,11 @@ async fn test_unknown_routes_are_json_errors() {
 
 #[tokio::test]
 async fn test_second_daemon_on_same_data_dir_refuses() {
+    use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // Machines reach their files through the data dir; the refused daemon must not change it.
+    std::fs::set_permissions(&d.data_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     let out = std::process::Command::new(hangar_bin())
         .args(["daemon", "--data-dir"])
         .arg(&d.data_dir)
@@ -222,6 +226,11 @@ async fn test_second_daemon_on_same_data_dir_refuses() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
+    assert_eq!(
+        mode(&d.data_dir),
+        0o711,
+        "the refused daemon changed the data dir"
+    );
     // The first daemon is unaffected.
     assert_eq!(d.get("/v1/apps").await.status, 200);
 }

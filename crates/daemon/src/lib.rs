@@ -47,8 +47,10 @@ pub struct DaemonOptions {
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("failed to create data dir {}", opts.data_dir.display()))?;
-    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    // The lock comes first: a second daemon that is refused must not touch anything here
+    // (its chmod once made the running daemon's machines unreachable).
     let _lock = server::lock_data_dir(&opts.data_dir)?;
+    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
 
     let token_path = opts.data_dir.join(TOKEN_FILE);
     let (token, created) = server::load_or_create_token(&token_path)?;
