@@ -816,8 +816,14 @@ async fn test_dns_config() {
 async fn test_forced_destroy_preempts_a_long_stop() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("preempt").await;
-    // `sleep` as PID 1 ignores SIGINT, so the stop waits for its whole timeout.
-    let m = run(&d, "preempt", "exec sleep 300", json!({})).await;
+    // A PID 1 that ignores the stop signal gets its whole grace period.
+    let m = run(
+        &d,
+        "preempt",
+        "trap '' INT TERM; while true; do sleep 0.1; done",
+        json!({}),
+    )
+    .await;
     wait(&d, "preempt", &m, "started").await;
     let r = d
         .post(
@@ -945,4 +951,29 @@ async fn test_memory_balloon_endpoints() {
     wait(&d, "mem", &m, "stopped").await;
     assert_eq!(d.get(&path).await.status, 412);
     destroy(&d, "mem", &m, false).await;
+}
+
+/// A container whose entrypoint has no handler for the stop signal stops at once, as it would
+/// anywhere but as a namespace's PID 1 (where the kernel drops such signals): no waiting out a
+/// long stop timeout.
+#[tokio::test]
+async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("nohandler").await;
+    let m = run(
+        &d,
+        "nohandler",
+        "exec sleep 300",
+        json!({"config": {"stop_config": {"timeout": "1h"}}}),
+    )
+    .await;
+    wait(&d, "nohandler", &m, "started").await;
+    let path = format!("/v1/apps/nohandler/machines/{m}/stop");
+    let stop = d.post(&path, json!({}));
+    let r = tokio::time::timeout(Duration::from_secs(30), stop)
+        .await
+        .expect("the stop waited for the 1 h timeout");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "nohandler", &m, "stopped").await;
+    destroy(&d, "nohandler", &m, false).await;
 }

@@ -576,6 +576,15 @@ async fn stop_one(state: Shared, i: usize, pid: i32, sig: i32, timeout: Duration
     let changed = state.borrow().changed.clone();
     let alive = |s: &Shared| s.borrow().containers[i].status.pid == Some(pid);
     if let Ok(sig) = Signal::try_from(sig) {
+        if terminates_by_default(sig) && !catches_or_ignores(pid, sig) {
+            // The container's entrypoint is its namespace's PID 1, and the kernel drops a
+            // signal sent to such an init that has no handler for it. Anywhere else (under
+            // Fly's init too) this signal's default action would end the process at once, so
+            // do that now instead of waiting out the timeout. A process that handles or
+            // deliberately ignores the signal still gets its grace period.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return;
+        }
         let _ = kill(Pid::from_raw(pid), sig);
     }
     let deadline = tokio::time::Instant::now() + timeout;
@@ -588,6 +597,33 @@ async fn stop_one(state: Shared, i: usize, pid: i32, sig: i32, timeout: Duration
             }
             return;
         }
+    }
+}
+
+/// Signals whose default action ends the process (terminate or core dump).
+fn terminates_by_default(sig: Signal) -> bool {
+    use Signal::*;
+    !matches!(
+        sig,
+        SIGCHLD | SIGCONT | SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU | SIGURG | SIGWINCH
+    )
+}
+
+/// Whether process `pid` has a handler for `sig` or ignores it (`SigCgt`/`SigIgn` in its
+/// status). When unsure, assume it does.
+fn catches_or_ignores(pid: i32, sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (mask("SigCgt:"), mask("SigIgn:")) {
+        (Some(caught), Some(ignored)) => (caught | ignored) & (1u64 << (sig as i32 - 1)) != 0,
+        _ => true,
     }
 }
 
