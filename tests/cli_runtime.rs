@@ -245,4 +245,34 @@ async fn test_machine_cli_flows_on_running_machines() {
     assert!(stdout.contains("bye from the machine"), "{stdout}");
     let left = ok(&d, &["machine", "list", "-a", "clirt", "-q"]);
     assert!(left.trim().is_empty(), "--rm destroyed it: {left}");
+
+    // An image that cannot be had fails the run itself: no machine is left behind.
+    let missing = image.replace("hangar/busybox", "hangar/missing");
+    let out = hangar(
+        &d,
+        &["machine", "run", &missing, "-a", "clirt", "--", "true"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hangar/missing"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Success"));
+    // A --rm machine whose command cannot run is destroyed too.
+    let out = hangar(
+        &d,
+        &[
+            "machine",
+            "run",
+            &image,
+            "-a",
+            "clirt",
+            "--rm",
+            "--",
+            "/no/such/command",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failed to start"), "{err}");
+    let left = ok(&d, &["machine", "list", "-a", "clirt", "-q"]);
+    assert!(left.trim().is_empty(), "nothing left behind: {left}");
 }

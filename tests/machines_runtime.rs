@@ -807,6 +807,38 @@ async fn test_dns_config() {
     assert!(error_text(&r).contains("/etc/token"), "{}", r.text());
     let list: Vec<Value> = d.get("/v1/apps/dns/machines").await.json().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
+    // So is an image that cannot be pulled, and an update to one leaves the machine as it was.
+    let missing = image().replace("hangar/busybox", "hangar/missing");
+    let r = d
+        .post(
+            "/v1/apps/dns/machines",
+            json!({"config": {"image": missing}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let list: Vec<Value> = d.get("/v1/apps/dns/machines").await.json().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let current: Value = d
+        .get(&format!("/v1/apps/dns/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    let mut config = current["config"].clone();
+    config["image"] = json!(missing);
+    let r = d
+        .post(
+            &format!("/v1/apps/dns/machines/{m}"),
+            json!({"config": config}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let after: Value = d
+        .get(&format!("/v1/apps/dns/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(after["state"], "started");
+    assert_eq!(after["instance_id"], current["instance_id"]);
     destroy(&d, "dns", &m, true).await;
 }
 

@@ -27,6 +27,12 @@ pub enum RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     /// Checks, before any state is written, that this runtime can run `config` at all.
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError>;
+    /// Makes sure every image `config` runs is stored here (pulling what is missing), before a
+    /// create or update is written: an image that cannot be had is the request's error, not a
+    /// machine left failed.
+    async fn fetch_images(&self, _config: &MachineConfig) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Boots the machine's current version; returns once it is running.
     async fn start(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Sends `signal`, waits up to `timeout`, then kills what is left. Returns how the machine

@@ -920,6 +920,16 @@ impl Runtime for SandboxRuntime {
         )
     }
 
+    async fn fetch_images(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
+        let mut seen = std::collections::HashSet::new();
+        for c in container_configs(config) {
+            if seen.insert(c.image.clone()) {
+                self.ensure_image(&c.image).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn memory(&self, m: &MachineRecord) -> Result<(u64, u64), RuntimeError> {
         let cgroup = self.cgroup(&m.id);
         tokio::task::spawn_blocking(move || cgroup.memory())

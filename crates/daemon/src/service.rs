@@ -527,6 +527,7 @@ impl Hangar {
         let lease_ttl = req.lease_ttl.map(check_lease_ttl).transpose()?;
         if !req.skip_launch {
             self.runtime.preflight(&config)?;
+            self.runtime.fetch_images(&config).await?;
         }
         let now = now_ms();
         let id = ids::new_machine_id();
@@ -624,6 +625,7 @@ impl Hangar {
         let launch = !req.skip_launch;
         if launch {
             self.runtime.preflight(&config)?;
+            self.runtime.fetch_images(&config).await?;
         }
         let previous = m.state;
         let old_version = m.instance_id.clone();

@@ -133,7 +133,18 @@ pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<(
     }
     // Like flyctl, --detach still waits for the start; it skips the health checks (and, here,
     // following a --rm machine to its end).
-    let state = wait_started(&ctx, &machine).await?;
+    let state = match wait_started(&ctx, &machine).await {
+        Ok(state) => state,
+        Err(e) if args.create.rm => {
+            // A throw-away machine that could not start is not left behind.
+            let _ = client.delete_machine(&app, &machine.id, true, None).await;
+            return Err(e.context(format!(
+                "machine {} failed to start and was destroyed (--rm)",
+                machine.id
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     if !args.detach {
         watch_checks(&ctx, &machine.id).await?;
     }
