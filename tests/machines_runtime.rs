@@ -807,6 +807,15 @@ async fn test_dns_config() {
     assert!(error_text(&r).contains("/etc/token"), "{}", r.text());
     let list: Vec<Value> = d.get("/v1/apps/dns/machines").await.json().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
+    // And a persistent volume, which this daemon does not have yet.
+    let r = d
+        .post(
+            "/v1/apps/dns/machines",
+            json!({"config": {"image": image(), "mounts": [{"volume": "vol_123456789", "path": "/data"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(error_text(&r).contains("vol_123456789"), "{}", r.text());
     // So is an image that cannot be pulled, and an update to one leaves the machine as it was.
     let missing = image().replace("hangar/busybox", "hangar/missing");
     let r = d

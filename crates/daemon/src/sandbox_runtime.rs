@@ -615,6 +615,15 @@ impl SandboxRuntime {
 #[async_trait]
 impl Runtime for SandboxRuntime {
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
+        // Persistent volumes arrive with their own API; running without the one asked for
+        // would silently lose the data meant for it.
+        if let Some(m) = config.mounts.iter().flatten().next() {
+            return Err(RuntimeError::Unsupported(format!(
+                "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
+                 volumes yet (config.volumes with temp_dir works for scratch space)",
+                m.volume
+            )));
+        }
         for c in container_configs(config) {
             Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
             // Refused here rather than failing the machine at boot.
