@@ -271,6 +271,18 @@ fn add_tails(
     }
 }
 
+/// Orders lines of several files by time. Stamps are compared as instants (files written by
+/// older Pilots trim trailing zeros, so text order is not time order); the sort is stable, so
+/// lines of one file keep their order.
+fn sort_by_time(lines: &mut [LogLine]) {
+    use time::format_description::well_known::Rfc3339;
+    lines.sort_by_cached_key(|l| {
+        time::OffsetDateTime::parse(&l.timestamp, &Rfc3339)
+            .map(|t| t.unix_timestamp_nanos())
+            .unwrap_or(i128::MIN)
+    });
+}
+
 fn to_ndjson(lines: &[LogLine]) -> Bytes {
     let mut out = Vec::new();
     for l in lines {
@@ -338,7 +350,7 @@ pub async fn app_logs(
         .map_err(|e| ApiError::internal(e.to_string()))?
     };
     // RFC 3339 timestamps of one clock sort as strings.
-    first.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+    sort_by_time(&mut first);
     let skip = first.len().saturating_sub(tail);
     let first = to_ndjson(&first[skip..]);
     if !follow {
@@ -411,7 +423,7 @@ pub async fn app_logs(
                 retiring.clear();
             }
             if !lines.is_empty() {
-                lines.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+                sort_by_time(&mut lines);
                 if tx.send(to_ndjson(&lines)).await.is_err() {
                     return;
                 }
@@ -450,4 +462,34 @@ pub async fn app_logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ts: &str, msg: &str) -> LogLine {
+        LogLine {
+            timestamp: ts.into(),
+            app: "a".into(),
+            machine_id: "m".into(),
+            region: "local".into(),
+            container: "app".into(),
+            stream: "stdout".into(),
+            message: msg.into(),
+        }
+    }
+
+    #[test]
+    fn test_lines_sort_by_instant_not_text() {
+        let mut lines = vec![
+            line("2026-11-24T23:36:49.210015364Z", "1238"),
+            line("2026-11-24T23:36:49.210015Z", "1237"),
+            line("2026-11-24T23:36:49.210015Z", "1237b"),
+            line("2026-11-24T23:36:48Z", "first"),
+        ];
+        sort_by_time(&mut lines);
+        let order: Vec<&str> = lines.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(order, ["first", "1237", "1237b", "1238"]);
+    }
 }

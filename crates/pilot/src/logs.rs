@@ -5,7 +5,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
-use time::format_description::well_known::Rfc3339;
+use time::format_description::BorrowedFormatItem;
+
+/// RFC 3339 in UTC with nanoseconds, e.g. `2026-11-24T22:11:33.856404233Z`.
+const TIMESTAMP: &[BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+);
 use time::OffsetDateTime;
 
 pub struct LogFile {
@@ -29,9 +34,11 @@ impl LogFile {
 
     /// Appends `line` (without its newline) as `<RFC 3339 time> <stream> <line>`.
     pub fn write_line(&mut self, stream: &str, line: &[u8]) -> std::io::Result<()> {
+        // Always nine fraction digits: fixed-width stamps sort as text (RFC 3339's trimmed
+        // zeros put `…49.210015Z` after `…49.210015364Z`).
         let ts = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+            .format(TIMESTAMP)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00.000000000Z".into());
         let mut record = Vec::with_capacity(ts.len() + stream.len() + line.len() + 3);
         record.extend_from_slice(ts.as_bytes());
         record.push(b' ');
