@@ -89,7 +89,11 @@ async fn test_pull_list_inspect_remove_prune() {
         .await
         .unwrap();
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(error_text(&r).contains("used by"));
+    assert!(
+        error_text(&r).contains(&format!("img/{}", m["id"].as_str().unwrap())),
+        "names the machine: {}",
+        r.text()
+    );
     let r = d
         .delete(&format!(
             "/v1/apps/img/machines/{}",

@@ -77,7 +77,9 @@ async fn blocking<T: Send + 'static>(
 
 /// Every image reference or digest a machine (not destroyed) still uses.
 async fn in_use(h: &AppState) -> ApiResult<InUse> {
-    Ok(InUse::new(h.image_refs_in_use().await?))
+    Ok(InUse::new(
+        h.image_refs_in_use().await?.into_iter().map(|(r, _)| r),
+    ))
 }
 
 pub async fn list(State(h): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
@@ -101,10 +103,38 @@ pub async fn remove(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = reference(&Query::parse(q.as_deref()))?;
-    let used = in_use(&h).await?;
+    let users = h.image_refs_in_use().await?;
+    let used = InUse::new(users.iter().map(|(r, _)| r.clone()));
     let store = images(&h)?.store.clone();
-    let report = blocking(move || store.remove(&name, &used)).await?;
-    Ok(Json(json!(report)))
+    let result = tokio::task::spawn_blocking(move || store.remove(&name, &used))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match result {
+        Ok(report) => Ok(Json(json!(report))),
+        // Name the machines, not the references they matched by.
+        Err(hangar_image::Error::InUse { image, users: refs }) => {
+            // The store reports normalised names; compare machines' references the same way.
+            let matches = |r: &str| {
+                refs.iter().any(|u| u == r)
+                    || hangar_image::Reference::parse(r).is_ok_and(|p| {
+                        refs.contains(&p.to_string())
+                            || p.digest.as_ref().is_some_and(|d| refs.contains(d))
+                    })
+            };
+            let mut machines: Vec<&str> = users
+                .iter()
+                .filter(|(r, _)| matches(r))
+                .map(|(_, m)| m.as_str())
+                .collect();
+            machines.sort_unstable();
+            machines.dedup();
+            Err(ApiError::conflict(format!(
+                "image {image} is used by machine(s) {}; destroy them first",
+                machines.join(", ")
+            )))
+        }
+        Err(e) => Err(image_error(e)),
+    }
 }
 
 pub async fn prune(

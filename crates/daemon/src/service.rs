@@ -160,20 +160,21 @@ impl Hangar {
     }
 
     /// Image references and digests of every machine that is not destroyed.
-    pub async fn image_refs_in_use(&self) -> ApiResult<Vec<String>> {
+    /// Every image reference or digest a live machine uses, with that machine (`app/id`).
+    pub async fn image_refs_in_use(&self) -> ApiResult<Vec<(String, String)>> {
         let machines = db(&self.store, |s| s.list_live_machines()).await?;
         let mut refs = Vec::new();
         for m in machines {
-            refs.extend(m.config.image.clone().filter(|i| !i.is_empty()));
-            refs.extend(
-                m.config
-                    .containers
-                    .iter()
-                    .flatten()
-                    .map(|c| c.image.clone()),
-            );
+            let user = format!("{}/{}", m.app, m.id);
+            let mut add = |r: String| refs.push((r, user.clone()));
+            if let Some(i) = m.config.image.clone().filter(|i| !i.is_empty()) {
+                add(i);
+            }
+            for c in m.config.containers.iter().flatten() {
+                add(c.image.clone());
+            }
             if let Some(r) = m.image_ref.as_ref().filter(|r| !r.digest.is_empty()) {
-                refs.push(r.digest.clone());
+                add(r.digest.clone());
             }
         }
         Ok(refs)
