@@ -116,3 +116,83 @@ async fn test_diamond_start_order_and_reverse_stop() {
     let r = d.delete(&format!("/v1/apps/dia/machines/{id}")).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Top-level `checks` of a multi-container machine run on its shared network and are reported
+/// by name; a failing one gates no container.
+#[tokio::test]
+async fn test_top_level_checks_on_a_multi_container_machine() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("tlc").await;
+    let config = json!({
+        "containers": [
+            {"name": "web", "image": image(),
+             "cmd": ["sh", "-c", "mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 18090 -h /w"],
+             "healthchecks": [{"name": "up", "tcp": {"port": 18090}, "interval": 1, "timeout": 1}]},
+            {"name": "side", "image": image(), "cmd": ["sleep", "300"],
+             "depends_on": [{"name": "web", "condition": "healthy"}]},
+        ],
+        "checks": {
+            "page": {"type": "http", "port": 18090, "path": "/", "interval": "1s", "timeout": "1s"},
+            "dead": {"type": "tcp", "port": 18091, "interval": "1s", "timeout": "1s"},
+        },
+    });
+    let r = d
+        .post("/v1/apps/tlc/machines", json!({"config": config}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let m = loop {
+        let m: Value = d
+            .get(&format!("/v1/apps/tlc/machines/{id}"))
+            .await
+            .json()
+            .unwrap();
+        let status = |name: &str| {
+            m["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == name)
+                .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+        };
+        let side_running = m["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "side" && c["state"] == "running");
+        if status("page").as_deref() == Some("passing")
+            && status("dead").as_deref() == Some("critical")
+            && status("web:up").as_deref() == Some("passing")
+            && side_running
+        {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checks never settled: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let web = m["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web["health"], "healthy",
+        "the failing machine check is not web's: {m}"
+    );
+    let r = d
+        .client
+        .delete(format!("/v1/apps/tlc/machines/{id}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -66,10 +66,17 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
         .and_then(|s| s.timeout)
         .map(|d| d.as_duration())
         .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT);
+    let machine_checks: Vec<HealthcheckSpec> = config
+        .checks
+        .iter()
+        .flatten()
+        .filter_map(|(name, c)| machine_check_spec(name, c))
+        .collect();
     match config.containers.as_ref().filter(|c| !c.is_empty()) {
         Some(containers) => containers
             .iter()
-            .map(|c| PlannedContainer {
+            .enumerate()
+            .map(|(index, c)| PlannedContainer {
                 name: c.name.clone(),
                 image: c.image.clone(),
                 exec: c.exec.clone(),
@@ -109,6 +116,13 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                     .flatten()
                     .enumerate()
                     .filter_map(|(i, h)| healthcheck_spec(i, h))
+                    // Top-level checks probe the machine's shared network; the first container
+                    // runs them (they are reported by name and never gate anything).
+                    .chain(if index == 0 {
+                        machine_checks.clone()
+                    } else {
+                        Vec::new()
+                    })
                     .collect(),
                 restart: restart_spec(c.restart.as_ref()),
                 mounts: c
@@ -313,6 +327,7 @@ pub(crate) fn machine_check_spec(
         success_threshold: 1,
         failure_threshold: 1,
         probe,
+        machine_level: true,
     })
 }
 
@@ -372,6 +387,7 @@ pub(crate) fn healthcheck_spec(
         success_threshold: h.success_threshold.unwrap_or(1).max(1) as u32,
         failure_threshold: h.failure_threshold.unwrap_or(3).max(1) as u32,
         probe,
+        machine_level: false,
     })
 }
 

@@ -902,8 +902,9 @@ impl Runtime for SandboxRuntime {
                         .checks
                         .iter()
                         .map(|k| hangar_api::CheckStatus {
-                            // Single-image machines show their checks by name, as Fly does.
-                            name: if single {
+                            // Single-image machines and top-level checks show by name, as on
+                            // Fly; container checks as `container:check`.
+                            name: if single || k.machine_level {
                                 k.name.clone()
                             } else {
                                 format!("{}:{}", c.name, k.name)

@@ -98,14 +98,19 @@ pub fn aggregate(states: impl IntoIterator<Item = CheckState>) -> Health {
 
 /// Which checks gate `depends_on: healthy`: the readiness ones, or all when there are none.
 pub fn gating(specs: &[HealthcheckSpec]) -> Vec<usize> {
-    let readiness: Vec<usize> = specs
-        .iter()
-        .enumerate()
+    // Machine-level checks never gate.
+    let own = || {
+        specs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.machine_level)
+    };
+    let readiness: Vec<usize> = own()
         .filter(|(_, c)| c.kind == CheckKind::Readiness)
         .map(|(i, _)| i)
         .collect();
     if readiness.is_empty() {
-        (0..specs.len()).collect()
+        own().map(|(i, _)| i).collect()
     } else {
         readiness
     }
@@ -127,6 +132,7 @@ mod tests {
             success_threshold: success,
             failure_threshold: failure,
             probe: Probe::Tcp { port: 1 },
+            machine_level: false,
         }
     }
 

@@ -103,6 +103,10 @@ pub struct HealthcheckSpec {
     pub success_threshold: u32,
     pub failure_threshold: u32,
     pub probe: Probe,
+    /// A machine's top-level check (`config.checks`): run and reported, never part of the
+    /// container's health (so it gates no dependent).
+    #[serde(default)]
+    pub machine_level: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +206,9 @@ pub struct CheckStatus {
     /// Unix milliseconds of the last result.
     #[serde(default)]
     pub updated_at: i64,
+    /// See [`HealthcheckSpec::machine_level`].
+    #[serde(default)]
+    pub machine_level: bool,
 }
 
 /// Something that happened to a container; streamed to `watch` connections.

@@ -152,6 +152,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
                         status: CheckState::Warning.as_str().into(),
                         output: String::new(),
                         updated_at: 0,
+                        machine_level: h.machine_level,
                     })
                     .collect(),
             },
@@ -292,10 +293,18 @@ impl State {
     /// Recomputes a container's health from its checks; reports a change.
     fn update_health(&mut self, i: usize) {
         let c = &mut self.containers[i];
-        if c.checks.is_empty() {
+        // Machine-level checks are reported but are not the container's health.
+        let own: Vec<_> = c
+            .checks
+            .iter()
+            .zip(&c.spec.healthchecks)
+            .filter(|(_, spec)| !spec.machine_level)
+            .map(|(m, _)| m.state)
+            .collect();
+        if own.is_empty() {
             return;
         }
-        let h = health::aggregate(c.checks.iter().map(|m| m.state));
+        let h = health::aggregate(own);
         let new = Some(h.as_str().to_string());
         if c.status.health != new {
             c.status.health = new;
