@@ -112,6 +112,15 @@ async fn test_dependencies_health_exec_and_ps() {
         "web's files are not in side: {out}"
     );
 
+    // Nothing runs outside the containers of a multi-container machine.
+    let r = d
+        .post(
+            &format!("/v1/apps/multi/machines/{id}/exec"),
+            json!({"command": ["true"], "machine": true}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
     // A timed out exec is killed and reported.
     let r = d
         .post(

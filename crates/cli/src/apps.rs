@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use hangar_api::{CreateAppRequest, ListAppsResponse};
-use hangar_client::{Client, StatusCode};
+use hangar_client::Client;
 
 use crate::output::{print_json, Table};
 
@@ -43,15 +43,15 @@ pub enum AppsCommand {
     /// Permanently destroy an app and its machines
     #[command(visible_aliases = ["delete", "rm"], after_help = "Examples:\n  \
         hangar apps destroy my-app\n  \
-        hangar apps destroy my-app --yes --force")]
+        hangar apps destroy my-app --yes")]
     Destroy {
         /// Name of the app
         name: String,
         /// Do not ask for confirmation
         #[arg(short = 'y', long)]
         yes: bool,
-        /// Stop the app's running machines first instead of refusing
-        #[arg(short = 'f', long)]
+        /// Accepted for compatibility: the app's machines are always destroyed with it
+        #[arg(short = 'f', long, hide = true)]
         force: bool,
     },
 }
@@ -89,22 +89,24 @@ pub async fn run(client: &Client, cmd: AppsCommand) -> Result<()> {
                 .context("failed to list apps")?;
             print!("{}", apps_table(&list).render());
         }
-        AppsCommand::Destroy { name, yes, force } => {
+        AppsCommand::Destroy {
+            name,
+            yes,
+            force: _,
+        } => {
             if !yes
                 && !confirm(&format!(
-                    "Destroying an app is not reversible.\nDestroy app {name}?"
+                    "Destroying an app is not reversible; its machines are destroyed with it.\nDestroy app {name}?"
                 ))?
             {
                 bail!("not destroying app {name}");
             }
-            match client.delete_app(&name, force).await {
-                Ok(()) => {}
-                // The daemon refuses apps that still have machines unless forced.
-                Err(e) if !force && e.is_status(StatusCode::PRECONDITION_FAILED) => {
-                    bail!("failed to destroy app {name}: {e}; pass --force to destroy its machines too")
-                }
-                Err(e) => return Err(e).with_context(|| format!("failed to destroy app {name}")),
-            }
+            // As `fly apps destroy`: the app goes with its machines (the API alone refuses an
+            // app that has machines unless asked with force=true).
+            client
+                .delete_app(&name, true)
+                .await
+                .with_context(|| format!("failed to destroy app {name}"))?;
             println!("Destroyed app {name}");
         }
     }

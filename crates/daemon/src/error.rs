@@ -101,6 +101,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Unsupported(_) => Self::bad_request(e.to_string()),
             RuntimeError::Failed(_) => Self::internal(e.to_string()),
             RuntimeError::Image(_) => Self::bad_request(e.to_string()),
+            RuntimeError::StartFailed(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
         }
     }
 }

@@ -507,7 +507,9 @@ pub async fn exec_machine(
         stdin: req.stdin,
         timeout,
     };
-    Ok(Json(h.exec(&app, &id, spec).await?))
+    Ok(Json(
+        h.exec(&app, &id, spec, req.machine == Some(true)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/ps", tag = "Machines",

@@ -21,6 +21,10 @@ pub enum RuntimeError {
     Failed(String),
     #[error("{0}")]
     Image(String),
+    /// The machine's own workload could not start (a container's command, a dependency that
+    /// failed): the request was fine, the machine is `failed` with this reason.
+    #[error("machine failed to start: {0}")]
+    StartFailed(String),
 }
 
 #[async_trait]

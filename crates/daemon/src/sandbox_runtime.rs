@@ -576,7 +576,7 @@ impl SandboxRuntime {
                         .map(|e| e.containers)
                         .unwrap_or_default();
                 if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
-                    return Err(failed(format!("container failed to start: {err}")));
+                    return Err(RuntimeError::StartFailed(err));
                 }
                 if statuses.is_empty() {
                     return Err(failed(format!("pilot exited during start: {}", log.trim())));
@@ -588,7 +588,7 @@ impl SandboxRuntime {
             if let Ok(reply) = self.control(id, &Request::Status).await {
                 if let Some(status) = reply.status {
                     if let Some(err) = status.containers.iter().find_map(|c| c.error.clone()) {
-                        return Err(failed(format!("container failed to start: {err}")));
+                        return Err(RuntimeError::StartFailed(err));
                     }
                     if status
                         .containers

@@ -870,9 +870,18 @@ impl Hangar {
         app: &str,
         id: &str,
         exec: ExecSpec,
+        outside_containers: bool,
     ) -> ApiResult<hangar_api::ExecResponse> {
         let m = self.get_machine(app, id, false).await?;
         require_started(&m)?;
+        // An image machine's one container is the machine; a multi-container machine has
+        // nothing to run in outside its containers (Pilot's own view is not the guest's).
+        if outside_containers && m.config.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(ApiError::bad_request(
+                "machine: commands run inside a container here; pass container (one of the \
+                 machine's containers) instead",
+            ));
+        }
         Ok(self.runtime.exec(&m, exec).await?)
     }
 

@@ -99,12 +99,7 @@ pub fn aggregate(states: impl IntoIterator<Item = CheckState>) -> Health {
 /// Which checks gate `depends_on: healthy`: the readiness ones, or all when there are none.
 pub fn gating(specs: &[HealthcheckSpec]) -> Vec<usize> {
     // Machine-level checks never gate.
-    let own = || {
-        specs
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.machine_level)
-    };
+    let own = || specs.iter().enumerate().filter(|(_, c)| !c.machine_level);
     let readiness: Vec<usize> = own()
         .filter(|(_, c)| c.kind == CheckKind::Readiness)
         .map(|(i, _)| i)

@@ -399,8 +399,11 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> String {
         Ok(p) => p,
         Err(_) => return "executable path contains NUL".into(),
     };
-    let e = nix::unistd::execve(&path, &argv, &env);
-    format!("exec {}: {e:?}", resolved.display())
+    // execve returns only on failure.
+    match nix::unistd::execve(&path, &argv, &env) {
+        Err(e) => format!("exec {}: {}", resolved.display(), e.desc()),
+        Ok(never) => match never {},
+    }
 }
 
 /// Limits the container to Docker's capabilities, switches user, sets no_new_privs and loads

@@ -174,7 +174,9 @@ pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
             .first_machine_arg()
             .filter(|a| hangar_api::ids::is_machine_id(a))
         {
-            Some(id) => app_of_machine(client, id).await?.ok_or(e)?,
+            Some(id) => app_of_machine(client, id)
+                .await?
+                .ok_or_else(|| anyhow!("no app has a machine {id}; pass --app/-a APP"))?,
             None => return Err(e),
         },
     };

@@ -59,7 +59,8 @@ pub struct ExecArgs {
     /// Container to run the command in (multi-container machines)
     #[arg(long, value_name = "NAME", conflicts_with = "no_container")]
     pub container: Option<String>,
-    /// Run the command in the machine itself rather than a container
+    /// Run the command on the machine itself rather than in a named container (a machine
+    /// built from one image only; multi-container machines need --container)
     #[arg(long)]
     pub no_container: bool,
     /// Seconds to let the command run

@@ -55,7 +55,8 @@ pub struct CreateArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub create: CreateArgs,
-    /// Do not wait for the machine to start
+    /// Return once the machine has started, without watching its health checks (or following
+    /// a --rm machine to its end)
     #[arg(long)]
     pub detach: bool,
     /// Open a shell on a throwaway machine (image default: ubuntu)

@@ -69,9 +69,21 @@ pub fn render_status(m: &Machine, events: &[MachineEvent]) -> String {
         .unwrap_or_default();
 
     let mut out = format!(
-        "Machine ID: {}\nInstance ID: {}\nState: {}\n\nVM\n",
+        "Machine ID: {}\nInstance ID: {}\nState: {}\n",
         m.id, m.instance_id, m.state
     );
+    // A failed machine says why (the newest event that carries an error).
+    if m.state == hangar_api::MachineState::Failed {
+        if let Some(reason) = events.iter().find_map(|e| {
+            e.request
+                .as_ref()
+                .and_then(|r| r.get("error"))
+                .and_then(|v| v.as_str())
+        }) {
+            out.push_str(&format!("Reason: {reason}\n"));
+        }
+    }
+    out.push_str("\nVM\n");
     out.push_str(&key_values(&[
         ("ID", m.id.clone()),
         ("Instance ID", m.instance_id.clone()),
