@@ -109,6 +109,9 @@ fn require_started(m: &MachineRecord) -> ApiResult<()> {
     Ok(())
 }
 
+/// First delay between automatic restarts of a crash-looping machine.
+const RESTART_BACKOFF: Duration = Duration::from_millis(250);
+
 /// The smallest memory limit `PUT …/memory` sets: below it the machine's own init would not fit.
 const MIN_MEMORY_LIMIT_MB: i64 = 32;
 
@@ -1332,6 +1335,13 @@ impl Hangar {
                 Some(request),
             )
             .await?;
+            // A crash loop backs off (0.25 s, 0.5 s, 1 s, then 2 s between attempts) so that
+            // max_retries spans long enough for a transient cause to clear; the cap keeps a
+            // user's stop from waiting long behind it.
+            if restart_count > 0 {
+                let exp = (restart_count - 1).min(3) as u32;
+                tokio::time::sleep(RESTART_BACKOFF * 2u32.pow(exp)).await;
+            }
             // A failed reboot leaves the machine `failed` with the reason; that is the outcome.
             if let Err(e) = self.boot(&mut m, "restart").await {
                 tracing::warn!(machine = %m.id, error = %e.message, "automatic restart failed");
