@@ -148,6 +148,18 @@ async fn test_dependencies_health_exec_and_ps() {
             .any(|p| p["container"] == "web" && p["command"].as_str().unwrap().contains("httpd")),
         "{ps:?}"
     );
+    // httpd's listening socket is reported, as Fly's ps does.
+    assert!(
+        ps.iter().any(|p| p["container"] == "web"
+            && p["listen_sockets"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s["proto"] == "tcp"
+                    && s["address"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .ends_with(":18080")))),
+        "{ps:?}"
+    );
     assert!(
         ps.iter()
             .any(|p| p["container"] == "side" && p["command"] == "sleep 3600"),

@@ -850,7 +850,11 @@ impl Runtime for SandboxRuntime {
                 directory: p.directory,
                 cpu: p.cpu,
                 rss: p.rss,
-                listen_sockets: Vec::new(),
+                listen_sockets: p
+                    .listen_sockets
+                    .into_iter()
+                    .map(|(proto, address)| hangar_api::ListenSocket { proto, address })
+                    .collect(),
                 container: Some(p.container),
             })
             .collect())

@@ -25,6 +25,11 @@ pub fn list(proc_root: &Path, containers: &[(String, i32, String)]) -> Vec<Proce
         return Vec::new();
     };
     let page = page_size();
+    // Containers share the machine's network namespace: one table serves all.
+    let listening = containers
+        .first()
+        .map(|(_, pid, _)| listening_sockets(&proc_root.join(pid.to_string()).join("net")))
+        .unwrap_or_default();
     let mut out: Vec<ProcessInfo> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -48,6 +53,10 @@ pub fn list(proc_root: &Path, containers: &[(String, i32, String)]) -> Vec<Proce
                 .ok()
                 .and_then(|s| parse_stat_cpu(&s))
                 .unwrap_or(0);
+            let listen_sockets = socket_inodes(&dir.join("fd"))
+                .iter()
+                .filter_map(|inode| listening.get(inode).cloned())
+                .collect();
             Some(ProcessInfo {
                 container: container.to_string(),
                 pid,
@@ -55,11 +64,75 @@ pub fn list(proc_root: &Path, containers: &[(String, i32, String)]) -> Vec<Proce
                 directory,
                 rss,
                 cpu,
+                listen_sockets,
             })
         })
         .collect();
     out.sort_by(|a, b| a.container.cmp(&b.container).then(a.pid.cmp(&b.pid)));
     out
+}
+
+/// Inodes of the sockets a process has open (`fd/N -> socket:[inode]`).
+fn socket_inodes(fd_dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(fd_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let target = fs::read_link(e.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Listening TCP sockets of a network namespace (`<pid>/net/tcp` and `tcp6`), by inode.
+fn listening_sockets(net: &Path) -> HashMap<u64, (String, String)> {
+    let mut out = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        if let Ok(table) = fs::read_to_string(net.join(file)) {
+            out.extend(parse_listening(&table));
+        }
+    }
+    out
+}
+
+/// Rows of a `/proc/net/tcp{,6}` table in state LISTEN (`0A`): inode → (`tcp`, address).
+pub fn parse_listening(table: &str) -> Vec<(u64, (String, String))> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                return None;
+            }
+            let (addr, port) = f[1].split_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            let address = match addr.len() {
+                8 => {
+                    let n = u32::from_str_radix(addr, 16).ok()?;
+                    // The kernel prints the address in host (little-endian) order.
+                    format!("{}:{port}", std::net::Ipv4Addr::from(n.swap_bytes()))
+                }
+                32 => {
+                    let mut bytes = [0u8; 16];
+                    for (i, word) in (0..4).map(|i| &addr[i * 8..i * 8 + 8]).enumerate() {
+                        let w = u32::from_str_radix(word, 16).ok()?.swap_bytes();
+                        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+                    }
+                    format!("[{}]:{port}", std::net::Ipv6Addr::from(bytes))
+                }
+                _ => return None,
+            };
+            Some((f[9].parse().ok()?, ("tcp".to_string(), address)))
+        })
+        .collect()
 }
 
 fn page_size() -> u64 {
@@ -110,6 +183,29 @@ fn container_path(seen: &str, rootfs: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_listening_sockets_from_proc_net() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 100 0 0 10 0
+   1: 0100007F:1F91 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0 20 4 30 10 -1
+   2: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1 0 100 0 0 10 0
+";
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1F92 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5000 1 0 100 0 0 10 0
+";
+        let mut got = parse_listening(tcp);
+        got.extend(parse_listening(tcp6));
+        let got: Vec<(u64, String)> = got.into_iter().map(|(i, (_, a))| (i, a)).collect();
+        assert_eq!(
+            got,
+            [
+                (4242, "0.0.0.0:8080".to_string()),
+                (4244, "127.0.0.1:80".to_string()),
+                (5000, "[::1]:8082".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn test_parsers() {

@@ -259,6 +259,9 @@ pub struct ProcessInfo {
     pub rss: u64,
     /// CPU time in clock ticks (user + system).
     pub cpu: u64,
+    /// TCP sockets the process listens on: (`tcp`, `address:port`).
+    #[serde(default)]
+    pub listen_sockets: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
