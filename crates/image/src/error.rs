@@ -67,7 +67,9 @@ pub enum Error {
     Registry { registry: String, message: String },
     #[error("registry {registry}: authentication failed: {message}")]
     Auth { registry: String, message: String },
-    #[error("{url}: {source}")]
+    // The whole chain: reqwest's own message ("error sending request") hides the cause
+    // (connection refused, DNS, TLS) in its sources.
+    #[error("{url}: {}", with_causes(source))]
     Http {
         url: String,
         #[source]
@@ -105,4 +107,19 @@ impl Error {
         let what = what.into();
         move |source| Error::Json { what, source }
     }
+}
+
+/// `e` and its sources, joined with ": ".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

@@ -350,3 +350,16 @@ async fn pull_zstd_layers() {
     assert_ne!(gzip.manifest_digest, zstd.manifest_digest);
     assert_eq!(s.layer_dirs(&gzip.manifest_digest).unwrap()[0], dir);
 }
+
+/// An unreachable registry names the cause, not just "error sending request".
+#[tokio::test]
+async fn unreachable_registry_names_the_cause() {
+    let (_t, s) = store();
+    // Nothing listens on port 1 of loopback.
+    let r = Reference::parse("127.0.0.1:1/hangar/busybox").unwrap();
+    let err = pull(&s, &r, &opts()).await.unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("refused") || err.to_lowercase().contains("connect"),
+        "{err}"
+    );
+}
