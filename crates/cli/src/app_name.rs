@@ -53,10 +53,17 @@ pub fn resolve_app(
             }
         }
         None => {
-            // A missing or unreadable ./fly.toml just means "no default app".
-            let from_file = std::fs::read_to_string(default_config)
-                .ok()
-                .and_then(|text| app_from_fly_toml(&text));
+            // A missing or unreadable ./fly.toml just means "no default app"; one whose `app`
+            // cannot be read is worth saying so.
+            let from_file = match std::fs::read_to_string(default_config) {
+                Ok(text) => fly_toml_app(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {e}; fix it or pass --app/-a APP",
+                        default_config.display()
+                    )
+                })?,
+                Err(_) => None,
+            };
             match from_file {
                 Some(app) => Ok(app),
                 None => bail!(
@@ -71,10 +78,16 @@ pub fn resolve_app(
 /// handled (a basic or literal string, optional trailing comment); anything under a `[table]`
 /// header is not top-level and ends the search.
 pub fn app_from_fly_toml(text: &str) -> Option<String> {
+    fly_toml_app(text).ok().flatten()
+}
+
+/// Like [`app_from_fly_toml`], but an `app` key whose value cannot be read is an error rather
+/// than no app.
+pub fn fly_toml_app(text: &str) -> std::result::Result<Option<String>, String> {
     for line in text.lines() {
         let line = line.trim();
         if line.starts_with('[') {
-            return None;
+            return Ok(None);
         }
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -86,9 +99,12 @@ pub fn app_from_fly_toml(text: &str) -> Option<String> {
         if key != "app" {
             continue;
         }
-        return parse_toml_string(value.trim()).filter(|s| !s.is_empty());
+        return match parse_toml_string(value.trim()).filter(|s| !s.is_empty()) {
+            Some(app) => Ok(Some(app)),
+            None => Err(format!("`{line}` is not an app name in quotes")),
+        };
     }
-    None
+    Ok(None)
 }
 
 fn parse_toml_string(value: &str) -> Option<String> {
@@ -156,6 +172,16 @@ primary_region = "ams"
         assert_eq!(app_from_fly_toml("app = \"unterminated"), None);
         assert_eq!(app_from_fly_toml("app = bare"), None);
         assert_eq!(app_from_fly_toml(""), None);
+        // A present but unreadable `app` is an error for the default ./fly.toml.
+        assert!(fly_toml_app("app = ").is_err());
+        assert_eq!(fly_toml_app("primary_region = \"ord\""), Ok(None));
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("fly.toml");
+        std::fs::write(&toml, "app = \n").unwrap();
+        let err = resolve_app(&AppArgs::default(), |_| None, &toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fly.toml") && err.contains("--app"), "{err}");
     }
 
     #[test]
