@@ -22,7 +22,7 @@ fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         .chain(args.iter().copied())
         .map(std::ffi::OsString::from)
         .collect();
-    Cli::try_parse_from(go_bool_flags(&Cli::command(), argv))
+    Cli::try_parse_from(crate::go_flags::go_bool_flags(&Cli::command(), argv))
 }
 
 fn machine(args: &[&str]) -> MachineArgs {

@@ -313,7 +313,7 @@ fn build(line: &str, dir: &std::path::Path, auto_destroy_base: bool) -> anyhow::
         .chain(words)
         .map(std::ffi::OsString::from)
         .collect();
-    let cli = Cli::try_parse_from(crate::go_bool_flags(&Cli::command(), argv))
+    let cli = Cli::try_parse_from(crate::go_flags::go_bool_flags(&Cli::command(), argv))
         .map_err(|e| anyhow::anyhow!("clap: {}", crate::one_line_clap_error(&e)))?;
     let Command::Machine(m) = cli.command else {
         panic!("not a machine command")
