@@ -1018,3 +1018,63 @@ async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
     wait(&d, "nohandler", &m, "stopped").await;
     destroy(&d, "nohandler", &m, false).await;
 }
+
+/// A failed machine is recovered by a stop; a start during a stop is refused, not queued.
+#[tokio::test]
+async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("rec").await;
+    let (m, _) = create(
+        &d,
+        "rec",
+        json!({"config": {"image": image(), "init": {"exec": ["/no/such/command"]}}}),
+    )
+    .await;
+    wait(&d, "rec", &m, "failed").await;
+    let r = d
+        .post(&format!("/v1/apps/rec/machines/{m}/stop"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got: Value = d
+        .get(&format!("/v1/apps/rec/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(got["state"], "stopped", "{got}");
+    destroy(&d, "rec", &m, false).await;
+
+    let m = run(
+        &d,
+        "rec",
+        "trap '' INT TERM; while true; do sleep 0.1; done",
+        json!({"config": {"stop_config": {"timeout": "3s"}}}),
+    )
+    .await;
+    wait(&d, "rec", &m, "started").await;
+    let client = d.client.clone();
+    let path = format!("/v1/apps/rec/machines/{m}/stop");
+    let stop = tokio::spawn(async move { client.post(path).json(&json!({})).send_raw().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Value = d
+            .get(&format!("/v1/apps/rec/machines/{m}"))
+            .await
+            .json()
+            .unwrap();
+        if got["state"] == "stopping" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stopping: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = d
+        .post(&format!("/v1/apps/rec/machines/{m}/start"), json!({}))
+        .await;
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(stop.await.unwrap().unwrap().status, 200);
+    wait(&d, "rec", &m, "stopped").await;
+    destroy(&d, "rec", &m, false).await;
+}

@@ -187,6 +187,19 @@ async fn test_top_level_checks_on_a_multi_container_machine() {
         web["health"], "healthy",
         "the failing machine check is not web's: {m}"
     );
+    // The list shows the same live checks and containers as the single GET.
+    let list: Vec<Value> = d.get("/v1/apps/tlc/machines").await.json().unwrap();
+    let listed = list.iter().find(|x| x["id"] == id.as_str()).unwrap();
+    assert_eq!(
+        listed["checks"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["containers"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
     let r = d
         .client
         .delete(format!("/v1/apps/tlc/machines/{id}"))

@@ -65,6 +65,12 @@ async fn machine_json(
         nonce,
         summary: false,
     });
+    add_live_status(h, m, &mut machine).await;
+    Ok(machine)
+}
+
+/// A running machine's checks and containers, asked of its Pilot.
+async fn add_live_status(h: &Hangar, m: &hangar_store::MachineRecord, machine: &mut Machine) {
     if let Some(views) = h.containers(m).await {
         let mut checks = Vec::new();
         let mut containers = Vec::new();
@@ -73,13 +79,14 @@ async fn machine_json(
             containers.push(v.status);
         }
         machine.checks = Some(checks);
-        // Single-image machines have one implicit container; fly-go shows containers only
-        // for multi-container machines.
-        if m.config.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        // Single-image machines have one implicit container, which fly-go does not show;
+        // multi-container and multi-process machines list theirs.
+        let several = m.config.containers.as_ref().is_some_and(|c| !c.is_empty())
+            || m.config.processes.as_ref().is_some_and(|p| p.len() > 1);
+        if several {
             machine.containers = Some(containers);
         }
     }
-    Ok(machine)
 }
 
 // ---- apps ---------------------------------------------------------------------------------
@@ -243,13 +250,17 @@ pub async fn list_machines(
         } else {
             None
         };
-        out.push(convert::machine(MachineView {
+        let mut machine = convert::machine(MachineView {
             record: m,
             events: Some(&events),
             lease: lease.as_ref(),
             nonce: None,
             summary,
-        }));
+        });
+        if !summary {
+            add_live_status(&h, m, &mut machine).await;
+        }
+        out.push(machine);
     }
     Ok(Json(out))
 }

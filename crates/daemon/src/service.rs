@@ -697,6 +697,23 @@ impl Hangar {
         source: Source,
         lease: Option<Option<&str>>,
     ) -> ApiResult<MachineState> {
+        if lease.is_some() {
+            // A user start during a stop (or destroy, update, restart) is refused at once
+            // rather than queued behind it and run afterwards.
+            let now = self.get_machine(app, id, false).await?;
+            if matches!(
+                now.state,
+                MachineState::Stopping
+                    | MachineState::Destroying
+                    | MachineState::Replacing
+                    | MachineState::Restarting
+            ) {
+                return Err(ApiError::precondition(format!(
+                    "unable to start machine from state {}",
+                    now.state
+                )));
+            }
+        }
         let (_guard, mut m) = self.lock_machine(app, id).await?;
         if let Some(nonce) = lease {
             self.check_lease(&m, nonce).await?;
@@ -798,7 +815,16 @@ impl Hangar {
                 self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
                     .await?;
             }
-            MachineState::Created | MachineState::Stopped | MachineState::Failed => {}
+            // A failed machine is recovered by a stop (reference 3.1): whatever is left of it
+            // goes, and it is `stopped`, ready to start again.
+            MachineState::Failed => {
+                if let Err(e) = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await {
+                    tracing::warn!(machine = %m.id, error = %e, "releasing a failed machine");
+                }
+                self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
+                    .await?;
+            }
+            MachineState::Created | MachineState::Stopped => {}
             other => {
                 return Err(ApiError::precondition(format!(
                     "unable to stop machine while it is {other}"
@@ -1024,9 +1050,13 @@ impl Hangar {
             // a forced destroy does not wait that out: it kills the processes, which ends the
             // stop, and then takes the lock.
             let m = self.get_machine(app, id, false).await?;
+            // A start waiting for its containers holds the lock as long (up to 30 s).
             let stopping = matches!(
                 m.state,
-                MachineState::Stopping | MachineState::Restarting | MachineState::Replacing
+                MachineState::Stopping
+                    | MachineState::Restarting
+                    | MachineState::Replacing
+                    | MachineState::Starting
             );
             if stopping && (skip_lease || self.check_lease(&m, nonce).await.is_ok()) {
                 if let Err(e) = self.runtime.signal(&m, Signal::SIGKILL).await {
