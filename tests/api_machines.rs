@@ -356,6 +356,23 @@ async fn test_update_versions_and_replaced_wait() {
         ))
         .await;
     assert_eq!(r.status, 200);
+    // from_event_id: only a transition after that event counts.
+    let newest: Vec<Value> = d
+        .get(&format!("{path}/events?limit=1"))
+        .await
+        .json()
+        .unwrap();
+    let e = newest[0]["id"].as_str().unwrap().to_string();
+    let r = d
+        .get(&format!(
+            "{path}/wait?state=created&from_event_id={e}&timeout=1"
+        ))
+        .await;
+    assert_eq!(r.status, 408, "{}", r.text());
+    let r = d
+        .get(&format!("{path}/wait?state=created&from_event_id=bogus"))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
 
     let r = d
         .post(

@@ -641,7 +641,19 @@ pub async fn wait_machine(
         .get("version")
         .or(q.get("instance_id"))
         .filter(|v| !v.is_empty());
-    let (snap, version) = h.wait(&app, &id, &targets, timeout, version).await?;
+    // Only a transition recorded after this event counts (event ids are ULIDs: they sort by
+    // time).
+    let after = match q.get("from_event_id").filter(|e| !e.is_empty()) {
+        Some(e) => Some(
+            e.parse::<ulid::Ulid>()
+                .map_err(|_| ApiError::bad_request(format!("invalid from_event_id {e:?}")))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (snap, version) = h
+        .wait(&app, &id, &targets, timeout, version, after.as_deref())
+        .await?;
     Ok(Json(WaitResponse {
         ok: true,
         state: snap.state,

@@ -1241,6 +1241,7 @@ impl Hangar {
         targets: &[WaitTarget],
         timeout: Duration,
         version: Option<&str>,
+        after_event: Option<&str>,
     ) -> ApiResult<(Snapshot, String)> {
         let m = self.load(app, id).await?;
         if let Some(v) = version {
@@ -1262,7 +1263,9 @@ impl Hangar {
                 Some(v) if v != snap.instance_id => (MachineState::Replaced, v.to_string()),
                 _ => (snap.state, snap.instance_id.clone()),
             };
-            if targets.iter().any(|t| t.matches(state)) {
+            let recent_enough =
+                after_event.is_none_or(|after| snap.event_id.as_deref().is_some_and(|e| e > after));
+            if recent_enough && targets.iter().any(|t| t.matches(state)) {
                 return Ok((Snapshot { state, ..snap }, reported_version));
             }
             // A failed machine only moves again when someone acts on it: waiting for another
