@@ -613,6 +613,8 @@ async fn test_metadata() {
         .unwrap();
     assert_eq!(got, json!({"value": "primary"}));
     assert_eq!(d.get(&format!("{path}/metadata/none")).await.status, 404);
+    let r = d.post(&format!("{path}/metadata/role"), json!({})).await;
+    assert_eq!(r.status, 400, "a value is required: {}", r.text());
     let after: Value = d.get(&path).await.json().unwrap();
     assert_eq!(
         after["instance_id"], m["instance_id"],

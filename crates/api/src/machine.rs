@@ -335,7 +335,7 @@ pub struct UpdateMetadataRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct MetadataValueRequest {
-    #[serde(default)]
+    /// Required: `{}` is a 400, not an empty value.
     pub value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
