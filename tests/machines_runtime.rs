@@ -1078,3 +1078,58 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
     wait(&d, "rec", &m, "stopped").await;
     destroy(&d, "rec", &m, false).await;
 }
+
+/// A `temp_dir` volume on disk with a `size_mb` is a filesystem of that size: writing past it
+/// fails instead of filling the host's disk, and nothing (mount, loop device) outlives the
+/// machine.
+#[tokio::test]
+async fn test_sized_disk_volume_is_enforced_and_released() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("vol").await;
+    let script = "dd if=/dev/zero of=/scratch/big bs=1M count=40 2>/dev/null && echo wrote=all || echo wrote=partial; \
+                  echo size=$(stat -c %s /scratch/big); exec sleep 300";
+    let (m, _) = create(
+        &d,
+        "vol",
+        json!({"config": {
+            "volumes": [{"name": "scratch", "temp_dir": {"storage_type": "disk", "size_mb": 16}}],
+            "containers": [{"name": "app", "image": image(),
+                "exec": ["/bin/sh", "-c", script],
+                "mounts": [{"name": "scratch", "path": "/scratch"}]}],
+        }}),
+    )
+    .await;
+    wait(&d, "vol", &m, "started").await;
+    until_logged(&d, &m, "size=").await;
+    let out = log(&d, &m);
+    assert!(
+        out.contains("wrote=partial"),
+        "the 16 MB volume took 40 MB: {out}"
+    );
+    let size: u64 = out
+        .lines()
+        .find_map(|l| l.split("size=").nth(1))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(size <= 16 << 20, "{size} bytes in a 16 MB volume: {out}");
+    let image = format!("{m}/volumes/.scratch.ext4");
+    let loops = || {
+        std::process::Command::new("losetup")
+            .arg("-a")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&image))
+            .unwrap_or(false)
+    };
+    assert!(loops(), "the volume is a loop-mounted image");
+    destroy(&d, "vol", &m, true).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while loops() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loop device outlived the machine"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&m), "{mounts}");
+}

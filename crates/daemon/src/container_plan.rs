@@ -18,7 +18,7 @@ use hangar_sandbox::user::User;
 use hangar_store::MachineRecord;
 
 use crate::runtime::RuntimeError;
-use crate::sandbox_runtime::{failed, TmpfsPlan, UID_RANGE};
+use crate::sandbox_runtime::{failed, VolumeMountPlan, UID_RANGE};
 
 /// One container to run: the implicit `app` of an `image` config, or each of `containers`.
 pub(crate) struct PlannedContainer {
@@ -225,7 +225,7 @@ fn image_processes(
 
 pub(crate) struct Volumes {
     pub(crate) dirs: HashMap<String, PathBuf>,
-    pub(crate) tmpfs: Vec<TmpfsPlan>,
+    pub(crate) tmpfs: Vec<VolumeMountPlan>,
 }
 
 /// Creates the machine's `temp_dir` volumes (`config.volumes`), shared by the containers
@@ -252,15 +252,58 @@ pub(crate) fn prepare_volumes(
         std::fs::create_dir_all(&path).map_err(failed)?;
         std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(failed)?;
         if t.storage_type.as_deref() == Some("memory") {
-            out.tmpfs.push(TmpfsPlan {
+            out.tmpfs.push(VolumeMountPlan {
                 target: path.clone(),
                 size_mb: t.size_mb.filter(|s| *s > 0).unwrap_or(64) as u64,
                 uid,
+                disk_image: None,
+            });
+        } else if let Some(size_mb) = t.size_mb.filter(|s| *s > 0) {
+            // A sized disk volume is a filesystem of its own, so it cannot fill the host's.
+            let image = dir.join("volumes").join(format!(".{}.ext4", v.name));
+            make_disk_image(&image, size_mb as u64, uid)?;
+            out.tmpfs.push(VolumeMountPlan {
+                target: path.clone(),
+                size_mb: size_mb as u64,
+                uid,
+                disk_image: Some(image),
             });
         }
         out.dirs.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// A system tool by absolute path when it is in the usual place (a daemon's PATH may lack
+/// the sbin dirs), else by name.
+pub(crate) fn system_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A sparse file of `size_mb` formatted as ext4 whose root belongs to the machine's root.
+fn make_disk_image(image: &Path, size_mb: u64, uid: u32) -> Result<(), RuntimeError> {
+    let file = std::fs::File::create(image).map_err(failed)?;
+    file.set_len(size_mb.saturating_mul(1 << 20))
+        .map_err(failed)?;
+    drop(file);
+    let out = std::process::Command::new(system_tool("mkfs.ext4"))
+        .args(["-q", "-F", "-m", "0", "-E"])
+        .arg(format!("root_owner={uid}:{uid},nodiscard"))
+        .arg(image)
+        .output()
+        .map_err(|e| failed(format!("mkfs.ext4: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "mkfs.ext4 {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Container restart policy; containers default to `on-failure` like machines.

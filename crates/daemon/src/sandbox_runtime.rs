@@ -50,16 +50,20 @@ const CONTROL_REPLY_MAX: u64 = 16 << 20;
 pub struct SpawnPlan {
     pub sandbox: SandboxSpec,
     pub mounts: Vec<MountPlan>,
-    /// `temp_dir` volumes with `storage_type: memory`: a tmpfs each.
+    /// `temp_dir` volumes with a size: a tmpfs (memory) or a loop-mounted ext4 image (disk).
     #[serde(default)]
-    pub tmpfs: Vec<TmpfsPlan>,
+    pub tmpfs: Vec<VolumeMountPlan>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct TmpfsPlan {
+pub struct VolumeMountPlan {
     pub target: PathBuf,
     pub size_mb: u64,
     pub uid: u32,
+    /// For `storage_type: disk`: the ext4 image (made to `size_mb`) mounted at `target`, so the
+    /// volume cannot grow past its size into the host's disk.
+    #[serde(default)]
+    pub disk_image: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,7 +194,7 @@ impl SandboxRuntime {
         m: &MachineRecord,
         dir: &Path,
         uid_base: u32,
-    ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<TmpfsPlan>), RuntimeError> {
+    ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<VolumeMountPlan>), RuntimeError> {
         let mut containers = Vec::new();
         let mut mounts = Vec::new();
         let volumes = prepare_volumes(&m.config, dir, uid_base)?;
@@ -1187,6 +1191,24 @@ pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
                 .map_err(|e| e.to_string())?;
         }
         for t in &plan.tmpfs {
+            if let Some(image) = &t.disk_image {
+                // util-linux sets up the loop device with autoclear: it goes when the mount
+                // does (cleanup unmounts everything under the volumes dir).
+                let status =
+                    std::process::Command::new(crate::container_plan::system_tool("mount"))
+                        .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
+                        .arg(image)
+                        .arg(&t.target)
+                        .status()
+                        .map_err(|e| format!("mount disk volume {}: {e}", t.target.display()))?;
+                if !status.success() {
+                    return Err(format!(
+                        "mount disk volume {}: mount exited with {status}",
+                        t.target.display()
+                    ));
+                }
+                continue;
+            }
             let opts = format!("size={}m,mode=0755,uid={},gid={}", t.size_mb, t.uid, t.uid);
             nix::mount::mount(
                 Some("tmpfs"),
