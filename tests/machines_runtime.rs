@@ -1009,6 +1009,26 @@ async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
     )
     .await;
     wait(&d, "nohandler", &m, "started").await;
+    // Stop once `sleep` is PID 1 (before its exec, the shell may still hold a handler).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps: Vec<Value> = d
+            .get(&format!("/v1/apps/nohandler/machines/{m}/ps"))
+            .await
+            .json()
+            .unwrap_or_default();
+        if ps
+            .iter()
+            .any(|p| p["pid"] != Value::Null && p["command"] == "sleep 300")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sleep never ran: {ps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let path = format!("/v1/apps/nohandler/machines/{m}/stop");
     let stop = d.post(&path, json!({}));
     let r = tokio::time::timeout(Duration::from_secs(30), stop)
