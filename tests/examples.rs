@@ -88,14 +88,7 @@ async fn test_app_and_log_shipper() {
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(kinds.contains(&"container_started"), "{kinds:?}");
     assert!(kinds.contains(&"container_health"), "{kinds:?}");
-    let r = d
-        .client
-        .delete(format!("/v1/apps/ex1/machines/{id}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    d.destroy_machine("ex1", &id, true).await;
 }
 
 #[tokio::test]
@@ -138,14 +131,7 @@ async fn test_front_and_echo() {
         .unwrap()
         .clone();
     assert_eq!(front["state"], "running", "{m}");
-    let r = d
-        .client
-        .delete(format!("/v1/apps/ex2/machines/{id}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    d.destroy_machine("ex2", &id, true).await;
 }
 
 #[tokio::test]
@@ -185,12 +171,5 @@ async fn test_init_and_shared_volume() {
         .clone();
     assert_eq!(init["state"], "exited");
     assert_eq!(init["exit_code"], 0);
-    let r = d
-        .client
-        .delete(format!("/v1/apps/ex3/machines/{id}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    d.destroy_machine("ex3", &id, true).await;
 }

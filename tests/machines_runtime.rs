@@ -59,14 +59,24 @@ async fn create(d: &Daemon, app: &str, body: Value) -> (String, Value) {
     (id(&m), m)
 }
 
-/// Destroys a machine (`force` for a running one) and checks the answer.
-async fn destroy(d: &Daemon, app: &str, id: &str, force: bool) {
-    let mut req = d.client.delete(format!("/v1/apps/{app}/machines/{id}"));
-    if force {
-        req = req.query("force", "true");
+/// Polls until the machine is `stopping` (`wait` does not take transient states).
+async fn until_stopping(d: &Daemon, app: &str, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Value = d
+            .get(&format!("/v1/apps/{app}/machines/{id}"))
+            .await
+            .json()
+            .unwrap();
+        if got["state"] == "stopping" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stopping: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = req.send_raw().await.unwrap();
-    assert_eq!(r.status, 200, "destroy: {}", r.text());
 }
 
 /// Waits until the machine's app log contains `needle`.
@@ -491,7 +501,7 @@ sleep 300
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    destroy(&d, "iso", &m, true).await;
+    d.destroy_machine("iso", &m, true).await;
 }
 
 enum CgroupFiles {
@@ -694,7 +704,7 @@ async fn test_container_user_and_supplementary_groups() {
     assert_eq!(r.status, 200, "exec: {}", r.text());
     let got: Value = r.json().unwrap();
     assert_eq!(got["stdout"].as_str().unwrap().trim(), "1000 50", "{got}");
-    destroy(&d, "users", &m, true).await;
+    d.destroy_machine("users", &m, true).await;
 }
 
 /// `processes` (reference 2.8): each process runs from the machine's image in one shared root
@@ -742,7 +752,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         side_log.contains("side saw=hi app=procs role="),
         "the second process sees the first one's files, has its own env: {side_log}"
     );
-    destroy(&d, "procs", &m, false).await;
+    d.destroy_machine("procs", &m, false).await;
 
     // The code is that of the process that ended the machine, even when it is not the first
     // and the first then stops cleanly.
@@ -764,7 +774,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         Some(&json!(4)),
         "{evs:?}"
     );
-    destroy(&d, "procs", &m, false).await;
+    d.destroy_machine("procs", &m, false).await;
 }
 
 /// `dns` shapes the machine's host name, /etc/hosts and /etc/resolv.conf.
@@ -848,7 +858,7 @@ async fn test_dns_config() {
         .unwrap();
     assert_eq!(after["state"], "started");
     assert_eq!(after["instance_id"], current["instance_id"]);
-    destroy(&d, "dns", &m, true).await;
+    d.destroy_machine("dns", &m, true).await;
 }
 
 /// A stop waiting out a long grace period does not hold a forced destroy back, and a stop
@@ -882,22 +892,7 @@ async fn test_forced_destroy_preempts_a_long_stop() {
             .send_raw()
             .await
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: Value = d
-            .get(&format!("/v1/apps/preempt/machines/{m}"))
-            .await
-            .json()
-            .unwrap();
-        if got["state"] == "stopping" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never stopping: {got}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_stopping(&d, "preempt", &m).await;
     let r = tokio::time::timeout(
         Duration::from_secs(30),
         d.client
@@ -991,7 +986,7 @@ async fn test_memory_balloon_endpoints() {
     assert_eq!(r.status, 200, "{}", r.text());
     wait(&d, "mem", &m, "stopped").await;
     assert_eq!(d.get(&path).await.status, 412);
-    destroy(&d, "mem", &m, false).await;
+    d.destroy_machine("mem", &m, false).await;
 }
 
 /// A container whose entrypoint has no handler for the stop signal stops at once, as it would
@@ -1036,7 +1031,7 @@ async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
         .expect("the stop waited for the 1 h timeout");
     assert_eq!(r.status, 200, "{}", r.text());
     wait(&d, "nohandler", &m, "stopped").await;
-    destroy(&d, "nohandler", &m, false).await;
+    d.destroy_machine("nohandler", &m, false).await;
 }
 
 /// A failed machine is recovered by a stop; a start during a stop is refused, not queued.
@@ -1061,7 +1056,7 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
         .json()
         .unwrap();
     assert_eq!(got["state"], "stopped", "{got}");
-    destroy(&d, "rec", &m, false).await;
+    d.destroy_machine("rec", &m, false).await;
 
     let m = run(
         &d,
@@ -1074,29 +1069,14 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
     let client = d.client.clone();
     let path = format!("/v1/apps/rec/machines/{m}/stop");
     let stop = tokio::spawn(async move { client.post(path).json(&json!({})).send_raw().await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: Value = d
-            .get(&format!("/v1/apps/rec/machines/{m}"))
-            .await
-            .json()
-            .unwrap();
-        if got["state"] == "stopping" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never stopping: {got}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_stopping(&d, "rec", &m).await;
     let r = d
         .post(&format!("/v1/apps/rec/machines/{m}/start"), json!({}))
         .await;
     assert_eq!(r.status, 412, "{}", r.text());
     assert_eq!(stop.await.unwrap().unwrap().status, 200);
     wait(&d, "rec", &m, "stopped").await;
-    destroy(&d, "rec", &m, false).await;
+    d.destroy_machine("rec", &m, false).await;
 }
 
 /// A `temp_dir` volume on disk with a `size_mb` is a filesystem of that size: writing past it
@@ -1141,7 +1121,7 @@ async fn test_sized_disk_volume_is_enforced_and_released() {
             .unwrap_or(false)
     };
     assert!(loops(), "the volume is a loop-mounted image");
-    destroy(&d, "vol", &m, true).await;
+    d.destroy_machine("vol", &m, true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while loops() {
         assert!(

@@ -200,12 +200,5 @@ async fn test_top_level_checks_on_a_multi_container_machine() {
         Some(2),
         "{listed}"
     );
-    let r = d
-        .client
-        .delete(format!("/v1/apps/tlc/machines/{id}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    d.destroy_machine("tlc", &id, true).await;
 }

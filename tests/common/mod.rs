@@ -174,6 +174,17 @@ impl Daemon {
         assert_eq!(r.status, 200, "create machine: {}", r.text());
         r.json().expect("machine json")
     }
+
+    /// Destroys a machine (`force` for a running one) and checks the answer.
+    #[allow(dead_code)] // not every test binary destroys machines
+    pub async fn destroy_machine(&self, app: &str, id: &str, force: bool) {
+        let mut req = self.client.delete(format!("/v1/apps/{app}/machines/{id}"));
+        if force {
+            req = req.query("force", "true");
+        }
+        let r = req.send_raw().await.expect("destroy request");
+        assert_eq!(r.status, 200, "destroy {id}: {}", r.text());
+    }
 }
 
 impl Drop for Daemon {

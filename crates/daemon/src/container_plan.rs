@@ -135,7 +135,13 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                 stops_machine: false,
             })
             .collect(),
-        None => image_processes(config, machine_env, stop_signal, stop_timeout),
+        None => image_processes(
+            config,
+            machine_env,
+            machine_checks,
+            stop_signal,
+            stop_timeout,
+        ),
     }
 }
 
@@ -145,6 +151,7 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
 fn image_processes(
     config: &MachineConfig,
     machine_env: Vec<(String, String)>,
+    machine_checks: Vec<HealthcheckSpec>,
     stop_signal: Option<Signal>,
     stop_timeout: Duration,
 ) -> Vec<PlannedContainer> {
@@ -162,12 +169,7 @@ fn image_processes(
         depends_on: Vec::new(),
         // Top-level `checks` (tcp/http) run in Pilot against the machine's network: they
         // report status and gate nothing (readiness only matters to the proxy).
-        healthchecks: config
-            .checks
-            .iter()
-            .flatten()
-            .filter_map(|(name, c)| machine_check_spec(name, c))
-            .collect(),
+        healthchecks: machine_checks,
         // The daemon applies the machine's restart policy by rebooting the machine.
         restart: RestartSpec::default(),
         mounts: Vec::new(),

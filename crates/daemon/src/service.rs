@@ -302,6 +302,18 @@ impl Hangar {
         Ok((guard, m))
     }
 
+    /// [`lock_leased`](Self::lock_leased) for an action on a running machine's processes.
+    async fn lock_started(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let (guard, m) = self.lock_leased(app, id, nonce).await?;
+        require_started(&m)?;
+        Ok((guard, m))
+    }
+
     /// [`lock_machine`](Self::lock_machine) for a mutation: also refuses a leased machine
     /// unless `nonce` is the lease's.
     async fn lock_leased(
@@ -887,8 +899,7 @@ impl Hangar {
         signal: Signal,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        require_started(&m)?;
+        let (_guard, m) = self.lock_started(app, id, nonce).await?;
         self.runtime.signal(&m, signal).await?;
         Ok(())
     }
@@ -901,8 +912,7 @@ impl Hangar {
         exec: ExecSpec,
         outside_containers: bool,
     ) -> ApiResult<hangar_api::ExecResponse> {
-        let m = self.get_machine(app, id, false).await?;
-        require_started(&m)?;
+        let m = self.started(app, id).await?;
         // An image machine's one container is the machine; a multi-container machine has
         // nothing to run in outside its containers (Pilot's own view is not the guest's).
         if outside_containers && m.config.containers.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -915,8 +925,7 @@ impl Hangar {
     }
 
     pub async fn ps(&self, app: &str, id: &str) -> ApiResult<Vec<hangar_api::ProcessStat>> {
-        let m = self.get_machine(app, id, false).await?;
-        require_started(&m)?;
+        let m = self.started(app, id).await?;
         Ok(self.runtime.ps(&m).await?)
     }
 
@@ -943,8 +952,7 @@ impl Hangar {
         limit_mb: i64,
         nonce: Option<&str>,
     ) -> ApiResult<hangar_api::MemoryResponse> {
-        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        require_started(&m)?;
+        let (_guard, m) = self.lock_started(app, id, nonce).await?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let ceiling = guest
             .max_memory_mb
@@ -970,8 +978,7 @@ impl Hangar {
         amount_mb: i64,
         nonce: Option<&str>,
     ) -> ApiResult<hangar_api::ReclaimMemoryResponse> {
-        let (_guard, m) = self.lock_leased(app, id, nonce).await?;
-        require_started(&m)?;
+        let (_guard, m) = self.lock_started(app, id, nonce).await?;
         if amount_mb <= 0 || amount_mb > 1 << 20 {
             return Err(ApiError::bad_request(
                 "amount_mb must be greater than zero (and at most 1048576)",
