@@ -250,17 +250,22 @@ pub async fn list_machines(
         } else {
             None
         };
-        let mut machine = convert::machine(MachineView {
+        out.push(convert::machine(MachineView {
             record: m,
             events: Some(&events),
             lease: lease.as_ref(),
             nonce: None,
             summary,
-        });
-        if !summary {
-            add_live_status(&h, m, &mut machine).await;
-        }
-        out.push(machine);
+        }));
+    }
+    if !summary {
+        // One Pilot round trip per running machine, all at once rather than in turn.
+        futures_util::future::join_all(
+            out.iter_mut()
+                .zip(&records)
+                .map(|(machine, m)| add_live_status(&h, m, machine)),
+        )
+        .await;
     }
     Ok(Json(out))
 }
