@@ -227,11 +227,13 @@ fn image_processes(
 
 pub(crate) struct Volumes {
     pub(crate) dirs: HashMap<String, PathBuf>,
-    pub(crate) tmpfs: Vec<VolumeMountPlan>,
+    /// Volumes that need a mount of their own (a sized tmpfs or disk image).
+    pub(crate) mounts: Vec<VolumeMountPlan>,
 }
 
 /// Creates the machine's `temp_dir` volumes (`config.volumes`), shared by the containers
-/// that mount them; `memory` ones become a tmpfs of `size_mb` when the sandbox is built.
+/// that mount them; `memory` ones become a tmpfs of `size_mb`, sized `disk` ones an ext4 image,
+/// mounted when the sandbox is built.
 pub(crate) fn prepare_volumes(
     config: &MachineConfig,
     dir: &Path,
@@ -239,7 +241,7 @@ pub(crate) fn prepare_volumes(
 ) -> Result<Volumes, RuntimeError> {
     let mut out = Volumes {
         dirs: HashMap::new(),
-        tmpfs: Vec::new(),
+        mounts: Vec::new(),
     };
     for v in config.volumes.iter().flatten() {
         let Some(t) = &v.temp_dir else { continue };
@@ -254,7 +256,7 @@ pub(crate) fn prepare_volumes(
         std::fs::create_dir_all(&path).map_err(failed)?;
         std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(failed)?;
         if t.storage_type.as_deref() == Some("memory") {
-            out.tmpfs.push(VolumeMountPlan {
+            out.mounts.push(VolumeMountPlan {
                 target: path.clone(),
                 size_mb: t.size_mb.filter(|s| *s > 0).unwrap_or(64) as u64,
                 uid,
@@ -264,7 +266,7 @@ pub(crate) fn prepare_volumes(
             // A sized disk volume is a filesystem of its own, so it cannot fill the host's.
             let image = dir.join("volumes").join(format!(".{}.ext4", v.name));
             make_disk_image(&image, size_mb as u64, uid)?;
-            out.tmpfs.push(VolumeMountPlan {
+            out.mounts.push(VolumeMountPlan {
                 target: path.clone(),
                 size_mb: size_mb as u64,
                 uid,

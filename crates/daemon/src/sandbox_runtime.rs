@@ -51,8 +51,8 @@ pub struct SpawnPlan {
     pub sandbox: SandboxSpec,
     pub mounts: Vec<MountPlan>,
     /// `temp_dir` volumes with a size: a tmpfs (memory) or a loop-mounted ext4 image (disk).
-    #[serde(default)]
-    pub tmpfs: Vec<VolumeMountPlan>,
+    #[serde(default, alias = "tmpfs")]
+    pub volume_mounts: Vec<VolumeMountPlan>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -275,7 +275,7 @@ impl SandboxRuntime {
                 log_max_bytes: LOG_MAX_BYTES,
             },
             mounts,
-            volumes.tmpfs,
+            volumes.mounts,
         ))
     }
 
@@ -287,7 +287,7 @@ impl SandboxRuntime {
         // This boot's uid owns the run dir and what earlier boots left there (their logs).
         chown_tree_nofollow(&run, uid_base).map_err(failed)?;
         let _ = std::fs::remove_file(run.join(EXIT_FILE));
-        let (pilot_spec, mounts, tmpfs) = self.plan(m, &dir, uid_base).await?;
+        let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base).await?;
         write_new_file(
             &run.join(SPEC_FILE),
             &serde_json::to_vec(&pilot_spec).map_err(failed)?,
@@ -316,7 +316,7 @@ impl SandboxRuntime {
                 pilot_log: run.join(PILOT_LOG),
             },
             mounts,
-            tmpfs,
+            volume_mounts,
         };
         write_json(&dir.join(SPAWN_FILE), &plan)?;
         let out = tokio::process::Command::new(&self.exe)
@@ -1190,7 +1190,7 @@ pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
             hangar_image::mount_rootfs(&spec, &m.target, Some(&userns))
                 .map_err(|e| e.to_string())?;
         }
-        for t in &plan.tmpfs {
+        for t in &plan.volume_mounts {
             if let Some(image) = &t.disk_image {
                 // util-linux sets up the loop device with autoclear: it goes when the mount
                 // does (cleanup unmounts everything under the volumes dir).
