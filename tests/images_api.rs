@@ -134,7 +134,12 @@ async fn test_cli_pull_import_and_ls() {
 
     // Import the fixtures' OCI layout dir (built by scripts/build-test-images) under a tag.
     let layout = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images");
-    if layout.join("index.json").exists() {
+    assert!(
+        layout.join("index.json").exists(),
+        "no fixtures at {}: run scripts/build-test-images (.ci/run does)",
+        layout.display()
+    );
+    {
         // A tag names one image: a layout with several needs a choice, and says so (a 400).
         let out = hangar(
             &d,
@@ -173,11 +178,58 @@ async fn test_cli_pull_import_and_ls() {
     let out = hangar(&d, &["image", "ls"]);
     let ls = String::from_utf8_lossy(&out.stdout);
     assert!(ls.contains("hangar/layers:latest"), "{ls}");
-    if layout.join("index.json").exists() {
-        assert!(ls.contains("localhost/imported:v1"), "{ls}");
-    }
+    assert!(ls.contains("localhost/imported:v1"), "{ls}");
     let out = hangar(&d, &["image", "rm", "Not A Ref"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+}
+
+/// The daemon runs as root: it must never open a path its caller names (that read
+/// /etc/shadow and echoed it), and an upload that is not an archive is a 400 quoting none of it.
+#[tokio::test]
+async fn test_import_reads_only_what_the_caller_sends() {
+    let d = Daemon::start().await;
+    let r = d
+        .client
+        .post("/hangar/v1/images/import")
+        .query("path", "/proc/self/environ")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        error_text(&r).contains("does not read files named by the caller"),
+        "{}",
+        r.text()
+    );
+
+    let secret = "root:$6$very-secret-hash-do-not-echo:19000:0:99999:7:::\n".repeat(20);
+    let r = d
+        .client
+        .post_stream(
+            "/hangar/v1/images/import",
+            "application/x-tar",
+            std::io::Cursor::new(secret.into_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("not a readable archive"), "{text}");
+    assert!(
+        !text.contains("very-secret") && !text.contains("root:"),
+        "echoed content: {text}"
+    );
+
+    // The CLI reads with the caller's rights and streams; a missing file is its own error.
+    let out = hangar(&d, &["image", "import", "/nonexistent/archive.tar"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read /nonexistent/archive.tar"),
+        "{err}"
+    );
+    let list: Vec<Value> = d.get("/hangar/v1/images").await.json().unwrap();
+    assert!(list.is_empty(), "nothing was imported: {list:?}");
 }

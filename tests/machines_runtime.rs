@@ -215,8 +215,9 @@ async fn test_exit_codes_and_restart_policies() {
 async fn test_lifecycle_stop_escalation_suspend_resume() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("lc").await;
-    // The counter writes a number every 50 ms; sh as PID 1 ignores SIGINT, so stop escalates.
-    let m = run(&d, "lc", "trap '' INT TERM; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.05; done", json!({"config": {"stop_config": {"timeout": "1s"}}})).await;
+    // The counter writes a number every 50 ms; it ignores SIGINT (and the SIGUSR1 sent below),
+    // so stop escalates.
+    let m = run(&d, "lc", "trap '' INT TERM USR1; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.05; done", json!({"config": {"stop_config": {"timeout": "1s"}}})).await;
     let path = format!("/v1/apps/lc/machines/{m}");
     wait(&d, "lc", &m, "started").await;
 
@@ -313,7 +314,7 @@ async fn test_isolation_env_files_and_limits() {
     let script = r#"
 echo "uid=$(id -u)"
 echo "hostname=$(hostname)"
-echo "pid1=$(cat /proc/1/cmdline | tr '\0' ' ')"
+echo "pid1=$(tr '\0' ' ' < /proc/1/cmdline | sed 's/ *$//') self=$$"
 echo "app=$FLY_APP_NAME machine=$FLY_MACHINE_ID region=$FLY_REGION mem=$FLY_VM_MEMORY_MB custom=$CUSTOM"
 echo "file=$(cat /etc/hello.txt) mode=$(stat -c %a /etc/hello.txt)"
 ls /work >/dev/null 2>&1 && echo "host=visible" || echo "host=hidden"
@@ -358,8 +359,8 @@ sleep 300
     assert!(out.contains("uid=0"), "{out}");
     assert!(out.contains(&format!("hostname={m}")), "{out}");
     assert!(
-        out.contains("pid1=/bin/sh -c"),
-        "the container's command is its PID 1: {out}"
+        out.contains("pid1=hangar init self=2"),
+        "the container's init is PID 1, its command PID 2: {out}"
     );
     assert!(
         out.contains(&format!(

@@ -91,7 +91,7 @@ async fn test_dependencies_health_exec_and_ps() {
     let r = d
         .post(
             &format!("/v1/apps/multi/machines/{id}/exec"),
-            json!({"command": ["sh", "-c", "cat; echo; cat /proc/1/cmdline | tr '\\0' ' '; echo; pwd; test -e /web-only && echo shared || echo isolated"],
+            json!({"command": ["sh", "-c", "cat; echo; cat /proc/2/cmdline | tr '\\0' ' '; echo; pwd; test -e /web-only && echo shared || echo isolated"],
                 "container": "side", "stdin": "from-stdin", "timeout": 10}),
         )
         .await;
@@ -103,7 +103,7 @@ async fn test_dependencies_health_exec_and_ps() {
     assert_eq!(lines[0], "from-stdin", "{stdout}");
     assert!(
         lines[1].starts_with("sleep 3600"),
-        "pid 1 of side is its sleep: {stdout}"
+        "pid 2 of side (after its init) is its sleep: {stdout}"
     );
     assert_eq!(lines[2], "/", "cwd is the container's: {stdout}");
     assert_eq!(

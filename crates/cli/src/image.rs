@@ -27,7 +27,7 @@ pub enum ImageCommand {
     /// Pull an image from its registry (progress per layer)
     #[command(after_help = "Examples:\n  hangar image pull 127.0.0.1:5000/hangar/busybox:latest")]
     Pull { reference: String },
-    /// Import a `docker save` archive, an OCI archive or an OCI layout dir (path on the daemon's host)
+    /// Import a `docker save` archive, an OCI archive or an OCI layout dir (read by the CLI, streamed to the daemon)
     #[command(
         after_help = "Examples:\n  hangar image import ./busybox.tar --tag localhost/busybox:1"
     )]
@@ -128,19 +128,23 @@ pub async fn run(client: &Client, cmd: ImageCommand) -> Result<()> {
             Ok(())
         }
         ImageCommand::Import { path, tag, select } => {
-            let path = std::fs::canonicalize(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let mut url = format!(
-                "/hangar/v1/images/import?path={}",
-                encode(&path.to_string_lossy())
-            );
+            let mut url = "/hangar/v1/images/import?".to_string();
             if let Some(t) = tag {
-                url.push_str(&format!("&tag={}", encode(&t)));
+                url.push_str(&format!("tag={}&", encode(&t)));
             }
             if let Some(sel) = select {
-                url.push_str(&format!("&select={}", encode(&sel)));
+                url.push_str(&format!("select={}&", encode(&sel)));
             }
-            let v: Value = client.post(url).send().await?;
+            let url = url.trim_end_matches(['&', '?']).to_string();
+            // The CLI reads the archive with the caller's own rights and streams it; the
+            // daemon never opens a path named by its caller.
+            let raw = upload(client, &url, &path).await?;
+            if !raw.status.is_success() {
+                return Err(
+                    hangar_client::ClientError::from_response(raw.status, &raw.body).into(),
+                );
+            }
+            let v: Value = raw.json().context("decoding the import answer")?;
             for img in v.as_array().into_iter().flatten() {
                 println!(
                     "Imported {} {}",
@@ -247,4 +251,44 @@ fn human_size(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[i])
     }
+}
+
+/// Streams the archive at `path` (a file, or an OCI layout directory packed as an OCI archive
+/// on the fly) to `url`.
+async fn upload(
+    client: &Client,
+    url: &str,
+    path: &std::path::Path,
+) -> Result<hangar_client::RawResponse> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(client.post_stream(url, "application/x-tar", file).await?);
+    }
+    if !path.join("oci-layout").is_file() {
+        anyhow::bail!(
+            "{} is a directory but not an OCI layout (no oci-layout file)",
+            path.display()
+        );
+    }
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    let dir = path.to_path_buf();
+    let packer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let writer = tokio_util::io::SyncIoBridge::new(writer);
+        let mut tar = tar::Builder::new(writer);
+        tar.follow_symlinks(false);
+        tar.append_dir_all(".", &dir)?;
+        tar.into_inner()?;
+        Ok(())
+    });
+    let answer = client.post_stream(url, "application/x-tar", reader).await;
+    match packer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(anyhow::anyhow!("packing {}: {e}", path.display())),
+        Err(e) => return Err(anyhow::anyhow!("packing {}: {e}", path.display())),
+    }
+    Ok(answer?)
 }

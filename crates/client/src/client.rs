@@ -230,7 +230,56 @@ impl Client {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    /// POSTs what `body` yields as it comes, without holding it in memory (an image archive),
+    /// and returns the response whatever its status.
+    pub async fn post_stream(
+        &self,
+        path_and_query: &str,
+        content_type: &str,
+        body: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<RawResponse, ClientError> {
+        use futures_util::StreamExt;
+        let mut sender = self.connect().await?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path_and_query)
+            .header(header::HOST, self.endpoint.host_header())
+            .header(header::USER_AGENT, USER_AGENT)
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, header_value(content_type)?);
+        if let Some(auth) = self.authorization(&Auth::Default)? {
+            req = req.header(header::AUTHORIZATION, header_value(&auth)?);
+        }
+        let frames = tokio_util::io::ReaderStream::new(body)
+            .map(|chunk| chunk.map(hyper::body::Frame::data));
+        let req = req
+            .body(http_body_util::StreamBody::new(frames))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let transport = |cause: hyper::Error| ClientError::Transport {
+            method: "POST".into(),
+            path: path_and_query.to_string(),
+            endpoint: self.endpoint.to_string(),
+            cause,
+        };
+        let (parts, body) = sender
+            .send_request(req)
+            .await
+            .map_err(transport)?
+            .into_parts();
+        let body = body.collect().await.map_err(transport)?.to_bytes();
+        Ok(RawResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    async fn connect<B>(&self) -> Result<SendRequest<B>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let connect_error = |cause| ClientError::Connect {
             endpoint: self.endpoint.to_string(),
             cause,
@@ -260,9 +309,12 @@ impl Client {
         }
     }
 
-    async fn handshake<IO>(&self, io: IO) -> Result<SendRequest<Full<Bytes>>, ClientError>
+    async fn handshake<IO, B>(&self, io: IO) -> Result<SendRequest<B>, ClientError>
     where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await

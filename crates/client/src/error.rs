@@ -88,7 +88,8 @@ impl ClientError {
 
     /// Builds the error of a non-2xx response from its body. Fly's body is
     /// `{"error": "...", "status": "..."}`; some errors use `message`, which fly-go prefers.
-    pub(crate) fn from_response(status: StatusCode, body: &[u8]) -> Self {
+    /// The error an answer with a non-2xx `status` and `body` stands for.
+    pub fn from_response(status: StatusCode, body: &[u8]) -> Self {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let field = |name: &str| {
             parsed

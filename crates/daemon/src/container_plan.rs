@@ -646,12 +646,19 @@ fn resolv_conf(dns: Option<&hangar_api::DnsConfig>) -> String {
 /// /etc/group (the topmost layer that has the file wins).
 pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<User, RuntimeError> {
     let spec = if spec.is_empty() { "0" } else { spec };
+    // Each layer is read as a root of its own: a symlinked /etc/passwd resolves inside the
+    // layer, never against the host's files.
     let read = |file: &str| {
         layers
             .iter()
-            .map(|l| l.join("etc").join(file))
-            .find(|p| p.is_file())
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .find_map(|l| {
+                hangar_sandbox::in_root::InRoot::open(l)
+                    .ok()?
+                    .read_file(&format!("etc/{file}"), hangar_sandbox::user::MAX_DB_BYTES)
+                    .ok()
+                    .flatten()
+            })
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     };
     let user = hangar_sandbox::user::lookup(spec, &read("passwd"), &read("group"))

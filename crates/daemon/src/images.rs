@@ -2,7 +2,6 @@
 //! inspect, pull (NDJSON progress), import, remove and prune.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -148,29 +147,25 @@ pub async fn prune(
     Ok(Json(json!(report)))
 }
 
-/// `path` is a file or directory on the daemon's host.
+/// Imports the archive in the request body (a `docker save` or OCI archive, optionally gzip-
+/// or zstd-compressed), streamed as it arrives. The daemon never opens a path the caller names:
+/// it runs as root, and a caller must not import (or read back) what it could not read itself.
 pub async fn import(
     State(h): State<AppState>,
     RawQuery(q): RawQuery,
+    body: axum::body::Body,
 ) -> ApiResult<Json<serde_json::Value>> {
     let q = Query::parse(q.as_deref());
-    let path = PathBuf::from(
-        q.get("path")
-            .filter(|p| p.starts_with('/'))
-            .ok_or_else(|| {
-                ApiError::bad_request("the query parameter path (an absolute path) is required")
-            })?,
-    );
+    if q.get("path").is_some() {
+        return Err(ApiError::bad_request(
+            "the daemon does not read files named by the caller; send the archive as the request \
+             body (`hangar image import FILE` does)",
+        ));
+    }
     let tag = match q.get("tag").filter(|t| !t.is_empty()) {
         Some(t) => Some(Reference::parse(t).map_err(|e| ApiError::bad_request(e.to_string()))?),
         None => None,
     };
-    if !path.exists() {
-        return Err(ApiError::bad_request(format!(
-            "{} does not exist",
-            path.display()
-        )));
-    }
     let store = images(&h)?.store.clone();
     let opts = hangar_image::ImportOptions {
         reference: tag,
@@ -180,7 +175,11 @@ pub async fn import(
             .map(str::to_string),
         ..Default::default()
     };
-    let records = blocking(move || store.import(&path, &opts)).await?;
+    use futures_util::TryStreamExt;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let records =
+        blocking(move || store.import_archive(reader, "the uploaded archive", &opts)).await?;
     Ok(Json(json!(records)))
 }
 

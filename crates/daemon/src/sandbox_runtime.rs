@@ -33,8 +33,14 @@ use crate::runtime::{
 const UID_BASE_START: u32 = 1 << 20;
 pub(crate) const UID_RANGE: u32 = 65536;
 const MAX_SLOTS: u32 = 4096;
-const PIDS_LIMIT: u64 = 32768;
 const LOG_MAX_BYTES: u64 = 16 << 20;
+
+/// A machine's process limit (`pids.max`), by its memory: 4 per MiB, at least 1,024 and at most
+/// 32,768. A 256 MB machine gets 1,024, a 2 GB one 8,192: far above what real workloads of that
+/// size run, low enough that a fork bomb stays small and quick to kill (docs/decisions.md).
+pub(crate) fn pids_limit(memory_mb: u64) -> u64 {
+    memory_mb.saturating_mul(4).clamp(1024, 32768)
+}
 const RUNTIME_FILE: &str = "runtime.json";
 const SPAWN_FILE: &str = "spawn.json";
 const PILOT_LOG: &str = "pilot.log";
@@ -306,7 +312,7 @@ impl SandboxRuntime {
                 cpus: guest.cpus.max(1) as u32,
                 memory_bytes,
                 swap_bytes,
-                pids: PIDS_LIMIT,
+                pids: pids_limit(guest.memory_mb.max(1) as u64),
                 hostname: crate::container_plan::hostname(&m.config, &m.id),
                 pilot_args: vec![
                     "pilot".into(),

@@ -108,7 +108,15 @@ impl ImageStore {
         let mut blobs: HashMap<String, (Digest, u64)> = HashMap::new();
         let mut links: Vec<(String, String)> = Vec::new();
         let mut archive = tar::Archive::new(decoded);
-        let bad = |e: io::Error| Error::io("read archive", what)(e);
+        // The tar reader's messages quote the header bytes it could not parse; an archive's
+        // content is never echoed into an error.
+        let bad = |_: io::Error| {
+            Error::format(
+                what,
+                "not a readable archive (a docker save or OCI archive, as tar, optionally gzip- \
+                 or zstd-compressed; or it was cut short)",
+            )
+        };
         let mut pinned = Vec::new();
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;

@@ -147,7 +147,16 @@ pub fn apply_user(process: &mut ContainerProcess, spec: &str) -> Result<(), Stri
     if spec.is_empty() {
         return Ok(());
     }
-    let read = |f: &str| std::fs::read_to_string(process.rootfs.join(f)).unwrap_or_default();
+    // The rootfs is the machine's: its /etc/passwd may be a symlink, resolved inside it.
+    let root = hangar_sandbox::in_root::InRoot::open(&process.rootfs)
+        .map_err(|e| format!("unable to find user: {e}"))?;
+    let read = |f: &str| {
+        root.read_file(f, hangar_sandbox::user::MAX_DB_BYTES)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
     let hangar_sandbox::user::User {
         uid,
         gid,

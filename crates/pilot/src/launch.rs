@@ -23,13 +23,23 @@ pub enum Output {
     Tty(OwnedFd),
 }
 
-/// Clones a child in new mount and pid namespaces that becomes the container's PID 1.
-pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
+/// A launched container: the pid of its init, its output, and the read end of the pipe on
+/// which its init says how the workload ended.
+pub struct Launched {
+    pub pid: i32,
+    pub output: Output,
+    pub status: OwnedFd,
+}
+
+/// Clones a child in new mount and pid namespaces that becomes the container's PID 1 (the
+/// init in front of the workload, see `hangar_sandbox::init`).
+pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
     let devnull = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     // With a terminal, the child opens it in the container's own devpts once that exists and
     // passes the master back over this socket.
@@ -50,9 +60,11 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
     let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
         let msg = match &tty_socket {
-            Some((_, child_end)) => {
-                hangar_sandbox::container::exec_container_on_tty(&process, child_end.as_raw_fd())
-            }
+            Some((_, child_end)) => hangar_sandbox::container::exec_container_on_tty(
+                &process,
+                child_end.as_raw_fd(),
+                status_w.as_raw_fd(),
+            ),
             None => {
                 for (src, dst) in [
                     (devnull.as_raw_fd(), 0),
@@ -62,7 +74,7 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
                     // SAFETY: dup2 onto the standard fds of this fresh child.
                     unsafe { libc::dup2(src, dst) };
                 }
-                hangar_sandbox::container::exec_container(&process)
+                hangar_sandbox::container::exec_container(&process, status_w.as_raw_fd())
             }
         };
         // SAFETY: writing the failure to the parent through the pipe we own.
@@ -80,21 +92,25 @@ pub fn start_container(c: &ContainerSpec) -> Result<(i32, Output), String> {
         )
     }
     .map_err(|e| format!("clone: {e}"))?;
-    drop((out_w, err_w, exec_w));
+    drop((out_w, err_w, exec_w, status_w));
     // The exec pipe closes on a successful exec; otherwise it carries the reason.
     let mut failure = String::new();
     let _ = File::from(exec_r).read_to_string(&mut failure);
     if !failure.is_empty() {
         return Err(failure);
     }
-    match tty_socket {
+    let output = match tty_socket {
         Some((parent_end, child_end)) => {
             drop(child_end);
-            let master = receive_fd(&parent_end)?;
-            Ok((pid.as_raw(), Output::Tty(master)))
+            Output::Tty(receive_fd(&parent_end)?)
         }
-        None => Ok((pid.as_raw(), Output::Pipes(out_r, err_r))),
-    }
+        None => Output::Pipes(out_r, err_r),
+    };
+    Ok(Launched {
+        pid: pid.as_raw(),
+        output,
+        status: status_r,
+    })
 }
 
 /// The terminal master the container child sent (it is there once the exec succeeded).

@@ -51,6 +51,8 @@ pub(crate) struct Container {
     checks: Vec<CheckMachine>,
     gating: Vec<usize>,
     tasks: Vec<AbortHandle>,
+    /// How the running workload ended, as its init reports it (see `hangar_sandbox::init`).
+    status_pipe: Option<std::fs::File>,
 }
 
 impl Container {
@@ -168,6 +170,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
             checks: c.healthchecks.iter().map(CheckMachine::new).collect(),
             gating: health::gating(&c.healthchecks),
             tasks: Vec::new(),
+            status_pipe: None,
             spec: c.clone(),
         })
         .collect();
@@ -360,7 +363,11 @@ fn launch_container(state: &Shared, i: usize) {
         )
     };
     match launch::start_container(&spec) {
-        Ok((pid, output)) => {
+        Ok(launch::Launched {
+            pid,
+            output,
+            status,
+        }) => {
             let run = {
                 let mut s = state.borrow_mut();
                 s.pids.insert(pid, i);
@@ -370,6 +377,7 @@ fn launch_container(state: &Shared, i: usize) {
                 c.liveness_stop = false;
                 c.status.state = ContainerState::Running;
                 c.status.pid = Some(pid);
+                c.status_pipe = Some(std::fs::File::from(status));
                 c.status.exit_code = None;
                 c.status.signal = None;
                 c.checks = spec.healthchecks.iter().map(CheckMachine::new).collect();
@@ -447,10 +455,26 @@ fn reap(state: &Shared) {
         }
         let index = state.borrow_mut().pids.remove(&pid);
         if let Some(i) = index {
-            on_exit(state, i, ended);
+            let pipe = state.borrow_mut().containers[i].status_pipe.take();
+            on_exit(state, i, workload_end(pipe, ended));
         }
     }
     reconcile(state);
+}
+
+/// How the workload ended: what its init reported, or (when the init itself was killed, by a
+/// stop's SIGKILL) the init's own end.
+fn workload_end(pipe: Option<std::fs::File>, init_end: Ended) -> Ended {
+    use std::io::Read;
+    let mut buf = [0u8; hangar_sandbox::init::STATUS_LEN];
+    let reported = pipe.and_then(|mut p| {
+        p.read_exact(&mut buf).ok()?;
+        hangar_sandbox::init::decode_status(&buf)
+    });
+    match reported {
+        Some((code, signal)) => Ended { code, signal },
+        None => init_end,
+    }
 }
 
 /// Records a container's exit and decides on a restart.
@@ -584,55 +608,21 @@ pub(crate) fn check_result(
 async fn stop_one(state: Shared, i: usize, pid: i32, sig: i32, timeout: Duration) {
     let changed = state.borrow().changed.clone();
     let alive = |s: &Shared| s.borrow().containers[i].status.pid == Some(pid);
+    // The container's init forwards the signal to the workload, which reacts as any process
+    // would (a process without a handler for it ends at once).
     if let Ok(sig) = Signal::try_from(sig) {
-        if terminates_by_default(sig) && !catches_or_ignores(pid, sig) {
-            // The container's entrypoint is its namespace's PID 1, and the kernel drops a
-            // signal sent to such an init that has no handler for it. Anywhere else (under
-            // Fly's init too) this signal's default action would end the process at once, so
-            // do that now instead of waiting out the timeout. A process that handles or
-            // deliberately ignores the signal still gets its grace period.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            return;
-        }
         let _ = kill(Pid::from_raw(pid), sig);
     }
     let deadline = tokio::time::Instant::now() + timeout;
     while alive(&state) {
         let notified = changed.notified();
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            // A container's PID 1 ignores signals it has no handler for; SIGKILL always works.
+            // The grace period is over; SIGKILL to the init ends the whole container.
             if alive(&state) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             return;
         }
-    }
-}
-
-/// Signals whose default action ends the process (terminate or core dump).
-fn terminates_by_default(sig: Signal) -> bool {
-    use Signal::*;
-    !matches!(
-        sig,
-        SIGCHLD | SIGCONT | SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU | SIGURG | SIGWINCH
-    )
-}
-
-/// Whether process `pid` has a handler for `sig` or ignores it (`SigCgt`/`SigIgn` in its
-/// status). When unsure, assume it does.
-fn catches_or_ignores(pid: i32, sig: Signal) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    match (mask("SigCgt:"), mask("SigIgn:")) {
-        (Some(caught), Some(ignored)) => (caught | ignored) & (1u64 << (sig as i32 - 1)) != 0,
-        _ => true,
     }
 }
 

@@ -382,32 +382,72 @@ impl MachineCgroup {
         };
     }
 
-    /// Kills every process in the cgroup and waits until it is empty.
+    /// Lifts the CPU quota, so that processes throttled with a SIGKILL pending (a fork bomb
+    /// under its quota) get the CPU time they need to die. Best effort.
+    fn lift_cpu_quota(&self) {
+        let _ = match &self.hierarchy {
+            Hierarchy::V2 { root } => fs::write(root.join(&self.rel).join("cpu.max"), "max"),
+            Hierarchy::V1 { .. } => match self.v1("cpu") {
+                Some(cpu) => fs::write(cpu.join("cpu.cfs_quota_us"), "-1"),
+                None => Ok(()),
+            },
+        };
+    }
+
+    /// Kills every process in the cgroup and waits until it is empty. A workload that forks
+    /// as fast as it is killed (a fork bomb) cannot outrun this: on v2 `cgroup.kill` kills the
+    /// whole cgroup at once; on v1 the cgroup is frozen first, so that no process forks or
+    /// escapes between listing and signalling, every process gets SIGKILL, and the thaw lets
+    /// them all die together. The CPU quota is lifted first in both cases.
     pub fn kill_all(&self) -> Result<()> {
+        self.lift_cpu_quota();
         if let Hierarchy::V2 { root } = &self.hierarchy {
             let kill = root.join(&self.rel).join("cgroup.kill");
             if kill.exists() {
                 write(&kill, "1")?;
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // A frozen process cannot die; thaw first.
-            let _ = self.set_frozen(false);
+            // Frozen, nothing can fork; signals to frozen tasks stay pending until the thaw.
+            let _ = self.freeze_for_kill();
             let procs = self.procs()?;
-            if procs.is_empty() {
-                return Ok(());
-            }
-            for pid in procs {
+            for &pid in &procs {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            // A frozen process cannot die; thaw so the signals land.
+            let _ = self.set_frozen(false);
+            if procs.is_empty() && self.procs()?.is_empty() {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 return Err(CgroupError::Busy(self.rel.clone()));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Freezes without waiting long: a task stuck in the kernel may never reach the freezer,
+    /// and the kill loop goes on either way.
+    fn freeze_for_kill(&self) -> Result<()> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => write(&root.join(&self.rel).join("cgroup.freeze"), "1"),
+            Hierarchy::V1 { .. } => {
+                let Some(dir) = self.v1("freezer") else {
+                    return Ok(());
+                };
+                write(&dir.join("freezer.state"), "FROZEN")?;
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while read(&dir.join("freezer.state"))?.trim() != "FROZEN"
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Ok(())
+            }
         }
     }
 

@@ -7,12 +7,15 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::fd::RawFd;
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
+
+use crate::in_root::{fd_path, InRoot};
 
 /// What Pilot hands to the container setup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,22 +102,12 @@ fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<(), String> {
     .map_err(|e| err(&format!("bind {} on {}", src.display(), dst.display()), e))
 }
 
-/// Joins `path` (absolute inside the container) under `root` without `..` tricks.
-fn under(root: &Path, path: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != "." && *c != "..")
-    {
-        p.push(c);
-    }
-    p
-}
-
-/// Sets up the container and execs its process. Returns only on failure.
-pub fn exec_container(p: &ContainerProcess) -> String {
+/// Sets up the container and starts its process behind the container's init (see
+/// [`crate::init`]): this process becomes PID 1 and never returns once the workload is forked;
+/// how the workload ended goes to `status_fd`. Returns only on failure.
+pub fn exec_container(p: &ContainerProcess, status_fd: RawFd) -> String {
     match setup(p) {
-        Ok(()) => exec(p),
+        Ok(()) => start_workload(p, status_fd, None),
         Err(e) => e,
     }
 }
@@ -122,17 +115,60 @@ pub fn exec_container(p: &ContainerProcess) -> String {
 /// Like [`exec_container`], with the process on a terminal of the container's own devpts
 /// (`init.tty`): the pty is opened after the setup, so `tty` inside names a real
 /// `/dev/pts/N`; its master goes back to Pilot over `master_to` (SCM_RIGHTS).
-pub fn exec_container_on_tty(p: &ContainerProcess, master_to: std::os::fd::RawFd) -> String {
-    if let Err(e) = setup(p) {
-        return e;
+pub fn exec_container_on_tty(p: &ContainerProcess, master_to: RawFd, status_fd: RawFd) -> String {
+    match setup(p) {
+        Ok(()) => start_workload(p, status_fd, Some(master_to)),
+        Err(e) => e,
     }
-    if let Err(e) = own_terminal(master_to) {
-        return e;
-    }
-    exec(p)
 }
 
-fn own_terminal(master_to: std::os::fd::RawFd) -> Result<(), String> {
+/// Forks the workload (which execs `p`, on its own terminal when `tty` is given) and runs the
+/// init in this process. Returns only on failure, in the workload's child.
+fn start_workload(p: &ContainerProcess, status_fd: RawFd, tty: Option<RawFd>) -> String {
+    let old_mask = match crate::init::block_all_signals() {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    // SAFETY: this container child is single-threaded (a clone of single-threaded Pilot).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => err("fork the workload", e),
+        Ok(nix::unistd::ForkResult::Child) => {
+            if let Err(e) = crate::init::reset_signals_for_workload(&old_mask) {
+                return e;
+            }
+            if let Some(master_to) = tty {
+                if let Err(e) = own_terminal(master_to) {
+                    return e;
+                }
+            }
+            exec(p)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            // The init holds nothing of the workload's: not its output pipes (their readers
+            // see EOF when the workload's side closes), not Pilot's exec-failure pipe.
+            let status = keep_only(status_fd);
+            crate::init::run(child, status)
+        }
+    }
+}
+
+/// Closes every descriptor but `fd`, which moves to 3; returns its new number.
+fn keep_only(fd: RawFd) -> RawFd {
+    const KEPT: RawFd = 3;
+    // SAFETY: descriptor juggling in a process that owns all of them and uses none after.
+    unsafe {
+        if fd != KEPT {
+            libc::dup2(fd, KEPT);
+        }
+        for std_fd in 0..KEPT {
+            libc::close(std_fd);
+        }
+        libc::syscall(libc::SYS_close_range, KEPT + 1, u32::MAX, 0);
+    }
+    KEPT
+}
+
+fn own_terminal(master_to: RawFd) -> Result<(), String> {
     use nix::fcntl::OFlag;
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
@@ -192,33 +228,53 @@ fn setup(p: &ContainerProcess) -> Result<(), String> {
     let root = &p.rootfs;
     // pivot_root needs the new root to be a mount point.
     bind(root, root, MsFlags::MS_REC)?;
-    write_files(root, &p.files)?;
+    // From here on every path inside the rootfs is resolved inside it (see in_root): the image
+    // or a persisted rootfs may hold symlinks that point at the host's directories.
+    let in_root = InRoot::open(root).map_err(|e| err("open rootfs", e))?;
+    write_files(&in_root, &p.files)?;
     for (host, target) in &p.binds {
-        let dst = under(root, target);
-        fs::create_dir_all(&dst).map_err(|e| err(&format!("mkdir {}", dst.display()), e))?;
-        bind(host, &dst, MsFlags::MS_REC)?;
+        let dst = in_root
+            .mkdir_all(target, 0o755)
+            .map_err(|e| err("volume mount point", e))?;
+        bind(host, &fd_path(&dst), MsFlags::MS_REC)?;
     }
-    let proc_dir = root.join("proc");
-    fs::create_dir_all(&proc_dir).map_err(|e| err("mkdir /proc", e))?;
+    let proc_dir = in_root
+        .mkdir_all("proc", 0o555)
+        .map_err(|e| err("mkdir /proc", e))?;
     mount(
         Some("proc"),
-        &proc_dir,
+        &fd_path(&proc_dir),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .map_err(|e| err("mount /proc", e))?;
-    let sys_dir = root.join("sys");
-    fs::create_dir_all(&sys_dir).map_err(|e| err("mkdir /sys", e))?;
+    let sys_dir = in_root
+        .mkdir_all("sys", 0o555)
+        .map_err(|e| err("mkdir /sys", e))?;
     let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
-    if mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, None::<&str>).is_err() {
+    if mount(
+        Some("sysfs"),
+        &fd_path(&sys_dir),
+        Some("sysfs"),
+        ro,
+        None::<&str>,
+    )
+    .is_err()
+    {
         // Without sysfs rights, an empty read-only tmpfs keeps /sys from showing the host.
-        mount(Some("tmpfs"), &sys_dir, Some("tmpfs"), ro, Some("size=0"))
-            .map_err(|e| err("mount /sys", e))?;
+        mount(
+            Some("tmpfs"),
+            &fd_path(&sys_dir),
+            Some("tmpfs"),
+            ro,
+            Some("size=0"),
+        )
+        .map_err(|e| err("mount /sys", e))?;
     }
-    setup_dev(root)?;
+    setup_dev(&in_root)?;
 
-    std::env::set_current_dir(root).map_err(|e| err("chdir rootfs", e))?;
+    nix::unistd::fchdir(in_root.fd()).map_err(|e| err("chdir rootfs", e))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detach old root", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
@@ -227,34 +283,30 @@ fn setup(p: &ContainerProcess) -> Result<(), String> {
     Ok(())
 }
 
-fn write_files(root: &Path, files: &[ContainerFile]) -> Result<(), String> {
+fn write_files(root: &InRoot, files: &[ContainerFile]) -> Result<(), String> {
     for f in files {
-        let path = under(root, &f.path);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| err(&format!("mkdir for {}", f.path), e))?;
-        }
-        // Never follow a symlink the image planted at the target.
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            fs::remove_file(&path).map_err(|e| err(&format!("replace {}", f.path), e))?;
-        }
-        fs::write(&path, &f.content).map_err(|e| err(&format!("write {}", f.path), e))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))
-            .map_err(|e| err(&format!("chmod {}", f.path), e))?;
+        root.write_file(&f.path, &f.content, f.mode)
+            .map_err(|e| err("place file", e))?;
     }
     Ok(())
 }
 
-fn setup_dev(root: &Path) -> Result<(), String> {
-    let dev = root.join("dev");
-    fs::create_dir_all(&dev).map_err(|e| err("mkdir /dev", e))?;
+fn setup_dev(root: &InRoot) -> Result<(), String> {
+    let mount_point = root
+        .mkdir_all("dev", 0o755)
+        .map_err(|e| err("mkdir /dev", e))?;
     mount(
         Some("tmpfs"),
-        &dev,
+        &fd_path(&mount_point),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(|e| err("mount /dev", e))?;
+    // The fresh tmpfs is ours alone (no links the image planted), so plain paths under its
+    // descriptor are safe from here on.
+    let dev_fd = root.open_dir("dev").map_err(|e| err("open /dev", e))?;
+    let dev = fd_path(&dev_fd);
     // Device nodes cannot be created in a user namespace; bind the host's harmless ones.
     for name in DEVICES {
         let target = dev.join(name);

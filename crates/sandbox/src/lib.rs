@@ -3,6 +3,8 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod in_root;
+pub mod init;
 pub mod net;
 pub mod seccomp;
 pub mod spawn;

@@ -1,6 +1,10 @@
 //! Container users: `user`, `uid`, `user:group` or `uid:gid`, looked up in the container's
 //! /etc/passwd and /etc/group text, as Docker does.
 
+/// The most of /etc/passwd or /etc/group that is read: a real one is kilobytes; an image must
+/// not make a lookup read gigabytes.
+pub const MAX_DB_BYTES: u64 = 4 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub uid: u32,

@@ -1,0 +1,332 @@
+//! A hostile or careless workload against a real daemon: symlinks that point out of the rootfs,
+//! signals and zombies under the container's init, fork bombs. Each test here failed on the
+//! main branch before the hardening issue (#20).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{registry, test_image, Daemon};
+use serde_json::{json, Value};
+
+fn escape_image() -> String {
+    format!("{}/hangar/escape:latest", registry())
+}
+
+/// Creates a machine from `body`; returns its id.
+async fn create(d: &Daemon, app: &str, body: Value) -> String {
+    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
+    assert_eq!(r.status, 200, "create: {}", r.text());
+    r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn wait(d: &Daemon, app: &str, id: &str, state: &str) {
+    let r = d
+        .get(&format!(
+            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "wait {state}: {} (machine: {})",
+        r.text(),
+        d.get(&format!("/v1/apps/{app}/machines/{id}")).await.text()
+    );
+}
+
+fn log(d: &Daemon, id: &str, container: &str) -> String {
+    std::fs::read_to_string(
+        d.data_dir
+            .join("machines")
+            .join(id)
+            .join(format!("run/logs/{container}.log")),
+    )
+    .unwrap_or_default()
+}
+
+async fn until_logged(d: &Daemon, id: &str, container: &str, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = log(d, id, container);
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needle:?} never logged: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn exit_events(d: &Daemon, app: &str, id: &str) -> Vec<Value> {
+    let events: Vec<Value> = d
+        .get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
+        .await
+        .json()
+        .unwrap();
+    events.into_iter().filter(|e| e["type"] == "exit").collect()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A unique directory name under the host's /tmp that nothing may create.
+fn host_marker(tag: &str) -> std::path::PathBuf {
+    let p = Path::new("/tmp").join(format!("hangar-escape-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+#[tokio::test]
+async fn test_files_and_mounts_never_follow_image_symlinks_to_the_host() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("esc").await;
+    let via_root = host_marker("root");
+    let via_up = host_marker("up");
+    let via_chain = host_marker("chain");
+    let via_vol = host_marker("vol");
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let _ = std::fs::remove_file("/tmp/hangar-escape-hosts");
+    let _ = std::fs::remove_file("/tmp/hangar-escape-resolv");
+    let script = format!(
+        "cat /tmp/{r}/x /tmp/{u}/y /tmp/{c}/z; echo; \
+         test -d /tmp/{v}/vol && echo vol-inside; \
+         test -L /etc/hosts && echo hosts-link || echo hosts-file; \
+         grep -q fly-local-6pn /etc/hosts && echo hosts-ok; echo done",
+        r = name(&via_root),
+        u = name(&via_up),
+        c = name(&via_chain),
+        v = name(&via_vol),
+    );
+    let files = json!([
+        {"guest_path": format!("/var/lib/esc/tmp/{}/x", name(&via_root)), "raw_value": b64("X")},
+        {"guest_path": format!("/var/lib/up/tmp/{}/y", name(&via_up)), "raw_value": b64("Y")},
+        {"guest_path": format!("/var/lib/chain/{}/z", name(&via_chain)), "raw_value": b64("Z")},
+    ]);
+    let id = create(
+        &d,
+        "esc",
+        json!({"config": {
+            "volumes": [{"name": "scratch", "temp_dir": {}}],
+            "containers": [{
+                "name": "app",
+                "image": escape_image(),
+                "cmd": ["/bin/sh", "-c", format!("{script}; sleep 300")],
+                "files": files,
+                "mounts": [{"name": "scratch", "path": format!("/var/lib/esc/tmp/{}/vol", name(&via_vol))}],
+            }]
+        }}),
+    )
+    .await;
+    wait(&d, "esc", &id, "started").await;
+    let out = until_logged(&d, &id, "app", "done").await;
+    assert!(out.contains("XYZ"), "files land inside the rootfs: {out}");
+    assert!(out.contains("vol-inside"), "{out}");
+    assert!(
+        out.contains("hosts-file") && out.contains("hosts-ok"),
+        "{out}"
+    );
+    for p in [&via_root, &via_up, &via_chain, &via_vol] {
+        assert!(!p.exists(), "{} was created on the host", p.display());
+    }
+    for f in ["/tmp/hangar-escape-hosts", "/tmp/hangar-escape-resolv"] {
+        assert!(!Path::new(f).exists(), "{f} was written on the host");
+    }
+    d.destroy_machine("esc", &id, true).await;
+}
+
+/// A workload rearranges its persisted rootfs so that `/data` and `/etc` point at host
+/// directories; the next start places files and /etc/hosts inside the machine or refuses.
+#[tokio::test]
+async fn test_persisted_rootfs_symlinks_are_resolved_inside_the_machine() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("persist").await;
+    let host_dir = host_marker("persist");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let script = format!(
+        "if [ -e /armed ]; then echo second-boot; sleep 300; fi; \
+         touch /armed; rm -rf /data; ln -s {h} /data; \
+         mkdir -p /etc2 && cp -a /etc/. /etc2/ && rm -rf /etc && ln -s {h} /etc; echo armed",
+        h = host_dir.display()
+    );
+    let id = create(
+        &d,
+        "persist",
+        json!({"config": {
+            "image": test_image(),
+            "rootfs": {"persist": "always"},
+            "restart": {"policy": "no"},
+            "init": {"exec": ["/bin/sh", "-c", script]},
+            "files": [{"guest_path": "/data/x", "raw_value": b64("planted")}],
+        }}),
+    )
+    .await;
+    until_logged(&d, &id, "app", "armed").await;
+    wait(&d, "persist", &id, "stopped").await;
+    // The second boot finds /data and /etc pointing at a path that does not exist inside the
+    // machine: it fails to start, and nothing reaches the host directory.
+    let r = d
+        .client
+        .post(format!("/v1/apps/persist/machines/{id}/start"))
+        .send_raw()
+        .await
+        .unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&host_dir).unwrap().collect();
+    assert!(
+        entries.is_empty(),
+        "the host dir got {entries:?} (start answered {} {})",
+        r.status,
+        r.text()
+    );
+    let _ = std::fs::remove_dir_all(&host_dir);
+    d.destroy_machine("persist", &id, true).await;
+}
+
+#[tokio::test]
+async fn test_user_lookup_never_reads_a_host_passwd_through_a_symlink() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("pw").await;
+    // What the image's /etc/passwd symlink names on the host: it must never be read.
+    std::fs::write(
+        "/tmp/hangar-escape-passwd",
+        "app:x:4242:4242:host:/host-secret-home:/bin/sh\n",
+    )
+    .unwrap();
+    let r = d
+        .post(
+            "/v1/apps/pw/machines",
+            json!({"config": {"containers": [{
+                "name": "app",
+                "image": format!("{}/hangar/passwd-link:latest", registry()),
+                "cmd": ["/bin/sh", "-c", "id; echo HOME=$HOME; sleep 300"],
+                "user": "app"
+            }]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The launch runs after the answer; it must fail (user app is not in the image).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m: Value = d
+            .get(&format!("/v1/apps/pw/machines/{id}"))
+            .await
+            .json()
+            .unwrap();
+        if !matches!(m["state"].as_str(), Some("created" | "starting")) {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = std::fs::remove_file("/tmp/hangar-escape-passwd");
+    assert_eq!(m["state"], "failed", "{m}");
+    let text = m.to_string() + &log(&d, &id, "app");
+    assert!(
+        !text.contains("4242") && !text.contains("host-secret-home"),
+        "{text}"
+    );
+    assert!(text.contains("user \\\"app\\\" not found"), "{text}");
+    d.destroy_machine("pw", &id, true).await;
+}
+
+#[tokio::test]
+async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("init").await;
+    // Orphans are reparented to the container's init, which reaps them.
+    let zombies = create(
+        &d,
+        "init",
+        json!({"config": {
+            "image": test_image(),
+            "init": {"exec": ["/bin/sh", "-c",
+                "(for i in 1 2 3 4 5; do sleep 0.1 & done; exec sleep 0.3) & sleep 1.5; \
+                 echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); sleep 300"]},
+        }}),
+    )
+    .await;
+    let out = until_logged(&d, &zombies, "app", "zombies=").await;
+    assert!(out.contains("zombies=0"), "{out}");
+
+    // `kill -TERM 1` reaches the workload as for any process.
+    let term = create(
+        &d,
+        "init",
+        json!({"config": {
+            "image": test_image(),
+            "restart": {"policy": "no"},
+            "init": {"exec": ["/bin/sh", "-c",
+                "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 5 & wait"]},
+        }}),
+    )
+    .await;
+    wait(&d, "init", &term, "stopped").await;
+    assert!(log(&d, &term, "app").contains("got-term"));
+    let ex = exit_events(&d, "init", &term).await;
+    assert_eq!(ex[0]["request"]["exit_event"]["exit_code"], 3, "{ex:?}");
+
+    // A workload that kills itself with SIGKILL died of a signal; it did not exit 0.
+    let killed = create(
+        &d,
+        "init",
+        json!({"config": {
+            "image": test_image(),
+            "restart": {"policy": "no"},
+            "init": {"exec": ["/bin/sh", "-c", "sleep 0.2; kill -9 $$"]},
+        }}),
+    )
+    .await;
+    wait(&d, "init", &killed, "stopped").await;
+    let ex = exit_events(&d, "init", &killed).await;
+    let exit = &ex[0]["request"]["exit_event"];
+    assert_eq!(exit["exit_code"], 137, "{ex:?}");
+    assert_eq!(exit["signal"], 9, "{ex:?}");
+    for id in [zombies, term, killed] {
+        d.destroy_machine("init", &id, true).await;
+    }
+}
+
+#[tokio::test]
+async fn test_a_fork_bomb_is_contained_and_destroyable() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("bomb").await;
+    let id = create(
+        &d,
+        "bomb",
+        json!({"config": {
+            "image": test_image(),
+            "restart": {"policy": "no"},
+            "init": {"exec": ["/bin/sh", "-c", "b() { b | b & }; b; sleep 30"]},
+        }}),
+    )
+    .await;
+    wait(&d, "bomb", &id, "started").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = d
+        .client
+        .delete(format!("/v1/apps/bomb/machines/{id}"))
+        .query("force", "true")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "destroy: {}", r.text());
+    let r = d.get(&format!("/v1/apps/bomb/machines/{id}")).await;
+    assert_eq!(r.status, 404, "destroyed machines are gone: {}", r.text());
+    // The cgroup (and with it every process of the bomb) is gone.
+    let cgroups = ["/sys/fs/cgroup/pids/hangar", "/sys/fs/cgroup/hangar"];
+    for root in cgroups {
+        assert!(!Path::new(root).join(&id).exists(), "{root}/{id} is left");
+    }
+}
