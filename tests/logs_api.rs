@@ -130,3 +130,74 @@ async fn test_follow_streams_new_lines() {
     assert_eq!(got.iter().filter(|l| l["stream"] == "stderr").count(), 5);
     follower.abort();
 }
+
+/// A line that is not UTF-8 (`\xc3`, `\xff`) reads as U+FFFD and the lines after it still
+/// come; a destroyed machine's logs stay readable (with `instance` too) for the retention time.
+#[tokio::test]
+async fn test_invalid_utf8_and_logs_after_destroy() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("bytes").await;
+    let script = r"printf 'before\n'; printf 'bad \303 and \377 bytes\n'; printf 'after\n'";
+    let r = d
+        .post(
+            "/v1/apps/bytes/machines",
+            json!({"config": {"image": image(), "restart": {"policy": "no"},
+                "init": {"exec": ["/bin/sh", "-c", script]}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .get(&format!(
+            "/v1/apps/bytes/machines/{id}/wait?state=stopped&timeout=30"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let messages = |body: String| -> Vec<String> {
+        body.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let logs = |instance: Option<String>| {
+        let client = d.client.clone();
+        async move {
+            let mut req = client.get("/hangar/v1/apps/bytes/logs");
+            if let Some(i) = instance {
+                req = req.query("instance", i);
+            }
+            let r = req.send_raw().await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.text()
+        }
+    };
+    let got = messages(logs(None).await);
+    assert_eq!(
+        got,
+        vec!["before", "bad \u{fffd} and \u{fffd} bytes", "after"],
+        "{got:?}"
+    );
+
+    d.destroy_machine("bytes", &id, false).await;
+    assert_eq!(
+        messages(logs(Some(id.clone())).await),
+        got,
+        "kept after destroy"
+    );
+    assert_eq!(messages(logs(None).await), got);
+    let archived = d.data_dir.join("logs").join(&id);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.data_dir.join("logs"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the archive is root's alone");
+    assert!(archived.join("app.log").is_file());
+}

@@ -25,6 +25,16 @@ pub struct DaemonArgs {
     /// Pull from this registry over plain HTTP (repeatable; loopback registries already are)
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// How long a destroyed machine's logs stay readable with `hangar logs` (Go duration, e.g. 24h, 30m; 0 keeps none)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
+    pub log_retention: std::time::Duration,
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    hangar_api::duration::parse_go_duration(s).map_err(|e| e.to_string())
 }
 
 pub fn run(args: DaemonArgs) -> Result<()> {
@@ -44,5 +54,6 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         socket: args.socket,
         listen: args.listen,
         insecure_registries: args.insecure_registries,
+        log_retention: args.log_retention,
     }))
 }

@@ -8,6 +8,7 @@ mod convert;
 mod error;
 mod extract;
 mod images;
+mod log_archive;
 mod logs;
 pub mod openapi;
 mod routes;
@@ -41,6 +42,8 @@ pub struct DaemonOptions {
     pub listen: Option<SocketAddr>,
     /// Registries (`host[:port]`) to pull from over plain HTTP; loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// How long a destroyed machine's logs stay readable (zero: not kept).
+    pub log_retention: std::time::Duration,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -99,7 +102,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             );
         }
         Arc::new(
-            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx)
+            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention)
                 .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
@@ -125,6 +128,21 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                     // In order, on this task: container events are quick appends.
                     runtime::RuntimeEvent::Container(ev) => hangar.on_container_event(ev).await,
                 }
+            }
+        });
+    }
+    {
+        // Destroyed machines' logs expire (crate::log_archive).
+        let archive = log_archive::archive_dir(&opts.data_dir.join("machines"));
+        let retention = opts.log_retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(log_archive::SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let archive = archive.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || log_archive::prune(&archive, retention))
+                        .await;
             }
         });
     }

@@ -108,15 +108,18 @@ impl Tail {
             }
         }
         let mut out = Vec::new();
-        let mut buf = String::new();
+        let mut raw = Vec::new();
         loop {
-            buf.clear();
-            match reader.read_line(&mut buf) {
+            raw.clear();
+            // Lines are bytes: a workload may print anything. read_line would fail on invalid
+            // UTF-8 and stop the tail there for good; decode lossily (U+FFFD) instead.
+            match reader.read_until(b'\n', &mut raw) {
                 Ok(0) | Err(_) => break,
                 // A partial line: leave it for the next read.
-                Ok(_) if !buf.ends_with('\n') => break,
+                Ok(_) if !raw.ends_with(b"\n") => break,
                 Ok(n) => {
                     self.offset += n as u64;
+                    let buf = String::from_utf8_lossy(&raw);
                     if let Some((ts, stream, msg)) = parse(buf.trim_end_matches('\n')) {
                         out.push(LogLine {
                             timestamp: ts.to_string(),
@@ -235,16 +238,26 @@ impl LogWatch {
     }
 }
 
+/// A machine's logs dir: the live one, else (a destroyed machine) its archived copy.
 fn open_logs_dir(machines_dir: &Path, machine_id: &str) -> nix::Result<OwnedFd> {
-    let dir = machines_dir
+    let live = machines_dir
         .join(machine_id)
         .join(crate::sandbox_runtime::RUN_DIR)
         .join("logs");
-    nix::fcntl::open(
-        &dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::open(&live, flags, Mode::empty()).or_else(|_| {
+        let archived = crate::log_archive::archive_dir(machines_dir).join(machine_id);
+        nix::fcntl::open(&archived, flags, Mode::empty())
+    })
+}
+
+/// Whether a listed machine has logs to read: every machine that exists, and destroyed ones
+/// whose logs are still kept.
+fn has_logs(machines_dir: &Path, m: &hangar_store::MachineRecord) -> bool {
+    m.state != hangar_api::MachineState::Destroyed
+        || crate::log_archive::archive_dir(machines_dir)
+            .join(&m.id)
+            .is_dir()
 }
 
 /// Starts following the log files of `targets` (machine id, region) not followed yet.
@@ -311,13 +324,15 @@ pub async fn app_logs(
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     let machines_dir = h.machines_dir().to_path_buf();
+    // Destroyed machines too: their logs are kept for a while (crate::log_archive).
     let filter = move || ListFilter {
-        include_deleted: false,
+        include_deleted: true,
         region: None,
         states: None,
         metadata: Vec::new(),
     };
-    let machines = h.list_machines(&app, filter()).await?;
+    let mut machines = h.list_machines(&app, filter()).await?;
+    machines.retain(|m| has_logs(&machines_dir, m));
     if let Some(i) = &instance {
         if !machines.iter().any(|m| &m.id == i || &m.name == i) {
             return Err(ApiError::machine_not_found());
@@ -367,7 +382,7 @@ pub async fn app_logs(
             h.list_machines(&app, filter()).await.ok().map(|machines| {
                 machines
                     .iter()
-                    .filter(|m| wanted(&m.id, &m.name))
+                    .filter(|m| wanted(&m.id, &m.name) && has_logs(&machines_dir, m))
                     .map(|m| (m.id.clone(), m.region.clone()))
                     .collect::<Vec<_>>()
             })

@@ -48,13 +48,8 @@ pub trait Runtime: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Option<MachineExit>, RuntimeError>;
     /// Releases everything the machine holds on the host (processes, mounts, cgroups, dirs).
-    /// The machine's logs outlive it by `logs_grace`, so a follower (`run --rm`) reads its last
-    /// lines.
-    async fn destroy(
-        &self,
-        machine: &MachineRecord,
-        logs_grace: Duration,
-    ) -> Result<(), RuntimeError>;
+    /// Its logs are kept for the retention period (crate::log_archive).
+    async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Removes what is left on the host of machines not in `live` (start-up clean-up).
     async fn sweep(&self, _live: &std::collections::HashSet<String>) {}
     /// Re-attaches to a machine that was running when the daemon last stopped; true when it
@@ -178,7 +173,7 @@ impl Runtime for NoRuntime {
         Ok(None)
     }
 
-    async fn destroy(&self, _machine: &MachineRecord, _: Duration) -> Result<(), RuntimeError> {
+    async fn destroy(&self, _machine: &MachineRecord) -> Result<(), RuntimeError> {
         Ok(())
     }
 

@@ -107,6 +107,8 @@ pub struct SandboxRuntime {
     slots: Mutex<BTreeMap<u32, String>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<RuntimeEvent>,
+    /// How long a destroyed machine's logs are kept (crate::log_archive).
+    log_retention: Duration,
 }
 
 pub(crate) fn failed(e: impl std::fmt::Display) -> RuntimeError {
@@ -120,6 +122,7 @@ impl SandboxRuntime {
         images: Arc<ImageStore>,
         pull: PullOptions,
         exits: mpsc::UnboundedSender<RuntimeEvent>,
+        log_retention: Duration,
     ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
@@ -140,6 +143,7 @@ impl SandboxRuntime {
             slots: Mutex::new(BTreeMap::new()),
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
+            log_retention,
         })
     }
 
@@ -739,34 +743,19 @@ impl Runtime for SandboxRuntime {
         Ok(outcome)
     }
 
-    async fn destroy(&self, m: &MachineRecord, logs_grace: Duration) -> Result<(), RuntimeError> {
+    async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
         self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
         self.cleanup(&m.id, false).await?;
         let dir = self.machine_dir(&m.id);
-        if logs_grace.is_zero() {
-            return remove_dir(dir).await;
-        }
-        // Everything but Pilot's run dir (the logs) goes now; the logs a little later.
-        let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| !p.ends_with(RUN_DIR))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for p in entries {
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
-        tokio::spawn(async move {
-            tokio::time::sleep(logs_grace).await;
-            let _ = remove_dir(dir).await;
-        });
-        Ok(())
+        // The logs outlive the machine (crate::log_archive); everything else goes now.
+        let live = dir.join(RUN_DIR).join("logs");
+        let archive = crate::log_archive::archive_dir(&self.machines_dir);
+        let (id, keep) = (m.id.clone(), self.log_retention);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::log_archive::archive(&live, &archive, &id, keep)
+        })
+        .await;
+        remove_dir(dir).await
     }
 
     async fn sweep(&self, live: &std::collections::HashSet<String>) {

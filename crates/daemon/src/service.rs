@@ -26,8 +26,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_LEASE_TTL: i64 = 30;
 const DEFAULT_MAX_RETRIES: i64 = 10;
 const RESTART_WINDOW: Duration = Duration::from_secs(300);
-/// How long an auto-destroyed machine's logs stay readable (for `run --rm` followers).
-const AUTO_DESTROY_LOGS_GRACE: Duration = Duration::from_secs(10);
 const MAX_LEASE_TTL: i64 = 24 * 3600;
 /// The owner recorded on leases; there is one admin identity until tokens get scopes.
 const LEASE_OWNER: &str = "admin";
@@ -274,8 +272,7 @@ impl Hangar {
             )));
         }
         for m in machines {
-            self.destroy_locked(&m.app, &m.id, None, true, true, Duration::ZERO)
-                .await?;
+            self.destroy_locked(&m.app, &m.id, None, true, true).await?;
         }
         let n = name.to_string();
         db(&self.store, move |s| s.delete_app(&n)).await?;
@@ -1039,8 +1036,7 @@ impl Hangar {
         force: bool,
         nonce: Option<&str>,
     ) -> ApiResult<()> {
-        self.destroy_locked(app, id, nonce, force, false, Duration::ZERO)
-            .await
+        self.destroy_locked(app, id, nonce, force, false).await
     }
 
     async fn destroy_locked(
@@ -1050,7 +1046,6 @@ impl Hangar {
         nonce: Option<&str>,
         force: bool,
         skip_lease: bool,
-        logs_grace: Duration,
     ) -> ApiResult<()> {
         if force {
             // A stop in progress holds the machine's lock for up to its whole grace period;
@@ -1099,7 +1094,7 @@ impl Hangar {
             let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
             self.or_fail(&mut m, "destroy", stopped).await?;
         }
-        let destroyed = self.runtime.destroy(&m, logs_grace).await;
+        let destroyed = self.runtime.destroy(&m).await;
         self.or_fail(&mut m, "destroy", destroyed).await?;
         let mid = m.id.clone();
         db(&self.store, move |s| s.delete_lease(&mid)).await?;
@@ -1403,15 +1398,8 @@ impl Hangar {
         }
         if m.config.auto_destroy {
             drop(guard);
-            self.destroy_locked(
-                &exit.app,
-                &exit.machine_id,
-                None,
-                false,
-                true,
-                AUTO_DESTROY_LOGS_GRACE,
-            )
-            .await?;
+            self.destroy_locked(&exit.app, &exit.machine_id, None, false, true)
+                .await?;
         }
         Ok(())
     }
@@ -1528,7 +1516,7 @@ impl Hangar {
         let running = self.runtime.adopt(&m).await;
         let settled = match m.state {
             MachineState::Destroying => {
-                self.runtime.destroy(&m, Duration::ZERO).await?;
+                self.runtime.destroy(&m).await?;
                 let mid = m.id.clone();
                 db(&self.store, move |s| s.delete_lease(&mid)).await?;
                 Some((MachineState::Destroyed, "destroy"))
