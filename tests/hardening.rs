@@ -330,3 +330,59 @@ async fn test_a_fork_bomb_is_contained_and_destroyable() {
         assert!(!Path::new(root).join(&id).exists(), "{root}/{id} is left");
     }
 }
+
+/// A machine whose workload exits while the daemon is down gets its restart policy when the
+/// daemon comes back, with the exit code Pilot reported; restart counts survive the restart.
+#[tokio::test]
+async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("down").await;
+    let id = create(
+        &d,
+        "down",
+        json!({"config": {
+            "image": test_image(),
+            "restart": {"policy": "always"},
+            "init": {"exec": ["/bin/sh", "-c", "echo boot; sleep 1; exit 1"]},
+        }}),
+    )
+    .await;
+    wait(&d, "down", &id, "started").await;
+    d.kill9();
+    // The workload exits (code 1) while nobody watches.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    d.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        let ex = exit_events(&d, "down", &id).await;
+        if let Some(e) = ex.first() {
+            break e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no exit recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(exit["request"]["exit_event"]["exit_code"], 1, "{exit}");
+    assert_eq!(exit["request"]["exit_event"]["restarting"], true, "{exit}");
+    // Restarted: a second boot logs again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while log(&d, &id, "app").matches("boot").count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never restarted: {}",
+            log(&d, &id, "app")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next exit's count includes the restart recorded before (from the event log).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ex = exit_events(&d, "down", &id).await;
+        if ex.len() >= 2 {
+            assert_eq!(ex[0]["request"]["restart_count"], 1, "{ex:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ex:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.destroy_machine("down", &id, true).await;
+}

@@ -52,9 +52,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Removes what is left on the host of machines not in `live` (start-up clean-up).
     async fn sweep(&self, _live: &std::collections::HashSet<String>) {}
-    /// Re-attaches to a machine that was running when the daemon last stopped; true when it
-    /// still runs (its later exit is then reported as usual).
-    async fn adopt(&self, machine: &MachineRecord) -> bool;
+    /// Re-attaches to a machine that was running when the daemon last stopped. When it still
+    /// runs, its later exit is reported as usual; when it ended while the daemon was down, how
+    /// it ended (Pilot's exit report) comes back so the exit policy applies to it.
+    async fn adopt(&self, machine: &MachineRecord) -> Adoption;
     /// Freezes (`true`) or thaws a running machine.
     async fn set_frozen(&self, machine: &MachineRecord, frozen: bool) -> Result<(), RuntimeError>;
     /// Sends `signal` to the machine's containers.
@@ -150,6 +151,15 @@ pub struct MachineExit {
     pub run: i64,
 }
 
+/// What [`Runtime::adopt`] found.
+#[derive(Debug, Clone)]
+pub enum Adoption {
+    /// The machine still runs and is watched again.
+    Running,
+    /// Nothing runs; the exit it reported while the daemon was away, if any.
+    Gone(Option<MachineExit>),
+}
+
 /// The runtime of a daemon with no machine backend: it stores machines but never runs them.
 pub struct NoRuntime;
 
@@ -177,8 +187,8 @@ impl Runtime for NoRuntime {
         Ok(())
     }
 
-    async fn adopt(&self, _machine: &MachineRecord) -> bool {
-        false
+    async fn adopt(&self, _machine: &MachineRecord) -> Adoption {
+        Adoption::Gone(None)
     }
 
     async fn set_frozen(&self, _: &MachineRecord, _: bool) -> Result<(), RuntimeError> {

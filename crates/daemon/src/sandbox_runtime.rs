@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::now_ms;
 use crate::container_plan::{container_configs, container_process, prepare_volumes};
 use crate::runtime::{
-    ContainerEvent, ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError, RuntimeEvent,
+    Adoption, ContainerEvent, ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError,
+    RuntimeEvent,
 };
 
 /// Machine uid ranges start here, 65536 ids each, far above ordinary users.
@@ -773,7 +774,7 @@ impl Runtime for SandboxRuntime {
         }
     }
 
-    async fn adopt(&self, m: &MachineRecord) -> bool {
+    async fn adopt(&self, m: &MachineRecord) -> Adoption {
         let dir = self.machine_dir(&m.id);
         let state = read_state(&dir);
         if let Some(s) = &state {
@@ -785,17 +786,39 @@ impl Runtime for SandboxRuntime {
         let alive = state.as_ref().is_some_and(|s| {
             s.instance_id == m.instance_id && start_time(s.pid).is_some_and(|t| t == s.start_time)
         });
-        let Some(state) = state.filter(|_| alive) else {
-            // Whatever is left of it (processes, mounts, cgroup) goes.
-            let _ = self.cleanup(&m.id, keep_rootfs(&m.config)).await;
-            return false;
-        };
-        let ok = self.watch_exit(m, &state).is_ok();
-        if ok {
-            // Re-adopted after a daemon restart: the earlier events were recorded then.
-            self.watch_containers(m, now_ms());
+        match state {
+            Some(state) if alive => {
+                if self.watch_exit(m, &state).is_err() {
+                    return Adoption::Gone(None);
+                }
+                // Re-adopted after a daemon restart: the earlier events were recorded then.
+                self.watch_containers(m, now_ms());
+                Adoption::Running
+            }
+            state => {
+                // This version's run ended while the daemon was away: Pilot's report says how.
+                let exit = state
+                    .filter(|s| s.instance_id == m.instance_id)
+                    .and_then(|s| {
+                        let report = read_machine_file(&self.run_dir(&m.id).join(EXIT_FILE))
+                            .and_then(|b| PilotExit::parse(&b))
+                            .filter(|e| !e.containers.is_empty())?;
+                        Some(MachineExit {
+                            app: m.app.clone(),
+                            machine_id: m.id.clone(),
+                            instance_id: m.instance_id.clone(),
+                            exit_code: report.exit_code,
+                            signal: report.signal,
+                            oom_killed: self.cgroup(&m.id).oom_kills().unwrap_or(0) > 0,
+                            exited_at: now_ms(),
+                            run: i64::from(s.pid),
+                        })
+                    });
+                // Whatever is left of it (processes, mounts, cgroup) goes.
+                let _ = self.cleanup(&m.id, keep_rootfs(&m.config)).await;
+                Adoption::Gone(exit)
+            }
         }
-        ok
     }
 
     async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {

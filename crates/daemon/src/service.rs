@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::{now_ms, now_secs, rfc3339_secs};
 use crate::error::{ApiError, ApiResult};
-use crate::runtime::{ExecSpec, MachineExit, Runtime};
+use crate::runtime::{Adoption, ExecSpec, MachineExit, Runtime};
 
 pub const DEFAULT_ORG: &str = "personal";
 /// Default stop timeout (fly.toml `kill_timeout`).
@@ -70,8 +70,6 @@ pub struct Hangar {
     /// Where each machine's dir (logs, Pilot's files) lives.
     machines_dir: std::path::PathBuf,
     images: Option<crate::images::Images>,
-    /// Recent automatic restarts per machine, for `max_retries` within [`RESTART_WINDOW`].
-    restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
     /// be created into an app being deleted (its row would vanish under a running sandbox).
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
@@ -142,7 +140,6 @@ impl Hangar {
             handles: Mutex::new(HashMap::new()),
             region,
             me: me.clone(),
-            restarts: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -805,8 +802,8 @@ impl Hangar {
                 self.transition(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)}))).await?;
                 let stopped = self.runtime.stop(&m, signal, timeout).await;
                 if let Some(exit) = self.or_fail(&mut m, "stop", stopped).await? {
-                    self.record_exit(&m, &exit, true, false, self.recent_restarts(&m.id))
-                        .await?;
+                    let restarts = self.recent_restarts(&m.id).await?;
+                    self.record_exit(&m, &exit, true, false, restarts).await?;
                 }
                 self.transition(
                     &mut m,
@@ -1117,10 +1114,6 @@ impl Hangar {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        self.restarts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
     }
 
     pub async fn set_cordoned(
@@ -1320,13 +1313,21 @@ impl Hangar {
     }
 
     async fn handle_exit(&self, exit: &MachineExit) -> ApiResult<()> {
+        self.apply_exit(exit, false).await
+    }
+
+    /// The exit policy for `exit`; `reconciled` for an exit that happened while the daemon was
+    /// down (found at start-up), which no runtime run is watching any more.
+    async fn apply_exit(&self, exit: &MachineExit, reconciled: bool) -> ApiResult<()> {
         let m = self.load(&exit.app, &exit.machine_id).await?;
         let guard = self.handle(&m).lock.clone().lock_owned().await;
         let mut m = self.load(&exit.app, &exit.machine_id).await?;
-        if m.instance_id != exit.instance_id
-            || m.state.is_terminal()
-            || !self.runtime.is_current_run(&m.id, exit.run)
-        {
+        let current = if reconciled {
+            matches!(m.state, MachineState::Started | MachineState::Suspended)
+        } else {
+            self.runtime.is_current_run(&m.id, exit.run)
+        };
+        if m.instance_id != exit.instance_id || m.state.is_terminal() || !current {
             return Ok(());
         }
         // A suspended machine can have exited just before it was frozen: that exit is its own,
@@ -1348,7 +1349,7 @@ impl Hangar {
             .unwrap_or(DEFAULT_MAX_RETRIES)
             .max(0) as usize;
         let failed = exit.exit_code != 0 || exit.oom_killed;
-        let restart_count = self.recent_restarts(&m.id);
+        let restart_count = self.recent_restarts(&m.id).await?;
         let restarting = !requested_stop
             && match policy.as_str() {
                 "always" => true,
@@ -1361,7 +1362,6 @@ impl Hangar {
             return self.record_exit(&m, exit, true, false, restart_count).await;
         }
         if restarting {
-            self.note_restart(&m.id);
             self.transition(
                 &mut m,
                 MachineState::Starting,
@@ -1455,26 +1455,16 @@ impl Hangar {
         }
     }
 
-    fn recent_restarts(&self, id: &str) -> usize {
-        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(list) = restarts.get_mut(id) else {
-            return 0;
-        };
-        let cutoff = std::time::Instant::now() - RESTART_WINDOW;
-        list.retain(|t| *t > cutoff);
-        let n = list.len();
-        if n == 0 {
-            restarts.remove(id);
-        }
-        n
-    }
-
-    fn note_restart(&self, id: &str) {
-        let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-        restarts
-            .entry(id.to_string())
-            .or_default()
-            .push(std::time::Instant::now());
+    /// Automatic restarts of the machine within [`RESTART_WINDOW`], counted from its event log
+    /// (exit events that restarted it), so the count survives a daemon restart.
+    async fn recent_restarts(&self, id: &str) -> ApiResult<usize> {
+        let mid = id.to_string();
+        let events = db(&self.store, move |s| {
+            s.list_events(&mid, RESTART_EVENTS_SCANNED)
+        })
+        .await?;
+        let cutoff = now_ms() - RESTART_WINDOW.as_millis() as i64;
+        Ok(count_restarts(&events, cutoff))
     }
 
     // ---- start-up ---------------------------------------------------------------------------
@@ -1488,32 +1478,56 @@ impl Hangar {
             .map(|m| m.id.clone())
             .collect();
         self.runtime.sweep(&live).await;
+        let mut exits = Vec::new();
         for m in machines {
             // One machine that cannot be settled must not keep the daemon from starting.
-            if let Err(e) = self.reconcile_one(&m).await {
-                tracing::error!(machine = %m.id, error = %e.message, "reconciling failed; marking the machine failed");
-                if let Ok((_guard, mut m)) = self.lock_machine(&m.app, &m.id).await {
-                    let request = Some(json!({"error": e.message}));
-                    let _ = self
-                        .transition(
-                            &mut m,
-                            MachineState::Failed,
-                            "reconcile",
-                            Source::Platform,
-                            request,
-                        )
-                        .await;
+            match self.reconcile_one(&m).await {
+                Ok(Some(exit)) => exits.push(exit),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(machine = %m.id, error = %e.message, "reconciling failed; marking the machine failed");
+                    if let Ok((_guard, mut m)) = self.lock_machine(&m.app, &m.id).await {
+                        let request = Some(json!({"error": e.message}));
+                        let _ = self
+                            .transition(
+                                &mut m,
+                                MachineState::Failed,
+                                "reconcile",
+                                Source::Platform,
+                                request,
+                            )
+                            .await;
+                    }
                 }
             }
+        }
+        // Exits that happened while the daemon was down get the same policy as any other
+        // (restart, stop, auto_destroy), after start-up so that a backoff does not delay it.
+        for exit in exits {
+            let this = self.me.clone();
+            tokio::spawn(async move {
+                let Some(this) = this.upgrade() else { return };
+                if let Err(e) = this.apply_exit(&exit, true).await {
+                    tracing::warn!(machine = %exit.machine_id, error = %e.message, "applying an exit found at start-up failed");
+                }
+            });
         }
         Ok(())
     }
 
     /// Settles one machine the previous daemon left: re-adopts it if it runs, and finishes
     /// what was in flight (a destroy, a stop, a suspend) instead of guessing.
-    async fn reconcile_one(&self, m: &MachineRecord) -> ApiResult<()> {
+    /// Returns the exit of a machine that ended on its own meanwhile, for the exit policy.
+    async fn reconcile_one(&self, m: &MachineRecord) -> ApiResult<Option<MachineExit>> {
         let (_guard, mut m) = self.lock_machine(&m.app, &m.id).await?;
-        let running = self.runtime.adopt(&m).await;
+        let (running, exit) = match self.runtime.adopt(&m).await {
+            Adoption::Running => (true, None),
+            Adoption::Gone(exit) => (false, exit),
+        };
+        if let (Some(exit), MachineState::Started | MachineState::Suspended) = (exit, m.state) {
+            tracing::info!(machine = %m.id, code = exit.exit_code, "the machine exited while the daemon was down");
+            return Ok(Some(exit));
+        }
         let settled = match m.state {
             MachineState::Destroying => {
                 self.runtime.destroy(&m).await?;
@@ -1557,8 +1571,26 @@ impl Hangar {
             )
             .await?;
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// How many of a machine's latest events are scanned for its recent restarts: enough for the
+/// largest useful `max_retries` among container events.
+const RESTART_EVENTS_SCANNED: usize = 512;
+
+/// Automatic restarts recorded in `events` (newest first) at or after `cutoff` (unix ms).
+fn count_restarts(events: &[hangar_store::EventRecord], cutoff: i64) -> usize {
+    events
+        .iter()
+        .take_while(|e| e.timestamp >= cutoff)
+        .filter(|e| {
+            e.kind == "exit"
+                && e.request
+                    .as_ref()
+                    .is_some_and(|r| r["exit_event"]["restarting"] == true)
+        })
+        .count()
 }
 
 /// The `request` of an `exit` event (reference 3.2).
@@ -1712,4 +1744,39 @@ fn image_ref(config: &MachineConfig) -> Option<ImageRef> {
         digest: r.digest.unwrap_or_default(),
         labels: BTreeMap::new(),
     })
+}
+
+#[cfg(test)]
+mod restart_count_tests {
+    use super::*;
+
+    fn exit_event(ts: i64, restarting: bool) -> hangar_store::EventRecord {
+        hangar_store::EventRecord {
+            id: format!("e{ts}"),
+            machine_id: "m".into(),
+            kind: "exit".into(),
+            status: "stopped".into(),
+            source: "flyd".into(),
+            timestamp: ts,
+            request: Some(json!({"exit_event": {"restarting": restarting}})),
+        }
+    }
+
+    #[test]
+    fn counts_restarting_exits_within_the_window() {
+        let mut other = exit_event(950, false);
+        other.kind = "container_exited".into();
+        // Newest first, as the store lists them.
+        let events = vec![
+            exit_event(1000, true),
+            other,
+            exit_event(900, false),
+            exit_event(800, true),
+            exit_event(100, true),
+        ];
+        assert_eq!(count_restarts(&events, 500), 2);
+        assert_eq!(count_restarts(&events, 0), 3);
+        assert_eq!(count_restarts(&events, 2000), 0);
+        assert_eq!(count_restarts(&[], 0), 0);
+    }
 }
