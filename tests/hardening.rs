@@ -386,3 +386,113 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
     }
     d.destroy_machine("down", &id, true).await;
 }
+
+fn hangar_cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::hangar_bin())
+        .args(args)
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .output()
+        .expect("run hangar")
+}
+
+/// A machine runs the image digest it was created with until it is updated, even when its
+/// tag is re-imported with other content; the old image stays in use and out of prune.
+#[tokio::test]
+async fn test_machines_run_their_pinned_digest_until_updated() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("pin").await;
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images");
+    assert!(
+        layout.join("index.json").exists(),
+        "run scripts/build-test-images first (.ci/run does)"
+    );
+    let import = |select: &str| {
+        let out = hangar_cli(
+            &d,
+            &[
+                "image",
+                "import",
+                layout.to_str().unwrap(),
+                "--select",
+                select,
+                "--tag",
+                "localhost/moving:1",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // busybox has no /data; hangar/layers does.
+    import("busybox");
+    let id = create(
+        &d,
+        "pin",
+        json!({"config": {
+            "image": "localhost/moving:1",
+            "init": {"exec": ["/bin/sh", "-c", "test -d /data && echo content=layers || echo content=busybox; sleep 300"]},
+        }}),
+    )
+    .await;
+    wait(&d, "pin", &id, "started").await;
+    until_logged(&d, &id, "app", "content=busybox").await;
+    let m: Value = d
+        .get(&format!("/v1/apps/pin/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    let pinned = m["image_ref"]["digest"].as_str().unwrap().to_string();
+    assert!(pinned.starts_with("sha256:"), "{m}");
+
+    import("layers");
+    let out = hangar_cli(&d, &["image", "prune", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = d
+        .client
+        .post(format!("/v1/apps/pin/machines/{id}/restart"))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait(&d, "pin", &id, "started").await;
+    let text = until_logged(&d, &id, "app", "content=").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = log(&d, &id, "app").to_string() + &text;
+    assert!(
+        !text.contains("content=layers"),
+        "ran the re-imported tag: {text}"
+    );
+    let m: Value = d
+        .get(&format!("/v1/apps/pin/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(m["image_ref"]["digest"], pinned.as_str(), "{m}");
+
+    // An update takes what the tag names now.
+    let r = d
+        .post(
+            &format!("/v1/apps/pin/machines/{id}"),
+            json!({"config": {
+                "image": "localhost/moving:1",
+                "init": {"exec": ["/bin/sh", "-c", "test -d /data && echo content=layers || echo content=busybox; sleep 300"]},
+            }}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    until_logged(&d, &id, "app", "content=layers").await;
+    let m: Value = d
+        .get(&format!("/v1/apps/pin/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_ne!(m["image_ref"]["digest"], pinned.as_str(), "{m}");
+    d.destroy_machine("pin", &id, true).await;
+}

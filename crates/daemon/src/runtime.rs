@@ -33,9 +33,13 @@ pub trait Runtime: Send + Sync + 'static {
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError>;
     /// Makes sure every image `config` runs is stored here (pulling what is missing), before a
     /// create or update is written: an image that cannot be had is the request's error, not a
-    /// machine left failed.
-    async fn fetch_images(&self, _config: &MachineConfig) -> Result<(), RuntimeError> {
-        Ok(())
+    /// machine left failed. Returns the manifest digest each image (as the config names it)
+    /// resolved to, which the machine then runs until it is updated.
+    async fn fetch_images(
+        &self,
+        _config: &MachineConfig,
+    ) -> Result<std::collections::BTreeMap<String, String>, RuntimeError> {
+        Ok(Default::default())
     }
     /// Boots the machine's current version; returns once it is running.
     async fn start(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
@@ -91,8 +95,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Whether `run` is still the machine's current run: an exit reported for an earlier one
     /// (replaced by a start while the report waited) must not count against the new one.
     fn is_current_run(&self, machine_id: &str, run: i64) -> bool;
-    /// What an image reference resolves to locally (digest, labels), when it is stored here.
-    async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef>;
+    /// What an image reference resolves to locally (digest, labels), when it is stored here;
+    /// `digest`, when given, is the one the machine is pinned to.
+    async fn image_ref(&self, image: &str, digest: Option<&str>) -> Option<hangar_api::ImageRef>;
     /// Live status of each container, `None` when the machine is not running here.
     async fn containers(&self, machine: &MachineRecord) -> Option<Vec<ContainerView>>;
 }
@@ -211,7 +216,7 @@ impl Runtime for NoRuntime {
         None
     }
 
-    async fn image_ref(&self, _: &str) -> Option<hangar_api::ImageRef> {
+    async fn image_ref(&self, _: &str, _: Option<&str>) -> Option<hangar_api::ImageRef> {
         None
     }
 

@@ -179,6 +179,31 @@ impl SandboxRuntime {
         }
     }
 
+    /// The exact image a machine was created with (`image` resolved to `digest` then), even if
+    /// the tag now names another: found here by digest, or pulled as `repository@digest`.
+    async fn ensure_pinned(&self, image: &str, digest: &str) -> Result<ImageRecord, RuntimeError> {
+        let store = self.images.clone();
+        let d = digest.to_string();
+        let found = tokio::task::spawn_blocking(move || store.resolve(&d))
+            .await
+            .map_err(failed)?;
+        match found {
+            Ok(rec) => Ok(rec),
+            Err(hangar_image::Error::NotFound(_)) => {
+                let mut reference =
+                    Reference::parse(image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+                hangar_image::Digest::parse(digest)
+                    .map_err(|e| RuntimeError::Image(e.to_string()))?;
+                reference.digest = Some(digest.to_string());
+                tracing::info!(%reference, "pulling the machine's pinned image");
+                hangar_image::pull(&self.images, &reference, &self.pull)
+                    .await
+                    .map_err(|e| RuntimeError::Image(format!("pulling {reference}: {e}")))
+            }
+            Err(e) => Err(RuntimeError::Image(e.to_string())),
+        }
+    }
+
     /// Finds an image locally, pulling it when missing.
     async fn ensure_image(&self, image: &str) -> Result<ImageRecord, RuntimeError> {
         let reference = Reference::parse(image).map_err(|e| RuntimeError::Image(e.to_string()))?;
@@ -225,7 +250,10 @@ impl SandboxRuntime {
             let (details, rootfs) = match prepared.get(&owner) {
                 Some(shared) => shared.clone(),
                 None => {
-                    let record = self.ensure_image(&c.image).await?;
+                    let record = match m.image_digests.get(&c.image) {
+                        Some(digest) => self.ensure_pinned(&c.image, digest).await?,
+                        None => self.ensure_image(&c.image).await?,
+                    };
                     let store = self.images.clone();
                     let cdir = dir.join("containers").join(&c.name);
                     let digest = record.manifest_digest.clone();
@@ -890,10 +918,10 @@ impl Runtime for SandboxRuntime {
             .is_some_and(|r| i64::from(r.state.pid) == run)
     }
 
-    async fn image_ref(&self, image: &str) -> Option<hangar_api::ImageRef> {
+    async fn image_ref(&self, image: &str, digest: Option<&str>) -> Option<hangar_api::ImageRef> {
         let reference = Reference::parse(image).ok()?;
         let store = self.images.clone();
-        let name = reference.to_string();
+        let name = digest.map_or_else(|| reference.to_string(), str::to_string);
         let details = tokio::task::spawn_blocking(move || store.inspect(&name))
             .await
             .ok()?
@@ -956,14 +984,18 @@ impl Runtime for SandboxRuntime {
         )
     }
 
-    async fn fetch_images(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
-        let mut seen = std::collections::HashSet::new();
+    async fn fetch_images(
+        &self,
+        config: &MachineConfig,
+    ) -> Result<std::collections::BTreeMap<String, String>, RuntimeError> {
+        let mut pins = std::collections::BTreeMap::new();
         for c in container_configs(config) {
-            if seen.insert(c.image.clone()) {
-                self.ensure_image(&c.image).await?;
+            if !pins.contains_key(&c.image) {
+                let record = self.ensure_image(&c.image).await?;
+                pins.insert(c.image.clone(), record.manifest_digest.to_string());
             }
         }
-        Ok(())
+        Ok(pins)
     }
 
     async fn memory(&self, m: &MachineRecord) -> Result<(u64, u64), RuntimeError> {

@@ -174,6 +174,9 @@ impl Hangar {
             if let Some(r) = m.image_ref.as_ref().filter(|r| !r.digest.is_empty()) {
                 add(r.digest.clone());
             }
+            for digest in m.image_digests.values() {
+                add(digest.clone());
+            }
         }
         Ok(refs)
     }
@@ -460,6 +463,17 @@ impl Hangar {
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
     async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ApiResult<()> {
         use futures_util::FutureExt;
+        // A version created without a launch pins its images at its first start.
+        if crate::container_plan::container_configs(&m.config)
+            .iter()
+            .any(|c| !m.image_digests.contains_key(&c.image))
+        {
+            let pins = self.runtime.fetch_images(&m.config).await;
+            let pins = self.or_fail(m, kind, pins).await?;
+            m.image_digests = pins;
+            let rec = m.clone();
+            db(&self.store, move |s| s.update_machine(&rec, false, None)).await?;
+        }
         // A bug in the runtime must leave the machine `failed`, not stuck in `starting`: the
         // panic becomes an error (and whatever it left behind is cleaned up by the next start
         // or the destroy).
@@ -535,9 +549,10 @@ impl Hangar {
             None => self.region.clone(),
         };
         let lease_ttl = req.lease_ttl.map(check_lease_ttl).transpose()?;
+        let mut image_digests = Default::default();
         if !req.skip_launch {
             self.runtime.preflight(&config)?;
-            self.runtime.fetch_images(&config).await?;
+            image_digests = self.runtime.fetch_images(&config).await?;
         }
         let now = now_ms();
         let id = ids::new_machine_id();
@@ -554,6 +569,7 @@ impl Hangar {
             updated_at: now,
             cordoned: req.skip_service_registration,
             image_ref: image_ref(&config),
+            image_digests,
             config,
         };
         let lease = lease_ttl.map(|ttl| LeaseRecord {
@@ -633,15 +649,18 @@ impl Hangar {
         // A suspended machine still holds its (frozen) sandbox: it is stopped like a running one.
         let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);
         let launch = !req.skip_launch;
+        let mut image_digests = Default::default();
         if launch {
             self.runtime.preflight(&config)?;
-            self.runtime.fetch_images(&config).await?;
+            image_digests = self.runtime.fetch_images(&config).await?;
         }
         let previous = m.state;
         let old_version = m.instance_id.clone();
         // Metadata belongs to the machine, not to a version; an update's config carries its own.
         m.config = config;
         m.image_ref = image_ref(&m.config);
+        // A new version runs what its images are now (a skipped launch pins at its first start).
+        m.image_digests = image_digests;
         m.instance_id = ids::new_ulid();
         m.state = MachineState::Replacing;
         m.updated_at = now_ms();
@@ -1450,7 +1469,8 @@ impl Hangar {
         let Some(image) = main_image(&m.config) else {
             return;
         };
-        if let Some(r) = self.runtime.image_ref(&image).await {
+        let pinned = m.image_digests.get(&image).cloned();
+        if let Some(r) = self.runtime.image_ref(&image, pinned.as_deref()).await {
             m.image_ref = Some(r);
         }
     }

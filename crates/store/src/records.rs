@@ -32,6 +32,10 @@ pub struct MachineRecord {
     pub cordoned: bool,
     pub config: MachineConfig,
     pub image_ref: Option<ImageRef>,
+    /// The manifest digest each image of the config (as written there) resolved to when this
+    /// version was created or first started: the machine runs exactly these until it is
+    /// updated, whatever its tags point at later.
+    pub image_digests: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

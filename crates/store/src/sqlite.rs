@@ -70,6 +70,9 @@ CREATE TABLE leases (
 ALTER TABLE apps ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX apps_idempotency_key ON apps(idempotency_key) WHERE idempotency_key IS NOT NULL;
 "#,
+    r#"
+ALTER TABLE machines ADD COLUMN image_digests TEXT;
+"#,
 ];
 
 /// Readers run in parallel with the writer under WAL; a few are enough for 2-core hosts.
@@ -186,12 +189,13 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
 }
 
 const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
-     created_at, updated_at, cordoned, config, image_ref";
+     created_at, updated_at, cordoned, config, image_ref, image_digests";
 
 fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let state: String = r.get(3)?;
     let config: String = r.get(10)?;
     let image_ref: Option<String> = r.get(11)?;
+    let image_digests: Option<String> = r.get(12)?;
     Ok(MachineRecord {
         id: r.get(0)?,
         app: r.get(1)?,
@@ -207,6 +211,11 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
         cordoned: r.get(9)?,
         config: from_json(&config)?,
         image_ref: image_ref.as_deref().map(from_json).transpose()?,
+        image_digests: image_digests
+            .as_deref()
+            .map(from_json)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -352,7 +361,7 @@ impl Store for SqliteStore {
         let res = tx.execute(
             &format!(
                 "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 m.id,
@@ -366,7 +375,8 @@ impl Store for SqliteStore {
                 m.updated_at,
                 m.cordoned,
                 to_json(&m.config)?,
-                image_ref
+                image_ref,
+                to_json(&m.image_digests)?
             ],
         );
         or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
@@ -391,8 +401,8 @@ impl Store for SqliteStore {
         let config = to_json(&m.config)?;
         let res = tx.execute(
             "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
-             private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10 \
-             WHERE id = ?1",
+             private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
+             image_digests = ?11 WHERE id = ?1",
             params![
                 m.id,
                 m.name,
@@ -403,7 +413,8 @@ impl Store for SqliteStore {
                 m.updated_at,
                 m.cordoned,
                 config,
-                image_ref
+                image_ref,
+                to_json(&m.image_digests)?
             ],
         );
         or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
@@ -571,6 +582,7 @@ mod tests {
                 ..Default::default()
             },
             image_ref: None,
+            image_digests: Default::default(),
         }
     }
 
