@@ -36,6 +36,9 @@ pub async fn start_daemon(name: &str) -> Daemon {
         .arg(dir.join("data"))
         .arg("--socket")
         .arg(dir.join("api.sock"))
+        // Hundreds of idle machines are the point of the idle-memory figure; admission at the
+        // default ratios (crates/daemon/src/capacity.rs) would refuse them on a small host.
+        .args(["--memory-overcommit", "64", "--cpu-overcommit", "64"])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()

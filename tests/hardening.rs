@@ -496,3 +496,93 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
     assert_ne!(m["image_ref"]["digest"], pinned.as_str(), "{m}");
     d.destroy_machine("pin", &id, true).await;
 }
+
+/// A machine larger than the host is refused with Fly's capacity error, and nothing is created.
+#[tokio::test]
+async fn test_admission_refuses_what_the_host_cannot_hold() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("cap").await;
+    let r = d
+        .post(
+            "/v1/apps/cap/machines",
+            json!({"config": {
+                "image": test_image(),
+                "guest": {"cpu_kind": "performance", "cpus": 128, "memory_mb": 262144},
+            }}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["status"], "insufficient_capacity", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted: could not reserve resource for machine: insufficient CPUs"),
+        "{body}"
+    );
+    let list: Vec<Value> = d.get("/v1/apps/cap/machines").await.json().unwrap();
+    assert!(list.is_empty(), "{list:?}");
+
+    // A stopped machine updated to a size the host cannot hold: refused, unchanged.
+    let m = d
+        .create_machine("cap", json!({"config": {"image": test_image()}}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    let r = d
+        .post(
+            &format!("/v1/apps/cap/machines/{id}"),
+            json!({"config": {"image": test_image(), "guest": {"cpu_kind": "performance", "cpus": 128, "memory_mb": 262144}}}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let got: Value = d
+        .get(&format!("/v1/apps/cap/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(got["instance_id"], m["instance_id"], "unchanged: {got}");
+}
+
+/// `rootfs.size_gb` bounds what the machine can write to its root filesystem, and the disk
+/// behind it (a loop-mounted image) goes with the machine.
+#[tokio::test]
+async fn test_rootfs_size_is_enforced() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("size").await;
+    let id = create(
+        &d,
+        "size",
+        json!({"config": {
+            "image": test_image(),
+            "rootfs": {"size_gb": 1},
+            "init": {"exec": ["/bin/sh", "-c",
+                "head -c 1300000000 /dev/zero > /big; echo wrote=$?; \
+                 echo size=$(stat -c %s /big); sleep 300"]},
+        }}),
+    )
+    .await;
+    wait(&d, "size", &id, "started").await;
+    let out = until_logged(&d, &id, "app", "size=").await;
+    let size: u64 = out
+        .split("size=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        size < 1_100_000_000,
+        "wrote {size} bytes past a 1 GB rootfs: {out}"
+    );
+    assert!(!out.contains("wrote=0"), "the write must fail: {out}");
+    d.destroy_machine("size", &id, true).await;
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        !loops.contains(&id),
+        "a loop device outlived the machine: {loops}"
+    );
+}

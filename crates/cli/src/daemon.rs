@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
 
-#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[derive(Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Examples:\n  \
     sudo hangar daemon\n  \
     hangar daemon --data-dir ./data --socket ./api.sock --listen 127.0.0.1:4280\n\n\
@@ -28,6 +28,19 @@ pub struct DaemonArgs {
     /// How long a destroyed machine's logs stay readable with `hangar logs` (Go duration, e.g. 24h, 30m; 0 keeps none)
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
     pub log_retention: std::time::Duration,
+    /// Machines may reserve this many times the host's CPUs (shared CPUs sit idle mostly)
+    #[arg(long, value_name = "RATIO", default_value_t = hangar_daemon::DEFAULT_CPU_OVERCOMMIT, value_parser = parse_ratio)]
+    pub cpu_overcommit: f64,
+    /// Machines may reserve this many times the host's memory
+    #[arg(long, value_name = "RATIO", default_value_t = hangar_daemon::DEFAULT_MEMORY_OVERCOMMIT, value_parser = parse_ratio)]
+    pub memory_overcommit: f64,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
@@ -55,5 +68,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         listen: args.listen,
         insecure_registries: args.insecure_registries,
         log_retention: args.log_retention,
+        cpu_overcommit: args.cpu_overcommit,
+        memory_overcommit: args.memory_overcommit,
     }))
 }

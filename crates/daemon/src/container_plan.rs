@@ -288,6 +288,46 @@ pub(crate) fn system_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// A disk image of at least `size_mb` for a sized writable layer: made when missing; one
+/// kept from an earlier boot (a persisted rootfs) is grown offline when the size went up.
+/// Shrinking is not done: the data might not fit.
+pub(crate) fn ensure_disk_image(image: &Path, size_mb: u64, uid: u32) -> Result<(), RuntimeError> {
+    let want = size_mb.saturating_mul(1 << 20);
+    let have = match std::fs::metadata(image) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return make_disk_image(image, size_mb, uid)
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    if have >= want {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .and_then(|f| f.set_len(want))
+        .map_err(failed)?;
+    // resize2fs wants a freshly checked filesystem.
+    for (tool, args) in [("e2fsck", &["-f", "-p"][..]), ("resize2fs", &[][..])] {
+        let out = std::process::Command::new(system_tool(tool))
+            .args(args)
+            .arg(image)
+            .output()
+            .map_err(|e| failed(format!("{tool}: {e}")))?;
+        // e2fsck exits 1 when it fixed something, which is fine here.
+        let ok = out.status.success() || (tool == "e2fsck" && out.status.code() == Some(1));
+        if !ok {
+            return Err(failed(format!(
+                "{tool} {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A sparse file of `size_mb` formatted as ext4 whose root belongs to the machine's root.
 fn make_disk_image(image: &Path, size_mb: u64, uid: u32) -> Result<(), RuntimeError> {
     let file = std::fs::File::create(image).map_err(failed)?;

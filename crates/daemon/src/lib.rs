@@ -1,6 +1,7 @@
 //! The Hangar daemon: serves the Fly Machines API over a unix socket (and optionally TCP),
 //! drives each machine's state machine and keeps everything in the store.
 
+mod capacity;
 mod clock;
 mod console;
 mod container_plan;
@@ -26,6 +27,7 @@ use anyhow::Context;
 use hangar_store::SqliteStore;
 use tokio::net::{TcpListener, UnixListener};
 
+pub use capacity::{DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT};
 pub use server::router;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/hangar";
@@ -44,6 +46,10 @@ pub struct DaemonOptions {
     pub insecure_registries: Vec<String>,
     /// How long a destroyed machine's logs stay readable (zero: not kept).
     pub log_retention: std::time::Duration,
+    /// Admission: CPUs and memory the machines may reserve, as multiples of the host's
+    /// (crate::capacity).
+    pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -115,6 +121,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             store: image_store,
             pull,
         }),
+        capacity::Ledger::new(capacity::HostCapacity::detect(
+            opts.cpu_overcommit,
+            opts.memory_overcommit,
+        )),
     );
     {
         let hangar = hangar.clone();

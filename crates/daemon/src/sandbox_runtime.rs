@@ -79,6 +79,32 @@ pub struct MountPlan {
     pub upperdir: PathBuf,
     pub workdir: PathBuf,
     pub target: PathBuf,
+    /// With `rootfs.size_gb`: the ext4 image that holds the upper and work dirs, so that the
+    /// container's writes cannot grow past the size into the host's disk.
+    #[serde(default)]
+    pub disk: Option<SizedLayer>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SizedLayer {
+    pub image: PathBuf,
+    /// Where the image is mounted; `upperdir` and `workdir` are inside it.
+    pub target: PathBuf,
+    /// The host uid of the machine's root, which owns the upper dir.
+    pub owner: u32,
+}
+
+/// In a container dir: the disk image of a sized writable layer, and where it is mounted.
+const SIZED_LAYER_IMAGE: &str = "rootfs.ext4";
+const SIZED_LAYER_DIR: &str = "layer";
+
+/// `rootfs.size_gb` when set (0 means unset, as flyctl's `--rootfs-size 0`).
+fn rootfs_size_gb(config: &MachineConfig) -> Option<u64> {
+    config
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.size_gb)
+        .filter(|gb| *gb > 0)
 }
 
 /// Kept in the machine dir so a restarted daemon can find the machine again.
@@ -257,21 +283,58 @@ impl SandboxRuntime {
                     let store = self.images.clone();
                     let cdir = dir.join("containers").join(&c.name);
                     let digest = record.manifest_digest.clone();
+                    let size_gb = rootfs_size_gb(&m.config);
+                    let sized_cdir = cdir.clone();
                     let (details, rootfs) = tokio::task::spawn_blocking(move || {
                         let details = store.inspect(&digest.to_string())?;
-                        let rootfs =
-                            store.prepare_rootfs(&digest, &cdir, Some((uid_base, uid_base)))?;
+                        let rootfs = match size_gb {
+                            // The writable layer lives on the disk image, mounted by the
+                            // spawn helper: nothing to create here yet.
+                            Some(_) => RootfsSpec {
+                                lowerdirs: store.layer_dirs(&digest)?,
+                                upperdir: sized_cdir.join(SIZED_LAYER_DIR).join("upper"),
+                                workdir: sized_cdir.join(SIZED_LAYER_DIR).join("work"),
+                            },
+                            None => store.prepare_rootfs(
+                                &digest,
+                                &sized_cdir,
+                                Some((uid_base, uid_base)),
+                            )?,
+                        };
                         Ok::<_, hangar_image::Error>((details, rootfs))
                     })
                     .await
                     .map_err(failed)?
                     .map_err(|e| RuntimeError::Image(e.to_string()))?;
                     std::fs::create_dir_all(&target).map_err(failed)?;
+                    let disk = match size_gb {
+                        Some(gb) => {
+                            let image = cdir.join(SIZED_LAYER_IMAGE);
+                            let layer = cdir.join(SIZED_LAYER_DIR);
+                            tokio::task::spawn_blocking(move || {
+                                crate::container_plan::ensure_disk_image(
+                                    &image,
+                                    gb.saturating_mul(1024),
+                                    uid_base,
+                                )?;
+                                std::fs::create_dir_all(&layer).map_err(failed)?;
+                                Ok::<_, RuntimeError>(Some(SizedLayer {
+                                    image,
+                                    target: layer,
+                                    owner: uid_base,
+                                }))
+                            })
+                            .await
+                            .map_err(failed)??
+                        }
+                        None => None,
+                    };
                     mounts.push(MountPlan {
                         lowerdirs: rootfs.lowerdirs.clone(),
                         upperdir: rootfs.upperdir.clone(),
                         workdir: rootfs.workdir.clone(),
                         target: target.clone(),
+                        disk,
                     });
                     prepared.insert(c.name.clone(), (details.clone(), rootfs.clone()));
                     (details, rootfs)
@@ -529,9 +592,22 @@ impl SandboxRuntime {
                 if is_mountpoint(target) {
                     hangar_image::unmount_rootfs(target).map_err(failed)?;
                 }
+                let Some(cdir) = target.parent() else {
+                    continue;
+                };
+                // A sized writable layer's disk (its loop device goes with the mount).
+                let layer = cdir.join(SIZED_LAYER_DIR);
+                if is_mountpoint(&layer) {
+                    hangar_image::unmount_rootfs(&layer).map_err(failed)?;
+                }
                 if !keep_rootfs {
-                    if let Some(cdir) = target.parent() {
-                        hangar_image::remove_rootfs(cdir).map_err(failed)?;
+                    hangar_image::remove_rootfs(cdir).map_err(failed)?;
+                    let _ = std::fs::remove_dir(&layer);
+                    match std::fs::remove_file(cdir.join(SIZED_LAYER_IMAGE)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(failed(e));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1224,6 +1300,34 @@ async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
     }
 }
 
+/// Mounts a sized writable layer's disk image and makes its upper (the container's root dir,
+/// owned by the machine's root) and work dirs.
+fn mount_sized_layer(disk: &SizedLayer, upper: &Path, work: &Path) -> Result<(), String> {
+    mount_ext4_image(&disk.image, &disk.target)?;
+    for d in [upper, work] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    std::os::unix::fs::chown(upper, Some(disk.owner), Some(disk.owner))
+        .map_err(|e| format!("chown {}: {e}", upper.display()))
+}
+
+/// util-linux sets up the loop device with autoclear: it goes when the mount does.
+fn mount_ext4_image(image: &Path, target: &Path) -> Result<(), String> {
+    let status = std::process::Command::new(crate::container_plan::system_tool("mount"))
+        .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
+        .arg(image)
+        .arg(target)
+        .status()
+        .map_err(|e| format!("mount {}: {e}", target.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "mount {}: mount exited with {status}",
+            target.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Entry point of `hangar sandbox-spawn <plan>`: builds the sandbox, mounts the root
 /// filesystems through the machine's user namespace and prints Pilot's pid.
 pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
@@ -1232,6 +1336,9 @@ pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
         let fd = ns.try_clone().map_err(|e| e.to_string())?;
         let userns = hangar_image::Userns::from_fd(fd);
         for m in &plan.mounts {
+            if let Some(disk) = &m.disk {
+                mount_sized_layer(disk, &m.upperdir, &m.workdir)?;
+            }
             let spec = RootfsSpec {
                 lowerdirs: m.lowerdirs.clone(),
                 upperdir: m.upperdir.clone(),
@@ -1242,21 +1349,8 @@ pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
         }
         for t in &plan.volume_mounts {
             if let Some(image) = &t.disk_image {
-                // util-linux sets up the loop device with autoclear: it goes when the mount
-                // does (cleanup unmounts everything under the volumes dir).
-                let status =
-                    std::process::Command::new(crate::container_plan::system_tool("mount"))
-                        .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
-                        .arg(image)
-                        .arg(&t.target)
-                        .status()
-                        .map_err(|e| format!("mount disk volume {}: {e}", t.target.display()))?;
-                if !status.success() {
-                    return Err(format!(
-                        "mount disk volume {}: mount exited with {status}",
-                        t.target.display()
-                    ));
-                }
+                // Cleanup unmounts everything under the volumes dir (and so frees the loop).
+                mount_ext4_image(image, &t.target).map_err(|e| format!("disk volume: {e}"))?;
                 continue;
             }
             let opts = format!("size={}m,mode=0755,uid={},gid={}", t.size_mb, t.uid, t.uid);

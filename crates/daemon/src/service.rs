@@ -61,6 +61,8 @@ impl Source {
 }
 
 pub struct Hangar {
+    /// What the host can hold and what running machines reserve of it.
+    capacity: crate::capacity::Ledger,
     store: Arc<dyn Store>,
     runtime: Arc<dyn Runtime>,
     handles: Mutex<HashMap<String, Arc<MachineHandle>>>,
@@ -131,8 +133,10 @@ impl Hangar {
         region: String,
         machines_dir: std::path::PathBuf,
         images: Option<crate::images::Images>,
+        capacity: crate::capacity::Ledger,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
+            capacity,
             store,
             runtime,
             machines_dir,
@@ -456,8 +460,23 @@ impl Hangar {
             s.update_machine(&rec, false, Some(&event))
         })
         .await?;
+        self.capacity.track(&m.id, state, guest_size(&m.config));
         self.notify(m, Some(event_id));
         Ok(())
+    }
+
+    /// Reserves the machine's size on this host, or Fly's capacity error (a 409).
+    fn admit(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+        self.capacity
+            .admit(id, guest_size(config))
+            .map_err(capacity_error)
+    }
+
+    /// Whether the machine would be admitted now, without reserving anything.
+    fn check_fits(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+        self.capacity
+            .fits(id, guest_size(config))
+            .map_err(capacity_error)
     }
 
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
@@ -550,12 +569,13 @@ impl Hangar {
         };
         let lease_ttl = req.lease_ttl.map(check_lease_ttl).transpose()?;
         let mut image_digests = Default::default();
+        let id = ids::new_machine_id();
         if !req.skip_launch {
             self.runtime.preflight(&config)?;
+            self.check_fits(&id, &config)?;
             image_digests = self.runtime.fetch_images(&config).await?;
         }
         let now = now_ms();
-        let id = ids::new_machine_id();
         let instance_id = ids::new_ulid();
         let mut m = MachineRecord {
             id: id.clone(),
@@ -652,6 +672,7 @@ impl Hangar {
         let mut image_digests = Default::default();
         if launch {
             self.runtime.preflight(&config)?;
+            self.check_fits(&m.id, &config)?;
             image_digests = self.runtime.fetch_images(&config).await?;
         }
         let previous = m.state;
@@ -793,6 +814,7 @@ impl Hangar {
             };
         }
         self.runtime.preflight(&m.config)?;
+        self.admit(&m.id, &m.config)?;
         self.transition(&mut m, MachineState::Starting, "start", source, None)
             .await?;
         self.boot(&mut m, "start").await?;
@@ -1521,6 +1543,10 @@ impl Hangar {
                 }
             }
         }
+        // The capacity ledger starts from what the machines hold after settling.
+        for m in db(&self.store, |s| s.list_live_machines()).await? {
+            self.capacity.track(&m.id, m.state, guest_size(&m.config));
+        }
         // Exits that happened while the daemon was down get the same policy as any other
         // (restart, stop, auto_destroy), after start-up so that a backoff does not delay it.
         for exit in exits {
@@ -1593,6 +1619,22 @@ impl Hangar {
         }
         Ok(None)
     }
+}
+
+/// A machine's guest size as the capacity ledger counts it.
+fn guest_size(config: &MachineConfig) -> crate::capacity::Size {
+    let g = config.guest.clone().unwrap_or_default();
+    crate::capacity::Size {
+        cpus: g.cpus.max(1) as u32,
+        shared: g.cpu_kind != "performance",
+        memory_mb: g.memory_mb.max(1) as u64,
+    }
+}
+
+fn capacity_error(e: crate::capacity::CapacityError) -> ApiError {
+    let mut err = ApiError::conflict(e.to_string());
+    err.code = Some("insufficient_capacity");
+    err
 }
 
 /// How many of a machine's latest events are scanned for its recent restarts: enough for the
