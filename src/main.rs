@@ -17,7 +17,15 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             };
         }
-        _ => {}
+        (Some("daemon"), _, _) => {}
+        _ => {
+            // A user command whose reader goes away (`hangar machine list | head`) ends the way
+            // every Unix tool does, by SIGPIPE, instead of panicking in print!. Rust ignores
+            // SIGPIPE by default; the daemon keeps it that way (a client hanging up is no reason
+            // to die).
+            // SAFETY: restoring the default disposition before any thread starts.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        }
     }
     report(hangar_cli::run())
 }

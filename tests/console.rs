@@ -347,3 +347,107 @@ async fn cli_run_shell_needs_a_terminal() {
     let list: Vec<Value> = d.get("/v1/apps/notty/machines").await.json().unwrap();
     assert!(list.is_empty(), "machines: {list:?}");
 }
+
+/// Piped input (stdin not a terminal) runs the command without a pty, as flyctl does: the
+/// input ends with an EOF the command sees, and nothing is echoed back.
+#[tokio::test]
+async fn cli_console_with_piped_stdin_ends_its_input() {
+    use std::io::Write;
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("pipe").await;
+    let id = started_machine(&d, "pipe", json!({})).await;
+    let mut child = std::process::Command::new(common::hangar_bin())
+        .args(["machine", "console", &id, "-a", "pipe", "-C", "wc -c"])
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hangar");
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("console with piped stdin never ended");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+}
+
+/// exec without a container runs in `app`, not in the first container; output past 1 MiB
+/// is said to be cut.
+#[tokio::test]
+async fn exec_defaults_to_app_and_reports_truncation() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("execapp").await;
+    let sleeper = |name: &str| {
+        json!({"name": name, "image": image(),
+               "cmd": ["/bin/sh", "-c", format!("echo {name} > /whoami; exec sleep inf")]})
+    };
+    let r = d
+        .post(
+            "/v1/apps/execapp/machines",
+            json!({"config": {"containers": [sleeper("init"), sleeper("app"), sleeper("side")]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = d
+        .get(&format!(
+            "/v1/apps/execapp/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let r = d
+            .post(
+                &format!("/v1/apps/execapp/machines/{id}/exec"),
+                json!({"command": ["cat", "/whoami"]}),
+            )
+            .await;
+        let v: Value = r.json().unwrap();
+        if v["stdout"].as_str().is_some_and(|s| !s.is_empty()) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(out["stdout"], "app\n", "{out}");
+    assert!(out.get("stdout_truncated").is_none(), "{out}");
+
+    let r = d
+        .post(
+            &format!("/v1/apps/execapp/machines/{id}/exec"),
+            json!({"command": ["head", "-c", "1500000", "/dev/zero"]}),
+        )
+        .await;
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1 << 20, "kept 1 MiB");
+    assert_eq!(v["stdout_truncated"], true, "{}", v["exit_code"]);
+    let out = std::process::Command::new(common::hangar_bin())
+        .args([
+            "machine",
+            "exec",
+            &id,
+            "head -c 1500000 /dev/zero",
+            "-a",
+            "execapp",
+        ])
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdout was cut at 1 MiB"), "{err}");
+}

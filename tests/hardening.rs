@@ -586,3 +586,62 @@ async fn test_rootfs_size_is_enforced() {
         "a loop device outlived the machine: {loops}"
     );
 }
+
+/// Two daemons on one host hand out different uid ranges (claimed host-wide).
+#[tokio::test]
+async fn test_two_daemons_never_share_a_uid_range() {
+    let a = Daemon::start_with_runtime().await;
+    let b = Daemon::start_with_runtime().await;
+    let mut uids = Vec::new();
+    for d in [&a, &b] {
+        d.create_app("uids").await;
+        let id = create(
+            d,
+            "uids",
+            json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sleep", "inf"]}}}),
+        )
+        .await;
+        wait(d, "uids", &id, "started").await;
+        // The machine root's host uid: the owner of its Pilot's run dir while it runs.
+        let run = d.data_dir.join("machines").join(&id).join("run");
+        uids.push(std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(&run).unwrap(),
+        ));
+    }
+    assert_ne!(
+        uids[0], uids[1],
+        "both machines' roots are host uid {}",
+        uids[0]
+    );
+}
+
+/// Files under /proc, /sys and /dev would vanish under the kernel's mounts: a 400. secret_name
+/// and unmountable volumes are refused when written, not at the first boot.
+#[tokio::test]
+async fn test_unplaceable_files_and_unsupported_sources_are_refused_at_create() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("refuse").await;
+    for path in ["/proc/x", "/sys/kernel/y", "/dev/z"] {
+        let r = d
+            .post(
+                "/v1/apps/refuse/machines",
+                json!({"config": {"image": test_image(),
+                    "files": [{"guest_path": path, "raw_value": b64("x")}]}}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("guest_path"), "{}", r.text());
+    }
+    for body in [
+        json!({"skip_launch": true, "config": {"image": test_image(),
+            "files": [{"guest_path": "/etc/x", "secret_name": "DB_URL"}]}}),
+        json!({"skip_launch": true, "config": {
+            "volumes": [{"name": "data"}],
+            "containers": [{"name": "app", "image": test_image(), "mounts": [{"name": "data", "path": "/data"}]}]}}),
+    ] {
+        let r = d.post("/v1/apps/refuse/machines", body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let list: Vec<Value> = d.get("/v1/apps/refuse/machines").await.json().unwrap();
+    assert!(list.is_empty(), "{list:?}");
+}

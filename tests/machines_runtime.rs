@@ -541,6 +541,28 @@ async fn test_oom_is_reported() {
     let ev = events(&d, "oom", &m).await;
     let ex = exits(&ev);
     assert_eq!(ex[0]["request"]["exit_event"]["oom_killed"], true, "{ev:?}");
+    // The logs say so too, as a line from the platform.
+    let r = d
+        .client
+        .get("/hangar/v1/apps/oom/logs")
+        .query("instance", &m)
+        .send_raw()
+        .await
+        .unwrap();
+    let text = r.text();
+    assert!(
+        text.contains("\"container\":\"hangar\"") && text.contains("Out of memory"),
+        "{text}"
+    );
+    // And `machine status` names it.
+    let out = std::process::Command::new(common::hangar_bin())
+        .args(["machine", "status", &m, "-a", "oom"])
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("Last exit: out of memory"), "{status}");
 }
 
 #[tokio::test]

@@ -391,6 +391,12 @@ pub struct ExecResponse {
     pub exit_signal: i64,
     pub stdout: String,
     pub stderr: String,
+    /// Hangar: the command wrote more than the 1 MiB kept of its stdout; the rest was dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_truncated: bool,
+    /// Hangar: the same for stderr.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_truncated: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -489,6 +489,19 @@ fn check_files(field: &str, files: &[File]) -> Result {
                 "must name a file, not a directory",
             ));
         }
+        let top = file
+            .guest_path
+            .split('/')
+            .find(|c| !c.is_empty() && *c != ".");
+        if let Some(kernel_fs) = top.filter(|t| ["proc", "sys", "dev"].contains(t)) {
+            return Err(bad(
+                format!("{f}.guest_path"),
+                format!(
+                    "{} is under /{kernel_fs}, where the kernel's filesystem is mounted over the image: the file would never be seen",
+                    file.guest_path
+                ),
+            ));
+        }
         if !seen.insert(file.guest_path.as_str()) {
             return Err(bad(
                 format!("{f}.guest_path"),

@@ -117,7 +117,17 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Daemon(args) => daemon::run(args),
         Command::Auth(cmd) => auth::run(cmd),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "hangar", &mut std::io::stdout());
+            // Generated into memory first: clap_complete panics on a write error, and a reader
+            // that stops early (`| head`) is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hangar", &mut script);
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(anyhow::Error::new(e).context("writing the completion script"))
+                }
+                _ => {}
+            }
             Ok(())
         }
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),

@@ -24,6 +24,7 @@ const MAX_PAYLOAD: usize = 1 << 20;
 const DATA: u8 = 0;
 const RESIZE: u8 = 1;
 const EXIT: u8 = 2;
+const EOF: u8 = 3;
 
 /// What to run on the console; `None`s leave the daemon's defaults (first container,
 /// `/bin/sh`, the container's user, 24×80, `xterm`).
@@ -36,6 +37,10 @@ pub struct ConsoleOptions {
     pub rows: Option<u16>,
     pub cols: Option<u16>,
     pub term: Option<String>,
+    /// Run the command on a pty (the default); without one, its input and output are plain
+    /// pipes and [`ConsoleFrame::Eof`] ends its input, as `fly ssh console` does when stdin is
+    /// not a terminal.
+    pub no_tty: bool,
 }
 
 /// One frame of a console connection.
@@ -47,6 +52,8 @@ pub enum ConsoleFrame {
     Resize { rows: u16, cols: u16 },
     /// Machine → client, last: the command's exit code (128+signal when killed).
     Exit(i32),
+    /// Client → machine, without a pty: the input has ended (the command reads EOF).
+    Eof,
 }
 
 impl ConsoleFrame {
@@ -59,6 +66,7 @@ impl ConsoleFrame {
                 (RESIZE, p)
             }
             ConsoleFrame::Exit(code) => (EXIT, code.to_be_bytes().to_vec()),
+            ConsoleFrame::Eof => (EOF, Vec::new()),
         };
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.push(kind);
@@ -96,6 +104,7 @@ impl ConsoleFrame {
                 EXIT if len >= 4 => {
                     ConsoleFrame::Exit(i32::from_be_bytes([body[0], body[1], body[2], body[3]]))
                 }
+                EOF => ConsoleFrame::Eof,
                 _ => continue,
             }));
         }
@@ -131,6 +140,7 @@ impl Client {
         opt(&mut query, "rows", opts.rows.map(|r| r.to_string()));
         opt(&mut query, "cols", opts.cols.map(|c| c.to_string()));
         opt(&mut query, "term", opts.term.clone());
+        opt(&mut query, "tty", opts.no_tty.then(|| "false".to_string()));
         let mut path = format!(
             "/hangar/v1/apps/{}/machines/{}/console",
             encode(app),

@@ -4,13 +4,15 @@
 //!
 //! Query: `container` (default the first), `command` (shell words, default `/bin/sh`), `user`
 //! (name or uid in the container, default the container's), `rows`, `cols` (default 24×80),
-//! `term` (the `TERM` to set, default `xterm`).
+//! `term` (the `TERM` to set, default `xterm`), `tty` (default true; `false` runs the command
+//! on pipes, and a `3` frame from the client ends its input).
 //!
 //! The daemon asks Pilot to start the command (`attach` on its control socket) before it
 //! answers, so a bad container, user or command is an ordinary HTTP error; then it answers 101
 //! and splices the upgraded connection with Pilot's. Both directions carry Pilot's framing
 //! unchanged: 1-byte type, 4-byte big-endian length, payload; `0` data, `1` resize (rows, cols
-//! as u16 BE, client → machine), `2` exit (i32 BE code, machine → client, last).
+//! as u16 BE, client → machine), `2` exit (i32 BE code, machine → client, last), `3` end of
+//! input (client → machine, without a pty).
 
 use crate::extract::Path;
 use axum::extract::{RawQuery, Request, State};
@@ -83,6 +85,7 @@ pub async fn console(
         env: vec![format!("TERM={term}")],
         rows,
         cols,
+        tty: q.bool("tty", true)?,
     };
 
     let m = h.get_machine(&app, &id, false).await?;

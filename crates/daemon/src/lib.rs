@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod sandbox_runtime;
 mod server;
 pub mod service;
+mod uid_slots;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

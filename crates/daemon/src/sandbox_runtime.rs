@@ -132,6 +132,8 @@ pub struct SandboxRuntime {
     exe: PathBuf,
     /// uid-range slots in use, with the machine holding each.
     slots: Mutex<BTreeMap<u32, String>>,
+    /// The same slots, claimed host-wide.
+    claims: crate::uid_slots::SlotClaims,
     running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<RuntimeEvent>,
     /// How long a destroyed machine's logs are kept (crate::log_archive).
@@ -168,6 +170,10 @@ impl SandboxRuntime {
             hierarchy,
             exe: std::env::current_exe()?,
             slots: Mutex::new(BTreeMap::new()),
+            claims: crate::uid_slots::SlotClaims::open(
+                Path::new(crate::uid_slots::DEFAULT_DIR),
+                data_dir,
+            )?,
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
             log_retention,
@@ -188,13 +194,21 @@ impl SandboxRuntime {
         MachineCgroup::new(self.hierarchy.clone(), format!("hangar/{id}"))
     }
 
+    /// A uid-range slot for the machine, claimed host-wide (crate::uid_slots) so that another
+    /// daemon on this host never hands out the same range.
     fn alloc_slot(&self, machine_id: &str) -> Result<u32, RuntimeError> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = (0..MAX_SLOTS)
-            .find(|s| !slots.contains_key(s))
-            .ok_or_else(|| failed("no free uid range for another machine"))?;
-        slots.insert(slot, machine_id.to_string());
-        Ok(slot)
+        for slot in (0..MAX_SLOTS).filter(|s| !slots.contains_key(s)) {
+            if self
+                .claims
+                .claim(slot, machine_id)
+                .map_err(|e| failed(format!("claiming a uid range: {e}")))?
+            {
+                slots.insert(slot, machine_id.to_string());
+                return Ok(slot);
+            }
+        }
+        Err(failed("no free uid range for another machine on this host"))
     }
 
     /// Frees `slot` if `machine_id` still holds it (freeing twice never frees another's).
@@ -202,6 +216,7 @@ impl SandboxRuntime {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots.get(&slot).is_some_and(|owner| owner == machine_id) {
             slots.remove(&slot);
+            self.claims.release(slot, machine_id);
         }
     }
 
@@ -486,6 +501,13 @@ impl SandboxRuntime {
                 },
             };
             let oom_killed = cgroup.oom_kills().unwrap_or(0) > 0;
+            if oom_killed {
+                // Said where users look first: the machine's logs.
+                let line = "Out of memory: the kernel's OOM killer ended this machine (its memory limit is guest.memory_mb; try a larger --vm-memory)";
+                if let Err(e) = append_platform_log(&dir, line) {
+                    tracing::warn!(machine = %id, "cannot log the OOM kill: {e}");
+                }
+            }
             let exit = MachineExit {
                 app,
                 machine_id: id,
@@ -734,25 +756,8 @@ impl SandboxRuntime {
 #[async_trait]
 impl Runtime for SandboxRuntime {
     fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
-        // Persistent volumes arrive with their own API; running without the one asked for
-        // would silently lose the data meant for it.
-        if let Some(m) = config.mounts.iter().flatten().next() {
-            return Err(RuntimeError::Unsupported(format!(
-                "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
-                 volumes yet (config.volumes with temp_dir works for scratch space)",
-                m.volume
-            )));
-        }
         for c in container_configs(config) {
             Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
-            // Refused here rather than failing the machine at boot.
-            if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
-                return Err(RuntimeError::Unsupported(format!(
-                    "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
-                     use raw_value",
-                    f.guest_path
-                )));
-            }
         }
         Ok(())
     }
@@ -876,6 +881,12 @@ impl Runtime for SandboxRuntime {
             let _ = self.cleanup(&id, false).await;
             let _ = remove_dir(entry.path()).await;
         }
+        // uid ranges this daemon claimed for machines that are gone.
+        for (slot, machine) in self.claims.owned() {
+            if !live.contains(&machine) && !self.machine_dir(&machine).exists() {
+                self.claims.release(slot, &machine);
+            }
+        }
     }
 
     async fn adopt(&self, m: &MachineRecord) -> Adoption {
@@ -886,6 +897,10 @@ impl Runtime for SandboxRuntime {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(s.slot, m.id.clone());
+            // Claims written by a daemon from before host-wide claims, or lost with /run.
+            if !self.claims.claim(s.slot, &m.id).unwrap_or(false) {
+                tracing::error!(machine = %m.id, slot = s.slot, "this machine's uid range is claimed by another daemon on this host");
+            }
         }
         let alive = state.as_ref().is_some_and(|s| {
             s.instance_id == m.instance_id && start_time(s.pid).is_some_and(|t| t == s.start_time)
@@ -956,6 +971,8 @@ impl Runtime for SandboxRuntime {
             exit_signal: i64::from(r.exit_signal),
             stdout: r.stdout,
             stderr: r.stderr,
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
         })
     }
 
@@ -1128,6 +1145,40 @@ impl Drop for SlotGuard<'_> {
             self.runtime.free_slot(slot, self.machine_id);
         }
     }
+}
+
+/// Appends a line from the platform (container `hangar` in the logs API) to the machine's
+/// logs, in Pilot's format. The run dir belongs to the machine's uid: every step is opened
+/// without following links.
+fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let run = nix::fcntl::open(run_dir, dir_flags, Mode::empty())?;
+    let logs = nix::fcntl::openat(run.as_fd(), "logs", dir_flags, Mode::empty())?;
+    let file = nix::fcntl::openat(
+        logs.as_fd(),
+        "hangar.log",
+        OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_APPEND
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let mut file = std::fs::File::from(file);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("hangar.log is not a regular file"));
+    }
+    let ts = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+        ))
+        .map_err(std::io::Error::other)?;
+    writeln!(file, "{ts} stderr {line}")
 }
 
 async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {

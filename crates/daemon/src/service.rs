@@ -557,6 +557,7 @@ impl Hangar {
         let app_rec = self.get_app(app).await?;
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        check_supported(&config)?;
         if let Some(name) = &req.name {
             ids::check_machine_name(name).map_err(ApiError::bad_request)?;
         }
@@ -644,6 +645,7 @@ impl Hangar {
     ) -> ApiResult<MachineRecord> {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        check_supported(&config)?;
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
@@ -1619,6 +1621,44 @@ impl Hangar {
         }
         Ok(None)
     }
+}
+
+/// Parts of a config this Hangar cannot run yet, refused when the config is written (create,
+/// update), whether or not it launches, rather than failing the machine at its first boot.
+fn check_supported(config: &MachineConfig) -> ApiResult<()> {
+    // Persistent volumes arrive with their own API; running without the one asked for would
+    // silently lose the data meant for it.
+    if let Some(m) = config.mounts.iter().flatten().next() {
+        return Err(ApiError::bad_request(format!(
+            "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
+             volumes yet (config.volumes with temp_dir works for scratch space)",
+            m.volume
+        )));
+    }
+    for c in crate::container_plan::container_configs(config) {
+        if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
+            return Err(ApiError::bad_request(format!(
+                "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
+                 use raw_value",
+                f.guest_path
+            )));
+        }
+        for (volume, path) in &c.mounts {
+            let scratch = config
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| &v.name == volume && v.temp_dir.is_some());
+            if !scratch {
+                return Err(ApiError::bad_request(format!(
+                    "container {:?} mounts volume {volume:?} at {path}: only temp_dir volumes \
+                     can be mounted (this Hangar has no persistent volumes yet)",
+                    c.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A machine's guest size as the capacity ledger counts it.

@@ -202,11 +202,27 @@ fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A started attach session: on a pty, or (`tty: false`) on pipes.
+pub enum Started {
+    Pty((OwnedFd, i32, tokio::sync::oneshot::Receiver<Ended>)),
+    Pipes(crate::exec::Spawned, tokio::sync::oneshot::Receiver<Ended>),
+}
+
+impl Started {
+    pub fn pid(&self) -> i32 {
+        match self {
+            Started::Pty((_, pid, _)) => *pid,
+            Started::Pipes(s, _) => s.pid,
+        }
+    }
+}
+
 /// Decoded frames from the client, read by their own task so that the pump's `select!` only
 /// waits on cancel-safe futures.
 enum Incoming {
     Data(Vec<u8>),
     Resize(u16, u16),
+    Eof,
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Incoming>) {
@@ -229,6 +245,7 @@ async fn read_frames<R: AsyncRead + Unpin>(mut r: R, tx: mpsc::Sender<Incoming>)
                 u16::from_be_bytes([body[0], body[1]]),
                 u16::from_be_bytes([body[2], body[3]]),
             ),
+            frame::EOF => Incoming::Eof,
             // Unknown frames are skipped so that newer clients can add some.
             _ => continue,
         };
@@ -319,6 +336,8 @@ pub async fn pump<R: AsyncRead + Unpin + 'static>(
                     // The kernel sends SIGWINCH to the foreground process group.
                     let _ = set_size(master.get_ref().as_raw_fd(), rows, cols);
                 }
+                // A pty has no end of input of its own; the client sends none with one.
+                Some(Incoming::Eof) => {}
                 None => break None,
             },
             e = &mut exited => break Some(e.ok()),
@@ -354,6 +373,113 @@ pub async fn pump<R: AsyncRead + Unpin + 'static>(
         None => {
             hang_up();
             // Keep the waiter alive so the reaper routes the status here, not to a container.
+            tokio::task::spawn_local(async move {
+                let _ = exited.await;
+            });
+        }
+    }
+}
+
+/// [`pump`] without a pty: data frames feed the command's stdin until an EOF frame closes it,
+/// its stdout and stderr come back as data frames, then the exit frame. A client that goes
+/// away kills the command (nothing would read its output).
+pub async fn pump_pipes<R: AsyncRead + Unpin + 'static>(
+    read: R,
+    mut write: OwnedWriteHalf,
+    spawned: crate::exec::Spawned,
+    mut exited: tokio::sync::oneshot::Receiver<Ended>,
+) {
+    let crate::exec::Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    } = spawned;
+    let (tx, mut rx) = mpsc::channel(16);
+    let reader = tokio::task::spawn_local(read_frames(read, tx));
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    let mut outputs = Vec::new();
+    for fd in [stdout, stderr] {
+        let out_tx = out_tx.clone();
+        outputs.push(tokio::task::spawn_local(async move {
+            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+                return;
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = rx.read(&mut buf).await {
+                if n == 0 || out_tx.send(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(out_tx);
+    // Input is written by its own task, so a command that does not read its stdin while it
+    // fills its stdout cannot stall the output; the bounded channel is the backpressure.
+    let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(16);
+    let writer = tokio::task::spawn_local(async move {
+        let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(stdin) else {
+            return;
+        };
+        while let Some(d) = in_rx.recv().await {
+            // A command that stopped reading closed its input; drop what comes.
+            if w.write_all(&d).await.is_err() {
+                return;
+            }
+        }
+        // Channel closed: the client's EOF (or the end of the session) closes the pipe.
+    });
+    let mut input = Some(in_tx);
+    let mut outputs_open = true;
+    let ended = loop {
+        tokio::select! {
+            out = out_rx.recv(), if outputs_open => match out {
+                Some(d) => {
+                    if send_frame(&mut write, frame::DATA, &d).await.is_err() {
+                        break None;
+                    }
+                }
+                None => outputs_open = false,
+            },
+            m = rx.recv(), if input.as_ref().is_none_or(|i| i.capacity() > 0) => match m {
+                Some(Incoming::Data(d)) => {
+                    if let Some(i) = input.as_ref() {
+                        let _ = i.try_send(d);
+                    }
+                }
+                Some(Incoming::Eof) => input = None,
+                Some(Incoming::Resize(..)) => {}
+                None => break None,
+            },
+            e = &mut exited => break Some(e.ok()),
+        }
+    };
+    reader.abort();
+    match ended {
+        Some(e) => {
+            // Output still in the pipes (background children may hold them open: not long).
+            let deadline = tokio::time::Instant::now() + DRAIN;
+            if outputs_open {
+                while let Ok(Some(d)) = tokio::time::timeout_at(deadline, out_rx.recv()).await {
+                    if send_frame(&mut write, frame::DATA, &d).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            for o in outputs {
+                o.abort();
+            }
+            writer.abort();
+            let code = exit_code(e);
+            let _ = send_frame(&mut write, frame::EXIT, &code.to_be_bytes()).await;
+            let _ = write.shutdown().await;
+        }
+        None => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            for o in outputs {
+                o.abort();
+            }
+            writer.abort();
             tokio::task::spawn_local(async move {
                 let _ = exited.await;
             });

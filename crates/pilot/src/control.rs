@@ -51,6 +51,7 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 env,
                 rows,
                 cols,
+                tty,
             }) => {
                 let session =
                     target(&state, container.as_deref()).and_then(|(pid, mut process, _)| {
@@ -75,7 +76,14 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                         })
                     });
                 let waiters = state.borrow().waiters.clone();
-                let started = session.and_then(|s| attach::start(&s, &waiters));
+                let started = session.and_then(|s| {
+                    if tty {
+                        attach::start(&s, &waiters).map(attach::Started::Pty)
+                    } else {
+                        crate::exec::spawn(s.init_pid, &s.process, &s.argv, &waiters)
+                            .map(|(spawned, exited)| attach::Started::Pipes(spawned, exited))
+                    }
+                });
                 let (reply, started) = match started {
                     Ok(s) => (ok(), Some(s)),
                     Err(e) => (error(e), None),
@@ -85,12 +93,18 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 };
                 bytes.push(b'\n');
                 let sent = write.write_all(&bytes).await.is_ok();
-                if let Some((master, pid, exited)) = started {
-                    if sent {
-                        // The reader keeps whatever the client sent after its request line.
-                        attach::pump(lines.into_inner(), write, master, pid, exited).await;
-                    } else {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(started) = started {
+                    // The reader keeps whatever the client sent after its request line.
+                    match (sent, started) {
+                        (true, attach::Started::Pty((master, pid, exited))) => {
+                            attach::pump(lines.into_inner(), write, master, pid, exited).await
+                        }
+                        (true, attach::Started::Pipes(spawned, exited)) => {
+                            attach::pump_pipes(lines.into_inner(), write, spawned, exited).await
+                        }
+                        (false, started) => {
+                            let _ = kill(Pid::from_raw(started.pid()), Signal::SIGKILL);
+                        }
                     }
                     return;
                 }
@@ -108,8 +122,11 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
     }
 }
 
-/// The running container a request names (the first one without a name): its init pid, its
-/// process settings and the exec waiters.
+/// The container exec and console use when a request names none.
+const DEFAULT_CONTAINER: &str = "app";
+
+/// The running container a request names (without a name: the one called `app`, as on Fly,
+/// else the first): its init pid, its process settings and the exec waiters.
 fn target(
     state: &Shared,
     container: Option<&str>,
@@ -124,7 +141,11 @@ fn target(
     let s = state.borrow();
     let c = match container {
         Some(name) => s.containers.iter().find(|c| c.spec.name == name),
-        None => s.containers.first(),
+        None => s
+            .containers
+            .iter()
+            .find(|c| c.spec.name == DEFAULT_CONTAINER)
+            .or(s.containers.first()),
     };
     match c {
         None => Err(format!(

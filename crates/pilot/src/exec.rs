@@ -44,9 +44,9 @@ pub type Waiters = Rc<RefCell<HashMap<i32, oneshot::Sender<Ended>>>>;
 
 pub struct Spawned {
     pub pid: i32,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
 }
 
 /// Starts `argv` inside the container whose init is `init_pid` and registers it in `waiters`.
@@ -161,8 +161,8 @@ pub async fn collect(
             let _ = tx.write_all(&input).await;
         }
     });
-    let out = Rc::new(RefCell::new(Vec::new()));
-    let err = Rc::new(RefCell::new(Vec::new()));
+    let out = Rc::new(RefCell::new(Captured::default()));
+    let err = Rc::new(RefCell::new(Captured::default()));
     let readers = [
         tokio::task::spawn_local(drain(s.stdout, out.clone())),
         tokio::task::spawn_local(drain(s.stderr, err.clone())),
@@ -186,7 +186,7 @@ pub async fn collect(
         a.abort();
     }
     writer.abort();
-    let text = |b: &Rc<RefCell<Vec<u8>>>| String::from_utf8_lossy(&b.borrow()).into_owned();
+    let text = |b: &Rc<RefCell<Captured>>| String::from_utf8_lossy(&b.borrow().bytes).into_owned();
     let (exit_code, exit_signal) = if timed_out {
         (TIMEOUT_CODE, Signal::SIGKILL as i32)
     } else {
@@ -200,15 +200,25 @@ pub async fn collect(
             _ => (-1, 0),
         }
     };
+    let (stdout_truncated, stderr_truncated) = (out.borrow().dropped, err.borrow().dropped);
     ExecResult {
         exit_code,
         exit_signal,
         stdout: text(&out),
         stderr: text(&err),
+        stdout_truncated,
+        stderr_truncated,
     }
 }
 
-async fn drain(fd: OwnedFd, into: Rc<RefCell<Vec<u8>>>) {
+/// Output kept of one stream (up to `MAX_OUTPUT`), and whether more was dropped.
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: bool,
+}
+
+async fn drain(fd: OwnedFd, into: Rc<RefCell<Captured>>) {
     let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -217,9 +227,10 @@ async fn drain(fd: OwnedFd, into: Rc<RefCell<Vec<u8>>>) {
         match rx.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                let mut buf = into.borrow_mut();
-                let room = MAX_OUTPUT.saturating_sub(buf.len());
-                buf.extend_from_slice(&chunk[..n.min(room)]);
+                let mut c = into.borrow_mut();
+                let room = MAX_OUTPUT.saturating_sub(c.bytes.len());
+                c.dropped |= n > room;
+                c.bytes.extend_from_slice(&chunk[..n.min(room)]);
             }
         }
     }

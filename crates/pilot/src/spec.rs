@@ -246,6 +246,11 @@ pub struct ExecResult {
     pub exit_signal: i32,
     pub stdout: String,
     pub stderr: String,
+    /// More output than Pilot keeps ([`crate::exec`]'s cap) was written and dropped.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
 }
 
 /// One process of a container (the API's ProcessStat).
@@ -306,7 +311,14 @@ pub enum Request {
         rows: u16,
         #[serde(default = "default_cols")]
         cols: u16,
+        /// On a pty (default); without, on pipes, with [`frame::EOF`] closing the input.
+        #[serde(default = "default_tty")]
+        tty: bool,
     },
+}
+
+fn default_tty() -> bool {
+    true
 }
 
 fn default_rows() -> u16 {
@@ -330,6 +342,8 @@ pub mod frame {
     pub const RESIZE: u8 = 1;
     /// Pilot → client, last: the exit code as i32 big-endian (128+signal when killed).
     pub const EXIT: u8 = 2;
+    /// Client → Pilot, without a pty: the input has ended.
+    pub const EOF: u8 = 3;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

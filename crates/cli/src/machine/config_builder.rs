@@ -775,6 +775,9 @@ fn apply_restart(
             return Ok(());
         }
         Some("no") => "no",
+        Some("always") if opts.rm => {
+            bail!("--rm cannot be combined with --restart always: the machine would restart instead of exiting and never be removed")
+        }
         Some("always") => "always",
         Some("on-failure") => "on-failure",
         Some("on-fail") => {

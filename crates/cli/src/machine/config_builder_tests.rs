@@ -104,13 +104,13 @@ fn cases() -> Vec<Case> {
         ok("run nginx --vm-memory 512 --vm-memory 1024", nginx(json!({"guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 1024}}))),
         ok("run nginx --vm-cpukind shared", nginx(json!({}))),
         err("run nginx --rm=maybe", &["--rm"]),
+        err("run nginx --rm --restart always", &["--rm", "--restart always"]),
         // A policy given on the command line replaces the whole restart object.
         ok(
             "run nginx --machine-config '{\"restart\": {\"policy\": \"on-failure\", \"max_retries\": 3}}' --restart always",
             nginx(json!({"restart": {"policy": "always"}})),
         ),
         ok("create nginx --rm", nginx(json!({"auto_destroy": true, "restart": {"policy": "no"}}))),
-        ok("run nginx --rm --restart always", nginx(json!({"auto_destroy": true, "restart": {"policy": "always"}}))),
         ok("run nginx --rm --restart ''", nginx(json!({"auto_destroy": true}))),
         ok("run nginx --skip-dns-registration", nginx(json!({"dns": {"skip_registration": true}}))),
         // ---- guest ----

@@ -107,6 +107,9 @@ pub(crate) async fn session(
     mut opts: ConsoleOptions,
 ) -> Result<i32> {
     let interactive = std::io::stdin().is_terminal();
+    // As flyctl: no pty when stdin is not a terminal, so piped input ends with an EOF the
+    // command sees (and nothing is echoed back).
+    opts.no_tty = !interactive;
     if let Some((rows, cols)) = window_size() {
         opts.rows = Some(rows);
         opts.cols = Some(cols);
@@ -183,8 +186,16 @@ async fn pump(stream: hangar_client::ConsoleStream, interactive: bool) -> Result
                         break Err(anyhow::anyhow!("console connection failed: {e}"));
                     }
                 }
-                // Input ended (a pipe): keep showing output until the command exits.
-                None => keys_open = false,
+                // Input ended (a pipe): the command reads EOF; keep showing its output until
+                // it exits.
+                None => {
+                    keys_open = false;
+                    if !interactive {
+                        if let Err(e) = ConsoleFrame::Eof.write(&mut tx_half).await {
+                            break Err(anyhow::anyhow!("console connection failed: {e}"));
+                        }
+                    }
+                }
             },
             _ = winch.recv() => {
                 if let Some((rows, cols)) = window_size() {

@@ -185,6 +185,14 @@ pub(crate) async fn exec(ctx: &Ctx<'_>, args: ExecArgs) -> Result<()> {
         print!("{}", resp.stdout);
         let _ = std::io::stdout().flush();
         eprint!("{}", resp.stderr);
+        for (stream, cut) in [
+            ("stdout", resp.stdout_truncated),
+            ("stderr", resp.stderr_truncated),
+        ] {
+            if cut {
+                eprintln!("hangar: the command's {stream} was cut at 1 MiB (exec keeps no more; use `hangar machine console` for long output)");
+            }
+        }
     }
     if resp.exit_code != 0 {
         let _ = std::io::stdout().flush();

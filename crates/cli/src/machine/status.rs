@@ -83,6 +83,21 @@ pub fn render_status(m: &Machine, events: &[MachineEvent]) -> String {
             out.push_str(&format!("Reason: {reason}\n"));
         }
     }
+    // The last exit (newest first): an OOM kill is the reason people look at a status for.
+    if let Some(exit) = events
+        .iter()
+        .filter(|e| e.kind == "exit")
+        .find_map(|e| e.request.as_ref().and_then(|r| r.get("exit_event")))
+    {
+        let code = exit.get("exit_code").and_then(|v| v.as_i64()).unwrap_or(0);
+        if exit.get("oom_killed").and_then(|v| v.as_bool()) == Some(true) {
+            out.push_str(&format!(
+                "Last exit: out of memory (killed by the OOM killer, exit code {code}); consider a larger --vm-memory\n"
+            ));
+        } else if code != 0 {
+            out.push_str(&format!("Last exit: exit code {code}\n"));
+        }
+    }
     out.push_str("\nVM\n");
     out.push_str(&key_values(&[
         ("ID", m.id.clone()),

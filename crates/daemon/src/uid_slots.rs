@@ -1,0 +1,112 @@
+//! Host-wide claims on machine uid ranges.
+//!
+//! Each machine's root maps to its own range of 65,536 host uids, picked by slot number. Two
+//! daemons on one host (two data dirs, or tests running side by side) must never hand out the
+//! same range, or one machine's root would own the other's files. A slot is claimed by
+//! creating `/run/hangar/uid-slots/<slot>` with `O_EXCL`, holding the claiming daemon's data dir
+//! and the machine's id; it is released by its owner only. Claims outlive a daemon restart
+//! (machines do too) and go with a reboot (`/run` is a tmpfs; so do the machines).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where claims live.
+pub const DEFAULT_DIR: &str = "/run/hangar/uid-slots";
+
+#[derive(Debug)]
+pub struct SlotClaims {
+    dir: PathBuf,
+    /// This daemon's data dir (canonical), written into its claims.
+    owner: String,
+}
+
+impl SlotClaims {
+    pub fn open(dir: &Path, data_dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let owner = std::fs::canonicalize(data_dir)?.display().to_string();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            owner,
+        })
+    }
+
+    fn content(&self, machine: &str) -> String {
+        format!("{}\n{machine}\n", self.owner)
+    }
+
+    fn path(&self, slot: u32) -> PathBuf {
+        self.dir.join(slot.to_string())
+    }
+
+    /// Claims `slot` for `machine`; false when another claim holds it. A claim this daemon
+    /// already holds for the same machine counts as claimed.
+    pub fn claim(&self, slot: u32, machine: &str) -> std::io::Result<bool> {
+        let path = self.path(slot);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(self.content(machine).as_bytes())?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(std::fs::read_to_string(&path).is_ok_and(|c| c == self.content(machine)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases `slot` if `machine` of this daemon holds it.
+    pub fn release(&self, slot: u32, machine: &str) {
+        let path = self.path(slot);
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == self.content(machine)) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// This daemon's claims: (slot, machine).
+    pub fn owned(&self) -> Vec<(u32, String)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let slot: u32 = e.file_name().to_str()?.parse().ok()?;
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let (owner, machine) = text.split_once('\n')?;
+                (owner == self.owner).then(|| (slot, machine.trim_end().to_string()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_daemons_never_share_a_slot() {
+        let t = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(&a_dir).unwrap();
+        std::fs::create_dir_all(&b_dir).unwrap();
+        let claims = t.path().join("slots");
+        let a = SlotClaims::open(&claims, &a_dir).unwrap();
+        let b = SlotClaims::open(&claims, &b_dir).unwrap();
+        assert!(a.claim(0, "m1").unwrap());
+        assert!(a.claim(0, "m1").unwrap(), "its own claim again");
+        assert!(!b.claim(0, "m2").unwrap(), "held by the other daemon");
+        assert!(b.claim(1, "m2").unwrap());
+        b.release(0, "m2"); // not b's: nothing happens
+        assert!(!b.claim(0, "m2").unwrap());
+        assert_eq!(a.owned(), vec![(0, "m1".to_string())]);
+        a.release(0, "m1");
+        assert!(b.claim(0, "m3").unwrap());
+    }
+}
