@@ -319,12 +319,15 @@ async fn test_update_versions_and_replaced_wait() {
     let r = d.post(&path, json!({"current_version": "01HEPA330HZ37A78TK080NAK1M", "skip_launch": true, "config": {"image": "nginx:1.27"}})).await;
     assert_eq!(r.status, 412, "stale current_version: {}", r.text());
 
+    // A machine does not move region by an update: said, not silently ignored.
     let r = d.post(&path, json!({"current_version": v1, "skip_launch": true, "region": "syd", "config": {"image": "nginx:1.27"}})).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = d.post(&path, json!({"current_version": v1, "skip_launch": true, "region": "ord", "config": {"image": "nginx:1.27"}})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let m2: Value = r.json().unwrap();
     let v2 = m2["instance_id"].as_str().unwrap().to_string();
     assert_ne!(v1, v2);
-    assert_eq!(m2["region"], "ord", "region is immutable");
+    assert_eq!(m2["region"], "ord");
     assert_eq!(m2["state"], "created");
     assert_eq!(m2["config"]["image"], "nginx:1.27");
     let kinds: Vec<_> = m2["events"]

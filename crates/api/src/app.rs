@@ -52,6 +52,9 @@ pub struct App {
     /// Unix milliseconds.
     #[serde(default)]
     pub created_at: i64,
+    /// A role such as `postgres_cluster` (`app_role_id` at create); empty for none.
+    #[serde(default)]
+    pub app_role: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -189,6 +189,7 @@ mod tests {
                 internal_numeric_id: 1,
             },
             created_at: 0,
+            app_role: String::new(),
         };
         let list = ListAppsResponse {
             total_apps: 2,

@@ -32,6 +32,7 @@ pub fn app(a: &AppRecord, machine_count: i64) -> App {
             internal_numeric_id: 0,
         },
         created_at: a.created_at,
+        app_role: a.app_role.clone(),
     }
 }
 

@@ -102,7 +102,10 @@ pub async fn list_apps(
         .get("org_slug")
         .filter(|o| !o.is_empty())
         .map(str::to_string);
-    let apps = h.list_apps(org).await?;
+    let mut apps = h.list_apps(org).await?;
+    if let Some(role) = q.get("app_role").filter(|r| !r.is_empty()) {
+        apps.retain(|(a, _)| a.app_role == role);
+    }
     Ok(Json(ListAppsResponse {
         total_apps: apps.len() as i64,
         apps: apps.iter().map(|(a, n)| convert::app(a, *n)).collect(),
@@ -163,7 +166,13 @@ pub async fn create_app(
         return Err(ApiError::bad_request(format!("invalid org_slug {org:?}")));
     }
     let app = h
-        .create_app(name, org, req.network.unwrap_or_default(), key)
+        .create_app(
+            name,
+            org,
+            req.network.unwrap_or_default(),
+            key,
+            req.app_role_id.unwrap_or_default(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -400,36 +409,68 @@ pub async fn restart_machine(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
+    body: Bytes,
 ) -> ApiResult<Json<OkResponse>> {
     let q = Query::parse(q.as_deref());
+    // flaps sends these in the query, fly-admin in the body: accept both (the query wins).
+    let from_body: RestartBody = optional_json_body(&body)?;
     let signal = match q.get("signal").filter(|s| !s.is_empty()) {
         Some(s) => {
-            let sig =
-                hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
-            // The restart's stop takes the same signals as a stop.
-            if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
-                return Err(ApiError::bad_request(format!(
-                    "invalid stop signal {sig}; use one of {}",
-                    hangar_api::signal::STOP_SIGNALS.join(", ")
-                )));
-            }
-            Some(sig)
+            Some(hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
         }
-        None => None,
+        None => match from_body.signal.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Some(
+                hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            None => None,
+        },
     };
+    if let Some(sig) = signal {
+        // The restart's stop takes the same signals as a stop.
+        if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
+            return Err(ApiError::bad_request(format!(
+                "invalid stop signal {sig}; use one of {}",
+                hangar_api::signal::STOP_SIGNALS.join(", ")
+            )));
+        }
+    }
     let timeout = match q.get("timeout").filter(|s| !s.is_empty()) {
         Some(t) => Some(parse_timeout(t)?),
-        None => None,
+        None => from_body.timeout.map(|t| t.as_duration()),
     };
-    // force_stop is accepted for compatibility; a stop always escalates to SIGKILL.
-    q.bool("force_stop", false)?;
+    if timeout.is_some_and(|t| t > MAX_TIMEOUT) {
+        return Err(ApiError::bad_request(format!(
+            "timeout is too long (at most {})",
+            hangar_api::duration::format_go_duration(MAX_TIMEOUT)
+        )));
+    }
+    // force_stop: no graceful stop, the machine is killed and booted again.
+    let force_stop = match q.get("force_stop") {
+        Some(_) => q.bool("force_stop", false)?,
+        None => from_body.force_stop.unwrap_or(false),
+    };
+    let opts = if force_stop {
+        StopOptions {
+            signal: Some(hangar_api::Signal::SIGKILL),
+            timeout: None,
+        }
+    } else {
+        StopOptions { signal, timeout }
+    };
     let nonce = lease_nonce(&headers);
-    detached(async move {
-        h.restart(&app, &id, StopOptions { signal, timeout }, nonce.as_deref())
-            .await
-    })
-    .await?;
+    detached(async move { h.restart(&app, &id, opts, nonce.as_deref()).await }).await?;
     Ok(ok())
+}
+
+/// A restart's parameters as fly-admin sends them (in the body).
+#[derive(Debug, Default, serde::Deserialize)]
+struct RestartBody {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<hangar_api::GoDuration>,
+    #[serde(default)]
+    force_stop: Option<bool>,
 }
 
 /// A duration string (`10s`) or a number of seconds.
@@ -869,9 +910,48 @@ pub async fn delete_metadata_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// JSON 404 for paths the API does not have.
-pub async fn not_found() -> Response {
-    ApiError::not_found("not found").into_response()
+/// JSON 404 for paths the API does not have; 501 for parts of Fly's Machines API that Hangar
+/// does not serve, so a Fly client says "not supported" instead of "app not found".
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    match unserved_fly_endpoint(uri.path()) {
+        Some(what) => ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("not supported by Hangar: {what}"),
+        )
+        .into_response(),
+        None => ApiError::not_found("not found").into_response(),
+    }
+}
+
+/// The family of a Fly Machines API endpoint (from fly-go's flaps client) Hangar does not
+/// serve, when `path` is one.
+fn unserved_fly_endpoint(path: &str) -> Option<String> {
+    const APP_FAMILIES: &[(&str, &str)] = &[
+        ("certificates", "app certificates"),
+        ("ip_assignments", "IP assignments"),
+        ("secretkeys", "secret keys"),
+        ("secrets", "app secrets"),
+        ("volumes", "volumes"),
+        ("deploy_token", "deploy tokens"),
+    ];
+    const TOP: &[(&str, &str)] = &[
+        ("postgres", "managed Postgres"),
+        ("platform", "platform regions and placements"),
+        ("tokens", "token introspection (OIDC, KMS, authorize)"),
+        ("orgs", "organizations"),
+    ];
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "apps", app, family, ..] if !app.is_empty() => APP_FAMILIES
+            .iter()
+            .find(|(f, _)| f == family)
+            .map(|(f, what)| format!("{what} (/v1/apps/{{app}}/{f})")),
+        ["v1", top, ..] => TOP
+            .iter()
+            .find(|(t, _)| t == top)
+            .map(|(t, what)| format!("{what} (/v1/{t})")),
+        _ => None,
+    }
 }
 
 pub async fn method_not_allowed() -> Response {

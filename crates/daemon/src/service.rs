@@ -219,6 +219,7 @@ impl Hangar {
         org: String,
         network: String,
         idempotency_key: Option<String>,
+        app_role: String,
     ) -> ApiResult<AppRecord> {
         ids::check_app_name(&name).map_err(ApiError::bad_request)?;
         let app = AppRecord {
@@ -229,6 +230,7 @@ impl Hangar {
             internal_numeric_id: 0,
             created_at: now_ms(),
             idempotency_key,
+            app_role,
         };
         db(&self.store, move |s| s.create_app(&app)).await
     }
@@ -269,10 +271,26 @@ impl Hangar {
         let _exclusive = lock.write().await;
         self.get_app(name).await?;
         let machines = self.list_machine_records(name, false).await?;
-        if !machines.is_empty() && !force {
+        // As on Fly (reference 1.1): machines that are stopped or never started go with the
+        // app; only running ones need `force` (which stops them first).
+        let running: Vec<&MachineRecord> = machines
+            .iter()
+            .filter(|m| {
+                !matches!(
+                    m.state,
+                    MachineState::Created | MachineState::Stopped | MachineState::Failed
+                )
+            })
+            .collect();
+        if !running.is_empty() && !force {
             return Err(ApiError::precondition(format!(
-                "app {name:?} still has {} machine(s); destroy them first or pass force=true",
-                machines.len()
+                "app {name:?} still has {} running machine(s) ({}); stop them first or pass force=true",
+                running.len(),
+                running
+                    .iter()
+                    .map(|m| format!("{} {}", m.id, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         for m in machines {
@@ -558,6 +576,7 @@ impl Hangar {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
         check_supported(&config)?;
+        check_request_fields(req.lsvd, req.min_secrets_version)?;
         if let Some(name) = &req.name {
             ids::check_machine_name(name).map_err(ApiError::bad_request)?;
         }
@@ -646,6 +665,7 @@ impl Hangar {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
         check_supported(&config)?;
+        check_request_fields(req.lsvd, req.min_secrets_version)?;
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
@@ -668,6 +688,24 @@ impl Hangar {
                 ));
             }
         }
+        // Request fields besides the config: each takes effect or is refused, never dropped.
+        if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
+            if region != m.region {
+                return Err(ApiError::bad_request(format!(
+                    "region: a machine cannot move from {} to {region} by an update; create one there",
+                    m.region
+                )));
+            }
+        }
+        if req.lease_ttl.is_some_and(|t| t != 0) {
+            return Err(ApiError::bad_request(
+                "lease_ttl: an update does not take a lease; acquire one with POST …/lease first",
+            ));
+        }
+        let new_name = req.name.clone().filter(|n| !n.is_empty() && *n != m.name);
+        if let Some(n) = &new_name {
+            ids::check_machine_name(n).map_err(ApiError::bad_request)?;
+        }
         // A suspended machine still holds its (frozen) sandbox: it is stopped like a running one.
         let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);
         let launch = !req.skip_launch;
@@ -684,6 +722,11 @@ impl Hangar {
         m.image_ref = image_ref(&m.config);
         // A new version runs what its images are now (a skipped launch pins at its first start).
         m.image_digests = image_digests;
+        if let Some(n) = new_name {
+            m.name = n;
+        }
+        // As at create: the machine is kept out of service discovery (the proxy) while set.
+        m.cordoned = req.skip_service_registration;
         m.instance_id = ids::new_ulid();
         m.state = MachineState::Replacing;
         m.updated_at = now_ms();
@@ -1065,7 +1108,10 @@ impl Hangar {
         )
         .await?;
         let stopped = self.runtime.stop(&m, signal, timeout).await;
-        self.or_fail(&mut m, "restart", stopped).await?;
+        if let Some(exit) = self.or_fail(&mut m, "restart", stopped).await? {
+            let restarts = self.recent_restarts(&m.id).await?;
+            self.record_exit(&m, &exit, true, true, restarts).await?;
+        }
         self.boot(&mut m, "restart").await
     }
 
@@ -1661,6 +1707,24 @@ fn check_supported(config: &MachineConfig) -> ApiResult<()> {
     Ok(())
 }
 
+/// Create/update request fields beyond the config that Hangar cannot honour are refused by
+/// name, never dropped: `lsvd` (Fly's log-structured volume disks) and a `min_secrets_version`
+/// this host has not reached (it has no app secrets yet: version 0). `skip_secrets` holds
+/// trivially while there are none.
+fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) -> ApiResult<()> {
+    if lsvd == Some(true) {
+        return Err(ApiError::bad_request(
+            "lsvd: log-structured volume disks are not supported by Hangar",
+        ));
+    }
+    if let Some(v) = min_secrets_version.filter(|v| *v > 0) {
+        return Err(ApiError::precondition(format!(
+            "min_secrets_version: this host has app secrets up to version 0, not {v}"
+        )));
+    }
+    Ok(())
+}
+
 /// A machine's guest size as the capacity ledger counts it.
 fn guest_size(config: &MachineConfig) -> crate::capacity::Size {
     let g = config.guest.clone().unwrap_or_default();
@@ -1687,10 +1751,12 @@ fn count_restarts(events: &[hangar_store::EventRecord], cutoff: i64) -> usize {
         .iter()
         .take_while(|e| e.timestamp >= cutoff)
         .filter(|e| {
+            // Automatic restarts only: a user's restart is a requested stop.
             e.kind == "exit"
-                && e.request
-                    .as_ref()
-                    .is_some_and(|r| r["exit_event"]["restarting"] == true)
+                && e.request.as_ref().is_some_and(|r| {
+                    r["exit_event"]["restarting"] == true
+                        && r["exit_event"]["requested_stop"] != true
+                })
         })
         .count()
 }
@@ -1805,9 +1871,16 @@ pub fn stop_params(config: &MachineConfig, opts: &StopOptions) -> (Signal, Durat
         .signal
         .or(sc.and_then(|s| s.signal))
         .unwrap_or(Signal::SIGINT);
+    // A zero timeout means "the default", as on Fly: fly-go always sends `"timeout":"0s"`
+    // (its omitempty cannot drop a struct duration), and taking that as no grace at all would
+    // SIGKILL every machine flyctl stops.
     let timeout = opts
         .timeout
-        .or(sc.and_then(|s| s.timeout).map(|d| d.as_duration()))
+        .filter(|t| !t.is_zero())
+        .or(sc
+            .and_then(|s| s.timeout)
+            .map(|d| d.as_duration())
+            .filter(|t| !t.is_zero()))
         .unwrap_or(DEFAULT_STOP_TIMEOUT);
     (signal, timeout)
 }
@@ -1868,9 +1941,12 @@ mod restart_count_tests {
     fn counts_restarting_exits_within_the_window() {
         let mut other = exit_event(950, false);
         other.kind = "container_exited".into();
+        let mut by_user = exit_event(990, true);
+        by_user.request = Some(json!({"exit_event": {"restarting": true, "requested_stop": true}}));
         // Newest first, as the store lists them.
         let events = vec![
             exit_event(1000, true),
+            by_user,
             other,
             exit_event(900, false),
             exit_event(800, true),

@@ -14,6 +14,8 @@ pub struct AppRecord {
     pub created_at: i64,
     /// `CreateAppRequest.idempotency_key`: a retry with it returns this app.
     pub idempotency_key: Option<String>,
+    /// Fly's `app_role` (`app_role_id` at create), e.g. `postgres_cluster`; empty for none.
+    pub app_role: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -73,6 +73,9 @@ CREATE UNIQUE INDEX apps_idempotency_key ON apps(idempotency_key) WHERE idempote
     r#"
 ALTER TABLE machines ADD COLUMN image_digests TEXT;
 "#,
+    r#"
+ALTER TABLE apps ADD COLUMN app_role TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// Readers run in parallel with the writer under WAL; a few are enough for 2-core hosts.
@@ -174,7 +177,7 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
 }
 
 const APP_COLUMNS: &str =
-    "id, name, org_slug, network, internal_numeric_id, created_at, idempotency_key";
+    "id, name, org_slug, network, internal_numeric_id, created_at, idempotency_key, app_role";
 
 fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
     Ok(AppRecord {
@@ -185,6 +188,7 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
         internal_numeric_id: r.get(4)?,
         created_at: r.get(5)?,
         idempotency_key: r.get(6)?,
+        app_role: r.get(7)?,
     })
 }
 
@@ -287,15 +291,16 @@ impl Store for SqliteStore {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let conn = self.writer();
         let res = conn.execute(
-            "INSERT INTO apps (id, name, org_slug, network, created_at, idempotency_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO apps (id, name, org_slug, network, created_at, idempotency_key, app_role) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 app.id,
                 app.name,
                 app.org_slug,
                 app.network,
                 app.created_at,
-                app.idempotency_key
+                app.idempotency_key,
+                app.app_role
             ],
         );
         or_taken(res, || StoreError::AppNameTaken(app.name.clone()))?;
@@ -562,6 +567,7 @@ mod tests {
             internal_numeric_id: 0,
             created_at: 1,
             idempotency_key: None,
+            app_role: String::new(),
         }
     }
 
