@@ -645,3 +645,54 @@ async fn test_unplaceable_files_and_unsupported_sources_are_refused_at_create() 
     let list: Vec<Value> = d.get("/v1/apps/refuse/machines").await.json().unwrap();
     assert!(list.is_empty(), "{list:?}");
 }
+
+/// What one machine holds (env, file contents, its writable layer) and the state database are
+/// not readable by an unprivileged host user who guesses the paths.
+#[tokio::test]
+async fn test_an_unprivileged_user_cannot_read_machine_secrets() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("priv").await;
+    let id = create(
+        &d,
+        "priv",
+        json!({"config": {
+            "image": test_image(),
+            "env": {"SECRET_TOKEN": "s3cr3t-env"},
+            "files": [{"guest_path": "/etc/app/secret.txt", "raw_value": b64("s3cr3t-file"), "mode": 420}],
+            "init": {"exec": ["/bin/sh", "-c", "echo s3cr3t-written > /written; sleep 300"]},
+        }}),
+    )
+    .await;
+    wait(&d, "priv", &id, "started").await;
+    until_logged(&d, &id, "app", "").await;
+    let machine = d.data_dir.join("machines").join(&id);
+    let candidates = [
+        d.data_dir.join("state.db"),
+        d.data_dir.join("state.db-wal"),
+        machine.join("run/pilot.json"),
+        machine.join("containers/app/upper/etc/app/secret.txt"),
+        machine.join("containers/app/upper/written"),
+        machine.join("containers/app/rootfs/etc/app/secret.txt"),
+        machine.join("run/logs/app.log"),
+    ];
+    // Root can read them (so the paths are right)...
+    assert!(
+        candidates.iter().any(|p| std::fs::read(p).is_ok()),
+        "{candidates:?}"
+    );
+    for path in &candidates {
+        // ...nobody cannot.
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .expect("setpriv (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !text.contains("s3cr3t"),
+            "an unprivileged user read {}: {text}",
+            path.display()
+        );
+    }
+    d.destroy_machine("priv", &id, true).await;
+}

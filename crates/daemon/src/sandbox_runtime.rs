@@ -401,13 +401,17 @@ impl SandboxRuntime {
         let run = self.run_dir(&m.id);
         let uid_base = UID_BASE_START + slot * UID_RANGE;
         std::fs::create_dir_all(&run).map_err(failed)?;
+        // Only root and this boot's machine (its root's group) may enter the machine dir: it
+        // holds the container's writable layer and Pilot's spec (env, file contents).
+        restrict_machine_dir(&dir, uid_base).map_err(failed)?;
         // This boot's uid owns the run dir and what earlier boots left there (their logs).
         chown_tree_nofollow(&run, uid_base).map_err(failed)?;
         let _ = std::fs::remove_file(run.join(EXIT_FILE));
         let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base).await?;
-        write_new_file(
+        write_private_file(
             &run.join(SPEC_FILE),
             &serde_json::to_vec(&pilot_spec).map_err(failed)?,
+            uid_base,
         )?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
@@ -1231,18 +1235,28 @@ fn read_state(dir: &Path) -> Option<RuntimeState> {
 
 /// Writes a file root owns into a dir the machine's uid can write: whatever sits at the path
 /// (a planted symlink, say) is removed first and the new file is created exclusively.
-fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+/// Writes a new file readable only by `owner` (and root): Pilot's spec carries every
+/// container's env and file contents.
+fn write_private_file(path: &Path, bytes: &[u8], owner: u32) -> Result<(), RuntimeError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
+    std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(failed)?;
     f.write_all(bytes).map_err(failed)
+}
+
+/// The machine dir: root's, entered only by root and the group of this boot's machine root.
+fn restrict_machine_dir(dir: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(dir, Some(0), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
 }
 
 /// Gives `dir` and everything under it to `uid`, never following a symlink.

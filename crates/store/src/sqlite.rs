@@ -87,6 +87,33 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
 }
 
+/// The database holds every machine's config (env, file contents): it is readable by its owner
+/// only. SQLite gives the `-wal` and `-shm` files the database's own mode, so making the file
+/// 0600 before the first open covers them; existing ones are fixed too.
+fn restrict_to_owner(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let open_err = |e: std::io::Error| StoreError::Open {
+        path: path.display().to_string(),
+        source: rusqlite::Error::InvalidPath(format!("{}: {e}", path.display()).into()),
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(open_err)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(open_err(e)),
+        }
+    }
+    Ok(())
+}
+
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
@@ -101,6 +128,7 @@ fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path) -> Result<Self> {
+        restrict_to_owner(path)?;
         let writer = open_conn(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
