@@ -7,6 +7,7 @@ pub mod duration;
 pub mod error;
 pub mod guest;
 pub mod ids;
+pub mod lifecycle;
 pub mod machine;
 pub mod signal;
 pub mod validate;

@@ -275,12 +275,7 @@ impl Hangar {
         // app; only running ones need `force` (which stops them first).
         let running: Vec<&MachineRecord> = machines
             .iter()
-            .filter(|m| {
-                !matches!(
-                    m.state,
-                    MachineState::Created | MachineState::Stopped | MachineState::Failed
-                )
-            })
+            .filter(|m| m.state.may_be_running())
             .collect();
         if !running.is_empty() && !force {
             return Err(ApiError::precondition(format!(
@@ -463,6 +458,14 @@ impl Hangar {
         source: Source,
         request: Option<serde_json::Value>,
     ) -> ApiResult<()> {
+        if !m.state.can_transition_to(state) {
+            // Another request moved the machine first (or a bug asked for a jump the state
+            // machine does not have): nothing is written.
+            return Err(ApiError::conflict(format!(
+                "machine {} cannot go from {} to {state}",
+                m.id, m.state
+            )));
+        }
         // Once a machine runs, its image is stored here: record the digest and labels.
         if state == MachineState::Started
             && m.image_ref.as_ref().is_none_or(|r| r.digest.is_empty())
@@ -675,7 +678,7 @@ impl Hangar {
                 )));
             }
         }
-        if is_transient(m.state) {
+        if !m.state.can_update() {
             return Err(ApiError::precondition(format!(
                 "unable to update machine while it is {}",
                 m.state
@@ -792,13 +795,7 @@ impl Hangar {
             // A user start during a stop (or destroy, update, restart) is refused at once
             // rather than queued behind it and run afterwards.
             let now = self.get_machine(app, id, false).await?;
-            if matches!(
-                now.state,
-                MachineState::Stopping
-                    | MachineState::Destroying
-                    | MachineState::Replacing
-                    | MachineState::Restarting
-            ) {
+            if now.state.refuses_start_while_busy() {
                 return Err(ApiError::precondition(format!(
                     "unable to start machine from state {}",
                     now.state
@@ -816,11 +813,8 @@ impl Hangar {
         }
         let previous = m.state;
         match m.state {
-            MachineState::Created
-            | MachineState::Stopped
-            | MachineState::Suspended
-            | MachineState::Failed => {}
             MachineState::Started => return Ok(previous),
+            s if s.can_start() => {}
             other => {
                 return Err(ApiError::precondition(format!(
                     "unable to start machine from state {other}"
@@ -930,8 +924,8 @@ impl Hangar {
     pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         match m.state {
-            MachineState::Started => {}
             MachineState::Suspended => return Ok(()),
+            s if s.can_suspend() => {}
             other => {
                 return Err(ApiError::precondition(format!(
                     "unable to suspend machine while it is {other}"
@@ -1092,7 +1086,7 @@ impl Hangar {
         nonce: Option<&str>,
     ) -> ApiResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
-        if m.state != MachineState::Started {
+        if !m.state.can_restart() {
             return Err(ApiError::precondition(format!(
                 "unable to restart machine: it is {}, not started",
                 m.state
@@ -1156,13 +1150,7 @@ impl Hangar {
         if !skip_lease {
             self.check_lease(&m, nonce).await?;
         }
-        let stoppable = matches!(
-            m.state,
-            MachineState::Created
-                | MachineState::Stopped
-                | MachineState::Suspended
-                | MachineState::Failed
-        );
+        let stoppable = m.state.can_destroy_without_force();
         if !stoppable && !force {
             return Err(ApiError::precondition(
                 "unable to destroy machine, not currently stopped or suspended (use force=true)",
@@ -1647,7 +1635,7 @@ impl Hangar {
             MachineState::Started | MachineState::Suspended if !running => {
                 Some((MachineState::Stopped, "exit"))
             }
-            s if is_transient(s) => Some(if running {
+            s if s.is_transient() => Some(if running {
                 (MachineState::Started, "start")
             } else {
                 (MachineState::Stopped, "stop")
@@ -1814,10 +1802,6 @@ impl WaitTarget {
             WaitTarget::Settled => "settled",
         }
     }
-}
-
-fn is_transient(s: MachineState) -> bool {
-    !s.is_settled()
 }
 
 fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ApiError {
