@@ -86,10 +86,23 @@ impl From<StoreError> for ApiError {
                 format!("a machine named {name:?} already exists for app"),
             )
             .with_code("name_taken"),
-            other => {
-                tracing::error!(error = %other, "store failure");
-                Self::internal(format!("internal error: {other}"))
-            }
+            StoreError::LeaseHeld { owner, expires_at } => Self::conflict(format!(
+                "lease currently held by {owner}, expires at {}",
+                crate::clock::rfc3339_secs(expires_at)
+            )),
+            other => match other.class() {
+                hangar_store::ErrorClass::Conflict => {
+                    Self::conflict(format!("{other}; read it again and retry"))
+                }
+                hangar_store::ErrorClass::NotFound => Self::not_found(other.to_string()),
+                hangar_store::ErrorClass::Unavailable => {
+                    Self::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+                }
+                hangar_store::ErrorClass::Internal => {
+                    tracing::error!(error = %other, "store failure");
+                    Self::internal(format!("internal error: {other}"))
+                }
+            },
         }
     }
 }

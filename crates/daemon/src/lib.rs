@@ -126,6 +126,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             opts.cpu_overcommit,
             opts.memory_overcommit,
         )),
+        host_id(),
     );
     {
         let hangar = hangar.clone();
@@ -217,6 +218,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     eprintln!("hangar: stopped");
     Ok(())
+}
+
+/// This host's id in machine rows: its host name (one host today; cluster mode names hosts).
+fn host_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string())
 }
 
 async fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {

@@ -61,6 +61,8 @@ impl Source {
 }
 
 pub struct Hangar {
+    /// This host (the agent that owns the machines it creates).
+    host_id: String,
     /// What the host can hold and what running machines reserve of it.
     capacity: crate::capacity::Ledger,
     store: Arc<dyn Store>,
@@ -134,8 +136,10 @@ impl Hangar {
         machines_dir: std::path::PathBuf,
         images: Option<crate::images::Images>,
         capacity: crate::capacity::Ledger,
+        host_id: String,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
+            host_id,
             capacity,
             store,
             runtime,
@@ -458,6 +462,21 @@ impl Hangar {
         source: Source,
         request: Option<serde_json::Value>,
     ) -> ApiResult<()> {
+        self.transition_with(m, state, kind, source, request, None)
+            .await
+    }
+
+    /// [`transition`](Self::transition) for the first write of a user's mutation: the lease
+    /// (`Some(nonce)`) is checked in the same store transaction as the write.
+    async fn transition_with(
+        &self,
+        m: &mut MachineRecord,
+        state: MachineState,
+        kind: &str,
+        source: Source,
+        request: Option<serde_json::Value>,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<()> {
         if !m.state.can_transition_to(state) {
             // Another request moved the machine first (or a bug asked for a jump the state
             // machine does not have): nothing is written.
@@ -472,17 +491,43 @@ impl Hangar {
         {
             self.refresh_image_ref(m).await;
         }
+        let from = m.state;
         m.state = state;
         m.updated_at = now_ms();
         let event = Self::event(m, kind, state, source, request);
         let event_id = event.id.clone();
-        let rec = m.clone();
-        db(&self.store, move |s| {
-            s.update_machine(&rec, false, Some(&event))
-        })
-        .await?;
+        if let Err(e) = self.save(m, false, Some(event), lease).await {
+            m.state = from;
+            // A reservation made for this transition (a start's admission) is given back.
+            self.capacity.track(&m.id, from, guest_size(&m.config));
+            return Err(e);
+        }
         self.capacity.track(&m.id, state, guest_size(&m.config));
         self.notify(m, Some(event_id));
+        Ok(())
+    }
+
+    /// Writes `m` if nobody wrote it since it was read (the store compares row versions in the
+    /// same transaction, and the lease when `lease` is `Some(nonce)`), then takes the new row
+    /// version.
+    async fn save(
+        &self,
+        m: &mut MachineRecord,
+        new_version: bool,
+        event: Option<EventRecord>,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<()> {
+        let rec = m.clone();
+        let lease = lease.map(|n| (n.map(str::to_string), now_secs()));
+        let row_version = db(&self.store, move |s| {
+            let expect = hangar_store::Expect {
+                row_version: rec.row_version,
+                lease: lease.as_ref().map(|(n, now)| (n.as_deref(), *now)),
+            };
+            s.update_machine(&rec, expect, new_version, event.as_ref())
+        })
+        .await?;
+        m.row_version = row_version;
         Ok(())
     }
 
@@ -511,8 +556,7 @@ impl Hangar {
             let pins = self.runtime.fetch_images(&m.config).await;
             let pins = self.or_fail(m, kind, pins).await?;
             m.image_digests = pins;
-            let rec = m.clone();
-            db(&self.store, move |s| s.update_machine(&rec, false, None)).await?;
+            self.save(m, false, None, None).await?;
         }
         // A bug in the runtime must leave the machine `failed`, not stuck in `starting`: the
         // panic becomes an error (and whatever it left behind is cleaned up by the next start
@@ -614,6 +658,8 @@ impl Hangar {
             image_ref: image_ref(&config),
             image_digests,
             config,
+            row_version: 0,
+            host_id: self.host_id.clone(),
         };
         let lease = lease_ttl.map(|ttl| LeaseRecord {
             machine_id: id.clone(),
@@ -741,11 +787,7 @@ impl Hangar {
             Some(json!({ "previous_version": old_version })),
         );
         let event_id = event.id.clone();
-        let rec = m.clone();
-        db(&self.store, move |s| {
-            s.update_machine(&rec, true, Some(&event))
-        })
-        .await?;
+        self.save(&mut m, true, Some(event), Some(nonce)).await?;
         self.notify(&m, Some(event_id));
 
         if was_running {
@@ -824,8 +866,15 @@ impl Hangar {
         if m.state == MachineState::Suspended {
             // Resume: thaw the frozen machine; its memory was kept.
             let resume = Some(json!({"resume": true}));
-            self.transition(&mut m, MachineState::Starting, "start", source, resume)
-                .await?;
+            self.transition_with(
+                &mut m,
+                MachineState::Starting,
+                "start",
+                source,
+                resume,
+                lease,
+            )
+            .await?;
             return match self.runtime.set_frozen(&m, false).await {
                 Ok(()) => {
                     self.transition(
@@ -854,7 +903,7 @@ impl Hangar {
         }
         self.runtime.preflight(&m.config)?;
         self.admit(&m.id, &m.config)?;
-        self.transition(&mut m, MachineState::Starting, "start", source, None)
+        self.transition_with(&mut m, MachineState::Starting, "start", source, None, lease)
             .await?;
         self.boot(&mut m, "start").await?;
         Ok(previous)
@@ -879,7 +928,7 @@ impl Hangar {
         match m.state {
             MachineState::Started => {
                 let (signal, timeout) = stop_params(&m.config, &opts);
-                self.transition(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)}))).await?;
+                self.transition_with(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)})), Some(nonce)).await?;
                 let stopped = self.runtime.stop(&m, signal, timeout).await;
                 if let Some(exit) = self.or_fail(&mut m, "stop", stopped).await? {
                     let restarts = self.recent_restarts(&m.id).await?;
@@ -898,8 +947,15 @@ impl Hangar {
                 // Stopping a suspended machine throws its snapshot away.
                 let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
                 self.or_fail(&mut m, "stop", stopped).await?;
-                self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
-                    .await?;
+                self.transition_with(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::User,
+                    None,
+                    Some(nonce),
+                )
+                .await?;
             }
             // A failed machine is recovered by a stop (reference 3.1): whatever is left of it
             // goes, and it is `stopped`, ready to start again.
@@ -907,8 +963,15 @@ impl Hangar {
                 if let Err(e) = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await {
                     tracing::warn!(machine = %m.id, error = %e, "releasing a failed machine");
                 }
-                self.transition(&mut m, MachineState::Stopped, "stop", Source::User, None)
-                    .await?;
+                self.transition_with(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::User,
+                    None,
+                    Some(nonce),
+                )
+                .await?;
             }
             MachineState::Created | MachineState::Stopped => {}
             other => {
@@ -932,12 +995,13 @@ impl Hangar {
                 )))
             }
         }
-        self.transition(
+        self.transition_with(
             &mut m,
             MachineState::Suspending,
             "suspend",
             Source::User,
             None,
+            Some(nonce),
         )
         .await?;
         match self.runtime.set_frozen(&m, true).await {
@@ -1093,12 +1157,13 @@ impl Hangar {
             )));
         }
         let (signal, timeout) = stop_params(&m.config, &opts);
-        self.transition(
+        self.transition_with(
             &mut m,
             MachineState::Restarting,
             "restart",
             Source::User,
             None,
+            Some(nonce),
         )
         .await?;
         let stopped = self.runtime.stop(&m, signal, timeout).await;
@@ -1156,12 +1221,15 @@ impl Hangar {
                 "unable to destroy machine, not currently stopped or suspended (use force=true)",
             ));
         }
-        self.transition(
+        // The platform's own destroys (auto_destroy, app deletion) skip the lease.
+        let lease = (!skip_lease).then_some(nonce);
+        self.transition_with(
             &mut m,
             MachineState::Destroying,
             "destroy",
             Source::User,
             None,
+            lease,
         )
         .await?;
         if !stoppable {
@@ -1204,8 +1272,7 @@ impl Hangar {
         if m.cordoned != cordoned {
             m.cordoned = cordoned;
             m.updated_at = now_ms();
-            let rec = m.clone();
-            db(&self.store, move |s| s.update_machine(&rec, false, None)).await?;
+            self.save(&mut m, false, None, Some(nonce)).await?;
         }
         Ok(())
     }
@@ -1248,8 +1315,7 @@ impl Hangar {
             }
         }
         m.updated_at = now_ms();
-        let rec = m.clone();
-        db(&self.store, move |s| s.update_machine(&rec, false, None)).await
+        self.save(&mut m, false, None, Some(nonce)).await
     }
 
     // ---- leases -----------------------------------------------------------------------------
@@ -1492,11 +1558,7 @@ impl Hangar {
     ) -> ApiResult<()> {
         let request = exit_request(exit, requested_stop, restarting, restart_count);
         let event = Self::event(m, "exit", m.state, Source::Platform, Some(request));
-        let rec = m.clone();
-        db(&self.store, move |s| {
-            s.update_machine(&rec, false, Some(&event))
-        })
-        .await
+        db(&self.store, move |s| s.append_event(&event)).await
     }
 
     /// Records a container's start, exit, restart, failure or health change as a machine event

@@ -1,6 +1,8 @@
-//! Durable state of the daemon behind the [`Store`] trait. [`SqliteStore`] is the embedded
-//! backend (WAL, synchronous commits); a cluster backend can implement the same trait later.
+//! Durable state of the daemon behind the [`Store`] traits (one per resource). [`SqliteStore`]
+//! is the embedded backend (WAL, synchronous commits); a cluster backend implements the same
+//! traits and must pass the same [`conformance`] checks.
 
+pub mod conformance;
 mod records;
 mod sqlite;
 
@@ -13,6 +15,17 @@ pub enum StoreError {
     AppNameTaken(String),
     #[error("machine name {0:?} is already in use in this app")]
     MachineNameTaken(String),
+    /// A guarded write found the row changed since it was read (another request won).
+    #[error("{0} changed since it was read")]
+    Conflict(String),
+    /// A guarded write of a leased machine without the lease's nonce.
+    #[error("lease currently held by {owner} (expires at {expires_at})")]
+    LeaseHeld { owner: String, expires_at: i64 },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The backend cannot answer now (locked, unreachable); retrying may work.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt record in the store: {0}")]
@@ -27,11 +40,63 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
 }
 
+/// The class of a store error, which is what callers decide on (HTTP status, retry) without
+/// knowing the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    NotFound,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl StoreError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::NotFound(_) => ErrorClass::NotFound,
+            StoreError::AppNameTaken(_)
+            | StoreError::MachineNameTaken(_)
+            | StoreError::Conflict(_)
+            | StoreError::LeaseHeld { .. } => ErrorClass::Conflict,
+            StoreError::Unavailable(_) => ErrorClass::Unavailable,
+            StoreError::Sqlite(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                ErrorClass::Unavailable
+            }
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Everything the daemon persists. Each method is one transaction: when it returns `Ok`, the
-/// write is durable.
-pub trait Store: Send + Sync + 'static {
+/// What a guarded machine write expects to still hold when it commits; checked in the same
+/// transaction as the write, so two racing requests cannot both win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect<'a> {
+    /// The row version the caller read (`MachineRecord::row_version`).
+    pub row_version: i64,
+    /// `Some(nonce)`: the write is a user's mutation and must hold the machine's lease if one
+    /// is active at `now` (unix seconds); `None`: the platform's own write, leases do not apply.
+    pub lease: Option<(Option<&'a str>, i64)>,
+}
+
+impl Expect<'_> {
+    /// A platform write of the row as read.
+    pub fn version(row_version: i64) -> Expect<'static> {
+        Expect {
+            row_version,
+            lease: None,
+        }
+    }
+}
+
+/// Apps.
+pub trait AppStore: Send + Sync {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord>;
     fn get_app(&self, name: &str) -> Result<Option<AppRecord>>;
     fn get_app_by_idempotency_key(&self, key: &str) -> Result<Option<AppRecord>>;
@@ -40,7 +105,10 @@ pub trait Store: Send + Sync + 'static {
     fn delete_app(&self, name: &str) -> Result<bool>;
     /// Machines of the app that are not destroyed.
     fn count_machines(&self, app: &str) -> Result<i64>;
+}
 
+/// Machines and their config versions.
+pub trait MachineStore: Send + Sync {
     /// Inserts a new machine with its first version, first event and optional lease.
     fn insert_machine(
         &self,
@@ -48,28 +116,45 @@ pub trait Store: Send + Sync + 'static {
         event: &EventRecord,
         lease: Option<&LeaseRecord>,
     ) -> Result<()>;
-    /// Rewrites the machine row; `new_version` records a new config version, `event` appends.
+    /// Rewrites the machine row if `expect` still holds (else [`StoreError::Conflict`] or
+    /// [`StoreError::LeaseHeld`], and nothing is written); `new_version` records a new config
+    /// version, `event` appends. Returns the row's new version.
     fn update_machine(
         &self,
         machine: &MachineRecord,
+        expect: Expect<'_>,
         new_version: bool,
         event: Option<&EventRecord>,
-    ) -> Result<()>;
+    ) -> Result<i64>;
     fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>>;
     fn list_machines(&self, app: &str, include_destroyed: bool) -> Result<Vec<MachineRecord>>;
     /// Every machine not destroyed, across apps (start-up reconciliation).
     fn list_live_machines(&self) -> Result<Vec<MachineRecord>>;
+    /// Oldest first.
+    fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>>;
+    fn has_version(&self, machine_id: &str, instance_id: &str) -> Result<bool>;
+}
 
+/// Machine events.
+pub trait EventStore: Send + Sync {
     /// Appends an event without touching the machine row (container events, which must not
     /// race the machine's own transitions).
     fn append_event(&self, event: &EventRecord) -> Result<()>;
     /// Newest first.
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>>;
-    /// Oldest first.
-    fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>>;
-    fn has_version(&self, machine_id: &str, instance_id: &str) -> Result<bool>;
+}
 
+/// Machine leases.
+pub trait LeaseStore: Send + Sync {
     fn get_lease(&self, machine_id: &str) -> Result<Option<LeaseRecord>>;
     fn put_lease(&self, lease: &LeaseRecord) -> Result<()>;
     fn delete_lease(&self, machine_id: &str) -> Result<()>;
 }
+
+/// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
+/// and hosts join as traits of their own). Each method is one transaction: when it returns
+/// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
+/// the blocking pool.
+pub trait Store: AppStore + MachineStore + EventStore + LeaseStore + 'static {}
+
+impl<T: AppStore + MachineStore + EventStore + LeaseStore + 'static> Store for T {}

@@ -38,6 +38,10 @@ pub struct MachineRecord {
     /// version was created or first started: the machine runs exactly these until it is
     /// updated, whatever its tags point at later.
     pub image_digests: std::collections::BTreeMap<String, String>,
+    /// Bumped by every write; a guarded write ([`crate::Expect`]) must name the one it read.
+    pub row_version: i64,
+    /// The host whose agent owns (runs) the machine; one host today.
+    pub host_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

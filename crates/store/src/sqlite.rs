@@ -8,7 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
-    AppRecord, EventRecord, LeaseRecord, MachineRecord, Result, Store, StoreError, VersionRecord,
+    AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
+    MachineStore, Result, StoreError, VersionRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -75,6 +76,10 @@ ALTER TABLE machines ADD COLUMN image_digests TEXT;
 "#,
     r#"
 ALTER TABLE apps ADD COLUMN app_role TEXT NOT NULL DEFAULT '';
+"#,
+    r#"
+ALTER TABLE machines ADD COLUMN row_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE machines ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
 "#,
 ];
 
@@ -221,13 +226,15 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
 }
 
 const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
-     created_at, updated_at, cordoned, config, image_ref, image_digests";
+     created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id";
 
 fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let state: String = r.get(3)?;
     let config: String = r.get(10)?;
     let image_ref: Option<String> = r.get(11)?;
     let image_digests: Option<String> = r.get(12)?;
+    let row_version: i64 = r.get(13)?;
+    let host_id: String = r.get(14)?;
     Ok(MachineRecord {
         id: r.get(0)?,
         app: r.get(1)?,
@@ -248,6 +255,8 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
             .map(from_json)
             .transpose()?
             .unwrap_or_default(),
+        row_version,
+        host_id,
     })
 }
 
@@ -296,6 +305,31 @@ fn insert_version(conn: &Connection, m: &MachineRecord) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a user's write to a machine whose active lease (expiring after `now`) has another
+/// nonce than `nonce`.
+fn check_lease_on(
+    conn: &Connection,
+    machine_id: &str,
+    nonce: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let held: Option<(String, String, i64)> = conn
+        .query_row(
+            "SELECT nonce, owner, expires_at FROM leases WHERE machine_id = ?1",
+            [machine_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match held {
+        Some((held_nonce, owner, expires_at))
+            if expires_at > now && nonce != Some(held_nonce.as_str()) =>
+        {
+            Err(StoreError::LeaseHeld { owner, expires_at })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn put_lease_on(conn: &Connection, l: &LeaseRecord) -> Result<()> {
     conn.execute(
         "INSERT INTO leases (machine_id, nonce, expires_at, owner, description, version) \
@@ -315,7 +349,7 @@ fn put_lease_on(conn: &Connection, l: &LeaseRecord) -> Result<()> {
     Ok(())
 }
 
-impl Store for SqliteStore {
+impl AppStore for SqliteStore {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let conn = self.writer();
         let res = conn.execute(
@@ -381,7 +415,9 @@ impl Store for SqliteStore {
             |r| r.get(0),
         )?)
     }
+}
 
+impl MachineStore for SqliteStore {
     fn insert_machine(
         &self,
         m: &MachineRecord,
@@ -394,7 +430,7 @@ impl Store for SqliteStore {
         let res = tx.execute(
             &format!(
                 "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ),
             params![
                 m.id,
@@ -409,7 +445,9 @@ impl Store for SqliteStore {
                 m.cordoned,
                 to_json(&m.config)?,
                 image_ref,
-                to_json(&m.image_digests)?
+                to_json(&m.image_digests)?,
+                m.row_version,
+                m.host_id
             ],
         );
         or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
@@ -425,17 +463,23 @@ impl Store for SqliteStore {
     fn update_machine(
         &self,
         m: &MachineRecord,
+        expect: Expect<'_>,
         new_version: bool,
         event: Option<&EventRecord>,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let mut conn = self.writer();
         let tx = conn.transaction()?;
+        if let Some((nonce, now)) = expect.lease {
+            check_lease_on(&tx, &m.id, nonce, now)?;
+        }
         let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
         let config = to_json(&m.config)?;
+        let next = expect.row_version + 1;
         let res = tx.execute(
             "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
              private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
-             image_digests = ?11 WHERE id = ?1",
+             image_digests = ?11, row_version = ?13, host_id = ?14 \
+             WHERE id = ?1 AND row_version = ?12",
             params![
                 m.id,
                 m.name,
@@ -447,9 +491,24 @@ impl Store for SqliteStore {
                 m.cordoned,
                 config,
                 image_ref,
-                to_json(&m.image_digests)?
+                to_json(&m.image_digests)?,
+                expect.row_version,
+                next,
+                m.host_id
             ],
         );
+        if matches!(res, Ok(0)) {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM machines WHERE id = ?1)",
+                [&m.id],
+                |r| r.get(0),
+            )?;
+            return Err(if exists {
+                StoreError::Conflict(format!("machine {}", m.id))
+            } else {
+                StoreError::NotFound(format!("machine {}", m.id))
+            });
+        }
         or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
         if new_version {
             insert_version(&tx, m)?;
@@ -464,7 +523,7 @@ impl Store for SqliteStore {
             insert_event(&tx, e)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(next)
     }
 
     fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>> {
@@ -491,31 +550,6 @@ impl Store for SqliteStore {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE state != 'destroyed' ORDER BY created_at"
         ))?;
         let rows = stmt.query_map([], machine_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    fn append_event(&self, event: &EventRecord) -> Result<()> {
-        insert_event(&self.writer(), event)
-    }
-
-    fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, machine_id, type, status, source, timestamp, request FROM machine_events \
-             WHERE machine_id = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![machine_id, limit as i64], |r| {
-            let request: Option<String> = r.get(6)?;
-            Ok(EventRecord {
-                id: r.get(0)?,
-                machine_id: r.get(1)?,
-                kind: r.get(2)?,
-                status: r.get(3)?,
-                source: r.get(4)?,
-                timestamp: r.get(5)?,
-                request: request.as_deref().map(from_json).transpose()?,
-            })
-        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -548,7 +582,36 @@ impl Store for SqliteStore {
             .optional()?
             .is_some())
     }
+}
 
+impl EventStore for SqliteStore {
+    fn append_event(&self, event: &EventRecord) -> Result<()> {
+        insert_event(&self.writer(), event)
+    }
+
+    fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, machine_id, type, status, source, timestamp, request FROM machine_events \
+             WHERE machine_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![machine_id, limit as i64], |r| {
+            let request: Option<String> = r.get(6)?;
+            Ok(EventRecord {
+                id: r.get(0)?,
+                machine_id: r.get(1)?,
+                kind: r.get(2)?,
+                status: r.get(3)?,
+                source: r.get(4)?,
+                timestamp: r.get(5)?,
+                request: request.as_deref().map(from_json).transpose()?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+impl LeaseStore for SqliteStore {
     fn get_lease(&self, machine_id: &str) -> Result<Option<LeaseRecord>> {
         let conn = self.reader();
         Ok(conn
@@ -584,87 +647,17 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hangar_api::{MachineConfig, MachineState};
 
-    fn app(name: &str) -> AppRecord {
-        AppRecord {
-            id: format!("id-{name}"),
-            name: name.into(),
-            org_slug: "personal".into(),
-            network: String::new(),
-            internal_numeric_id: 0,
-            created_at: 1,
-            idempotency_key: None,
-            app_role: String::new(),
-        }
-    }
-
-    fn machine(id: &str, name: &str) -> MachineRecord {
-        MachineRecord {
-            id: id.into(),
-            app: "a1".into(),
-            name: name.into(),
-            state: MachineState::Created,
-            region: "local".into(),
-            instance_id: format!("v-{id}"),
-            private_ip: "fdaa::2".into(),
-            created_at: 1,
-            updated_at: 1,
-            cordoned: false,
-            config: MachineConfig {
-                image: Some("busybox".into()),
-                ..Default::default()
-            },
-            image_ref: None,
-            image_digests: Default::default(),
-        }
-    }
-
-    fn event(id: &str, machine: &str) -> EventRecord {
-        EventRecord {
-            id: id.into(),
-            machine_id: machine.into(),
-            kind: "launch".into(),
-            status: "created".into(),
-            source: "user".into(),
-            timestamp: 1,
-            request: None,
-        }
-    }
+    use crate::conformance::app;
 
     #[test]
-    fn test_round_trip_and_constraints() {
+    fn test_sqlite_meets_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
-        let a = store.create_app(&app("a1")).unwrap();
-        assert!(a.internal_numeric_id > 0);
-        assert!(matches!(
-            store.create_app(&app("a1")),
-            Err(StoreError::AppNameTaken(_))
-        ));
-        let m = machine("00000000000001", "n1");
-        store.insert_machine(&m, &event("e1", &m.id), None).unwrap();
-        let dup = machine("00000000000002", "n1");
-        assert!(matches!(
-            store.insert_machine(&dup, &event("e2", &dup.id), None),
-            Err(StoreError::MachineNameTaken(_))
-        ));
-        assert_eq!(store.get_machine("a1", &m.id).unwrap().unwrap(), m);
-        let mut m2 = m.clone();
-        m2.instance_id = "v2".into();
-        m2.state = MachineState::Destroyed;
-        store
-            .update_machine(&m2, true, Some(&event("e3", &m.id)))
-            .unwrap();
-        assert_eq!(store.list_versions(&m.id).unwrap().len(), 2);
-        assert_eq!(store.list_events(&m.id, 10).unwrap()[0].id, "e3");
-        assert_eq!(store.count_machines("a1").unwrap(), 0);
-        // The name of a destroyed machine can be used again.
-        store
-            .insert_machine(&dup, &event("e4", &dup.id), None)
-            .unwrap();
-        assert!(store.delete_app("a1").unwrap());
-        assert!(store.get_machine("a1", &dup.id).unwrap().is_none());
+        let mut n = 0;
+        crate::conformance::run_all(&mut || {
+            n += 1;
+            Box::new(SqliteStore::open(&dir.path().join(format!("state-{n}.db"))).unwrap())
+        });
     }
 
     #[test]

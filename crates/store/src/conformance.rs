@@ -1,0 +1,246 @@
+//! The contract every store backend must meet, as checks that take a fresh, empty store.
+//! A backend's tests call [`run_all`]; SQLite's do (in CI), a cluster backend's will.
+//!
+//! Each check panics with what broke; they assume nothing about the backend beyond the traits.
+
+use hangar_api::{MachineConfig, MachineState};
+
+use crate::{
+    AppRecord, ErrorClass, EventRecord, Expect, LeaseRecord, MachineRecord, Store, StoreError,
+};
+
+/// Runs every check, each on a store from `fresh`.
+pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
+    apps_round_trip_and_unique_names(fresh().as_ref());
+    machines_round_trip_and_unique_live_names(fresh().as_ref());
+    guarded_writes_refuse_stale_versions(fresh().as_ref());
+    guarded_writes_honour_leases(fresh().as_ref());
+    events_are_listed_newest_first(fresh().as_ref());
+    deleting_an_app_takes_everything_of_it(fresh().as_ref());
+}
+
+pub fn app(name: &str) -> AppRecord {
+    AppRecord {
+        id: format!("id-{name}"),
+        name: name.into(),
+        org_slug: "personal".into(),
+        network: String::new(),
+        internal_numeric_id: 0,
+        created_at: 1,
+        idempotency_key: None,
+        app_role: String::new(),
+    }
+}
+
+pub fn machine(app: &str, id: &str, name: &str) -> MachineRecord {
+    MachineRecord {
+        id: id.into(),
+        app: app.into(),
+        name: name.into(),
+        state: MachineState::Created,
+        region: "local".into(),
+        instance_id: format!("v-{id}"),
+        private_ip: "fdaa::2".into(),
+        created_at: 1,
+        updated_at: 1,
+        cordoned: false,
+        config: MachineConfig {
+            image: Some("busybox".into()),
+            ..Default::default()
+        },
+        image_ref: None,
+        image_digests: Default::default(),
+        row_version: 0,
+        host_id: "host-1".into(),
+    }
+}
+
+pub fn event(id: &str, machine: &str, ts: i64) -> EventRecord {
+    EventRecord {
+        id: id.into(),
+        machine_id: machine.into(),
+        kind: "launch".into(),
+        status: "created".into(),
+        source: "user".into(),
+        timestamp: ts,
+        request: None,
+    }
+}
+
+fn lease(machine: &str, nonce: &str, expires_at: i64) -> LeaseRecord {
+    LeaseRecord {
+        machine_id: machine.into(),
+        nonce: nonce.into(),
+        expires_at,
+        owner: "someone".into(),
+        description: String::new(),
+        version: "v".into(),
+    }
+}
+
+pub fn apps_round_trip_and_unique_names(s: &dyn Store) {
+    let mut a = app("a1");
+    a.idempotency_key = Some("key-1".into());
+    a.app_role = "postgres_cluster".into();
+    let stored = s.create_app(&a).unwrap();
+    assert!(
+        stored.internal_numeric_id > 0,
+        "the store assigns a numeric id"
+    );
+    let got = s.get_app("a1").unwrap().expect("stored app");
+    assert_eq!(got.app_role, "postgres_cluster");
+    assert_eq!(
+        s.get_app_by_idempotency_key("key-1").unwrap().unwrap().name,
+        "a1"
+    );
+    let err = s.create_app(&app("a1")).unwrap_err();
+    assert!(matches!(err, StoreError::AppNameTaken(_)), "{err}");
+    assert_eq!(err.class(), ErrorClass::Conflict);
+    assert!(s.get_app("nope").unwrap().is_none());
+    s.create_app(&app("a2")).unwrap();
+    assert_eq!(s.list_apps(Some("personal")).unwrap().len(), 2);
+    assert_eq!(s.list_apps(Some("other")).unwrap().len(), 0);
+}
+
+pub fn machines_round_trip_and_unique_live_names(s: &dyn Store) {
+    s.create_app(&app("a1")).unwrap();
+    let m = machine("a1", "00000000000001", "n1");
+    s.insert_machine(&m, &event("e1", &m.id, 1), None).unwrap();
+    assert_eq!(s.get_machine("a1", &m.id).unwrap().unwrap(), m);
+    assert!(
+        s.get_machine("other", &m.id).unwrap().is_none(),
+        "scoped by app"
+    );
+    let dup = machine("a1", "00000000000002", "n1");
+    let err = s
+        .insert_machine(&dup, &event("e2", &dup.id, 1), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::MachineNameTaken(_)), "{err}");
+    // A destroyed machine's name can be used again; it no longer counts.
+    let mut gone = m.clone();
+    gone.state = MachineState::Destroyed;
+    gone.instance_id = "v2".into();
+    let v = s
+        .update_machine(&gone, Expect::version(0), true, None)
+        .unwrap();
+    assert_eq!(v, 1, "the row version moves on");
+    assert_eq!(s.list_versions(&m.id).unwrap().len(), 2);
+    assert!(s.has_version(&m.id, "v2").unwrap());
+    assert_eq!(s.count_machines("a1").unwrap(), 0);
+    s.insert_machine(&dup, &event("e3", &dup.id, 1), None)
+        .unwrap();
+    assert_eq!(s.list_machines("a1", false).unwrap().len(), 1);
+    assert_eq!(s.list_machines("a1", true).unwrap().len(), 2);
+    assert_eq!(s.list_live_machines().unwrap().len(), 1);
+    assert_eq!(
+        s.get_machine("a1", &dup.id).unwrap().unwrap().host_id,
+        "host-1",
+        "the owning host is kept"
+    );
+}
+
+pub fn guarded_writes_refuse_stale_versions(s: &dyn Store) {
+    s.create_app(&app("a1")).unwrap();
+    let mut m = machine("a1", "00000000000001", "n1");
+    s.insert_machine(&m, &event("e1", &m.id, 1), None).unwrap();
+    // Two requests read version 0; the first write wins, the second is refused whole.
+    let mut first = m.clone();
+    first.state = MachineState::Starting;
+    m.row_version = s
+        .update_machine(
+            &first,
+            Expect::version(0),
+            false,
+            Some(&event("e2", &m.id, 2)),
+        )
+        .unwrap();
+    let mut second = first.clone();
+    second.state = MachineState::Destroying;
+    let err = s
+        .update_machine(
+            &second,
+            Expect::version(0),
+            false,
+            Some(&event("e3", &m.id, 3)),
+        )
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{err}");
+    let now = s.get_machine("a1", &m.id).unwrap().unwrap();
+    assert_eq!(now.state, MachineState::Starting, "the loser wrote nothing");
+    assert_eq!(now.row_version, m.row_version);
+    assert!(
+        s.list_events(&m.id, 10)
+            .unwrap()
+            .iter()
+            .all(|e| e.id != "e3"),
+        "nor its event"
+    );
+    let missing = machine("a1", "00000000000009", "n9");
+    let err = s
+        .update_machine(&missing, Expect::version(0), false, None)
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
+}
+
+pub fn guarded_writes_honour_leases(s: &dyn Store) {
+    s.create_app(&app("a1")).unwrap();
+    let mut m = machine("a1", "00000000000001", "n1");
+    s.insert_machine(&m, &event("e1", &m.id, 1), Some(&lease(&m.id, "n-1", 100)))
+        .unwrap();
+    let user = |nonce| Expect {
+        row_version: 0,
+        lease: Some((nonce, 50)),
+    };
+    let err = s.update_machine(&m, user(None), false, None).unwrap_err();
+    assert!(matches!(err, StoreError::LeaseHeld { .. }), "{err}");
+    let err = s
+        .update_machine(&m, user(Some("wrong")), false, None)
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{err}");
+    m.row_version = s
+        .update_machine(&m, user(Some("n-1")), false, None)
+        .unwrap();
+    // The platform's own writes are not a lease holder's business.
+    m.row_version = s
+        .update_machine(&m, Expect::version(m.row_version), false, None)
+        .unwrap();
+    // An expired lease binds nobody.
+    let expired = Expect {
+        row_version: m.row_version,
+        lease: Some((None, 100)),
+    };
+    s.update_machine(&m, expired, false, None).unwrap();
+    s.delete_lease(&m.id).unwrap();
+    assert!(s.get_lease(&m.id).unwrap().is_none());
+}
+
+pub fn events_are_listed_newest_first(s: &dyn Store) {
+    s.create_app(&app("a1")).unwrap();
+    let m = machine("a1", "00000000000001", "n1");
+    s.insert_machine(&m, &event("e1", &m.id, 1), None).unwrap();
+    for i in 2..=5 {
+        s.append_event(&event(&format!("e{i}"), &m.id, i)).unwrap();
+    }
+    let got: Vec<String> = s
+        .list_events(&m.id, 3)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, ["e5", "e4", "e3"]);
+}
+
+pub fn deleting_an_app_takes_everything_of_it(s: &dyn Store) {
+    s.create_app(&app("a1")).unwrap();
+    let m = machine("a1", "00000000000001", "n1");
+    s.insert_machine(&m, &event("e1", &m.id, 1), Some(&lease(&m.id, "n", 9)))
+        .unwrap();
+    assert!(s.delete_app("a1").unwrap());
+    assert!(
+        !s.delete_app("a1").unwrap(),
+        "a second delete finds nothing"
+    );
+    assert!(s.get_machine("a1", &m.id).unwrap().is_none());
+    assert!(s.list_events(&m.id, 10).unwrap().is_empty());
+    assert!(s.get_lease(&m.id).unwrap().is_none());
+}
