@@ -1,0 +1,95 @@
+//! Apps: create, get, list, delete (with their machines).
+
+use super::*;
+
+impl Hangar {
+    pub async fn create_app(
+        &self,
+        name: String,
+        org: String,
+        network: String,
+        idempotency_key: Option<String>,
+        app_role: String,
+    ) -> ApiResult<AppRecord> {
+        ids::check_app_name(&name).map_err(ApiError::bad_request)?;
+        let app = AppRecord {
+            id: ids::new_app_id(),
+            name,
+            org_slug: org,
+            network,
+            internal_numeric_id: 0,
+            created_at: now_ms(),
+            idempotency_key,
+            app_role,
+        };
+        db(&self.store, move |s| s.create_app(&app)).await
+    }
+
+    pub async fn app_by_idempotency_key(&self, key: &str) -> ApiResult<Option<AppRecord>> {
+        let k = key.to_string();
+        db(&self.store, move |s| s.get_app_by_idempotency_key(&k)).await
+    }
+
+    pub async fn get_app(&self, name: &str) -> ApiResult<AppRecord> {
+        let n = name.to_string();
+        db(&self.store, move |s| s.get_app(&n))
+            .await?
+            .ok_or_else(|| ApiError::app_not_found(name))
+    }
+
+    pub async fn list_apps(&self, org: Option<String>) -> ApiResult<Vec<(AppRecord, i64)>> {
+        db(&self.store, move |s| {
+            let apps = s.list_apps(org.as_deref())?;
+            apps.into_iter()
+                .map(|a| {
+                    let n = s.count_machines(&a.name)?;
+                    Ok((a, n))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn count_machines(&self, app: &str) -> ApiResult<i64> {
+        let a = app.to_string();
+        db(&self.store, move |s| s.count_machines(&a)).await
+    }
+
+    /// Deletes an app; with `force`, destroys its machines first.
+    pub async fn delete_app(&self, name: &str, force: bool) -> ApiResult<()> {
+        let lock = self.app_lock(name);
+        let _exclusive = lock.write().await;
+        self.get_app(name).await?;
+        let machines = self.list_machine_records(name, false).await?;
+        // As on Fly (reference 1.1): machines that are stopped or never started go with the
+        // app; only running ones need `force` (which stops them first).
+        let running: Vec<&MachineRecord> = machines
+            .iter()
+            .filter(|m| m.state.may_be_running())
+            .collect();
+        if !running.is_empty() && !force {
+            return Err(ApiError::precondition(format!(
+                "app {name:?} still has {} running machine(s) ({}); stop them first or pass force=true",
+                running.len(),
+                running
+                    .iter()
+                    .map(|m| format!("{} {}", m.id, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for m in machines {
+            self.destroy_locked(&m.app, &m.id, None, true, true).await?;
+        }
+        let n = name.to_string();
+        db(&self.store, move |s| s.delete_app(&n)).await?;
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.retain(|_, h| h.watch.borrow().state != MachineState::Destroyed);
+        drop(handles);
+        self.app_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Ok(())
+    }
+}

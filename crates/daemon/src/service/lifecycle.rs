@@ -1,0 +1,422 @@
+//! The lifecycle verbs: start (and resume), stop, suspend, restart, destroy, cordon, and the boot
+//! and admission they share.
+
+use super::*;
+
+impl Hangar {
+    /// Reserves the machine's size on this host, or Fly's capacity error (a 409).
+    pub(super) fn admit(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+        self.capacity
+            .admit(id, guest_size(config))
+            .map_err(capacity_error)
+    }
+
+    /// Whether the machine would be admitted now, without reserving anything.
+    pub(super) fn check_fits(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+        self.capacity
+            .fits(id, guest_size(config))
+            .map_err(capacity_error)
+    }
+
+    /// Boots the machine's current version and records `started`, or `failed` with the reason.
+    pub(super) async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ApiResult<()> {
+        use futures_util::FutureExt;
+        // A version created without a launch pins its images at its first start.
+        if crate::container_plan::container_configs(&m.config)
+            .iter()
+            .any(|c| !m.image_digests.contains_key(&c.image))
+        {
+            let pins = self.runtime.fetch_images(&m.config).await;
+            let pins = self.or_fail(m, kind, pins).await?;
+            m.image_digests = pins;
+            self.save(m, false, None, None).await?;
+        }
+        // A bug in the runtime must leave the machine `failed`, not stuck in `starting`: the
+        // panic becomes an error (and whatever it left behind is cleaned up by the next start
+        // or the destroy).
+        let started = std::panic::AssertUnwindSafe(self.runtime.start(m))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                tracing::error!(machine = %m.id, "starting the machine panicked: {what}");
+                Err(crate::runtime::RuntimeError::Failed(format!(
+                    "internal error while starting: {what}"
+                )))
+            });
+        self.or_fail(m, kind, started).await?;
+        self.transition(m, MachineState::Started, kind, Source::Platform, None)
+            .await
+    }
+
+    /// A runtime failure in the middle of a transition leaves the machine `failed` (with the
+    /// error in the event), never stuck in `stopping` or `destroying`.
+    pub(super) async fn or_fail<T>(
+        &self,
+        m: &mut MachineRecord,
+        kind: &str,
+        result: Result<T, crate::runtime::RuntimeError>,
+    ) -> ApiResult<T> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let request = Some(json!({ "error": e.to_string() }));
+                self.transition(m, MachineState::Failed, kind, Source::Platform, request)
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn start(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<MachineState> {
+        self.start_internal(app, id, Source::User, Some(nonce))
+            .await
+    }
+
+    /// Starts (or resumes) a machine; returns the state it was in. A user start (`lease` is
+    /// `Some`) checks the lease and the schedule under the machine's lock.
+    pub(super) async fn start_internal(
+        &self,
+        app: &str,
+        id: &str,
+        source: Source,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<MachineState> {
+        if lease.is_some() {
+            // A user start during a stop (or destroy, update, restart) is refused at once
+            // rather than queued behind it and run afterwards.
+            let now = self.get_machine(app, id, false).await?;
+            if now.state.refuses_start_while_busy() {
+                return Err(ApiError::precondition(format!(
+                    "unable to start machine from state {}",
+                    now.state
+                )));
+            }
+        }
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
+        if let Some(nonce) = lease {
+            self.check_lease(&m, nonce).await?;
+            if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_request(
+                    "machines with a schedule are started by the scheduler and cannot be started manually",
+                ));
+            }
+        }
+        let previous = m.state;
+        match m.state {
+            MachineState::Started => return Ok(previous),
+            s if s.can_start() => {}
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to start machine from state {other}"
+                )))
+            }
+        }
+        if m.state == MachineState::Suspended {
+            // Resume: thaw the frozen machine; its memory was kept.
+            let resume = Some(json!({"resume": true}));
+            self.transition_with(
+                &mut m,
+                MachineState::Starting,
+                "start",
+                source,
+                resume,
+                lease,
+            )
+            .await?;
+            return match self.runtime.set_frozen(&m, false).await {
+                Ok(()) => {
+                    self.transition(
+                        &mut m,
+                        MachineState::Started,
+                        "start",
+                        Source::Platform,
+                        None,
+                    )
+                    .await?;
+                    Ok(previous)
+                }
+                Err(e) => {
+                    let error = Some(json!({"error": e.to_string()}));
+                    self.transition(
+                        &mut m,
+                        MachineState::Failed,
+                        "start",
+                        Source::Platform,
+                        error,
+                    )
+                    .await?;
+                    Err(e.into())
+                }
+            };
+        }
+        self.runtime.preflight(&m.config)?;
+        self.admit(&m.id, &m.config)?;
+        self.transition_with(&mut m, MachineState::Starting, "start", source, None, lease)
+            .await?;
+        self.boot(&mut m, "start").await?;
+        Ok(previous)
+    }
+
+    pub async fn stop(
+        &self,
+        app: &str,
+        id: &str,
+        opts: StopOptions,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        if let Some(sig) = opts.signal {
+            if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid stop signal {sig}; use one of {}",
+                    hangar_api::signal::STOP_SIGNALS.join(", ")
+                )));
+            }
+        }
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
+        match m.state {
+            MachineState::Started => {
+                let (signal, timeout) = stop_params(&m.config, &opts);
+                self.transition_with(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)})), Some(nonce)).await?;
+                let stopped = self.runtime.stop(&m, signal, timeout).await;
+                if let Some(exit) = self.or_fail(&mut m, "stop", stopped).await? {
+                    let restarts = self.recent_restarts(&m.id).await?;
+                    self.record_exit(&m, &exit, true, false, restarts).await?;
+                }
+                self.transition(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::Platform,
+                    None,
+                )
+                .await?;
+            }
+            MachineState::Suspended => {
+                // Stopping a suspended machine throws its snapshot away.
+                let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
+                self.or_fail(&mut m, "stop", stopped).await?;
+                self.transition_with(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::User,
+                    None,
+                    Some(nonce),
+                )
+                .await?;
+            }
+            // A failed machine is recovered by a stop (reference 3.1): whatever is left of it
+            // goes, and it is `stopped`, ready to start again.
+            MachineState::Failed => {
+                if let Err(e) = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await {
+                    tracing::warn!(machine = %m.id, error = %e, "releasing a failed machine");
+                }
+                self.transition_with(
+                    &mut m,
+                    MachineState::Stopped,
+                    "stop",
+                    Source::User,
+                    None,
+                    Some(nonce),
+                )
+                .await?;
+            }
+            MachineState::Created | MachineState::Stopped => {}
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to stop machine while it is {other}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes a started machine's cgroup; `start` thaws it.
+    pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
+        match m.state {
+            MachineState::Suspended => return Ok(()),
+            s if s.can_suspend() => {}
+            other => {
+                return Err(ApiError::precondition(format!(
+                    "unable to suspend machine while it is {other}"
+                )))
+            }
+        }
+        self.transition_with(
+            &mut m,
+            MachineState::Suspending,
+            "suspend",
+            Source::User,
+            None,
+            Some(nonce),
+        )
+        .await?;
+        match self.runtime.set_frozen(&m, true).await {
+            Ok(()) => {
+                self.transition(
+                    &mut m,
+                    MachineState::Suspended,
+                    "suspend",
+                    Source::Platform,
+                    None,
+                )
+                .await
+            }
+            Err(e) => {
+                // Freezing failed, so the machine still runs.
+                self.transition(
+                    &mut m,
+                    MachineState::Started,
+                    "suspend",
+                    Source::Platform,
+                    Some(json!({"error": e.to_string()})),
+                )
+                .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn restart(
+        &self,
+        app: &str,
+        id: &str,
+        opts: StopOptions,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
+        if !m.state.can_restart() {
+            return Err(ApiError::precondition(format!(
+                "unable to restart machine: it is {}, not started",
+                m.state
+            )));
+        }
+        let (signal, timeout) = stop_params(&m.config, &opts);
+        self.transition_with(
+            &mut m,
+            MachineState::Restarting,
+            "restart",
+            Source::User,
+            None,
+            Some(nonce),
+        )
+        .await?;
+        let stopped = self.runtime.stop(&m, signal, timeout).await;
+        if let Some(exit) = self.or_fail(&mut m, "restart", stopped).await? {
+            let restarts = self.recent_restarts(&m.id).await?;
+            self.record_exit(&m, &exit, true, true, restarts).await?;
+        }
+        self.boot(&mut m, "restart").await
+    }
+
+    pub async fn destroy(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        self.destroy_locked(app, id, nonce, force, false).await
+    }
+
+    pub(super) async fn destroy_locked(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+        force: bool,
+        skip_lease: bool,
+    ) -> ApiResult<()> {
+        if force {
+            // A stop in progress holds the machine's lock for up to its whole grace period;
+            // a forced destroy does not wait that out: it kills the processes, which ends the
+            // stop, and then takes the lock.
+            let m = self.get_machine(app, id, false).await?;
+            // A start waiting for its containers holds the lock as long (up to 30 s).
+            let stopping = matches!(
+                m.state,
+                MachineState::Stopping
+                    | MachineState::Restarting
+                    | MachineState::Replacing
+                    | MachineState::Starting
+            );
+            if stopping && (skip_lease || self.check_lease(&m, nonce).await.is_ok()) {
+                if let Err(e) = self.runtime.signal(&m, Signal::SIGKILL).await {
+                    tracing::debug!(machine = %m.id, "forced destroy: kill during stop: {e}");
+                }
+            }
+        }
+        let (_guard, mut m) = self.lock_machine(app, id).await?;
+        if !skip_lease {
+            self.check_lease(&m, nonce).await?;
+        }
+        let stoppable = m.state.can_destroy_without_force();
+        if !stoppable && !force {
+            return Err(ApiError::precondition(
+                "unable to destroy machine, not currently stopped or suspended (use force=true)",
+            ));
+        }
+        // The platform's own destroys (auto_destroy, app deletion) skip the lease.
+        let lease = (!skip_lease).then_some(nonce);
+        self.transition_with(
+            &mut m,
+            MachineState::Destroying,
+            "destroy",
+            Source::User,
+            None,
+            lease,
+        )
+        .await?;
+        if !stoppable {
+            let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
+            self.or_fail(&mut m, "destroy", stopped).await?;
+        }
+        let destroyed = self.runtime.destroy(&m).await;
+        self.or_fail(&mut m, "destroy", destroyed).await?;
+        let mid = m.id.clone();
+        db(&self.store, move |s| s.delete_lease(&mid)).await?;
+        self.transition(
+            &mut m,
+            MachineState::Destroyed,
+            "destroy",
+            Source::Platform,
+            None,
+        )
+        .await?;
+        // Waiters already woke; a later wait builds a fresh handle from the stored state.
+        self.forget(&m.id);
+        Ok(())
+    }
+
+    /// Drops the in-memory bookkeeping of a destroyed machine so churn does not grow it.
+    pub(super) fn forget(&self, id: &str) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub async fn set_cordoned(
+        &self,
+        app: &str,
+        id: &str,
+        cordoned: bool,
+        nonce: Option<&str>,
+    ) -> ApiResult<()> {
+        let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
+        if m.cordoned != cordoned {
+            m.cordoned = cordoned;
+            m.updated_at = now_ms();
+            self.save(&mut m, false, None, Some(nonce)).await?;
+        }
+        Ok(())
+    }
+
+    // ---- metadata ---------------------------------------------------------------------------
+}

@@ -1,0 +1,532 @@
+//! The machine service: apps, machines and their state machine, leases, metadata and `wait`.
+//! HTTP handlers call into it; every transition is written to the store (with its event) before
+//! the runtime is asked to act, and watchers are woken after each write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hangar_api::ids;
+use hangar_api::{
+    validate_config, CreateMachineRequest, ImageRef, MachineConfig, MachineState, Signal,
+};
+use hangar_store::{AppRecord, EventRecord, LeaseRecord, MachineRecord, Store};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::clock::{now_ms, now_secs, rfc3339_secs};
+use crate::error::{ApiError, ApiResult};
+use crate::runtime::{Adoption, ExecSpec, MachineExit, Runtime};
+
+mod apps;
+mod exits;
+mod leases;
+mod lifecycle;
+mod machines;
+mod metadata;
+mod process;
+mod reconcile;
+mod wait;
+
+pub use wait::WaitTarget;
+
+pub const DEFAULT_ORG: &str = "personal";
+/// Default stop timeout (fly.toml `kill_timeout`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a single `wait` call blocks (Fly's proxy limit).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_LEASE_TTL: i64 = 30;
+const DEFAULT_MAX_RETRIES: i64 = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(300);
+const MAX_LEASE_TTL: i64 = 24 * 3600;
+/// The owner recorded on leases; there is one admin identity until tokens get scopes.
+const LEASE_OWNER: &str = "admin";
+
+/// What `wait` watches: the latest state of a machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub state: MachineState,
+    pub instance_id: String,
+    pub event_id: Option<String>,
+}
+
+/// Per-machine coordination: mutations take `lock`, `wait` subscribes to `watch`.
+struct MachineHandle {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    watch: watch::Sender<Snapshot>,
+}
+
+/// Who caused an event (`user` for API calls, `flyd` for the platform itself).
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    User,
+    Platform,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::User => "user",
+            Source::Platform => "flyd",
+        }
+    }
+}
+
+pub struct Hangar {
+    /// This host (the agent that owns the machines it creates).
+    host_id: String,
+    /// What the host can hold and what running machines reserve of it.
+    capacity: crate::capacity::Ledger,
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn Runtime>,
+    handles: Mutex<HashMap<String, Arc<MachineHandle>>>,
+    region: String,
+    /// Lets background tasks (the launch after a create) hold the service without a cycle.
+    me: Weak<Hangar>,
+    /// Where each machine's dir (logs, Pilot's files) lives.
+    machines_dir: std::path::PathBuf,
+    images: Option<crate::images::Images>,
+    /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
+    /// be created into an app being deleted (its row would vanish under a running sandbox).
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+/// Runs a blocking store call off the async workers (SQLite commits fsync).
+async fn db<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> hangar_store::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+pub struct ListFilter {
+    pub include_deleted: bool,
+    pub region: Option<String>,
+    pub states: Option<Vec<MachineState>>,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// 412 unless the machine is started (actions on its processes).
+fn require_started(m: &MachineRecord) -> ApiResult<()> {
+    if m.state != MachineState::Started {
+        return Err(ApiError::precondition(format!(
+            "machine is {}, not started",
+            m.state
+        )));
+    }
+    Ok(())
+}
+
+/// First delay between automatic restarts of a crash-looping machine.
+const RESTART_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The smallest memory limit `PUT …/memory` sets: below it the machine's own init would not fit.
+const MIN_MEMORY_LIMIT_MB: i64 = 32;
+
+fn memory_response(limit: u64, usage: u64) -> hangar_api::MemoryResponse {
+    let mb = |b: u64| i64::try_from(b >> 20).unwrap_or(i64::MAX);
+    hangar_api::MemoryResponse {
+        limit_mb: mb(limit),
+        available_mb: mb(limit.saturating_sub(usage)),
+    }
+}
+
+pub struct StopOptions {
+    pub signal: Option<Signal>,
+    pub timeout: Option<Duration>,
+}
+
+impl Hangar {
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtime: Arc<dyn Runtime>,
+        region: String,
+        machines_dir: std::path::PathBuf,
+        images: Option<crate::images::Images>,
+        capacity: crate::capacity::Ledger,
+        host_id: String,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            host_id,
+            capacity,
+            store,
+            runtime,
+            machines_dir,
+            images,
+            handles: Mutex::new(HashMap::new()),
+            region,
+            me: me.clone(),
+            app_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn app_lock(&self, app: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.app_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn images(&self) -> Option<&crate::images::Images> {
+        self.images.as_ref()
+    }
+
+    pub fn machines_dir(&self) -> &std::path::Path {
+        &self.machines_dir
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn handle(&self, m: &MachineRecord) -> Arc<MachineHandle> {
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles
+            .entry(m.id.clone())
+            .or_insert_with(|| {
+                Arc::new(MachineHandle {
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                    watch: watch::channel(Snapshot {
+                        state: m.state,
+                        instance_id: m.instance_id.clone(),
+                        event_id: None,
+                    })
+                    .0,
+                })
+            })
+            .clone()
+    }
+
+    // ---- apps -------------------------------------------------------------------------------
+
+    /// Takes the machine's lock, then reads it again: what a mutation acts on is what the
+    /// lock protects, not what was read before waiting for it.
+    async fn lock_machine(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let m = self.get_machine(app, id, false).await?;
+        let guard = self.handle(&m).lock.clone().lock_owned().await;
+        let m = self.get_machine(app, id, false).await?;
+        Ok((guard, m))
+    }
+
+    /// [`lock_leased`](Self::lock_leased) for an action on a running machine's processes.
+    async fn lock_started(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let (guard, m) = self.lock_leased(app, id, nonce).await?;
+        require_started(&m)?;
+        Ok((guard, m))
+    }
+
+    /// [`lock_machine`](Self::lock_machine) for a mutation: also refuses a leased machine
+    /// unless `nonce` is the lease's.
+    async fn lock_leased(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+        let (guard, m) = self.lock_machine(app, id).await?;
+        self.check_lease(&m, nonce).await?;
+        Ok((guard, m))
+    }
+
+    // ---- reading machines -------------------------------------------------------------------
+
+    async fn load(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
+        let (a, i) = (app.to_string(), id.to_string());
+        db(&self.store, move |s| s.get_machine(&a, &i))
+            .await?
+            .ok_or_else(ApiError::machine_not_found)
+    }
+
+    fn event(
+        m: &MachineRecord,
+        kind: &str,
+        status: MachineState,
+        source: Source,
+        request: Option<serde_json::Value>,
+    ) -> EventRecord {
+        EventRecord {
+            id: ids::new_ulid(),
+            machine_id: m.id.clone(),
+            kind: kind.to_string(),
+            status: status.as_str().to_string(),
+            source: source.as_str().to_string(),
+            timestamp: now_ms(),
+            request,
+        }
+    }
+
+    fn notify(&self, m: &MachineRecord, event_id: Option<String>) {
+        let handle = self.handle(m);
+        handle.watch.send_replace(Snapshot {
+            state: m.state,
+            instance_id: m.instance_id.clone(),
+            event_id,
+        });
+    }
+
+    /// Moves `m` to `state`, recording an event of `kind`, durably, then wakes waiters.
+    async fn transition(
+        &self,
+        m: &mut MachineRecord,
+        state: MachineState,
+        kind: &str,
+        source: Source,
+        request: Option<serde_json::Value>,
+    ) -> ApiResult<()> {
+        self.transition_with(m, state, kind, source, request, None)
+            .await
+    }
+
+    /// [`transition`](Self::transition) for the first write of a user's mutation: the lease
+    /// (`Some(nonce)`) is checked in the same store transaction as the write.
+    async fn transition_with(
+        &self,
+        m: &mut MachineRecord,
+        state: MachineState,
+        kind: &str,
+        source: Source,
+        request: Option<serde_json::Value>,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<()> {
+        if !m.state.can_transition_to(state) {
+            // Another request moved the machine first (or a bug asked for a jump the state
+            // machine does not have): nothing is written.
+            return Err(ApiError::conflict(format!(
+                "machine {} cannot go from {} to {state}",
+                m.id, m.state
+            )));
+        }
+        // Once a machine runs, its image is stored here: record the digest and labels.
+        if state == MachineState::Started
+            && m.image_ref.as_ref().is_none_or(|r| r.digest.is_empty())
+        {
+            self.refresh_image_ref(m).await;
+        }
+        let from = m.state;
+        m.state = state;
+        m.updated_at = now_ms();
+        let event = Self::event(m, kind, state, source, request);
+        let event_id = event.id.clone();
+        if let Err(e) = self.save(m, false, Some(event), lease).await {
+            m.state = from;
+            // A reservation made for this transition (a start's admission) is given back.
+            self.capacity.track(&m.id, from, guest_size(&m.config));
+            return Err(e);
+        }
+        self.capacity.track(&m.id, state, guest_size(&m.config));
+        self.notify(m, Some(event_id));
+        Ok(())
+    }
+
+    /// Writes `m` if nobody wrote it since it was read (the store compares row versions in the
+    /// same transaction, and the lease when `lease` is `Some(nonce)`), then takes the new row
+    /// version.
+    async fn save(
+        &self,
+        m: &mut MachineRecord,
+        new_version: bool,
+        event: Option<EventRecord>,
+        lease: Option<Option<&str>>,
+    ) -> ApiResult<()> {
+        let rec = m.clone();
+        let lease = lease.map(|n| (n.map(str::to_string), now_secs()));
+        let row_version = db(&self.store, move |s| {
+            let expect = hangar_store::Expect {
+                row_version: rec.row_version,
+                lease: lease.as_ref().map(|(n, now)| (n.as_deref(), *now)),
+            };
+            s.update_machine(&rec, expect, new_version, event.as_ref())
+        })
+        .await?;
+        m.row_version = row_version;
+        Ok(())
+    }
+}
+
+/// Parts of a config this Hangar cannot run yet, refused when the config is written (create,
+/// update), whether or not it launches, rather than failing the machine at its first boot.
+fn check_supported(config: &MachineConfig) -> ApiResult<()> {
+    // Persistent volumes arrive with their own API; running without the one asked for would
+    // silently lose the data meant for it.
+    if let Some(m) = config.mounts.iter().flatten().next() {
+        return Err(ApiError::bad_request(format!(
+            "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
+             volumes yet (config.volumes with temp_dir works for scratch space)",
+            m.volume
+        )));
+    }
+    for c in crate::container_plan::container_configs(config) {
+        if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
+            return Err(ApiError::bad_request(format!(
+                "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
+                 use raw_value",
+                f.guest_path
+            )));
+        }
+        for (volume, path) in &c.mounts {
+            let scratch = config
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| &v.name == volume && v.temp_dir.is_some());
+            if !scratch {
+                return Err(ApiError::bad_request(format!(
+                    "container {:?} mounts volume {volume:?} at {path}: only temp_dir volumes \
+                     can be mounted (this Hangar has no persistent volumes yet)",
+                    c.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create/update request fields beyond the config that Hangar cannot honour are refused by
+/// name, never dropped: `lsvd` (Fly's log-structured volume disks) and a `min_secrets_version`
+/// this host has not reached (it has no app secrets yet: version 0). `skip_secrets` holds
+/// trivially while there are none.
+fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) -> ApiResult<()> {
+    if lsvd == Some(true) {
+        return Err(ApiError::bad_request(
+            "lsvd: log-structured volume disks are not supported by Hangar",
+        ));
+    }
+    if let Some(v) = min_secrets_version.filter(|v| *v > 0) {
+        return Err(ApiError::precondition(format!(
+            "min_secrets_version: this host has app secrets up to version 0, not {v}"
+        )));
+    }
+    Ok(())
+}
+
+/// A machine's guest size as the capacity ledger counts it.
+fn guest_size(config: &MachineConfig) -> crate::capacity::Size {
+    let g = config.guest.clone().unwrap_or_default();
+    crate::capacity::Size {
+        cpus: g.cpus.max(1) as u32,
+        shared: g.cpu_kind != "performance",
+        memory_mb: g.memory_mb.max(1) as u64,
+    }
+}
+
+fn capacity_error(e: crate::capacity::CapacityError) -> ApiError {
+    let mut err = ApiError::conflict(e.to_string());
+    err.code = Some("insufficient_capacity");
+    err
+}
+
+fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ApiError {
+    ApiError::conflict(format!(
+        "machine {} lease currently held by {}, expires at {}",
+        m.id,
+        l.owner,
+        rfc3339_secs(l.expires_at)
+    ))
+}
+
+fn check_lease_ttl(ttl: i64) -> ApiResult<i64> {
+    if !(1..=MAX_LEASE_TTL).contains(&ttl) {
+        return Err(ApiError::bad_request(format!(
+            "invalid lease ttl {ttl}: must be between 1 and {MAX_LEASE_TTL} seconds"
+        )));
+    }
+    Ok(ttl)
+}
+
+fn check_region(r: &str) -> ApiResult<()> {
+    if r.len() > 32
+        || !r
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid region {r:?}: use lowercase letters and digits"
+        )));
+    }
+    Ok(())
+}
+
+fn check_metadata_key(k: &str) -> ApiResult<()> {
+    if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(format!("invalid metadata key {k:?}")));
+    }
+    Ok(())
+}
+
+fn mount_volumes(c: &MachineConfig) -> Option<Vec<String>> {
+    c.mounts
+        .as_ref()
+        .map(|ms| ms.iter().map(|m| m.volume.clone()).collect())
+}
+
+/// The signal and timeout to stop with: the request's, else `stop_config`'s, else SIGINT/5 s.
+pub fn stop_params(config: &MachineConfig, opts: &StopOptions) -> (Signal, Duration) {
+    let sc = config.stop_config.as_ref();
+    let signal = opts
+        .signal
+        .or(sc.and_then(|s| s.signal))
+        .unwrap_or(Signal::SIGINT);
+    // A zero timeout means "the default", as on Fly: fly-go always sends `"timeout":"0s"`
+    // (its omitempty cannot drop a struct duration), and taking that as no grace at all would
+    // SIGKILL every machine flyctl stops.
+    let timeout = opts
+        .timeout
+        .filter(|t| !t.is_zero())
+        .or(sc
+            .and_then(|s| s.timeout)
+            .map(|d| d.as_duration())
+            .filter(|t| !t.is_zero()))
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    (signal, timeout)
+}
+
+/// A 6PN-style private address: `fdaa:0:<network>:a7b:<host>:<machine>:<machine>:2`. The
+/// networking milestone replaces this with addresses that are actually routed.
+fn private_ip(app_numeric_id: i64) -> String {
+    let machine: u32 = rand::random();
+    format!(
+        "fdaa:0:{:x}:a7b:1:{:x}:{:x}:2",
+        app_numeric_id & 0xffff,
+        machine >> 16,
+        machine & 0xffff
+    )
+}
+
+/// The image a machine is known by: `image`, else the `app` container's, else the first's.
+fn main_image(config: &MachineConfig) -> Option<String> {
+    config.image.clone().filter(|i| !i.is_empty()).or_else(|| {
+        let containers = config.containers.as_ref()?;
+        containers
+            .iter()
+            .find(|c| c.name == "app")
+            .or(containers.first())
+            .map(|c| c.image.clone())
+    })
+}
+
+fn image_ref(config: &MachineConfig) -> Option<ImageRef> {
+    let image = main_image(config)?;
+    let r = hangar_image::Reference::parse(&image).ok()?;
+    Some(ImageRef {
+        registry: r.registry,
+        repository: r.repository,
+        tag: r.tag.unwrap_or_default(),
+        digest: r.digest.unwrap_or_default(),
+        labels: BTreeMap::new(),
+    })
+}
