@@ -7,6 +7,7 @@ use hangar_api::ErrorResponse;
 use hangar_store::StoreError;
 
 use crate::runtime::RuntimeError;
+use crate::service::ServiceError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -59,10 +60,6 @@ impl ApiError {
         Self::not_found("machine not found")
     }
 
-    pub fn app_not_found(app: &str) -> Self {
-        Self::not_found(format!("app {app:?} not found"))
-    }
-
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
@@ -73,51 +70,36 @@ impl ApiError {
     }
 }
 
+/// The one place a domain error becomes an HTTP status and Fly's error body.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Invalid(_) => Self::bad_request(message),
+            ServiceError::NotFound(_) => Self::not_found(message),
+            ServiceError::Precondition(_) => Self::new(StatusCode::PRECONDITION_FAILED, message),
+            ServiceError::Conflict(_) => Self::conflict(message),
+            ServiceError::NameTaken(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, message).with_code("name_taken")
+            }
+            ServiceError::Capacity(_) => Self::conflict(message).with_code("insufficient_capacity"),
+            ServiceError::StartFailed(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
+            ServiceError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, message),
+            ServiceError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            ServiceError::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AppNameTaken(name) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("app name {name:?} is already taken"),
-            )
-            .with_code("name_taken"),
-            StoreError::MachineNameTaken(name) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("a machine named {name:?} already exists for app"),
-            )
-            .with_code("name_taken"),
-            StoreError::LeaseHeld { owner, expires_at } => Self::conflict(format!(
-                "lease currently held by {owner}, expires at {}",
-                crate::clock::rfc3339_secs(expires_at)
-            )),
-            other => match other.class() {
-                hangar_store::ErrorClass::Conflict => {
-                    Self::conflict(format!("{other}; read it again and retry"))
-                }
-                hangar_store::ErrorClass::NotFound => Self::not_found(other.to_string()),
-                hangar_store::ErrorClass::Unavailable => {
-                    Self::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
-                }
-                hangar_store::ErrorClass::Internal => {
-                    tracing::error!(error = %other, "store failure");
-                    Self::internal(format!("internal error: {other}"))
-                }
-            },
-        }
+        ServiceError::from(e).into()
     }
 }
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
-        match e {
-            RuntimeError::NotConfigured => Self::precondition(e.to_string()),
-            RuntimeError::Unsupported(_) => Self::bad_request(e.to_string()),
-            RuntimeError::Failed(_) => Self::internal(e.to_string()),
-            RuntimeError::Image(_) => Self::bad_request(e.to_string()),
-            RuntimeError::StartFailed(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-            }
-        }
+        ServiceError::from(e).into()
     }
 }
 

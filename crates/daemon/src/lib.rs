@@ -161,7 +161,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     hangar
         .reconcile()
         .await
-        .map_err(|e| anyhow::anyhow!("reconciling machines failed: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("reconciling machines failed: {e}"))?;
     let app = router(hangar, Arc::from(token.as_str()));
 
     let unix = bind_unix(&opts.socket).await?;

@@ -34,12 +34,13 @@ const MAX_EVENT_LIMIT: i64 = 50;
 
 /// Runs a mutation to completion even if the client goes away: hyper drops a request's future
 /// when its connection closes, which must not leave a machine half-way through a transition.
-async fn detached<T: Send + 'static>(
-    fut: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
+async fn detached<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::spawn(fut)
         .await
         .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+        .map_err(Into::into)
 }
 
 fn ok() -> Json<OkResponse> {

@@ -10,8 +10,8 @@ impl Hangar {
         network: String,
         idempotency_key: Option<String>,
         app_role: String,
-    ) -> ApiResult<AppRecord> {
-        ids::check_app_name(&name).map_err(ApiError::bad_request)?;
+    ) -> ServiceResult<AppRecord> {
+        ids::check_app_name(&name).map_err(ServiceError::bad_request)?;
         let app = AppRecord {
             id: ids::new_app_id(),
             name,
@@ -25,19 +25,19 @@ impl Hangar {
         db(&self.store, move |s| s.create_app(&app)).await
     }
 
-    pub async fn app_by_idempotency_key(&self, key: &str) -> ApiResult<Option<AppRecord>> {
+    pub async fn app_by_idempotency_key(&self, key: &str) -> ServiceResult<Option<AppRecord>> {
         let k = key.to_string();
         db(&self.store, move |s| s.get_app_by_idempotency_key(&k)).await
     }
 
-    pub async fn get_app(&self, name: &str) -> ApiResult<AppRecord> {
+    pub async fn get_app(&self, name: &str) -> ServiceResult<AppRecord> {
         let n = name.to_string();
         db(&self.store, move |s| s.get_app(&n))
             .await?
-            .ok_or_else(|| ApiError::app_not_found(name))
+            .ok_or_else(|| ServiceError::app_not_found(name))
     }
 
-    pub async fn list_apps(&self, org: Option<String>) -> ApiResult<Vec<(AppRecord, i64)>> {
+    pub async fn list_apps(&self, org: Option<String>) -> ServiceResult<Vec<(AppRecord, i64)>> {
         db(&self.store, move |s| {
             let apps = s.list_apps(org.as_deref())?;
             apps.into_iter()
@@ -50,13 +50,13 @@ impl Hangar {
         .await
     }
 
-    pub async fn count_machines(&self, app: &str) -> ApiResult<i64> {
+    pub async fn count_machines(&self, app: &str) -> ServiceResult<i64> {
         let a = app.to_string();
         db(&self.store, move |s| s.count_machines(&a)).await
     }
 
     /// Deletes an app; with `force`, destroys its machines first.
-    pub async fn delete_app(&self, name: &str, force: bool) -> ApiResult<()> {
+    pub async fn delete_app(&self, name: &str, force: bool) -> ServiceResult<()> {
         let lock = self.app_lock(name);
         let _exclusive = lock.write().await;
         self.get_app(name).await?;
@@ -68,7 +68,7 @@ impl Hangar {
             .filter(|m| m.state.may_be_running())
             .collect();
         if !running.is_empty() && !force {
-            return Err(ApiError::precondition(format!(
+            return Err(ServiceError::precondition(format!(
                 "app {name:?} still has {} running machine(s) ({}); stop them first or pass force=true",
                 running.len(),
                 running

@@ -9,17 +9,21 @@ impl Hangar {
     /// non-zero exit up to `max_retries` (default 10) times within 5 minutes.
     pub async fn on_exit(&self, exit: MachineExit) {
         if let Err(e) = self.handle_exit(&exit).await {
-            tracing::warn!(machine = %exit.machine_id, error = %e.message, "handling machine exit failed");
+            tracing::warn!(machine = %exit.machine_id, error = %e, "handling machine exit failed");
         }
     }
 
-    pub(super) async fn handle_exit(&self, exit: &MachineExit) -> ApiResult<()> {
+    pub(super) async fn handle_exit(&self, exit: &MachineExit) -> ServiceResult<()> {
         self.apply_exit(exit, false).await
     }
 
     /// The exit policy for `exit`; `reconciled` for an exit that happened while the daemon was
     /// down (found at start-up), which no runtime run is watching any more.
-    pub(super) async fn apply_exit(&self, exit: &MachineExit, reconciled: bool) -> ApiResult<()> {
+    pub(super) async fn apply_exit(
+        &self,
+        exit: &MachineExit,
+        reconciled: bool,
+    ) -> ServiceResult<()> {
         let m = self.load(&exit.app, &exit.machine_id).await?;
         let guard = self.handle(&m).lock.clone().lock_owned().await;
         let mut m = self.load(&exit.app, &exit.machine_id).await?;
@@ -80,7 +84,7 @@ impl Hangar {
             }
             // A failed reboot leaves the machine `failed` with the reason; that is the outcome.
             if let Err(e) = self.boot(&mut m, "restart").await {
-                tracing::warn!(machine = %m.id, error = %e.message, "automatic restart failed");
+                tracing::warn!(machine = %m.id, error = %e, "automatic restart failed");
             }
             return Ok(());
         }
@@ -113,7 +117,7 @@ impl Hangar {
         requested_stop: bool,
         restarting: bool,
         restart_count: usize,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let request = exit_request(exit, requested_stop, restarting, restart_count);
         let event = Self::event(m, "exit", m.state, Source::Platform, Some(request));
         db(&self.store, move |s| s.append_event(&event)).await
@@ -138,13 +142,13 @@ impl Hangar {
             request: Some(ev.detail),
         };
         if let Err(e) = db(&self.store, move |s| s.append_event(&event)).await {
-            tracing::warn!(machine = %ev.machine_id, error = %e.message, "recording a container event failed");
+            tracing::warn!(machine = %ev.machine_id, error = %e, "recording a container event failed");
         }
     }
 
     /// Automatic restarts of the machine within [`RESTART_WINDOW`], counted from its event log
     /// (exit events that restarted it), so the count survives a daemon restart.
-    pub(super) async fn recent_restarts(&self, id: &str) -> ApiResult<usize> {
+    pub(super) async fn recent_restarts(&self, id: &str) -> ServiceResult<usize> {
         let mid = id.to_string();
         let events = db(&self.store, move |s| {
             s.list_events(&mid, RESTART_EVENTS_SCANNED)

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Hangar {
-    pub async fn active_lease(&self, machine_id: &str) -> ApiResult<Option<LeaseRecord>> {
+    pub async fn active_lease(&self, machine_id: &str) -> ServiceResult<Option<LeaseRecord>> {
         let id = machine_id.to_string();
         let lease = db(&self.store, move |s| s.get_lease(&id)).await?;
         Ok(lease.filter(|l| l.expires_at > now_secs()))
@@ -16,7 +16,7 @@ impl Hangar {
         &self,
         m: &MachineRecord,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         if let Some(lease) = self.active_lease(&m.id).await? {
             if nonce != Some(lease.nonce.as_str()) {
                 return Err(lease_conflict(m, &lease));
@@ -32,7 +32,7 @@ impl Hangar {
         ttl: Option<i64>,
         description: Option<String>,
         nonce: Option<&str>,
-    ) -> ApiResult<LeaseRecord> {
+    ) -> ServiceResult<LeaseRecord> {
         let ttl = check_lease_ttl(ttl.unwrap_or(DEFAULT_LEASE_TTL))?;
         let (_guard, m) = self.lock_machine(app, id).await?;
         let current = self.active_lease(&m.id).await?;
@@ -57,15 +57,20 @@ impl Hangar {
         Ok(lease)
     }
 
-    pub async fn release_lease(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
+    pub async fn release_lease(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ServiceResult<()> {
         let Some(nonce) = nonce else {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "releasing a lease needs its nonce in the fly-machine-lease-nonce header",
             ));
         };
         let (_guard, m) = self.lock_machine(app, id).await?;
         let Some(lease) = self.active_lease(&m.id).await? else {
-            return Err(ApiError::not_found("lease not found"));
+            return Err(ServiceError::not_found("lease not found"));
         };
         if lease.nonce != nonce {
             return Err(lease_conflict(&m, &lease));

@@ -5,21 +5,21 @@ use super::*;
 
 impl Hangar {
     /// Reserves the machine's size on this host, or Fly's capacity error (a 409).
-    pub(super) fn admit(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+    pub(super) fn admit(&self, id: &str, config: &MachineConfig) -> ServiceResult<()> {
         self.capacity
             .admit(id, guest_size(config))
             .map_err(capacity_error)
     }
 
     /// Whether the machine would be admitted now, without reserving anything.
-    pub(super) fn check_fits(&self, id: &str, config: &MachineConfig) -> ApiResult<()> {
+    pub(super) fn check_fits(&self, id: &str, config: &MachineConfig) -> ServiceResult<()> {
         self.capacity
             .fits(id, guest_size(config))
             .map_err(capacity_error)
     }
 
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
-    pub(super) async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ApiResult<()> {
+    pub(super) async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ServiceResult<()> {
         use futures_util::FutureExt;
         // A version created without a launch pins its images at its first start.
         if crate::container_plan::container_configs(&m.config)
@@ -60,7 +60,7 @@ impl Hangar {
         m: &mut MachineRecord,
         kind: &str,
         result: Result<T, crate::runtime::RuntimeError>,
-    ) -> ApiResult<T> {
+    ) -> ServiceResult<T> {
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -72,7 +72,12 @@ impl Hangar {
         }
     }
 
-    pub async fn start(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<MachineState> {
+    pub async fn start(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> ServiceResult<MachineState> {
         self.start_internal(app, id, Source::User, Some(nonce))
             .await
     }
@@ -85,13 +90,13 @@ impl Hangar {
         id: &str,
         source: Source,
         lease: Option<Option<&str>>,
-    ) -> ApiResult<MachineState> {
+    ) -> ServiceResult<MachineState> {
         if lease.is_some() {
             // A user start during a stop (or destroy, update, restart) is refused at once
             // rather than queued behind it and run afterwards.
             let now = self.get_machine(app, id, false).await?;
             if now.state.refuses_start_while_busy() {
-                return Err(ApiError::precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "unable to start machine from state {}",
                     now.state
                 )));
@@ -101,7 +106,7 @@ impl Hangar {
         if let Some(nonce) = lease {
             self.check_lease(&m, nonce).await?;
             if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "machines with a schedule are started by the scheduler and cannot be started manually",
                 ));
             }
@@ -111,7 +116,7 @@ impl Hangar {
             MachineState::Started => return Ok(previous),
             s if s.can_start() => {}
             other => {
-                return Err(ApiError::precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "unable to start machine from state {other}"
                 )))
             }
@@ -168,10 +173,10 @@ impl Hangar {
         id: &str,
         opts: StopOptions,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         if let Some(sig) = opts.signal {
             if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
-                return Err(ApiError::bad_request(format!(
+                return Err(ServiceError::bad_request(format!(
                     "invalid stop signal {sig}; use one of {}",
                     hangar_api::signal::STOP_SIGNALS.join(", ")
                 )));
@@ -228,7 +233,7 @@ impl Hangar {
             }
             MachineState::Created | MachineState::Stopped => {}
             other => {
-                return Err(ApiError::precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "unable to stop machine while it is {other}"
                 )))
             }
@@ -237,13 +242,13 @@ impl Hangar {
     }
 
     /// Freezes a started machine's cgroup; `start` thaws it.
-    pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ApiResult<()> {
+    pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ServiceResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         match m.state {
             MachineState::Suspended => return Ok(()),
             s if s.can_suspend() => {}
             other => {
-                return Err(ApiError::precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "unable to suspend machine while it is {other}"
                 )))
             }
@@ -289,10 +294,10 @@ impl Hangar {
         id: &str,
         opts: StopOptions,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if !m.state.can_restart() {
-            return Err(ApiError::precondition(format!(
+            return Err(ServiceError::precondition(format!(
                 "unable to restart machine: it is {}, not started",
                 m.state
             )));
@@ -321,7 +326,7 @@ impl Hangar {
         id: &str,
         force: bool,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         self.destroy_locked(app, id, nonce, force, false).await
     }
 
@@ -332,7 +337,7 @@ impl Hangar {
         nonce: Option<&str>,
         force: bool,
         skip_lease: bool,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         if force {
             // A stop in progress holds the machine's lock for up to its whole grace period;
             // a forced destroy does not wait that out: it kills the processes, which ends the
@@ -358,7 +363,7 @@ impl Hangar {
         }
         let stoppable = m.state.can_destroy_without_force();
         if !stoppable && !force {
-            return Err(ApiError::precondition(
+            return Err(ServiceError::precondition(
                 "unable to destroy machine, not currently stopped or suspended (use force=true)",
             ));
         }
@@ -408,7 +413,7 @@ impl Hangar {
         id: &str,
         cordoned: bool,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if m.cordoned != cordoned {
             m.cordoned = cordoned;

@@ -5,7 +5,7 @@ use super::*;
 impl Hangar {
     /// Image references and digests of every machine that is not destroyed.
     /// Every image reference or digest a live machine uses, with that machine (`app/id`).
-    pub async fn image_refs_in_use(&self) -> ApiResult<Vec<(String, String)>> {
+    pub async fn image_refs_in_use(&self) -> ServiceResult<Vec<(String, String)>> {
         let machines = db(&self.store, |s| s.list_live_machines()).await?;
         let mut refs = Vec::new();
         for m in machines {
@@ -33,10 +33,10 @@ impl Hangar {
         app: &str,
         id: &str,
         include_deleted: bool,
-    ) -> ApiResult<MachineRecord> {
+    ) -> ServiceResult<MachineRecord> {
         let m = self.load(app, id).await?;
         if m.state == MachineState::Destroyed && !include_deleted {
-            return Err(ApiError::machine_not_found());
+            return Err(ServiceError::machine_not_found());
         }
         Ok(m)
     }
@@ -45,7 +45,7 @@ impl Hangar {
         &self,
         app: &str,
         include_deleted: bool,
-    ) -> ApiResult<Vec<MachineRecord>> {
+    ) -> ServiceResult<Vec<MachineRecord>> {
         let a = app.to_string();
         db(&self.store, move |s| s.list_machines(&a, include_deleted)).await
     }
@@ -54,7 +54,7 @@ impl Hangar {
         &self,
         app: &str,
         filter: ListFilter,
-    ) -> ApiResult<Vec<MachineRecord>> {
+    ) -> ServiceResult<Vec<MachineRecord>> {
         self.get_app(app).await?;
         let all = self
             .list_machine_records(app, filter.include_deleted)
@@ -75,7 +75,7 @@ impl Hangar {
             .collect())
     }
 
-    pub async fn events(&self, machine_id: &str, limit: usize) -> ApiResult<Vec<EventRecord>> {
+    pub async fn events(&self, machine_id: &str, limit: usize) -> ServiceResult<Vec<EventRecord>> {
         let id = machine_id.to_string();
         db(&self.store, move |s| s.list_events(&id, limit)).await
     }
@@ -84,7 +84,7 @@ impl Hangar {
         &self,
         app: &str,
         id: &str,
-    ) -> ApiResult<Vec<hangar_store::VersionRecord>> {
+    ) -> ServiceResult<Vec<hangar_store::VersionRecord>> {
         let m = self.get_machine(app, id, false).await?;
         let mut versions = db(&self.store, move |s| s.list_versions(&m.id)).await?;
         versions.reverse();
@@ -95,7 +95,7 @@ impl Hangar {
         &self,
         app: &str,
         req: CreateMachineRequest,
-    ) -> ApiResult<(MachineRecord, Option<String>)> {
+    ) -> ServiceResult<(MachineRecord, Option<String>)> {
         // Looked up first so that unknown names never get a lock entry; again under the lock,
         // which a deletion may have waited for.
         self.get_app(app).await?;
@@ -103,11 +103,11 @@ impl Hangar {
         let _shared = lock.read().await;
         let app_rec = self.get_app(app).await?;
         let mut config = req.config;
-        validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
         check_request_fields(req.lsvd, req.min_secrets_version)?;
         if let Some(name) = &req.name {
-            ids::check_machine_name(name).map_err(ApiError::bad_request)?;
+            ids::check_machine_name(name).map_err(ServiceError::bad_request)?;
         }
         let region = match req.region.as_deref().filter(|r| !r.is_empty()) {
             Some(r) => {
@@ -163,7 +163,7 @@ impl Hangar {
             .await
             {
                 Ok(()) => break,
-                Err(e) if e.code == Some("name_taken") && req.name.is_none() && attempts < 5 => {
+                Err(ServiceError::NameTaken(_)) if req.name.is_none() && attempts < 5 => {
                     attempts += 1;
                     m.name = ids::new_machine_name();
                 }
@@ -178,7 +178,7 @@ impl Hangar {
             tokio::spawn(async move {
                 if let Some(this) = this.upgrade() {
                     if let Err(e) = this.start_internal(&app, &id, Source::Platform, None).await {
-                        tracing::warn!(machine = %id, error = %e.message, "launch failed");
+                        tracing::warn!(machine = %id, error = %e, "launch failed");
                     }
                 }
             });
@@ -192,29 +192,29 @@ impl Hangar {
         id: &str,
         req: CreateMachineRequest,
         nonce: Option<&str>,
-    ) -> ApiResult<MachineRecord> {
+    ) -> ServiceResult<MachineRecord> {
         let mut config = req.config;
-        validate_config(&mut config).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
         check_request_fields(req.lsvd, req.min_secrets_version)?;
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
-                return Err(ApiError::precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "machine version mismatch: current_version {v} is not the current version {}",
                     m.instance_id
                 )));
             }
         }
         if !m.state.can_update() {
-            return Err(ApiError::precondition(format!(
+            return Err(ServiceError::precondition(format!(
                 "unable to update machine while it is {}",
                 m.state
             )));
         }
         if let (Some(old), Some(new)) = (mount_volumes(&m.config), mount_volumes(&config)) {
             if old != new {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::bad_request(
                     "config.mounts: volumes cannot be changed by an update (only a mount's path)",
                 ));
             }
@@ -222,20 +222,20 @@ impl Hangar {
         // Request fields besides the config: each takes effect or is refused, never dropped.
         if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
             if region != m.region {
-                return Err(ApiError::bad_request(format!(
+                return Err(ServiceError::bad_request(format!(
                     "region: a machine cannot move from {} to {region} by an update; create one there",
                     m.region
                 )));
             }
         }
         if req.lease_ttl.is_some_and(|t| t != 0) {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "lease_ttl: an update does not take a lease; acquire one with POST …/lease first",
             ));
         }
         let new_name = req.name.clone().filter(|n| !n.is_empty() && *n != m.name);
         if let Some(n) = &new_name {
-            ids::check_machine_name(n).map_err(ApiError::bad_request)?;
+            ids::check_machine_name(n).map_err(ServiceError::bad_request)?;
         }
         // A suspended machine still holds its (frozen) sandbox: it is stopped like a running one.
         let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);

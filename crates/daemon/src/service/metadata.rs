@@ -11,20 +11,17 @@ impl Hangar {
         changes: BTreeMap<String, Option<String>>,
         machine_version: Option<&str>,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         for key in changes.keys() {
             check_metadata_key(key)?;
         }
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = machine_version.filter(|v| !v.is_empty()) {
             if v != m.instance_id {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::PRECONDITION_FAILED,
-                    format!(
-                        "machine_version {v} is stale; the current version is {}",
-                        m.instance_id
-                    ),
-                ));
+                return Err(ServiceError::Precondition(format!(
+                    "machine_version {v} is stale; the current version is {}",
+                    m.instance_id
+                )));
             }
         }
         let metadata = m.config.metadata.get_or_insert_with(BTreeMap::new);

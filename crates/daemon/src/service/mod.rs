@@ -15,10 +15,11 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::clock::{now_ms, now_secs, rfc3339_secs};
-use crate::error::{ApiError, ApiResult};
+
 use crate::runtime::{Adoption, ExecSpec, MachineExit, Runtime};
 
 mod apps;
+mod error;
 mod exits;
 mod leases;
 mod lifecycle;
@@ -28,6 +29,7 @@ mod process;
 mod reconcile;
 mod wait;
 
+pub use error::{ServiceError, ServiceResult};
 pub use wait::WaitTarget;
 
 pub const DEFAULT_ORG: &str = "personal";
@@ -95,12 +97,12 @@ pub struct Hangar {
 async fn db<T: Send + 'static>(
     store: &Arc<dyn Store>,
     f: impl FnOnce(&dyn Store) -> hangar_store::Result<T> + Send + 'static,
-) -> ApiResult<T> {
+) -> ServiceResult<T> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(store.as_ref()))
         .await
-        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|e| ServiceError::internal(format!("store task failed: {e}")))?
+        .map_err(ServiceError::from)
 }
 
 pub struct ListFilter {
@@ -111,9 +113,9 @@ pub struct ListFilter {
 }
 
 /// 412 unless the machine is started (actions on its processes).
-fn require_started(m: &MachineRecord) -> ApiResult<()> {
+fn require_started(m: &MachineRecord) -> ServiceResult<()> {
     if m.state != MachineState::Started {
-        return Err(ApiError::precondition(format!(
+        return Err(ServiceError::precondition(format!(
             "machine is {}, not started",
             m.state
         )));
@@ -211,7 +213,7 @@ impl Hangar {
         &self,
         app: &str,
         id: &str,
-    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+    ) -> ServiceResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
         let m = self.get_machine(app, id, false).await?;
         let guard = self.handle(&m).lock.clone().lock_owned().await;
         let m = self.get_machine(app, id, false).await?;
@@ -224,7 +226,7 @@ impl Hangar {
         app: &str,
         id: &str,
         nonce: Option<&str>,
-    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+    ) -> ServiceResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
         let (guard, m) = self.lock_leased(app, id, nonce).await?;
         require_started(&m)?;
         Ok((guard, m))
@@ -237,7 +239,7 @@ impl Hangar {
         app: &str,
         id: &str,
         nonce: Option<&str>,
-    ) -> ApiResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
+    ) -> ServiceResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
         let (guard, m) = self.lock_machine(app, id).await?;
         self.check_lease(&m, nonce).await?;
         Ok((guard, m))
@@ -245,11 +247,11 @@ impl Hangar {
 
     // ---- reading machines -------------------------------------------------------------------
 
-    async fn load(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
+    async fn load(&self, app: &str, id: &str) -> ServiceResult<MachineRecord> {
         let (a, i) = (app.to_string(), id.to_string());
         db(&self.store, move |s| s.get_machine(&a, &i))
             .await?
-            .ok_or_else(ApiError::machine_not_found)
+            .ok_or_else(ServiceError::machine_not_found)
     }
 
     fn event(
@@ -287,7 +289,7 @@ impl Hangar {
         kind: &str,
         source: Source,
         request: Option<serde_json::Value>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         self.transition_with(m, state, kind, source, request, None)
             .await
     }
@@ -302,11 +304,11 @@ impl Hangar {
         source: Source,
         request: Option<serde_json::Value>,
         lease: Option<Option<&str>>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         if !m.state.can_transition_to(state) {
             // Another request moved the machine first (or a bug asked for a jump the state
             // machine does not have): nothing is written.
-            return Err(ApiError::conflict(format!(
+            return Err(ServiceError::conflict(format!(
                 "machine {} cannot go from {} to {state}",
                 m.id, m.state
             )));
@@ -342,7 +344,7 @@ impl Hangar {
         new_version: bool,
         event: Option<EventRecord>,
         lease: Option<Option<&str>>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let rec = m.clone();
         let lease = lease.map(|n| (n.map(str::to_string), now_secs()));
         let row_version = db(&self.store, move |s| {
@@ -360,11 +362,11 @@ impl Hangar {
 
 /// Parts of a config this Hangar cannot run yet, refused when the config is written (create,
 /// update), whether or not it launches, rather than failing the machine at its first boot.
-fn check_supported(config: &MachineConfig) -> ApiResult<()> {
+fn check_supported(config: &MachineConfig) -> ServiceResult<()> {
     // Persistent volumes arrive with their own API; running without the one asked for would
     // silently lose the data meant for it.
     if let Some(m) = config.mounts.iter().flatten().next() {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
              volumes yet (config.volumes with temp_dir works for scratch space)",
             m.volume
@@ -372,7 +374,7 @@ fn check_supported(config: &MachineConfig) -> ApiResult<()> {
     }
     for c in crate::container_plan::container_configs(config) {
         if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
                  use raw_value",
                 f.guest_path
@@ -385,7 +387,7 @@ fn check_supported(config: &MachineConfig) -> ApiResult<()> {
                 .flatten()
                 .any(|v| &v.name == volume && v.temp_dir.is_some());
             if !scratch {
-                return Err(ApiError::bad_request(format!(
+                return Err(ServiceError::bad_request(format!(
                     "container {:?} mounts volume {volume:?} at {path}: only temp_dir volumes \
                      can be mounted (this Hangar has no persistent volumes yet)",
                     c.name
@@ -400,14 +402,14 @@ fn check_supported(config: &MachineConfig) -> ApiResult<()> {
 /// name, never dropped: `lsvd` (Fly's log-structured volume disks) and a `min_secrets_version`
 /// this host has not reached (it has no app secrets yet: version 0). `skip_secrets` holds
 /// trivially while there are none.
-fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) -> ApiResult<()> {
+fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) -> ServiceResult<()> {
     if lsvd == Some(true) {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "lsvd: log-structured volume disks are not supported by Hangar",
         ));
     }
     if let Some(v) = min_secrets_version.filter(|v| *v > 0) {
-        return Err(ApiError::precondition(format!(
+        return Err(ServiceError::precondition(format!(
             "min_secrets_version: this host has app secrets up to version 0, not {v}"
         )));
     }
@@ -424,14 +426,12 @@ fn guest_size(config: &MachineConfig) -> crate::capacity::Size {
     }
 }
 
-fn capacity_error(e: crate::capacity::CapacityError) -> ApiError {
-    let mut err = ApiError::conflict(e.to_string());
-    err.code = Some("insufficient_capacity");
-    err
+fn capacity_error(e: crate::capacity::CapacityError) -> ServiceError {
+    ServiceError::Capacity(e.to_string())
 }
 
-fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ApiError {
-    ApiError::conflict(format!(
+fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ServiceError {
+    ServiceError::conflict(format!(
         "machine {} lease currently held by {}, expires at {}",
         m.id,
         l.owner,
@@ -439,31 +439,33 @@ fn lease_conflict(m: &MachineRecord, l: &LeaseRecord) -> ApiError {
     ))
 }
 
-fn check_lease_ttl(ttl: i64) -> ApiResult<i64> {
+fn check_lease_ttl(ttl: i64) -> ServiceResult<i64> {
     if !(1..=MAX_LEASE_TTL).contains(&ttl) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "invalid lease ttl {ttl}: must be between 1 and {MAX_LEASE_TTL} seconds"
         )));
     }
     Ok(ttl)
 }
 
-fn check_region(r: &str) -> ApiResult<()> {
+fn check_region(r: &str) -> ServiceResult<()> {
     if r.len() > 32
         || !r
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServiceError::bad_request(format!(
             "invalid region {r:?}: use lowercase letters and digits"
         )));
     }
     Ok(())
 }
 
-fn check_metadata_key(k: &str) -> ApiResult<()> {
+fn check_metadata_key(k: &str) -> ServiceResult<()> {
     if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(format!("invalid metadata key {k:?}")));
+        return Err(ServiceError::bad_request(format!(
+            "invalid metadata key {k:?}"
+        )));
     }
     Ok(())
 }

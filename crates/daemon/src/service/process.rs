@@ -9,7 +9,7 @@ impl Hangar {
         id: &str,
         signal: Signal,
         nonce: Option<&str>,
-    ) -> ApiResult<()> {
+    ) -> ServiceResult<()> {
         let (_guard, m) = self.lock_started(app, id, nonce).await?;
         self.runtime.signal(&m, signal).await?;
         Ok(())
@@ -22,12 +22,12 @@ impl Hangar {
         id: &str,
         exec: ExecSpec,
         outside_containers: bool,
-    ) -> ApiResult<hangar_api::ExecResponse> {
+    ) -> ServiceResult<hangar_api::ExecResponse> {
         let m = self.started(app, id).await?;
         // An image machine's one container is the machine; a multi-container machine has
         // nothing to run in outside its containers (Pilot's own view is not the guest's).
         if outside_containers && m.config.containers.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "machine: commands run inside a container here; pass container (one of the \
                  machine's containers) instead",
             ));
@@ -35,20 +35,20 @@ impl Hangar {
         Ok(self.runtime.exec(&m, exec).await?)
     }
 
-    pub async fn ps(&self, app: &str, id: &str) -> ApiResult<Vec<hangar_api::ProcessStat>> {
+    pub async fn ps(&self, app: &str, id: &str) -> ServiceResult<Vec<hangar_api::ProcessStat>> {
         let m = self.started(app, id).await?;
         Ok(self.runtime.ps(&m).await?)
     }
 
     /// A started machine, for the actions that need its processes.
-    pub(super) async fn started(&self, app: &str, id: &str) -> ApiResult<MachineRecord> {
+    pub(super) async fn started(&self, app: &str, id: &str) -> ServiceResult<MachineRecord> {
         let m = self.get_machine(app, id, false).await?;
         require_started(&m)?;
         Ok(m)
     }
 
     /// `GET …/memory`: the machine's memory limit and what is free under it, in MB.
-    pub async fn memory(&self, app: &str, id: &str) -> ApiResult<hangar_api::MemoryResponse> {
+    pub async fn memory(&self, app: &str, id: &str) -> ServiceResult<hangar_api::MemoryResponse> {
         let m = self.started(app, id).await?;
         let (limit, usage) = self.runtime.memory(&m).await?;
         Ok(memory_response(limit, usage))
@@ -62,7 +62,7 @@ impl Hangar {
         id: &str,
         limit_mb: i64,
         nonce: Option<&str>,
-    ) -> ApiResult<hangar_api::MemoryResponse> {
+    ) -> ServiceResult<hangar_api::MemoryResponse> {
         let (_guard, m) = self.lock_started(app, id, nonce).await?;
         let guest = m.config.guest.clone().unwrap_or_default();
         let ceiling = guest
@@ -70,7 +70,7 @@ impl Hangar {
             .filter(|&c| c > 0)
             .unwrap_or(guest.memory_mb);
         if limit_mb < MIN_MEMORY_LIMIT_MB || limit_mb > ceiling {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServiceError::bad_request(format!(
                 "limit_mb must be between {MIN_MEMORY_LIMIT_MB} and {ceiling} (the machine's memory)"
             )));
         }
@@ -88,10 +88,10 @@ impl Hangar {
         id: &str,
         amount_mb: i64,
         nonce: Option<&str>,
-    ) -> ApiResult<hangar_api::ReclaimMemoryResponse> {
+    ) -> ServiceResult<hangar_api::ReclaimMemoryResponse> {
         let (_guard, m) = self.lock_started(app, id, nonce).await?;
         if amount_mb <= 0 || amount_mb > 1 << 20 {
-            return Err(ApiError::bad_request(
+            return Err(ServiceError::bad_request(
                 "amount_mb must be greater than zero (and at most 1048576)",
             ));
         }

@@ -5,7 +5,7 @@ use super::*;
 
 impl Hangar {
     /// Settles machines the previous daemon left mid-transition (it may have been SIGKILLed).
-    pub async fn reconcile(&self) -> ApiResult<()> {
+    pub async fn reconcile(&self) -> ServiceResult<()> {
         let machines = db(&self.store, |s| s.list_live_machines()).await?;
         let live: std::collections::HashSet<String> = machines
             .iter()
@@ -20,9 +20,9 @@ impl Hangar {
                 Ok(Some(exit)) => exits.push(exit),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(machine = %m.id, error = %e.message, "reconciling failed; marking the machine failed");
+                    tracing::error!(machine = %m.id, error = %e, "reconciling failed; marking the machine failed");
                     if let Ok((_guard, mut m)) = self.lock_machine(&m.app, &m.id).await {
-                        let request = Some(json!({"error": e.message}));
+                        let request = Some(json!({"error": e.to_string()}));
                         let _ = self
                             .transition(
                                 &mut m,
@@ -47,7 +47,7 @@ impl Hangar {
             tokio::spawn(async move {
                 let Some(this) = this.upgrade() else { return };
                 if let Err(e) = this.apply_exit(&exit, true).await {
-                    tracing::warn!(machine = %exit.machine_id, error = %e.message, "applying an exit found at start-up failed");
+                    tracing::warn!(machine = %exit.machine_id, error = %e, "applying an exit found at start-up failed");
                 }
             });
         }
@@ -57,7 +57,10 @@ impl Hangar {
     /// Settles one machine the previous daemon left: re-adopts it if it runs, and finishes
     /// what was in flight (a destroy, a stop, a suspend) instead of guessing.
     /// Returns the exit of a machine that ended on its own meanwhile, for the exit policy.
-    pub(super) async fn reconcile_one(&self, m: &MachineRecord) -> ApiResult<Option<MachineExit>> {
+    pub(super) async fn reconcile_one(
+        &self,
+        m: &MachineRecord,
+    ) -> ServiceResult<Option<MachineExit>> {
         let (_guard, mut m) = self.lock_machine(&m.app, &m.id).await?;
         let (running, exit) = match self.runtime.adopt(&m).await {
             Adoption::Running => (true, None),

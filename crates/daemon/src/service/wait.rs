@@ -12,13 +12,13 @@ impl Hangar {
         timeout: Duration,
         version: Option<&str>,
         after_event: Option<&str>,
-    ) -> ApiResult<(Snapshot, String)> {
+    ) -> ServiceResult<(Snapshot, String)> {
         let m = self.load(app, id).await?;
         if let Some(v) = version {
             if v != m.instance_id {
                 let (mid, vv) = (m.id.clone(), v.to_string());
                 if !db(&self.store, move |s| s.has_version(&mid, &vv)).await? {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(ServiceError::bad_request(format!(
                         "version {v} is not a version of machine {id}"
                     )));
                 }
@@ -54,23 +54,20 @@ impl Hangar {
                         msg.push_str(&format!(": {err}"));
                     }
                 }
-                return Err(ApiError::bad_request(msg));
+                return Err(ServiceError::bad_request(msg));
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(ApiError::internal("machine watch closed")),
+                Ok(Err(_)) => return Err(ServiceError::internal("machine watch closed")),
                 Err(_) => {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::REQUEST_TIMEOUT,
-                        format!(
-                            "timed out waiting for machine to reach state {}; currently {state}",
-                            targets
-                                .iter()
-                                .map(|t| t.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        ),
-                    ))
+                    return Err(ServiceError::Timeout(format!(
+                        "timed out waiting for machine to reach state {}; currently {state}",
+                        targets
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )))
                 }
             }
         }
