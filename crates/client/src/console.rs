@@ -1,6 +1,6 @@
 //! Interactive consoles: `POST /hangar/v1/apps/{app}/machines/{id}/console` upgraded to a raw
 //! stream of frames (1-byte type, 4-byte big-endian length, payload), as Pilot speaks them
-//! (`hangar_pilot::spec::frame`; keep the two in sync).
+//! (`hangar_pilot::protocol::frame`; keep the two in sync).
 
 use std::io;
 

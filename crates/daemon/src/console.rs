@@ -18,11 +18,8 @@ use crate::extract::Path;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hangar_api::MachineState;
-use hangar_pilot::spec::{Reply, Request as PilotRequest, CONTROL_SOCKET};
+use hangar_pilot::protocol::Request as PilotRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
@@ -88,42 +85,9 @@ pub async fn console(
         tty: q.bool("tty", true)?,
     };
 
-    let m = h.get_machine(&app, &id, false).await?;
-    if m.state != MachineState::Started {
-        return Err(ApiError::precondition(format!(
-            "machine is {}, not started",
-            m.state
-        )));
-    }
-    let socket = h
-        .machines_dir()
-        .join(&m.id)
-        .join(crate::sandbox_runtime::RUN_DIR)
-        .join(CONTROL_SOCKET);
-    let stream = UnixStream::connect(&socket).await.map_err(|e| {
-        ApiError::precondition(format!("the machine's Pilot is not reachable: {e}"))
-    })?;
-    // Buffered for the reply line; bytes Pilot sends right after it stay in the buffer and
-    // are forwarded first (BufReader passes writes through).
-    let mut pilot = BufReader::new(stream);
-    let mut line = serde_json::to_vec(&attach).map_err(|e| ApiError::internal(e.to_string()))?;
-    line.push(b'\n');
-    let io_err = |e: std::io::Error| ApiError::internal(format!("talking to Pilot: {e}"));
-    pilot.write_all(&line).await.map_err(io_err)?;
-    let mut reply = String::new();
-    pilot.read_line(&mut reply).await.map_err(io_err)?;
-    let reply: Reply = serde_json::from_str(&reply)
-        .map_err(|e| ApiError::internal(format!("unexpected reply from Pilot: {e}")))?;
-    if !reply.ok {
-        let msg = reply.error.unwrap_or_else(|| "attach failed".into());
-        return Err(if msg.starts_with("no container") {
-            ApiError::not_found(msg)
-        } else if msg.contains("is not running") {
-            ApiError::precondition(msg)
-        } else {
-            ApiError::bad_request(msg)
-        });
-    }
+    // The runtime asks Pilot to start the command before the answer, so a bad container,
+    // user or command is an ordinary HTTP error.
+    let mut pilot = h.attach(&app, &id, attach).await?;
 
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

@@ -25,6 +25,12 @@ pub enum RuntimeError {
     /// failed): the request was fine, the machine is `failed` with this reason.
     #[error("machine failed to start: {0}")]
     StartFailed(String),
+    /// A request named a container the machine does not have.
+    #[error("{0}")]
+    NoSuchContainer(String),
+    /// The container (or machine) is not running.
+    #[error("{0}")]
+    NotRunning(String),
 }
 
 #[async_trait]
@@ -64,6 +70,15 @@ pub trait Runtime: Send + Sync + 'static {
     async fn set_frozen(&self, machine: &MachineRecord, frozen: bool) -> Result<(), RuntimeError>;
     /// Sends `signal` to the machine's containers.
     async fn signal(&self, machine: &MachineRecord, signal: Signal) -> Result<(), RuntimeError>;
+    /// Starts an interactive command in a running machine (`attach`); the returned stream
+    /// carries the console frames both ways (docs/pilot-protocol.md).
+    async fn attach(
+        &self,
+        _machine: &MachineRecord,
+        _request: hangar_pilot::protocol::Request,
+    ) -> Result<ConsoleConnection, RuntimeError> {
+        Err(RuntimeError::NotConfigured)
+    }
     /// Runs a command in a container of a running machine and collects its output.
     async fn exec(
         &self,
@@ -155,6 +170,10 @@ pub struct MachineExit {
     /// Which run of the machine ended (the runtime's own id for one boot).
     pub run: i64,
 }
+
+/// An attached console: framed bytes both ways. Bytes Pilot sent right after its reply stay
+/// in the buffer and are read first.
+pub type ConsoleConnection = tokio::io::BufReader<tokio::net::UnixStream>;
 
 /// What [`Runtime::adopt`] found.
 #[derive(Debug, Clone)]

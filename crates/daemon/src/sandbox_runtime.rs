@@ -12,9 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_api::{MachineConfig, Signal};
 use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
+use hangar_pilot::protocol::{ErrorKind, Reply, Request, RequestLine};
 use hangar_pilot::spec::{
-    ContainerSpec, ContainerState, ContainerStatus, PilotExit, PilotSpec, Reply, Request,
-    CONTROL_SOCKET, EXIT_FILE, SPEC_FILE,
+    ContainerSpec, ContainerState, ContainerStatus, PilotExit, PilotSpec, CONTROL_SOCKET,
+    EXIT_FILE, SPEC_FILE,
 };
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
 use hangar_sandbox::SandboxSpec;
@@ -555,7 +556,8 @@ impl SandboxRuntime {
             }
             let Some(stream) = stream else { return };
             let (read, mut write) = stream.into_split();
-            if write.write_all(b"{\"op\":\"watch\"}\n").await.is_err() {
+            let watch = RequestLine::new(Request::Watch).to_line();
+            if write.write_all(&watch).await.is_err() {
                 return;
             }
             let mut lines = BufReader::new(read).lines();
@@ -687,15 +689,19 @@ impl SandboxRuntime {
                 .await
                 .map_err(|e| failed(format!("connecting to pilot: {e}")))?;
             let (read, mut write) = stream.into_split();
-            let mut line = serde_json::to_vec(req).map_err(failed)?;
-            line.push(b'\n');
+            let line = RequestLine::new(req.clone()).to_line();
             write.write_all(&line).await.map_err(failed)?;
             let mut reply = String::new();
             BufReader::new(tokio::io::AsyncReadExt::take(read, CONTROL_REPLY_MAX))
                 .read_line(&mut reply)
                 .await
                 .map_err(failed)?;
-            serde_json::from_str(&reply).map_err(|e| failed(format!("bad reply from pilot: {e}")))
+            // Any Pilot version this daemon knows (an older one keeps running its machine).
+            let (_version, reply) = Reply::parse(reply.trim()).map_err(failed)?;
+            match reply {
+                Reply::Error { kind, message } => Err(pilot_error(kind, message)),
+                ok => Ok(ok),
+            }
         };
         tokio::time::timeout(limit, exchange)
             .await
@@ -730,18 +736,15 @@ impl SandboxRuntime {
                 // successful start; the exit is reported separately.
                 return Ok(());
             }
-            if let Ok(reply) = self.control(id, &Request::Status).await {
-                if let Some(status) = reply.status {
-                    if let Some(err) = status.containers.iter().find_map(|c| c.error.clone()) {
-                        return Err(RuntimeError::StartFailed(err));
-                    }
-                    if status
-                        .containers
-                        .iter()
-                        .all(|c| c.state != ContainerState::Created)
-                    {
-                        return Ok(());
-                    }
+            if let Ok(Reply::Status { containers }) = self.control(id, &Request::Status).await {
+                if let Some(err) = containers.iter().find_map(|c| c.error.clone()) {
+                    return Err(RuntimeError::StartFailed(err));
+                }
+                if containers
+                    .iter()
+                    .all(|c| c.state != ContainerState::Created)
+                {
+                    return Ok(());
                 }
             }
             if tokio::time::Instant::now() > deadline {
@@ -963,13 +966,9 @@ impl Runtime for SandboxRuntime {
             stdin: exec.stdin,
             timeout_ms: Some(exec.timeout.as_millis() as u64),
         };
-        let reply = self.control(&m.id, &req).await?;
-        if let Some(e) = reply.error {
-            return Err(RuntimeError::Unsupported(e));
-        }
-        let r = reply
-            .exec
-            .ok_or_else(|| failed("pilot sent no exec result"))?;
+        let Reply::Exec { result: r } = self.control(&m.id, &req).await? else {
+            return Err(failed("pilot sent no exec result"));
+        };
         Ok(hangar_api::ExecResponse {
             exit_code: i64::from(r.exit_code),
             exit_signal: i64::from(r.exit_signal),
@@ -980,14 +979,35 @@ impl Runtime for SandboxRuntime {
         })
     }
 
-    async fn ps(&self, m: &MachineRecord) -> Result<Vec<hangar_api::ProcessStat>, RuntimeError> {
-        let reply = self.control(&m.id, &Request::Ps).await?;
-        if let Some(e) = reply.error {
-            return Err(failed(e));
+    async fn attach(
+        &self,
+        m: &MachineRecord,
+        request: Request,
+    ) -> Result<crate::runtime::ConsoleConnection, RuntimeError> {
+        let path = self.run_dir(&m.id).join(CONTROL_SOCKET);
+        let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            RuntimeError::NotRunning(format!("the machine's Pilot is not reachable: {e}"))
+        })?;
+        // Buffered for the reply line; bytes Pilot sends right after it stay in the buffer.
+        let mut pilot = BufReader::new(stream);
+        let line = RequestLine::new(request).to_line();
+        pilot.write_all(&line).await.map_err(failed)?;
+        let mut reply = String::new();
+        tokio::time::timeout(CONTROL_TIMEOUT, pilot.read_line(&mut reply))
+            .await
+            .map_err(|_| failed("pilot did not answer the attach"))?
+            .map_err(failed)?;
+        match Reply::parse(reply.trim()).map_err(failed)? {
+            (_, Reply::Error { kind, message }) => Err(pilot_error(kind, message)),
+            _ => Ok(pilot),
         }
-        Ok(reply
-            .ps
-            .unwrap_or_default()
+    }
+
+    async fn ps(&self, m: &MachineRecord) -> Result<Vec<hangar_api::ProcessStat>, RuntimeError> {
+        let Reply::Ps { processes } = self.control(&m.id, &Request::Ps).await? else {
+            return Err(failed("pilot sent no process list"));
+        };
+        Ok(processes
             .into_iter()
             .map(|p| hangar_api::ProcessStat {
                 pid: p.pid,
@@ -1041,12 +1061,12 @@ impl Runtime for SandboxRuntime {
         if !running {
             return None;
         }
-        let reply = self.control(&m.id, &Request::Status).await.ok()?;
+        let Reply::Status { containers } = self.control(&m.id, &Request::Status).await.ok()? else {
+            return None;
+        };
         let single = m.config.containers.as_ref().is_none_or(|c| c.is_empty());
         Some(
-            reply
-                .status?
-                .containers
+            containers
                 .into_iter()
                 .map(|c| ContainerView {
                     checks: c
@@ -1120,18 +1140,27 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn signal(&self, m: &MachineRecord, signal: Signal) -> Result<(), RuntimeError> {
-        let reply = self
-            .control(
-                &m.id,
-                &Request::Signal {
-                    signal: signal.number(),
-                },
-            )
-            .await?;
-        match reply.error {
-            Some(e) => Err(failed(e)),
-            None => Ok(()),
-        }
+        self.control(
+            &m.id,
+            &Request::Signal {
+                signal: signal.number(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// A Pilot's failure as the runtime reports it: its kind says which, not its words.
+pub(crate) fn pilot_error(kind: ErrorKind, message: String) -> RuntimeError {
+    match kind {
+        ErrorKind::NoSuchContainer => RuntimeError::NoSuchContainer(message),
+        ErrorKind::NotRunning => RuntimeError::NotRunning(message),
+        ErrorKind::Invalid | ErrorKind::BadRequest => RuntimeError::Unsupported(message),
+        ErrorKind::Version => RuntimeError::Failed(format!(
+            "{message}; restart the machine to run the current Pilot"
+        )),
+        ErrorKind::Failed => RuntimeError::Failed(message),
     }
 }
 

@@ -2,7 +2,7 @@
 //! main process (`tty: true`).
 //!
 //! After the `{"ok":true}` reply the control connection carries frames both ways (see
-//! [`crate::spec::frame`]): data for the pty, resizes from the client, and one exit frame
+//! [`crate::protocol::frame`]): data for the pty, resizes from the client, and one exit frame
 //! from Pilot when the command has ended, after which Pilot closes the connection.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::exec::{Ended, Waiters};
 use crate::logs::LogFile;
-use crate::spec::frame;
+use crate::protocol::frame;
 
 /// Input waiting for the pty beyond this stops reading the socket (backpressure).
 const MAX_PENDING: usize = 64 * 1024;

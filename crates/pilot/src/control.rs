@@ -10,7 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::spec::{ContainerState, Reply, Request, StatusReply};
+use crate::protocol::{ErrorKind, Reply, Request, RequestLine, PROTOCOL_VERSION};
+use crate::spec::ContainerState;
 use crate::supervisor::{spawn_stop, Shared};
 use crate::{attach, exec, ps};
 
@@ -19,27 +20,37 @@ const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one event line may take to reach a watcher.
 const WATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn error(msg: impl Into<String>) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(msg.into()),
-        ..Default::default()
-    }
+/// A failure, classified.
+type Failure = (ErrorKind, String);
+
+fn failure((kind, message): Failure) -> Reply {
+    Reply::Error { kind, message }
 }
 
-fn ok() -> Reply {
-    Reply {
-        ok: true,
-        ..Default::default()
-    }
+fn invalid(message: String) -> Failure {
+    (ErrorKind::Invalid, message)
 }
 
 pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => error(format!("bad request: {e}")),
+        let request = match serde_json::from_str::<RequestLine>(&line) {
+            Ok(r) if r.v > PROTOCOL_VERSION => Err(Reply::error(
+                ErrorKind::Version,
+                format!(
+                    "this Pilot speaks control protocol {PROTOCOL_VERSION}, the request {}",
+                    r.v
+                ),
+            )),
+            Ok(r) => Ok(r.request),
+            Err(e) => Err(Reply::error(
+                ErrorKind::BadRequest,
+                format!("bad request: {e}"),
+            )),
+        };
+        let reply = match request {
+            Err(reply) => reply,
             Ok(Request::Watch) => {
                 watch(lines.into_inner(), write, &state).await;
                 return;
@@ -56,7 +67,7 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 let session =
                     target(&state, container.as_deref()).and_then(|(pid, mut process, _)| {
                         if let Some(u) = user.as_deref() {
-                            attach::apply_user(&mut process, u)?;
+                            attach::apply_user(&mut process, u).map_err(invalid)?;
                         }
                         for kv in &env {
                             if let Some((k, v)) = kv.split_once('=') {
@@ -78,21 +89,20 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 let waiters = state.borrow().waiters.clone();
                 let started = session.and_then(|s| {
                     if tty {
-                        attach::start(&s, &waiters).map(attach::Started::Pty)
+                        attach::start(&s, &waiters)
+                            .map(attach::Started::Pty)
+                            .map_err(invalid)
                     } else {
                         crate::exec::spawn(s.init_pid, &s.process, &s.argv, &waiters)
                             .map(|(spawned, exited)| attach::Started::Pipes(spawned, exited))
+                            .map_err(invalid)
                     }
                 });
                 let (reply, started) = match started {
-                    Ok(s) => (ok(), Some(s)),
-                    Err(e) => (error(e), None),
+                    Ok(s) => (Reply::Ok, Some(s)),
+                    Err(f) => (failure(f), None),
                 };
-                let Ok(mut bytes) = serde_json::to_vec(&reply) else {
-                    return;
-                };
-                bytes.push(b'\n');
-                let sent = write.write_all(&bytes).await.is_ok();
+                let sent = write.write_all(&reply.to_line()).await.is_ok();
                 if let Some(started) = started {
                     // The reader keeps whatever the client sent after its request line.
                     match (sent, started) {
@@ -112,11 +122,7 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
             }
             Ok(req) => handle(req, &state).await,
         };
-        let Ok(mut bytes) = serde_json::to_vec(&reply) else {
-            return;
-        };
-        bytes.push(b'\n');
-        if write.write_all(&bytes).await.is_err() {
+        if write.write_all(&reply.to_line()).await.is_err() {
             return;
         }
     }
@@ -136,7 +142,7 @@ fn target(
         hangar_sandbox::container::ContainerProcess,
         crate::exec::Waiters,
     ),
-    String,
+    Failure,
 > {
     let s = state.borrow();
     let c = match container {
@@ -148,35 +154,38 @@ fn target(
             .or(s.containers.first()),
     };
     match c {
-        None => Err(format!(
-            "no container {:?} in this machine",
-            container.unwrap_or_default()
+        None => Err((
+            ErrorKind::NoSuchContainer,
+            format!(
+                "no container {:?} in this machine",
+                container.unwrap_or_default()
+            ),
         )),
         Some(c) => match (c.status.state, c.status.pid) {
             (ContainerState::Running, Some(pid)) => {
                 Ok((pid, c.spec.process.clone(), s.waiters.clone()))
             }
-            _ => Err(format!("container {} is not running", c.spec.name)),
+            _ => Err((
+                ErrorKind::NotRunning,
+                format!("container {} is not running", c.spec.name),
+            )),
         },
     }
 }
 
 async fn handle(req: Request, state: &Shared) -> Reply {
     match req {
-        Request::Status => Reply {
-            status: Some(StatusReply {
-                containers: state
-                    .borrow()
-                    .containers
-                    .iter()
-                    .map(|c| c.status.clone())
-                    .collect(),
-            }),
-            ..ok()
+        Request::Status => Reply::Status {
+            containers: state
+                .borrow()
+                .containers
+                .iter()
+                .map(|c| c.status.clone())
+                .collect(),
         },
         Request::Stop { signal, timeout_ms } => {
             spawn_stop(state, signal, timeout_ms);
-            ok()
+            Reply::Ok
         }
         Request::Signal { signal } => {
             let pids: Vec<i32> = state
@@ -190,9 +199,9 @@ async fn handle(req: Request, state: &Shared) -> Reply {
                     for pid in pids {
                         let _ = kill(Pid::from_raw(pid), sig);
                     }
-                    ok()
+                    Reply::Ok
                 }
-                Err(e) => error(e.to_string()),
+                Err(e) => Reply::error(ErrorKind::Invalid, e.to_string()),
             }
         }
         Request::Exec {
@@ -204,17 +213,14 @@ async fn handle(req: Request, state: &Shared) -> Reply {
             let target = target(state, container.as_deref());
             let (pid, process, waiters) = match target {
                 Ok(t) => t,
-                Err(e) => return error(e),
+                Err(f) => return failure(f),
             };
             let timeout = timeout_ms
                 .filter(|&t| t > 0)
                 .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_millis);
             match exec::run(pid, &process, &command, stdin, timeout, &waiters).await {
-                Ok(r) => Reply {
-                    exec: Some(r),
-                    ..ok()
-                },
-                Err(e) => error(e),
+                Ok(result) => Reply::Exec { result },
+                Err(e) => Reply::error(ErrorKind::Invalid, e),
             }
         }
         Request::Ps => {
@@ -230,12 +236,13 @@ async fn handle(req: Request, state: &Shared) -> Reply {
                     ))
                 })
                 .collect();
-            Reply {
-                ps: Some(ps::list(Path::new("/proc"), &running)),
-                ..ok()
+            Reply::Ps {
+                processes: ps::list(Path::new("/proc"), &running),
             }
         }
-        Request::Watch | Request::Attach { .. } => error("handled by the connection"),
+        Request::Watch | Request::Attach { .. } => {
+            Reply::error(ErrorKind::Failed, "handled by the connection")
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 mod launch;
 pub mod logs;
+pub mod protocol;
 mod ps;
 pub mod restart;
 pub mod spec;

@@ -176,7 +176,7 @@ pub enum ContainerState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerStatus {
     pub name: String,
     pub state: ContainerState,
@@ -196,7 +196,7 @@ pub struct ContainerStatus {
     pub checks: Vec<CheckStatus>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckStatus {
     pub name: String,
     /// `passing`, `warning` (in grace period / not run yet) or `critical`.
@@ -239,7 +239,7 @@ pub enum EventKind {
     Health,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ExecResult {
     pub exit_code: i32,
     /// Signal that killed the command, or 0.
@@ -254,7 +254,7 @@ pub struct ExecResult {
 }
 
 /// One process of a container (the API's ProcessStat).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInfo {
     pub container: String,
     pub pid: i32,
@@ -267,99 +267,4 @@ pub struct ProcessInfo {
     /// TCP sockets the process listens on: (`tcp`, `address:port`).
     #[serde(default)]
     pub listen_sockets: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    /// Stop every container (reverse order) and exit; `signal`/`timeout_ms` override the
-    /// containers' own stop settings.
-    Stop {
-        signal: Option<i32>,
-        timeout_ms: Option<u64>,
-    },
-    Signal {
-        signal: i32,
-    },
-    /// Runs a command inside a container (its namespaces, root, env and user); the reply
-    /// carries `exec`. Without `container`, the first one.
-    Exec {
-        container: Option<String>,
-        command: Vec<String>,
-        stdin: Option<String>,
-        timeout_ms: Option<u64>,
-    },
-    /// Processes of every container; the reply carries `ps`.
-    Ps,
-    /// Turns the connection into a stream of [`Event`] lines (one JSON object per line),
-    /// starting with a replay of the most recent events (up to 256) since Pilot started.
-    Watch,
-    /// Runs `command` (default `/bin/sh`) inside a container on a new pty, as `user` (a name
-    /// or uid from the container's /etc/passwd, default the container's own), with `env`
-    /// (`KEY=value`) added. After a `{"ok":true}` line the connection carries [`frame`]s.
-    Attach {
-        #[serde(default)]
-        container: Option<String>,
-        #[serde(default)]
-        command: Vec<String>,
-        #[serde(default)]
-        user: Option<String>,
-        #[serde(default)]
-        env: Vec<String>,
-        #[serde(default = "default_rows")]
-        rows: u16,
-        #[serde(default = "default_cols")]
-        cols: u16,
-        /// On a pty (default); without, on pipes, with [`frame::EOF`] closing the input.
-        #[serde(default = "default_tty")]
-        tty: bool,
-    },
-}
-
-fn default_tty() -> bool {
-    true
-}
-
-fn default_rows() -> u16 {
-    24
-}
-
-fn default_cols() -> u16 {
-    80
-}
-
-/// Framing of an attached connection, both ways: 1-byte type, 4-byte big-endian payload
-/// length, payload. The daemon passes it through unchanged (`hangar_client::console` speaks
-/// the same; keep them in sync).
-pub mod frame {
-    pub const HEADER: usize = 5;
-    /// Largest payload accepted; data frames are far smaller.
-    pub const MAX_PAYLOAD: usize = 1 << 20;
-    /// Terminal bytes: client → pty input, pty output → client.
-    pub const DATA: u8 = 0;
-    /// Client → Pilot: rows then cols, u16 big-endian each.
-    pub const RESIZE: u8 = 1;
-    /// Pilot → client, last: the exit code as i32 big-endian (128+signal when killed).
-    pub const EXIT: u8 = 2;
-    /// Client → Pilot, without a pty: the input has ended.
-    pub const EOF: u8 = 3;
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusReply {
-    pub containers: Vec<ContainerStatus>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<StatusReply>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<ExecResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ps: Option<Vec<ProcessInfo>>,
 }

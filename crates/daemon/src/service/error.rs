@@ -96,6 +96,8 @@ impl From<RuntimeError> for ServiceError {
             RuntimeError::Unsupported(_) | RuntimeError::Image(_) => Self::Invalid(e.to_string()),
             RuntimeError::Failed(_) => Self::Internal(e.to_string()),
             RuntimeError::StartFailed(_) => Self::StartFailed(e.to_string()),
+            RuntimeError::NoSuchContainer(m) => Self::NotFound(m),
+            RuntimeError::NotRunning(m) => Self::Precondition(m),
         }
     }
 }

@@ -104,6 +104,23 @@ impl Hangar {
         })
     }
 
+    /// Starts an interactive command in a started machine (a console).
+    pub async fn attach(
+        &self,
+        app: &str,
+        id: &str,
+        request: hangar_pilot::protocol::Request,
+    ) -> ServiceResult<crate::runtime::ConsoleConnection> {
+        let m = self.get_machine(app, id, false).await?;
+        if m.state != MachineState::Started {
+            return Err(ServiceError::precondition(format!(
+                "machine is {}, not started",
+                m.state
+            )));
+        }
+        Ok(self.runtime.attach(&m, request).await?)
+    }
+
     /// Live container statuses of a started machine (for the machine JSON).
     pub async fn containers(
         &self,
