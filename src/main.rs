@@ -7,9 +7,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match (args.get(1).map(String::as_str), args.get(2), args.get(3)) {
         (Some("sandbox-spawn"), Some(plan), None) => {
-            return report(hangar_daemon::sandbox_runtime::sandbox_spawn_main(
-                Path::new(plan),
-            ))
+            return report(
+                hangar_sandbox::plan::spawn_main(Path::new(plan)).map_err(anyhow::Error::from),
+            )
         }
         (Some("pilot"), Some(flag), Some(dir)) if flag == "--machine-dir" => {
             return match hangar_pilot::main(Path::new(dir)) {

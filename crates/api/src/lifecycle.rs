@@ -5,6 +5,10 @@
 use crate::MachineState;
 use MachineState::*;
 
+/// Default grace period of a stop (fly.toml's `kill_timeout`) when neither the request nor
+/// `stop_config` gives one.
+pub const DEFAULT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl MachineState {
     /// Whether a machine in this state may move to `to`. Any state but a terminal one may
     /// fail or be destroyed.

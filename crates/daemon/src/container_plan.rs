@@ -17,8 +17,10 @@ use hangar_sandbox::container::{ContainerFile, ContainerProcess};
 use hangar_sandbox::user::User;
 use hangar_store::MachineRecord;
 
+use crate::runtime::failed;
 use crate::runtime::RuntimeError;
-use crate::sandbox_runtime::{failed, VolumeMountPlan, UID_RANGE};
+use crate::uid_slots::UID_RANGE;
+use hangar_sandbox::plan::{system_tool, VolumeMountPlan};
 
 /// One container to run: the implicit `app` of an `image` config, or each of `containers`.
 pub(crate) struct PlannedContainer {
@@ -65,7 +67,7 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
     let stop_timeout = stop
         .and_then(|s| s.timeout)
         .map(|d| d.as_duration())
-        .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT);
+        .unwrap_or(hangar_api::lifecycle::DEFAULT_STOP_TIMEOUT);
     let machine_checks: Vec<HealthcheckSpec> = config
         .checks
         .iter()
@@ -276,16 +278,6 @@ pub(crate) fn prepare_volumes(
         out.dirs.insert(v.name.clone(), path);
     }
     Ok(out)
-}
-
-/// A system tool by absolute path when it is in the usual place (a daemon's PATH may lack
-/// the sbin dirs), else by name.
-pub(crate) fn system_tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// A disk image of at least `size_mb` for a sized writable layer: made when missing; one

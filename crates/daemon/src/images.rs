@@ -10,18 +10,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use hangar_image::{ImageStore, InUse, Progress, PullOptions, Reference};
+use hangar_image::{InUse, Progress, Reference};
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
-use crate::routes::AppState;
-
-/// The image store and how to pull into it.
-pub struct Images {
-    pub store: Arc<ImageStore>,
-    pub pull: PullOptions,
-}
+use crate::service::{AppState, Images};
 
 fn image_error(e: hangar_image::Error) -> ApiError {
     use hangar_image::Error as E;

@@ -118,7 +118,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         runtime,
         DEFAULT_REGION.to_string(),
         opts.data_dir.join("machines"),
-        Some(images::Images {
+        Some(service::Images {
             store: image_store,
             pull,
         }),

@@ -1,7 +1,6 @@
 //! HTTP handlers of the `/v1` API. Each parses and checks its input, calls the service and
 //! shapes the answer exactly as Fly's API does.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -22,7 +21,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_body, lease_nonce, optional_json_body, Path, Query};
 use crate::service::{Hangar, ListFilter, StopOptions, WaitTarget, DEFAULT_ORG, MAX_WAIT};
 
-pub type AppState = Arc<Hangar>;
+pub use crate::service::AppState;
 
 /// Events embedded in a machine object (newest first).
 const EMBEDDED_EVENTS: usize = 10;

@@ -33,6 +33,11 @@ pub enum RuntimeError {
     NotRunning(String),
 }
 
+/// A runtime failure with `e` as its reason.
+pub(crate) fn failed(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed(e.to_string())
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Checks, before any state is written, that this runtime can run `config` at all.

@@ -18,6 +18,7 @@ use hangar_pilot::spec::{
     EXIT_FILE, SPEC_FILE,
 };
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
+use hangar_sandbox::plan::{MountPlan, SizedLayer, SpawnPlan, VolumeMountPlan};
 use hangar_sandbox::SandboxSpec;
 use hangar_store::MachineRecord;
 use serde::{Deserialize, Serialize};
@@ -31,10 +32,7 @@ use crate::runtime::{
     RuntimeEvent,
 };
 
-/// Machine uid ranges start here, 65536 ids each, far above ordinary users.
-const UID_BASE_START: u32 = 1 << 20;
-pub(crate) const UID_RANGE: u32 = 65536;
-const MAX_SLOTS: u32 = 4096;
+use crate::uid_slots::{MAX_SLOTS, UID_BASE_START, UID_RANGE};
 const LOG_MAX_BYTES: u64 = 16 << 20;
 
 /// A machine's process limit (`pids.max`), by its memory: 4 per MiB, at least 1,024 and at most
@@ -52,48 +50,6 @@ pub const RUN_DIR: &str = "run";
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest control reply accepted (exec output is capped at 1 MiB per stream by Pilot).
 const CONTROL_REPLY_MAX: u64 = 16 << 20;
-
-/// What the spawn helper needs: the sandbox and the root filesystems to mount for it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SpawnPlan {
-    pub sandbox: SandboxSpec,
-    pub mounts: Vec<MountPlan>,
-    /// `temp_dir` volumes with a size: a tmpfs (memory) or a loop-mounted ext4 image (disk).
-    #[serde(default, alias = "tmpfs")]
-    pub volume_mounts: Vec<VolumeMountPlan>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct VolumeMountPlan {
-    pub target: PathBuf,
-    pub size_mb: u64,
-    pub uid: u32,
-    /// For `storage_type: disk`: the ext4 image (made to `size_mb`) mounted at `target`, so the
-    /// volume cannot grow past its size into the host's disk.
-    #[serde(default)]
-    pub disk_image: Option<PathBuf>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MountPlan {
-    pub lowerdirs: Vec<PathBuf>,
-    pub upperdir: PathBuf,
-    pub workdir: PathBuf,
-    pub target: PathBuf,
-    /// With `rootfs.size_gb`: the ext4 image that holds the upper and work dirs, so that the
-    /// container's writes cannot grow past the size into the host's disk.
-    #[serde(default)]
-    pub disk: Option<SizedLayer>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SizedLayer {
-    pub image: PathBuf,
-    /// Where the image is mounted; `upperdir` and `workdir` are inside it.
-    pub target: PathBuf,
-    /// The host uid of the machine's root, which owns the upper dir.
-    pub owner: u32,
-}
 
 /// In a container dir: the disk image of a sized writable layer, and where it is mounted.
 const SIZED_LAYER_IMAGE: &str = "rootfs.ext4";
@@ -141,9 +97,7 @@ pub struct SandboxRuntime {
     log_retention: Duration,
 }
 
-pub(crate) fn failed(e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Failed(e.to_string())
-}
+pub(crate) use crate::runtime::failed;
 
 impl SandboxRuntime {
     /// Checks the host can run sandboxes (a usable cgroup hierarchy) and sets up the dirs.
@@ -1392,73 +1346,4 @@ async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
         libc::CLD_KILLED | libc::CLD_DUMPED => Some((128 + status, Some(status))),
         _ => None,
     }
-}
-
-/// Mounts a sized writable layer's disk image and makes its upper (the container's root dir,
-/// owned by the machine's root) and work dirs.
-fn mount_sized_layer(disk: &SizedLayer, upper: &Path, work: &Path) -> Result<(), String> {
-    mount_ext4_image(&disk.image, &disk.target)?;
-    for d in [upper, work] {
-        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
-    }
-    std::os::unix::fs::chown(upper, Some(disk.owner), Some(disk.owner))
-        .map_err(|e| format!("chown {}: {e}", upper.display()))
-}
-
-/// util-linux sets up the loop device with autoclear: it goes when the mount does.
-fn mount_ext4_image(image: &Path, target: &Path) -> Result<(), String> {
-    let status = std::process::Command::new(crate::container_plan::system_tool("mount"))
-        .args(["-t", "ext4", "-o", "loop,nosuid,nodev"])
-        .arg(image)
-        .arg(target)
-        .status()
-        .map_err(|e| format!("mount {}: {e}", target.display()))?;
-    if !status.success() {
-        return Err(format!(
-            "mount {}: mount exited with {status}",
-            target.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Entry point of `hangar sandbox-spawn <plan>`: builds the sandbox, mounts the root
-/// filesystems through the machine's user namespace and prints Pilot's pid.
-pub fn sandbox_spawn_main(plan_path: &Path) -> anyhow::Result<()> {
-    let plan: SpawnPlan = serde_json::from_slice(&std::fs::read(plan_path)?)?;
-    let pid = hangar_sandbox::spawn_machine(&plan.sandbox, |ns| {
-        let fd = ns.try_clone().map_err(|e| e.to_string())?;
-        let userns = hangar_image::Userns::from_fd(fd);
-        for m in &plan.mounts {
-            if let Some(disk) = &m.disk {
-                mount_sized_layer(disk, &m.upperdir, &m.workdir)?;
-            }
-            let spec = RootfsSpec {
-                lowerdirs: m.lowerdirs.clone(),
-                upperdir: m.upperdir.clone(),
-                workdir: m.workdir.clone(),
-            };
-            hangar_image::mount_rootfs(&spec, &m.target, Some(&userns))
-                .map_err(|e| e.to_string())?;
-        }
-        for t in &plan.volume_mounts {
-            if let Some(image) = &t.disk_image {
-                // Cleanup unmounts everything under the volumes dir (and so frees the loop).
-                mount_ext4_image(image, &t.target).map_err(|e| format!("disk volume: {e}"))?;
-                continue;
-            }
-            let opts = format!("size={}m,mode=0755,uid={},gid={}", t.size_mb, t.uid, t.uid);
-            nix::mount::mount(
-                Some("tmpfs"),
-                &t.target,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                Some(opts.as_str()),
-            )
-            .map_err(|e| format!("mount tmpfs volume {}: {e}", t.target.display()))?;
-        }
-        Ok(())
-    })?;
-    println!("{pid}");
-    Ok(())
 }

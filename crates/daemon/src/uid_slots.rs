@@ -10,6 +10,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Machine uid ranges start here, 65,536 ids each, far above ordinary users.
+pub const UID_BASE_START: u32 = 1 << 20;
+pub const UID_RANGE: u32 = 65536;
+pub const MAX_SLOTS: u32 = 4096;
+
 /// Where claims live.
 pub const DEFAULT_DIR: &str = "/run/hangar/uid-slots";
 

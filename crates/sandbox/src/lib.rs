@@ -6,6 +6,7 @@ pub mod container;
 pub mod in_root;
 pub mod init;
 pub mod net;
+pub mod plan;
 pub mod seccomp;
 pub mod spawn;
 pub mod user;

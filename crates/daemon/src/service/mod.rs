@@ -33,8 +33,7 @@ pub use error::{ServiceError, ServiceResult};
 pub use wait::WaitTarget;
 
 pub const DEFAULT_ORG: &str = "personal";
-/// Default stop timeout (fly.toml `kill_timeout`).
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub use hangar_api::lifecycle::DEFAULT_STOP_TIMEOUT;
 /// Longest a single `wait` call blocks (Fly's proxy limit).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_LEASE_TTL: i64 = 30;
@@ -74,6 +73,15 @@ impl Source {
     }
 }
 
+/// The image store and how to pull into it.
+pub struct Images {
+    pub store: Arc<hangar_image::ImageStore>,
+    pub pull: hangar_image::PullOptions,
+}
+
+/// What HTTP handlers hold.
+pub type AppState = Arc<Hangar>;
+
 pub struct Hangar {
     /// This host (the agent that owns the machines it creates).
     host_id: String,
@@ -87,7 +95,7 @@ pub struct Hangar {
     me: Weak<Hangar>,
     /// Where each machine's dir (logs, Pilot's files) lives.
     machines_dir: std::path::PathBuf,
-    images: Option<crate::images::Images>,
+    images: Option<Images>,
     /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
     /// be created into an app being deleted (its row would vanish under a running sandbox).
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
@@ -148,7 +156,7 @@ impl Hangar {
         runtime: Arc<dyn Runtime>,
         region: String,
         machines_dir: std::path::PathBuf,
-        images: Option<crate::images::Images>,
+        images: Option<Images>,
         capacity: crate::capacity::Ledger,
         host_id: String,
     ) -> Arc<Self> {
@@ -175,7 +183,7 @@ impl Hangar {
             .clone()
     }
 
-    pub fn images(&self) -> Option<&crate::images::Images> {
+    pub fn images(&self) -> Option<&Images> {
         self.images.as_ref()
     }
 
