@@ -1,0 +1,254 @@
+//! What a machine holds on the host and how it is released: mounts, writable layers, the
+//! cgroup, the run dir; and the file helpers that never follow a link the machine planted.
+
+use super::*;
+
+impl SandboxRuntime {
+    /// Releases what a stopped machine held on the host: rootfs mounts, writable layers,
+    /// cgroup, uid range. Logs stay until the machine is destroyed.
+    pub(super) async fn cleanup(&self, id: &str, keep_rootfs: bool) -> Result<(), RuntimeError> {
+        let state = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .map(|r| r.state)
+            .or_else(|| read_state(&self.machine_dir(id)));
+        let dir = self.machine_dir(id);
+        let cgroup = self.cgroup(id);
+        // Found on disk rather than from runtime.json: a crash may have left mounts behind
+        // before that file was written.
+        let targets: Vec<PathBuf> = std::fs::read_dir(dir.join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.path().join("rootfs")).collect())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            if cgroup.exists() {
+                cgroup.destroy().map_err(failed)?;
+            }
+            for target in &targets {
+                if is_mountpoint(target) {
+                    hangar_image::unmount_rootfs(target).map_err(failed)?;
+                }
+                let Some(cdir) = target.parent() else {
+                    continue;
+                };
+                // A sized writable layer's disk (its loop device goes with the mount).
+                let layer = cdir.join(SIZED_LAYER_DIR);
+                if is_mountpoint(&layer) {
+                    hangar_image::unmount_rootfs(&layer).map_err(failed)?;
+                }
+                if !keep_rootfs {
+                    hangar_image::remove_rootfs(cdir).map_err(failed)?;
+                    let _ = std::fs::remove_dir(&layer);
+                    match std::fs::remove_file(cdir.join(SIZED_LAYER_IMAGE)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(failed(e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            // Between boots nothing of the machine runs: its run dir goes back to root, so the
+            // uid range (reused by later machines) owns nothing here.
+            let run = dir.join(RUN_DIR);
+            if run.is_dir() {
+                chown_tree_nofollow(&run, 0).map_err(failed)?;
+            }
+            // temp_dir volumes live as long as one boot of the machine.
+            let volumes = dir.join("volumes");
+            if let Ok(rd) = std::fs::read_dir(&volumes) {
+                for entry in rd.flatten() {
+                    if is_mountpoint(&entry.path()) {
+                        nix::mount::umount2(
+                            &entry.path(),
+                            nix::mount::MntFlags::MNT_DETACH
+                                | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+                        )
+                        .map_err(|e| failed(format!("unmount {}: {e}", entry.path().display())))?;
+                    }
+                }
+                std::fs::remove_dir_all(&volumes).map_err(failed)?;
+            }
+            for f in [RUNTIME_FILE, SPAWN_FILE] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            let _ = std::fs::remove_file(dir.join(RUN_DIR).join(CONTROL_SOCKET));
+            Ok(())
+        })
+        .await
+        .map_err(failed)??;
+        if let Some(s) = state {
+            self.free_slot(s.slot, id);
+        }
+        Ok(())
+    }
+}
+
+/// Appends a line from the platform (container `hangar` in the logs API) to the machine's
+/// logs, in Pilot's format. The run dir belongs to the machine's uid: every step is opened
+/// without following links.
+pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let run = nix::fcntl::open(run_dir, dir_flags, Mode::empty())?;
+    let logs = nix::fcntl::openat(run.as_fd(), "logs", dir_flags, Mode::empty())?;
+    let file = nix::fcntl::openat(
+        logs.as_fd(),
+        "hangar.log",
+        OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_APPEND
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let mut file = std::fs::File::from(file);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("hangar.log is not a regular file"));
+    }
+    let ts = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+        ))
+        .map_err(std::io::Error::other)?;
+    writeln!(file, "{ts} stderr {line}")
+}
+
+pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(failed(format!("removing {}: {e}", dir.display()))),
+    })
+    .await
+    .map_err(failed)?
+}
+
+/// Pilot and the container setup run as the machine's unprivileged host uid and reach their
+/// machine dir by path, so every directory above the data dir must let others through.
+pub(super) fn check_traversable(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = std::fs::canonicalize(data_dir)?;
+    for dir in abs.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "{} (mode {:o}) blocks machines from reaching their files under {}: run `chmod o+x {}` or use a --data-dir elsewhere",
+                dir.display(),
+                mode & 0o7777,
+                abs.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The rootfs survives a stop only with `rootfs.persist` of `restart` or `always`.
+pub(super) fn keep_rootfs(config: &MachineConfig) -> bool {
+    config
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.persist.as_deref())
+        .is_some_and(|p| p == "restart" || p == "always")
+}
+
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(failed)?;
+    std::fs::write(path, bytes).map_err(|e| failed(format!("writing {}: {e}", path.display())))
+}
+
+pub(super) fn read_state(dir: &Path) -> Option<RuntimeState> {
+    serde_json::from_slice(&read_machine_file(&dir.join(RUNTIME_FILE))?).ok()
+}
+
+/// Writes a file root owns into a dir the machine's uid can write: whatever sits at the path
+/// (a planted symlink, say) is removed first and the new file is created exclusively.
+/// Writes a new file readable only by `owner` (and root): Pilot's spec carries every
+/// container's env and file contents.
+pub(super) fn write_private_file(
+    path: &Path,
+    bytes: &[u8],
+    owner: u32,
+) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
+    std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(failed)?;
+    f.write_all(bytes).map_err(failed)
+}
+
+/// The machine dir: root's, entered only by root and the group of this boot's machine root.
+pub(super) fn restrict_machine_dir(dir: &Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(dir, Some(0), Some(gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+}
+
+/// Gives `dir` and everything under it to `uid`, never following a symlink.
+pub(super) fn chown_tree_nofollow(dir: &Path, uid: u32) -> std::io::Result<()> {
+    use nix::unistd::{fchownat, Gid, Uid};
+    let own = |p: &Path| {
+        fchownat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(uid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)
+    };
+    own(dir)?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            chown_tree_nofollow(&path, uid)?;
+        } else {
+            own(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file from a machine dir, which belongs to the machine's uid: no symlinks, no FIFOs
+/// or devices that could block or leak host data, at most 1 MiB.
+pub(super) fn read_machine_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut out = Vec::new();
+    file.take(MACHINE_FILE_MAX).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// Whether `path` itself (never what a symlink there points to) is a mount point.
+pub(super) fn is_mountpoint(path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), _) if a.file_type().is_symlink() => false,
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}

@@ -1,0 +1,259 @@
+//! Booting a machine: its images (pinned digests), the plan of its containers and mounts, and
+//! the spawn helper that builds the sandbox.
+
+use super::*;
+
+impl SandboxRuntime {
+    /// The exact image a machine was created with (`image` resolved to `digest` then), even if
+    /// the tag now names another: found here by digest, or pulled as `repository@digest`.
+    pub(super) async fn ensure_pinned(
+        &self,
+        image: &str,
+        digest: &str,
+    ) -> Result<ImageRecord, RuntimeError> {
+        let store = self.images.clone();
+        let d = digest.to_string();
+        let found = tokio::task::spawn_blocking(move || store.resolve(&d))
+            .await
+            .map_err(failed)?;
+        match found {
+            Ok(rec) => Ok(rec),
+            Err(hangar_image::Error::NotFound(_)) => {
+                let mut reference =
+                    Reference::parse(image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+                hangar_image::Digest::parse(digest)
+                    .map_err(|e| RuntimeError::Image(e.to_string()))?;
+                reference.digest = Some(digest.to_string());
+                tracing::info!(%reference, "pulling the machine's pinned image");
+                hangar_image::pull(&self.images, &reference, &self.pull)
+                    .await
+                    .map_err(|e| RuntimeError::Image(format!("pulling {reference}: {e}")))
+            }
+            Err(e) => Err(RuntimeError::Image(e.to_string())),
+        }
+    }
+
+    /// Finds an image locally, pulling it when missing.
+    pub(super) async fn ensure_image(&self, image: &str) -> Result<ImageRecord, RuntimeError> {
+        let reference = Reference::parse(image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+        let store = self.images.clone();
+        let name = reference.to_string();
+        let found = tokio::task::spawn_blocking(move || store.resolve(&name))
+            .await
+            .map_err(failed)?;
+        match found {
+            Ok(rec) => Ok(rec),
+            Err(hangar_image::Error::NotFound(_)) => {
+                tracing::info!(%reference, "pulling image");
+                hangar_image::pull(&self.images, &reference, &self.pull)
+                    .await
+                    .map_err(|e| RuntimeError::Image(format!("pulling {reference}: {e}")))
+            }
+            Err(e) => Err(RuntimeError::Image(e.to_string())),
+        }
+    }
+
+    /// Builds the pilot spec and the mount plan for the machine's current config.
+    pub(super) async fn plan(
+        &self,
+        m: &MachineRecord,
+        dir: &Path,
+        uid_base: u32,
+    ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<VolumeMountPlan>), RuntimeError> {
+        let mut containers = Vec::new();
+        let mut mounts = Vec::new();
+        let volumes = prepare_volumes(&m.config, dir, uid_base)?;
+        // Root filesystems by container, for processes that share the first one's.
+        let mut prepared: HashMap<String, (hangar_image::ImageDetails, RootfsSpec)> =
+            HashMap::new();
+        for c in container_configs(&m.config) {
+            // Names become host paths; validation admits only plain ones, checked again here.
+            if !hangar_api::validate::is_dir_safe_name(&c.name) {
+                return Err(RuntimeError::Image(format!(
+                    "invalid container name {:?}",
+                    c.name
+                )));
+            }
+            let owner = c.rootfs_of.clone().unwrap_or_else(|| c.name.clone());
+            let target = dir.join("containers").join(&owner).join("rootfs");
+            let (details, rootfs) = match prepared.get(&owner) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let record = match m.image_digests.get(&c.image) {
+                        Some(digest) => self.ensure_pinned(&c.image, digest).await?,
+                        None => self.ensure_image(&c.image).await?,
+                    };
+                    let store = self.images.clone();
+                    let cdir = dir.join("containers").join(&c.name);
+                    let digest = record.manifest_digest.clone();
+                    let size_gb = rootfs_size_gb(&m.config);
+                    let sized_cdir = cdir.clone();
+                    let (details, rootfs) = tokio::task::spawn_blocking(move || {
+                        let details = store.inspect(&digest.to_string())?;
+                        let rootfs = match size_gb {
+                            // The writable layer lives on the disk image, mounted by the
+                            // spawn helper: nothing to create here yet.
+                            Some(_) => RootfsSpec {
+                                lowerdirs: store.layer_dirs(&digest)?,
+                                upperdir: sized_cdir.join(SIZED_LAYER_DIR).join("upper"),
+                                workdir: sized_cdir.join(SIZED_LAYER_DIR).join("work"),
+                            },
+                            None => store.prepare_rootfs(
+                                &digest,
+                                &sized_cdir,
+                                Some((uid_base, uid_base)),
+                            )?,
+                        };
+                        Ok::<_, hangar_image::Error>((details, rootfs))
+                    })
+                    .await
+                    .map_err(failed)?
+                    .map_err(|e| RuntimeError::Image(e.to_string()))?;
+                    std::fs::create_dir_all(&target).map_err(failed)?;
+                    let disk = match size_gb {
+                        Some(gb) => {
+                            let image = cdir.join(SIZED_LAYER_IMAGE);
+                            let layer = cdir.join(SIZED_LAYER_DIR);
+                            tokio::task::spawn_blocking(move || {
+                                crate::container_plan::ensure_disk_image(
+                                    &image,
+                                    gb.saturating_mul(1024),
+                                    uid_base,
+                                )?;
+                                std::fs::create_dir_all(&layer).map_err(failed)?;
+                                Ok::<_, RuntimeError>(Some(SizedLayer {
+                                    image,
+                                    target: layer,
+                                    owner: uid_base,
+                                }))
+                            })
+                            .await
+                            .map_err(failed)??
+                        }
+                        None => None,
+                    };
+                    mounts.push(MountPlan {
+                        lowerdirs: rootfs.lowerdirs.clone(),
+                        upperdir: rootfs.upperdir.clone(),
+                        workdir: rootfs.workdir.clone(),
+                        target: target.clone(),
+                        disk,
+                    });
+                    prepared.insert(c.name.clone(), (details.clone(), rootfs.clone()));
+                    (details, rootfs)
+                }
+            };
+            let mut process = container_process(m, &c, &details.config, &rootfs, &target)?;
+            for (volume, path) in &c.mounts {
+                let host = volumes
+                    .dirs
+                    .get(volume)
+                    .ok_or_else(|| RuntimeError::Image(format!("unknown volume {volume:?}")))?;
+                process.binds.push((host.clone(), path.clone()));
+            }
+            let stop_signal = c
+                .stop_signal
+                .or_else(|| {
+                    details
+                        .config
+                        .stop_signal
+                        .as_deref()
+                        .and_then(|s| Signal::parse(s).ok())
+                })
+                .unwrap_or(Signal::SIGINT);
+            containers.push(ContainerSpec {
+                name: c.name.clone(),
+                process,
+                stop_signal: stop_signal.number(),
+                stop_timeout_ms: c.stop_timeout.as_millis() as u64,
+                depends_on: c.depends_on.clone(),
+                healthchecks: c.healthchecks.clone(),
+                restart: c.restart.clone(),
+                tty: m.config.init.tty,
+                stops_machine: c.stops_machine,
+            });
+        }
+        Ok((
+            PilotSpec {
+                machine_id: m.id.clone(),
+                containers,
+                log_max_bytes: LOG_MAX_BYTES,
+            },
+            mounts,
+            volumes.mounts,
+        ))
+    }
+
+    pub(super) async fn launch(
+        &self,
+        m: &MachineRecord,
+        slot: u32,
+    ) -> Result<RuntimeState, RuntimeError> {
+        let dir = self.machine_dir(&m.id);
+        let run = self.run_dir(&m.id);
+        let uid_base = UID_BASE_START + slot * UID_RANGE;
+        std::fs::create_dir_all(&run).map_err(failed)?;
+        // Only root and this boot's machine (its root's group) may enter the machine dir: it
+        // holds the container's writable layer and Pilot's spec (env, file contents).
+        restrict_machine_dir(&dir, uid_base).map_err(failed)?;
+        // This boot's uid owns the run dir and what earlier boots left there (their logs).
+        chown_tree_nofollow(&run, uid_base).map_err(failed)?;
+        let _ = std::fs::remove_file(run.join(EXIT_FILE));
+        let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base).await?;
+        write_private_file(
+            &run.join(SPEC_FILE),
+            &serde_json::to_vec(&pilot_spec).map_err(failed)?,
+            uid_base,
+        )?;
+        let guest = m.config.guest.clone().unwrap_or_default();
+        let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
+        let swap_bytes = (m.config.init.swap_size_mb.unwrap_or(0).max(0) as u64) << 20;
+        let plan = SpawnPlan {
+            sandbox: SandboxSpec {
+                machine_id: m.id.clone(),
+                machine_dir: dir.clone(),
+                uid_base,
+                uid_count: UID_RANGE,
+                cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+                cgroup_path: PathBuf::from(format!("hangar/{}", m.id)),
+                cpus: guest.cpus.max(1) as u32,
+                memory_bytes,
+                swap_bytes,
+                pids: pids_limit(guest.memory_mb.max(1) as u64),
+                hostname: crate::container_plan::hostname(&m.config, &m.id),
+                pilot_args: vec![
+                    "pilot".into(),
+                    "--machine-dir".into(),
+                    run.display().to_string(),
+                ],
+                pilot_log: run.join(PILOT_LOG),
+            },
+            mounts,
+            volume_mounts,
+        };
+        write_json(&dir.join(SPAWN_FILE), &plan)?;
+        let out = tokio::process::Command::new(&self.exe)
+            .arg("sandbox-spawn")
+            .arg(dir.join(SPAWN_FILE))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| failed(format!("running the sandbox helper: {e}")))?;
+        if !out.status.success() {
+            return Err(failed(format!(
+                "building the sandbox failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))?;
+        Ok(RuntimeState {
+            instance_id: m.instance_id.clone(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            slot,
+        })
+    }
+}

@@ -1,0 +1,607 @@
+//! The namespace sandbox runtime: each machine is a user/pid/mount/uts/ipc/net/cgroup namespace
+//! set with Pilot as PID 1, built by a fresh `hangar sandbox-spawn` helper process (never by
+//! unsharing inside this multi-threaded daemon). Container root filesystems are overlays of the
+//! shared image layers, idmapped so that root-owned layer files belong to the machine's root.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_api::{MachineConfig, Signal};
+use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
+use hangar_pilot::protocol::{ErrorKind, Reply, Request, RequestLine};
+use hangar_pilot::spec::{
+    ContainerSpec, ContainerState, ContainerStatus, PilotExit, PilotSpec, CONTROL_SOCKET,
+    EXIT_FILE, SPEC_FILE,
+};
+use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
+use hangar_sandbox::plan::{MountPlan, SizedLayer, SpawnPlan, VolumeMountPlan};
+use hangar_sandbox::SandboxSpec;
+use hangar_store::MachineRecord;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::now_ms;
+use crate::container_plan::{container_configs, container_process, prepare_volumes};
+use crate::runtime::{
+    Adoption, ContainerEvent, ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError,
+    RuntimeEvent,
+};
+
+use crate::uid_slots::{MAX_SLOTS, UID_BASE_START, UID_RANGE};
+
+mod host;
+mod launch;
+mod pilot;
+
+use host::*;
+use pilot::*;
+const LOG_MAX_BYTES: u64 = 16 << 20;
+
+/// A machine's process limit (`pids.max`), by its memory: 4 per MiB, at least 1,024 and at most
+/// 32,768. A 256 MB machine gets 1,024, a 2 GB one 8,192: far above what real workloads of that
+/// size run, low enough that a fork bomb stays small and quick to kill (docs/decisions.md).
+pub(crate) fn pids_limit(memory_mb: u64) -> u64 {
+    memory_mb.saturating_mul(4).clamp(1024, 32768)
+}
+const RUNTIME_FILE: &str = "runtime.json";
+const SPAWN_FILE: &str = "spawn.json";
+const PILOT_LOG: &str = "pilot.log";
+/// Pilot's writable dir inside a machine dir.
+pub const RUN_DIR: &str = "run";
+/// How long Pilot has to answer a control request (exec adds its own timeout).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest control reply accepted (exec output is capped at 1 MiB per stream by Pilot).
+const CONTROL_REPLY_MAX: u64 = 16 << 20;
+
+/// In a container dir: the disk image of a sized writable layer, and where it is mounted.
+const SIZED_LAYER_IMAGE: &str = "rootfs.ext4";
+const SIZED_LAYER_DIR: &str = "layer";
+
+/// `rootfs.size_gb` when set (0 means unset, as flyctl's `--rootfs-size 0`).
+fn rootfs_size_gb(config: &MachineConfig) -> Option<u64> {
+    config
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.size_gb)
+        .filter(|gb| *gb > 0)
+}
+
+/// Kept in the machine dir so a restarted daemon can find the machine again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RuntimeState {
+    instance_id: String,
+    pid: i32,
+    /// Process start time (clock ticks since boot), to tell a recycled pid from Pilot.
+    start_time: u64,
+    slot: u32,
+}
+
+struct Running {
+    state: RuntimeState,
+    exited: watch::Receiver<Option<MachineExit>>,
+    /// Set by stop(): the exit that follows was asked for and is returned to the caller.
+    stopping: bool,
+}
+
+pub struct SandboxRuntime {
+    machines_dir: PathBuf,
+    images: Arc<ImageStore>,
+    pull: PullOptions,
+    hierarchy: Hierarchy,
+    exe: PathBuf,
+    /// uid-range slots in use, with the machine holding each.
+    slots: Mutex<BTreeMap<u32, String>>,
+    /// The same slots, claimed host-wide.
+    claims: crate::uid_slots::SlotClaims,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    exits: mpsc::UnboundedSender<RuntimeEvent>,
+    /// How long a destroyed machine's logs are kept (crate::log_archive).
+    log_retention: Duration,
+}
+
+pub(crate) use crate::runtime::failed;
+
+impl SandboxRuntime {
+    /// Checks the host can run sandboxes (a usable cgroup hierarchy) and sets up the dirs.
+    pub fn new(
+        data_dir: &Path,
+        images: Arc<ImageStore>,
+        pull: PullOptions,
+        exits: mpsc::UnboundedSender<RuntimeEvent>,
+        log_retention: Duration,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
+        let machines_dir = data_dir.join("machines");
+        std::fs::create_dir_all(&machines_dir)?;
+        check_traversable(data_dir)?;
+        // Machine roots are unprivileged host uids; they must be able to reach their own
+        // machine dir (but not list anything above it).
+        for dir in [data_dir, machines_dir.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        Ok(Self {
+            machines_dir,
+            images,
+            pull,
+            hierarchy,
+            exe: std::env::current_exe()?,
+            slots: Mutex::new(BTreeMap::new()),
+            claims: crate::uid_slots::SlotClaims::open(
+                Path::new(crate::uid_slots::DEFAULT_DIR),
+                data_dir,
+            )?,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            exits,
+            log_retention,
+        })
+    }
+
+    /// Pilot's own dir inside the machine dir: the only part the machine's uid may write
+    /// (control socket, logs, exit report). The machine dir above it stays root's.
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.machine_dir(id).join(RUN_DIR)
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.machines_dir.join(id)
+    }
+
+    fn cgroup(&self, id: &str) -> MachineCgroup {
+        MachineCgroup::new(self.hierarchy.clone(), format!("hangar/{id}"))
+    }
+
+    /// A uid-range slot for the machine, claimed host-wide (crate::uid_slots) so that another
+    /// daemon on this host never hands out the same range.
+    fn alloc_slot(&self, machine_id: &str) -> Result<u32, RuntimeError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in (0..MAX_SLOTS).filter(|s| !slots.contains_key(s)) {
+            if self
+                .claims
+                .claim(slot, machine_id)
+                .map_err(|e| failed(format!("claiming a uid range: {e}")))?
+            {
+                slots.insert(slot, machine_id.to_string());
+                return Ok(slot);
+            }
+        }
+        Err(failed("no free uid range for another machine on this host"))
+    }
+
+    /// Frees `slot` if `machine_id` still holds it (freeing twice never frees another's).
+    fn free_slot(&self, slot: u32, machine_id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(&slot).is_some_and(|owner| owner == machine_id) {
+            slots.remove(&slot);
+            self.claims.release(slot, machine_id);
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for SandboxRuntime {
+    fn preflight(&self, config: &MachineConfig) -> Result<(), RuntimeError> {
+        for c in container_configs(config) {
+            Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+        // Leftovers of an earlier run (a crash, a kill) go first.
+        self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
+        let slot = self.alloc_slot(&m.id)?;
+        // Frees the slot if this start fails or unwinds (a panic) before the run owns it.
+        let mut slot_guard = SlotGuard {
+            runtime: self,
+            slot: Some(slot),
+            machine_id: &m.id,
+        };
+        let keep = keep_rootfs(&m.config);
+        let launched = match self.launch(m, slot).await {
+            Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
+                .and_then(|()| self.watch_exit(m, &state)),
+            Err(e) => Err(e),
+        };
+        let mut exited = match launched {
+            Ok(exited) => exited,
+            Err(e) => {
+                // Kill whatever started; a persistent rootfs survives a failed start.
+                let cgroup = self.cgroup(&m.id);
+                let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                let _ = self.cleanup(&m.id, keep).await;
+                return Err(e);
+            }
+        };
+        // The run holds the slot now; cleanup() frees it.
+        slot_guard.slot = None;
+        self.watch_containers(m, 0);
+        if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
+            let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn stop(
+        &self,
+        m: &MachineRecord,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Result<Option<MachineExit>, RuntimeError> {
+        let exited = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&m.id)
+            .map(|r| {
+                r.stopping = true;
+                r.exited.clone()
+            });
+        let mut outcome = None;
+        if let Some(mut exited) = exited {
+            if exited.borrow().is_none() {
+                // A suspended (frozen) Pilot could not answer; thaw it first.
+                let _ = self.set_frozen(m, false).await;
+                let req = Request::Stop {
+                    signal: Some(signal.number()),
+                    timeout_ms: Some(timeout.as_millis() as u64),
+                };
+                let asked = self.control(&m.id, &req).await.is_ok();
+                let grace = if asked {
+                    timeout.saturating_add(Duration::from_secs(2))
+                } else {
+                    Duration::ZERO
+                };
+                if tokio::time::timeout(grace, exited.wait_for(|e| e.is_some()))
+                    .await
+                    .is_err()
+                {
+                    // Pilot did not finish in time: kill the whole machine.
+                    let cgroup = self.cgroup(&m.id);
+                    tokio::task::spawn_blocking(move || cgroup.kill_all())
+                        .await
+                        .map_err(failed)?
+                        .map_err(failed)?;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        exited.wait_for(|e| e.is_some()),
+                    )
+                    .await;
+                }
+            }
+            // Also an exit that happened just before this stop: its watcher's report is
+            // dropped once the run is cleaned up, so the stop records it.
+            outcome = exited.borrow().clone();
+        }
+        self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
+        Ok(outcome)
+    }
+
+    async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+        self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
+        self.cleanup(&m.id, false).await?;
+        let dir = self.machine_dir(&m.id);
+        // The logs outlive the machine (crate::log_archive); everything else goes now.
+        let live = dir.join(RUN_DIR).join("logs");
+        let archive = crate::log_archive::archive_dir(&self.machines_dir);
+        let (id, keep) = (m.id.clone(), self.log_retention);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::log_archive::archive(&live, &archive, &id, keep)
+        })
+        .await;
+        remove_dir(dir).await
+    }
+
+    async fn sweep(&self, live: &std::collections::HashSet<String>) {
+        let Ok(rd) = std::fs::read_dir(&self.machines_dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&id) {
+                continue;
+            }
+            tracing::info!(machine = %id, "removing what a destroyed machine left behind");
+            let _ = self.cleanup(&id, false).await;
+            let _ = remove_dir(entry.path()).await;
+        }
+        // uid ranges this daemon claimed for machines that are gone.
+        for (slot, machine) in self.claims.owned() {
+            if !live.contains(&machine) && !self.machine_dir(&machine).exists() {
+                self.claims.release(slot, &machine);
+            }
+        }
+    }
+
+    async fn adopt(&self, m: &MachineRecord) -> Adoption {
+        let dir = self.machine_dir(&m.id);
+        let state = read_state(&dir);
+        if let Some(s) = &state {
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(s.slot, m.id.clone());
+            // Claims written by a daemon from before host-wide claims, or lost with /run.
+            if !self.claims.claim(s.slot, &m.id).unwrap_or(false) {
+                tracing::error!(machine = %m.id, slot = s.slot, "this machine's uid range is claimed by another daemon on this host");
+            }
+        }
+        let alive = state.as_ref().is_some_and(|s| {
+            s.instance_id == m.instance_id && start_time(s.pid).is_some_and(|t| t == s.start_time)
+        });
+        match state {
+            Some(state) if alive => {
+                if self.watch_exit(m, &state).is_err() {
+                    return Adoption::Gone(None);
+                }
+                // Re-adopted after a daemon restart: the earlier events were recorded then.
+                self.watch_containers(m, now_ms());
+                Adoption::Running
+            }
+            state => {
+                // This version's run ended while the daemon was away: Pilot's report says how.
+                let exit = state
+                    .filter(|s| s.instance_id == m.instance_id)
+                    .and_then(|s| {
+                        let report = read_machine_file(&self.run_dir(&m.id).join(EXIT_FILE))
+                            .and_then(|b| PilotExit::parse(&b))
+                            .filter(|e| !e.containers.is_empty())?;
+                        Some(MachineExit {
+                            app: m.app.clone(),
+                            machine_id: m.id.clone(),
+                            instance_id: m.instance_id.clone(),
+                            exit_code: report.exit_code,
+                            signal: report.signal,
+                            oom_killed: self.cgroup(&m.id).oom_kills().unwrap_or(0) > 0,
+                            exited_at: now_ms(),
+                            run: i64::from(s.pid),
+                        })
+                    });
+                // Whatever is left of it (processes, mounts, cgroup) goes.
+                let _ = self.cleanup(&m.id, keep_rootfs(&m.config)).await;
+                Adoption::Gone(exit)
+            }
+        }
+    }
+
+    async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.set_frozen(frozen))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn exec(
+        &self,
+        m: &MachineRecord,
+        exec: ExecSpec,
+    ) -> Result<hangar_api::ExecResponse, RuntimeError> {
+        let req = Request::Exec {
+            container: exec.container,
+            command: exec.command,
+            stdin: exec.stdin,
+            timeout_ms: Some(exec.timeout.as_millis() as u64),
+        };
+        let Reply::Exec { result: r } = self.control(&m.id, &req).await? else {
+            return Err(failed("pilot sent no exec result"));
+        };
+        Ok(hangar_api::ExecResponse {
+            exit_code: i64::from(r.exit_code),
+            exit_signal: i64::from(r.exit_signal),
+            stdout: r.stdout,
+            stderr: r.stderr,
+            stdout_truncated: r.stdout_truncated,
+            stderr_truncated: r.stderr_truncated,
+        })
+    }
+
+    async fn attach(
+        &self,
+        m: &MachineRecord,
+        request: Request,
+    ) -> Result<crate::runtime::ConsoleConnection, RuntimeError> {
+        let path = self.run_dir(&m.id).join(CONTROL_SOCKET);
+        let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            RuntimeError::NotRunning(format!("the machine's Pilot is not reachable: {e}"))
+        })?;
+        // Buffered for the reply line; bytes Pilot sends right after it stay in the buffer.
+        let mut pilot = BufReader::new(stream);
+        let line = RequestLine::new(request).to_line();
+        pilot.write_all(&line).await.map_err(failed)?;
+        let mut reply = String::new();
+        tokio::time::timeout(CONTROL_TIMEOUT, pilot.read_line(&mut reply))
+            .await
+            .map_err(|_| failed("pilot did not answer the attach"))?
+            .map_err(failed)?;
+        match Reply::parse(reply.trim()).map_err(failed)? {
+            (_, Reply::Error { kind, message }) => Err(pilot_error(kind, message)),
+            _ => Ok(pilot),
+        }
+    }
+
+    async fn ps(&self, m: &MachineRecord) -> Result<Vec<hangar_api::ProcessStat>, RuntimeError> {
+        let Reply::Ps { processes } = self.control(&m.id, &Request::Ps).await? else {
+            return Err(failed("pilot sent no process list"));
+        };
+        Ok(processes
+            .into_iter()
+            .map(|p| hangar_api::ProcessStat {
+                pid: p.pid,
+                stime: 0,
+                rtime: p.cpu,
+                command: p.command,
+                directory: p.directory,
+                cpu: p.cpu,
+                rss: p.rss,
+                listen_sockets: p
+                    .listen_sockets
+                    .into_iter()
+                    .map(|(proto, address)| hangar_api::ListenSocket { proto, address })
+                    .collect(),
+                container: Some(p.container),
+            })
+            .collect())
+    }
+
+    fn is_current_run(&self, machine_id: &str, run: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(machine_id)
+            .is_some_and(|r| i64::from(r.state.pid) == run)
+    }
+
+    async fn image_ref(&self, image: &str, digest: Option<&str>) -> Option<hangar_api::ImageRef> {
+        let reference = Reference::parse(image).ok()?;
+        let store = self.images.clone();
+        let name = digest.map_or_else(|| reference.to_string(), str::to_string);
+        let details = tokio::task::spawn_blocking(move || store.inspect(&name))
+            .await
+            .ok()?
+            .ok()?;
+        Some(hangar_api::ImageRef {
+            registry: reference.registry,
+            repository: reference.repository,
+            tag: reference.tag.unwrap_or_default(),
+            digest: details.record.manifest_digest.to_string(),
+            labels: details.config.labels,
+        })
+    }
+
+    async fn containers(&self, m: &MachineRecord) -> Option<Vec<ContainerView>> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&m.id);
+        if !running {
+            return None;
+        }
+        let Reply::Status { containers } = self.control(&m.id, &Request::Status).await.ok()? else {
+            return None;
+        };
+        let single = m.config.containers.as_ref().is_none_or(|c| c.is_empty());
+        Some(
+            containers
+                .into_iter()
+                .map(|c| ContainerView {
+                    checks: c
+                        .checks
+                        .iter()
+                        .map(|k| hangar_api::CheckStatus {
+                            // Single-image machines and top-level checks show by name, as on
+                            // Fly; container checks as `container:check`.
+                            name: if single || k.machine_level {
+                                k.name.clone()
+                            } else {
+                                format!("{}:{}", c.name, k.name)
+                            },
+                            status: k.status.clone(),
+                            output: k.output.clone(),
+                            updated_at: (k.updated_at > 0)
+                                .then(|| crate::clock::rfc3339_ms(k.updated_at)),
+                        })
+                        .collect(),
+                    status: hangar_api::ContainerStatus {
+                        name: c.name.clone(),
+                        state: serde_json::to_value(c.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        exit_code: c.exit_code.map(i64::from),
+                        restart_count: i64::from(c.restart_count),
+                        health: c.health.clone(),
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    async fn fetch_images(
+        &self,
+        config: &MachineConfig,
+    ) -> Result<std::collections::BTreeMap<String, String>, RuntimeError> {
+        let mut pins = std::collections::BTreeMap::new();
+        for c in container_configs(config) {
+            if !pins.contains_key(&c.image) {
+                let record = self.ensure_image(&c.image).await?;
+                pins.insert(c.image.clone(), record.manifest_digest.to_string());
+            }
+        }
+        Ok(pins)
+    }
+
+    async fn memory(&self, m: &MachineRecord) -> Result<(u64, u64), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.memory())
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn set_memory_limit(&self, m: &MachineRecord, bytes: u64) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.set_memory_limit(bytes))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn reclaim_memory(&self, m: &MachineRecord, bytes: u64) -> Result<u64, RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || cgroup.reclaim(bytes))
+            .await
+            .map_err(failed)?
+            .map_err(failed)
+    }
+
+    async fn signal(&self, m: &MachineRecord, signal: Signal) -> Result<(), RuntimeError> {
+        self.control(
+            &m.id,
+            &Request::Signal {
+                signal: signal.number(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// A Pilot's failure as the runtime reports it: its kind says which, not its words.
+pub(crate) fn pilot_error(kind: ErrorKind, message: String) -> RuntimeError {
+    match kind {
+        ErrorKind::NoSuchContainer => RuntimeError::NoSuchContainer(message),
+        ErrorKind::NotRunning => RuntimeError::NotRunning(message),
+        ErrorKind::Invalid | ErrorKind::BadRequest => RuntimeError::Unsupported(message),
+        ErrorKind::Version => RuntimeError::Failed(format!(
+            "{message}; restart the machine to run the current Pilot"
+        )),
+        ErrorKind::Failed => RuntimeError::Failed(message),
+    }
+}
+
+/// Gives a uid slot back unless disarmed: a start that fails or unwinds before its run owns the
+/// slot must not lose it.
+struct SlotGuard<'a> {
+    runtime: &'a SandboxRuntime,
+    slot: Option<u32>,
+    machine_id: &'a str,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.runtime.free_slot(slot, self.machine_id);
+        }
+    }
+}
+
+/// Largest file the daemon reads back from a machine dir.
+const MACHINE_FILE_MAX: u64 = 1 << 20;
