@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
 use crate::spec::Probe;
-use crate::supervisor::{check_result, Shared};
+use crate::state::Shared;
 use crate::{exec, http};
 
 /// Output kept per check result.
@@ -15,7 +15,14 @@ const MAX_OUTPUT: usize = 1024;
 /// Floor for intervals so a zero interval cannot spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-pub(crate) async fn run_check(state: Shared, i: usize, k: usize, run: u64) {
+/// Runs check `k` of container `i`'s run `run`, handing each result to `report` (the
+/// supervisor), which answers false once the run is over.
+pub(crate) async fn run_check(
+    state: Shared,
+    i: usize,
+    k: usize,
+    report: impl Fn(bool, String) -> bool,
+) {
     let Some(spec) = state
         .borrow()
         .containers
@@ -32,7 +39,7 @@ pub(crate) async fn run_check(state: Shared, i: usize, k: usize, run: u64) {
     loop {
         ticker.tick().await;
         let (pass, output) = probe(&state, i, &spec.probe, timeout).await;
-        if !check_result(&state, i, k, run, pass, truncate(output)) {
+        if !report(pass, truncate(output)) {
             return;
         }
     }

@@ -12,7 +12,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::protocol::{ErrorKind, Reply, Request, RequestLine, PROTOCOL_VERSION};
 use crate::spec::ContainerState;
-use crate::supervisor::{spawn_stop, Shared};
+use crate::state::Shared;
+
+/// How the control socket asks the supervisor to stop every container (signal, timeout).
+pub(crate) type StopFn = std::rc::Rc<dyn Fn(Option<i32>, Option<u64>)>;
 use crate::{attach, exec, ps};
 
 /// Exec timeout when the request gives none.
@@ -31,7 +34,7 @@ fn invalid(message: String) -> Failure {
     (ErrorKind::Invalid, message)
 }
 
-pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
+pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared, stop: StopFn) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -120,7 +123,7 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared) {
                 }
                 continue;
             }
-            Ok(req) => handle(req, &state).await,
+            Ok(req) => handle(req, &state, &stop).await,
         };
         if write.write_all(&reply.to_line()).await.is_err() {
             return;
@@ -173,7 +176,7 @@ fn target(
     }
 }
 
-async fn handle(req: Request, state: &Shared) -> Reply {
+async fn handle(req: Request, state: &Shared, stop: &StopFn) -> Reply {
     match req {
         Request::Status => Reply::Status {
             containers: state
@@ -184,7 +187,7 @@ async fn handle(req: Request, state: &Shared) -> Reply {
                 .collect(),
         },
         Request::Stop { signal, timeout_ms } => {
-            spawn_stop(state, signal, timeout_ms);
+            stop(signal, timeout_ms);
             Reply::Ok
         }
         Request::Signal { signal } => {

@@ -16,6 +16,7 @@ pub mod protocol;
 mod ps;
 pub mod restart;
 pub mod spec;
+mod state;
 mod supervisor;
 mod tls;
 

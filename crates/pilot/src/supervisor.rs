@@ -25,84 +25,11 @@ use crate::graph::{self, Decision, DepView};
 use crate::health::{self, CheckMachine, CheckState};
 use crate::restart::RestartTracker;
 use crate::spec::{
-    CheckKind, CheckStatus, Condition, ContainerSpec, ContainerState, ContainerStatus, Event,
-    EventKind, PilotExit, PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
+    CheckKind, CheckStatus, Condition, ContainerState, ContainerStatus, EventKind, PilotExit,
+    PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
 };
+use crate::state::{event, now_ms, Container, Shared, State, WATCH_BUFFER};
 use crate::{checks, control, launch};
-
-/// Events buffered per watcher; a watcher that falls this far behind is dropped.
-const WATCH_BUFFER: usize = 1024;
-
-pub(crate) struct Container {
-    pub spec: ContainerSpec,
-    pub status: ContainerStatus,
-    deps: Vec<(usize, Condition)>,
-    /// Bumped at every launch; timers and checks of an older run see it and stop.
-    pub run: u64,
-    launched: bool,
-    exited_ok: bool,
-    exited_bad: bool,
-    /// Will never run again.
-    finished: bool,
-    restart_pending: bool,
-    /// A liveness check is stopping this run: its exit counts as a failure.
-    liveness_stop: bool,
-    tracker: RestartTracker,
-    checks: Vec<CheckMachine>,
-    gating: Vec<usize>,
-    tasks: Vec<AbortHandle>,
-    /// How the running workload ended, as its init reports it (see `hangar_sandbox::init`).
-    status_pipe: Option<std::fs::File>,
-}
-
-impl Container {
-    fn running(&self) -> bool {
-        self.status.state == ContainerState::Running
-    }
-
-    fn ready(&self) -> bool {
-        self.running()
-            && self.gating.iter().all(|&k| {
-                self.checks
-                    .get(k)
-                    .is_some_and(|c| c.state == CheckState::Passing)
-            })
-    }
-
-    fn view(&self) -> DepView {
-        DepView {
-            launched: self.launched,
-            running: self.running(),
-            ready: self.ready(),
-            exited_ok: self.exited_ok,
-            exited_bad: self.exited_bad,
-            finished: self.finished,
-            failed: self.status.state == ContainerState::Failed,
-        }
-    }
-}
-
-/// Events kept for watchers that connect late.
-const HISTORY_LEN: usize = 256;
-
-pub(crate) struct State {
-    log_dir: PathBuf,
-    log_max: u64,
-    pub containers: Vec<Container>,
-    pids: HashMap<i32, usize>,
-    pub stopping: bool,
-    /// The `stops_machine` container whose exit ended the machine; its code is the machine's.
-    ended_by: Option<usize>,
-    pub events: broadcast::Sender<Event>,
-    /// The most recent events, replayed to a new watcher so that what happened before it
-    /// connected (containers that start at once) is not lost.
-    pub history: RefCell<std::collections::VecDeque<Event>>,
-    /// Woken at every change that may end Pilot or a stop wave.
-    pub changed: Rc<Notify>,
-    pub waiters: Waiters,
-}
-
-pub(crate) type Shared = Rc<RefCell<State>>;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
 pub fn main(dir: &Path) -> anyhow::Result<i32> {
@@ -200,7 +127,11 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
             _ = sigint.recv() => spawn_stop(&state, None, None),
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
-                    tokio::task::spawn_local(control::serve(stream, state.clone()));
+                    let stop: control::StopFn = {
+                        let state = state.clone();
+                        Rc::new(move |signal, timeout_ms| spawn_stop(&state, signal, timeout_ms))
+                    };
+                    tokio::task::spawn_local(control::serve(stream, state.clone(), stop));
                 }
             }
             _ = notified => {}
@@ -247,75 +178,6 @@ fn all_done(state: &Shared) -> bool {
             || s.containers
                 .iter()
                 .all(|c| c.status.state != ContainerState::Created))
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn event(c: &Container, kind: EventKind) -> Event {
-    Event {
-        container: c.spec.name.clone(),
-        kind,
-        at: now_ms(),
-        exit_code: None,
-        signal: None,
-        health: None,
-        message: None,
-        restart_count: c.status.restart_count,
-    }
-}
-
-impl State {
-    /// Broadcasts to the watchers; having none is fine.
-    fn emit(&self, e: Event) {
-        tracing::info!(container = %e.container, kind = ?e.kind, code = ?e.exit_code,
-            signal = ?e.signal, health = ?e.health, message = ?e.message, "container event");
-        {
-            let mut history = self.history.borrow_mut();
-            if history.len() == HISTORY_LEN {
-                history.pop_front();
-            }
-            history.push_back(e.clone());
-        }
-        let _ = self.events.send(e);
-    }
-
-    fn fail(&mut self, i: usize, error: String) {
-        let c = &mut self.containers[i];
-        c.status.state = ContainerState::Failed;
-        c.status.error = Some(error.clone());
-        c.finished = true;
-        let mut e = event(c, EventKind::Failed);
-        e.message = Some(error);
-        self.emit(e);
-    }
-
-    /// Recomputes a container's health from its checks; reports a change.
-    fn update_health(&mut self, i: usize) {
-        let c = &mut self.containers[i];
-        // Machine-level checks are reported but are not the container's health.
-        let own: Vec<_> = c
-            .checks
-            .iter()
-            .zip(&c.spec.healthchecks)
-            .filter(|(_, spec)| !spec.machine_level)
-            .map(|(m, _)| m.state)
-            .collect();
-        if own.is_empty() {
-            return;
-        }
-        let h = health::aggregate(own);
-        let new = Some(h.as_str().to_string());
-        if c.status.health != new {
-            c.status.health = new;
-            let mut e = event(c, EventKind::Health);
-            e.health = Some(h.as_str().into());
-            self.emit(e);
-        }
-    }
 }
 
 /// Starts every waiting container whose conditions hold and fails those that can never start,
@@ -401,8 +263,14 @@ fn launch_container(state: &Shared, i: usize) {
             }
             let tasks: Vec<AbortHandle> = (0..spec.healthchecks.len())
                 .map(|k| {
-                    tokio::task::spawn_local(checks::run_check(state.clone(), i, k, run))
-                        .abort_handle()
+                    let reporter = state.clone();
+                    tokio::task::spawn_local(checks::run_check(
+                        state.clone(),
+                        i,
+                        k,
+                        move |pass, output| check_result(&reporter, i, k, run, pass, output),
+                    ))
+                    .abort_handle()
                 })
                 .collect();
             state.borrow_mut().containers[i].tasks = tasks;
