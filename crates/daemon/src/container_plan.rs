@@ -10,9 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use hangar_api::{MachineConfig, Signal};
 use hangar_image::RootfsSpec;
-use hangar_pilot::spec::{
-    CheckKind, Condition, Dependency, HealthcheckSpec, Probe, RestartPolicy, RestartSpec,
-};
+use hangar_pilot::spec::{CheckKind, Condition, Dependency, HealthcheckSpec, Probe, RestartSpec};
 use hangar_sandbox::container::{ContainerFile, ContainerProcess};
 use hangar_sandbox::user::User;
 use hangar_store::MachineRecord;
@@ -344,18 +342,10 @@ fn make_disk_image(image: &Path, size_mb: u64, uid: u32) -> Result<(), RuntimeEr
 
 /// Container restart policy; containers default to `on-failure` like machines.
 pub(crate) fn restart_spec(r: Option<&hangar_api::MachineRestart>) -> RestartSpec {
-    let policy = match r.map(|r| r.policy.as_str()) {
-        Some("no") => RestartPolicy::No,
-        Some("always") => RestartPolicy::Always,
-        _ => RestartPolicy::OnFailure,
-    };
-    RestartSpec {
-        policy,
-        max_retries: r
-            .and_then(|r| r.max_retries)
-            .unwrap_or(10)
-            .clamp(0, i64::from(u32::MAX)) as u32,
-    }
+    RestartSpec::from_config(
+        r.map(|r| r.policy.as_str()).filter(|p| !p.is_empty()),
+        r.and_then(|r| r.max_retries),
+    )
 }
 
 /// A machine-level check (`config.checks`, durations as Go durations) in Pilot's terms.

@@ -14,7 +14,7 @@ mod launch;
 pub mod logs;
 pub mod protocol;
 mod ps;
-pub mod restart;
+
 pub mod spec;
 mod state;
 mod supervisor;

@@ -139,29 +139,7 @@ pub enum Probe {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RestartSpec {
-    pub policy: RestartPolicy,
-    /// For `on_failure`: restarts allowed within five minutes.
-    pub max_retries: u32,
-}
-
-impl Default for RestartSpec {
-    fn default() -> Self {
-        RestartSpec {
-            policy: RestartPolicy::No,
-            max_retries: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartPolicy {
-    No,
-    Always,
-    OnFailure,
-}
+pub use hangar_policy::{RestartPolicy, RestartSpec};
 
 /// Container states as the machine JSON reports them (`containers[].state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

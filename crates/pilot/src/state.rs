@@ -14,9 +14,9 @@ use tokio::task::AbortHandle;
 use crate::exec::Waiters;
 use crate::graph::DepView;
 use crate::health::{self, CheckMachine, CheckState};
-use crate::restart::RestartTracker;
 use crate::spec::Condition;
 use crate::spec::{ContainerSpec, ContainerState, ContainerStatus, Event, EventKind};
+use hangar_policy::RestartTracker;
 
 /// Events buffered per watcher; a watcher that falls this far behind is dropped.
 pub(crate) const WATCH_BUFFER: usize = 1024;

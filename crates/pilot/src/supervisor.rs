@@ -23,13 +23,13 @@ use tokio::task::AbortHandle;
 use crate::exec::{Ended, Waiters};
 use crate::graph::{self, Decision, DepView};
 use crate::health::{self, CheckMachine, CheckState};
-use crate::restart::RestartTracker;
 use crate::spec::{
     CheckKind, CheckStatus, Condition, ContainerState, ContainerStatus, EventKind, PilotExit,
     PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
 };
 use crate::state::{event, now_ms, Container, Shared, State, WATCH_BUFFER};
 use crate::{checks, control, launch};
+use hangar_policy::RestartTracker;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
 pub fn main(dir: &Path) -> anyhow::Result<i32> {

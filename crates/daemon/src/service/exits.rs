@@ -38,35 +38,23 @@ impl Hangar {
         // A suspended machine can have exited just before it was frozen: that exit is its own,
         // not one a stop asked for.
         let requested_stop = !matches!(m.state, MachineState::Started | MachineState::Suspended);
-        let policy = m
-            .config
-            .restart
-            .as_ref()
-            .map(|r| r.policy.as_str())
-            .filter(|p| !p.is_empty())
-            .unwrap_or("on-failure")
-            .to_string();
-        let max_retries = m
-            .config
-            .restart
-            .as_ref()
-            .and_then(|r| r.max_retries)
-            .unwrap_or(DEFAULT_MAX_RETRIES)
-            .max(0) as usize;
+        // The same policy as Pilot's for containers (hangar_policy), with the count of recent
+        // restarts taken from the event log.
+        let spec = crate::container_plan::restart_spec(m.config.restart.as_ref());
         let failed = exit.exit_code != 0 || exit.oom_killed;
         let restart_count = self.recent_restarts(&m.id).await?;
-        let restarting = !requested_stop
-            && match policy.as_str() {
-                "always" => true,
-                "on-failure" => failed && restart_count < max_retries,
-                _ => false,
-            };
+        let backoff = if requested_stop {
+            None
+        } else {
+            hangar_policy::decide(&spec, failed, restart_count)
+        };
+        let restarting = backoff.is_some();
         let request = exit_request(exit, requested_stop, restarting, restart_count);
         if requested_stop {
             // The stop (or update, destroy) in progress owns the state; just log the exit.
             return self.record_exit(&m, exit, true, false, restart_count).await;
         }
-        if restarting {
+        if let Some(backoff) = backoff {
             self.transition(
                 &mut m,
                 MachineState::Starting,
@@ -75,13 +63,9 @@ impl Hangar {
                 Some(request),
             )
             .await?;
-            // A crash loop backs off (0.25 s, 0.5 s, 1 s, then 2 s between attempts) so that
-            // max_retries spans long enough for a transient cause to clear; the cap keeps a
-            // user's stop from waiting long behind it.
-            if restart_count > 0 {
-                let exp = (restart_count - 1).min(3) as u32;
-                tokio::time::sleep(RESTART_BACKOFF * 2u32.pow(exp)).await;
-            }
+            // A crash loop backs off (doubling to 2 s) so that max_retries spans long enough
+            // for a transient cause to clear; the cap keeps a user's stop from waiting long.
+            tokio::time::sleep(backoff).await;
             // A failed reboot leaves the machine `failed` with the reason; that is the outcome.
             if let Err(e) = self.boot(&mut m, "restart").await {
                 tracing::warn!(machine = %m.id, error = %e, "automatic restart failed");
@@ -146,7 +130,7 @@ impl Hangar {
         }
     }
 
-    /// Automatic restarts of the machine within [`RESTART_WINDOW`], counted from its event log
+    /// Automatic restarts of the machine within the policy's window, counted from its event log
     /// (exit events that restarted it), so the count survives a daemon restart.
     pub(super) async fn recent_restarts(&self, id: &str) -> ServiceResult<usize> {
         let mid = id.to_string();
@@ -154,7 +138,7 @@ impl Hangar {
             s.list_events(&mid, RESTART_EVENTS_SCANNED)
         })
         .await?;
-        let cutoff = now_ms() - RESTART_WINDOW.as_millis() as i64;
+        let cutoff = now_ms() - hangar_policy::WINDOW.as_millis() as i64;
         Ok(count_restarts(&events, cutoff))
     }
 

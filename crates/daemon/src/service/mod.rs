@@ -37,8 +37,6 @@ pub use hangar_api::lifecycle::DEFAULT_STOP_TIMEOUT;
 /// Longest a single `wait` call blocks (Fly's proxy limit).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_LEASE_TTL: i64 = 30;
-const DEFAULT_MAX_RETRIES: i64 = 10;
-const RESTART_WINDOW: Duration = Duration::from_secs(300);
 const MAX_LEASE_TTL: i64 = 24 * 3600;
 /// The owner recorded on leases; there is one admin identity until tokens get scopes.
 const LEASE_OWNER: &str = "admin";
@@ -130,9 +128,6 @@ fn require_started(m: &MachineRecord) -> ServiceResult<()> {
     }
     Ok(())
 }
-
-/// First delay between automatic restarts of a crash-looping machine.
-const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The smallest memory limit `PUT …/memory` sets: below it the machine's own init would not fit.
 const MIN_MEMORY_LIMIT_MB: i64 = 32;
