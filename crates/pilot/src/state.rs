@@ -27,14 +27,10 @@ pub(crate) struct Container {
     pub(crate) deps: Vec<(usize, Condition)>,
     /// Bumped at every launch; timers and checks of an older run see it and stop.
     pub(crate) run: u64,
-    pub(crate) launched: bool,
-    pub(crate) exited_ok: bool,
-    pub(crate) exited_bad: bool,
-    /// Will never run again.
-    pub(crate) finished: bool,
-    pub(crate) restart_pending: bool,
-    /// A liveness check is stopping this run: its exit counts as a failure.
-    pub(crate) liveness_stop: bool,
+    /// Where it is in its life; [`Container::set_phase`] keeps `status.state` in step.
+    pub(crate) phase: Phase,
+    /// How its runs ended so far.
+    pub(crate) exits: Exits,
     pub(crate) tracker: RestartTracker,
     pub(crate) checks: Vec<CheckMachine>,
     pub(crate) gating: Vec<usize>,
@@ -43,9 +39,52 @@ pub(crate) struct Container {
     pub(crate) status_pipe: Option<std::fs::File>,
 }
 
+/// Where a container is in its life. One value, so that no combination can contradict itself
+/// (pending a restart and finished, running and never launched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Not launched yet: waiting for its dependencies.
+    Waiting,
+    /// Its process runs. `liveness_stop`: a liveness check is stopping this run, so its exit
+    /// counts as a failure.
+    Running { liveness_stop: bool },
+    /// It exited; its restart policy starts it again after a back-off.
+    RestartPending,
+    /// It exited and will not run again.
+    Exited,
+    /// It could not start, or a dependency it needs can never be satisfied.
+    Failed,
+}
+
+impl Phase {
+    /// The state the machine JSON reports (`containers[].state`).
+    pub(crate) fn reported(self) -> ContainerState {
+        match self {
+            Phase::Waiting => ContainerState::Created,
+            Phase::Running { .. } => ContainerState::Running,
+            Phase::RestartPending | Phase::Exited => ContainerState::Exited,
+            Phase::Failed => ContainerState::Failed,
+        }
+    }
+}
+
+/// How a container's runs ended so far: what `depends_on` conditions look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Exits {
+    /// Some run exited 0.
+    pub(crate) ever_clean: bool,
+    /// How the last run ended (`None`: none ended yet).
+    pub(crate) last_clean: Option<bool>,
+}
+
 impl Container {
+    pub(crate) fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.status.state = phase.reported();
+    }
+
     pub(crate) fn running(&self) -> bool {
-        self.status.state == ContainerState::Running
+        matches!(self.phase, Phase::Running { .. })
     }
 
     pub(crate) fn ready(&self) -> bool {
@@ -59,13 +98,13 @@ impl Container {
 
     pub(crate) fn view(&self) -> DepView {
         DepView {
-            launched: self.launched,
+            launched: self.run > 0,
             running: self.running(),
             ready: self.ready(),
-            exited_ok: self.exited_ok,
-            exited_bad: self.exited_bad,
-            finished: self.finished,
-            failed: self.status.state == ContainerState::Failed,
+            exited_ok: self.exits.ever_clean,
+            exited_bad: self.exits.last_clean == Some(false),
+            finished: matches!(self.phase, Phase::Exited | Phase::Failed),
+            failed: self.phase == Phase::Failed,
         }
     }
 }
@@ -128,9 +167,8 @@ impl State {
 
     pub(crate) fn fail(&mut self, i: usize, error: String) {
         let c = &mut self.containers[i];
-        c.status.state = ContainerState::Failed;
+        c.set_phase(Phase::Failed);
         c.status.error = Some(error.clone());
-        c.finished = true;
         let mut e = event(c, EventKind::Failed);
         e.message = Some(error);
         self.emit(e);

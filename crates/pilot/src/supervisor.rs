@@ -27,7 +27,7 @@ use crate::spec::{
     CheckKind, CheckStatus, Condition, ContainerState, ContainerStatus, EventKind, PilotExit,
     PilotSpec, CONTROL_SOCKET, EXIT_FILE, LOG_DIR, SPEC_FILE,
 };
-use crate::state::{event, now_ms, Container, Shared, State, WATCH_BUFFER};
+use crate::state::{event, now_ms, Container, Exits, Phase, Shared, State, WATCH_BUFFER};
 use crate::{checks, control, launch};
 use hangar_policy::RestartTracker;
 
@@ -87,12 +87,8 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
             },
             deps,
             run: 0,
-            launched: false,
-            exited_ok: false,
-            exited_bad: false,
-            finished: false,
-            restart_pending: false,
-            liveness_stop: false,
+            phase: Phase::Waiting,
+            exits: Exits::default(),
             tracker: RestartTracker::default(),
             checks: c.healthchecks.iter().map(CheckMachine::new).collect(),
             gating: health::gating(&c.healthchecks),
@@ -173,11 +169,10 @@ fn machine_exit(containers: Vec<ContainerStatus>, ended_by: Option<usize>) -> Pi
 fn all_done(state: &Shared) -> bool {
     let s = state.borrow();
     s.pids.is_empty()
-        && s.containers.iter().all(|c| !c.restart_pending)
-        && (s.stopping
-            || s.containers
-                .iter()
-                .all(|c| c.status.state != ContainerState::Created))
+        && s.containers
+            .iter()
+            .all(|c| c.phase != Phase::RestartPending)
+        && (s.stopping || s.containers.iter().all(|c| c.phase != Phase::Waiting))
 }
 
 /// Starts every waiting container whose conditions hold and fails those that can never start,
@@ -187,7 +182,7 @@ pub(crate) fn reconcile(state: &Shared) {
         let decision = {
             let s = state.borrow();
             s.containers.iter().enumerate().find_map(|(i, c)| {
-                if s.stopping || c.status.state != ContainerState::Created || c.launched {
+                if s.stopping || c.phase != Phase::Waiting {
                     return None;
                 }
                 let deps: Vec<(&str, Condition, DepView)> = c
@@ -235,9 +230,9 @@ fn launch_container(state: &Shared, i: usize) {
                 s.pids.insert(pid, i);
                 let c = &mut s.containers[i];
                 c.run += 1;
-                c.launched = true;
-                c.liveness_stop = false;
-                c.status.state = ContainerState::Running;
+                c.set_phase(Phase::Running {
+                    liveness_stop: false,
+                });
                 c.status.pid = Some(pid);
                 c.status_pipe = Some(std::fs::File::from(status));
                 c.status.exit_code = None;
@@ -353,14 +348,19 @@ fn on_exit(state: &Shared, i: usize, ended: Ended) {
     for t in c.tasks.drain(..) {
         t.abort();
     }
-    c.status.state = ContainerState::Exited;
+    let liveness_stop = matches!(
+        c.phase,
+        Phase::Running {
+            liveness_stop: true
+        }
+    );
     c.status.pid = None;
     c.status.exit_code = ended.code;
     c.status.signal = ended.signal;
     let clean = ended.code == Some(0);
-    c.exited_ok |= clean;
-    c.exited_bad = !clean;
-    let failed = !clean || c.liveness_stop;
+    c.exits.ever_clean |= clean;
+    c.exits.last_clean = Some(clean);
+    let failed = !clean || liveness_stop;
     let mut e = event(c, EventKind::Exited);
     e.exit_code = ended.code;
     e.signal = ended.signal;
@@ -370,9 +370,9 @@ fn on_exit(state: &Shared, i: usize, ended: Ended) {
         c.tracker.decide(&c.spec.restart, failed, Instant::now())
     };
     match backoff {
-        None => c.finished = true,
+        None => c.set_phase(Phase::Exited),
         Some(_) => {
-            c.restart_pending = true;
+            c.set_phase(Phase::RestartPending);
             c.status.restart_count += 1;
         }
     }
@@ -401,12 +401,11 @@ async fn restart_after(state: Shared, i: usize, run: u64, delay: Duration) {
     {
         let mut s = state.borrow_mut();
         let c = &mut s.containers[i];
-        if c.run != run || !c.restart_pending {
+        if c.run != run || c.phase != Phase::RestartPending {
             return;
         }
-        c.restart_pending = false;
         if s.stopping {
-            s.containers[i].finished = true;
+            s.containers[i].set_phase(Phase::Exited);
             s.changed.notify_waiters();
             return;
         }
@@ -444,9 +443,14 @@ pub(crate) fn check_result(
             && st == CheckState::Critical
             && spec.kind == CheckKind::Liveness
             && spec.stop_when_unhealthy
-            && !c.liveness_stop;
+            && c.phase
+                == Phase::Running {
+                    liveness_stop: false,
+                };
         if stop {
-            c.liveness_stop = true;
+            c.set_phase(Phase::Running {
+                liveness_stop: true,
+            });
         }
         s.update_health(i);
         stop.then(|| {
@@ -502,9 +506,8 @@ pub(crate) fn spawn_stop(state: &Shared, signal: Option<i32>, timeout_ms: Option
         }
         // No restarts during a stop; containers still waiting never start.
         for c in &mut s.containers {
-            if c.restart_pending {
-                c.restart_pending = false;
-                c.finished = true;
+            if c.phase == Phase::RestartPending {
+                c.set_phase(Phase::Exited);
             }
         }
         s.changed.notify_waiters();
