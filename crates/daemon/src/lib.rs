@@ -117,7 +117,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         Arc::new(store),
         runtime,
         DEFAULT_REGION.to_string(),
-        opts.data_dir.join("machines"),
         Some(service::Images {
             store: image_store,
             pull,

@@ -9,10 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
-use nix::fcntl::OFlag;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use nix::sys::stat::Mode;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
@@ -27,6 +25,7 @@ use serde::Serialize;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
 use crate::routes::AppState;
+use crate::runtime::Runtime;
 use crate::service::ListFilter;
 
 /// How often a follower looks for machines and log dirs that appeared since it started; new
@@ -141,8 +140,8 @@ impl Tail {
 /// The log files of a machine, as paths through an fd of its logs dir: the dir is opened
 /// without following a symlink (the machine's uid owns it), and the paths keep pointing into it
 /// even if the name is swapped later. The fd lives as long as the returned handle.
-fn log_files(machines_dir: &Path, machine_id: &str) -> Vec<(String, PathBuf, Arc<OwnedFd>)> {
-    let Ok(fd) = open_logs_dir(machines_dir, machine_id) else {
+fn log_files(runtime: &dyn Runtime, machine_id: &str) -> Vec<(String, PathBuf, Arc<OwnedFd>)> {
+    let Some(fd) = runtime.open_logs(machine_id) else {
         return Vec::new();
     };
     let fd = Arc::new(fd);
@@ -190,14 +189,14 @@ impl LogWatch {
 
     /// Watches the logs dir of each machine not watched yet (dirs that do not exist yet are
     /// tried again on the next rescan).
-    fn watch(&mut self, machines_dir: &Path, targets: &[(String, String)]) {
+    fn watch(&mut self, runtime: &dyn Runtime, targets: &[(String, String)]) {
         for (id, _) in targets {
             if self.watched.contains_key(id) {
                 continue;
             }
             // Opened without following links (the machine's uid owns the dir), then watched
             // through the fd.
-            let Ok(fd) = open_logs_dir(machines_dir, id) else {
+            let Some(fd) = runtime.open_logs(id) else {
                 continue;
             };
             let flags = AddWatchFlags::IN_MODIFY
@@ -238,37 +237,21 @@ impl LogWatch {
     }
 }
 
-/// A machine's logs dir: the live one, else (a destroyed machine) its archived copy.
-fn open_logs_dir(machines_dir: &Path, machine_id: &str) -> nix::Result<OwnedFd> {
-    let live = machines_dir
-        .join(machine_id)
-        .join(crate::sandbox_runtime::RUN_DIR)
-        .join("logs");
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    nix::fcntl::open(&live, flags, Mode::empty()).or_else(|_| {
-        let archived = crate::log_archive::archive_dir(machines_dir).join(machine_id);
-        nix::fcntl::open(&archived, flags, Mode::empty())
-    })
-}
-
 /// Whether a listed machine has logs to read: every machine that exists, and destroyed ones
 /// whose logs are still kept.
-fn has_logs(machines_dir: &Path, m: &hangar_store::MachineRecord) -> bool {
-    m.state != hangar_api::MachineState::Destroyed
-        || crate::log_archive::archive_dir(machines_dir)
-            .join(&m.id)
-            .is_dir()
+fn has_logs(runtime: &dyn Runtime, m: &hangar_store::MachineRecord) -> bool {
+    m.state != hangar_api::MachineState::Destroyed || runtime.open_logs(&m.id).is_some()
 }
 
 /// Starts following the log files of `targets` (machine id, region) not followed yet.
 fn add_tails(
     tails: &mut HashMap<(String, String), Tail>,
-    machines_dir: &Path,
+    runtime: &dyn Runtime,
     targets: &[(String, String)],
     window: Option<u64>,
 ) {
     for (id, region) in targets {
-        for (container, path, dir) in log_files(machines_dir, id) {
+        for (container, path, dir) in log_files(runtime, id) {
             tails
                 .entry((id.clone(), container.clone()))
                 .or_insert(Tail {
@@ -323,7 +306,7 @@ pub async fn app_logs(
         .get("instance")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    let machines_dir = h.machines_dir().to_path_buf();
+    let runtime = h.runtime();
     // Destroyed machines too: their logs are kept for a while (crate::log_archive).
     let filter = move || ListFilter {
         include_deleted: true,
@@ -332,7 +315,7 @@ pub async fn app_logs(
         metadata: Vec::new(),
     };
     let mut machines = h.list_machines(&app, filter()).await?;
-    machines.retain(|m| has_logs(&machines_dir, m));
+    machines.retain(|m| has_logs(runtime.as_ref(), m));
     if let Some(i) = &instance {
         if !machines.iter().any(|m| &m.id == i || &m.name == i) {
             return Err(ApiError::machine_not_found());
@@ -348,13 +331,13 @@ pub async fn app_logs(
         .collect();
     // File reads run on the blocking pool, not on the API's workers.
     let (mut tails, mut first) = {
-        let (dir, app) = (machines_dir.clone(), app.clone());
+        let (dir, app) = (runtime.clone(), app.clone());
         tokio::task::spawn_blocking(move || {
             let mut tails = HashMap::new();
             // Lines are short; 1 KiB a line (at least 64 KiB) covers the asked-for tail
             // without reading whole files.
             let window = (tail as u64).saturating_mul(1024).max(64 * 1024);
-            add_tails(&mut tails, &dir, &targets, Some(window));
+            add_tails(&mut tails, dir.as_ref(), &targets, Some(window));
             let first: Vec<LogLine> = tails
                 .values_mut()
                 .flat_map(|t: &mut Tail| t.read_new(&app))
@@ -382,7 +365,7 @@ pub async fn app_logs(
             h.list_machines(&app, filter()).await.ok().map(|machines| {
                 machines
                     .iter()
-                    .filter(|m| wanted(&m.id, &m.name) && has_logs(&machines_dir, m))
+                    .filter(|m| wanted(&m.id, &m.name) && has_logs(runtime.as_ref(), m))
                     .map(|m| (m.id.clone(), m.region.clone()))
                     .collect::<Vec<_>>()
             })
@@ -398,7 +381,7 @@ pub async fn app_logs(
                 if let Some(listed) = list_targets().await {
                     targets = listed;
                     if let Some(w) = watch.as_mut() {
-                        w.watch(&machines_dir, &targets);
+                        w.watch(runtime.as_ref(), &targets);
                     }
                     let gone = |id: &String| !targets.iter().any(|(t, _)| t == id);
                     retiring = tails
@@ -414,10 +397,10 @@ pub async fn app_logs(
                 next_rescan = tokio::time::Instant::now() + RESCAN_INTERVAL;
             }
             // Watches are in place before this read, so nothing written after it is missed.
-            let (dir, app2, t) = (machines_dir.clone(), app.clone(), targets.clone());
+            let (dir, app2, t) = (runtime.clone(), app.clone(), targets.clone());
             let Ok((back, mut lines)) = tokio::task::spawn_blocking(move || {
                 // Machines that appear while following are read from their first line.
-                add_tails(&mut tails, &dir, &t, None);
+                add_tails(&mut tails, dir.as_ref(), &t, None);
                 let lines: Vec<LogLine> =
                     tails.values_mut().flat_map(|t| t.read_new(&app2)).collect();
                 (tails, lines)

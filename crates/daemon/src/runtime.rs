@@ -84,6 +84,11 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ConsoleConnection, RuntimeError> {
         Err(RuntimeError::NotConfigured)
     }
+    /// The machine's logs dir (its live one, else the copy kept after a destroy), opened
+    /// without following links; `None` when it has none. Called on the blocking pool.
+    fn open_logs(&self, _machine_id: &str) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
     /// Runs a command in a container of a running machine and collects its output.
     async fn exec(
         &self,

@@ -402,6 +402,15 @@ impl Runtime for SandboxRuntime {
         })
     }
 
+    fn open_logs(&self, machine_id: &str) -> Option<OwnedFd> {
+        use nix::fcntl::OFlag;
+        // The run dir belongs to the machine's uid: never follow a link planted there.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let open = |p: &Path| nix::fcntl::open(p, flags, nix::sys::stat::Mode::empty()).ok();
+        open(&self.run_dir(machine_id).join("logs"))
+            .or_else(|| open(&crate::log_archive::archive_dir(&self.machines_dir).join(machine_id)))
+    }
+
     async fn attach(
         &self,
         m: &MachineRecord,

@@ -91,8 +91,6 @@ pub struct Hangar {
     region: String,
     /// Lets background tasks (the launch after a create) hold the service without a cycle.
     me: Weak<Hangar>,
-    /// Where each machine's dir (logs, Pilot's files) lives.
-    machines_dir: std::path::PathBuf,
     images: Option<Images>,
     /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
     /// be created into an app being deleted (its row would vanish under a running sandbox).
@@ -150,7 +148,6 @@ impl Hangar {
         store: Arc<dyn Store>,
         runtime: Arc<dyn Runtime>,
         region: String,
-        machines_dir: std::path::PathBuf,
         images: Option<Images>,
         capacity: crate::capacity::Ledger,
         host_id: String,
@@ -160,13 +157,17 @@ impl Hangar {
             capacity,
             store,
             runtime,
-            machines_dir,
             images,
             handles: Mutex::new(HashMap::new()),
             region,
             me: me.clone(),
             app_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The machine runtime (for handlers that stream from it, such as logs).
+    pub fn runtime(&self) -> Arc<dyn Runtime> {
+        self.runtime.clone()
     }
 
     fn app_lock(&self, app: &str) -> Arc<tokio::sync::RwLock<()>> {
@@ -180,10 +181,6 @@ impl Hangar {
 
     pub fn images(&self) -> Option<&Images> {
         self.images.as_ref()
-    }
-
-    pub fn machines_dir(&self) -> &std::path::Path {
-        &self.machines_dir
     }
 
     pub fn region(&self) -> &str {
