@@ -313,9 +313,16 @@ async fn cli_run_shell_through_a_real_terminal() {
         &sock,
         &["resize-window", "-t", "shell", "-x", "100", "-y", "30"],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tmux(&sock, &["send-keys", "-t", "shell", "stty size", "Enter"]);
-    pane_until(&sock, "30 100").await;
+    // The resize travels as SIGWINCH → resize frame → remote pty; ask until it has arrived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tmux(&sock, &["send-keys", "-t", "shell", "stty size", "Enter"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tmux(&sock, &["capture-pane", "-p", "-t", "shell"]).contains("30 100") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resize never arrived");
+    }
     tmux(&sock, &["send-keys", "-t", "shell", "exit 4", "Enter"]);
     let text = pane_until(&sock, "CLI-EXIT=").await;
     assert!(text.contains("CLI-EXIT=4"), "pane:\n{text}");

@@ -349,8 +349,16 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
     .await;
     wait(&d, "down", &id, "started").await;
     d.kill9();
-    // The workload exits (code 1) while nobody watches.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The workload exits (code 1) while nobody watches; Pilot writes its exit report.
+    let report = d.data_dir.join("machines").join(&id).join("run/exit.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !report.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the machine never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     d.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let exit = loop {

@@ -92,6 +92,15 @@ async fn until_logged(d: &Daemon, id: &str, needle: &str) {
     }
 }
 
+/// Waits (up to 20 s) until `cond` holds.
+async fn until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn log(d: &Daemon, id: &str) -> String {
     std::fs::read_to_string(
         d.data_dir
@@ -246,11 +255,11 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json::<Value>().unwrap()["previous_state"], "suspended");
     wait(&d, "lc", &m, "started").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        log(&d, &m).lines().count() > before,
-        "resumed machine advances"
-    );
+    until(
+        || log(&d, &m).lines().count() > before,
+        "resumed machine advances",
+    )
+    .await;
 
     let r = d
         .post(&format!("{path}/signal"), json!({"signal": "SIGUSR1"}))
@@ -587,13 +596,12 @@ async fn test_machines_survive_daemon_sigkill() {
     .await;
     wait(&d, "surv", &gone, "started").await;
     d.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = log(&d, &m).lines().count();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        log(&d, &m).lines().count() > before,
-        "the machine keeps running without the daemon"
-    );
+    until(
+        || log(&d, &m).lines().count() > before,
+        "the machine keeps running without the daemon",
+    )
+    .await;
     d.restart().await;
     let got: Value = d
         .get(&format!("/v1/apps/surv/machines/{m}"))
