@@ -10,6 +10,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod machine;
 pub mod signal;
+pub mod spec;
 pub mod validate;
 
 pub use app::*;

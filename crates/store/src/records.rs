@@ -44,6 +44,13 @@ pub struct MachineRecord {
     pub host_id: String,
 }
 
+impl MachineRecord {
+    /// The typed view of the machine's config: what the daemon and the runtime act on.
+    pub fn spec(&self) -> hangar_api::spec::MachineSpec {
+        hangar_api::spec::MachineSpec::from_config(&self.config)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
     pub id: String,

@@ -150,11 +150,9 @@ pub(super) fn check_traversable(data_dir: &Path) -> anyhow::Result<()> {
 
 /// The rootfs survives a stop only with `rootfs.persist` of `restart` or `always`.
 pub(super) fn keep_rootfs(config: &MachineConfig) -> bool {
-    config
-        .rootfs
-        .as_ref()
-        .and_then(|r| r.persist.as_deref())
-        .is_some_and(|p| p == "restart" || p == "always")
+    hangar_api::spec::MachineSpec::from_config(config)
+        .rootfs_persistence
+        .survives_stop()
 }
 
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {

@@ -205,9 +205,9 @@ impl SandboxRuntime {
             &serde_json::to_vec(&pilot_spec).map_err(failed)?,
             uid_base,
         )?;
-        let guest = m.config.guest.clone().unwrap_or_default();
-        let memory_bytes = (guest.memory_mb.max(1) as u64) << 20;
-        let swap_bytes = (m.config.init.swap_size_mb.unwrap_or(0).max(0) as u64) << 20;
+        let guest = m.spec().guest;
+        let memory_bytes = guest.memory_mb << 20;
+        let swap_bytes = guest.swap_mb << 20;
         let plan = SpawnPlan {
             sandbox: SandboxSpec {
                 machine_id: m.id.clone(),
@@ -216,10 +216,10 @@ impl SandboxRuntime {
                 uid_count: UID_RANGE,
                 cgroup_root: PathBuf::from("/sys/fs/cgroup"),
                 cgroup_path: PathBuf::from(format!("hangar/{}", m.id)),
-                cpus: guest.cpus.max(1) as u32,
+                cpus: guest.cpus,
                 memory_bytes,
                 swap_bytes,
-                pids: pids_limit(guest.memory_mb.max(1) as u64),
+                pids: pids_limit(guest.memory_mb),
                 hostname: crate::container_plan::hostname(&m.config, &m.id),
                 pilot_args: vec![
                     "pilot".into(),

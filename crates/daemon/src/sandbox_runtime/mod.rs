@@ -64,11 +64,7 @@ const SIZED_LAYER_DIR: &str = "layer";
 
 /// `rootfs.size_gb` when set (0 means unset, as flyctl's `--rootfs-size 0`).
 fn rootfs_size_gb(config: &MachineConfig) -> Option<u64> {
-    config
-        .rootfs
-        .as_ref()
-        .and_then(|r| r.size_gb)
-        .filter(|gb| *gb > 0)
+    hangar_api::spec::MachineSpec::from_config(config).rootfs_size_gb
 }
 
 /// Kept in the machine dir so a restarted daemon can find the machine again.

@@ -40,7 +40,7 @@ impl Hangar {
         let requested_stop = !matches!(m.state, MachineState::Started | MachineState::Suspended);
         // The same policy as Pilot's for containers (hangar_policy), with the count of recent
         // restarts taken from the event log.
-        let spec = crate::container_plan::restart_spec(m.config.restart.as_ref());
+        let spec = m.spec().restart;
         let failed = exit.exit_code != 0 || exit.oom_killed;
         let restart_count = self.recent_restarts(&m.id).await?;
         let backoff = if requested_stop {
@@ -85,7 +85,7 @@ impl Hangar {
         if let Err(e) = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await {
             tracing::warn!(machine = %m.id, error = %e, "releasing an exited machine failed");
         }
-        if m.config.auto_destroy {
+        if m.spec().auto_destroy {
             drop(guard);
             self.destroy_locked(&exit.app, &exit.machine_id, None, false, true)
                 .await?;

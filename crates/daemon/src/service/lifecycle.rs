@@ -105,7 +105,7 @@ impl Hangar {
         let (_guard, mut m) = self.lock_machine(app, id).await?;
         if let Some(nonce) = lease {
             self.check_lease(&m, nonce).await?;
-            if m.config.schedule.as_deref().is_some_and(|s| !s.is_empty()) {
+            if m.spec().schedule.is_some() {
                 return Err(ServiceError::bad_request(
                     "machines with a schedule are started by the scheduler and cannot be started manually",
                 ));

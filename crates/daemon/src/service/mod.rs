@@ -418,11 +418,11 @@ fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) ->
 
 /// A machine's guest size as the capacity ledger counts it.
 fn guest_size(config: &MachineConfig) -> crate::capacity::Size {
-    let g = config.guest.clone().unwrap_or_default();
+    let g = hangar_api::spec::MachineSpec::from_config(config).guest;
     crate::capacity::Size {
-        cpus: g.cpus.max(1) as u32,
-        shared: g.cpu_kind != "performance",
-        memory_mb: g.memory_mb.max(1) as u64,
+        cpus: g.cpus,
+        shared: g.shared,
+        memory_mb: g.memory_mb,
     }
 }
 
@@ -478,23 +478,8 @@ fn mount_volumes(c: &MachineConfig) -> Option<Vec<String>> {
 
 /// The signal and timeout to stop with: the request's, else `stop_config`'s, else SIGINT/5 s.
 pub fn stop_params(config: &MachineConfig, opts: &StopOptions) -> (Signal, Duration) {
-    let sc = config.stop_config.as_ref();
-    let signal = opts
-        .signal
-        .or(sc.and_then(|s| s.signal))
-        .unwrap_or(Signal::SIGINT);
-    // A zero timeout means "the default", as on Fly: fly-go always sends `"timeout":"0s"`
-    // (its omitempty cannot drop a struct duration), and taking that as no grace at all would
-    // SIGKILL every machine flyctl stops.
-    let timeout = opts
-        .timeout
-        .filter(|t| !t.is_zero())
-        .or(sc
-            .and_then(|s| s.timeout)
-            .map(|d| d.as_duration())
-            .filter(|t| !t.is_zero()))
-        .unwrap_or(DEFAULT_STOP_TIMEOUT);
-    (signal, timeout)
+    let s = hangar_api::spec::stop_spec(config, opts.signal, opts.timeout);
+    (s.signal, s.timeout)
 }
 
 /// A 6PN-style private address: `fdaa:0:<network>:a7b:<host>:<machine>:<machine>:2`. The
