@@ -268,3 +268,16 @@ async fn unserved_endpoints_are_501_not_404() {
     let r = d.get("/v1/apps/x/nonsense").await;
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// flaps' GetRegions: `{"Regions": [fly.Region], "Nearest": code}`, this host's region.
+#[tokio::test]
+async fn platform_regions_name_this_hosts_region() {
+    let d = Daemon::start().await;
+    let r = d.get("/v1/platform/regions").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["Nearest"], "local", "{v}");
+    assert_eq!(v["Regions"][0]["code"], "local", "{v}");
+    assert!(v["Regions"][0]["capacity"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(d.get("/v1/platform/placements").await.status, 501);
+}

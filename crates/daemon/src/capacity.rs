@@ -109,6 +109,20 @@ impl Ledger {
         self.host
     }
 
+    /// How many more machines of `size` the host admits now.
+    pub fn room_for(&self, size: Size) -> u64 {
+        let h = self.host;
+        let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let (used_milli, used_mb) = reserved.values().fold((0u64, 0u64), |(c, m), s| {
+            (c + s.cpu_milli(), m + s.memory_mb)
+        });
+        let cpu_limit = (f64::from(h.cpus) * h.cpu_overcommit * 1000.0).floor() as u64;
+        let mem_limit = (h.memory_mb as f64 * h.memory_overcommit).floor() as u64;
+        let by_cpu = cpu_limit.saturating_sub(used_milli) / size.cpu_milli().max(1);
+        let by_mem = mem_limit.saturating_sub(used_mb) / size.memory_mb.max(1);
+        by_cpu.min(by_mem)
+    }
+
     /// Reserves `cpus` and `memory_mb` for machine `id` (replacing what it held) if the host
     /// can hold it beside every other reservation.
     pub fn admit(&self, id: &str, size: Size) -> Result<(), CapacityError> {

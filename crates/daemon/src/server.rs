@@ -26,6 +26,7 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
     let machine = "/v1/apps/{app_name}/machines/{machine_id}";
     let api = Router::new()
         .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
+        .route("/v1/platform/regions", get(routes::platform_regions))
         .route(
             "/v1/apps/{app_name}",
             get(routes::get_app).delete(routes::delete_app),

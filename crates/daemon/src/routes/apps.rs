@@ -1,4 +1,4 @@
-//! `/v1/apps`: list, create, get, delete.
+//! `/v1/apps`: list, create, get, delete; and `/v1/platform/regions`.
 
 use super::*;
 
@@ -118,3 +118,27 @@ pub async fn delete_app(
 }
 
 // ---- machines -----------------------------------------------------------------------------
+
+/// `GET /v1/platform/regions` as flaps reads it (`{"Regions": [fly.Region], "Nearest": …}`):
+/// one host is one region; `capacity` is how many `shared-cpu-1x` machines it still admits.
+pub async fn platform_regions(State(h): State<AppState>) -> Json<serde_json::Value> {
+    let regions: Vec<serde_json::Value> = h
+        .regions()
+        .into_iter()
+        .map(|(code, room)| {
+            serde_json::json!({
+                "code": code,
+                "name": format!("Hangar host region {code}"),
+                "latitude": 0.0,
+                "longitude": 0.0,
+                "gateway_available": false,
+                "requires_paid_plan": false,
+                "deprecated": false,
+                "capacity": room,
+                "geo_region": "",
+                "mpg_available": false,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"Regions": regions, "Nearest": h.region()}))
+}

@@ -131,7 +131,7 @@ fn unserved_fly_endpoint(path: &str) -> Option<String> {
     ];
     const TOP: &[(&str, &str)] = &[
         ("postgres", "managed Postgres"),
-        ("platform", "platform regions and placements"),
+        ("platform", "platform placements"),
         ("tokens", "token introspection (OIDC, KMS, authorize)"),
         ("orgs", "organizations"),
     ];

@@ -165,6 +165,17 @@ impl Hangar {
         })
     }
 
+    /// The regions machines can be placed in: this host's one, with room for how many
+    /// `shared-cpu-1x` machines it still admits.
+    pub fn regions(&self) -> Vec<(String, u64)> {
+        let room = self.capacity.room_for(crate::capacity::Size {
+            cpus: 1,
+            shared: true,
+            memory_mb: 256,
+        });
+        vec![(self.region.clone(), room)]
+    }
+
     /// The machine runtime (for handlers that stream from it, such as logs).
     pub fn runtime(&self) -> Arc<dyn Runtime> {
         self.runtime.clone()
