@@ -1,5 +1,6 @@
 //! Machine start benchmark: create→`started` latency (p50/p99) with a cached image, start of a
-//! stopped machine, and host memory per idle machine, against `runc run` and `podman run --rm`
+//! stopped machine, suspend/resume, destroy, the create→exec→destroy loop of per-user
+//! sandboxes, and host memory per idle machine, against `runc run` and `podman run --rm`
 //! of the same busybox rootfs in the same run. Prints figures; it asserts nothing.
 //!
 //!     cargo run --release --example bench_machines -- [--machines 200] [--idle 500]
@@ -224,12 +225,42 @@ async fn main() {
     }
     report("hangar suspend (until suspended)", suspend_lat);
     report("hangar resume of a suspended machine", resume_lat);
+    // Destroy of a running machine (force), until the API answers.
+    let mut destroy_lat = Vec::new();
     for id in &ids {
-        let _ = c
+        let t0 = Instant::now();
+        let r = c
             .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
             .send_raw()
-            .await;
+            .await
+            .expect("destroy");
+        assert_eq!(r.status, 200, "{}", r.text());
+        destroy_lat.push(t0.elapsed());
     }
+    report("hangar destroy (force) of a running machine", destroy_lat);
+
+    // The per-user sandbox loop AI-agent platforms run: create, wait for started, exec a
+    // command, destroy with force.
+    let mut loop_lat = Vec::new();
+    for _ in 0..machines.min(100) {
+        let t0 = Instant::now();
+        let (id, _) = create(c, "bench", &image).await;
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/exec"))
+            .json(&json!({"command": ["echo", "hi"]}))
+            .send_raw()
+            .await
+            .expect("exec");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = c
+            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+            .send_raw()
+            .await
+            .expect("destroy");
+        assert_eq!(r.status, 200, "{}", r.text());
+        loop_lat.push(t0.elapsed());
+    }
+    report("agent loop (create, started, exec, destroy)", loop_lat);
 
     // Peers, same rootfs, `true` to completion.
     let work = d.dir.join("peers");

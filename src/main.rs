@@ -11,6 +11,11 @@ fn main() -> ExitCode {
                 hangar_sandbox::plan::spawn_main(Path::new(plan)).map_err(anyhow::Error::from),
             )
         }
+        (Some("reap-cgroups"), _, _) => {
+            let dirs: Vec<std::path::PathBuf> = args[2..].iter().map(Into::into).collect();
+            hangar_sandbox::cgroup::reap_dead(&dirs);
+            return ExitCode::SUCCESS;
+        }
         (Some("pilot"), Some(flag), Some(dir)) if flag == "--machine-dir" => {
             return match hangar_pilot::main(Path::new(dir)) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -509,7 +509,11 @@ fn write_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 
 /// Copies a container's terminal output into its log, one line at a time (the pty turns
 /// `\n` into `\r\n`; the `\r` is dropped). Ends when the terminal closes.
-pub fn spawn_tty_log_reader(master: OwnedFd, path: PathBuf, max: u64) {
+pub fn spawn_tty_log_reader(
+    master: OwnedFd,
+    path: PathBuf,
+    max: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_local(async move {
         let mut log = match LogFile::open(path, max) {
             Ok(l) => l,
@@ -553,5 +557,5 @@ pub fn spawn_tty_log_reader(master: OwnedFd, path: PathBuf, max: u64) {
         if !line.is_empty() {
             flush(&mut line, &mut log);
         }
-    });
+    })
 }

@@ -141,7 +141,12 @@ fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, String> {
     Err("the container did not send its terminal".into())
 }
 
-pub fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u64) {
+pub fn spawn_log_reader(
+    fd: OwnedFd,
+    stream: &'static str,
+    path: PathBuf,
+    max: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_local(async move {
         let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return;
@@ -165,5 +170,5 @@ pub fn spawn_log_reader(fd: OwnedFd, stream: &'static str, path: PathBuf, max: u
                 }
             }
         }
-    });
+    })
 }

@@ -127,6 +127,8 @@ pub(crate) struct State {
     /// Woken at every change that may end Pilot or a stop wave.
     pub(crate) changed: Rc<Notify>,
     pub(crate) waiters: Waiters,
+    /// The tasks copying container output into the logs (awaited before Pilot exits).
+    pub(crate) log_readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) type Shared = Rc<RefCell<State>>;

@@ -108,6 +108,7 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
         history: RefCell::new(std::collections::VecDeque::new()),
         changed: Rc::new(Notify::new()),
         waiters: Waiters::default(),
+        log_readers: Vec::new(),
     }));
 
     reconcile(&state);
@@ -133,8 +134,24 @@ async fn run(dir: PathBuf) -> anyhow::Result<i32> {
             _ = notified => {}
         }
     }
-    // Let the log readers drain what the containers wrote last.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Let the log readers drain what the containers wrote last: they end at EOF, which comes
+    // as soon as the workloads are gone (a background child holding a pipe gets 20 ms).
+    let readers = std::mem::take(&mut state.borrow_mut().log_readers);
+    let drained = tokio::time::Instant::now() + Duration::from_millis(20);
+    let _ = tokio::time::timeout_at(drained, async {
+        for r in readers {
+            let _ = r.await;
+        }
+    })
+    .await;
+    // And the watchers (the daemon's event stream) send the last events: the broadcast
+    // queue empties as they take them, then their writes get a turn.
+    while !state.borrow().events.is_empty() && tokio::time::Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
     let s = state.borrow();
     let statuses: Vec<ContainerStatus> = s.containers.iter().map(|c| c.status.clone()).collect();
     let exit = machine_exit(statuses, s.ended_by);
@@ -249,11 +266,15 @@ fn launch_container(state: &Shared, i: usize) {
             };
             match output {
                 launch::Output::Pipes(out, err) => {
-                    launch::spawn_log_reader(out, "stdout", log_path.clone(), log_max);
-                    launch::spawn_log_reader(err, "stderr", log_path, log_max);
+                    let readers = [
+                        launch::spawn_log_reader(out, "stdout", log_path.clone(), log_max),
+                        launch::spawn_log_reader(err, "stderr", log_path, log_max),
+                    ];
+                    state.borrow_mut().log_readers.extend(readers);
                 }
                 launch::Output::Tty(master) => {
-                    crate::attach::spawn_tty_log_reader(master, log_path, log_max)
+                    let reader = crate::attach::spawn_tty_log_reader(master, log_path, log_max);
+                    state.borrow_mut().log_readers.push(reader);
                 }
             }
             let tasks: Vec<AbortHandle> = (0..spec.healthchecks.len())

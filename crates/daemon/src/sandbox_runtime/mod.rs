@@ -208,8 +208,6 @@ impl Runtime for SandboxRuntime {
             Ok(exited) => exited,
             Err(e) => {
                 // Kill whatever started; a persistent rootfs survives a failed start.
-                let cgroup = self.cgroup(&m.id);
-                let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
                 let _ = self.cleanup(&m.id, keep).await;
                 return Err(e);
             }
@@ -307,6 +305,16 @@ impl Runtime for SandboxRuntime {
             let _ = self.cleanup(&id, false).await;
             let _ = remove_dir(entry.path()).await;
         }
+        // cgroups retired (emptied and moved aside) whose reaper did not finish, by this daemon
+        // or another on the host: anyone may remove those. Live cgroups of machines that are
+        // gone were handled above, through their machine dirs.
+        let hierarchy = self.hierarchy.clone();
+        let exe = self.exe.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let dead = hangar_sandbox::cgroup::dead_dirs(&hierarchy, Path::new("hangar"));
+            reap_cgroups(&exe, dead);
+        })
+        .await;
         // uid ranges this daemon claimed for machines that are gone.
         for (slot, machine) in self.claims.owned() {
             if !live.contains(&machine) && !self.machine_dir(&machine).exists() {
