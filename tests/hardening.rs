@@ -704,3 +704,100 @@ async fn test_an_unprivileged_user_cannot_read_machine_secrets() {
     }
     d.destroy_machine("priv", &id, true).await;
 }
+
+/// Destroy answers before the slow part of removing a cgroup (a helper finishes it): under
+/// repeated concurrent create/destroy, nothing of any machine is left once the helpers are
+/// done, neither processes, mounts, cgroups (live or retired) nor machine dirs.
+#[tokio::test]
+async fn test_churn_of_create_and_destroy_leaves_nothing() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("churn").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let mut round = Vec::new();
+        for _ in 0..3 {
+            round.push(
+                create(
+                    &d,
+                    "churn",
+                    json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sh", "-c", "head -c 4000000 /dev/zero > /tmp/f; sleep 300"]}}}),
+                )
+                .await,
+            );
+        }
+        for id in &round {
+            wait(&d, "churn", id, "started").await;
+        }
+        let destroys = round.iter().map(|id| {
+            let client = d.client.clone();
+            let id = id.clone();
+            async move {
+                client
+                    .delete(format!("/v1/apps/churn/machines/{id}"))
+                    .query("force", "true")
+                    .send_raw()
+                    .await
+                    .unwrap()
+                    .status
+            }
+        });
+        for status in futures_join(destroys).await {
+            assert_eq!(status, 200);
+        }
+        ids.extend(round);
+    }
+    let leftovers = || {
+        let mut left = Vec::new();
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            for ctrl in ["", "memory", "cpu", "pids", "freezer", "cpuacct"] {
+                let dir = Path::new(root).join(ctrl).join("hangar");
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if ids.iter().any(|id| name.contains(id.as_str())) {
+                        left.push(e.path().display().to_string());
+                    }
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let data = d.data_dir.display().to_string();
+        left.extend(
+            mounts
+                .lines()
+                .filter(|l| l.contains(&data))
+                .map(str::to_string),
+        );
+        for id in &ids {
+            if d.data_dir.join("machines").join(id).exists() {
+                left.push(format!("machine dir {id}"));
+            }
+        }
+        left
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = leftovers();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the futures concurrently (a join_all without another dependency).
+async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

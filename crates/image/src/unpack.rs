@@ -298,14 +298,20 @@ impl<'a> Unpacker<'a> {
                     entry.header().device_major().ok().flatten(),
                     entry.header().device_minor().ok().flatten(),
                 );
-                // A 0:0 char device is already an overlay whiteout; any real device is refused.
+                // A 0:0 char device is already an overlay whiteout. A real device node (images
+                // built by debootstrap or mmdebstrap carry /dev/console, /dev/null…) is skipped,
+                // as rootless runtimes do: a machine's /dev is a fresh tmpfs, and a device node
+                // from an image is nothing a machine may have.
                 if maj != Some(0) || min != Some(0) {
-                    return Err(self.unsafe_entry(&raw_path, "character device"));
+                    tracing::info!(entry = %String::from_utf8_lossy(&raw_path), "skipping a character device in an image layer");
+                    return Ok(());
                 }
                 self.clear(&parent, name_os, false, &raw_path, parents)?;
                 self.whiteout(&parent, name_os, &meta, &raw_path)?;
             }
-            EntryType::Block => return Err(self.unsafe_entry(&raw_path, "block device")),
+            EntryType::Block => {
+                tracing::info!(entry = %String::from_utf8_lossy(&raw_path), "skipping a block device in an image layer");
+            }
             other => {
                 return Err(
                     self.unsafe_entry(&raw_path, format!("unsupported entry type {other:?}"))
