@@ -252,8 +252,11 @@ pub struct SignalRequest {
 #[into_params(parameter_in = Query)]
 pub struct RestartQuery {
     /// Duration string or seconds.
+    #[param(pattern = "^([0-9]{1,5}|([0-9]{1,5}(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$")]
     pub timeout: Option<String>,
+    #[param(pattern = "^(SIGHUP|SIGINT|SIGQUIT|SIGKILL|SIGUSR1|SIGUSR2|SIGTERM)$")]
     pub signal: Option<String>,
+    #[param(pattern = "^(true|false)$")]
     pub force_stop: Option<String>,
 }
 
@@ -289,7 +292,9 @@ pub struct MachineVersion {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
+    /// Seconds, 1 to 86400.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -372,11 +377,14 @@ pub struct MemoryResponse {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct SetMemoryLimitRequest {
+    /// At least 32, at most the machine's memory.
+    #[schema(minimum = 32)]
     pub limit_mb: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ReclaimMemoryRequest {
+    #[schema(minimum = 1, maximum = 1048576)]
     pub amount_mb: i64,
 }
 
@@ -455,6 +463,7 @@ pub struct DeleteMachineQuery {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Default 20, at most 50.
+    #[param(pattern = "^[0-9]{1,9}$")]
     pub limit: Option<String>,
 }
 
@@ -462,8 +471,12 @@ pub struct EventsQuery {
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// One or more of started, stopped, suspended, destroyed, failed, settled; repeated or comma-separated.
+    #[param(
+        pattern = "^(started|stopped|suspended|destroyed|failed|created|settled)(,(started|stopped|suspended|destroyed|failed|created|settled))*$"
+    )]
     pub state: Option<String>,
     /// Seconds, default 60, at most 60.
+    #[param(pattern = "^([0-9]{1,5}|([0-9]{1,5}(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$")]
     pub timeout: Option<String>,
     pub version: Option<String>,
     /// Deprecated alias of `version`.
@@ -474,5 +487,7 @@ pub struct WaitQuery {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LeaseQuery {
+    /// Seconds, 1 to 86400.
+    #[param(pattern = "^[0-9]{1,5}$")]
     pub ttl: Option<String>,
 }

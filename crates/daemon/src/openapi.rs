@@ -60,6 +60,7 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
     paths(
         routes::list_apps,
+        routes::platform_regions,
         routes::create_app,
         routes::get_app,
         routes::delete_app,

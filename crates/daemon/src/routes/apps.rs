@@ -119,6 +119,8 @@ pub async fn delete_app(
 
 // ---- machines -----------------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/v1/platform/regions", tag = "Platform",
+    responses((status = 200, description = "`{\"Regions\": [Region], \"Nearest\": code}`: this host's region")))]
 /// `GET /v1/platform/regions` as flaps reads it (`{"Regions": [fly.Region], "Nearest": …}`):
 /// one host is one region; `capacity` is how many `shared-cpu-1x` machines it still admits.
 pub async fn platform_regions(State(h): State<AppState>) -> Json<serde_json::Value> {
