@@ -4,6 +4,7 @@ pub mod app_name;
 pub mod apps;
 pub mod auth;
 pub mod daemon;
+mod doctor;
 pub mod embedded;
 pub mod go_flags;
 pub mod image;
@@ -39,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the Hangar daemon (the Machines API server) in the foreground
     Daemon(daemon::DaemonArgs),
+    /// Check what this host has and lacks for running machines
+    Doctor(doctor::DoctorArgs),
     /// Manage API authentication
     #[command(subcommand, after_help = "Examples:\n  hangar auth token")]
     Auth(auth::AuthCommand),
@@ -115,6 +118,7 @@ pub fn one_line_clap_error(e: &clap::Error) -> String {
 pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Auth(cmd) => auth::run(cmd),
         Command::Completion { shell } => {
             // Generated into memory first: clap_complete panics on a write error, and a reader
