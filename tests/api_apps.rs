@@ -312,3 +312,16 @@ async fn test_app_idempotency_key() {
     assert_eq!(r.status, 422);
     assert_eq!(d.get("/v1/apps/other").await.status, 404);
 }
+
+/// `/healthz` answers without a token, for load balancers and service managers.
+#[tokio::test]
+async fn test_healthz_needs_no_token() {
+    let d = Daemon::start().await;
+    let anonymous =
+        hangar_client::Client::new(hangar_client::Endpoint::Unix(d.socket.clone()), None);
+    let r = anonymous.get("/healthz").send_raw().await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text().trim(), "ok");
+    let r = anonymous.get("/v1/apps").send_raw().await.unwrap();
+    assert_eq!(r.status, 401, "the API itself still needs the token");
+}

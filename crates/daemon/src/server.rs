@@ -23,6 +23,7 @@ use crate::routes::{self, AppState};
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router(state: AppState, token: Arc<str>) -> Router {
+    let health = state.clone();
     let machine = "/v1/apps/{app_name}/machines/{machine_id}";
     let api = Router::new()
         .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
@@ -106,11 +107,25 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .with_state(state);
     Router::new()
         .route("/openapi.json", get(openapi_json))
+        .route("/healthz", get(healthz).with_state(health))
         .merge(api)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))
+}
+
+/// `GET /healthz` for load balancers and service managers: 200 `ok` while the API serves and
+/// the store answers, 503 with the reason otherwise. No token: it tells nothing about machines.
+async fn healthz(State(h): State<AppState>) -> Response {
+    match h.store_ok().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn openapi_json() -> Response {

@@ -37,6 +37,11 @@ impl Hangar {
             .ok_or_else(|| ServiceError::app_not_found(name))
     }
 
+    /// Whether the store answers (for health checks): one cheap read.
+    pub async fn store_ok(&self) -> ServiceResult<()> {
+        db(&self.store, |s| s.get_app("").map(drop)).await
+    }
+
     pub async fn list_apps(&self, org: Option<String>) -> ServiceResult<Vec<(AppRecord, i64)>> {
         db(&self.store, move |s| {
             let apps = s.list_apps(org.as_deref())?;
