@@ -10,30 +10,131 @@ use tracing_subscriber::EnvFilter;
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(after_help = "Examples:\n  \
     sudo hangar daemon\n  \
-    hangar daemon --data-dir ./data --socket ./api.sock --listen 127.0.0.1:4280\n\n\
+    hangar daemon --data-dir ./data --socket ./api.sock --listen 127.0.0.1:4280\n  \
+    hangar daemon --config ./hangar.toml\n\n\
+    Settings come from the flags, then HANGAR_* variables, then the config file\n\
+    (/etc/hangar/hangar.toml when it exists; keys as the flags, with '_' for '-'), then defaults.\n\
     Logging follows RUST_LOG (default: info).")]
 pub struct DaemonArgs {
-    /// Directory for the database, images, machine state and the API token
-    #[arg(long, value_name = "DIR", env = "HANGAR_DATA_DIR", default_value = hangar_daemon::DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Unix socket to serve the API on
-    #[arg(long, value_name = "PATH", default_value = hangar_daemon::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// Config file (TOML); an unknown key or a bad value is an error naming it
+    #[arg(long, value_name = "FILE", env = "HANGAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the database, images, machine state and the API token [default: /var/lib/hangar]
+    #[arg(long, value_name = "DIR", env = "HANGAR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unix socket to serve the API on [default: /run/hangar/api.sock]
+    #[arg(long, value_name = "PATH", env = "HANGAR_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Also serve the API over TCP on this address (e.g. 127.0.0.1:4280)
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Pull from this registry over plain HTTP (repeatable; loopback registries already are)
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
-    /// How long a destroyed machine's logs stay readable with `hangar logs` (Go duration, e.g. 24h, 30m; 0 keeps none)
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
-    pub log_retention: std::time::Duration,
-    /// Machines may reserve this many times the host's CPUs (shared CPUs sit idle mostly)
-    #[arg(long, value_name = "RATIO", default_value_t = hangar_daemon::DEFAULT_CPU_OVERCOMMIT, value_parser = parse_ratio)]
-    pub cpu_overcommit: f64,
-    /// Machines may reserve this many times the host's memory
-    #[arg(long, value_name = "RATIO", default_value_t = hangar_daemon::DEFAULT_MEMORY_OVERCOMMIT, value_parser = parse_ratio)]
-    pub memory_overcommit: f64,
+    /// How long a destroyed machine's logs stay readable with `hangar logs` (Go duration, e.g. 24h, 30m; 0 keeps none) [default: 24h]
+    #[arg(long, value_name = "DURATION", env = "HANGAR_LOG_RETENTION", value_parser = parse_retention)]
+    pub log_retention: Option<std::time::Duration>,
+    /// Machines may reserve this many times the host's CPUs (shared CPUs sit idle mostly) [default: 4]
+    #[arg(long, value_name = "RATIO", env = "HANGAR_CPU_OVERCOMMIT", value_parser = parse_ratio)]
+    pub cpu_overcommit: Option<f64>,
+    /// Machines may reserve this many times the host's memory [default: 1.5]
+    #[arg(long, value_name = "RATIO", env = "HANGAR_MEMORY_OVERCOMMIT", value_parser = parse_ratio)]
+    pub memory_overcommit: Option<f64>,
+}
+
+/// Where the daemon looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/hangar/hangar.toml";
+
+/// The config file: every daemon flag, by the flag's name with `_` for `-`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    log_retention: Option<String>,
+    cpu_overcommit: Option<f64>,
+    memory_overcommit: Option<f64>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; a missing file is an error only when it was asked for by name.
+    fn load(path: &std::path::Path, explicit: bool) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default())
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                ))
+            }
+        };
+        toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!(", line {line}")
+            });
+            anyhow::anyhow!("config file {}{at}: {}", path.display(), e.message().trim())
+        })
+    }
+}
+
+impl DaemonArgs {
+    /// The daemon's options: flags (and HANGAR_* variables) over the config file over defaults.
+    pub fn resolve(&self) -> Result<hangar_daemon::DaemonOptions> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let file = ConfigFile::load(&path, self.config.is_some())?;
+        let in_file =
+            |key: &str, e: String| anyhow::anyhow!("config file {}: {key}: {e}", path.display());
+        let log_retention = match (&self.log_retention, &file.log_retention) {
+            (Some(d), _) => *d,
+            (None, Some(s)) => parse_retention(s).map_err(|e| in_file("log_retention", e))?,
+            (None, None) => std::time::Duration::from_secs(24 * 3600),
+        };
+        let ratio =
+            |flag: Option<f64>, key: &str, value: Option<f64>, default: f64| match (flag, value) {
+                (Some(r), _) => Ok(r),
+                (None, Some(r)) => parse_ratio(&r.to_string()).map_err(|e| in_file(key, e)),
+                (None, None) => Ok(default),
+            };
+        let mut insecure_registries = file.insecure_registries.clone();
+        insecure_registries.extend(self.insecure_registries.iter().cloned());
+        Ok(hangar_daemon::DaemonOptions {
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(hangar_daemon::DEFAULT_DATA_DIR)),
+            socket: self
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| PathBuf::from(hangar_daemon::DEFAULT_SOCKET)),
+            listen: self.listen.or(file.listen),
+            insecure_registries,
+            log_retention,
+            cpu_overcommit: ratio(
+                self.cpu_overcommit,
+                "cpu_overcommit",
+                file.cpu_overcommit,
+                hangar_daemon::DEFAULT_CPU_OVERCOMMIT,
+            )?,
+            memory_overcommit: ratio(
+                self.memory_overcommit,
+                "memory_overcommit",
+                file.memory_overcommit,
+                hangar_daemon::DEFAULT_MEMORY_OVERCOMMIT,
+            )?,
+        })
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -62,13 +163,6 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(hangar_daemon::run(hangar_daemon::DaemonOptions {
-        data_dir: args.data_dir,
-        socket: args.socket,
-        listen: args.listen,
-        insecure_registries: args.insecure_registries,
-        log_retention: args.log_retention,
-        cpu_overcommit: args.cpu_overcommit,
-        memory_overcommit: args.memory_overcommit,
-    }))
+    let options = args.resolve()?;
+    runtime.block_on(hangar_daemon::run(options))
 }

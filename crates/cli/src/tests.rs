@@ -70,12 +70,19 @@ fn every_command_has_an_example() {
 
 #[test]
 fn daemon_defaults_and_flags() {
-    let Command::Daemon(d) = parse(&["daemon"]).unwrap().command else {
+    let nowhere = std::path::Path::new("/nonexistent/hangar.toml");
+    let Command::Daemon(mut d) = parse(&["daemon"]).unwrap().command else {
         panic!()
     };
-    // HANGAR_DATA_DIR may be set in the test environment; only check the socket default.
-    assert_eq!(d.socket, PathBuf::from("/run/hangar/api.sock"));
-    assert_eq!(d.listen, None);
+    // The test environment may set HANGAR_* variables; pin what is checked here.
+    d.config = Some(nowhere.into());
+    d.socket = None;
+    d.listen = None;
+    let err = d.resolve().unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/hangar.toml"),
+        "a named config must exist: {err}"
+    );
 
     let Command::Daemon(d) = parse(&[
         "daemon",
@@ -91,8 +98,8 @@ fn daemon_defaults_and_flags() {
     else {
         panic!()
     };
-    assert_eq!(d.data_dir, PathBuf::from("/tmp/h"));
-    assert_eq!(d.socket, PathBuf::from("/tmp/h.sock"));
+    assert_eq!(d.data_dir, Some(PathBuf::from("/tmp/h")));
+    assert_eq!(d.socket, Some(PathBuf::from("/tmp/h.sock")));
     assert_eq!(
         d.listen,
         Some("127.0.0.1:4280".parse::<SocketAddr>().unwrap())
@@ -100,6 +107,62 @@ fn daemon_defaults_and_flags() {
 
     let err = parse(&["daemon", "--listen", "nonsense"]).unwrap_err();
     assert!(one_line_clap_error(&err).contains("--listen"), "{err}");
+}
+
+/// The config file gives every daemon setting; flags win; a typo or a bad value names the key
+/// and the file.
+#[test]
+fn daemon_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hangar.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"/srv/hangar\"\nlisten = \"127.0.0.1:4399\"\nlog_retention = \"2h\"\n\
+         memory_overcommit = 3.0\ninsecure_registries = [\"reg.local:5000\"]\n",
+    )
+    .unwrap();
+    let args = |extra: &[&str]| {
+        let mut argv = vec!["daemon", "--config", file.to_str().unwrap()];
+        argv.extend_from_slice(extra);
+        let Command::Daemon(mut d) = parse(&argv).unwrap().command else {
+            panic!()
+        };
+        // Whatever HANGAR_* the environment sets is not what this test is about.
+        if !extra.contains(&"--data-dir") {
+            d.data_dir = None;
+        }
+        d.socket = None;
+        d.log_retention = None;
+        d.cpu_overcommit = None;
+        d.memory_overcommit = None;
+        d.listen = None;
+        d
+    };
+    let o = args(&[]).resolve().unwrap();
+    assert_eq!(o.data_dir, PathBuf::from("/srv/hangar"));
+    assert_eq!(o.socket, PathBuf::from(hangar_daemon::DEFAULT_SOCKET));
+    assert_eq!(o.listen, Some("127.0.0.1:4399".parse().unwrap()));
+    assert_eq!(o.log_retention, std::time::Duration::from_secs(7200));
+    assert_eq!(o.memory_overcommit, 3.0);
+    assert_eq!(o.insecure_registries, vec!["reg.local:5000".to_string()]);
+    let o = args(&["--data-dir", "/flag/wins"]).resolve().unwrap();
+    assert_eq!(o.data_dir, PathBuf::from("/flag/wins"));
+
+    std::fs::write(&file, "data_dri = \"/x\"\n").unwrap();
+    let err = format!("{:#}", args(&[]).resolve().unwrap_err());
+    assert!(
+        err.contains("data_dri") && err.contains("hangar.toml"),
+        "{err}"
+    );
+    std::fs::write(&file, "log_retention = \"soon\"\n").unwrap();
+    let err = format!("{:#}", args(&[]).resolve().unwrap_err());
+    assert!(
+        err.contains("log_retention") && err.contains("hangar.toml"),
+        "{err}"
+    );
+    std::fs::write(&file, "cpu_overcommit = -1.0\n").unwrap();
+    let err = format!("{:#}", args(&[]).resolve().unwrap_err());
+    assert!(err.contains("cpu_overcommit"), "{err}");
 }
 
 #[test]
