@@ -459,7 +459,7 @@ impl MachineCgroup {
     pub fn retire(&self) -> Result<Vec<PathBuf>> {
         self.kill_all()?;
         if matches!(self.hierarchy, Hierarchy::V2 { .. }) {
-            self.destroy()?;
+            self.remove_empty()?;
             return Ok(Vec::new());
         }
         let stamp = std::time::SystemTime::now()
@@ -484,21 +484,16 @@ impl MachineCgroup {
     /// Removes the cgroup directories; missing ones are fine.
     pub fn destroy(&self) -> Result<()> {
         self.kill_all()?;
+        self.remove_empty()
+    }
+
+    /// Removes the directories of the (already emptied) cgroup, page cache first.
+    fn remove_empty(&self) -> Result<()> {
         self.release_page_cache();
         for dir in self.dirs() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match fs::remove_dir(&dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    // Exiting processes can keep the directory busy for a moment.
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(io("remove", &dir)(e)),
-                }
+            match remove_dir_retrying(&dir) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(io("remove", &dir)(e)),
+                _ => {}
             }
         }
         Ok(())
@@ -521,14 +516,20 @@ pub fn reap_dead(dirs: &[PathBuf]) {
         // Only the memory controller has page cache to give back; the write is harmless
         // (ENOENT) elsewhere.
         let _ = fs::write(dir.join("memory.force_empty"), "0");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match fs::remove_dir(dir) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                _ => break,
+        let _ = remove_dir_retrying(dir);
+    }
+}
+
+/// Removes an empty cgroup directory, retrying for a while on EBUSY: exiting processes can
+/// keep it busy for a moment.
+fn remove_dir_retrying(dir: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
             }
+            result => return result,
         }
     }
 }
