@@ -11,7 +11,7 @@ use hangar_policy::RestartSpec;
 use serde_json::Value;
 
 use crate::lifecycle::DEFAULT_STOP_TIMEOUT;
-use crate::{MachineConfig, Signal};
+use crate::{MachineConfig, MachineRestart, Signal};
 
 /// Whether a machine's root filesystem survives a stop, and an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,7 +77,6 @@ impl MachineSpec {
     /// refuse reads as the default).
     pub fn from_config(config: &MachineConfig) -> Self {
         let guest = config.guest.clone().unwrap_or_default();
-        let restart = config.restart.as_ref();
         MachineSpec {
             guest: GuestSize {
                 cpus: guest.cpus.max(1) as u32,
@@ -85,10 +84,7 @@ impl MachineSpec {
                 memory_mb: guest.memory_mb.max(1) as u64,
                 swap_mb: config.init.swap_size_mb.unwrap_or(0).max(0) as u64,
             },
-            restart: RestartSpec::from_config(
-                restart.map(|r| r.policy.as_str()).filter(|p| !p.is_empty()),
-                restart.and_then(|r| r.max_retries),
-            ),
+            restart: restart_spec(config.restart.as_ref()),
             stop: stop_spec(config, None, None),
             rootfs_persistence: rootfs_persistence(config),
             rootfs_size_gb: config
@@ -106,6 +102,14 @@ impl MachineSpec {
             auto_destroy: config.auto_destroy,
         }
     }
+}
+
+/// A `restart` block (the machine's or a container's) as a policy; an empty policy is none.
+pub fn restart_spec(restart: Option<&MachineRestart>) -> RestartSpec {
+    RestartSpec::from_config(
+        restart.map(|r| r.policy.as_str()).filter(|p| !p.is_empty()),
+        restart.and_then(|r| r.max_retries),
+    )
 }
 
 /// How to stop a machine of `config`, with a request's own `signal`/`timeout` first. A zero

@@ -124,7 +124,7 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                         Vec::new()
                     })
                     .collect(),
-                restart: restart_spec(c.restart.as_ref()),
+                restart: hangar_api::spec::restart_spec(c.restart.as_ref()),
                 mounts: c
                     .mounts
                     .iter()
@@ -338,14 +338,6 @@ fn make_disk_image(image: &Path, size_mb: u64, uid: u32) -> Result<(), RuntimeEr
         )));
     }
     Ok(())
-}
-
-/// Container restart policy; containers default to `on-failure` like machines.
-pub(crate) fn restart_spec(r: Option<&hangar_api::MachineRestart>) -> RestartSpec {
-    RestartSpec::from_config(
-        r.map(|r| r.policy.as_str()).filter(|p| !p.is_empty()),
-        r.and_then(|r| r.max_retries),
-    )
 }
 
 /// A machine-level check (`config.checks`, durations as Go durations) in Pilot's terms.
