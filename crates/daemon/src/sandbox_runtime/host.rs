@@ -241,6 +241,14 @@ pub(super) fn read_machine_file(path: &Path) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Pilot's exit report in a machine's run dir, if it wrote one naming its containers (a
+/// report without any is what a Pilot that failed before starting one leaves).
+pub(super) fn read_exit_report(run_dir: &Path) -> Option<PilotExit> {
+    read_machine_file(&run_dir.join(EXIT_FILE))
+        .and_then(|b| PilotExit::parse(&b))
+        .filter(|e| !e.containers.is_empty())
+}
+
 /// Whether `path` itself (never what a symlink there points to) is a mount point.
 pub(super) fn is_mountpoint(path: &Path) -> bool {
     let Some(parent) = path.parent() else {

@@ -353,9 +353,7 @@ impl Runtime for SandboxRuntime {
                 let exit = state
                     .filter(|s| s.instance_id == m.instance_id)
                     .and_then(|s| {
-                        let report = read_machine_file(&self.run_dir(&m.id).join(EXIT_FILE))
-                            .and_then(|b| PilotExit::parse(&b))
-                            .filter(|e| !e.containers.is_empty())?;
+                        let report = read_exit_report(&self.run_dir(&m.id))?;
                         Some(MachineExit {
                             app: m.app.clone(),
                             machine_id: m.id.clone(),

@@ -32,9 +32,7 @@ impl SandboxRuntime {
         let pid = state.pid;
         tokio::spawn(async move {
             let status = wait_pidfd(pidfd).await;
-            let report = read_machine_file(&dir.join(EXIT_FILE))
-                .and_then(|b| PilotExit::parse(&b))
-                .filter(|e| !e.containers.is_empty());
+            let report = read_exit_report(&dir);
             let (exit_code, signal) = match &report {
                 Some(e) => (e.exit_code, e.signal),
                 None => match status {
@@ -182,11 +180,9 @@ impl SandboxRuntime {
                 let log = read_machine_file(&self.run_dir(id).join(PILOT_LOG))
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
-                let statuses: Vec<ContainerStatus> =
-                    read_machine_file(&self.run_dir(id).join(EXIT_FILE))
-                        .and_then(|b| PilotExit::parse(&b))
-                        .map(|e| e.containers)
-                        .unwrap_or_default();
+                let statuses: Vec<ContainerStatus> = read_exit_report(&self.run_dir(id))
+                    .map(|e| e.containers)
+                    .unwrap_or_default();
                 if let Some(err) = statuses.iter().find_map(|c| c.error.clone()) {
                     return Err(RuntimeError::StartFailed(err));
                 }
