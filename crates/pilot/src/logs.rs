@@ -13,6 +13,24 @@ const TIMESTAMP: &[BorrowedFormatItem<'static>] = time::macros::format_descripti
 );
 use time::OffsetDateTime;
 
+/// One line of a machine's log file: `<RFC 3339 stamp, 9 digits> <stream> <line>\n`. Pilot
+/// writes its containers' lines so; the daemon writes its own (`hangar.log`) the same way.
+pub fn log_record(stream: &str, line: &[u8]) -> Vec<u8> {
+    // Always nine fraction digits: fixed-width stamps sort as text (RFC 3339's trimmed
+    // zeros put `…49.210015Z` after `…49.210015364Z`).
+    let ts = OffsetDateTime::now_utc()
+        .format(TIMESTAMP)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000000000Z".into());
+    let mut record = Vec::with_capacity(ts.len() + stream.len() + line.len() + 3);
+    record.extend_from_slice(ts.as_bytes());
+    record.push(b' ');
+    record.extend_from_slice(stream.as_bytes());
+    record.push(b' ');
+    record.extend_from_slice(line);
+    record.push(b'\n');
+    record
+}
+
 pub struct LogFile {
     path: PathBuf,
     file: File,
@@ -34,18 +52,7 @@ impl LogFile {
 
     /// Appends `line` (without its newline) as `<RFC 3339 time> <stream> <line>`.
     pub fn write_line(&mut self, stream: &str, line: &[u8]) -> std::io::Result<()> {
-        // Always nine fraction digits: fixed-width stamps sort as text (RFC 3339's trimmed
-        // zeros put `…49.210015Z` after `…49.210015364Z`).
-        let ts = OffsetDateTime::now_utc()
-            .format(TIMESTAMP)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00.000000000Z".into());
-        let mut record = Vec::with_capacity(ts.len() + stream.len() + line.len() + 3);
-        record.extend_from_slice(ts.as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(stream.as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(line);
-        record.push(b'\n');
+        let record = log_record(stream, line);
         if self.size + record.len() as u64 > self.max {
             self.rotate()?;
         }

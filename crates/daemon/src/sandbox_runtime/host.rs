@@ -113,12 +113,7 @@ pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("hangar.log is not a regular file"));
     }
-    let ts = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-        ))
-        .map_err(std::io::Error::other)?;
-    writeln!(file, "{ts} stderr {line}")
+    file.write_all(&hangar_pilot::logs::log_record("stderr", line.as_bytes()))
 }
 
 pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
