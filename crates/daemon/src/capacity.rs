@@ -54,6 +54,18 @@ impl HostCapacity {
             memory_overcommit,
         }
     }
+
+    /// What may be reserved in all: thousandths of a core, and MB.
+    fn limits(&self) -> (u64, u64) {
+        let cpu = (f64::from(self.cpus) * self.cpu_overcommit * 1000.0).floor() as u64;
+        let mem = (self.memory_mb as f64 * self.memory_overcommit).floor() as u64;
+        (cpu, mem)
+    }
+}
+
+/// What `sizes` reserve together: thousandths of a core, and MB.
+fn used<'a>(sizes: impl Iterator<Item = &'a Size>) -> (u64, u64) {
+    sizes.fold((0, 0), |(c, m), s| (c + s.cpu_milli(), m + s.memory_mb))
 }
 
 /// What one machine asks for.
@@ -113,11 +125,8 @@ impl Ledger {
     pub fn room_for(&self, size: Size) -> u64 {
         let h = self.host;
         let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let (used_milli, used_mb) = reserved.values().fold((0u64, 0u64), |(c, m), s| {
-            (c + s.cpu_milli(), m + s.memory_mb)
-        });
-        let cpu_limit = (f64::from(h.cpus) * h.cpu_overcommit * 1000.0).floor() as u64;
-        let mem_limit = (h.memory_mb as f64 * h.memory_overcommit).floor() as u64;
+        let (used_milli, used_mb) = used(reserved.values());
+        let (cpu_limit, mem_limit) = h.limits();
         let by_cpu = cpu_limit.saturating_sub(used_milli) / size.cpu_milli().max(1);
         let by_mem = mem_limit.saturating_sub(used_mb) / size.memory_mb.max(1);
         by_cpu.min(by_mem)
@@ -155,14 +164,9 @@ impl Ledger {
             });
         }
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let (used_milli, used_mb) = reserved
-            .iter()
-            .filter(|(k, _)| k.as_str() != id)
-            .fold((0u64, 0u64), |(c, m), (_, s)| {
-                (c + s.cpu_milli(), m + s.memory_mb)
-            });
-        let cpu_limit = (f64::from(h.cpus) * h.cpu_overcommit * 1000.0).floor() as u64;
-        let mem_limit = (h.memory_mb as f64 * h.memory_overcommit).floor() as u64;
+        let others = reserved.iter().filter(|(k, _)| k.as_str() != id);
+        let (used_milli, used_mb) = used(others.map(|(_, s)| s));
+        let (cpu_limit, mem_limit) = h.limits();
         if used_milli + size.cpu_milli() > cpu_limit {
             let cores = |m: u64| m as f64 / 1000.0;
             return Err(CapacityError {
