@@ -60,17 +60,13 @@ pub async fn restart_machine(
     let q = Query::parse(q.as_deref());
     // flaps sends these in the query, fly-admin in the body: accept both (the query wins).
     let from_body: RestartBody = optional_json_body(&body)?;
-    let signal = match q.get("signal").filter(|s| !s.is_empty()) {
-        Some(s) => {
-            Some(hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
-        }
-        None => match from_body.signal.as_deref().filter(|s| !s.is_empty()) {
-            Some(s) => Some(
-                hangar_api::Signal::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
-            ),
-            None => None,
-        },
-    };
+    let signal = q
+        .get("signal")
+        .filter(|s| !s.is_empty())
+        .or(from_body.signal.as_deref().filter(|s| !s.is_empty()))
+        .map(hangar_api::Signal::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(sig) = signal {
         // The restart's stop takes the same signals as a stop.
         if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
