@@ -21,28 +21,15 @@ async fn started(d: &Daemon, app: &str, script: &str) -> String {
         .as_str()
         .unwrap()
         .to_string();
-    wait(d, app, &id, "started").await;
+    d.wait_state(app, &id, "started").await;
     id
 }
 
-async fn wait(d: &Daemon, app: &str, id: &str, state: &str) {
-    let r = d
-        .get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "wait {state}: {}", r.text());
-}
-
 async fn last_exit(d: &Daemon, app: &str, id: &str) -> Value {
-    let events: Vec<Value> = d
-        .get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
+    d.exit_events(app, id)
         .await
-        .json()
-        .unwrap();
-    events
         .into_iter()
-        .find(|e| e["type"] == "exit")
+        .next()
         .expect("an exit event")["request"]["exit_event"]
         .clone()
 }
@@ -69,7 +56,7 @@ async fn stop_with_a_zero_timeout_waits_for_the_handler() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "stop0", &id, "stopped").await;
+    d.wait_state("stop0", &id, "stopped").await;
     assert!(
         t0.elapsed() >= Duration::from_millis(1400),
         "stopped before the handler ended"
@@ -108,7 +95,7 @@ async fn restart_takes_its_parameters_from_the_query_or_the_body() {
         Some(json!({"signal": "SIGTERM", "timeout": 30_000_000_000u64})),
     )
     .await;
-    wait(&d, "rst", &id, "started").await;
+    d.wait_state("rst", &id, "started").await;
     assert!(
         t0.elapsed() < Duration::from_millis(1400),
         "the body's signal was ignored"
@@ -119,7 +106,7 @@ async fn restart_takes_its_parameters_from_the_query_or_the_body() {
     // Query (flaps): force_stop kills without waiting for the handler.
     let t0 = Instant::now();
     restart("?force_stop=true", None).await;
-    wait(&d, "rst", &id, "started").await;
+    d.wait_state("rst", &id, "started").await;
     assert!(
         t0.elapsed() < Duration::from_millis(1400),
         "force_stop waited"
@@ -130,7 +117,7 @@ async fn restart_takes_its_parameters_from_the_query_or_the_body() {
     // flaps' plain restart (force_stop=false, no timeout): the default grace period.
     let t0 = Instant::now();
     restart("?force_stop=false", None).await;
-    wait(&d, "rst", &id, "started").await;
+    d.wait_state("rst", &id, "started").await;
     assert!(
         t0.elapsed() >= Duration::from_millis(1400),
         "{:?}",

@@ -24,21 +24,6 @@ async fn create(d: &Daemon, app: &str, body: Value) -> String {
         .to_string()
 }
 
-async fn wait(d: &Daemon, app: &str, id: &str, state: &str) {
-    let r = d
-        .get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
-        ))
-        .await;
-    assert_eq!(
-        r.status,
-        200,
-        "wait {state}: {} (machine: {})",
-        r.text(),
-        d.get(&format!("/v1/apps/{app}/machines/{id}")).await.text()
-    );
-}
-
 fn log(d: &Daemon, id: &str, container: &str) -> String {
     std::fs::read_to_string(
         d.data_dir
@@ -62,15 +47,6 @@ async fn until_logged(d: &Daemon, id: &str, container: &str, needle: &str) -> St
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn exit_events(d: &Daemon, app: &str, id: &str) -> Vec<Value> {
-    let events: Vec<Value> = d
-        .get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
-        .await
-        .json()
-        .unwrap();
-    events.into_iter().filter(|e| e["type"] == "exit").collect()
 }
 
 fn b64(s: &str) -> String {
@@ -126,7 +102,7 @@ async fn test_files_and_mounts_never_follow_image_symlinks_to_the_host() {
         }}),
     )
     .await;
-    wait(&d, "esc", &id, "started").await;
+    d.wait_state("esc", &id, "started").await;
     let out = until_logged(&d, &id, "app", "done").await;
     assert!(out.contains("XYZ"), "files land inside the rootfs: {out}");
     assert!(out.contains("vol-inside"), "{out}");
@@ -170,7 +146,7 @@ async fn test_persisted_rootfs_symlinks_are_resolved_inside_the_machine() {
     )
     .await;
     until_logged(&d, &id, "app", "armed").await;
-    wait(&d, "persist", &id, "stopped").await;
+    d.wait_state("persist", &id, "stopped").await;
     // The second boot finds /data and /etc pointing at a path that does not exist inside the
     // machine: it fails to start, and nothing reaches the host directory.
     let r = d
@@ -272,9 +248,9 @@ async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
         }}),
     )
     .await;
-    wait(&d, "init", &term, "stopped").await;
+    d.wait_state("init", &term, "stopped").await;
     assert!(log(&d, &term, "app").contains("got-term"));
-    let ex = exit_events(&d, "init", &term).await;
+    let ex = d.exit_events("init", &term).await;
     assert_eq!(ex[0]["request"]["exit_event"]["exit_code"], 3, "{ex:?}");
 
     // A workload that kills itself with SIGKILL died of a signal; it did not exit 0.
@@ -288,8 +264,8 @@ async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
         }}),
     )
     .await;
-    wait(&d, "init", &killed, "stopped").await;
-    let ex = exit_events(&d, "init", &killed).await;
+    d.wait_state("init", &killed, "stopped").await;
+    let ex = d.exit_events("init", &killed).await;
     let exit = &ex[0]["request"]["exit_event"];
     assert_eq!(exit["exit_code"], 137, "{ex:?}");
     assert_eq!(exit["signal"], 9, "{ex:?}");
@@ -312,7 +288,7 @@ async fn test_a_fork_bomb_is_contained_and_destroyable() {
         }}),
     )
     .await;
-    wait(&d, "bomb", &id, "started").await;
+    d.wait_state("bomb", &id, "started").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = d
         .client
@@ -347,7 +323,7 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
         }}),
     )
     .await;
-    wait(&d, "down", &id, "started").await;
+    d.wait_state("down", &id, "started").await;
     d.kill9();
     // The workload exits (code 1) while nobody watches; Pilot writes its exit report.
     let report = d.data_dir.join("machines").join(&id).join("run/exit.json");
@@ -362,7 +338,7 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
     d.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let exit = loop {
-        let ex = exit_events(&d, "down", &id).await;
+        let ex = d.exit_events("down", &id).await;
         if let Some(e) = ex.first() {
             break e.clone();
         }
@@ -384,7 +360,7 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
     // The next exit's count includes the restart recorded before (from the event log).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ex = exit_events(&d, "down", &id).await;
+        let ex = d.exit_events("down", &id).await;
         if ex.len() >= 2 {
             assert_eq!(ex[0]["request"]["restart_count"], 1, "{ex:?}");
             break;
@@ -393,15 +369,6 @@ async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.destroy_machine("down", &id, true).await;
-}
-
-fn hangar_cli(d: &Daemon, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(common::hangar_bin())
-        .args(args)
-        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
-        .env("HANGAR_API_TOKEN", &d.token)
-        .output()
-        .expect("run hangar")
 }
 
 /// A machine runs the image digest it was created with until it is updated, even when its
@@ -416,18 +383,15 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
         "run scripts/build-test-images first (.ci/run does)"
     );
     let import = |select: &str| {
-        let out = hangar_cli(
-            &d,
-            &[
-                "image",
-                "import",
-                layout.to_str().unwrap(),
-                "--select",
-                select,
-                "--tag",
-                "localhost/moving:1",
-            ],
-        );
+        let out = d.cli(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--select",
+            select,
+            "--tag",
+            "localhost/moving:1",
+        ]);
         assert!(
             out.status.success(),
             "{}",
@@ -445,7 +409,7 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
         }}),
     )
     .await;
-    wait(&d, "pin", &id, "started").await;
+    d.wait_state("pin", &id, "started").await;
     until_logged(&d, &id, "app", "content=busybox").await;
     let m: Value = d
         .get(&format!("/v1/apps/pin/machines/{id}"))
@@ -456,7 +420,7 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
     assert!(pinned.starts_with("sha256:"), "{m}");
 
     import("layers");
-    let out = hangar_cli(&d, &["image", "prune", "--all"]);
+    let out = d.cli(&["image", "prune", "--all"]);
     assert!(
         out.status.success(),
         "{}",
@@ -469,7 +433,7 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "pin", &id, "started").await;
+    d.wait_state("pin", &id, "started").await;
     let text = until_logged(&d, &id, "app", "content=").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = log(&d, &id, "app").to_string() + &text;
@@ -570,7 +534,7 @@ async fn test_rootfs_size_is_enforced() {
         }}),
     )
     .await;
-    wait(&d, "size", &id, "started").await;
+    d.wait_state("size", &id, "started").await;
     let out = until_logged(&d, &id, "app", "size=").await;
     let size: u64 = out
         .split("size=")
@@ -609,7 +573,7 @@ async fn test_two_daemons_never_share_a_uid_range() {
             json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sleep", "inf"]}}}),
         )
         .await;
-        wait(d, "uids", &id, "started").await;
+        d.wait_state("uids", &id, "started").await;
         // The machine root's host uid: the owner of its Pilot's run dir while it runs.
         let run = d.data_dir.join("machines").join(&id).join("run");
         uids.push(std::os::unix::fs::MetadataExt::uid(
@@ -671,7 +635,7 @@ async fn test_an_unprivileged_user_cannot_read_machine_secrets() {
         }}),
     )
     .await;
-    wait(&d, "priv", &id, "started").await;
+    d.wait_state("priv", &id, "started").await;
     until_logged(&d, &id, "app", "").await;
     let machine = d.data_dir.join("machines").join(&id);
     let candidates = [
@@ -726,7 +690,7 @@ async fn test_churn_of_create_and_destroy_leaves_nothing() {
             );
         }
         for id in &round {
-            wait(&d, "churn", id, "started").await;
+            d.wait_state("churn", id, "started").await;
         }
         let destroys = round.iter().map(|id| {
             let client = d.client.clone();

@@ -2,19 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{error_text, hangar_bin, registry, Daemon};
+use common::{error_text, registry, Daemon};
 use serde_json::{json, Value};
-
-fn hangar(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new(hangar_bin())
-        .args(args)
-        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
-        .env("HANGAR_API_TOKEN", &d.token)
-        .output()
-        .expect("run hangar")
-}
 
 #[tokio::test]
 async fn test_pull_list_inspect_remove_prune() {
@@ -124,7 +113,7 @@ async fn test_pull_list_inspect_remove_prune() {
 async fn test_cli_pull_import_and_ls() {
     let d = Daemon::start().await;
     let image = format!("{}/hangar/layers:latest", registry());
-    let out = hangar(&d, &["image", "pull", &image]);
+    let out = d.cli(&["image", "pull", &image]);
     assert!(
         out.status.success(),
         "{}",
@@ -141,45 +130,39 @@ async fn test_cli_pull_import_and_ls() {
     );
     {
         // A tag names one image: a layout with several needs a choice, and says so (a 400).
-        let out = hangar(
-            &d,
-            &[
-                "image",
-                "import",
-                layout.to_str().unwrap(),
-                "--tag",
-                "localhost/x:1",
-            ],
-        );
+        let out = d.cli(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--tag",
+            "localhost/x:1",
+        ]);
         assert_eq!(out.status.code(), Some(1));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("HTTP 400"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = hangar(
-            &d,
-            &[
-                "image",
-                "import",
-                layout.to_str().unwrap(),
-                "--select",
-                "busybox",
-                "--tag",
-                "localhost/imported:v1",
-            ],
-        );
+        let out = d.cli(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--select",
+            "busybox",
+            "--tag",
+            "localhost/imported:v1",
+        ]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = hangar(&d, &["image", "ls"]);
+    let out = d.cli(&["image", "ls"]);
     let ls = String::from_utf8_lossy(&out.stdout);
     assert!(ls.contains("hangar/layers:latest"), "{ls}");
     assert!(ls.contains("localhost/imported:v1"), "{ls}");
-    let out = hangar(&d, &["image", "rm", "Not A Ref"]);
+    let out = d.cli(&["image", "rm", "Not A Ref"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one-line error: {err}");
@@ -223,7 +206,7 @@ async fn test_import_reads_only_what_the_caller_sends() {
     );
 
     // The CLI reads with the caller's rights and streams; a missing file is its own error.
-    let out = hangar(&d, &["image", "import", "/nonexistent/archive.tar"]);
+    let out = d.cli(&["image", "import", "/nonexistent/archive.tar"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -24,22 +24,6 @@ async fn run(d: &Daemon, app: &str, script: &str, extra: Value) -> String {
     id(&r.json::<Value>().unwrap())
 }
 
-async fn wait(d: &Daemon, app: &str, id: &str, state: &str) -> Value {
-    let r = d
-        .get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
-        ))
-        .await;
-    assert_eq!(
-        r.status,
-        200,
-        "wait {state}: {} (machine: {})",
-        r.text(),
-        d.get(&format!("/v1/apps/{app}/machines/{id}")).await.text()
-    );
-    r.json().unwrap()
-}
-
 async fn events(d: &Daemon, app: &str, id: &str) -> Vec<Value> {
     d.get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
         .await
@@ -145,7 +129,7 @@ async fn test_exit_codes_and_restart_policies() {
     )
     .await;
 
-    wait(&d, "rp", &no, "stopped").await;
+    d.wait_state("rp", &no, "stopped").await;
     let ev = events(&d, "rp", &no).await;
     let ex = exits(&ev);
     assert_eq!(ex.len(), 1, "{ev:?}");
@@ -185,14 +169,14 @@ async fn test_exit_codes_and_restart_policies() {
     );
     assert_eq!(ex[1]["request"]["exit_event"]["restarting"], true);
 
-    wait(&d, "rp", &ok_exit, "stopped").await;
+    d.wait_state("rp", &ok_exit, "stopped").await;
     assert_eq!(
         exits(&events(&d, "rp", &ok_exit).await).len(),
         1,
         "exit 0 is not a failure"
     );
 
-    wait(&d, "rp", &destroy, "destroyed").await;
+    d.wait_state("rp", &destroy, "destroyed").await;
 
     // `always` restarts even after a clean exit.
     let always = run(
@@ -228,7 +212,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
     // so stop escalates.
     let m = run(&d, "lc", "trap '' INT TERM USR1; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick $i; sleep 0.05; done", json!({"config": {"stop_config": {"timeout": "1s"}}})).await;
     let path = format!("/v1/apps/lc/machines/{m}");
-    wait(&d, "lc", &m, "started").await;
+    d.wait_state("lc", &m, "started").await;
 
     // Suspend freezes the counter; start resumes it.
     let r = d
@@ -238,7 +222,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "lc", &m, "suspended").await;
+    d.wait_state("lc", &m, "suspended").await;
     let before = log(&d, &m).lines().count();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
@@ -254,7 +238,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json::<Value>().unwrap()["previous_state"], "suspended");
-    wait(&d, "lc", &m, "started").await;
+    d.wait_state("lc", &m, "started").await;
     until(
         || log(&d, &m).lines().count() > before,
         "resumed machine advances",
@@ -269,7 +253,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
     let started = std::time::Instant::now();
     let r = d.post(&format!("{path}/stop"), json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "lc", &m, "stopped").await;
+    d.wait_state("lc", &m, "stopped").await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "SIGINT was ignored, SIGKILL came after the 1s timeout"
@@ -287,7 +271,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "lc", &m, "started").await;
+    d.wait_state("lc", &m, "started").await;
     let r = d
         .client
         .post(format!("{path}/restart"))
@@ -297,7 +281,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "lc", &m, "started").await;
+    d.wait_state("lc", &m, "started").await;
     let r = d.delete(&path).await;
     assert_eq!(r.status, 412);
     assert!(error_text(&r).contains("not currently stopped"));
@@ -309,7 +293,7 @@ async fn test_lifecycle_stop_escalation_suspend_resume() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    wait(&d, "lc", &m, "destroyed").await;
+    d.wait_state("lc", &m, "destroyed").await;
     assert!(
         !d.data_dir.join("machines").join(&m).exists(),
         "machine dir removed"
@@ -354,7 +338,7 @@ sleep 300
         }}),
     )
     .await;
-    wait(&d, "iso", &m, "started").await;
+    d.wait_state("iso", &m, "started").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !log(&d, &m).contains("checks=42") {
         assert!(
@@ -501,7 +485,7 @@ sleep 300
         .unwrap()
         .to_string();
     assert_ne!(v1, v2);
-    wait(&d, "iso", &m, "started").await;
+    d.wait_state("iso", &m, "started").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !log(&d, &m).contains(&format!("custom=updated version={v2}")) {
         assert!(
@@ -546,7 +530,7 @@ async fn test_oom_is_reported() {
         json!({"config": {"restart": {"policy": "no"}}}),
     )
     .await;
-    wait(&d, "oom", &m, "stopped").await;
+    d.wait_state("oom", &m, "stopped").await;
     let ev = events(&d, "oom", &m).await;
     let ex = exits(&ev);
     assert_eq!(ex[0]["request"]["exit_event"]["oom_killed"], true, "{ev:?}");
@@ -564,12 +548,7 @@ async fn test_oom_is_reported() {
         "{text}"
     );
     // And `machine status` names it.
-    let out = std::process::Command::new(common::hangar_bin())
-        .args(["machine", "status", &m, "-a", "oom"])
-        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
-        .env("HANGAR_API_TOKEN", &d.token)
-        .output()
-        .unwrap();
+    let out = d.cli(&["machine", "status", &m, "-a", "oom"]);
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("Last exit: out of memory"), "{status}");
 }
@@ -585,7 +564,7 @@ async fn test_machines_survive_daemon_sigkill() {
         json!({}),
     )
     .await;
-    wait(&d, "surv", &m, "started").await;
+    d.wait_state("surv", &m, "started").await;
     // This one exits while the daemon is down; the restart must record how.
     let gone = run(
         &d,
@@ -594,7 +573,7 @@ async fn test_machines_survive_daemon_sigkill() {
         json!({"config": {"restart": {"policy": "no"}}}),
     )
     .await;
-    wait(&d, "surv", &gone, "started").await;
+    d.wait_state("surv", &gone, "started").await;
     d.kill9();
     let before = log(&d, &m).lines().count();
     until(
@@ -609,7 +588,7 @@ async fn test_machines_survive_daemon_sigkill() {
         .json()
         .unwrap();
     assert_eq!(got["state"], "started", "re-adopted");
-    let got = wait(&d, "surv", &gone, "stopped").await;
+    let got = d.wait_state("surv", &gone, "stopped").await;
     let evs = events(&d, "surv", &gone).await;
     let exit = evs.iter().find(|e| e["type"] == "exit");
     assert_eq!(
@@ -626,7 +605,7 @@ async fn test_machines_survive_daemon_sigkill() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "surv", &m, "stopped").await;
+    d.wait_state("surv", &m, "stopped").await;
     let r = d.delete(&format!("/v1/apps/surv/machines/{m}")).await;
     assert_eq!(r.status, 200);
 }
@@ -675,7 +654,7 @@ async fn test_destroying_machines_leaves_nothing_behind() {
         );
     }
     for m in &ids {
-        wait(&d, "leak", m, "started").await;
+        d.wait_state("leak", m, "started").await;
     }
     let (mounts, procs) = count_host_state(&d.data_dir);
     assert!(
@@ -717,7 +696,7 @@ async fn test_container_user_and_supplementary_groups() {
     }]}});
     let (m, created) = create(&d, "users", body).await;
     let version = created["instance_id"].as_str().unwrap().to_string();
-    wait(&d, "users", &m, "started").await;
+    d.wait_state("users", &m, "started").await;
     until_logged(&d, &m, "main=").await;
     let out = log(&d, &m);
     assert!(
@@ -762,7 +741,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         ],
     }});
     let (m, _) = create(&d, "procs", body).await;
-    wait(&d, "procs", &m, "stopped").await;
+    d.wait_state("procs", &m, "stopped").await;
     let exit = events(&d, "procs", &m).await;
     let exits = exits(&exit);
     assert_eq!(
@@ -796,7 +775,7 @@ async fn test_processes_share_rootfs_and_end_the_machine() {
         ],
     }});
     let (m, _) = create(&d, "procs", body).await;
-    wait(&d, "procs", &m, "stopped").await;
+    d.wait_state("procs", &m, "stopped").await;
     let evs = events(&d, "procs", &m).await;
     assert_eq!(
         evs.iter()
@@ -821,7 +800,7 @@ async fn test_dns_config() {
                 "hostname": "web-1", "hostname_fqdn": "web-1.corp.example"},
     }});
     let (m, _) = create(&d, "dns", body).await;
-    wait(&d, "dns", &m, "started").await;
+    d.wait_state("dns", &m, "started").await;
     let r = d
         .post(
             &format!("/v1/apps/dns/machines/{m}/exec"),
@@ -906,7 +885,7 @@ async fn test_forced_destroy_preempts_a_long_stop() {
         json!({}),
     )
     .await;
-    wait(&d, "preempt", &m, "started").await;
+    d.wait_state("preempt", &m, "started").await;
     let r = d
         .post(
             &format!("/v1/apps/preempt/machines/{m}/stop"),
@@ -959,7 +938,7 @@ async fn test_memory_balloon_endpoints() {
         json!({"config": {"guest": {"cpus": 1, "memory_mb": 512}}}),
     )
     .await;
-    wait(&d, "mem", &m, "started").await;
+    d.wait_state("mem", &m, "started").await;
     let path = format!("/v1/apps/mem/machines/{m}/memory");
     let got: Value = d.get(&path).await.json().unwrap();
     assert_eq!(got["limit_mb"], 512, "{got}");
@@ -1015,7 +994,7 @@ async fn test_memory_balloon_endpoints() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "mem", &m, "stopped").await;
+    d.wait_state("mem", &m, "stopped").await;
     assert_eq!(d.get(&path).await.status, 412);
     d.destroy_machine("mem", &m, false).await;
 }
@@ -1034,7 +1013,7 @@ async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
         json!({"config": {"stop_config": {"timeout": "1h"}}}),
     )
     .await;
-    wait(&d, "nohandler", &m, "started").await;
+    d.wait_state("nohandler", &m, "started").await;
     // Stop once `sleep` is PID 1 (before its exec, the shell may still hold a handler).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -1061,7 +1040,7 @@ async fn test_stop_without_a_handler_does_not_wait_for_the_timeout() {
         .await
         .expect("the stop waited for the 1 h timeout");
     assert_eq!(r.status, 200, "{}", r.text());
-    wait(&d, "nohandler", &m, "stopped").await;
+    d.wait_state("nohandler", &m, "stopped").await;
     d.destroy_machine("nohandler", &m, false).await;
 }
 
@@ -1076,7 +1055,7 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
         json!({"config": {"image": image(), "init": {"exec": ["/no/such/command"]}}}),
     )
     .await;
-    wait(&d, "rec", &m, "failed").await;
+    d.wait_state("rec", &m, "failed").await;
     let r = d
         .post(&format!("/v1/apps/rec/machines/{m}/stop"), json!({}))
         .await;
@@ -1096,7 +1075,7 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
         json!({"config": {"stop_config": {"timeout": "3s"}}}),
     )
     .await;
-    wait(&d, "rec", &m, "started").await;
+    d.wait_state("rec", &m, "started").await;
     let client = d.client.clone();
     let path = format!("/v1/apps/rec/machines/{m}/stop");
     let stop = tokio::spawn(async move { client.post(path).json(&json!({})).send_raw().await });
@@ -1106,7 +1085,7 @@ async fn test_stop_recovers_failed_and_start_during_stop_is_refused() {
         .await;
     assert_eq!(r.status, 412, "{}", r.text());
     assert_eq!(stop.await.unwrap().unwrap().status, 200);
-    wait(&d, "rec", &m, "stopped").await;
+    d.wait_state("rec", &m, "stopped").await;
     d.destroy_machine("rec", &m, false).await;
 }
 
@@ -1130,7 +1109,7 @@ async fn test_sized_disk_volume_is_enforced_and_released() {
         }}),
     )
     .await;
-    wait(&d, "vol", &m, "started").await;
+    d.wait_state("vol", &m, "started").await;
     until_logged(&d, &m, "size=").await;
     let out = log(&d, &m);
     assert!(

@@ -175,7 +175,51 @@ impl Daemon {
         r.json().expect("machine json")
     }
 
-    /// Destroys a machine (`force` for a running one) and checks the answer.
+    /// Waits (up to 60 s) for machine `id` to reach `state`; returns the wait's answer.
+    #[allow(dead_code)] // not every test binary waits on machines
+    pub async fn wait_state(&self, app: &str, id: &str, state: &str) -> Value {
+        let r = self
+            .get(&format!(
+                "/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=60"
+            ))
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "wait {state}: {} (machine: {})",
+            r.text(),
+            self.get(&format!("/v1/apps/{app}/machines/{id}"))
+                .await
+                .text()
+        );
+        r.json().expect("wait json")
+    }
+
+    /// The machine's `exit` events, newest first.
+    #[allow(dead_code)] // not every test binary reads events
+    pub async fn exit_events(&self, app: &str, id: &str) -> Vec<Value> {
+        let events: Vec<Value> = self
+            .get(&format!("/v1/apps/{app}/machines/{id}/events?limit=50"))
+            .await
+            .json()
+            .expect("events json");
+        events.into_iter().filter(|e| e["type"] == "exit").collect()
+    }
+
+    /// Runs the `hangar` CLI against this daemon.
+    #[allow(dead_code)] // not every test binary runs the CLI
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(hangar_bin())
+            .args(args)
+            .env(
+                "HANGAR_API_URL",
+                format!("unix://{}", self.socket.display()),
+            )
+            .env("HANGAR_API_TOKEN", &self.token)
+            .output()
+            .expect("run hangar")
+    }
+
     #[allow(dead_code)] // not every test binary destroys machines
     pub async fn destroy_machine(&self, app: &str, id: &str, force: bool) {
         let mut req = self.client.delete(format!("/v1/apps/{app}/machines/{id}"));
