@@ -16,18 +16,8 @@ use tokio::io::{ReadHalf, WriteHalf};
 async fn started_machine(d: &Daemon, app: &str, extra: Value) -> String {
     let mut body = json!({"config": {"image": image(), "init": {"exec": ["/bin/sleep", "inf"]}}});
     common::merge(&mut body, extra);
-    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = d
-        .get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "wait started: {}", r.text());
+    let id = d.launch(app, body).await;
+    d.wait_state(app, &id, "started").await;
     id
 }
 
@@ -399,23 +389,13 @@ async fn exec_defaults_to_app_and_reports_truncation() {
         json!({"name": name, "image": image(),
                "cmd": ["/bin/sh", "-c", format!("echo {name} > /whoami; exec sleep inf")]})
     };
-    let r = d
-        .post(
-            "/v1/apps/execapp/machines",
+    let id = d
+        .launch(
+            "execapp",
             json!({"config": {"containers": [sleeper("init"), sleeper("app"), sleeper("side")]}}),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = d
-        .get(&format!(
-            "/v1/apps/execapp/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("execapp", &id, "started").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let out = loop {
         let r = d

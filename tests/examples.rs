@@ -10,23 +10,8 @@ use serde_json::{json, Value};
 async fn run_example(d: &Daemon, app: &str, file: &str) -> String {
     let config: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     d.create_app(app).await;
-    let r = d
-        .post(
-            &format!("/v1/apps/{app}/machines"),
-            json!({"config": config}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = d
-        .get(&format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let id = d.launch(app, json!({"config": config})).await;
+    d.wait_state(app, &id, "started").await;
     id
 }
 

@@ -14,16 +14,6 @@ fn escape_image() -> String {
     format!("{}/hangar/escape:latest", registry())
 }
 
-/// Creates a machine from `body`; returns its id.
-async fn create(d: &Daemon, app: &str, body: Value) -> String {
-    let r = d.post(&format!("/v1/apps/{app}/machines"), body).await;
-    assert_eq!(r.status, 200, "create: {}", r.text());
-    r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn log(d: &Daemon, id: &str, container: &str) -> String {
     std::fs::read_to_string(
         d.data_dir
@@ -87,8 +77,7 @@ async fn test_files_and_mounts_never_follow_image_symlinks_to_the_host() {
         {"guest_path": format!("/var/lib/up/tmp/{}/y", name(&via_up)), "raw_value": b64("Y")},
         {"guest_path": format!("/var/lib/chain/{}/z", name(&via_chain)), "raw_value": b64("Z")},
     ]);
-    let id = create(
-        &d,
+    let id = d.launch(
         "esc",
         json!({"config": {
             "volumes": [{"name": "scratch", "temp_dir": {}}],
@@ -133,18 +122,18 @@ async fn test_persisted_rootfs_symlinks_are_resolved_inside_the_machine() {
          mkdir -p /etc2 && cp -a /etc/. /etc2/ && rm -rf /etc && ln -s {h} /etc; echo armed",
         h = host_dir.display()
     );
-    let id = create(
-        &d,
-        "persist",
-        json!({"config": {
-            "image": test_image(),
-            "rootfs": {"persist": "always"},
-            "restart": {"policy": "no"},
-            "init": {"exec": ["/bin/sh", "-c", script]},
-            "files": [{"guest_path": "/data/x", "raw_value": b64("planted")}],
-        }}),
-    )
-    .await;
+    let id = d
+        .launch(
+            "persist",
+            json!({"config": {
+                "image": test_image(),
+                "rootfs": {"persist": "always"},
+                "restart": {"policy": "no"},
+                "init": {"exec": ["/bin/sh", "-c", script]},
+                "files": [{"guest_path": "/data/x", "raw_value": b64("planted")}],
+            }}),
+        )
+        .await;
     until_logged(&d, &id, "app", "armed").await;
     d.wait_state("persist", &id, "stopped").await;
     // The second boot finds /data and /etc pointing at a path that does not exist inside the
@@ -222,8 +211,7 @@ async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("init").await;
     // Orphans are reparented to the container's init, which reaps them.
-    let zombies = create(
-        &d,
+    let zombies = d.launch(
         "init",
         json!({"config": {
             "image": test_image(),
@@ -237,33 +225,33 @@ async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
     assert!(out.contains("zombies=0"), "{out}");
 
     // `kill -TERM 1` reaches the workload as for any process.
-    let term = create(
-        &d,
-        "init",
-        json!({"config": {
-            "image": test_image(),
-            "restart": {"policy": "no"},
-            "init": {"exec": ["/bin/sh", "-c",
-                "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 5 & wait"]},
-        }}),
-    )
-    .await;
+    let term = d
+        .launch(
+            "init",
+            json!({"config": {
+                "image": test_image(),
+                "restart": {"policy": "no"},
+                "init": {"exec": ["/bin/sh", "-c",
+                    "trap 'echo got-term; exit 3' TERM; kill -TERM 1; sleep 5 & wait"]},
+            }}),
+        )
+        .await;
     d.wait_state("init", &term, "stopped").await;
     assert!(log(&d, &term, "app").contains("got-term"));
     let ex = d.exit_events("init", &term).await;
     assert_eq!(ex[0]["request"]["exit_event"]["exit_code"], 3, "{ex:?}");
 
     // A workload that kills itself with SIGKILL died of a signal; it did not exit 0.
-    let killed = create(
-        &d,
-        "init",
-        json!({"config": {
-            "image": test_image(),
-            "restart": {"policy": "no"},
-            "init": {"exec": ["/bin/sh", "-c", "sleep 0.2; kill -9 $$"]},
-        }}),
-    )
-    .await;
+    let killed = d
+        .launch(
+            "init",
+            json!({"config": {
+                "image": test_image(),
+                "restart": {"policy": "no"},
+                "init": {"exec": ["/bin/sh", "-c", "sleep 0.2; kill -9 $$"]},
+            }}),
+        )
+        .await;
     d.wait_state("init", &killed, "stopped").await;
     let ex = d.exit_events("init", &killed).await;
     let exit = &ex[0]["request"]["exit_event"];
@@ -278,16 +266,16 @@ async fn test_init_reaps_zombies_forwards_signals_and_reports_signal_deaths() {
 async fn test_a_fork_bomb_is_contained_and_destroyable() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("bomb").await;
-    let id = create(
-        &d,
-        "bomb",
-        json!({"config": {
-            "image": test_image(),
-            "restart": {"policy": "no"},
-            "init": {"exec": ["/bin/sh", "-c", "b() { b | b & }; b; sleep 30"]},
-        }}),
-    )
-    .await;
+    let id = d
+        .launch(
+            "bomb",
+            json!({"config": {
+                "image": test_image(),
+                "restart": {"policy": "no"},
+                "init": {"exec": ["/bin/sh", "-c", "b() { b | b & }; b; sleep 30"]},
+            }}),
+        )
+        .await;
     d.wait_state("bomb", &id, "started").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = d
@@ -313,16 +301,16 @@ async fn test_a_fork_bomb_is_contained_and_destroyable() {
 async fn test_exit_while_the_daemon_is_down_gets_the_restart_policy() {
     let mut d = Daemon::start_with_runtime().await;
     d.create_app("down").await;
-    let id = create(
-        &d,
-        "down",
-        json!({"config": {
-            "image": test_image(),
-            "restart": {"policy": "always"},
-            "init": {"exec": ["/bin/sh", "-c", "echo boot; sleep 1; exit 1"]},
-        }}),
-    )
-    .await;
+    let id = d
+        .launch(
+            "down",
+            json!({"config": {
+                "image": test_image(),
+                "restart": {"policy": "always"},
+                "init": {"exec": ["/bin/sh", "-c", "echo boot; sleep 1; exit 1"]},
+            }}),
+        )
+        .await;
     d.wait_state("down", &id, "started").await;
     d.kill9();
     // The workload exits (code 1) while nobody watches; Pilot writes its exit report.
@@ -400,8 +388,7 @@ async fn test_machines_run_their_pinned_digest_until_updated() {
     };
     // busybox has no /data; hangar/layers does.
     import("busybox");
-    let id = create(
-        &d,
+    let id = d.launch(
         "pin",
         json!({"config": {
             "image": "localhost/moving:1",
@@ -522,18 +509,18 @@ async fn test_admission_refuses_what_the_host_cannot_hold() {
 async fn test_rootfs_size_is_enforced() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("size").await;
-    let id = create(
-        &d,
-        "size",
-        json!({"config": {
-            "image": test_image(),
-            "rootfs": {"size_gb": 1},
-            "init": {"exec": ["/bin/sh", "-c",
-                "head -c 1300000000 /dev/zero > /big; echo wrote=$?; \
-                 echo size=$(stat -c %s /big); sleep 300"]},
-        }}),
-    )
-    .await;
+    let id = d
+        .launch(
+            "size",
+            json!({"config": {
+                "image": test_image(),
+                "rootfs": {"size_gb": 1},
+                "init": {"exec": ["/bin/sh", "-c",
+                    "head -c 1300000000 /dev/zero > /big; echo wrote=$?; \
+                     echo size=$(stat -c %s /big); sleep 300"]},
+            }}),
+        )
+        .await;
     d.wait_state("size", &id, "started").await;
     let out = until_logged(&d, &id, "app", "size=").await;
     let size: u64 = out
@@ -567,12 +554,12 @@ async fn test_two_daemons_never_share_a_uid_range() {
     let mut uids = Vec::new();
     for d in [&a, &b] {
         d.create_app("uids").await;
-        let id = create(
-            d,
-            "uids",
-            json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sleep", "inf"]}}}),
-        )
-        .await;
+        let id = d
+            .launch(
+                "uids",
+                json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sleep", "inf"]}}}),
+            )
+            .await;
         d.wait_state("uids", &id, "started").await;
         // The machine root's host uid: the owner of its Pilot's run dir while it runs.
         let run = d.data_dir.join("machines").join(&id).join("run");
@@ -624,8 +611,7 @@ async fn test_unplaceable_files_and_unsupported_sources_are_refused_at_create() 
 async fn test_an_unprivileged_user_cannot_read_machine_secrets() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("priv").await;
-    let id = create(
-        &d,
+    let id = d.launch(
         "priv",
         json!({"config": {
             "image": test_image(),
@@ -681,8 +667,7 @@ async fn test_churn_of_create_and_destroy_leaves_nothing() {
         let mut round = Vec::new();
         for _ in 0..3 {
             round.push(
-                create(
-                    &d,
+                d.launch(
                     "churn",
                     json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sh", "-c", "head -c 4000000 /dev/zero > /tmp/f; sleep 300"]}}}),
                 )

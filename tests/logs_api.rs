@@ -138,24 +138,14 @@ async fn test_invalid_utf8_and_logs_after_destroy() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("bytes").await;
     let script = r"printf 'before\n'; printf 'bad \303 and \377 bytes\n'; printf 'after\n'";
-    let r = d
-        .post(
-            "/v1/apps/bytes/machines",
+    let id = d
+        .launch(
+            "bytes",
             json!({"config": {"image": image(), "restart": {"policy": "no"},
                 "init": {"exec": ["/bin/sh", "-c", script]}}}),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = d
-        .get(&format!(
-            "/v1/apps/bytes/machines/{id}/wait?state=stopped&timeout=30"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("bytes", &id, "stopped").await;
     let messages = |body: String| -> Vec<String> {
         body.lines()
             .map(|l| {

@@ -50,20 +50,8 @@ async fn test_diamond_start_order_and_reverse_stop() {
         c("right", &["top"]),
         c("top", &[]),
     ]});
-    let r = d
-        .post("/v1/apps/dia/machines", json!({"config": config}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = d
-        .get(&format!(
-            "/v1/apps/dia/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let id = d.launch("dia", json!({"config": config})).await;
+    d.wait_state("dia", &id, "started").await;
     // Events arrive from Pilot's stream a moment after the state.
     let mut started = HashMap::new();
     for _ in 0..100 {
@@ -90,12 +78,7 @@ async fn test_diamond_start_order_and_reverse_stop() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = d
-        .get(&format!(
-            "/v1/apps/dia/machines/{id}/wait?state=stopped&timeout=60"
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("dia", &id, "stopped").await;
     let mut exited = HashMap::new();
     for _ in 0..100 {
         exited = event_times(&d, "dia", &id, "container_exited").await;
@@ -136,14 +119,7 @@ async fn test_top_level_checks_on_a_multi_container_machine() {
             "dead": {"type": "tcp", "port": 18091, "interval": "1s", "timeout": "1s"},
         },
     });
-    let r = d
-        .post("/v1/apps/tlc/machines", json!({"config": config}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let id = r.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = d.launch("tlc", json!({"config": config})).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let m = loop {
         let m: Value = d

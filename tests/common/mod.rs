@@ -175,6 +175,15 @@ impl Daemon {
         r.json().expect("machine json")
     }
 
+    /// Creates (and launches) a machine from `body`; returns its id.
+    #[allow(dead_code)] // not every test binary launches machines
+    pub async fn launch(&self, app: &str, body: Value) -> String {
+        let r = self.post(&format!("/v1/apps/{app}/machines"), body).await;
+        assert_eq!(r.status, 200, "create: {}", r.text());
+        let v: Value = r.json().expect("machine json");
+        v["id"].as_str().expect("machine id").to_string()
+    }
+
     /// Waits (up to 60 s) for machine `id` to reach `state`; returns the wait's answer.
     #[allow(dead_code)] // not every test binary waits on machines
     pub async fn wait_state(&self, app: &str, id: &str, state: &str) -> Value {
