@@ -12,6 +12,12 @@ use serde_json::{json, Value};
 pub struct Daemon {
     pub child: Option<Child>,
     pub runtime: bool,
+    /// Flags after `--socket` (kept for restarts).
+    pub args: Vec<String>,
+    /// Held while a networked daemon runs: machine networking is host-wide (one bridge per
+    /// network id, the resolver on fdaa::3), so networked tests take turns across test
+    /// binaries.
+    _net_turn: Option<std::fs::File>,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub client: Client,
@@ -34,7 +40,7 @@ pub fn hangar_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hangar")
 }
 
-fn spawn(data_dir: &Path, socket: &Path, runtime: bool) -> Child {
+fn spawn(data_dir: &Path, socket: &Path, runtime: bool, args: &[String]) -> Child {
     let mut cmd = Command::new(hangar_bin());
     if !runtime {
         // API tests run the control plane alone: machines are stored, never started.
@@ -44,6 +50,7 @@ fn spawn(data_dir: &Path, socket: &Path, runtime: bool) -> Child {
         .arg(data_dir)
         .arg("--socket")
         .arg(socket)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -63,14 +70,43 @@ impl Daemon {
         Self::start_inner(true).await
     }
 
+    /// A daemon with machine networking (bridges, veths, the resolver on fdaa::3), whose
+    /// resolver forwards other names to `dns_upstream` (a loopback server of the test: tests
+    /// never send traffic beyond the host). Waits its turn with other networked daemons.
+    pub async fn start_networked(dns_upstream: std::net::SocketAddr) -> Daemon {
+        let turn = tokio::task::spawn_blocking(|| {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open("/tmp/hangar-tests-network.lock")
+                .expect("open the network test lock");
+            // SAFETY: flock on a file we hold open.
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+            f
+        })
+        .await
+        .expect("network turn");
+        let args = vec!["--dns-upstream".to_string(), dns_upstream.to_string()];
+        Self::start_with(true, args, Some(turn)).await
+    }
+
     async fn start_inner(runtime: bool) -> Daemon {
+        // Networking is host-wide; tests that need it use start_networked.
+        Self::start_with(runtime, vec!["--network".into(), "off".into()], None).await
+    }
+
+    async fn start_with(runtime: bool, args: Vec<String>, turn: Option<std::fs::File>) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let socket = tmp.path().join("api.sock");
-        let child = spawn(&data_dir, &socket, runtime);
+        let child = spawn(&data_dir, &socket, runtime, &args);
         let mut d = Daemon {
             child: Some(child),
             runtime,
+            args,
+            _net_turn: turn,
             client: Client::new(Endpoint::Unix(socket.clone()), None),
             data_dir,
             socket,
@@ -84,7 +120,12 @@ impl Daemon {
     /// Starts a daemon again on the same data dir and socket.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the daemon first");
-        self.child = Some(spawn(&self.data_dir, &self.socket, self.runtime));
+        self.child = Some(spawn(
+            &self.data_dir,
+            &self.socket,
+            self.runtime,
+            &self.args,
+        ));
         self.wait_ready().await;
     }
 

@@ -40,6 +40,33 @@ pub struct DaemonArgs {
     /// Machines may reserve this many times the host's memory [default: 1.5]
     #[arg(long, value_name = "RATIO", env = "HANGAR_MEMORY_OVERCOMMIT", value_parser = parse_ratio)]
     pub memory_overcommit: Option<f64>,
+    /// Machine networking: a private 6PN address per machine on a bridge per network, and the
+    /// `.internal` resolver at fdaa::3 (`off`: loopback only) [default: on]
+    #[arg(long, value_name = "on|off", env = "HANGAR_NETWORK", value_parser = parse_on_off)]
+    pub network: Option<bool>,
+    /// Let machines open connections beyond this host (masqueraded); never into another network
+    #[arg(long, env = "HANGAR_EGRESS")]
+    pub egress: bool,
+    /// Resolver for names outside `.internal` (repeatable, IP[:PORT]) [default: the host's /etc/resolv.conf]
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub dns_upstreams: Vec<SocketAddr>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not an IP address (with an optional port)"))
 }
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -57,6 +84,9 @@ struct ConfigFile {
     log_retention: Option<String>,
     cpu_overcommit: Option<f64>,
     memory_overcommit: Option<f64>,
+    network: Option<bool>,
+    egress: Option<bool>,
+    dns_upstreams: Option<Vec<String>>,
 }
 
 impl ConfigFile {
@@ -105,6 +135,18 @@ impl DaemonArgs {
                 (None, Some(r)) => parse_ratio(&r.to_string()).map_err(|e| in_file(key, e)),
                 (None, None) => Ok(default),
             };
+        let dns_upstreams = if !self.dns_upstreams.is_empty() {
+            Some(self.dns_upstreams.clone())
+        } else {
+            file.dns_upstreams
+                .as_ref()
+                .map(|list| {
+                    list.iter()
+                        .map(|u| parse_upstream(u).map_err(|e| in_file("dns_upstreams", e)))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?
+        };
         let mut insecure_registries = file.insecure_registries.clone();
         insecure_registries.extend(self.insecure_registries.iter().cloned());
         Ok(hangar_daemon::DaemonOptions {
@@ -133,6 +175,9 @@ impl DaemonArgs {
                 file.memory_overcommit,
                 hangar_daemon::DEFAULT_MEMORY_OVERCOMMIT,
             )?,
+            network: self.network.or(file.network).unwrap_or(true),
+            egress: self.egress || file.egress.unwrap_or(false),
+            dns_upstreams,
         })
     }
 }

@@ -8,6 +8,7 @@ mod container_plan;
 mod convert;
 mod error;
 mod extract;
+mod host_network;
 mod images;
 mod log_archive;
 mod logs;
@@ -51,6 +52,13 @@ pub struct DaemonOptions {
     /// (crate::capacity).
     pub cpu_overcommit: f64,
     pub memory_overcommit: f64,
+    /// Machine networking (bridges, veths, firewall, the `.internal` resolver); off leaves
+    /// machines with loopback only.
+    pub network: bool,
+    /// Let machines open connections beyond the host (masqueraded); off by default.
+    pub egress: bool,
+    /// Where the resolver sends names outside `.internal`; `None`: the host's resolv.conf.
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -108,8 +116,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 std::io::Error::last_os_error()
             );
         }
+        let net = if opts.network {
+            Some(Arc::new(host_network::HostNetwork::set_up(opts.egress)?))
+        } else {
+            eprintln!("hangar: machine networking is off: machines have loopback only");
+            None
+        };
         Arc::new(
-            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention)
+            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention, net)
                 .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
@@ -126,7 +140,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             opts.memory_overcommit,
         )),
         host_id(),
-    );
+    )
+    .context("failed to read this host's network settings from the store")?;
     {
         let hangar = hangar.clone();
         tokio::spawn(async move {
@@ -161,6 +176,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconciling machines failed: {e}"))?;
+    if opts.network && std::env::var("HANGAR_RUNTIME").as_deref() != Ok("none") {
+        let upstreams = match &opts.dns_upstreams {
+            Some(u) => u.clone(),
+            None => hangar_dns::host_upstreams(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+        };
+        let addr = SocketAddr::new(hangar_net::RESOLVER.into(), 53);
+        hangar_dns::Resolver::new(hangar.directory(), upstreams)
+            .serve(addr)
+            .await
+            .with_context(|| format!("failed to serve the machines' resolver on {addr}"))?;
+    }
     let app = router(hangar, Arc::from(token.as_str()));
 
     let unix = bind_unix(&opts.socket).await?;

@@ -67,6 +67,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Removes what is left on the host of machines not in `live` (start-up clean-up).
     async fn sweep(&self, _live: &std::collections::HashSet<String>) {}
+    /// Start-up is settled (every running machine adopted): drop what no machine uses.
+    async fn settled(&self) {}
     /// Re-attaches to a machine that was running when the daemon last stopped. When it still
     /// runs, its later exit is reported as usual; when it ended while the daemon was down, how
     /// it ended (Pilot's exit report) comes back so the exit policy applies to it.

@@ -80,6 +80,9 @@ pub struct SandboxSpec {
     pub pilot_args: Vec<String>,
     /// Where Pilot's own stdout/stderr go.
     pub pilot_log: PathBuf,
+    /// The machine's veth into its network's bridge; `None` leaves it loopback only.
+    #[serde(default)]
+    pub net: Option<hangar_net::MachineNet>,
 }
 
 impl SandboxSpec {
@@ -166,6 +169,7 @@ pub fn spawn_machine(
             .map_err(|e| SpawnError::Child(e.to_string()))?,
     ];
     let hostname = spec.hostname.clone();
+    let net = spec.net.clone();
 
     let (mut ready_r, mut ready_w) = pipe_pair()?; // child → helper: user namespace exists
     let (mut go_r, mut go_w) = pipe_pair()?; // helper → child: maps written, mounts ready
@@ -175,7 +179,16 @@ pub fn spawn_machine(
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop((ready_r, go_w, pid_r));
-            let result = sandbox_child(&mut ready_w, &mut go_r, &hostname, &exe, &argv, &env, &log);
+            let result = sandbox_child(
+                &mut ready_w,
+                &mut go_r,
+                &hostname,
+                net.as_ref(),
+                &exe,
+                &argv,
+                &env,
+                &log,
+            );
             // Only errors come back here; Pilot's pid was reported on success.
             let msg = match result {
                 Ok(pid) => format!("ok {pid}"),
@@ -197,6 +210,16 @@ pub fn spawn_machine(
                 prepare(&ns).map_err(SpawnError::Prepare)?;
                 go_w.write_all(b"g")
                     .map_err(ioerr("signal sandbox child"))?;
+                if let Some(net) = &spec.net {
+                    // The child has its network namespace now: its end of the veth pair is
+                    // made directly inside it.
+                    ready_r
+                        .read_exact(&mut b)
+                        .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
+                    plumb_host_side(net, child)?;
+                    go_w.write_all(b"v")
+                        .map_err(ioerr("signal sandbox child"))?;
+                }
                 let mut msg = String::new();
                 pid_r
                     .read_to_string(&mut msg)
@@ -214,10 +237,70 @@ pub fn spawn_machine(
             let _ = waitpid(child, None);
             if outcome.is_err() {
                 let _ = cgroup.kill_all();
+                if let Some(net) = &spec.net {
+                    // The pair goes with the namespace too, but not before the kernel gets to
+                    // it: remove it now so a retry can reuse the name.
+                    if let Ok(mut nl) = hangar_net::netlink::Netlink::open() {
+                        let _ = nl.delete_link(&net.host_veth);
+                    }
+                }
             }
             outcome
         }
     }
+}
+
+/// The machine's veth pair: the host end on its network's bridge, the other end as `eth0` in
+/// the network namespace of `child`. The bridge is the daemon's to create (it exists).
+fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
+    let mut nl = hangar_net::netlink::Netlink::open().map_err(ioerr("open netlink"))?;
+    let bridge = nl
+        .link_index(&net.bridge)
+        .map_err(ioerr(format!("look up bridge {}", net.bridge)))?
+        .ok_or_else(|| SpawnError::Child(format!("bridge {} does not exist", net.bridge)))?;
+    // A pair left by a crashed earlier boot of this machine would hold the name.
+    let _ = nl.delete_link(&net.host_veth);
+    nl.create_veth(&net.host_veth, bridge, "eth0", child.as_raw() as u32)
+        .map_err(ioerr(format!("create veth {}", net.host_veth)))
+}
+
+/// Inside the machine's network namespace: loopback and `eth0` up, the machine's addresses,
+/// its network's /48 on-link, default routes through the host.
+fn plumb_machine_side(net: Option<&hangar_net::MachineNet>) -> std::io::Result<()> {
+    use hangar_net::plan::{IPV4_BLOCK_PREFIX_LEN, MACHINE_PREFIX_LEN, NETWORK_PREFIX_LEN};
+    use std::net::IpAddr;
+    let Some(net) = net else {
+        return crate::net::loopback_up();
+    };
+    let mut nl = hangar_net::netlink::Netlink::open()?;
+    let lo = nl
+        .link_index("lo")?
+        .ok_or_else(|| std::io::Error::other("no loopback device"))?;
+    nl.set_up(lo)?;
+    let eth0 = nl
+        .link_index("eth0")?
+        .ok_or_else(|| std::io::Error::other("eth0 did not arrive"))?;
+    nl.add_address(eth0, IpAddr::V6(net.ipv6), MACHINE_PREFIX_LEN)?;
+    nl.add_address(eth0, IpAddr::V4(net.ipv4), IPV4_BLOCK_PREFIX_LEN)?;
+    nl.set_up(eth0)?;
+    nl.add_route(
+        IpAddr::V6(net.network_prefix),
+        NETWORK_PREFIX_LEN,
+        None,
+        eth0,
+    )?;
+    nl.add_route(
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        0,
+        Some(IpAddr::V6(net.ipv6_gateway)),
+        eth0,
+    )?;
+    nl.add_route(
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        0,
+        Some(IpAddr::V4(net.ipv4_gateway)),
+        eth0,
+    )
 }
 
 fn child_error(pid_r: &mut File) -> String {
@@ -236,10 +319,12 @@ fn write_id_maps(child: Pid, base: u32, count: u32) -> Result<()> {
 }
 
 /// The first child: enters the new namespaces and forks Pilot. Returns Pilot's pid.
+#[allow(clippy::too_many_arguments)]
 fn sandbox_child(
     ready_w: &mut File,
     go_r: &mut File,
     hostname: &str,
+    net: Option<&hangar_net::MachineNet>,
     exe: &OwnedFd,
     argv: &[CString],
     env: &[CString],
@@ -264,6 +349,12 @@ fn sandbox_child(
             | CloneFlags::CLONE_NEWPID,
     )
     .map_err(|e| format!("unshare namespaces: {e}"))?;
+    if net.is_some() {
+        ready_w.write_all(b"n").map_err(|e| e.to_string())?;
+        go_r.read_exact(&mut b)
+            .map_err(|_| "the helper could not create the machine's veth".to_string())?;
+    }
+    plumb_machine_side(net).map_err(|e| format!("set up the machine's network: {e}"))?;
     nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
     // SAFETY: single-threaded (the helper's only thread forked us).
     match unsafe { fork() }.map_err(|e| format!("fork pilot: {e}"))? {
@@ -299,9 +390,6 @@ fn pilot_child(exe: &OwnedFd, argv: &[CString], env: &[CString], log: &File) -> 
         None::<&str>,
     ) {
         return format!("mount /proc: {e}");
-    }
-    if let Err(e) = crate::net::loopback_up() {
-        return format!("bring up lo: {e}");
     }
     if let Err(e) = nix::unistd::setsid() {
         return format!("setsid: {e}");

@@ -17,6 +17,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     guarded_writes_honour_leases(fresh().as_ref());
     events_are_listed_newest_first(fresh().as_ref());
     deleting_an_app_takes_everything_of_it(fresh().as_ref());
+    networks_and_addresses_are_allocated_once(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -40,7 +41,7 @@ pub fn machine(app: &str, id: &str, name: &str) -> MachineRecord {
         state: MachineState::Created,
         region: "local".into(),
         instance_id: format!("v-{id}"),
-        private_ip: "fdaa::2".into(),
+        private_ip: format!("fdaa::2%{id}"),
         created_at: 1,
         updated_at: 1,
         cordoned: false,
@@ -52,6 +53,7 @@ pub fn machine(app: &str, id: &str, name: &str) -> MachineRecord {
         image_digests: Default::default(),
         row_version: 0,
         host_id: "host-1".into(),
+        private_ipv4: String::new(),
     }
 }
 
@@ -243,4 +245,50 @@ pub fn deleting_an_app_takes_everything_of_it(s: &dyn Store) {
     assert!(s.get_machine("a1", &m.id).unwrap().is_none());
     assert!(s.list_events(&m.id, 10).unwrap().is_empty());
     assert!(s.get_lease(&m.id).unwrap().is_none());
+}
+
+pub fn networks_and_addresses_are_allocated_once(s: &dyn Store) {
+    let default = s.ensure_network("personal", "default", 1).unwrap();
+    let again = s.ensure_network("personal", "default", 2).unwrap();
+    assert_eq!(default, again, "a network keeps its id and block");
+    let other = s.ensure_network("personal", "tenant-a", 3).unwrap();
+    let other_org = s.ensure_network("acme", "default", 4).unwrap();
+    assert_ne!(default.id, other.id);
+    assert_ne!(other.id, other_org.id);
+    let blocks: std::collections::HashSet<_> = [&default, &other, &other_org]
+        .iter()
+        .map(|n| n.ipv4_block.expect("a block while there are free ones"))
+        .collect();
+    assert_eq!(blocks.len(), 3, "each network has its own IPv4 block");
+    assert_eq!(s.list_networks().unwrap().len(), 3);
+
+    s.create_app(&app("a")).unwrap();
+    let mut m1 = machine("a", "m1", "one");
+    m1.private_ipv4 = "172.19.0.2".into();
+    s.insert_machine(&m1, &event("e1", "m1", 1), None).unwrap();
+    let mut m2 = machine("a", "m2", "two");
+    m2.private_ipv4 = "172.19.0.2".into();
+    let err = s
+        .insert_machine(&m2, &event("e2", "m2", 1), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AddressTaken(_)), "{err}");
+    m2.private_ip = m1.private_ip.clone();
+    m2.private_ipv4 = "172.19.0.3".into();
+    let err = s
+        .insert_machine(&m2, &event("e2", "m2", 1), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AddressTaken(_)), "{err}");
+    assert_eq!(
+        s.live_ipv4_addresses("172.19.0.").unwrap(),
+        vec!["172.19.0.2"]
+    );
+    // A destroyed machine's addresses are free again.
+    m1.state = MachineState::Destroyed;
+    s.update_machine(&m1, Expect::version(0), false, None)
+        .unwrap();
+    assert!(s.live_ipv4_addresses("172.19.0.").unwrap().is_empty());
+    s.insert_machine(&m2, &event("e2", "m2", 1), None).unwrap();
+
+    assert_eq!(s.setting_or_init("host", "abc").unwrap(), "abc");
+    assert_eq!(s.setting_or_init("host", "def").unwrap(), "abc");
 }

@@ -15,6 +15,9 @@ pub enum StoreError {
     AppNameTaken(String),
     #[error("machine name {0:?} is already in use in this app")]
     MachineNameTaken(String),
+    /// Another live machine holds one of the private addresses (allocation raced).
+    #[error("private address {0} is already in use")]
+    AddressTaken(String),
     /// A guarded write found the row changed since it was read (another request won).
     #[error("{0} changed since it was read")]
     Conflict(String),
@@ -56,6 +59,7 @@ impl StoreError {
             StoreError::NotFound(_) => ErrorClass::NotFound,
             StoreError::AppNameTaken(_)
             | StoreError::MachineNameTaken(_)
+            | StoreError::AddressTaken(_)
             | StoreError::Conflict(_)
             | StoreError::LeaseHeld { .. } => ErrorClass::Conflict,
             StoreError::Unavailable(_) => ErrorClass::Unavailable,
@@ -151,10 +155,25 @@ pub trait LeaseStore: Send + Sync {
     fn delete_lease(&self, machine_id: &str) -> Result<()>;
 }
 
+/// Private networks and the host's network settings.
+pub trait NetworkStore: Send + Sync {
+    /// The org's network `name`, created on first use with a new id (ids are never reused),
+    /// with this host's IPv4 block (the lowest free one; `None` when all are taken).
+    fn ensure_network(&self, org_slug: &str, name: &str, now: i64) -> Result<NetworkRecord>;
+    fn list_networks(&self) -> Result<Vec<NetworkRecord>>;
+    /// Private IPv4 addresses of live machines that start with `prefix` (`"172.19.3."`).
+    fn live_ipv4_addresses(&self, prefix: &str) -> Result<Vec<String>>;
+    /// A setting of this store, written once: the first caller's `init` stays.
+    fn setting_or_init(&self, key: &str, init: &str) -> Result<String>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
 /// the blocking pool.
-pub trait Store: AppStore + MachineStore + EventStore + LeaseStore + 'static {}
+pub trait Store:
+    AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + 'static
+{
+}
 
-impl<T: AppStore + MachineStore + EventStore + LeaseStore + 'static> Store for T {}
+impl<T: AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + 'static> Store for T {}

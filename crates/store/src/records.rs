@@ -42,6 +42,9 @@ pub struct MachineRecord {
     pub row_version: i64,
     /// The host whose agent owns (runs) the machine; one host today.
     pub host_id: String,
+    /// The machine's private IPv4 (the proxy's path into it); empty for machines created
+    /// before networking, which get one at their next start.
+    pub private_ipv4: String,
 }
 
 impl MachineRecord {
@@ -81,4 +84,15 @@ pub struct LeaseRecord {
     pub owner: String,
     pub description: String,
     pub version: String,
+}
+
+/// An org's private network (`default`, or the `network` an app was created with).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRecord {
+    /// The 32-bit network part of its 6PN /48.
+    pub id: u32,
+    pub org_slug: String,
+    pub name: String,
+    /// Its IPv4 block on this host.
+    pub ipv4_block: Option<u8>,
 }

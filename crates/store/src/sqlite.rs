@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
     AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
-    MachineStore, Result, StoreError, VersionRecord,
+    MachineStore, NetworkRecord, NetworkStore, Result, StoreError, VersionRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -80,6 +80,25 @@ ALTER TABLE apps ADD COLUMN app_role TEXT NOT NULL DEFAULT '';
     r#"
 ALTER TABLE machines ADD COLUMN row_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE machines ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+"#,
+    r#"
+ALTER TABLE machines ADD COLUMN private_ipv4 TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX machines_live_ipv6 ON machines(private_ip)
+    WHERE state != 'destroyed' AND private_ip != '';
+CREATE UNIQUE INDEX machines_live_ipv4 ON machines(private_ipv4)
+    WHERE state != 'destroyed' AND private_ipv4 != '';
+CREATE TABLE networks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_slug TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ipv4_block INTEGER UNIQUE,
+    created_at INTEGER NOT NULL,
+    UNIQUE (org_slug, name)
+);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "#,
 ];
 
@@ -226,7 +245,8 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
 }
 
 const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
-     created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id";
+     created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id, \
+     private_ipv4";
 
 fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let state: String = r.get(3)?;
@@ -235,6 +255,7 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let image_digests: Option<String> = r.get(12)?;
     let row_version: i64 = r.get(13)?;
     let host_id: String = r.get(14)?;
+    let private_ipv4: String = r.get(15)?;
     Ok(MachineRecord {
         id: r.get(0)?,
         app: r.get(1)?,
@@ -257,6 +278,7 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
             .unwrap_or_default(),
         row_version,
         host_id,
+        private_ipv4,
     })
 }
 
@@ -275,6 +297,23 @@ fn or_taken(res: rusqlite::Result<usize>, taken: impl FnOnce() -> StoreError) ->
         Ok(_) => Ok(()),
         Err(e) if is_unique_violation(&e) => Err(taken()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A machine write's result: a unique-constraint failure is its name's, or one of its private
+/// addresses' (another machine holds it).
+fn machine_write(res: rusqlite::Result<usize>, m: &MachineRecord) -> Result<()> {
+    match res {
+        Err(rusqlite::Error::SqliteFailure(f, Some(msg)))
+            if is_unique_violation(&rusqlite::Error::SqliteFailure(f, None))
+                && msg.contains("private_ip") =>
+        {
+            Err(StoreError::AddressTaken(format!(
+                "{} / {}",
+                m.private_ip, m.private_ipv4
+            )))
+        }
+        other => or_taken(other, || StoreError::MachineNameTaken(m.name.clone())),
     }
 }
 
@@ -430,7 +469,7 @@ impl MachineStore for SqliteStore {
         let res = tx.execute(
             &format!(
                 "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             params![
                 m.id,
@@ -447,10 +486,11 @@ impl MachineStore for SqliteStore {
                 image_ref,
                 to_json(&m.image_digests)?,
                 m.row_version,
-                m.host_id
+                m.host_id,
+                m.private_ipv4
             ],
         );
-        or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
+        machine_write(res, m)?;
         insert_version(&tx, m)?;
         insert_event(&tx, event)?;
         if let Some(l) = lease {
@@ -478,7 +518,7 @@ impl MachineStore for SqliteStore {
         let res = tx.execute(
             "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
              private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
-             image_digests = ?11, row_version = ?13, host_id = ?14 \
+             image_digests = ?11, row_version = ?13, host_id = ?14, private_ipv4 = ?15 \
              WHERE id = ?1 AND row_version = ?12",
             params![
                 m.id,
@@ -494,7 +534,8 @@ impl MachineStore for SqliteStore {
                 to_json(&m.image_digests)?,
                 expect.row_version,
                 next,
-                m.host_id
+                m.host_id,
+                m.private_ipv4
             ],
         );
         if matches!(res, Ok(0)) {
@@ -509,7 +550,7 @@ impl MachineStore for SqliteStore {
                 StoreError::NotFound(format!("machine {}", m.id))
             });
         }
-        or_taken(res, || StoreError::MachineNameTaken(m.name.clone()))?;
+        machine_write(res, m)?;
         if new_version {
             insert_version(&tx, m)?;
         } else {
@@ -642,6 +683,101 @@ impl LeaseStore for SqliteStore {
             .execute("DELETE FROM leases WHERE machine_id = ?1", [machine_id])?;
         Ok(())
     }
+}
+
+impl NetworkStore for SqliteStore {
+    fn ensure_network(&self, org_slug: &str, name: &str, now: i64) -> Result<NetworkRecord> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let found = tx
+            .query_row(
+                "SELECT id, org_slug, name, ipv4_block FROM networks \
+                 WHERE org_slug = ?1 AND name = ?2",
+                params![org_slug, name],
+                network_from_row,
+            )
+            .optional()?;
+        let mut net = match found {
+            Some(n) => n,
+            None => {
+                tx.execute(
+                    "INSERT INTO networks (org_slug, name, created_at) VALUES (?1, ?2, ?3)",
+                    params![org_slug, name, now],
+                )?;
+                let id = u32::try_from(tx.last_insert_rowid())
+                    .map_err(|_| StoreError::Corrupt("network ids are exhausted".into()))?;
+                NetworkRecord {
+                    id,
+                    org_slug: org_slug.into(),
+                    name: name.into(),
+                    ipv4_block: None,
+                }
+            }
+        };
+        if net.ipv4_block.is_none() {
+            // The lowest block no network holds.
+            let block: Option<i64> = tx.query_row(
+                "SELECT MIN(b) FROM (SELECT 0 AS b UNION ALL SELECT ipv4_block + 1 FROM networks \
+                 WHERE ipv4_block IS NOT NULL) WHERE b NOT IN \
+                 (SELECT ipv4_block FROM networks WHERE ipv4_block IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )?;
+            if let Some(b) = block.filter(|b| (0..=255).contains(b)) {
+                tx.execute(
+                    "UPDATE networks SET ipv4_block = ?2 WHERE id = ?1",
+                    params![net.id, b],
+                )?;
+                net.ipv4_block = Some(b as u8);
+            }
+        }
+        tx.commit()?;
+        Ok(net)
+    }
+
+    fn list_networks(&self) -> Result<Vec<NetworkRecord>> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT id, org_slug, name, ipv4_block FROM networks ORDER BY id")?;
+        let rows = stmt.query_map([], network_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn live_ipv4_addresses(&self, prefix: &str) -> Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT private_ipv4 FROM machines WHERE state != 'destroyed' \
+             AND substr(private_ipv4, 1, length(?1)) = ?1",
+        )?;
+        let rows = stmt.query_map([prefix], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn setting_or_init(&self, key: &str, init: &str) -> Result<String> {
+        let conn = self.writer();
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, init],
+        )?;
+        Ok(
+            conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+}
+
+fn network_from_row(r: &Row) -> rusqlite::Result<NetworkRecord> {
+    let id: i64 = r.get(0)?;
+    let block: Option<i64> = r.get(3)?;
+    Ok(NetworkRecord {
+        id: u32::try_from(id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, e.into())
+        })?,
+        org_slug: r.get(1)?,
+        name: r.get(2)?,
+        ipv4_block: block.and_then(|b| u8::try_from(b).ok()),
+    })
 }
 
 #[cfg(test)]

@@ -75,14 +75,14 @@ pub async fn create_app(
     {
         return Err(ApiError::bad_request(format!("invalid org_slug {org:?}")));
     }
+    let network = req.network.unwrap_or_default();
+    if !network.is_empty() && !is_network_name(&network) {
+        return Err(ApiError::bad_request(format!(
+            "invalid network {network:?}: use 1 to 63 lower-case letters, digits, '-' and '_', starting with a letter or digit"
+        )));
+    }
     let app = h
-        .create_app(
-            name,
-            org,
-            req.network.unwrap_or_default(),
-            key,
-            req.app_role_id.unwrap_or_default(),
-        )
+        .create_app(name, org, network, key, req.app_role_id.unwrap_or_default())
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -143,4 +143,14 @@ pub async fn platform_regions(State(h): State<AppState>) -> Json<serde_json::Val
         })
         .collect();
     Json(serde_json::json!({"Regions": regions, "Nearest": h.region()}))
+}
+
+/// A network name is a plain name: it becomes part of the resolver's view and of logs.
+fn is_network_name(n: &str) -> bool {
+    n.len() <= 63
+        && n.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }

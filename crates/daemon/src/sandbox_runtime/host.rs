@@ -22,11 +22,19 @@ impl SandboxRuntime {
             .map(|rd| rd.flatten().map(|e| e.path().join("rootfs")).collect())
             .unwrap_or_default();
         let exe = self.exe.clone();
+        let net = self
+            .net
+            .clone()
+            .zip(state.as_ref().and_then(|s| s.net.clone()));
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             if cgroup.exists() {
                 // Killed and moved aside now; the slow removal is a helper's (reap_cgroups).
                 let dead = cgroup.retire().map_err(failed)?;
                 reap_cgroups(&exe, dead);
+            }
+            if let Some((host, net)) = net {
+                host.release(&net)
+                    .map_err(|e| failed(format!("removing {}: {e}", net.host_veth)))?;
             }
             for target in &targets {
                 if is_mountpoint(target) {

@@ -205,13 +205,63 @@ impl SandboxRuntime {
             &serde_json::to_vec(&pilot_spec).map_err(failed)?,
             uid_base,
         )?;
+        let net = match &self.net {
+            Some(host) => {
+                let net = machine_net(m)?;
+                let (h, n) = (host.clone(), net.clone());
+                tokio::task::spawn_blocking(move || h.acquire(&n))
+                    .await
+                    .map_err(failed)?
+                    .map_err(|e| failed(format!("setting up bridge {}: {e}", net.bridge)))?;
+                Some(net)
+            }
+            None => None,
+        };
+        let spawned = self
+            .spawn(
+                m,
+                &dir,
+                &run,
+                uid_base,
+                (mounts, volume_mounts),
+                net.clone(),
+            )
+            .await;
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let (Some(host), Some(net)) = (self.net.clone(), net) {
+                    let _ = tokio::task::spawn_blocking(move || host.release(&net)).await;
+                }
+                return Err(e);
+            }
+        };
+        Ok(RuntimeState {
+            instance_id: m.instance_id.clone(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            slot,
+            net,
+        })
+    }
+
+    /// Runs the spawn helper for the machine and returns Pilot's pid.
+    async fn spawn(
+        &self,
+        m: &MachineRecord,
+        dir: &Path,
+        run: &Path,
+        uid_base: u32,
+        (mounts, volume_mounts): (Vec<MountPlan>, Vec<VolumeMountPlan>),
+        net: Option<hangar_net::MachineNet>,
+    ) -> Result<i32, RuntimeError> {
         let guest = m.spec().guest;
         let memory_bytes = guest.memory_mb << 20;
         let swap_bytes = guest.swap_mb << 20;
         let plan = SpawnPlan {
             sandbox: SandboxSpec {
                 machine_id: m.id.clone(),
-                machine_dir: dir.clone(),
+                machine_dir: dir.to_path_buf(),
                 uid_base,
                 uid_count: UID_RANGE,
                 cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -227,6 +277,7 @@ impl SandboxRuntime {
                     run.display().to_string(),
                 ],
                 pilot_log: run.join(PILOT_LOG),
+                net,
             },
             mounts,
             volume_mounts,
@@ -245,15 +296,23 @@ impl SandboxRuntime {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))?;
-        Ok(RuntimeState {
-            instance_id: m.instance_id.clone(),
-            pid,
-            start_time: start_time(pid).unwrap_or(0),
-            slot,
-        })
+            .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))
     }
+}
+
+/// The plumbing for the machine's stored addresses.
+fn machine_net(m: &MachineRecord) -> Result<hangar_net::MachineNet, RuntimeError> {
+    let v6 = m.private_ip.parse().ok();
+    let v4 = m.private_ipv4.parse().ok();
+    v6.zip(v4)
+        .and_then(|(v6, v4)| hangar_net::MachineNet::new(&m.id, v6, v4))
+        .ok_or_else(|| {
+            failed(format!(
+                "machine {} has no usable private addresses ({:?}, {:?})",
+                m.id, m.private_ip, m.private_ipv4
+            ))
+        })
 }

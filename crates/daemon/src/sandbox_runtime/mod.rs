@@ -75,6 +75,9 @@ struct RuntimeState {
     /// Process start time (clock ticks since boot), to tell a recycled pid from Pilot.
     start_time: u64,
     slot: u32,
+    /// The run's veth and bridge; `None` when networking is off.
+    #[serde(default)]
+    net: Option<hangar_net::MachineNet>,
 }
 
 struct Running {
@@ -98,6 +101,8 @@ pub struct SandboxRuntime {
     exits: mpsc::UnboundedSender<RuntimeEvent>,
     /// How long a destroyed machine's logs are kept (crate::log_archive).
     log_retention: Duration,
+    /// Bridges and veths; `None` runs machines with loopback only (`--network off`).
+    net: Option<Arc<crate::host_network::HostNetwork>>,
 }
 
 pub(crate) use crate::runtime::failed;
@@ -110,6 +115,7 @@ impl SandboxRuntime {
         pull: PullOptions,
         exits: mpsc::UnboundedSender<RuntimeEvent>,
         log_retention: Duration,
+        net: Option<Arc<crate::host_network::HostNetwork>>,
     ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
@@ -135,6 +141,7 @@ impl SandboxRuntime {
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
             log_retention,
+            net,
         })
     }
 
@@ -341,6 +348,9 @@ impl Runtime for SandboxRuntime {
         });
         match state {
             Some(state) if alive => {
+                if let (Some(host), Some(net)) = (&self.net, &state.net) {
+                    host.adopt(net);
+                }
                 if self.watch_exit(m, &state).is_err() {
                     return Adoption::Gone(None);
                 }
@@ -368,6 +378,16 @@ impl Runtime for SandboxRuntime {
                 // Whatever is left of it (processes, mounts, cgroup) goes.
                 let _ = self.cleanup(&m.id, keep_rootfs(&m.config)).await;
                 Adoption::Gone(exit)
+            }
+        }
+    }
+
+    async fn settled(&self) {
+        if let Some(net) = self.net.clone() {
+            match tokio::task::spawn_blocking(move || net.sweep()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweeping network devices failed"),
+                Err(e) => tracing::warn!(error = %e, "sweeping network devices failed"),
+                Ok(Ok(())) => {}
             }
         }
     }

@@ -21,6 +21,12 @@ impl Hangar {
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
     pub(super) async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ServiceResult<()> {
         use futures_util::FutureExt;
+        if let Err(e) = self.ensure_addresses(m).await {
+            let request = Some(json!({ "error": e.to_string() }));
+            self.transition(m, MachineState::Failed, kind, Source::Platform, request)
+                .await?;
+            return Err(e);
+        }
         // A version created without a launch pins its images at its first start.
         if crate::container_plan::container_configs(&m.config)
             .iter()

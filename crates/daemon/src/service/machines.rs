@@ -133,7 +133,8 @@ impl Hangar {
             state: MachineState::Created,
             region,
             instance_id: instance_id.clone(),
-            private_ip: private_ip(app_rec.internal_numeric_id),
+            private_ip: String::new(),
+            private_ipv4: String::new(),
             created_at: now,
             updated_at: now,
             cordoned: req.skip_service_registration,
@@ -156,13 +157,31 @@ impl Hangar {
         // A generated name can collide; try a few before giving up.
         let mut attempts = 0;
         loop {
-            let (rec, ev, l) = (m.clone(), event.clone(), lease.clone());
-            match db(&self.store, move |s| {
-                s.insert_machine(&rec, &ev, l.as_ref())
+            let (mut rec, ev, l) = (m.clone(), event.clone(), lease.clone());
+            let (app_rec, host) = (app_rec.clone(), self.net_host);
+            // Addresses are picked and inserted in one go, again if another create took them.
+            let inserted = db(&self.store, move |s| {
+                let mut tries = 0;
+                loop {
+                    let (v6, v4) = match network::allocate(s, &app_rec, host) {
+                        Ok(a) => a,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    (rec.private_ip, rec.private_ipv4) = (v6, v4);
+                    match s.insert_machine(&rec, &ev, l.as_ref()) {
+                        Err(hangar_store::StoreError::AddressTaken(_)) if tries < 5 => tries += 1,
+                        Err(e) => return Err(e),
+                        Ok(()) => return Ok(Ok((rec.private_ip, rec.private_ipv4))),
+                    }
+                }
             })
             .await
-            {
-                Ok(()) => break,
+            .and_then(|r| r);
+            match inserted {
+                Ok((v6, v4)) => {
+                    (m.private_ip, m.private_ipv4) = (v6, v4);
+                    break;
+                }
                 Err(ServiceError::NameTaken(_)) if req.name.is_none() && attempts < 5 => {
                     attempts += 1;
                     m.name = ids::new_machine_name();

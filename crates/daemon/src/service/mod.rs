@@ -25,6 +25,7 @@ mod leases;
 mod lifecycle;
 mod machines;
 mod metadata;
+mod network;
 mod process;
 mod reconcile;
 mod wait;
@@ -95,6 +96,10 @@ pub struct Hangar {
     /// Per app: machine creates hold it shared, app deletion exclusively, so a machine cannot
     /// be created into an app being deleted (its row would vanish under a running sandbox).
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// This host's part of the 6PN addresses it allocates.
+    net_host: u32,
+    /// What the `.internal` resolver answers from; kept current by every machine write.
+    directory: Arc<hangar_dns::Directory>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -151,8 +156,9 @@ impl Hangar {
         images: Option<Images>,
         capacity: crate::capacity::Ledger,
         host_id: String,
-    ) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+    ) -> hangar_store::Result<Arc<Self>> {
+        let net_host = network::host_part(store.as_ref())?;
+        Ok(Arc::new_cyclic(|me| Self {
             host_id,
             capacity,
             store,
@@ -162,7 +168,9 @@ impl Hangar {
             region,
             me: me.clone(),
             app_locks: Mutex::new(HashMap::new()),
-        })
+            net_host,
+            directory: Arc::new(hangar_dns::Directory::new()),
+        }))
     }
 
     /// The regions machines can be placed in: this host's one, with room for how many
@@ -284,6 +292,7 @@ impl Hangar {
     }
 
     fn notify(&self, m: &MachineRecord, event_id: Option<String>) {
+        self.publish(m);
         let handle = self.handle(m);
         handle.watch.send_replace(Snapshot {
             state: m.state,
@@ -491,18 +500,6 @@ fn mount_volumes(c: &MachineConfig) -> Option<Vec<String>> {
 pub fn stop_params(config: &MachineConfig, opts: &StopOptions) -> (Signal, Duration) {
     let s = hangar_api::spec::stop_spec(config, opts.signal, opts.timeout);
     (s.signal, s.timeout)
-}
-
-/// A 6PN-style private address: `fdaa:0:<network>:a7b:<host>:<machine>:<machine>:2`. The
-/// networking milestone replaces this with addresses that are actually routed.
-fn private_ip(app_numeric_id: i64) -> String {
-    let machine: u32 = rand::random();
-    format!(
-        "fdaa:0:{:x}:a7b:1:{:x}:{:x}:2",
-        app_numeric_id & 0xffff,
-        machine >> 16,
-        machine & 0xffff
-    )
 }
 
 /// The image a machine is known by: `image`, else the `app` container's, else the first's.

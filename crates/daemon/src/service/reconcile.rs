@@ -36,9 +36,11 @@ impl Hangar {
                 }
             }
         }
-        // The capacity ledger starts from what the machines hold after settling.
+        self.runtime.settled().await;
+        // The capacity ledger and the resolver start from the machines as settled.
         for m in db(&self.store, |s| s.list_live_machines()).await? {
             self.capacity.track(&m.id, m.state, guest_size(&m.config));
+            self.publish(&m);
         }
         // Exits that happened while the daemon was down get the same policy as any other
         // (restart, stop, auto_destroy), after start-up so that a backoff does not delay it.

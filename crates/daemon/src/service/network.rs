@@ -1,0 +1,131 @@
+//! Machines' private addresses and the resolver's directory.
+//!
+//! Addresses are allocated in the store when a machine is created (or, for a machine made
+//! before networking, at its next boot) and kept for its life: across stops, updates and daemon
+//! restarts. The live unique indexes of the store make a racing allocation fail, and it is
+//! tried again.
+
+use hangar_net::plan::{Ipv4Block, SixPn, IPV4_BLOCKS, IPV4_BLOCK_MACHINES, IPV4_POOL};
+
+use super::*;
+
+/// The network an app's machines live in (`network` at app create, else the org's default).
+pub(super) fn network_name(app: &AppRecord) -> &str {
+    if app.network.is_empty() {
+        "default"
+    } else {
+        &app.network
+    }
+}
+
+/// This host's part of every 6PN address it hands out, chosen once and kept in the store.
+pub(crate) fn host_part(store: &dyn Store) -> hangar_store::Result<u32> {
+    let init = format!("{:08x}", rand::random::<u32>().max(1));
+    let value = store.setting_or_init("6pn_host", &init)?;
+    u32::from_str_radix(&value, 16)
+        .map_err(|_| hangar_store::StoreError::Corrupt(format!("6pn_host {value:?}")))
+}
+
+/// Picks free addresses for a machine of `app` on host `host`: a random machine part of the
+/// network's /48, and the lowest free IPv4 of the network's block.
+pub(super) fn allocate(
+    store: &dyn Store,
+    app: &AppRecord,
+    host: u32,
+) -> ServiceResult<(String, String)> {
+    let name = network_name(app);
+    let net = store.ensure_network(&app.org_slug, name, now_ms())?;
+    let block = net.ipv4_block.ok_or_else(|| {
+        ServiceError::Unavailable(format!(
+            "network {name:?} has no private IPv4 block on this host: all {IPV4_BLOCKS} are held by other networks"
+        ))
+    })?;
+    let prefix = format!("{}.{}.{block}.", IPV4_POOL[0], IPV4_POOL[1]);
+    let used: std::collections::HashSet<String> =
+        store.live_ipv4_addresses(&prefix)?.into_iter().collect();
+    let index = (2..=254u8)
+        .find(|i| !used.contains(&format!("{prefix}{i}")))
+        .ok_or_else(|| {
+            ServiceError::Unavailable(format!(
+                "network {name:?} has no free private address on this host: its {IPV4_BLOCK_MACHINES} are in use"
+            ))
+        })?;
+    let six = SixPn {
+        network: net.id,
+        host,
+        machine: rand::random::<u32>().max(1),
+    };
+    Ok((
+        six.address().to_string(),
+        Ipv4Block(block).address(index).to_string(),
+    ))
+}
+
+impl Hangar {
+    /// Gives a machine made before networking its addresses (at its boot, where Fly allows an
+    /// address to change).
+    pub(super) async fn ensure_addresses(&self, m: &mut MachineRecord) -> ServiceResult<()> {
+        let has = m
+            .private_ip
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .and_then(SixPn::parse)
+            .is_some()
+            && m.private_ipv4.parse::<std::net::Ipv4Addr>().is_ok();
+        if has {
+            return Ok(());
+        }
+        let app = self.get_app(&m.app).await?;
+        let host = self.net_host;
+        for _ in 0..5 {
+            let app = app.clone();
+            let (v6, v4) = db(&self.store, move |s| Ok(allocate(s, &app, host))).await??;
+            m.private_ip = v6;
+            m.private_ipv4 = v4;
+            match self.save(m, false, None, None).await {
+                Err(ServiceError::Conflict(msg)) if msg.contains("private address") => continue,
+                other => return other,
+            }
+        }
+        Err(ServiceError::Unavailable(
+            "could not allocate a private address; try again".into(),
+        ))
+    }
+
+    /// Keeps the resolver's view of `m` current (called after every write of it).
+    pub(super) fn publish(&self, m: &MachineRecord) {
+        if m.state == MachineState::Destroyed {
+            self.directory.remove(&m.id);
+            return;
+        }
+        let Ok(ipv6) = m.private_ip.parse() else {
+            return;
+        };
+        self.directory.put(hangar_dns::Entry {
+            id: m.id.clone(),
+            app: m.app.clone(),
+            region: m.region.clone(),
+            ipv6,
+            ipv4: m.private_ipv4.parse().ok(),
+            started: m.state == MachineState::Started,
+            skip_registration: m
+                .config
+                .dns
+                .as_ref()
+                .and_then(|d| d.skip_registration)
+                .unwrap_or(false),
+            metadata: m
+                .config
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        });
+    }
+
+    /// The machines the resolver answers from.
+    pub fn directory(&self) -> Arc<hangar_dns::Directory> {
+        self.directory.clone()
+    }
+}
