@@ -25,6 +25,12 @@ impl Drop for Daemon {
 // The child is handed to `Daemon`, whose Drop kills and waits for it.
 #[allow(clippy::zombie_processes)]
 pub async fn start_daemon(name: &str) -> Daemon {
+    start_daemon_with(name, &[]).await
+}
+
+/// A daemon with extra flags (e.g. `--network off`).
+#[allow(clippy::zombie_processes)]
+pub async fn start_daemon_with(name: &str, flags: &[&str]) -> Daemon {
     let dir = PathBuf::from(format!("/tmp/hangar-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     let hangar = std::env::current_exe()
@@ -39,6 +45,9 @@ pub async fn start_daemon(name: &str) -> Daemon {
         // Hundreds of idle machines are the point of the idle-memory figure; admission at the
         // default ratios (crates/daemon/src/capacity.rs) would refuse them on a small host.
         .args(["--memory-overcommit", "64", "--cpu-overcommit", "64"])
+        // The resolver never forwards in benchmarks: nothing leaves the host.
+        .args(["--dns-upstream", "127.0.0.1:9"])
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()

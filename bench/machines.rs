@@ -11,7 +11,7 @@
 #[path = "common.rs"]
 mod common;
 
-use common::start_daemon;
+use common::{start_daemon, start_daemon_with};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -164,6 +164,59 @@ async fn main() {
     }
     let hangar_p50 = report("hangar create -> started", create_lat);
 
+    // The same, with and without machine networking, interleaved so both see the same host.
+    {
+        let off = start_daemon_with("machines-nonet", &["--network", "off"]).await;
+        off.client
+            .post("/v1/apps")
+            .json(&json!({"name": "bench"}))
+            .send_raw()
+            .await
+            .expect("app");
+        let (warm, _) = create(&off.client, "bench", &image).await;
+        let mut with = Vec::new();
+        let mut without = Vec::new();
+        let mut made = Vec::new();
+        let mut made_off = Vec::new();
+        // Nothing is destroyed until the end: a destroy's teardown would weigh on whichever
+        // create comes next.
+        for _ in 0..machines.min(100) {
+            let (id, lat) = create(c, "bench", &image).await;
+            with.push(lat);
+            made.push(id);
+            let (id, lat) = create(&off.client, "bench", &image).await;
+            without.push(lat);
+            made_off.push(id);
+        }
+        for id in made_off {
+            let _ = off
+                .client
+                .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+                .send_raw()
+                .await;
+        }
+        let _ = off
+            .client
+            .delete(format!("/v1/apps/bench/machines/{warm}?force=true"))
+            .send_raw()
+            .await;
+        let with = report("hangar create -> started, networking on", with);
+        let without = report("hangar create -> started, networking off", without);
+        println!(
+            "  networking adds {:+.2} ms at p50",
+            (with.as_secs_f64() - without.as_secs_f64()) * 1e3
+        );
+        ids.extend(made);
+    }
+
+    // DNS from inside a machine: queries sent from its network namespace to fdaa::3.
+    if let Some(lat) = dns_latency(&d, &ids[0], 2000).await {
+        report(
+            "dns query (AAAA <id>.vm.<app>.internal) from a machine",
+            lat,
+        );
+    }
+
     for id in &ids {
         let r = c
             .post(format!("/v1/apps/bench/machines/{id}/stop"))
@@ -240,27 +293,23 @@ async fn main() {
     report("hangar destroy (force) of a running machine", destroy_lat);
 
     // The per-user sandbox loop AI-agent platforms run: create, wait for started, exec a
-    // command, destroy with force.
-    let mut loop_lat = Vec::new();
-    for _ in 0..machines.min(100) {
-        let t0 = Instant::now();
-        let (id, _) = create(c, "bench", &image).await;
-        let r = c
-            .post(format!("/v1/apps/bench/machines/{id}/exec"))
-            .json(&json!({"command": ["echo", "hi"]}))
+    // command, destroy with force; with networking, then without (in its own daemon).
+    let [total, started, exec, destroy] = agent_loop(c, &image, machines.min(100)).await;
+    report("agent loop (create, started, exec, destroy)", total);
+    report("  of which create -> started", started);
+    report("  of which exec", exec);
+    report("  of which destroy", destroy);
+    {
+        let off = start_daemon_with("machines-nonet", &["--network", "off"]).await;
+        off.client
+            .post("/v1/apps")
+            .json(&json!({"name": "bench"}))
             .send_raw()
             .await
-            .expect("exec");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let r = c
-            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
-            .send_raw()
-            .await
-            .expect("destroy");
-        assert_eq!(r.status, 200, "{}", r.text());
-        loop_lat.push(t0.elapsed());
+            .expect("app");
+        let [total, ..] = agent_loop(&off.client, &image, machines.min(100)).await;
+        report("agent loop, networking off", total);
     }
-    report("agent loop (create, started, exec, destroy)", loop_lat);
 
     // Peers, same rootfs, `true` to completion.
     let work = d.dir.join("peers");
@@ -404,6 +453,85 @@ async fn main() {
             .send_raw()
             .await;
     }
+}
+
+/// `n` rounds of create → started → exec `echo hi` → destroy (force): the total and each phase.
+async fn agent_loop(c: &Client, image: &str, n: usize) -> [Vec<Duration>; 4] {
+    let mut out: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (id, started) = create(c, "bench", image).await;
+        let t1 = Instant::now();
+        let r = c
+            .post(format!("/v1/apps/bench/machines/{id}/exec"))
+            .json(&json!({"command": ["echo", "hi"]}))
+            .send_raw()
+            .await
+            .expect("exec");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t2 = Instant::now();
+        let r = c
+            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+            .send_raw()
+            .await
+            .expect("destroy");
+        assert_eq!(r.status, 200, "{}", r.text());
+        out[0].push(t0.elapsed());
+        out[1].push(started);
+        out[2].push(t2 - t1);
+        out[3].push(t2.elapsed());
+    }
+    out
+}
+
+/// Times `n` AAAA queries for the machine's own name, sent from its network namespace (a thread
+/// that joins it) to the resolver at fdaa::3, one at a time.
+fn dns_latency_blocking(pid: i64, name: &str, n: usize) -> Option<Vec<Duration>> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+    // SAFETY: setns on this thread only, with a namespace fd we hold.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let sock = std::net::UdpSocket::bind("[::]:0").ok()?;
+    sock.connect("[fdaa::3]:53").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // A standard query: id, RD, one question (name, AAAA, IN).
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 28, 0, 1]);
+    let mut buf = [0u8; 512];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        sock.send(&query).ok()?;
+        let got = sock.recv(&mut buf).ok()?;
+        lat.push(t0.elapsed());
+        // One answer expected (ANCOUNT = 1).
+        if got < 12 || buf[7] != 1 {
+            return None;
+        }
+    }
+    Some(lat)
+}
+
+async fn dns_latency(d: &common::Daemon, id: &str, n: usize) -> Option<Vec<Duration>> {
+    let state: Value = std::fs::read(d.dir.join("data/machines").join(id).join("runtime.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    let pid = state["pid"].as_i64()?;
+    let name = format!("{id}.vm.bench.internal");
+    let got = std::thread::spawn(move || dns_latency_blocking(pid, &name, n))
+        .join()
+        .ok()
+        .flatten();
+    if got.is_none() {
+        println!("  dns query: failed (is machine networking on?)");
+    }
+    got
 }
 
 fn mem_available_kib() -> u64 {

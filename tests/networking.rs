@@ -400,6 +400,27 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     .await;
     assert_eq!(nc_pid(&d).await, pid, "the same connection, not a new one");
 
+    // Suspending the server and resuming it keeps the connection as well.
+    let r = d
+        .post(
+            &format!("/v1/apps/keep/machines/{server}/suspend"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("keep", &server, "suspended").await;
+    let r = d
+        .post(&format!("/v1/apps/keep/machines/{server}/start"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("keep", &server, "started").await;
+    let before = echoes(&d).await;
+    eventually("echoes after a resume", async || {
+        echoes(&d).await > before + 3
+    })
+    .await;
+    assert_eq!(nc_pid(&d).await, pid);
+
     // The resolver is back too.
     let (ok, out) = lookup(
         &d,
@@ -411,16 +432,17 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     .await;
     assert!(ok && out.contains(&server_ip), "{out}");
 
-    // Destroying every machine removes its veth and, with the last one, the bridge.
+    // Destroying every machine removes its veth (with its network namespace, right after the
+    // answer) and, with the last one, the bridge.
     d.destroy_machine("keep", &client, true).await;
-    assert_eq!(
-        devices().len(),
-        2,
-        "the bridge and the server's veth: {:?}",
+    eventually("the client's veth to go", async || devices().len() == 2).await;
+    assert!(
+        devices().iter().any(|n| n.starts_with("hgn")),
+        "{:?}",
         devices()
     );
     d.destroy_machine("keep", &server, true).await;
-    assert!(devices().is_empty(), "left behind: {:?}", devices());
+    eventually("every device to go", async || devices().is_empty()).await;
 }
 
 #[tokio::test]

@@ -309,6 +309,17 @@ impl Drop for Daemon {
             })
             .join();
         }
+        // SIGTERM first: a daemon that stops cleanly removes the network devices only it held
+        // (a bridge lingering after its last machine).
+        if let Some(child) = self.child.as_mut() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         self.kill9();
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use hangar_net::netlink::Netlink;
@@ -20,9 +20,22 @@ use hangar_net::plan::{
 
 const LOCK_FILE: &str = "/run/hangar/network.lock";
 
-pub struct HostNetwork {
+/// How long a bridge without machines stays before it is removed: a machine of the network
+/// starting within it (the create → destroy → create loop of a sandbox platform) reuses it
+/// instead of paying for a bridge's removal and creation each time.
+const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Default)]
+struct Devices {
     /// Running machines' veths (host side), with the bridge each is on.
-    veths: Mutex<HashMap<String, String>>,
+    veths: HashMap<String, String>,
+    /// Per bridge, how many times a machine was put on it: a removal scheduled before the
+    /// latest one is void.
+    uses: HashMap<String, u64>,
+}
+
+pub struct HostNetwork {
+    devices: Mutex<Devices>,
     _lock: std::fs::File,
 }
 
@@ -55,51 +68,92 @@ impl HostNetwork {
         nl.add_address(lo, IpAddr::V6(RESOLVER), 128)
             .context("failed to give lo the resolver's address fdaa::3")?;
         Ok(HostNetwork {
-            veths: Mutex::new(HashMap::new()),
+            devices: Mutex::new(Devices::default()),
             _lock: lock,
         })
     }
 
-    fn veths(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.veths.lock().unwrap_or_else(|e| e.into_inner())
+    fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Readies the machine's bridge (with the host's addresses on it) before its helper runs.
     pub fn acquire(&self, net: &MachineNet) -> io::Result<()> {
-        let mut veths = self.veths();
-        if !veths.values().any(|b| *b == net.bridge) {
-            let mut nl = Netlink::open()?;
+        let mut devices = self.devices();
+        let mut nl = Netlink::open()?;
+        let index = if devices.uses.contains_key(&net.bridge) {
+            nl.link_index(&net.bridge)?
+                .ok_or_else(|| io::Error::other(format!("bridge {} vanished", net.bridge)))?
+        } else {
             let index = nl.ensure_bridge(&net.bridge, net.bridge_mac)?;
             nl.add_address(index, IpAddr::V6(net.ipv6_gateway), HOST_PREFIX_LEN)?;
-            nl.add_address(index, IpAddr::V4(net.ipv4_gateway), IPV4_BLOCK_PREFIX_LEN)?;
-        }
-        veths.insert(net.host_veth.clone(), net.bridge.clone());
+            index
+        };
+        // The gateway of the machine's IPv4 block (a network may hold several); already there
+        // for all but the first machine of a block.
+        nl.add_address(index, IpAddr::V4(net.ipv4_gateway), IPV4_BLOCK_PREFIX_LEN)?;
+        devices.put(net);
         Ok(())
     }
 
     /// A machine found running at start-up keeps its veth and bridge.
     pub fn adopt(&self, net: &MachineNet) {
-        self.veths()
-            .insert(net.host_veth.clone(), net.bridge.clone());
+        self.devices().put(net);
     }
 
-    /// Removes the machine's veth, and its bridge when no other machine is on it.
-    pub fn release(&self, net: &MachineNet) -> io::Result<()> {
-        let mut veths = self.veths();
-        veths.remove(&net.host_veth);
-        let mut nl = Netlink::open()?;
-        nl.delete_link(&net.host_veth)?;
-        if !veths.values().any(|b| *b == net.bridge) {
-            nl.delete_link(&net.bridge)?;
+    /// Forgets the machine's veth, and removes its bridge when no other machine is on it.
+    ///
+    /// The veth pair itself goes with the machine's network namespace, which the kernel tears
+    /// down once the machine's last process is gone; deleting it here would add the kernel's
+    /// ~15 ms device unregistration to every stop and destroy. A bridge left without machines
+    /// is removed by a thread after [`BRIDGE_LINGER`], under the same lock as [`acquire`],
+    /// unless a machine was put on it meanwhile. What a crash leaves is swept at the next
+    /// start.
+    ///
+    /// [`acquire`]: Self::acquire
+    pub fn release(self: &Arc<Self>, net: &MachineNet) {
+        let mut devices = self.devices();
+        devices.veths.remove(&net.host_veth);
+        if devices.veths.values().any(|b| *b == net.bridge) {
+            return;
         }
-        Ok(())
+        let Some(seen) = devices.uses.get(&net.bridge).copied() else {
+            return;
+        };
+        drop(devices);
+        let (this, bridge) = (self.clone(), net.bridge.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(BRIDGE_LINGER);
+            let mut devices = this.devices();
+            if devices.uses.get(&bridge) != Some(&seen)
+                || devices.veths.values().any(|b| *b == bridge)
+            {
+                return;
+            }
+            devices.uses.remove(&bridge);
+            let removed = Netlink::open().and_then(|mut nl| nl.delete_link(&bridge));
+            if let Err(e) = removed {
+                tracing::warn!(%bridge, error = %e, "removing an unused bridge failed");
+            }
+        });
+    }
+
+    /// At shutdown: lingering bridges go now (no thread will be left to remove them); those
+    /// of running machines stay with them.
+    pub fn shut_down(&self) -> io::Result<()> {
+        {
+            let mut devices = self.devices();
+            let Devices { veths, uses } = &mut *devices;
+            uses.retain(|bridge, _| veths.values().any(|b| b == bridge));
+        }
+        self.sweep()
     }
 
     /// Removes devices no running machine uses: left by a crash, or by machines that ended
     /// while the daemon was away. Run once the running machines are adopted.
     pub fn sweep(&self) -> io::Result<()> {
-        let veths = self.veths();
-        let in_use: HashSet<&String> = veths.keys().chain(veths.values()).collect();
+        let devices = self.devices();
+        let in_use: HashSet<&String> = devices.veths.keys().chain(devices.uses.keys()).collect();
         let mut nl = Netlink::open()?;
         let ours: Vec<String> = nl
             .links()?
@@ -117,5 +171,12 @@ impl HostNetwork {
             nl.delete_link(name)?;
         }
         Ok(())
+    }
+}
+
+impl Devices {
+    fn put(&mut self, net: &MachineNet) {
+        self.veths.insert(net.host_veth.clone(), net.bridge.clone());
+        *self.uses.entry(net.bridge.clone()).or_default() += 1;
     }
 }

@@ -189,6 +189,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("failed to serve the machines' resolver on {addr}"))?;
     }
+    let runtime = hangar.runtime();
     let app = router(hangar, Arc::from(token.as_str()));
 
     let unix = bind_unix(&opts.socket).await?;
@@ -242,6 +243,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "server task ended badly");
         }
     }
+    runtime.shut_down().await;
     let _ = std::fs::remove_file(&opts.socket);
     eprintln!("hangar: stopped");
     Ok(())

@@ -69,6 +69,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn sweep(&self, _live: &std::collections::HashSet<String>) {}
     /// Start-up is settled (every running machine adopted): drop what no machine uses.
     async fn settled(&self) {}
+    /// The daemon is stopping (machines keep running): release what only the daemon used.
+    async fn shut_down(&self) {}
     /// Re-attaches to a machine that was running when the daemon last stopped. When it still
     /// runs, its later exit is reported as usual; when it ended while the daemon was down, how
     /// it ended (Pilot's exit report) comes back so the exit policy applies to it.

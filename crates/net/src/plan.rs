@@ -5,9 +5,11 @@
 //! `fdaa:NNNN:NNNN::/48`, each host a /80 inside it, each machine the /112 whose `::2` is its
 //! address. The host's own address on a network's bridge is machine part 0, `::1`.
 //!
-//! IPv4 (the proxy's path into a machine, whose apps often listen on `0.0.0.0` only): each
-//! network present on a host gets one /24 block of [`IPV4_POOL`]; `.1` is the bridge, `.2` to
-//! `.254` are machines.
+//! IPv4 (the proxy's path into a machine, whose apps often listen on `0.0.0.0` only): a network
+//! holds /24 blocks of the host's 172.19.0.0/16, as many as its machines need; `.1` of each block
+//! is on the network's bridge, `.2` to `.254` are machines. A machine's address is on-link for
+//! the whole /16, so machines of one network in different blocks reach each other directly; a
+//! machine of another network is on another bridge and never answers.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -21,10 +23,11 @@ pub const MACHINE_PREFIX_LEN: u8 = 112;
 
 /// The first two octets of every machine's IPv4 address (Fly's guests use 172.19/16 too).
 pub const IPV4_POOL: [u8; 2] = [172, 19];
+pub const IPV4_POOL_PREFIX_LEN: u8 = 16;
 pub const IPV4_BLOCK_PREFIX_LEN: u8 = 24;
-/// IPv4 blocks a host can hand out: one per network present on it.
+/// IPv4 blocks a host can hand out.
 pub const IPV4_BLOCKS: u32 = 256;
-/// Machines one network's block holds on a host (`.2` to `.254`).
+/// Machines one block holds (`.2` to `.254`).
 pub const IPV4_BLOCK_MACHINES: u32 = 253;
 
 /// Every device Hangar creates is named with this prefix (the leftover checks count them).
@@ -105,7 +108,7 @@ impl SixPn {
     }
 }
 
-/// One network's IPv4 block on this host.
+/// One /24 IPv4 block of the pool, held by one network on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Block(pub u8);
 

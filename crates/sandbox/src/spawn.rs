@@ -267,7 +267,7 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
 /// Inside the machine's network namespace: loopback and `eth0` up, the machine's addresses,
 /// its network's /48 on-link, default routes through the host.
 fn plumb_machine_side(net: Option<&hangar_net::MachineNet>) -> std::io::Result<()> {
-    use hangar_net::plan::{IPV4_BLOCK_PREFIX_LEN, MACHINE_PREFIX_LEN, NETWORK_PREFIX_LEN};
+    use hangar_net::plan::{IPV4_POOL_PREFIX_LEN, MACHINE_PREFIX_LEN, NETWORK_PREFIX_LEN};
     use std::net::IpAddr;
     let Some(net) = net else {
         return crate::net::loopback_up();
@@ -281,7 +281,7 @@ fn plumb_machine_side(net: Option<&hangar_net::MachineNet>) -> std::io::Result<(
         .link_index("eth0")?
         .ok_or_else(|| std::io::Error::other("eth0 did not arrive"))?;
     nl.add_address(eth0, IpAddr::V6(net.ipv6), MACHINE_PREFIX_LEN)?;
-    nl.add_address(eth0, IpAddr::V4(net.ipv4), IPV4_BLOCK_PREFIX_LEN)?;
+    nl.add_address(eth0, IpAddr::V4(net.ipv4), IPV4_POOL_PREFIX_LEN)?;
     nl.set_up(eth0)?;
     nl.add_route(
         IpAddr::V6(net.network_prefix),

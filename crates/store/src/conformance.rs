@@ -255,11 +255,17 @@ pub fn networks_and_addresses_are_allocated_once(s: &dyn Store) {
     let other_org = s.ensure_network("acme", "default", 4).unwrap();
     assert_ne!(default.id, other.id);
     assert_ne!(other.id, other_org.id);
-    let blocks: std::collections::HashSet<_> = [&default, &other, &other_org]
-        .iter()
-        .map(|n| n.ipv4_block.expect("a block while there are free ones"))
-        .collect();
-    assert_eq!(blocks.len(), 3, "each network has its own IPv4 block");
+    assert!(default.ipv4_blocks.is_empty());
+    assert_eq!(s.claim_ipv4_block(default.id, 3).unwrap(), Some(0));
+    assert_eq!(s.claim_ipv4_block(other.id, 3).unwrap(), Some(1));
+    assert_eq!(s.claim_ipv4_block(default.id, 3).unwrap(), Some(2));
+    assert_eq!(
+        s.claim_ipv4_block(other_org.id, 3).unwrap(),
+        None,
+        "all 3 are taken"
+    );
+    let default = s.ensure_network("personal", "default", 5).unwrap();
+    assert_eq!(default.ipv4_blocks, vec![0, 2]);
     assert_eq!(s.list_networks().unwrap().len(), 3);
 
     s.create_app(&app("a")).unwrap();

@@ -157,9 +157,11 @@ pub trait LeaseStore: Send + Sync {
 
 /// Private networks and the host's network settings.
 pub trait NetworkStore: Send + Sync {
-    /// The org's network `name`, created on first use with a new id (ids are never reused),
-    /// with this host's IPv4 block (the lowest free one; `None` when all are taken).
+    /// The org's network `name`, created on first use with a new id (ids are never reused).
     fn ensure_network(&self, org_slug: &str, name: &str, now: i64) -> Result<NetworkRecord>;
+    /// Gives the network the lowest IPv4 block below `blocks` that no network holds; `None`
+    /// when every one is taken.
+    fn claim_ipv4_block(&self, network_id: u32, blocks: u32) -> Result<Option<u8>>;
     fn list_networks(&self) -> Result<Vec<NetworkRecord>>;
     /// Private IPv4 addresses of live machines that start with `prefix` (`"172.19.3."`).
     fn live_ipv4_addresses(&self, prefix: &str) -> Result<Vec<String>>;

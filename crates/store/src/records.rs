@@ -93,6 +93,6 @@ pub struct NetworkRecord {
     pub id: u32,
     pub org_slug: String,
     pub name: String,
-    /// Its IPv4 block on this host.
-    pub ipv4_block: Option<u8>,
+    /// Its IPv4 blocks on this host (a /24 each), lowest first.
+    pub ipv4_blocks: Vec<u8>,
 }

@@ -91,9 +91,12 @@ CREATE TABLE networks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     org_slug TEXT NOT NULL,
     name TEXT NOT NULL,
-    ipv4_block INTEGER UNIQUE,
     created_at INTEGER NOT NULL,
     UNIQUE (org_slug, name)
+);
+CREATE TABLE ipv4_blocks (
+    block INTEGER PRIMARY KEY,
+    network_id INTEGER NOT NULL REFERENCES networks(id)
 );
 CREATE TABLE settings (
     key TEXT PRIMARY KEY,
@@ -687,60 +690,47 @@ impl LeaseStore for SqliteStore {
 
 impl NetworkStore for SqliteStore {
     fn ensure_network(&self, org_slug: &str, name: &str, now: i64) -> Result<NetworkRecord> {
-        let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        let found = tx
-            .query_row(
-                "SELECT id, org_slug, name, ipv4_block FROM networks \
-                 WHERE org_slug = ?1 AND name = ?2",
-                params![org_slug, name],
-                network_from_row,
-            )
-            .optional()?;
-        let mut net = match found {
-            Some(n) => n,
-            None => {
-                tx.execute(
-                    "INSERT INTO networks (org_slug, name, created_at) VALUES (?1, ?2, ?3)",
-                    params![org_slug, name, now],
-                )?;
-                let id = u32::try_from(tx.last_insert_rowid())
-                    .map_err(|_| StoreError::Corrupt("network ids are exhausted".into()))?;
-                NetworkRecord {
-                    id,
-                    org_slug: org_slug.into(),
-                    name: name.into(),
-                    ipv4_block: None,
-                }
-            }
+        let conn = self.writer();
+        conn.execute(
+            "INSERT INTO networks (org_slug, name, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (org_slug, name) DO NOTHING",
+            params![org_slug, name, now],
+        )?;
+        let id: i64 = conn.query_row(
+            "SELECT id FROM networks WHERE org_slug = ?1 AND name = ?2",
+            params![org_slug, name],
+            |r| r.get(0),
+        )?;
+        network_record(&conn, id)
+    }
+
+    fn claim_ipv4_block(&self, network_id: u32, blocks: u32) -> Result<Option<u8>> {
+        let conn = self.writer();
+        let free: Option<i64> = conn.query_row(
+            "SELECT MIN(b) FROM (SELECT 0 AS b UNION ALL SELECT block + 1 FROM ipv4_blocks) \
+             WHERE b NOT IN (SELECT block FROM ipv4_blocks)",
+            [],
+            |r| r.get(0),
+        )?;
+        let Some(block) = free.filter(|b| *b < i64::from(blocks.min(256))) else {
+            return Ok(None);
         };
-        if net.ipv4_block.is_none() {
-            // The lowest block no network holds.
-            let block: Option<i64> = tx.query_row(
-                "SELECT MIN(b) FROM (SELECT 0 AS b UNION ALL SELECT ipv4_block + 1 FROM networks \
-                 WHERE ipv4_block IS NOT NULL) WHERE b NOT IN \
-                 (SELECT ipv4_block FROM networks WHERE ipv4_block IS NOT NULL)",
-                [],
-                |r| r.get(0),
-            )?;
-            if let Some(b) = block.filter(|b| (0..=255).contains(b)) {
-                tx.execute(
-                    "UPDATE networks SET ipv4_block = ?2 WHERE id = ?1",
-                    params![net.id, b],
-                )?;
-                net.ipv4_block = Some(b as u8);
-            }
-        }
-        tx.commit()?;
-        Ok(net)
+        conn.execute(
+            "INSERT INTO ipv4_blocks (block, network_id) VALUES (?1, ?2)",
+            params![block, network_id],
+        )?;
+        Ok(u8::try_from(block).ok())
     }
 
     fn list_networks(&self) -> Result<Vec<NetworkRecord>> {
         let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached("SELECT id, org_slug, name, ipv4_block FROM networks ORDER BY id")?;
-        let rows = stmt.query_map([], network_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let ids: Vec<i64> = conn
+            .prepare_cached("SELECT id FROM networks ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.into_iter()
+            .map(|id| network_record(&conn, id))
+            .collect()
     }
 
     fn live_ipv4_addresses(&self, prefix: &str) -> Result<Vec<String>> {
@@ -767,16 +757,24 @@ impl NetworkStore for SqliteStore {
     }
 }
 
-fn network_from_row(r: &Row) -> rusqlite::Result<NetworkRecord> {
-    let id: i64 = r.get(0)?;
-    let block: Option<i64> = r.get(3)?;
+fn network_record(conn: &Connection, id: i64) -> Result<NetworkRecord> {
+    let (org_slug, name) = conn.query_row(
+        "SELECT org_slug, name FROM networks WHERE id = ?1",
+        [id],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    let blocks: Vec<i64> = conn
+        .prepare_cached("SELECT block FROM ipv4_blocks WHERE network_id = ?1 ORDER BY block")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(NetworkRecord {
-        id: u32::try_from(id).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, e.into())
-        })?,
-        org_slug: r.get(1)?,
-        name: r.get(2)?,
-        ipv4_block: block.and_then(|b| u8::try_from(b).ok()),
+        id: u32::try_from(id).map_err(|_| StoreError::Corrupt(format!("network id {id}")))?,
+        org_slug,
+        name,
+        ipv4_blocks: blocks
+            .into_iter()
+            .filter_map(|b| u8::try_from(b).ok())
+            .collect(),
     })
 }
 

@@ -33,8 +33,7 @@ impl SandboxRuntime {
                 reap_cgroups(&exe, dead);
             }
             if let Some((host, net)) = net {
-                host.release(&net)
-                    .map_err(|e| failed(format!("removing {}: {e}", net.host_veth)))?;
+                host.release(&net);
             }
             for target in &targets {
                 if is_mountpoint(target) {

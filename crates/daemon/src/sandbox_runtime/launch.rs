@@ -230,8 +230,8 @@ impl SandboxRuntime {
         let pid = match spawned {
             Ok(pid) => pid,
             Err(e) => {
-                if let (Some(host), Some(net)) = (self.net.clone(), net) {
-                    let _ = tokio::task::spawn_blocking(move || host.release(&net)).await;
+                if let (Some(host), Some(net)) = (&self.net, net) {
+                    host.release(&net);
                 }
                 return Err(e);
             }
@@ -283,6 +283,7 @@ impl SandboxRuntime {
             volume_mounts,
         };
         write_json(&dir.join(SPAWN_FILE), &plan)?;
+        let helper_started = std::time::Instant::now();
         let out = tokio::process::Command::new(&self.exe)
             .arg("sandbox-spawn")
             .arg(dir.join(SPAWN_FILE))
@@ -290,6 +291,7 @@ impl SandboxRuntime {
             .output()
             .await
             .map_err(|e| failed(format!("running the sandbox helper: {e}")))?;
+        tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
         if !out.status.success() {
             return Err(failed(format!(
                 "building the sandbox failed: {}",

@@ -392,6 +392,14 @@ impl Runtime for SandboxRuntime {
         }
     }
 
+    async fn shut_down(&self) {
+        if let Some(net) = self.net.clone() {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.shut_down()).await {
+                tracing::warn!(error = %e, "removing unused network devices failed");
+            }
+        }
+    }
+
     async fn set_frozen(&self, m: &MachineRecord, frozen: bool) -> Result<(), RuntimeError> {
         let cgroup = self.cgroup(&m.id);
         tokio::task::spawn_blocking(move || cgroup.set_frozen(frozen))

@@ -27,7 +27,8 @@ pub(crate) fn host_part(store: &dyn Store) -> hangar_store::Result<u32> {
 }
 
 /// Picks free addresses for a machine of `app` on host `host`: a random machine part of the
-/// network's /48, and the lowest free IPv4 of the network's block.
+/// network's /48, and the lowest free IPv4 of the network's blocks (claiming another block when
+/// they are full).
 pub(super) fn allocate(
     store: &dyn Store,
     app: &AppRecord,
@@ -35,30 +36,42 @@ pub(super) fn allocate(
 ) -> ServiceResult<(String, String)> {
     let name = network_name(app);
     let net = store.ensure_network(&app.org_slug, name, now_ms())?;
-    let block = net.ipv4_block.ok_or_else(|| {
-        ServiceError::Unavailable(format!(
-            "network {name:?} has no private IPv4 block on this host: all {IPV4_BLOCKS} are held by other networks"
-        ))
-    })?;
-    let prefix = format!("{}.{}.{block}.", IPV4_POOL[0], IPV4_POOL[1]);
-    let used: std::collections::HashSet<String> =
-        store.live_ipv4_addresses(&prefix)?.into_iter().collect();
-    let index = (2..=254u8)
-        .find(|i| !used.contains(&format!("{prefix}{i}")))
-        .ok_or_else(|| {
-            ServiceError::Unavailable(format!(
-                "network {name:?} has no free private address on this host: its {IPV4_BLOCK_MACHINES} are in use"
-            ))
-        })?;
+    let mut ipv4 = None;
+    for block in net.ipv4_blocks.iter().copied().map(Ipv4Block) {
+        if let Some(a) = free_ipv4(store, block)? {
+            ipv4 = Some(a);
+            break;
+        }
+    }
+    let ipv4 = match ipv4 {
+        Some(a) => a,
+        None => {
+            let block = store.claim_ipv4_block(net.id, IPV4_BLOCKS)?.ok_or_else(|| {
+                ServiceError::Unavailable(format!(
+                    "network {name:?} has no free private IPv4 address on this host: all {} are in use",
+                    IPV4_BLOCKS * IPV4_BLOCK_MACHINES
+                ))
+            })?;
+            free_ipv4(store, Ipv4Block(block))?.ok_or_else(|| {
+                ServiceError::internal(format!("a new IPv4 block {block} is already in use"))
+            })?
+        }
+    };
     let six = SixPn {
         network: net.id,
         host,
         machine: rand::random::<u32>().max(1),
     };
-    Ok((
-        six.address().to_string(),
-        Ipv4Block(block).address(index).to_string(),
-    ))
+    Ok((six.address().to_string(), ipv4.to_string()))
+}
+
+fn free_ipv4(store: &dyn Store, block: Ipv4Block) -> ServiceResult<Option<std::net::Ipv4Addr>> {
+    let prefix = format!("{}.{}.{}.", IPV4_POOL[0], IPV4_POOL[1], block.0);
+    let used: std::collections::HashSet<String> =
+        store.live_ipv4_addresses(&prefix)?.into_iter().collect();
+    Ok((2..=254u8)
+        .map(|i| block.address(i))
+        .find(|a| !used.contains(&a.to_string())))
 }
 
 impl Hangar {
