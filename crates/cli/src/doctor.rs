@@ -164,6 +164,23 @@ fn checks(data_dir: &Path) -> Vec<Check> {
             data_dir.display()
         ),
     });
+    // Machine networking: the firewall is applied with nft; without it the daemon needs
+    // --network off.
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    out.push(Check {
+        name: "nftables",
+        ok: nft,
+        required: false,
+        detail: if nft {
+            "nft is installed: machine networking can confine machines".into()
+        } else {
+            "nft not found: install nftables, or run the daemon with --network off (loopback only)"
+                .into()
+        },
+    });
     out
 }
 
