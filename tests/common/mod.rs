@@ -88,7 +88,13 @@ impl Daemon {
         })
         .await
         .expect("network turn");
-        let args = vec!["--dns-upstream".to_string(), dns_upstream.to_string()];
+        let args = vec![
+            "--dns-upstream".to_string(),
+            dns_upstream.to_string(),
+            // Autostop tests wait for it; no other networked test uses autostop.
+            "--autostop-after".into(),
+            "2s".into(),
+        ];
         Self::start_with(true, args, Some(turn)).await
     }
 

@@ -50,6 +50,23 @@ pub struct DaemonArgs {
     /// Resolver for names outside `.internal` (repeatable, IP[:PORT]) [default: the host's /etc/resolv.conf]
     #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
     pub dns_upstreams: Vec<SocketAddr>,
+    /// Open every service's edge ports on this address (repeatable; 0.0.0.0 exposes them to the network) [default: 127.0.0.1]
+    #[arg(long = "proxy-bind", value_name = "IP")]
+    pub proxy_binds: Vec<std::net::IpAddr>,
+    /// HTTP services are also routed by Host: <app>.<domain> [default: localhost]
+    #[arg(long, value_name = "DOMAIN", env = "HANGAR_PROXY_DOMAIN")]
+    pub proxy_domain: Option<String>,
+    /// Idle time after which the proxy stops (or suspends) a machine whose services have autostop (Go duration) [default: 5m]
+    #[arg(long, value_name = "DURATION", env = "HANGAR_AUTOSTOP_AFTER", value_parser = parse_autostop_after)]
+    pub autostop_after: Option<std::time::Duration>,
+}
+
+fn parse_autostop_after(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_retention(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: the idle time must be more than zero"));
+    }
+    Ok(d)
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -87,6 +104,9 @@ struct ConfigFile {
     network: Option<bool>,
     egress: Option<bool>,
     dns_upstreams: Option<Vec<String>>,
+    proxy_binds: Option<Vec<std::net::IpAddr>>,
+    proxy_domain: Option<String>,
+    autostop_after: Option<String>,
 }
 
 impl ConfigFile {
@@ -135,6 +155,11 @@ impl DaemonArgs {
                 (None, Some(r)) => parse_ratio(&r.to_string()).map_err(|e| in_file(key, e)),
                 (None, None) => Ok(default),
             };
+        let autostop_after = match (&self.autostop_after, &file.autostop_after) {
+            (Some(d), _) => *d,
+            (None, Some(s)) => parse_autostop_after(s).map_err(|e| in_file("autostop_after", e))?,
+            (None, None) => std::time::Duration::from_secs(300),
+        };
         let dns_upstreams = if !self.dns_upstreams.is_empty() {
             Some(self.dns_upstreams.clone())
         } else {
@@ -178,6 +203,19 @@ impl DaemonArgs {
             network: self.network.or(file.network).unwrap_or(true),
             egress: self.egress || file.egress.unwrap_or(false),
             dns_upstreams,
+            proxy_binds: if self.proxy_binds.is_empty() {
+                file.proxy_binds
+                    .clone()
+                    .unwrap_or_else(|| vec![std::net::Ipv4Addr::LOCALHOST.into()])
+            } else {
+                self.proxy_binds.clone()
+            },
+            proxy_domain: self
+                .proxy_domain
+                .clone()
+                .or(file.proxy_domain.clone())
+                .unwrap_or_else(|| "localhost".into()),
+            autostop_after,
         })
     }
 }

@@ -59,6 +59,12 @@ pub struct DaemonOptions {
     pub egress: bool,
     /// Where the resolver sends names outside `.internal`; `None`: the host's resolv.conf.
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// Addresses the proxy opens every service's edge ports on (needs networking).
+    pub proxy_binds: Vec<std::net::IpAddr>,
+    /// HTTP services are also routed by `Host: <app>.<domain>`.
+    pub proxy_domain: String,
+    /// How long a machine with `autostop` must be idle before the proxy stops it.
+    pub autostop_after: std::time::Duration,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -172,11 +178,26 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         });
     }
+    let networked = opts.network && std::env::var("HANGAR_RUNTIME").as_deref() != Ok("none");
+    hangar.attach_proxy(hangar_proxy::ProxyConfig {
+        // Without networking the proxy cannot reach machines: it keeps its table (edge port
+        // claims are checked the same way) and opens nothing.
+        binds: if networked {
+            opts.proxy_binds.clone()
+        } else {
+            Vec::new()
+        },
+        domain: opts.proxy_domain.clone(),
+        region: DEFAULT_REGION.to_string(),
+        autostop_after: opts.autostop_after,
+        queue_timeout: std::time::Duration::from_secs(5),
+        connect_timeout: std::time::Duration::from_secs(10),
+    });
     hangar
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconciling machines failed: {e}"))?;
-    if opts.network && std::env::var("HANGAR_RUNTIME").as_deref() != Ok("none") {
+    if networked {
         let upstreams = match &opts.dns_upstreams {
             Some(u) => u.clone(),
             None => hangar_dns::host_upstreams(

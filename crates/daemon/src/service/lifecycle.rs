@@ -180,6 +180,18 @@ impl Hangar {
         opts: StopOptions,
         nonce: Option<&str>,
     ) -> ServiceResult<()> {
+        self.stop_by(app, id, opts, nonce, Source::User).await
+    }
+
+    /// [`stop`](Self::stop) on behalf of `source` (the proxy's autostop records itself).
+    pub(crate) async fn stop_by(
+        &self,
+        app: &str,
+        id: &str,
+        opts: StopOptions,
+        nonce: Option<&str>,
+        source: Source,
+    ) -> ServiceResult<()> {
         if let Some(sig) = opts.signal {
             if !sig.is_one_of(hangar_api::signal::STOP_SIGNALS) {
                 return Err(ServiceError::bad_request(format!(
@@ -192,7 +204,7 @@ impl Hangar {
         match m.state {
             MachineState::Started => {
                 let (signal, timeout) = stop_params(&m.config, &opts);
-                self.transition_with(&mut m, MachineState::Stopping, "stop", Source::User, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)})), Some(nonce)).await?;
+                self.transition_with(&mut m, MachineState::Stopping, "stop", source, Some(json!({"signal": signal.name(), "timeout": hangar_api::GoDuration(timeout)})), Some(nonce)).await?;
                 let stopped = self.runtime.stop(&m, signal, timeout).await;
                 if let Some(exit) = self.or_fail(&mut m, "stop", stopped).await? {
                     let restarts = self.recent_restarts(&m.id).await?;
@@ -215,7 +227,7 @@ impl Hangar {
                     &mut m,
                     MachineState::Stopped,
                     "stop",
-                    Source::User,
+                    source,
                     None,
                     Some(nonce),
                 )
@@ -231,7 +243,7 @@ impl Hangar {
                     &mut m,
                     MachineState::Stopped,
                     "stop",
-                    Source::User,
+                    source,
                     None,
                     Some(nonce),
                 )
@@ -249,6 +261,17 @@ impl Hangar {
 
     /// Freezes a started machine's cgroup; `start` thaws it.
     pub async fn suspend(&self, app: &str, id: &str, nonce: Option<&str>) -> ServiceResult<()> {
+        self.suspend_by(app, id, nonce, Source::User).await
+    }
+
+    /// [`suspend`](Self::suspend) on behalf of `source`.
+    pub(crate) async fn suspend_by(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+        source: Source,
+    ) -> ServiceResult<()> {
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         match m.state {
             MachineState::Suspended => return Ok(()),
@@ -263,7 +286,7 @@ impl Hangar {
             &mut m,
             MachineState::Suspending,
             "suspend",
-            Source::User,
+            source,
             None,
             Some(nonce),
         )

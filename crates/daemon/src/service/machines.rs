@@ -106,6 +106,7 @@ impl Hangar {
         validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
         check_request_fields(req.lsvd, req.min_secrets_version)?;
+        self.check_edge_ports(app, &config)?;
         if let Some(name) = &req.name {
             ids::check_machine_name(name).map_err(ServiceError::bad_request)?;
         }
@@ -216,6 +217,7 @@ impl Hangar {
         validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
         check_request_fields(req.lsvd, req.min_secrets_version)?;
+        self.check_edge_ports(app, &config)?;
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {

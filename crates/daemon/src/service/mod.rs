@@ -27,6 +27,7 @@ mod machines;
 mod metadata;
 mod network;
 mod process;
+mod proxy;
 mod reconcile;
 mod wait;
 
@@ -61,6 +62,8 @@ struct MachineHandle {
 pub enum Source {
     User,
     Platform,
+    /// The proxy's autostart and autostop.
+    Proxy,
 }
 
 impl Source {
@@ -68,6 +71,7 @@ impl Source {
         match self {
             Source::User => "user",
             Source::Platform => "flyd",
+            Source::Proxy => "fly-proxy",
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Hangar {
     net_host: u32,
     /// What the `.internal` resolver answers from; kept current by every machine write.
     directory: Arc<hangar_dns::Directory>,
+    /// The edge proxy, told of every machine write like the directory.
+    proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -170,6 +176,7 @@ impl Hangar {
             app_locks: Mutex::new(HashMap::new()),
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
+            proxy: std::sync::OnceLock::new(),
         }))
     }
 
@@ -293,6 +300,7 @@ impl Hangar {
 
     fn notify(&self, m: &MachineRecord, event_id: Option<String>) {
         self.publish(m);
+        self.publish_to_proxy(m);
         let handle = self.handle(m);
         handle.watch.send_replace(Snapshot {
             state: m.state,

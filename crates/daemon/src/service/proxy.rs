@@ -1,0 +1,125 @@
+//! The service's side of the edge proxy: what it is told of machines, what it may ask (start,
+//! stop, suspend), and the edge ports create and update may claim.
+
+use hangar_proxy::table::{MachineView, Service};
+
+use super::*;
+
+/// The proxy's handle on the service; weak, so the proxy does not keep the service alive.
+struct Control(Weak<Hangar>);
+
+#[async_trait::async_trait]
+impl hangar_proxy::Controller for Control {
+    async fn start(&self, app: &str, id: &str) -> Result<(), String> {
+        let h = self.0.upgrade().ok_or("the daemon is stopping")?;
+        h.start_internal(app, id, Source::Proxy, None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())?;
+        // A start that raced another one returns at once: wait for the machine to be up.
+        let started = [WaitTarget::State(MachineState::Started)];
+        h.wait(app, id, &started, Duration::from_secs(60), None, None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String> {
+        let h = self.0.upgrade().ok_or("the daemon is stopping")?;
+        let result = if suspend {
+            match h.suspend_by(app, id, None, Source::Proxy).await {
+                // A machine that cannot be suspended is stopped instead, as on Fly.
+                Err(ServiceError::Precondition(_)) => {
+                    let opts = StopOptions {
+                        signal: None,
+                        timeout: None,
+                    };
+                    h.stop_by(app, id, opts, None, Source::Proxy).await
+                }
+                other => other,
+            }
+        } else {
+            let opts = StopOptions {
+                signal: None,
+                timeout: None,
+            };
+            h.stop_by(app, id, opts, None, Source::Proxy).await
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// The proxy's view of a machine.
+fn view(m: &MachineRecord) -> MachineView {
+    MachineView {
+        id: m.id.clone(),
+        app: m.app.clone(),
+        state: m.state.to_string(),
+        started: m.state == MachineState::Started,
+        ipv4: m.private_ipv4.parse().ok(),
+        cordoned: m.cordoned,
+        services: m
+            .config
+            .services
+            .iter()
+            .flatten()
+            .filter_map(Service::from_config)
+            .collect(),
+    }
+}
+
+impl Hangar {
+    /// Builds the edge proxy on this service and starts its autostop passes. Listeners open
+    /// as machines with services are published.
+    pub fn attach_proxy(
+        self: &Arc<Self>,
+        config: hangar_proxy::ProxyConfig,
+    ) -> Arc<hangar_proxy::Proxy> {
+        let proxy = hangar_proxy::Proxy::new(config, Arc::new(Control(Arc::downgrade(self))));
+        proxy.start_autostop();
+        let _ = self.proxy.set(proxy.clone());
+        proxy
+    }
+
+    pub fn proxy(&self) -> Option<&Arc<hangar_proxy::Proxy>> {
+        self.proxy.get()
+    }
+
+    pub(super) fn publish_to_proxy(&self, m: &MachineRecord) {
+        let Some(proxy) = self.proxy.get() else {
+            return;
+        };
+        if m.state == MachineState::Destroyed {
+            proxy.remove(&m.id);
+        } else {
+            proxy.put(view(m));
+        }
+    }
+
+    /// 400 when the config claims an edge port another app holds: raw TCP ports belong to one
+    /// app; HTTP ports are shared (routed by `Host`).
+    pub(super) fn check_edge_ports(&self, app: &str, config: &MachineConfig) -> ServiceResult<()> {
+        let Some(proxy) = self.proxy.get() else {
+            return Ok(());
+        };
+        let table = proxy.table();
+        for s in config
+            .services
+            .iter()
+            .flatten()
+            .filter_map(Service::from_config)
+        {
+            for p in &s.ports {
+                for port in p.first..=p.last {
+                    if let Some(holder) = table.conflict(app, port, p.http) {
+                        return Err(ServiceError::bad_request(format!(
+                            "services: edge port {port} is already used by app {holder:?}{}",
+                            if p.http { " for raw TCP" } else { "" }
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The `http` handler: HTTP/1.1 and HTTP/2 from clients (hyper's server), HTTP/1.1 to the
+//! machine (hyper's client), with Fly's request and response headers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, HOST, LOCATION};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::route::RouteError;
+use crate::Proxy;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Incoming,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into() + "\n"))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Headers that describe one hop's connection, not the request.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn via(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "2 hangar",
+        Version::HTTP_10 => "1.0 hangar",
+        _ => "1.1 hangar",
+    }
+}
+
+impl Proxy {
+    pub(crate) async fn serve_http(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.forward(req, local, peer).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "proxy: http connection ended");
+        }
+    }
+
+    /// Which app a request on `port` is for: the only one there, else the one its `Host`
+    /// names (`<app>.<domain>` or `<app>`).
+    fn app_for(&self, port: u16, host: Option<&str>) -> Option<String> {
+        let apps: Vec<String> = self
+            .table()
+            .candidates(port)
+            .into_iter()
+            .filter(|(_, c)| c.iter().any(|c| c.edge.http))
+            .map(|(app, _)| app)
+            .collect();
+        if apps.len() == 1 {
+            return apps.into_iter().next();
+        }
+        let host = host?.rsplit_once(':').map_or(host?, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host.unwrap_or_default()
+            }
+        });
+        let host = host.to_ascii_lowercase();
+        let name = host
+            .strip_suffix(&format!(".{}", self.config.domain))
+            .unwrap_or(&host);
+        apps.into_iter().find(|a| a == name)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let port = local.port();
+        let request_id = format!(
+            "{}-{}",
+            ulid::Ulid::new().to_string().to_lowercase(),
+            self.config.region
+        );
+        let version = req.version();
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let Some(app) = self.app_for(port, host.as_deref()) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no app is served at this host and port",
+            );
+        };
+        let mut resp = match self.choose(&app, port).await {
+            Err(e) => {
+                tracing::info!(%app, port, error = %e, "proxy: request not routed");
+                let status = match e {
+                    RouteError::NoService => StatusCode::NOT_FOUND,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                text(status, e.to_string())
+            }
+            Ok(chosen) => {
+                let c = &chosen.candidate;
+                if c.edge.force_https && !c.edge.tls {
+                    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let host = host.as_deref().unwrap_or("localhost");
+                    let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
+                    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+                        r.headers_mut().insert(LOCATION, v);
+                    }
+                    r
+                } else {
+                    let ip = c.machine.ipv4.map(std::net::IpAddr::V4);
+                    let backend = ip.map(|ip| SocketAddr::new(ip, c.service.internal_port));
+                    match backend {
+                        None => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the machine has no private address",
+                        ),
+                        Some(backend) => {
+                            if chosen.woken {
+                                // A machine just started may not listen yet.
+                                if let Err(e) =
+                                    crate::tcp::connect(backend, true, self.config.connect_timeout)
+                                        .await
+                                {
+                                    return text(
+                                        StatusCode::BAD_GATEWAY,
+                                        format!(
+                                            "the machine did not accept the connection: {e} (PC01)"
+                                        ),
+                                    );
+                                }
+                            }
+                            let proto = if c.edge.tls { "https" } else { "http" };
+                            let headers = req.headers_mut();
+                            for h in HOP_BY_HOP {
+                                headers.remove(*h);
+                            }
+                            let set = |headers: &mut hyper::HeaderMap,
+                                       name: &'static str,
+                                       value: String| {
+                                if let Ok(v) = HeaderValue::from_str(&value) {
+                                    headers.insert(HeaderName::from_static(name), v);
+                                }
+                            };
+                            let client_ip = peer.ip().to_canonical().to_string();
+                            let xff = match headers
+                                .get("x-forwarded-for")
+                                .and_then(|v| v.to_str().ok())
+                            {
+                                Some(prev) => {
+                                    format!("{prev}, {client_ip}, {}", local.ip().to_canonical())
+                                }
+                                None => format!("{client_ip}, {}", local.ip().to_canonical()),
+                            };
+                            set(headers, "fly-client-ip", client_ip);
+                            set(headers, "x-forwarded-for", xff);
+                            set(headers, "x-forwarded-proto", proto.into());
+                            set(
+                                headers,
+                                "x-forwarded-ssl",
+                                if c.edge.tls { "on" } else { "off" }.into(),
+                            );
+                            if !headers.contains_key("x-forwarded-port") {
+                                set(headers, "x-forwarded-port", port.to_string());
+                            }
+                            set(headers, "fly-forwarded-port", port.to_string());
+                            set(headers, "fly-region", self.config.region.clone());
+                            set(headers, "fly-request-id", request_id.clone());
+                            set(headers, "via", via(version).into());
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map_or("/".to_string(), |p| p.to_string());
+                            match format!("http://{backend}{path}").parse() {
+                                Ok(uri) => *req.uri_mut() = uri,
+                                Err(_) => {
+                                    return text(StatusCode::BAD_REQUEST, "bad request target")
+                                }
+                            }
+                            *req.version_mut() = Version::HTTP_11;
+                            if let Some(h) =
+                                host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+                            {
+                                req.headers_mut().insert(HOST, h);
+                            }
+                            match self.client.request(req).await {
+                                // The machine stays loaded until the body is through.
+                                Ok(r) => {
+                                    let guard = chosen.guard;
+                                    r.map(move |b| {
+                                        b.map_frame(move |f| {
+                                            let _ = &guard;
+                                            f
+                                        })
+                                        .boxed()
+                                    })
+                                }
+                                Err(e) => {
+                                    tracing::info!(%app, machine = %c.machine.id, error = %e, "proxy: the machine failed the request");
+                                    text(
+                                        StatusCode::BAD_GATEWAY,
+                                        format!("the machine did not answer: {e}"),
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let headers = resp.headers_mut();
+        for h in HOP_BY_HOP {
+            headers.remove(*h);
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert(HeaderName::from_static("fly-request-id"), v);
+        }
+        headers.insert(
+            HeaderName::from_static("via"),
+            HeaderValue::from_static(via(version)),
+        );
+        if !headers.contains_key("server") {
+            headers.insert(
+                HeaderName::from_static("server"),
+                HeaderValue::from_static("Fly/hangar"),
+            );
+        }
+        resp
+    }
+}

@@ -1,0 +1,101 @@
+//! The edge proxy: what turns a machine's `services` into something reachable.
+//!
+//! It runs inside the daemon (see docs/decisions.md, "The proxy"): the daemon tells it every
+//! machine's state and services as they change ([`Proxy::put`], [`Proxy::remove`]), and it
+//! asks the daemon to start, stop or suspend machines ([`Controller`]).
+//!
+//! - [`table`]: services by edge port, from the machines' configs.
+//! - [`listen`]: the listeners on every `--proxy-bind` address, following the table.
+//! - [`route`]: choosing a machine (load bands, autostart).
+//! - [`http`] and [`tcp`]: the handlers.
+//! - [`autostop`]: stopping or suspending idle machines.
+
+pub mod autostop;
+pub mod http;
+pub mod listen;
+pub mod route;
+pub mod table;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+pub use table::{MachineView, Table};
+
+/// What the proxy asks of the daemon.
+#[async_trait::async_trait]
+pub trait Controller: Send + Sync + 'static {
+    /// Starts a stopped machine or resumes a suspended one; returns once it is `started`.
+    async fn start(&self, app: &str, id: &str) -> Result<(), String>;
+    /// Stops (or, with `suspend`, suspends) an idle machine.
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Addresses every edge port is opened on.
+    pub binds: Vec<IpAddr>,
+    /// `<app>.<domain>` routes HTTP by `Host` when several apps share a port.
+    pub domain: String,
+    /// The region reported in `Fly-Region` and `Fly-Request-Id`.
+    pub region: String,
+    /// How long a machine must be idle before autostop stops it.
+    pub autostop_after: Duration,
+    /// How long a request waits for a machine below its hard limit before a 503.
+    pub queue_timeout: Duration,
+    /// How long a freshly started machine has to start listening.
+    pub connect_timeout: Duration,
+}
+
+/// The proxy: its table, its listeners and the load of every machine.
+pub struct Proxy {
+    pub config: ProxyConfig,
+    table: RwLock<Table>,
+    controller: Arc<dyn Controller>,
+    load: route::Load,
+    listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
+    /// Wakes the listener sync and request queues when the table changes.
+    changed: tokio::sync::Notify,
+    client: http::Client,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, controller: Arc<dyn Controller>) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            config,
+            table: RwLock::new(Table::default()),
+            controller,
+            load: route::Load::default(),
+            listeners: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
+            client: http::client(),
+        })
+    }
+
+    /// Adds or replaces a machine (after every write of it) and opens or closes listeners.
+    pub fn put(self: &Arc<Self>, m: MachineView) {
+        let id = m.id.clone();
+        let started = m.started;
+        self.table.write().unwrap_or_else(|e| e.into_inner()).put(m);
+        self.load.state_changed(&id, started);
+        self.changed.notify_waiters();
+        self.sync_listeners();
+    }
+
+    pub fn remove(self: &Arc<Self>, id: &str) {
+        self.table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.load.forget(id);
+        self.changed.notify_waiters();
+        self.sync_listeners();
+    }
+
+    /// A copy of the table as it is now.
+    pub fn table(&self) -> Table {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -1,0 +1,104 @@
+//! Listeners: every edge port of the table, on every bind address; opened and closed as
+//! machines are created, updated and destroyed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::Proxy;
+
+/// An open edge port; dropping it closes the port.
+pub struct Listener {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr.ip() {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+impl Proxy {
+    /// Opens the edge ports the table has and closes those it no longer has.
+    pub(crate) fn sync_listeners(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let ports = self.table().edge_ports();
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|(_, port), _| ports.contains(port));
+        for ip in &self.config.binds {
+            for port in &ports {
+                if listeners.contains_key(&(*ip, *port)) {
+                    continue;
+                }
+                let addr = SocketAddr::new(*ip, *port);
+                match bind(addr) {
+                    Ok(l) => {
+                        tracing::info!(%addr, "proxy: listening");
+                        let this = self.clone();
+                        let task = tokio::spawn(async move { this.accept_loop(l).await });
+                        listeners.insert((*ip, *port), Listener { task });
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen"),
+                }
+            }
+        }
+    }
+
+    /// The edge addresses open now.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|(ip, port)| SocketAddr::new(*ip, *port))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "proxy: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let http = this
+                    .table()
+                    .candidates(local.port())
+                    .values()
+                    .flatten()
+                    .any(|c| c.edge.http);
+                if http {
+                    this.serve_http(stream, local, peer).await;
+                } else {
+                    this.serve_tcp(stream, local, peer).await;
+                }
+            });
+        }
+    }
+}

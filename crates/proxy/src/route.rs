@@ -1,0 +1,203 @@
+//! Choosing a machine for a request or connection: Fly's three load bands, autostart, and a
+//! short queue when every machine is at its hard limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::table::Candidate;
+use crate::Proxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Nothing serves this port (or host).
+    #[error("no service for this address")]
+    NoService,
+    /// Nothing is started and nothing can be (Fly's PR01).
+    #[error("no machines are available to serve this request (PR01)")]
+    NoMachine,
+    /// Every machine stayed at its hard limit for the queue's time.
+    #[error("every machine is at its concurrency hard limit")]
+    Overloaded,
+    #[error("could not start machine {id}: {error} (PM07)")]
+    StartFailed { id: String, error: String },
+}
+
+#[derive(Debug)]
+struct MachineLoad {
+    inflight: u32,
+    /// Since when nothing has been in flight (while started).
+    idle_since: Instant,
+}
+
+/// In-flight requests or connections per machine.
+#[derive(Default)]
+pub struct Load {
+    machines: Arc<Mutex<HashMap<String, MachineLoad>>>,
+}
+
+/// Holds one unit of a machine's load until dropped.
+pub struct LoadGuard {
+    machines: Arc<Mutex<HashMap<String, MachineLoad>>>,
+    id: String,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = machines.get_mut(&self.id) {
+            l.inflight = l.inflight.saturating_sub(1);
+            if l.inflight == 0 {
+                l.idle_since = Instant::now();
+            }
+        }
+    }
+}
+
+impl Load {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineLoad>> {
+        self.machines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn inflight(&self, id: &str) -> u32 {
+        self.lock().get(id).map_or(0, |l| l.inflight)
+    }
+
+    /// How long the machine has had nothing in flight (`None` while it has).
+    pub fn idle_for(&self, id: &str) -> Option<std::time::Duration> {
+        match self.lock().get(id) {
+            Some(l) if l.inflight > 0 => None,
+            Some(l) => Some(l.idle_since.elapsed()),
+            None => Some(std::time::Duration::ZERO),
+        }
+    }
+
+    /// A machine that (re)starts is idle from now, not from before it stopped.
+    pub fn state_changed(&self, id: &str, started: bool) {
+        let mut machines = self.lock();
+        let l = machines.entry(id.to_string()).or_insert(MachineLoad {
+            inflight: 0,
+            idle_since: Instant::now(),
+        });
+        if !started && l.inflight == 0 {
+            l.idle_since = Instant::now();
+        }
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn take(&self, id: &str) -> LoadGuard {
+        let mut machines = self.lock();
+        let l = machines.entry(id.to_string()).or_insert(MachineLoad {
+            inflight: 0,
+            idle_since: Instant::now(),
+        });
+        l.inflight += 1;
+        LoadGuard {
+            machines: self.machines.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+/// The machine chosen, and whether it was started for this request (it may need a moment
+/// before it listens).
+pub struct Chosen {
+    pub candidate: Candidate,
+    pub woken: bool,
+    pub guard: LoadGuard,
+}
+
+impl Proxy {
+    /// Picks a machine of `app` serving `port`: the least loaded below its soft limit, else the
+    /// least loaded below its hard limit; starts a stopped or suspended one when nothing
+    /// started is below its soft limit (and autostart allows); waits for room when every
+    /// machine is at its hard limit.
+    pub async fn choose(&self, app: &str, port: u16) -> Result<Chosen, RouteError> {
+        let deadline = Instant::now() + self.config.queue_timeout;
+        let mut woken = false;
+        loop {
+            let changed = self.changed.notified();
+            let candidates = self
+                .table()
+                .candidates(port)
+                .remove(app)
+                .ok_or(RouteError::NoService)?;
+            let started: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some())
+                .collect();
+            let loads: Vec<u32> = started
+                .iter()
+                .map(|c| self.load.inflight(&c.machine.id))
+                .collect();
+            let pick = |band: &dyn Fn(&Candidate, u32) -> bool| {
+                let eligible: Vec<(usize, u32)> = loads
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, l)| band(started[*i], **l))
+                    .map(|(i, l)| (i, *l))
+                    .collect();
+                let least = eligible.iter().map(|(_, l)| *l).min()?;
+                let ties: Vec<usize> = eligible
+                    .iter()
+                    .filter(|(_, l)| *l == least)
+                    .map(|(i, _)| *i)
+                    .collect();
+                Some(ties[rand::random_range(0..ties.len())])
+            };
+            let below_soft = pick(&|c, l| l < c.service.soft_limit);
+            if let Some(i) = below_soft {
+                let c = started[i].clone();
+                let guard = self.load.take(&c.machine.id);
+                return Ok(Chosen {
+                    candidate: c,
+                    woken,
+                    guard,
+                });
+            }
+            // Nothing below its soft limit: wake a machine if one can be woken.
+            let sleeper = candidates
+                .iter()
+                .filter(|c| c.service.autostart && !c.machine.cordoned)
+                .filter(|c| matches!(c.machine.state.as_str(), "stopped" | "suspended"))
+                // Suspended ones resume in milliseconds; then the lowest id, for determinism.
+                .min_by_key(|c| (c.machine.state != "suspended", c.machine.id.clone()));
+            if let Some(s) = sleeper {
+                let (app, id) = (s.machine.app.clone(), s.machine.id.clone());
+                tracing::info!(%app, machine = %id, "proxy: starting a machine for a request");
+                self.controller
+                    .start(&app, &id)
+                    .await
+                    .map_err(|error| RouteError::StartFailed { id, error })?;
+                woken = true;
+                continue;
+            }
+            if let Some(i) = pick(&|c, l| c.service.hard_limit.is_none_or(|h| l < h)) {
+                let c = started[i].clone();
+                let guard = self.load.take(&c.machine.id);
+                return Ok(Chosen {
+                    candidate: c,
+                    woken,
+                    guard,
+                });
+            }
+            if started.is_empty() {
+                return Err(RouteError::NoMachine);
+            }
+            // Every machine at its hard limit: wait for one to free up, briefly.
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RouteError::Overloaded);
+            }
+            let wait = (deadline - now).min(std::time::Duration::from_millis(50));
+            let _ = tokio::time::timeout(wait, changed).await;
+        }
+    }
+
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+}

@@ -1,0 +1,267 @@
+//! Services by edge port, as the machines' configs declare them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use hangar_api::config::{Autostop, MachineService};
+
+/// Fly's default soft limit (connections) when a service sets none.
+pub const DEFAULT_SOFT_LIMIT: u32 = 20;
+
+/// One edge port (or range) of a service, with its handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgePort {
+    pub first: u16,
+    pub last: u16,
+    pub http: bool,
+    pub tls: bool,
+    pub force_https: bool,
+    /// `Some(2)` for PROXY protocol v2, `Some(1)` for v1.
+    pub proxy_proto: Option<u8>,
+}
+
+impl EdgePort {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// A machine's service, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub internal_port: u16,
+    pub ports: Vec<EdgePort>,
+    /// Unset means on (Fly Proxy treats `null` as `true`).
+    pub autostart: bool,
+    pub autostop: Autostop,
+    pub min_machines_running: u32,
+    pub soft_limit: u32,
+    pub hard_limit: Option<u32>,
+}
+
+impl Service {
+    /// The typed view of a TCP service; `None` for UDP ones (not proxied) and unusable ports.
+    pub fn from_config(s: &MachineService) -> Option<Service> {
+        if !s.protocol.is_empty() && s.protocol != "tcp" {
+            return None;
+        }
+        let internal_port = u16::try_from(s.internal_port).ok().filter(|p| *p > 0)?;
+        let ports = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let (first, last) = match (p.port, p.start_port, p.end_port) {
+                    (Some(port), _, _) => (port, port),
+                    (None, Some(a), Some(b)) => (a, b),
+                    _ => return None,
+                };
+                let first = u16::try_from(first).ok().filter(|p| *p > 0)?;
+                let last = u16::try_from(last).ok().filter(|p| *p >= first)?;
+                let handlers: BTreeSet<&str> =
+                    p.handlers.iter().flatten().map(String::as_str).collect();
+                let proxy_proto = handlers.contains("proxy_proto").then(|| {
+                    let v2 = p
+                        .proxy_proto_options
+                        .as_ref()
+                        .and_then(|o| o.get("version"))
+                        .and_then(|v| v.as_str())
+                        == Some("v2");
+                    if v2 {
+                        2
+                    } else {
+                        1
+                    }
+                });
+                Some(EdgePort {
+                    first,
+                    last,
+                    http: handlers.contains("http"),
+                    tls: handlers.contains("tls"),
+                    force_https: p.force_https,
+                    proxy_proto,
+                })
+            })
+            .collect();
+        let concurrency = s.concurrency.as_ref();
+        Some(Service {
+            internal_port,
+            ports,
+            autostart: s.autostart.unwrap_or(true),
+            autostop: s.autostop.unwrap_or(Autostop::Off),
+            min_machines_running: s
+                .min_machines_running
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            soft_limit: concurrency
+                .and_then(|c| c.soft_limit)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_SOFT_LIMIT),
+            hard_limit: concurrency
+                .and_then(|c| c.hard_limit)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+        })
+    }
+
+    pub fn port(&self, port: u16) -> Option<&EdgePort> {
+        self.ports.iter().find(|p| p.contains(port))
+    }
+}
+
+/// A machine as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineView {
+    pub id: String,
+    pub app: String,
+    /// `started`: routable. Other states matter for autostart (`stopped`, `suspended`).
+    pub state: String,
+    pub started: bool,
+    pub ipv4: Option<Ipv4Addr>,
+    /// `skip_service_registration`: never routed to.
+    pub cordoned: bool,
+    pub services: Vec<Service>,
+}
+
+impl MachineView {
+    /// The most restrictive autostop across its services (`off` < `stop` < `suspend`).
+    pub fn autostop(&self) -> Autostop {
+        let rank = |a: &Autostop| match a {
+            Autostop::Off => 0,
+            Autostop::Stop => 1,
+            Autostop::Suspend => 2,
+        };
+        self.services
+            .iter()
+            .map(|s| s.autostop)
+            .min_by_key(rank)
+            .unwrap_or(Autostop::Off)
+    }
+}
+
+/// A machine that serves an edge port, with that service's settings.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub machine: MachineView,
+    pub service: Service,
+    pub edge: EdgePort,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    machines: BTreeMap<String, MachineView>,
+}
+
+impl Table {
+    pub fn put(&mut self, m: MachineView) {
+        self.machines.insert(m.id.clone(), m);
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        self.machines.remove(id);
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
+        self.machines.values()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&MachineView> {
+        self.machines.get(id)
+    }
+
+    /// Every edge port some machine exposes.
+    pub fn edge_ports(&self) -> BTreeSet<u16> {
+        let mut out = BTreeSet::new();
+        for m in self.machines.values() {
+            for s in &m.services {
+                for p in &s.ports {
+                    out.extend(p.first..=p.last);
+                }
+            }
+        }
+        out
+    }
+
+    /// The machines serving `port`, by app (machines in id order).
+    pub fn candidates(&self, port: u16) -> BTreeMap<String, Vec<Candidate>> {
+        let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+        for m in self.machines.values() {
+            for s in &m.services {
+                if let Some(edge) = s.port(port) {
+                    out.entry(m.app.clone()).or_default().push(Candidate {
+                        machine: m.clone(),
+                        service: s.clone(),
+                        edge: edge.clone(),
+                    });
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Another app whose services hold `port` in a way that cannot be shared with `app`'s
+    /// use of it: raw TCP (or TLS-passthrough) ports belong to one app; HTTP ports are shared,
+    /// routed by `Host`.
+    pub fn conflict(&self, app: &str, port: u16, http: bool) -> Option<String> {
+        self.candidates(port)
+            .into_iter()
+            .find(|(other, c)| other != app && (!http || c.iter().any(|c| !c.edge.http)))
+            .map(|(other, _)| other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(v: serde_json::Value) -> Service {
+        let s: MachineService = serde_json::from_value(v).unwrap();
+        Service::from_config(&s).unwrap()
+    }
+
+    #[test]
+    fn test_reads_services_as_fly_defines_them() {
+        let s = service(serde_json::json!({
+            "protocol": "tcp", "internal_port": 8080,
+            "ports": [{"port": 80, "handlers": ["http"], "force_https": true},
+                      {"port": 443, "handlers": ["tls", "http"]},
+                      {"start_port": 9000, "end_port": 9002, "handlers": ["proxy_proto"],
+                       "proxy_proto_options": {"version": "v2"}}],
+            "autostop": "suspend", "min_machines_running": 1,
+            "concurrency": {"type": "requests", "soft_limit": 5, "hard_limit": 10}
+        }));
+        assert_eq!(s.internal_port, 8080);
+        assert!(s.autostart, "unset autostart means on");
+        assert_eq!(s.autostop, Autostop::Suspend);
+        assert_eq!((s.soft_limit, s.hard_limit), (5, Some(10)));
+        assert!(s.port(80).unwrap().force_https);
+        assert!(s.port(443).unwrap().tls && s.port(443).unwrap().http);
+        assert_eq!(s.port(9001).unwrap().proxy_proto, Some(2));
+        assert!(s.port(81).is_none());
+    }
+
+    #[test]
+    fn test_tcp_ports_belong_to_one_app_http_ports_are_shared() {
+        let mut t = Table::default();
+        let m = |id: &str, app: &str, handlers: serde_json::Value| MachineView {
+            id: id.into(),
+            app: app.into(),
+            state: "started".into(),
+            started: true,
+            ipv4: None,
+            cordoned: false,
+            services: vec![service(serde_json::json!({
+                "internal_port": 8080, "ports": [{"port": 80, "handlers": handlers}]
+            }))],
+        };
+        t.put(m("a1", "a", serde_json::json!(["http"])));
+        assert_eq!(t.conflict("b", 80, true), None);
+        assert_eq!(t.conflict("b", 80, false), Some("a".into()));
+        t.put(m("c1", "c", serde_json::json!([])));
+        assert_eq!(t.conflict("b", 80, true), Some("c".into()));
+        assert_eq!(t.conflict("a", 81, false), None);
+        assert_eq!(t.edge_ports().into_iter().collect::<Vec<_>>(), vec![80]);
+    }
+}

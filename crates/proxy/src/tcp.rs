@@ -1,0 +1,151 @@
+//! Raw TCP services (no handlers, or `proxy_proto`): one app per edge port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::Proxy;
+
+/// Connects to the machine; a machine just woken gets until `timeout` to start listening.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    woken: bool,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) if woken && Instant::now() < deadline => {
+                tracing::debug!(%addr, error = %e, "proxy: waiting for a woken machine to listen");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The PROXY protocol header announcing the client (`v1` text or `v2` binary).
+pub fn proxy_header(version: u8, client: SocketAddr, edge: SocketAddr) -> Vec<u8> {
+    let (client, edge) = match (client, edge) {
+        (SocketAddr::V4(c), SocketAddr::V6(e)) => match e.ip().to_ipv4_mapped() {
+            Some(ip) => (SocketAddr::V4(c), SocketAddr::new(ip.into(), e.port())),
+            None => (
+                SocketAddr::new(c.ip().to_ipv6_mapped().into(), c.port()),
+                SocketAddr::V6(e),
+            ),
+        },
+        (SocketAddr::V6(c), SocketAddr::V4(e)) => match c.ip().to_ipv4_mapped() {
+            Some(ip) => (SocketAddr::new(ip.into(), c.port()), SocketAddr::V4(e)),
+            None => (
+                SocketAddr::V6(c),
+                SocketAddr::new(e.ip().to_ipv6_mapped().into(), e.port()),
+            ),
+        },
+        pair => pair,
+    };
+    if version == 1 {
+        let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+        return format!(
+            "PROXY {family} {} {} {} {}\r\n",
+            client.ip(),
+            edge.ip(),
+            client.port(),
+            edge.port()
+        )
+        .into_bytes();
+    }
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    let mut addrs = Vec::new();
+    match (client, edge) {
+        (SocketAddr::V4(c), SocketAddr::V4(e)) => {
+            h.push(0x11); // TCP over IPv4
+            addrs.extend_from_slice(&c.ip().octets());
+            addrs.extend_from_slice(&e.ip().octets());
+            addrs.extend_from_slice(&c.port().to_be_bytes());
+            addrs.extend_from_slice(&e.port().to_be_bytes());
+        }
+        (SocketAddr::V6(c), SocketAddr::V6(e)) => {
+            h.push(0x21); // TCP over IPv6
+            addrs.extend_from_slice(&c.ip().octets());
+            addrs.extend_from_slice(&e.ip().octets());
+            addrs.extend_from_slice(&c.port().to_be_bytes());
+            addrs.extend_from_slice(&e.port().to_be_bytes());
+        }
+        _ => h.push(0x00),
+    }
+    h.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+    h.extend_from_slice(&addrs);
+    h
+}
+
+impl Proxy {
+    pub(crate) async fn serve_tcp(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        let port = local.port();
+        // A raw TCP port has one app (create and update refuse a second).
+        let Some(app) = self.table().candidates(port).into_keys().next() else {
+            return;
+        };
+        let chosen = match self.choose(&app, port).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%app, port, error = %e, "proxy: connection refused");
+                return;
+            }
+        };
+        let Some(ip) = chosen.candidate.machine.ipv4 else {
+            return;
+        };
+        let backend = SocketAddr::new(ip.into(), chosen.candidate.service.internal_port);
+        let mut upstream = match connect(backend, chosen.woken, self.config.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(%app, machine = %chosen.candidate.machine.id, error = %e, "proxy: machine refused the connection (PC01)");
+                return;
+            }
+        };
+        if let Some(v) = chosen.candidate.edge.proxy_proto {
+            if upstream
+                .write_all(&proxy_header(v, peer, local))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        drop(chosen.guard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_proxy_headers() {
+        let c: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+        let e: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        assert_eq!(
+            proxy_header(1, c, e),
+            b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 443\r\n".to_vec()
+        );
+        let v2 = proxy_header(2, c, e);
+        assert_eq!(&v2[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(&v2[12..16], &[0x21, 0x11, 0, 12]);
+        assert_eq!(&v2[16..20], &[192, 0, 2, 1]);
+        assert_eq!(&v2[24..26], &5555u16.to_be_bytes());
+    }
+}

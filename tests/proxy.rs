@@ -1,0 +1,313 @@
+//! The edge proxy: services reached from the host through their edge ports, Fly's headers,
+//! balancing, Host routing, raw TCP with the PROXY protocol, autostop/autostart, and edge port
+//! claims. Each test runs a networked daemon (one at a time) with `--autostop-after 2s`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{test_image, Daemon};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn daemon() -> Daemon {
+    // Nothing here resolves names outside `.internal`; the upstream is never asked.
+    Daemon::start_networked("127.0.0.1:9".parse().unwrap()).await
+}
+
+async fn create_app(d: &Daemon, name: &str) {
+    let r = d
+        .post(
+            "/v1/apps",
+            json!({"app_name": name, "org_slug": "personal"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "create app {name}: {}", r.text());
+}
+
+/// A CGI-capable busybox httpd on 8080 whose `/cgi-bin/env` prints the request's environment
+/// (HTTP headers as `HTTP_*`) and `/hostname` the machine id.
+const WEB: &str = "mkdir -p /www/cgi-bin && hostname > /www/hostname && \
+    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env && \
+    chmod +x /www/cgi-bin/env && exec httpd -f -p 8080 -h /www";
+
+fn web_config(services: Value) -> Value {
+    json!({"config": {
+        "image": test_image(),
+        "init": {"exec": ["/bin/sh", "-c", WEB]},
+        "services": services,
+    }})
+}
+
+fn http_service(port: u16, extra: Value) -> Value {
+    let mut s = json!({
+        "protocol": "tcp", "internal_port": 8080,
+        "ports": [{"port": port, "handlers": ["http"]}],
+    });
+    common::merge(&mut s, extra);
+    json!([s])
+}
+
+async fn launch(d: &Daemon, app: &str, body: Value) -> String {
+    let id = d.launch(app, body).await;
+    d.wait_state(app, &id, "started").await;
+    id
+}
+
+/// A plain HTTP/1.1 GET through the proxy: (status, headers and body as text).
+async fn get(port: u16, host: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the proxy on {port}: {e}"));
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+        .await
+        .expect("the proxy answered in time")
+        .unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim()
+}
+
+async fn state(d: &Daemon, app: &str, id: &str) -> String {
+    let m: Value = d
+        .get(&format!("/v1/apps/{app}/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    m["state"].as_str().unwrap_or_default().to_string()
+}
+
+async fn eventually(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_http_service_answers_on_its_edge_port_with_flys_headers() {
+    let d = daemon().await;
+    create_app(&d, "edge").await;
+    let id = launch(&d, "edge", web_config(http_service(18080, json!({})))).await;
+
+    let (status, resp) = get(18080, "127.0.0.1:18080", "/hostname").await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(body(&resp), id);
+    let lower = resp.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nfly-request-id: ") && lower.contains("-local\r\n"),
+        "{resp}"
+    );
+    assert!(lower.contains("\r\nvia: 1.1 hangar\r\n"), "{resp}");
+
+    let (status, resp) = get(18080, "127.0.0.1:18080", "/cgi-bin/env").await;
+    assert_eq!(status, 200, "{resp}");
+    for want in [
+        "HTTP_FLY_CLIENT_IP=127.0.0.1",
+        "HTTP_X_FORWARDED_FOR=127.0.0.1, 127.0.0.1",
+        "HTTP_X_FORWARDED_PROTO=http",
+        "HTTP_X_FORWARDED_PORT=18080",
+        "HTTP_FLY_FORWARDED_PORT=18080",
+        "HTTP_FLY_REGION=local",
+        "HTTP_VIA=1.1 hangar",
+        "HTTP_FLY_REQUEST_ID=",
+    ] {
+        assert!(resp.contains(want), "missing {want}: {resp}");
+    }
+
+    // Destroying the machine closes the edge port: nothing is left listening.
+    d.destroy_machine("edge", &id, true).await;
+    eventually("the edge port to close", 10, async || {
+        tokio::net::TcpStream::connect("127.0.0.1:18080")
+            .await
+            .is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn load_is_shared_and_apps_share_http_ports_by_host() {
+    let d = daemon().await;
+    create_app(&d, "pair").await;
+    create_app(&d, "other").await;
+    let a = launch(&d, "pair", web_config(http_service(18081, json!({})))).await;
+    let b = launch(&d, "pair", web_config(http_service(18081, json!({})))).await;
+    let c = launch(&d, "other", web_config(http_service(18081, json!({})))).await;
+
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let (status, resp) = get(18081, "pair.localhost", "/hostname").await;
+        assert_eq!(status, 200, "{resp}");
+        seen.insert(body(&resp).to_string());
+    }
+    assert_eq!(
+        seen,
+        [a.clone(), b.clone()].into_iter().collect(),
+        "both machines serve"
+    );
+    let (_, resp) = get(18081, "other.localhost:18081", "/hostname").await;
+    assert_eq!(body(&resp), c);
+    let (status, resp) = get(18081, "nobody.localhost", "/hostname").await;
+    assert_eq!(status, 404, "{resp}");
+
+    // Raw TCP ports belong to one app: a second app's claim is a 400 naming the holder, at
+    // create and at update, and nothing changes.
+    let tcp =
+        |port: u16| json!([{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": port}]}]);
+    let r = d
+        .post("/v1/apps/pair/machines", web_config(tcp(18081)))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("18081") && r.text().contains("other"),
+        "{}",
+        r.text()
+    );
+    let r = d
+        .post(
+            &format!("/v1/apps/other/machines/{c}"),
+            web_config(tcp(18081)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("pair"), "{}", r.text());
+    let (_, resp) = get(18081, "other.localhost", "/hostname").await;
+    assert_eq!(body(&resp), c, "still served as before");
+}
+
+#[tokio::test]
+async fn raw_tcp_with_the_proxy_protocol() {
+    let d = daemon().await;
+    create_app(&d, "echo").await;
+    let body = json!({"config": {
+        "image": test_image(),
+        "init": {"exec": ["/bin/nc", "-ll", "-p", "9000", "-e", "/bin/cat"]},
+        "services": [{"protocol": "tcp", "internal_port": 9000, "ports": [
+            {"port": 15000},
+            {"port": 15001, "handlers": ["proxy_proto"]},
+            {"port": 15002, "handlers": ["proxy_proto"], "proxy_proto_options": {"version": "v2"}},
+        ]}],
+    }});
+    launch(&d, "echo", body).await;
+
+    /// Sends a line and reads until it comes back: what the machine received.
+    async fn echo(port: u16) -> (Vec<u8>, u16) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let local = s.local_addr().unwrap().port();
+        s.write_all(b"hello\n").await.unwrap();
+        let mut got = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 256];
+            while !got.ends_with(b"hello\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("echo in time");
+        (got, local)
+    }
+    assert_eq!(echo(15000).await.0, b"hello\n");
+    let (got, local) = echo(15001).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("PROXY TCP4 127.0.0.1 127.0.0.1 {local} 15001\r\nhello\n")
+    );
+    let (got, local) = echo(15002).await;
+    assert_eq!(&got[..16], b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c");
+    assert_eq!(&got[24..26], &local.to_be_bytes());
+    assert_eq!(&got[28..], b"hello\n");
+}
+
+#[tokio::test]
+async fn autostop_suspends_idle_machines_and_a_request_resumes_them() {
+    let d = daemon().await;
+    create_app(&d, "nap").await;
+    let id = launch(
+        &d,
+        "nap",
+        web_config(http_service(
+            18082,
+            json!({"autostop": "suspend", "autostart": true}),
+        )),
+    )
+    .await;
+    eventually("autostop to suspend the idle machine", 15, async || {
+        state(&d, "nap", &id).await == "suspended"
+    })
+    .await;
+    let events: Vec<Value> = d
+        .get(&format!("/v1/apps/nap/machines/{id}/events"))
+        .await
+        .json()
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "suspend" && e["source"] == "fly-proxy"),
+        "the proxy is recorded as the source: {events:?}"
+    );
+    let (status, resp) = get(18082, "nap.localhost", "/hostname").await;
+    assert_eq!((status, body(&resp)), (200, id.as_str()), "{resp}");
+    assert_eq!(state(&d, "nap", &id).await, "started");
+
+    // With autostart off, a stopped machine stays stopped and the request gets a 503 at once.
+    let r = d
+        .post(&format!("/v1/apps/nap/machines/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("nap", &id, "stopped").await;
+    let r = d
+        .post(&format!("/v1/apps/nap/machines/{id}"), {
+            let mut b = web_config(http_service(18082, json!({"autostart": false})));
+            b["skip_launch"] = json!(true);
+            b
+        })
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("nap", &id, "stopped").await;
+    let t0 = Instant::now();
+    let (status, resp) = get(18082, "nap.localhost", "/hostname").await;
+    assert_eq!(status, 503, "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn min_machines_running_keeps_one_up() {
+    let d = daemon().await;
+    create_app(&d, "floor").await;
+    let svc = http_service(
+        18083,
+        json!({"autostop": "stop", "min_machines_running": 1}),
+    );
+    let a = launch(&d, "floor", web_config(svc.clone())).await;
+    let b = launch(&d, "floor", web_config(svc)).await;
+    eventually("one machine to be stopped", 20, async || {
+        let states = [state(&d, "floor", &a).await, state(&d, "floor", &b).await];
+        states.contains(&"stopped".to_string())
+    })
+    .await;
+    // Several more passes: the other one stays.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let states = [state(&d, "floor", &a).await, state(&d, "floor", &b).await];
+    assert!(states.contains(&"started".to_string()), "{states:?}");
+    assert!(states.contains(&"stopped".to_string()), "{states:?}");
+}
