@@ -311,3 +311,63 @@ async fn min_machines_running_keeps_one_up() {
     assert!(states.contains(&"started".to_string()), "{states:?}");
     assert!(states.contains(&"stopped".to_string()), "{states:?}");
 }
+
+#[tokio::test]
+async fn tls_terminates_with_a_self_signed_certificate_per_app_and_speaks_http2() {
+    let d = daemon().await;
+    create_app(&d, "secure").await;
+    let services = json!([{"protocol": "tcp", "internal_port": 8080, "ports": [
+        {"port": 18443, "handlers": ["tls", "http"]},
+        {"port": 18084, "handlers": ["http"], "force_https": true},
+    ]}]);
+    let id = launch(&d, "secure", web_config(services)).await;
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                "secure.localhost:18443:127.0.0.1",
+            ])
+            .args(args)
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (out, err) = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-kv",
+            "--http2",
+            "https://secure.localhost:18443/cgi-bin/env",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("HTTP_X_FORWARDED_PROTO=https"), "{out}{err}");
+    assert!(out.contains("HTTP_X_FORWARDED_SSL=on"), "{out}");
+    assert!(err.contains("HTTP/2 200"), "HTTP/2 to the client: {err}");
+    assert!(
+        err.contains("secure.localhost"),
+        "the app's own certificate: {err}"
+    );
+    // Without -k the self-signed certificate is refused, as it should be.
+    let (_, err) =
+        tokio::task::spawn_blocking(move || curl(&["https://secure.localhost:18443/hostname"]))
+            .await
+            .unwrap();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let _ = id;
+
+    // force_https: plain HTTP gets a 301 to https.
+    let (status, resp) = get(18084, "secure.localhost:18084", "/x?y=1").await;
+    assert_eq!(status, 301, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("\r\nlocation: https://secure.localhost/x?y=1\r\n"),
+        "{resp}"
+    );
+}

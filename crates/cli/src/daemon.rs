@@ -59,6 +59,12 @@ pub struct DaemonArgs {
     /// Idle time after which the proxy stops (or suspends) a machine whose services have autostop (Go duration) [default: 5m]
     #[arg(long, value_name = "DURATION", env = "HANGAR_AUTOSTOP_AFTER", value_parser = parse_autostop_after)]
     pub autostop_after: Option<std::time::Duration>,
+    /// PEM certificate chain the proxy's tls handler serves (with --proxy-tls-key) [default: a self-signed one per app]
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_key")]
+    pub proxy_tls_cert: Option<PathBuf>,
+    /// PEM private key of --proxy-tls-cert
+    #[arg(long, value_name = "FILE", requires = "proxy_tls_cert")]
+    pub proxy_tls_key: Option<PathBuf>,
 }
 
 fn parse_autostop_after(s: &str) -> Result<std::time::Duration, String> {
@@ -107,6 +113,8 @@ struct ConfigFile {
     proxy_binds: Option<Vec<std::net::IpAddr>>,
     proxy_domain: Option<String>,
     autostop_after: Option<String>,
+    proxy_tls_cert: Option<PathBuf>,
+    proxy_tls_key: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -216,6 +224,17 @@ impl DaemonArgs {
                 .or(file.proxy_domain.clone())
                 .unwrap_or_else(|| "localhost".into()),
             autostop_after,
+            proxy_tls: match (
+                self.proxy_tls_cert.clone().or(file.proxy_tls_cert.clone()),
+                self.proxy_tls_key.clone().or(file.proxy_tls_key.clone()),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "config file {}: proxy_tls_cert and proxy_tls_key go together",
+                    path.display()
+                ),
+            },
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct DaemonOptions {
     pub proxy_domain: String,
     /// How long a machine with `autostop` must be idle before the proxy stops it.
     pub autostop_after: std::time::Duration,
+    /// PEM certificate chain and key the proxy's `tls` handler serves (else self-signed per app).
+    pub proxy_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -192,6 +194,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         autostop_after: opts.autostop_after,
         queue_timeout: std::time::Duration::from_secs(5),
         connect_timeout: std::time::Duration::from_secs(10),
+        tls_cert: match &opts.proxy_tls {
+            Some((cert, key)) => Some(
+                hangar_proxy::tls::CertKey::from_pem_files(cert, key)
+                    .context("the proxy's TLS certificate")?,
+            ),
+            None => None,
+        },
     });
     hangar
         .reconcile()

@@ -50,6 +50,17 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// `host[:port]` or `[v6][:port]` without the port.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.find(']').map_or(host, |end| &host[..end + 2]);
+    }
+    match host.split_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 fn via(version: Version) -> &'static str {
     match version {
         Version::HTTP_2 => "2 hangar",
@@ -59,16 +70,21 @@ fn via(version: Version) -> &'static str {
 }
 
 impl Proxy {
-    pub(crate) async fn serve_http(
+    /// Serves HTTP on a client connection (plain, or TLS already terminated, in which case
+    /// SNI chose `app`).
+    pub(crate) async fn serve_http<S>(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: S,
         local: SocketAddr,
         peer: SocketAddr,
-    ) {
+        app: Option<String>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok::<_, Infallible>(this.forward(req, local, peer).await) }
+            let (this, app) = (this.clone(), app.clone());
+            async move { Ok::<_, Infallible>(this.forward(req, local, peer, app).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder
@@ -79,27 +95,26 @@ impl Proxy {
         }
     }
 
-    /// Which app a request on `port` is for: the only one there, else the one its `Host`
-    /// names (`<app>.<domain>` or `<app>`).
-    fn app_for(&self, port: u16, host: Option<&str>) -> Option<String> {
+    /// Which app a connection or request on `port` is for: among the apps whose edge there
+    /// passes `edge`, the only one, else the one `host` (a `Host` header or a TLS server name)
+    /// names: `<app>.<domain>` or `<app>`.
+    pub(crate) fn app_for(
+        &self,
+        port: u16,
+        host: Option<&str>,
+        edge: impl Fn(&crate::table::EdgePort) -> bool,
+    ) -> Option<String> {
         let apps: Vec<String> = self
             .table()
             .candidates(port)
             .into_iter()
-            .filter(|(_, c)| c.iter().any(|c| c.edge.http))
+            .filter(|(_, c)| c.iter().any(|c| edge(&c.edge)))
             .map(|(app, _)| app)
             .collect();
         if apps.len() == 1 {
             return apps.into_iter().next();
         }
-        let host = host?.rsplit_once(':').map_or(host?, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host.unwrap_or_default()
-            }
-        });
-        let host = host.to_ascii_lowercase();
+        let host = strip_port(host?).to_ascii_lowercase();
         let name = host
             .strip_suffix(&format!(".{}", self.config.domain))
             .unwrap_or(&host);
@@ -111,6 +126,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         local: SocketAddr,
         peer: SocketAddr,
+        app: Option<String>,
     ) -> Response<Body> {
         let port = local.port();
         let request_id = format!(
@@ -125,7 +141,7 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let Some(app) = self.app_for(port, host.as_deref()) else {
+        let Some(app) = app.or_else(|| self.app_for(port, host.as_deref(), |e| e.http)) else {
             return text(
                 StatusCode::NOT_FOUND,
                 "no app is served at this host and port",
@@ -144,7 +160,9 @@ impl Proxy {
                 let c = &chosen.candidate;
                 if c.edge.force_https && !c.edge.tls {
                     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    // To the default https port: the edge's TLS port is 443 on Fly.
                     let host = host.as_deref().unwrap_or("localhost");
+                    let host = strip_port(host);
                     let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
                     if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
                         r.headers_mut().insert(LOCATION, v);
@@ -269,5 +287,18 @@ impl Proxy {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_strips_ports_from_hosts() {
+        assert_eq!(strip_port("app.localhost:8080"), "app.localhost");
+        assert_eq!(strip_port("app.localhost"), "app.localhost");
+        assert_eq!(strip_port("[::1]:443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
     }
 }

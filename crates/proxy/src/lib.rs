@@ -16,6 +16,7 @@ pub mod listen;
 pub mod route;
 pub mod table;
 pub mod tcp;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,6 +48,8 @@ pub struct ProxyConfig {
     pub queue_timeout: Duration,
     /// How long a freshly started machine has to start listening.
     pub connect_timeout: Duration,
+    /// The certificate the `tls` handler serves; `None`: a self-signed one per app.
+    pub tls_cert: Option<tls::CertKey>,
 }
 
 /// The proxy: its table, its listeners and the load of every machine.
@@ -59,18 +62,20 @@ pub struct Proxy {
     /// Wakes the listener sync and request queues when the table changes.
     changed: tokio::sync::Notify,
     client: http::Client,
+    certificates: tls::Certificates,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, controller: Arc<dyn Controller>) -> Arc<Proxy> {
         Arc::new(Proxy {
-            config,
             table: RwLock::new(Table::default()),
             controller,
             load: route::Load::default(),
             listeners: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             client: http::client(),
+            certificates: tls::Certificates::new(config.tls_cert.clone()),
+            config,
         })
     }
 

@@ -87,16 +87,19 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                let http = this
+                let edges: Vec<_> = this
                     .table()
                     .candidates(local.port())
-                    .values()
+                    .into_values()
                     .flatten()
-                    .any(|c| c.edge.http);
-                if http {
-                    this.serve_http(stream, local, peer).await;
+                    .map(|c| c.edge)
+                    .collect();
+                if edges.iter().any(|e| e.tls) {
+                    this.serve_tls(stream, local, peer).await;
+                } else if edges.iter().any(|e| e.http) {
+                    this.serve_http(stream, local, peer, None).await;
                 } else {
-                    this.serve_tcp(stream, local, peer).await;
+                    this.serve_tcp(stream, local, peer, None).await;
                 }
             });
         }

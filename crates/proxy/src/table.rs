@@ -18,6 +18,8 @@ pub struct EdgePort {
     pub force_https: bool,
     /// `Some(2)` for PROXY protocol v2, `Some(1)` for v1.
     pub proxy_proto: Option<u8>,
+    /// `tls_options` (`alpn`, `versions`) as given.
+    pub tls_options: Option<serde_json::Value>,
 }
 
 impl EdgePort {
@@ -80,6 +82,7 @@ impl Service {
                     tls: handlers.contains("tls"),
                     force_https: p.force_https,
                     proxy_proto,
+                    tls_options: p.tls_options.clone(),
                 })
             })
             .collect();

@@ -87,15 +87,20 @@ pub fn proxy_header(version: u8, client: SocketAddr, edge: SocketAddr) -> Vec<u8
 }
 
 impl Proxy {
-    pub(crate) async fn serve_tcp(
+    /// Passes a client connection (plain, or TLS already terminated) to a machine of `app`
+    /// (the port's only app when `None`).
+    pub(crate) async fn serve_tcp<S>(
         self: Arc<Self>,
-        mut client: TcpStream,
+        mut client: S,
         local: SocketAddr,
         peer: SocketAddr,
-    ) {
+        app: Option<String>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let port = local.port();
         // A raw TCP port has one app (create and update refuse a second).
-        let Some(app) = self.table().candidates(port).into_keys().next() else {
+        let Some(app) = app.or_else(|| self.table().candidates(port).into_keys().next()) else {
             return;
         };
         let chosen = match self.choose(&app, port).await {
