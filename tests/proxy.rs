@@ -28,7 +28,7 @@ async fn create_app(d: &Daemon, name: &str) {
 /// A CGI-capable busybox httpd on 8080 whose `/cgi-bin/env` prints the request's environment
 /// (HTTP headers as `HTTP_*`) and `/hostname` the machine id.
 const WEB: &str = "mkdir -p /www/cgi-bin && hostname > /www/hostname && \
-    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env && \
+    printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\necho MACHINE=$(hostname)\\n' > /www/cgi-bin/env && \
     chmod +x /www/cgi-bin/env && exec httpd -f -p 8080 -h /www";
 
 fn web_config(services: Value) -> Value {
@@ -370,4 +370,59 @@ async fn tls_terminates_with_a_self_signed_certificate_per_app_and_speaks_http2(
             .contains("\r\nlocation: https://secure.localhost/x?y=1\r\n"),
         "{resp}"
     );
+}
+
+#[tokio::test]
+async fn a_failing_service_check_takes_a_machine_out_of_rotation_and_back() {
+    let d = daemon().await;
+    create_app(&d, "checked").await;
+    let svc = http_service(
+        18085,
+        json!({"checks": [{"type": "http", "path": "/hostname", "interval": "1s", "timeout": "1s"}]}),
+    );
+    let a = launch(&d, "checked", web_config(svc.clone())).await;
+    let b = launch(&d, "checked", web_config(svc)).await;
+    let served = async || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let (status, resp) = get(18085, "checked.localhost", "/cgi-bin/env").await;
+            assert_eq!(status, 200, "{resp}");
+            let host = resp
+                .lines()
+                .find_map(|l| l.strip_prefix("MACHINE="))
+                .unwrap_or_default()
+                .to_string();
+            seen.insert(host);
+        }
+        seen
+    };
+    // A's check fails once its /hostname is gone: only B serves.
+    let r = d
+        .post(
+            &format!("/v1/apps/checked/machines/{a}/exec"),
+            json!({"command": ["mv", "/www/hostname", "/www/gone"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("A out of rotation", 10, async || {
+        served().await == [b.clone()].into()
+    })
+    .await;
+    assert_eq!(
+        state(&d, "checked", &a).await,
+        "started",
+        "a check never stops a machine"
+    );
+    // Back when it passes again.
+    let r = d
+        .post(
+            &format!("/v1/apps/checked/machines/{a}/exec"),
+            json!({"command": ["mv", "/www/gone", "/www/hostname"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("A back in rotation", 10, async || {
+        served().await.contains(&a)
+    })
+    .await;
 }

@@ -11,6 +11,7 @@
 //! - [`autostop`]: stopping or suspending idle machines.
 
 pub mod autostop;
+pub mod checks;
 pub mod http;
 pub mod listen;
 pub mod route;
@@ -63,6 +64,7 @@ pub struct Proxy {
     changed: tokio::sync::Notify,
     client: http::Client,
     certificates: tls::Certificates,
+    health: checks::Health,
 }
 
 impl Proxy {
@@ -75,6 +77,7 @@ impl Proxy {
             changed: tokio::sync::Notify::new(),
             client: http::client(),
             certificates: tls::Certificates::new(config.tls_cert.clone()),
+            health: checks::Health::default(),
             config,
         })
     }
@@ -95,6 +98,7 @@ impl Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         self.load.forget(id);
+        self.health.forget(id);
         self.changed.notify_waiters();
         self.sync_listeners();
     }

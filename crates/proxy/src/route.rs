@@ -128,6 +128,7 @@ impl Proxy {
             let started: Vec<&Candidate> = candidates
                 .iter()
                 .filter(|c| c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some())
+                .filter(|c| self.health.routable(&c.machine.id))
                 .collect();
             let loads: Vec<u32> = started
                 .iter()

@@ -39,6 +39,8 @@ pub struct Service {
     pub min_machines_running: u32,
     pub soft_limit: u32,
     pub hard_limit: Option<u32>,
+    /// Service checks: a machine failing one is out of rotation.
+    pub checks: Vec<crate::checks::Check>,
 }
 
 impl Service {
@@ -105,6 +107,12 @@ impl Service {
                 .and_then(|c| c.hard_limit)
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| *n > 0),
+            checks: s
+                .checks
+                .iter()
+                .flatten()
+                .filter_map(|c| crate::checks::Check::from_config(c, internal_port))
+                .collect(),
         })
     }
 

@@ -77,6 +77,7 @@ impl Hangar {
     ) -> Arc<hangar_proxy::Proxy> {
         let proxy = hangar_proxy::Proxy::new(config, Arc::new(Control(Arc::downgrade(self))));
         proxy.start_autostop();
+        proxy.start_checks();
         let _ = self.proxy.set(proxy.clone());
         proxy
     }
