@@ -129,6 +129,27 @@ async fn an_http_service_answers_on_its_edge_port_with_flys_headers() {
         assert!(resp.contains(want), "missing {want}: {resp}");
     }
 
+    // `hangar services list` shows the port, where it listens and the machine behind it.
+    let out = d.cli(&["services", "list", "-a", "edge"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("18080") && text.contains("127.0.0.1:18080") && text.contains("http"),
+        "{text}"
+    );
+    assert!(text.contains(&id) && text.contains("started"), "{text}");
+
+    let out = d.cli(&["machine", "status", &id, "-a", "edge"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Services") && text.contains("18080") && text.contains("8080"),
+        "{text}"
+    );
+
     // Destroying the machine closes the edge port: nothing is left listening.
     d.destroy_machine("edge", &id, true).await;
     eventually("the edge port to close", 10, async || {

@@ -11,6 +11,7 @@ pub mod image;
 pub mod logs;
 pub mod machine;
 pub mod output;
+pub mod services;
 
 use anyhow::{anyhow, Context, Result};
 use clap::error::ErrorKind;
@@ -66,6 +67,9 @@ pub enum Command {
         hangar image ls"
     )]
     Image(image::ImageCommand),
+    /// Show an app's services: edge ports, where the proxy listens, the machines behind them
+    #[command(subcommand, visible_alias = "service")]
+    Services(services::ServicesCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
     /// Print a shell completion script
@@ -137,6 +141,9 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
         Command::Image(cmd) => with_client(|client| async move { image::run(&client, cmd).await }),
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
+        Command::Services(cmd) => {
+            with_client(|client| async move { services::run(&client, cmd).await })
+        }
         Command::Machine(args) => {
             if matches!(
                 args.command,

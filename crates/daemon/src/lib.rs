@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod sandbox_runtime;
 mod server;
 pub mod service;
+mod services;
 mod uid_slots;
 
 use std::net::SocketAddr;

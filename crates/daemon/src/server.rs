@@ -92,6 +92,10 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             get(crate::logs::app_logs),
         )
         .route(
+            "/hangar/v1/apps/{app_name}/services",
+            get(crate::services::list),
+        )
+        .route(
             "/hangar/v1/images",
             get(crate::images::list).delete(crate::images::remove),
         )

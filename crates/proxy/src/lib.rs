@@ -15,6 +15,7 @@ pub mod checks;
 pub mod http;
 pub mod listen;
 pub mod route;
+pub mod status;
 pub mod table;
 pub mod tcp;
 pub mod tls;

@@ -130,6 +130,47 @@ pub fn render_status(m: &Machine, events: &[MachineEvent]) -> String {
         ("Volume", volume_of(m)),
         ("Cordoned", m.cordoned.to_string()),
     ]));
+    if let Some(services) = config
+        .and_then(|c| c.services.as_ref())
+        .filter(|s| !s.is_empty())
+    {
+        // Edge addresses are the proxy's (`hangar services list` shows where it listens).
+        out.push_str("\nServices\n");
+        let mut t = Table::new([
+            "PROTOCOL",
+            "PORTS",
+            "HANDLERS",
+            "INTERNAL PORT",
+            "AUTOSTART",
+            "AUTOSTOP",
+        ]);
+        for s in services {
+            for p in s.ports.iter().flatten() {
+                let ports = match (p.port, p.start_port, p.end_port) {
+                    (Some(port), _, _) => port.to_string(),
+                    (None, Some(a), Some(b)) => format!("{a}-{b}"),
+                    _ => String::new(),
+                };
+                t.row([
+                    if s.protocol.is_empty() {
+                        "tcp".to_string()
+                    } else {
+                        s.protocol.clone()
+                    },
+                    ports,
+                    p.handlers.clone().unwrap_or_default().join(","),
+                    s.internal_port.to_string(),
+                    s.autostart.unwrap_or(true).to_string(),
+                    match s.autostop {
+                        Some(hangar_api::Autostop::Stop) => "stop".into(),
+                        Some(hangar_api::Autostop::Suspend) => "suspend".into(),
+                        _ => "off".to_string(),
+                    },
+                ]);
+            }
+        }
+        out.push_str(&t.render());
+    }
     if let Some(containers) = m.containers.as_ref().filter(|c| !c.is_empty()) {
         out.push_str("\nContainers\n");
         let mut t = Table::new(["NAME", "STATE", "HEALTH", "RESTARTS", "EXIT CODE"]);
