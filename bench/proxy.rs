@@ -1,0 +1,210 @@
+//! Proxy figures, one run, one backend (a machine's busybox httpd serving a small file):
+//! requests/s and latency percentiles with `wrk` straight to the machine, through Hangar's
+//! proxy, and through Debian's nginx as a reverse proxy; then the time from a request to the
+//! first response byte when the machine is suspended, and when it is stopped. Prints figures;
+//! asserts nothing.
+//!
+//!     cargo build --release && cargo run --release --example bench_proxy [-- --seconds 10 --connections 32]
+//!
+//! Needs root, the loopback registry with the fixtures, `wrk` and `nginx` (skipped with a
+//! message when missing).
+
+#[path = "common.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `wrk`'s requests/s and p50/p99 latency (ms) for `url`.
+fn wrk(url: &str, seconds: u64, connections: u64) -> Option<(f64, f64, f64)> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |s: &str| -> Option<f64> {
+        let (n, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = n.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => return None,
+        })
+    };
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
+    };
+    let rps = field("Requests/sec:")?.parse().ok()?;
+    Some((rps, ms(&field("50%")?)?, ms(&field("99%")?)?))
+}
+
+/// Time to the first byte of the response to a GET on `port`.
+async fn first_byte(port: u16) -> Duration {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /index.html HTTP/1.1\r\nHost: bench.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("first byte");
+    let t = t0.elapsed();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    t
+}
+
+fn p50(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = arg("--seconds", 10);
+    let connections = arg("--connections", 32);
+    let d = common::start_daemon("proxy").await;
+    let c = &d.client;
+    c.post("/v1/apps")
+        .json(&json!({"name": "bench"}))
+        .send_raw()
+        .await
+        .expect("app");
+    let m: Value = c
+        .post("/v1/apps/bench/machines")
+        .json(&json!({"config": {
+            "image": common::test_image(),
+            "init": {"exec": ["/bin/sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+            "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18090, "handlers": ["http"]}]}],
+        }}))
+        .send()
+        .await
+        .expect("create");
+    let id = m["id"].as_str().expect("id").to_string();
+    let _ = c
+        .get(format!(
+            "/v1/apps/bench/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .send_raw()
+        .await;
+    let r: Value = c
+        .post(format!("/v1/apps/bench/machines/{id}/exec"))
+        .json(&json!({"command": ["/bin/sh", "-c", "ip -4 -o addr show eth0"]}))
+        .send()
+        .await
+        .expect("exec");
+    let ipv4 = r["stdout"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().nth(3))
+        .and_then(|a| a.split('/').next())
+        .expect("the machine's IPv4")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    println!("proxy throughput ({seconds} s, {connections} connections, 2 threads, one busybox httpd backend):");
+    let show = |name: &str, r: Option<(f64, f64, f64)>| match r {
+        Some((rps, p50, p99)) => {
+            println!("  {name:<28} {rps:>9.0} req/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms");
+        }
+        None => println!("  {name:<28} failed (is wrk installed?)"),
+    };
+    let direct = wrk(
+        &format!("http://{ipv4}:8080/index.html"),
+        seconds,
+        connections,
+    );
+    show("direct to the machine", direct);
+    let hangar = wrk("http://127.0.0.1:18090/index.html", seconds, connections);
+    show("through hangar's proxy", hangar);
+
+    let conf = d.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; upstream m {{ server {ipv4}:8080; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:18091; location / {{ proxy_pass http://m;\n\
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+            dir = d.dir.display()
+        ),
+    )
+    .expect("nginx.conf");
+    match Command::new("nginx")
+        .args(["-c"])
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(mut nginx) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n = wrk("http://127.0.0.1:18091/index.html", seconds, connections);
+            show("through nginx (reverse proxy)", n);
+            let _ = nginx.kill();
+            let _ = nginx.wait();
+            if let (Some(h), Some(n), Some(dir)) = (hangar, n, direct) {
+                println!(
+                    "  hangar vs nginx: {:.2}x the throughput; p99 added over direct: hangar {:+.2} ms, nginx {:+.2} ms",
+                    h.0 / n.0.max(1e-9),
+                    h.2 - dir.2,
+                    n.2 - dir.2
+                );
+            }
+        }
+        Err(_) => println!("  nginx: skipped (apt install nginx)"),
+    }
+
+    println!("\nwake on request (time to the first response byte, 20 rounds):");
+    for (name, path) in [("suspended", "suspend"), ("stopped", "stop")] {
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let r = c
+                .post(format!("/v1/apps/bench/machines/{id}/{path}"))
+                .json(&json!({}))
+                .send_raw()
+                .await
+                .expect(path);
+            assert_eq!(r.status, 200, "{}", r.text());
+            let _ = c
+                .get(format!(
+                    "/v1/apps/bench/machines/{id}/wait?state={}&timeout=30",
+                    if path == "stop" {
+                        "stopped"
+                    } else {
+                        "suspended"
+                    }
+                ))
+                .send_raw()
+                .await;
+            lat.push(first_byte(18090).await);
+        }
+        println!("  from {name:<10} p50 {:>7.2} ms", p50(lat));
+    }
+    let _ = c
+        .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+        .send_raw()
+        .await;
+}
