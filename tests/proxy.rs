@@ -260,7 +260,17 @@ async fn raw_tcp_with_the_proxy_protocol() {
 
 #[tokio::test]
 async fn autostop_suspends_idle_machines_and_a_request_resumes_them() {
-    let d = daemon().await;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let d = Daemon::start_networked_with(
+        "127.0.0.1:9".parse().unwrap(),
+        &["--metrics-listen", &metrics],
+    )
+    .await;
     create_app(&d, "nap").await;
     let id = launch(
         &d,
@@ -289,6 +299,19 @@ async fn autostop_suspends_idle_machines_and_a_request_resumes_them() {
     let (status, resp) = get(18082, "nap.localhost", "/hostname").await;
     assert_eq!((status, body(&resp)), (200, id.as_str()), "{resp}");
     assert_eq!(state(&d, "nap", &id).await, "started");
+
+    // The metrics count it all.
+    let (status, text) = get(metrics_port, "127.0.0.1", "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    for want in [
+        "hangar_proxy_autostarts_total{app=\"nap\"} 1",
+        "hangar_proxy_autostops_total{app=\"nap\"} 1",
+        "hangar_proxy_http_requests_total{app=\"nap\",status=\"200\"} 1",
+        "hangar_proxy_http_request_duration_seconds_bucket{",
+        "hangar_machines{state=\"started\"} 1",
+    ] {
+        assert!(text.contains(want), "missing {want}: {text}");
+    }
 
     // With autostart off, a stopped machine stays stopped and the request gets a 503 at once.
     let r = d

@@ -74,6 +74,14 @@ impl Daemon {
     /// resolver forwards other names to `dns_upstream` (a loopback server of the test: tests
     /// never send traffic beyond the host). Waits its turn with other networked daemons.
     pub async fn start_networked(dns_upstream: std::net::SocketAddr) -> Daemon {
+        Self::start_networked_with(dns_upstream, &[]).await
+    }
+
+    /// [`start_networked`](Self::start_networked) with more daemon flags.
+    pub async fn start_networked_with(
+        dns_upstream: std::net::SocketAddr,
+        extra: &[&str],
+    ) -> Daemon {
         let turn = tokio::task::spawn_blocking(|| {
             use std::os::fd::AsRawFd;
             let f = std::fs::OpenOptions::new()
@@ -94,7 +102,10 @@ impl Daemon {
             // Autostop tests wait for it; no other networked test uses autostop.
             "--autostop-after".into(),
             "2s".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
         Self::start_with(true, args, Some(turn)).await
     }
 

@@ -65,6 +65,9 @@ pub struct DaemonArgs {
     /// PEM private key of --proxy-tls-cert
     #[arg(long, value_name = "FILE", requires = "proxy_tls_cert")]
     pub proxy_tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
+    #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_autostop_after(s: &str) -> Result<std::time::Duration, String> {
@@ -115,6 +118,7 @@ struct ConfigFile {
     autostop_after: Option<String>,
     proxy_tls_cert: Option<PathBuf>,
     proxy_tls_key: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ConfigFile {
@@ -224,6 +228,7 @@ impl DaemonArgs {
                 .or(file.proxy_domain.clone())
                 .unwrap_or_else(|| "localhost".into()),
             autostop_after,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             proxy_tls: match (
                 self.proxy_tls_cert.clone().or(file.proxy_tls_cert.clone()),
                 self.proxy_tls_key.clone().or(file.proxy_tls_key.clone()),

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the Hangar daemon (the Machines API server) in the foreground
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Check what this host has and lacks for running machines
     Doctor(doctor::DoctorArgs),
     /// Manage API authentication
@@ -68,7 +68,11 @@ pub enum Command {
     )]
     Image(image::ImageCommand),
     /// Show an app's services: edge ports, where the proxy listens, the machines behind them
-    #[command(subcommand, visible_alias = "service")]
+    #[command(
+        subcommand,
+        visible_alias = "service",
+        after_help = "Examples:\n  hangar services list -a my-app"
+    )]
     Services(services::ServicesCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
@@ -121,7 +125,7 @@ pub fn one_line_clap_error(e: &clap::Error) -> String {
 
 pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Daemon(args) => daemon::run(args),
+        Command::Daemon(args) => daemon::run(*args),
         Command::Doctor(args) => doctor::run(args),
         Command::Auth(cmd) => auth::run(cmd),
         Command::Completion { shell } => {

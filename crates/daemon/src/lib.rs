@@ -12,6 +12,7 @@ mod host_network;
 mod images;
 mod log_archive;
 mod logs;
+mod metrics;
 pub mod openapi;
 mod routes;
 pub mod runtime;
@@ -68,6 +69,8 @@ pub struct DaemonOptions {
     pub autostop_after: std::time::Duration,
     /// PEM certificate chain and key the proxy's `tls` handler serves (else self-signed per app).
     pub proxy_tls: Option<(PathBuf, PathBuf)>,
+    /// Where `/metrics` is served (opt-in).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -221,6 +224,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .with_context(|| format!("failed to serve the machines' resolver on {addr}"))?;
     }
     let runtime = hangar.runtime();
+    if let Some(addr) = opts.metrics_listen {
+        metrics::serve(addr, hangar.clone()).await?;
+    }
     let app = router(hangar, Arc::from(token.as_str()));
 
     let unix = bind_unix(&opts.socket).await?;

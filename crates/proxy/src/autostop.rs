@@ -58,8 +58,16 @@ impl Proxy {
             };
             let suspend = m.autostop() == Autostop::Suspend;
             tracing::info!(%app, machine = %m.id, ?idle, suspend, "proxy: autostop of an idle machine");
-            if let Err(e) = self.controller.stop(app, &m.id, suspend).await {
-                tracing::info!(%app, machine = %m.id, error = %e, "proxy: autostop failed");
+            match self.controller.stop(app, &m.id, suspend).await {
+                Ok(()) => {
+                    self.metrics
+                        .autostops
+                        .get_or_create(&crate::metrics::Metrics::app(app))
+                        .inc();
+                }
+                Err(e) => {
+                    tracing::info!(%app, machine = %m.id, error = %e, "proxy: autostop failed")
+                }
             }
         }
     }

@@ -39,6 +39,19 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// The app a response came from (for the metrics).
+#[derive(Clone)]
+struct ServedApp(String);
+
+/// Counts a request in flight for its app until dropped.
+struct InFlight<'a>(&'a crate::metrics::Metrics, crate::metrics::AppLabels);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.get_or_create(&self.1).dec();
+    }
+}
+
 /// Headers that describe one hop's connection, not the request.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -84,7 +97,24 @@ impl Proxy {
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let (this, app) = (this.clone(), app.clone());
-            async move { Ok::<_, Infallible>(this.forward(req, local, peer, app).await) }
+            async move {
+                let t0 = std::time::Instant::now();
+                let resp = this.forward(req, local, peer, app).await;
+                let app = resp
+                    .extensions()
+                    .get::<ServedApp>()
+                    .map_or("", |a| a.0.as_str());
+                let labels = crate::metrics::RequestLabels {
+                    app: app.to_string(),
+                    status: resp.status().as_u16(),
+                };
+                this.metrics.requests.get_or_create(&labels).inc();
+                this.metrics
+                    .duration
+                    .get_or_create(&crate::metrics::Metrics::app(app))
+                    .observe(t0.elapsed().as_secs_f64());
+                Ok::<_, Infallible>(resp)
+            }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder
@@ -147,6 +177,9 @@ impl Proxy {
                 "no app is served at this host and port",
             );
         };
+        let labels = crate::metrics::Metrics::app(&app);
+        self.metrics.in_flight.get_or_create(&labels).inc();
+        let _in_flight = InFlight(&self.metrics, labels);
         let mut resp = match self.choose(&app, port).await {
             Err(e) => {
                 tracing::info!(%app, port, error = %e, "proxy: request not routed");
@@ -286,6 +319,7 @@ impl Proxy {
                 HeaderValue::from_static("Fly/hangar"),
             );
         }
+        resp.extensions_mut().insert(ServedApp(app));
         resp
     }
 }

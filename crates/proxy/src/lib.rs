@@ -14,6 +14,7 @@ pub mod autostop;
 pub mod checks;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod route;
 pub mod status;
 pub mod table;
@@ -66,6 +67,7 @@ pub struct Proxy {
     client: http::Client,
     certificates: tls::Certificates,
     health: checks::Health,
+    pub metrics: metrics::Metrics,
 }
 
 impl Proxy {
@@ -79,6 +81,7 @@ impl Proxy {
             client: http::client(),
             certificates: tls::Certificates::new(config.tls_cert.clone()),
             health: checks::Health::default(),
+            metrics: metrics::Metrics::default(),
             config,
         })
     }

@@ -87,6 +87,9 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
+                // Counted while the connection lasts (the handlers take the proxy by value).
+                let connections = this.metrics.connections.clone();
+                connections.inc();
                 let edges: Vec<_> = this
                     .table()
                     .candidates(local.port())
@@ -101,6 +104,7 @@ impl Proxy {
                 } else {
                     this.serve_tcp(stream, local, peer, None).await;
                 }
+                connections.dec();
             });
         }
     }

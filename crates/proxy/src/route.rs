@@ -173,6 +173,10 @@ impl Proxy {
                     .start(&app, &id)
                     .await
                     .map_err(|error| RouteError::StartFailed { id, error })?;
+                self.metrics
+                    .autostarts
+                    .get_or_create(&crate::metrics::Metrics::app(&app))
+                    .inc();
                 woken = true;
                 continue;
             }

@@ -333,3 +333,10 @@ impl Hangar {
         }
     }
 }
+
+impl Hangar {
+    /// Every machine not destroyed, across apps (for the metrics).
+    pub async fn live_machines(&self) -> ServiceResult<Vec<MachineRecord>> {
+        db(&self.store, |s| s.list_live_machines()).await
+    }
+}
