@@ -16,10 +16,8 @@ use crate::route::RouteError;
 use crate::Proxy;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Incoming,
->;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
@@ -82,7 +80,46 @@ fn via(version: Version) -> &'static str {
     }
 }
 
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
 impl Proxy {
+    /// Sends the request to the machine. A refused connection (the machine is starting, or
+    /// between restarts) is tried again for a short while when the request has no body to
+    /// lose, as Fly Proxy retries.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        woken: bool,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        use hyper::body::Body as _;
+        let (parts, body) = req.into_parts();
+        let bodyless = body.is_end_stream();
+        let patience = if woken {
+            self.config.connect_timeout
+        } else {
+            std::time::Duration::from_secs(2)
+        };
+        let deadline = std::time::Instant::now() + patience;
+        let mut body = Some(body.boxed());
+        loop {
+            let b = body.take().unwrap_or_else(empty);
+            match self
+                .client
+                .request(Request::from_parts(parts.clone(), b))
+                .await
+            {
+                Err(e) if e.is_connect() && bodyless && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Serves HTTP on a client connection (plain, or TLS already terminated, in which case
     /// SNI chose `app`).
     pub(crate) async fn serve_http<S>(
@@ -277,7 +314,7 @@ impl Proxy {
                             {
                                 req.headers_mut().insert(HOST, h);
                             }
-                            match self.client.request(req).await {
+                            match self.send(req, chosen.woken).await {
                                 // The machine stays loaded until the body is through.
                                 Ok(r) => {
                                     let guard = chosen.guard;
