@@ -470,3 +470,46 @@ async fn a_failing_service_check_takes_a_machine_out_of_rotation_and_back() {
     })
     .await;
 }
+
+/// The multi-container seed's rate limiter: Debian's nginx (an image built with mmdebstrap) as
+/// a sidecar limiting requests to 1/s in front of an app container, reached from the host
+/// through the proxy.
+#[tokio::test]
+async fn the_seeds_rate_limiter_sidecar_is_reached_through_the_proxy() {
+    let d = daemon().await;
+    create_app(&d, "limited").await;
+    let nginx = format!("{}/hangar/nginx:latest", common::registry());
+    // The seed's own file: limit_req 1r/s, listen 8080, proxy_pass http://localhost:80.
+    let conf = "bGltaXRfcmVxX3pvbmUgJGJpbmFyeV9yZW1vdGVfYWRkciB6b25lPW15X3pvbmU6MTBtIHJhdGU9MXIvczsKCnNlcnZlciB7CiAgbGlzdGVuIDgwODA7CgogIGxvY2F0aW9uIC8gewogICAgbGltaXRfcmVxIHpvbmU9bXlfem9uZTsKICAgIHByb3h5X3Bhc3MgaHR0cDovL2xvY2FsaG9zdDo4MDsKICB9Cn0=";
+    let config = json!({"config": {
+        "containers": [
+            {"name": "nginx", "image": nginx,
+             "files": [{"guest_path": "/etc/nginx/conf.d/default.conf", "raw_value": conf}],
+             "depends_on": [{"name": "echo", "condition": "started"}]},
+            {"name": "echo", "image": test_image(),
+             "cmd": ["/bin/sh", "-c", "mkdir -p /www && echo hello from echo > /www/index.html && exec httpd -f -p 80 -h /www"]},
+        ],
+        "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18087, "handlers": ["http"]}]}],
+        "guest": {"cpus": 1, "memory_mb": 256, "cpu_kind": "shared"},
+    }});
+    launch(&d, "limited", config).await;
+    let mut first = None;
+    eventually("nginx to answer", 20, async || {
+        let (status, resp) = get(18087, "limited.localhost", "/index.html").await;
+        first = Some((status, resp));
+        status == 200
+    })
+    .await;
+    let (_, resp) = first.unwrap();
+    assert_eq!(body(&resp), "hello from echo", "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("server: nginx"),
+        "through nginx: {resp}"
+    );
+    // Past 1 request a second, nginx refuses.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(18087, "limited.localhost", "/index.html").await.0);
+    }
+    assert!(statuses.contains(&503), "rate limited: {statuses:?}");
+}
