@@ -1,4 +1,5 @@
-//! Proxy figures, one run, one backend (a machine's busybox httpd serving a small file):
+//! Proxy figures, one run, one backend (a machine running Debian's nginx, the mmdebstrap-built
+//! `hangar/nginx` fixture, answering a small response with keep-alive):
 //! requests/s and latency percentiles with `wrk` straight to the machine, through Hangar's
 //! proxy, and through Debian's nginx as a reverse proxy; then the time from a request to the
 //! first response byte when the machine is suspended, and when it is stopped. Prints figures;
@@ -75,6 +76,13 @@ async fn first_byte(port: u16) -> Duration {
     t
 }
 
+/// The backend's nginx site: a small response on 8080, no access log.
+fn base64_conf() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode("server { listen 8080; access_log off; location / { return 200 \"hello\\n\"; } }\n")
+}
+
 fn p50(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1e3
@@ -94,8 +102,9 @@ async fn main() {
     let m: Value = c
         .post("/v1/apps/bench/machines")
         .json(&json!({"config": {
-            "image": common::test_image(),
-            "init": {"exec": ["/bin/sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+            "image": common::test_image().replace("/hangar/busybox:", "/hangar/nginx:"),
+            "files": [{"guest_path": "/etc/nginx/conf.d/default.conf", "raw_value": base64_conf()}],
+            "guest": {"cpus": 1, "memory_mb": 256, "cpu_kind": "shared"},
             "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18090, "handlers": ["http"]}]}],
         }}))
         .send()
@@ -122,7 +131,7 @@ async fn main() {
         .to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("proxy throughput ({seconds} s, {connections} connections, 2 threads, one busybox httpd backend):");
+    println!("proxy throughput ({seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):");
     let show = |name: &str, r: Option<(f64, f64, f64)>| match r {
         Some((rps, p50, p99)) => {
             println!("  {name:<28} {rps:>9.0} req/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms");

@@ -16,13 +16,6 @@ use crate::route::RouteError;
 use crate::Proxy;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type Client =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
-
-pub fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
-}
-
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from(msg.into() + "\n"))
@@ -80,44 +73,88 @@ fn via(version: Version) -> &'static str {
     }
 }
 
-fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// One client connection's connections to machines: idle ones by machine address, and the
+/// channel that hands a new one's driver to the client connection's task.
+pub(crate) struct Upstreams {
+    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<SendRequest>>>,
+    drivers: tokio::sync::mpsc::UnboundedSender<Driver>,
+}
+
+type SendRequest = hyper::client::conn::http1::SendRequest<Body>;
+
+impl Upstreams {
+    fn new() -> (Upstreams, tokio::sync::mpsc::UnboundedReceiver<Driver>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Upstreams {
+                idle: std::sync::Mutex::new(std::collections::HashMap::new()),
+                drivers: tx,
+            },
+            rx,
+        )
+    }
+
+    fn take_ready(&self, backend: SocketAddr) -> Option<SendRequest> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&backend)?;
+        list.retain(|s| !s.is_closed());
+        let i = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(i))
+    }
+
+    fn give_back(&self, backend: SocketAddr, sender: SendRequest) {
+        if !sender.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.entry(backend).or_default().push(sender);
+        }
+    }
+
+    fn drive(&self, driver: Driver) {
+        let _ = self.drivers.send(driver);
+    }
 }
 
 impl Proxy {
-    /// Sends the request to the machine. A refused connection (the machine is starting, or
-    /// between restarts) is tried again for a short while when the request has no body to
-    /// lose, as Fly Proxy retries.
+    /// Sends the request to the machine over one of this client connection's own machine
+    /// connections (made, and driven, in the client connection's task: no hop between worker
+    /// threads per request). A refused connection (the machine is starting, or between
+    /// restarts) is tried again for a short while, as Fly Proxy retries; the request is only
+    /// handed over once connected, so nothing of it is lost.
     async fn send(
         &self,
         req: Request<Incoming>,
+        backend: SocketAddr,
         woken: bool,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        use hyper::body::Body as _;
-        let (parts, body) = req.into_parts();
-        let bodyless = body.is_end_stream();
-        let patience = if woken {
-            self.config.connect_timeout
-        } else {
-            std::time::Duration::from_secs(2)
-        };
-        let deadline = std::time::Instant::now() + patience;
-        let mut body = Some(body.boxed());
-        loop {
-            let b = body.take().unwrap_or_else(empty);
-            match self
-                .client
-                .request(Request::from_parts(parts.clone(), b))
-                .await
-            {
-                Err(e) if e.is_connect() && bodyless && std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                other => return other,
+        upstreams: &Upstreams,
+    ) -> Result<Response<Incoming>, String> {
+        let mut sender = match upstreams.take_ready(backend) {
+            Some(s) => s,
+            None => {
+                let patience = if woken {
+                    self.config.connect_timeout
+                } else {
+                    std::time::Duration::from_secs(2)
+                };
+                let stream = crate::tcp::connect(backend, true, patience)
+                    .await
+                    .map_err(|e| format!("connect {backend}: {e} (PC01)"))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                upstreams.drive(Box::pin(async move {
+                    let _ = conn.await;
+                }));
+                sender
             }
-        }
+        };
+        let resp = sender
+            .send_request(req.map(|b| b.boxed()))
+            .await
+            .map_err(|e| e.to_string());
+        upstreams.give_back(backend, sender);
+        resp
     }
 
     /// Serves HTTP on a client connection (plain, or TLS already terminated, in which case
@@ -131,12 +168,14 @@ impl Proxy {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let (upstreams, mut drivers) = Upstreams::new();
+        let upstreams = Arc::new(upstreams);
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (this, app) = (this.clone(), app.clone());
+            let (this, app, upstreams) = (this.clone(), app.clone(), upstreams.clone());
             async move {
                 let t0 = std::time::Instant::now();
-                let resp = this.forward(req, local, peer, app).await;
+                let resp = this.forward(req, local, peer, app, &upstreams).await;
                 let app = resp
                     .extensions()
                     .get::<ServedApp>()
@@ -154,11 +193,30 @@ impl Proxy {
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        if let Err(e) = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(%peer, error = %e, "proxy: http connection ended");
+        let server = builder.serve_connection(TokioIo::new(stream), service);
+        // The machine connections run beside the client connection, in this task.
+        let machines = async move {
+            use futures_util::StreamExt;
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = drivers.recv() => match next {
+                        Some(f) => running.push(f),
+                        None => break,
+                    },
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                }
+            }
+            while running.next().await.is_some() {}
+        };
+        tokio::pin!(machines);
+        tokio::select! {
+            result = server => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "proxy: http connection ended");
+                }
+            }
+            () = &mut machines => {}
         }
     }
 
@@ -175,7 +233,7 @@ impl Proxy {
             .table()
             .candidates(port)
             .into_iter()
-            .filter(|(_, c)| c.iter().any(|c| edge(&c.edge)))
+            .filter(|(_, c)| c.iter().any(|c| edge(c.edge())))
             .map(|(app, _)| app)
             .collect();
         if apps.len() == 1 {
@@ -194,6 +252,7 @@ impl Proxy {
         local: SocketAddr,
         peer: SocketAddr,
         app: Option<String>,
+        upstreams: &Upstreams,
     ) -> Response<Body> {
         let port = local.port();
         let request_id = format!(
@@ -228,7 +287,7 @@ impl Proxy {
             }
             Ok(chosen) => {
                 let c = &chosen.candidate;
-                if c.edge.force_https && !c.edge.tls {
+                if c.edge().force_https && !c.edge().tls {
                     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     // To the default https port: the edge's TLS port is 443 on Fly.
                     let host = host.as_deref().unwrap_or("localhost");
@@ -240,7 +299,7 @@ impl Proxy {
                     r
                 } else {
                     let ip = c.machine.ipv4.map(std::net::IpAddr::V4);
-                    let backend = ip.map(|ip| SocketAddr::new(ip, c.service.internal_port));
+                    let backend = ip.map(|ip| SocketAddr::new(ip, c.service().internal_port));
                     match backend {
                         None => text(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -261,7 +320,7 @@ impl Proxy {
                                     );
                                 }
                             }
-                            let proto = if c.edge.tls { "https" } else { "http" };
+                            let proto = if c.edge().tls { "https" } else { "http" };
                             let headers = req.headers_mut();
                             for h in HOP_BY_HOP {
                                 headers.remove(*h);
@@ -289,7 +348,7 @@ impl Proxy {
                             set(
                                 headers,
                                 "x-forwarded-ssl",
-                                if c.edge.tls { "on" } else { "off" }.into(),
+                                if c.edge().tls { "on" } else { "off" }.into(),
                             );
                             if !headers.contains_key("x-forwarded-port") {
                                 set(headers, "x-forwarded-port", port.to_string());
@@ -302,7 +361,8 @@ impl Proxy {
                                 .uri()
                                 .path_and_query()
                                 .map_or("/".to_string(), |p| p.to_string());
-                            match format!("http://{backend}{path}").parse() {
+                            // Origin form: the connection is already to the machine.
+                            match path.parse() {
                                 Ok(uri) => *req.uri_mut() = uri,
                                 Err(_) => {
                                     return text(StatusCode::BAD_REQUEST, "bad request target")
@@ -314,7 +374,7 @@ impl Proxy {
                             {
                                 req.headers_mut().insert(HOST, h);
                             }
-                            match self.send(req, chosen.woken).await {
+                            match self.send(req, backend, chosen.woken, upstreams).await {
                                 // The machine stays loaded until the body is through.
                                 Ok(r) => {
                                     let guard = chosen.guard;

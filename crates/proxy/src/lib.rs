@@ -58,13 +58,13 @@ pub struct ProxyConfig {
 /// The proxy: its table, its listeners and the load of every machine.
 pub struct Proxy {
     pub config: ProxyConfig,
-    table: RwLock<Table>,
+    /// Replaced as a whole on each change; requests take a snapshot (an `Arc` clone).
+    table: RwLock<Arc<Table>>,
     controller: Arc<dyn Controller>,
     load: route::Load,
     listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
     /// Wakes the listener sync and request queues when the table changes.
     changed: tokio::sync::Notify,
-    client: http::Client,
     certificates: tls::Certificates,
     health: checks::Health,
     pub metrics: metrics::Metrics,
@@ -73,12 +73,11 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(config: ProxyConfig, controller: Arc<dyn Controller>) -> Arc<Proxy> {
         Arc::new(Proxy {
-            table: RwLock::new(Table::default()),
+            table: RwLock::new(Arc::new(Table::default())),
             controller,
             load: route::Load::default(),
             listeners: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
-            client: http::client(),
             certificates: tls::Certificates::new(config.tls_cert.clone()),
             health: checks::Health::default(),
             metrics: metrics::Metrics::default(),
@@ -90,25 +89,28 @@ impl Proxy {
     pub fn put(self: &Arc<Self>, m: MachineView) {
         let id = m.id.clone();
         let started = m.started;
-        self.table.write().unwrap_or_else(|e| e.into_inner()).put(m);
+        {
+            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+            Arc::make_mut(&mut table).put(m);
+        }
         self.load.state_changed(&id, started);
         self.changed.notify_waiters();
         self.sync_listeners();
     }
 
     pub fn remove(self: &Arc<Self>, id: &str) {
-        self.table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        {
+            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+            Arc::make_mut(&mut table).remove(id);
+        }
         self.load.forget(id);
         self.health.forget(id);
         self.changed.notify_waiters();
         self.sync_listeners();
     }
 
-    /// A copy of the table as it is now.
-    pub fn table(&self) -> Table {
+    /// The table as it is now.
+    pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -95,7 +95,7 @@ impl Proxy {
                     .candidates(local.port())
                     .into_values()
                     .flatten()
-                    .map(|c| c.edge)
+                    .map(|c| c.edge().clone())
                     .collect();
                 if edges.iter().any(|e| e.tls) {
                     this.serve_tls(stream, local, peer).await;

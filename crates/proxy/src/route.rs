@@ -149,7 +149,7 @@ impl Proxy {
                     .collect();
                 Some(ties[rand::random_range(0..ties.len())])
             };
-            let below_soft = pick(&|c, l| l < c.service.soft_limit);
+            let below_soft = pick(&|c, l| l < c.service().soft_limit);
             if let Some(i) = below_soft {
                 let c = started[i].clone();
                 let guard = self.load.take(&c.machine.id);
@@ -162,7 +162,7 @@ impl Proxy {
             // Nothing below its soft limit: wake a machine if one can be woken.
             let sleeper = candidates
                 .iter()
-                .filter(|c| c.service.autostart && !c.machine.cordoned)
+                .filter(|c| c.service().autostart && !c.machine.cordoned)
                 .filter(|c| matches!(c.machine.state.as_str(), "stopped" | "suspended"))
                 // Suspended ones resume in milliseconds; then the lowest id, for determinism.
                 .min_by_key(|c| (c.machine.state != "suspended", c.machine.id.clone()));
@@ -180,7 +180,7 @@ impl Proxy {
                 woken = true;
                 continue;
             }
-            if let Some(i) = pick(&|c, l| c.service.hard_limit.is_none_or(|h| l < h)) {
+            if let Some(i) = pick(&|c, l| c.service().hard_limit.is_none_or(|h| l < h)) {
                 let c = started[i].clone();
                 let guard = self.load.take(&c.machine.id);
                 return Ok(Chosen {

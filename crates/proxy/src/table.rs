@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use hangar_api::config::{Autostop, MachineService};
 
@@ -151,22 +152,33 @@ impl MachineView {
     }
 }
 
-/// A machine that serves an edge port, with that service's settings.
+/// A machine that serves an edge port, with that service's settings (shared with the table,
+/// not copied: the proxy looks these up on every request).
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub machine: MachineView,
-    pub service: Service,
-    pub edge: EdgePort,
+    pub machine: Arc<MachineView>,
+    service: usize,
+    edge: usize,
+}
+
+impl Candidate {
+    pub fn service(&self) -> &Service {
+        &self.machine.services[self.service]
+    }
+
+    pub fn edge(&self) -> &EdgePort {
+        &self.service().ports[self.edge]
+    }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    machines: BTreeMap<String, MachineView>,
+    machines: BTreeMap<String, Arc<MachineView>>,
 }
 
 impl Table {
     pub fn put(&mut self, m: MachineView) {
-        self.machines.insert(m.id.clone(), m);
+        self.machines.insert(m.id.clone(), Arc::new(m));
     }
 
     pub fn remove(&mut self, id: &str) {
@@ -174,11 +186,11 @@ impl Table {
     }
 
     pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
-        self.machines.values()
+        self.machines.values().map(|m| m.as_ref())
     }
 
     pub fn get(&self, id: &str) -> Option<&MachineView> {
-        self.machines.get(id)
+        self.machines.get(id).map(|m| m.as_ref())
     }
 
     /// Every edge port some machine exposes.
@@ -198,15 +210,18 @@ impl Table {
     pub fn candidates(&self, port: u16) -> BTreeMap<String, Vec<Candidate>> {
         let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
         for m in self.machines.values() {
-            for s in &m.services {
-                if let Some(edge) = s.port(port) {
-                    out.entry(m.app.clone()).or_default().push(Candidate {
-                        machine: m.clone(),
-                        service: s.clone(),
-                        edge: edge.clone(),
-                    });
-                    break;
-                }
+            let found = m.services.iter().enumerate().find_map(|(si, s)| {
+                s.ports
+                    .iter()
+                    .position(|p| p.contains(port))
+                    .map(|ei| (si, ei))
+            });
+            if let Some((service, edge)) = found {
+                out.entry(m.app.clone()).or_default().push(Candidate {
+                    machine: m.clone(),
+                    service,
+                    edge,
+                });
             }
         }
         out
@@ -218,7 +233,7 @@ impl Table {
     pub fn conflict(&self, app: &str, port: u16, http: bool) -> Option<String> {
         self.candidates(port)
             .into_iter()
-            .find(|(other, c)| other != app && (!http || c.iter().any(|c| !c.edge.http)))
+            .find(|(other, c)| other != app && (!http || c.iter().any(|c| !c.edge().http)))
             .map(|(other, _)| other)
     }
 }

@@ -113,7 +113,7 @@ impl Proxy {
         let Some(ip) = chosen.candidate.machine.ipv4 else {
             return;
         };
-        let backend = SocketAddr::new(ip.into(), chosen.candidate.service.internal_port);
+        let backend = SocketAddr::new(ip.into(), chosen.candidate.service().internal_port);
         let mut upstream = match connect(backend, chosen.woken, self.config.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -121,7 +121,7 @@ impl Proxy {
                 return;
             }
         };
-        if let Some(v) = chosen.candidate.edge.proxy_proto {
+        if let Some(v) = chosen.candidate.edge().proxy_proto {
             if upstream
                 .write_all(&proxy_header(v, peer, local))
                 .await

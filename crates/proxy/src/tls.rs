@@ -178,7 +178,9 @@ impl Proxy {
         let config = self
             .certificates
             .for_app(&app, &self.config.domain)
-            .and_then(|c| server_config(c, &candidate.edge, candidate.edge.tls_options.as_ref()));
+            .and_then(|c| {
+                server_config(c, candidate.edge(), candidate.edge().tls_options.as_ref())
+            });
         let config = match config {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -193,7 +195,7 @@ impl Proxy {
                 return;
             }
         };
-        if candidate.edge.http {
+        if candidate.edge().http {
             self.serve_http(tls, local, peer, Some(app)).await;
         } else {
             self.serve_tcp(tls, local, peer, Some(app)).await;
