@@ -513,3 +513,56 @@ async fn the_seeds_rate_limiter_sidecar_is_reached_through_the_proxy() {
     }
     assert!(statuses.contains(&503), "rate limited: {statuses:?}");
 }
+
+/// An upgrade (what WebSockets do) passes through: the machine's 101, then bytes both ways.
+#[tokio::test]
+async fn upgrades_pass_through_the_http_handler() {
+    let d = daemon().await;
+    create_app(&d, "ws").await;
+    // A machine that answers any request with a 101 and then echoes.
+    let up = "cr=$(printf '\\r')\n\
+        while read -r l; do [ \"$l\" = \"$cr\" ] || [ -z \"$l\" ] && break; done\n\
+        printf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'\n\
+        exec cat\n";
+    use base64::Engine;
+    let body = json!({"config": {
+        "image": test_image(),
+        "files": [{"guest_path": "/up.sh", "raw_value": base64::engine::general_purpose::STANDARD.encode(up)}],
+        "init": {"exec": ["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/sh", "/up.sh"]},
+        "services": http_service(18088, json!({})),
+    }});
+    launch(&d, "ws", body).await;
+    let mut s = tokio::net::TcpStream::connect("127.0.0.1:18088")
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let head = async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), head)
+        .await
+        .expect("101 in time");
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    s.write_all(b"ping\n").await.unwrap();
+    let mut echo = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&echo, b"ping\n");
+}

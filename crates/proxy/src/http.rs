@@ -144,7 +144,7 @@ impl Proxy {
                     .await
                     .map_err(|e| e.to_string())?;
                 upstreams.drive(Box::pin(async move {
-                    let _ = conn.await;
+                    let _ = conn.with_upgrades().await;
                 }));
                 sender
             }
@@ -193,7 +193,7 @@ impl Proxy {
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let server = builder.serve_connection(TokioIo::new(stream), service);
+        let server = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         // The machine connections run beside the client connection, in this task.
         let machines = async move {
             use futures_util::StreamExt;
@@ -276,6 +276,7 @@ impl Proxy {
         let labels = crate::metrics::Metrics::app(&app);
         self.metrics.in_flight.get_or_create(&labels).inc();
         let _in_flight = InFlight(&self.metrics, labels);
+        let mut upgraded = false;
         let mut resp = match self.choose(&app, port).await {
             Err(e) => {
                 tracing::info!(%app, port, error = %e, "proxy: request not routed");
@@ -321,9 +322,21 @@ impl Proxy {
                                 }
                             }
                             let proto = if c.edge().tls { "https" } else { "http" };
+                            // An upgrade (WebSocket) is passed on: after the machine's 101 the
+                            // two connections are joined byte for byte.
+                            let upgrade = req.headers().get(hyper::header::UPGRADE).cloned();
+                            let client_upgrade =
+                                upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
                             let headers = req.headers_mut();
                             for h in HOP_BY_HOP {
                                 headers.remove(*h);
+                            }
+                            if let Some(u) = upgrade {
+                                headers.insert(hyper::header::UPGRADE, u);
+                                headers.insert(
+                                    hyper::header::CONNECTION,
+                                    HeaderValue::from_static("upgrade"),
+                                );
                             }
                             let set = |headers: &mut hyper::HeaderMap,
                                        name: &'static str,
@@ -376,6 +389,36 @@ impl Proxy {
                             }
                             match self.send(req, backend, chosen.woken, upstreams).await {
                                 // The machine stays loaded until the body is through.
+                                Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                                    let (guard, machine) = (chosen.guard, c.machine.id.clone());
+                                    match client_upgrade {
+                                        Some(client) => {
+                                            let backend = hyper::upgrade::on(&mut r);
+                                            tokio::spawn(async move {
+                                                let _guard = guard;
+                                                match tokio::try_join!(client, backend) {
+                                                    Ok((c, b)) => {
+                                                        let (mut c, mut b) =
+                                                            (TokioIo::new(c), TokioIo::new(b));
+                                                        let _ = tokio::io::copy_bidirectional(
+                                                            &mut c, &mut b,
+                                                        )
+                                                        .await;
+                                                    }
+                                                    Err(e) => {
+                                                        tracing::debug!(%machine, error = %e, "proxy: upgrade failed")
+                                                    }
+                                                }
+                                            });
+                                            upgraded = true;
+                                            r.map(|b| b.boxed())
+                                        }
+                                        None => text(
+                                            StatusCode::BAD_GATEWAY,
+                                            "the machine switched protocols unasked",
+                                        ),
+                                    }
+                                }
                                 Ok(r) => {
                                     let guard = chosen.guard;
                                     r.map(move |b| {
@@ -400,8 +443,10 @@ impl Proxy {
             }
         };
         let headers = resp.headers_mut();
-        for h in HOP_BY_HOP {
-            headers.remove(*h);
+        if !upgraded {
+            for h in HOP_BY_HOP {
+                headers.remove(*h);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(HeaderName::from_static("fly-request-id"), v);
