@@ -566,3 +566,53 @@ async fn upgrades_pass_through_the_http_handler() {
         .unwrap();
     assert_eq!(&echo, b"ping\n");
 }
+
+/// `http_options`: h2_backend talks HTTP/2 to the machine (Debian's nginx, h2c), response
+/// headers are set and removed, and `pristine` leaves the proxy's own headers out.
+#[tokio::test]
+async fn http_options_h2_backend_and_response_headers() {
+    use base64::Engine;
+    let d = daemon().await;
+    create_app(&d, "opts").await;
+    let conf = "server { listen 8080 http2; access_log off; location / { \
+        add_header X-App-Header app; return 200 \"proto=$server_protocol\\n\"; } }\n";
+    let ports = json!([
+        {"port": 18089, "handlers": ["http"], "http_options": {"h2_backend": true,
+            "response": {"headers": {"x-added": "yes", "x-multi": ["a", "b"], "x-app-header": false}}}},
+        {"port": 18092, "handlers": ["http"], "http_options": {"h2_backend": true, "response": {"pristine": true}}},
+    ]);
+    let config = json!({"config": {
+        "image": format!("{}/hangar/nginx:latest", common::registry()),
+        "files": [{"guest_path": "/etc/nginx/conf.d/default.conf",
+                   "raw_value": base64::engine::general_purpose::STANDARD.encode(conf)}],
+        "services": [{"protocol": "tcp", "internal_port": 8080, "ports": ports}],
+    }});
+    launch(&d, "opts", config).await;
+    let mut resp = String::new();
+    eventually("nginx to answer", 20, async || {
+        let (status, r) = get(18089, "opts.localhost", "/").await;
+        if status != 200 {
+            eprintln!("not yet: {r}");
+        }
+        resp = r;
+        status == 200
+    })
+    .await;
+    let lower = resp.to_ascii_lowercase();
+    assert_eq!(body(&resp), "proto=HTTP/2.0", "{resp}");
+    assert!(lower.contains("\r\nx-added: yes\r\n"), "{resp}");
+    assert!(
+        lower.contains("\r\nx-multi: a\r\n") && lower.contains("\r\nx-multi: b\r\n"),
+        "{resp}"
+    );
+    assert!(!lower.contains("x-app-header"), "removed: {resp}");
+    assert!(lower.contains("\r\nfly-request-id: "), "{resp}");
+    let (status, resp) = get(18092, "opts.localhost", "/").await;
+    let lower = resp.to_ascii_lowercase();
+    assert_eq!(status, 200, "{resp}");
+    assert!(
+        !lower.contains("fly-request-id") && !lower.contains("\r\nvia:"),
+        "pristine: {resp}"
+    );
+    assert!(lower.contains("x-app-header: app"), "{resp}");
+}

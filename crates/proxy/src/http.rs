@@ -78,11 +78,38 @@ type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// One client connection's connections to machines: idle ones by machine address, and the
 /// channel that hands a new one's driver to the client connection's task.
 pub(crate) struct Upstreams {
-    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<SendRequest>>>,
+    idle: std::sync::Mutex<std::collections::HashMap<(SocketAddr, bool), Vec<Sender>>>,
     drivers: tokio::sync::mpsc::UnboundedSender<Driver>,
 }
 
-type SendRequest = hyper::client::conn::http1::SendRequest<Body>;
+/// A connection to a machine: HTTP/1.1, or HTTP/2 with `h2_backend`.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
 
 impl Upstreams {
     fn new() -> (Upstreams, tokio::sync::mpsc::UnboundedReceiver<Driver>) {
@@ -96,7 +123,7 @@ impl Upstreams {
         )
     }
 
-    fn take_ready(&self, backend: SocketAddr) -> Option<SendRequest> {
+    fn take_ready(&self, backend: (SocketAddr, bool)) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&backend)?;
         list.retain(|s| !s.is_closed());
@@ -104,7 +131,7 @@ impl Upstreams {
         Some(list.swap_remove(i))
     }
 
-    fn give_back(&self, backend: SocketAddr, sender: SendRequest) {
+    fn give_back(&self, backend: (SocketAddr, bool), sender: Sender) {
         if !sender.is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.entry(backend).or_default().push(sender);
@@ -124,12 +151,31 @@ impl Proxy {
     /// handed over once connected, so nothing of it is lost.
     async fn send(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         backend: SocketAddr,
+        h2: bool,
         woken: bool,
         upstreams: &Upstreams,
     ) -> Result<Response<Incoming>, String> {
-        let mut sender = match upstreams.take_ready(backend) {
+        if h2 {
+            // HTTP/2 names the target in :scheme and :authority: the client's Host goes there
+            // (a Host header besides it is a duplicate to servers such as nginx).
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string());
+            let authority = req
+                .headers_mut()
+                .remove(HOST)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or_else(|| backend.to_string());
+            *req.uri_mut() = format!("http://{authority}{path}")
+                .parse()
+                .map_err(|e| format!("bad request target: {e}"))?;
+            *req.version_mut() = Version::HTTP_2;
+        }
+        let key = (backend, h2);
+        let mut sender = match upstreams.take_ready(key) {
             Some(s) => s,
             None => {
                 let patience = if woken {
@@ -140,20 +186,34 @@ impl Proxy {
                 let stream = crate::tcp::connect(backend, true, patience)
                     .await
                     .map_err(|e| format!("connect {backend}: {e} (PC01)"))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                if h2 {
+                    let (sender, conn) = hyper::client::conn::http2::handshake(
+                        TokioExecutor::new(),
+                        TokioIo::new(stream),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
-                upstreams.drive(Box::pin(async move {
-                    let _ = conn.with_upgrades().await;
-                }));
-                sender
+                    upstreams.drive(Box::pin(async move {
+                        let _ = conn.await;
+                    }));
+                    Sender::H2(sender)
+                } else {
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    upstreams.drive(Box::pin(async move {
+                        let _ = conn.with_upgrades().await;
+                    }));
+                    Sender::H1(sender)
+                }
             }
         };
         let resp = sender
-            .send_request(req.map(|b| b.boxed()))
+            .send(req.map(|b| b.boxed()))
             .await
             .map_err(|e| e.to_string());
-        upstreams.give_back(backend, sender);
+        upstreams.give_back(key, sender);
         resp
     }
 
@@ -277,6 +337,7 @@ impl Proxy {
         self.metrics.in_flight.get_or_create(&labels).inc();
         let _in_flight = InFlight(&self.metrics, labels);
         let mut upgraded = false;
+        let mut options = crate::table::HttpOptions::default();
         let mut resp = match self.choose(&app, port).await {
             Err(e) => {
                 tracing::info!(%app, port, error = %e, "proxy: request not routed");
@@ -288,6 +349,7 @@ impl Proxy {
             }
             Ok(chosen) => {
                 let c = &chosen.candidate;
+                options = c.edge().http_options.clone();
                 if c.edge().force_https && !c.edge().tls {
                     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                     // To the default https port: the edge's TLS port is 443 on Fly.
@@ -387,7 +449,16 @@ impl Proxy {
                             {
                                 req.headers_mut().insert(HOST, h);
                             }
-                            match self.send(req, backend, chosen.woken, upstreams).await {
+                            match self
+                                .send(
+                                    req,
+                                    backend,
+                                    c.edge().http_options.h2_backend,
+                                    chosen.woken,
+                                    upstreams,
+                                )
+                                .await
+                            {
                                 // The machine stays loaded until the body is through.
                                 Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
                                     let (guard, machine) = (chosen.guard, c.machine.id.clone());
@@ -448,18 +519,32 @@ impl Proxy {
                 headers.remove(*h);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert(HeaderName::from_static("fly-request-id"), v);
-        }
-        headers.insert(
-            HeaderName::from_static("via"),
-            HeaderValue::from_static(via(version)),
-        );
-        if !headers.contains_key("server") {
+        // `response.pristine` leaves the proxy's own headers out (and the app's alone).
+        if !options.pristine {
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                headers.insert(HeaderName::from_static("fly-request-id"), v);
+            }
             headers.insert(
-                HeaderName::from_static("server"),
-                HeaderValue::from_static("Fly/hangar"),
+                HeaderName::from_static("via"),
+                HeaderValue::from_static(via(version)),
             );
+            if !headers.contains_key("server") {
+                headers.insert(
+                    HeaderName::from_static("server"),
+                    HeaderValue::from_static("Fly/hangar"),
+                );
+            }
+        }
+        for (name, values) in &options.response_headers {
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            headers.remove(&name);
+            for v in values.iter().flatten() {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    headers.append(name.clone(), v);
+                }
+            }
         }
         resp.extensions_mut().insert(ServedApp(app));
         resp

@@ -21,6 +21,61 @@ pub struct EdgePort {
     pub proxy_proto: Option<u8>,
     /// `tls_options` (`alpn`, `versions`) as given.
     pub tls_options: Option<serde_json::Value>,
+    pub http_options: HttpOptions,
+}
+
+/// `http_options` of an edge port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Talk HTTP/2 (h2c, prior knowledge) to the machine, for gRPC.
+    pub h2_backend: bool,
+    /// `response.pristine`: add none of the proxy's own response headers.
+    pub pristine: bool,
+    /// `response.headers`: set (a value or a list of them) or remove (`false`) each header.
+    pub response_headers: Vec<(String, Option<Vec<String>>)>,
+}
+
+impl HttpOptions {
+    fn from_config(v: Option<&serde_json::Value>) -> HttpOptions {
+        let Some(v) = v else {
+            return HttpOptions::default();
+        };
+        let response = v.get("response");
+        let response_headers = response
+            .and_then(|r| r.get("headers"))
+            .and_then(|h| h.as_object())
+            .map(|h| {
+                h.iter()
+                    .map(|(name, value)| {
+                        let values = match value {
+                            serde_json::Value::Bool(false) | serde_json::Value::Null => None,
+                            serde_json::Value::Array(list) => Some(
+                                list.iter()
+                                    .map(|v| {
+                                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                                    })
+                                    .collect(),
+                            ),
+                            serde_json::Value::String(s) => Some(vec![s.clone()]),
+                            other => Some(vec![other.to_string()]),
+                        };
+                        (name.to_ascii_lowercase(), values)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        HttpOptions {
+            h2_backend: v
+                .get("h2_backend")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
+            pristine: response
+                .and_then(|r| r.get("pristine"))
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
+            response_headers,
+        }
+    }
 }
 
 impl EdgePort {
@@ -86,6 +141,7 @@ impl Service {
                     force_https: p.force_https,
                     proxy_proto,
                     tls_options: p.tls_options.clone(),
+                    http_options: HttpOptions::from_config(p.http_options.as_ref()),
                 })
             })
             .collect();
