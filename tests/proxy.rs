@@ -616,3 +616,54 @@ async fn http_options_h2_backend_and_response_headers() {
     );
     assert!(lower.contains("x-app-header: app"), "{resp}");
 }
+
+/// Client-side limits: a malformed request gets a 400 from the proxy, an oversized head a 431,
+/// and a connection that sends nothing is closed after the idle timeout.
+#[tokio::test]
+async fn bad_and_idle_clients_are_answered_and_cut() {
+    let d = Daemon::start_networked_with(
+        "127.0.0.1:9".parse().unwrap(),
+        &[
+            "--proxy-idle-timeout",
+            "1s",
+            "--proxy-max-header-bytes",
+            "8192",
+        ],
+    )
+    .await;
+    create_app(&d, "limits").await;
+    launch(&d, "limits", web_config(http_service(18093, json!({})))).await;
+    async fn raw(req: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect("127.0.0.1:18093")
+            .await
+            .unwrap();
+        let _ = s.write_all(req).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    }
+    let resp = raw(b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: limits.localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let resp = raw(big.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    // Idle: closed by the proxy after about a second.
+    let mut s = tokio::net::TcpStream::connect("127.0.0.1:18093")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed by the proxy")
+        .unwrap_or(0);
+    let _ = n;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+}

@@ -65,6 +65,15 @@ pub struct DaemonArgs {
     /// PEM private key of --proxy-tls-cert
     #[arg(long, value_name = "FILE", requires = "proxy_tls_cert")]
     pub proxy_tls_key: Option<PathBuf>,
+    /// Close a proxied client connection that sends no request head for this long (Go duration) [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_autostop_after)]
+    pub proxy_idle_timeout: Option<std::time::Duration>,
+    /// Largest request head the proxy accepts, in bytes (at least 8192); bigger ones get a 431 [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub proxy_max_header_bytes: Option<usize>,
+    /// Client connections the proxy holds open at once; past it new ones wait [default: 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub proxy_max_connections: Option<u32>,
     /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
     #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -119,6 +128,9 @@ struct ConfigFile {
     proxy_tls_cert: Option<PathBuf>,
     proxy_tls_key: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
+    proxy_idle_timeout: Option<String>,
+    proxy_max_header_bytes: Option<usize>,
+    proxy_max_connections: Option<u32>,
 }
 
 impl ConfigFile {
@@ -229,6 +241,29 @@ impl DaemonArgs {
                 .unwrap_or_else(|| "localhost".into()),
             autostop_after,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            proxy_idle_timeout: match (&self.proxy_idle_timeout, &file.proxy_idle_timeout) {
+                (Some(d), _) => *d,
+                (None, Some(s)) => {
+                    parse_autostop_after(s).map_err(|e| in_file("proxy_idle_timeout", e))?
+                }
+                (None, None) => hangar_proxy::ProxyConfig::DEFAULT_IDLE_TIMEOUT,
+            },
+            proxy_max_header_bytes: match self
+                .proxy_max_header_bytes
+                .or(file.proxy_max_header_bytes)
+            {
+                Some(n) if n < 8192 => anyhow::bail!(
+                    "--proxy-max-header-bytes {n}: at least 8192 (a request head must fit)"
+                ),
+                Some(n) => n,
+                None => hangar_proxy::ProxyConfig::DEFAULT_MAX_HEADER_BYTES,
+            },
+            proxy_max_connections: self
+                .proxy_max_connections
+                .or(file.proxy_max_connections)
+                .map_or(hangar_proxy::ProxyConfig::DEFAULT_MAX_CONNECTIONS, |n| {
+                    n as usize
+                }),
             proxy_tls: match (
                 self.proxy_tls_cert.clone().or(file.proxy_tls_cert.clone()),
                 self.proxy_tls_key.clone().or(file.proxy_tls_key.clone()),

@@ -71,6 +71,10 @@ pub struct DaemonOptions {
     pub proxy_tls: Option<(PathBuf, PathBuf)>,
     /// Where `/metrics` is served (opt-in).
     pub metrics_listen: Option<SocketAddr>,
+    /// The proxy's client-side limits.
+    pub proxy_idle_timeout: std::time::Duration,
+    pub proxy_max_header_bytes: usize,
+    pub proxy_max_connections: usize,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -198,6 +202,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         autostop_after: opts.autostop_after,
         queue_timeout: std::time::Duration::from_secs(5),
         connect_timeout: std::time::Duration::from_secs(10),
+        idle_timeout: opts.proxy_idle_timeout,
+        max_header_bytes: opts.proxy_max_header_bytes,
+        max_connections: opts.proxy_max_connections,
         tls_cert: match &opts.proxy_tls {
             Some((cert, key)) => Some(
                 hangar_proxy::tls::CertKey::from_pem_files(cert, key)

@@ -252,7 +252,16 @@ impl Proxy {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.config.idle_timeout)
+            .max_buf_size(self.config.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(self.config.idle_timeout / 2);
         let server = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         // The machine connections run beside the client connection, in this task.
         let machines = async move {

@@ -53,6 +53,19 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// The certificate the `tls` handler serves; `None`: a self-signed one per app.
     pub tls_cert: Option<tls::CertKey>,
+    /// A client connection that sends no request head for this long is closed.
+    pub idle_timeout: Duration,
+    /// The largest request head (line and headers) accepted; bigger ones get a 431.
+    pub max_header_bytes: usize,
+    /// Client connections open at once, across every edge port; past it, new ones wait.
+    pub max_connections: usize,
+}
+
+impl ProxyConfig {
+    /// The defaults: 60 s idle, 64 KiB heads, 10,000 connections.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 }
 
 /// The proxy: its table, its listeners and the load of every machine.
@@ -68,6 +81,7 @@ pub struct Proxy {
     certificates: tls::Certificates,
     health: checks::Health,
     pub metrics: metrics::Metrics,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
@@ -81,6 +95,7 @@ impl Proxy {
             certificates: tls::Certificates::new(config.tls_cert.clone()),
             health: checks::Health::default(),
             metrics: metrics::Metrics::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
             config,
         })
     }

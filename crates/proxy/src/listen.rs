@@ -72,6 +72,10 @@ impl Proxy {
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
+            // At the connection limit, wait for one to close before taking another.
+            let Ok(permit) = self.connections.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -87,6 +91,7 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 // Counted while the connection lasts (the handlers take the proxy by value).
                 let connections = this.metrics.connections.clone();
                 connections.inc();
@@ -97,6 +102,19 @@ impl Proxy {
                     .flatten()
                     .map(|c| c.edge().clone())
                     .collect();
+                let http_or_tls = edges.iter().any(|e| e.tls || e.http);
+                // `peek` waits for a first byte (or the client's close) without taking it;
+                // `readable` may wake spuriously.
+                if http_or_tls
+                    && tokio::time::timeout(this.config.idle_timeout, stream.peek(&mut [0u8; 1]))
+                        .await
+                        .is_err()
+                {
+                    // Connected and said nothing: the idle timeout applies before the first
+                    // request as it does between requests.
+                    connections.dec();
+                    return;
+                }
                 if edges.iter().any(|e| e.tls) {
                     this.serve_tls(stream, local, peer).await;
                 } else if edges.iter().any(|e| e.http) {
