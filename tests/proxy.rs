@@ -667,3 +667,26 @@ async fn bad_and_idle_clients_are_answered_and_cut() {
         t0.elapsed()
     );
 }
+
+/// The proxy lives in the daemon: after a daemon SIGKILL and restart its edge ports are back
+/// (from the stored machines) within a second of the daemon answering.
+#[tokio::test]
+async fn edge_ports_come_back_with_the_daemon() {
+    let mut d = daemon().await;
+    create_app(&d, "again").await;
+    let id = launch(&d, "again", web_config(http_service(18096, json!({})))).await;
+    let (status, _) = get(18096, "again.localhost", "/hostname").await;
+    assert_eq!(status, 200);
+    d.kill9();
+    d.restart().await;
+    let t0 = Instant::now();
+    eventually("the edge port after the restart", 5, async || {
+        tokio::net::TcpStream::connect("127.0.0.1:18096")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let (status, resp) = get(18096, "again.localhost", "/hostname").await;
+    assert_eq!((status, body(&resp)), (200, id.as_str()), "{resp}");
+}
