@@ -74,6 +74,9 @@ pub struct DaemonArgs {
     /// Client connections the proxy holds open at once; past it new ones wait [default: 10000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub proxy_max_connections: Option<u32>,
+    /// Remount the host's cgroup2 tree with favordynmods: machine starts skip an RCU grace period (~10 ms here), forks and exits host-wide get slightly dearer; lasts until reboot
+    #[arg(long, env = "HANGAR_FAVOR_DYNMODS")]
+    pub favor_dynmods: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
     #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -131,6 +134,7 @@ struct ConfigFile {
     proxy_idle_timeout: Option<String>,
     proxy_max_header_bytes: Option<usize>,
     proxy_max_connections: Option<u32>,
+    favor_dynmods: Option<bool>,
 }
 
 impl ConfigFile {
@@ -241,6 +245,7 @@ impl DaemonArgs {
                 .unwrap_or_else(|| "localhost".into()),
             autostop_after,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            favor_dynmods: self.favor_dynmods || file.favor_dynmods.unwrap_or(false),
             proxy_idle_timeout: match (&self.proxy_idle_timeout, &file.proxy_idle_timeout) {
                 (Some(d), _) => *d,
                 (None, Some(s)) => {

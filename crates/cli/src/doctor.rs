@@ -164,6 +164,21 @@ fn checks(data_dir: &Path) -> Vec<Check> {
             data_dir.display()
         ),
     });
+    // Speed: without favordynmods the first cgroup move of each machine start waits for an RCU
+    // grace period.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let v2: Vec<&str> = mounts.lines().filter(|l| l.contains(" cgroup2 ")).collect();
+    let favored = !v2.is_empty() && v2.iter().all(|l| l.contains("favordynmods"));
+    out.push(Check {
+        name: "cgroup favordynmods",
+        ok: favored,
+        required: false,
+        detail: if favored {
+            "on: machine starts do not wait for an RCU grace period".into()
+        } else {
+            "off: each machine start waits ~10 ms for an RCU grace period; `hangar daemon --favor-dynmods` turns it on (until reboot)".into()
+        },
+    });
     // Machine networking: the firewall is applied with nft; without it the daemon needs
     // --network off.
     let nft = std::process::Command::new("nft")

@@ -71,6 +71,9 @@ pub struct DaemonOptions {
     pub proxy_tls: Option<(PathBuf, PathBuf)>,
     /// Where `/metrics` is served (opt-in).
     pub metrics_listen: Option<SocketAddr>,
+    /// Remount the host's cgroup2 tree with `favordynmods` (faster machine starts; see
+    /// hangar_sandbox::cgroup::favor_dynmods for the trade-off).
+    pub favor_dynmods: bool,
     /// The proxy's client-side limits.
     pub proxy_idle_timeout: std::time::Duration,
     pub proxy_max_header_bytes: usize,
@@ -131,6 +134,20 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 "prctl(PR_SET_CHILD_SUBREAPER): {}",
                 std::io::Error::last_os_error()
             );
+        }
+        if opts.favor_dynmods {
+            match hangar_sandbox::cgroup::favor_dynmods() {
+                Ok(changed) if !changed.is_empty() => eprintln!(
+                    "hangar: cgroup2 mounts now favor dynamic changes (favordynmods): {}",
+                    changed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not turn on favordynmods"),
+            }
         }
         let net = if opts.network {
             Some(Arc::new(host_network::HostNetwork::set_up(opts.egress)?))

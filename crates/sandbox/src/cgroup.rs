@@ -598,6 +598,51 @@ fn wait_for(file: &Path, done: impl Fn(&str) -> bool) -> Result<()> {
     }
 }
 
+/// Turns on `favordynmods` on every cgroup2 mount of the host (the whole of a pure v2 host,
+/// or the `unified` tree of a hybrid one), keeping the options it has. The kernel then keeps
+/// the lock that moving a task between cgroups takes in its fast-writer state: the first move
+/// no longer waits for an RCU grace period (~10 ms on a 2-core host, on v1 controllers too,
+/// since the lock is shared), at the cost of slightly dearer forks and exits host-wide. The
+/// kernel keeps it until the next boot. Returns the mounts changed.
+pub fn favor_dynmods() -> std::io::Result<Vec<PathBuf>> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut changed = Vec::new();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, target, fstype, options, ..] = fields.as_slice() else {
+            continue;
+        };
+        if *fstype != "cgroup2" || options.split(',').any(|o| o == "favordynmods") {
+            continue;
+        }
+        // The cgroup2-specific options stay; generic ones (rw, relatime…) are the mount's.
+        let keep: Vec<&str> = options
+            .split(',')
+            .filter(|o| {
+                matches!(
+                    *o,
+                    "nsdelegate"
+                        | "memory_localevents"
+                        | "memory_recursiveprot"
+                        | "memory_hugetlb_accounting"
+                )
+            })
+            .chain(std::iter::once("favordynmods"))
+            .collect();
+        let target = PathBuf::from(target.replace("\\040", " "));
+        nix::mount::mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(keep.join(",").as_str()),
+        )
+        .map_err(|e| std::io::Error::other(format!("remount {}: {e}", target.display())))?;
+        changed.push(target);
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
