@@ -129,6 +129,7 @@ fn start_workload(p: &ContainerProcess, status_fd: RawFd, tty: Option<RawFd>) ->
         Ok(m) => m,
         Err(e) => return e,
     };
+    crate::init::rename_process();
     // SAFETY: this container child is single-threaded (a clone of single-threaded Pilot).
     match unsafe { nix::unistd::fork() } {
         Err(e) => err("fork the workload", e),

@@ -59,7 +59,6 @@ pub fn reset_signals_for_workload(old_mask: &SigSet) -> Result<(), String> {
 /// after writing how it ended to `status_fd`. Expects every signal blocked
 /// ([`block_all_signals`]) and every other descriptor closed.
 pub fn run(workload: Pid, status_fd: RawFd) -> ! {
-    rename_process();
     let all = SigSet::all();
     loop {
         let sig = match all.wait() {
@@ -100,8 +99,10 @@ fn finish(status_fd: RawFd, kind: u8, value: i32, code: i32) -> ! {
 }
 
 /// The init is a fork of Pilot, not an exec: give it its own name in `ps` (comm and the
-/// argument area), so the host does not see a second "hangar pilot" per container.
-fn rename_process() {
+/// argument area), so the host does not see a second "hangar pilot" per container. Called
+/// before the workload is forked, so the workload never sees PID 1 under Pilot's name (its own
+/// exec replaces what it inherits).
+pub(crate) fn rename_process() {
     // SAFETY: PR_SET_NAME with a NUL-terminated constant.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"hangar-init".as_ptr(), 0, 0, 0) };
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
