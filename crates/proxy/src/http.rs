@@ -298,21 +298,16 @@ impl Proxy {
         host: Option<&str>,
         edge: impl Fn(&crate::table::EdgePort) -> bool,
     ) -> Option<String> {
-        let apps: Vec<String> = self
-            .table()
-            .candidates(port)
-            .into_iter()
-            .filter(|(_, c)| c.iter().any(|c| edge(c.edge())))
-            .map(|(app, _)| app)
-            .collect();
-        if apps.len() == 1 {
-            return apps.into_iter().next();
+        let table = self.table();
+        let apps = table.apps_on(port, edge);
+        if let [only] = apps.as_slice() {
+            return Some(only.to_string());
         }
         let host = strip_port(host?).to_ascii_lowercase();
         let name = host
             .strip_suffix(&format!(".{}", self.config.domain))
             .unwrap_or(&host);
-        apps.into_iter().find(|a| a == name)
+        apps.into_iter().find(|a| *a == name).map(str::to_string)
     }
 
     async fn forward(

@@ -120,11 +120,10 @@ impl Proxy {
         let mut woken = false;
         loop {
             let changed = self.changed.notified();
-            let candidates = self
-                .table()
-                .candidates(port)
-                .remove(app)
-                .ok_or(RouteError::NoService)?;
+            let candidates = self.table().candidates_of(port, app);
+            if candidates.is_empty() {
+                return Err(RouteError::NoService);
+            }
             let started: Vec<&Candidate> = candidates
                 .iter()
                 .filter(|c| c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some())

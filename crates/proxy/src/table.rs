@@ -283,6 +283,45 @@ impl Table {
         out
     }
 
+    /// The machines of `app` serving `port`, in id order: what each request chooses from.
+    pub fn candidates_of(&self, port: u16, app: &str) -> Vec<Candidate> {
+        self.machines
+            .values()
+            .filter(|m| m.app == app)
+            .filter_map(|m| {
+                let (service, edge) = m.services.iter().enumerate().find_map(|(si, s)| {
+                    s.ports
+                        .iter()
+                        .position(|p| p.contains(port))
+                        .map(|ei| (si, ei))
+                })?;
+                Some(Candidate {
+                    machine: m.clone(),
+                    service,
+                    edge,
+                })
+            })
+            .collect()
+    }
+
+    /// The apps with an edge on `port` that passes `edge`, by name.
+    pub fn apps_on(&self, port: u16, edge: impl Fn(&EdgePort) -> bool) -> Vec<&str> {
+        let mut apps: Vec<&str> = self
+            .machines
+            .values()
+            .filter(|m| {
+                m.services
+                    .iter()
+                    .flat_map(|s| s.ports.iter())
+                    .any(|p| p.contains(port) && edge(p))
+            })
+            .map(|m| m.app.as_str())
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        apps
+    }
+
     /// Another app whose services hold `port` in a way that cannot be shared with `app`'s
     /// use of it: raw TCP (or TLS-passthrough) ports belong to one app; HTTP ports are shared,
     /// routed by `Host`.
