@@ -74,3 +74,14 @@ pub fn test_image() -> String {
         std::env::var("HANGAR_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
     format!("{registry}/hangar/busybox:latest")
 }
+
+/// The value after `--name` on the command line, else `default`.
+#[allow(dead_code)] // not every runner takes options
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -11,22 +11,13 @@
 #[path = "common.rs"]
 mod common;
 
-use common::{start_daemon, start_daemon_with};
+use common::{arg, start_daemon, start_daemon_with};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_client::Client;
 use serde_json::{json, Value};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -136,8 +127,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let machines = arg("--machines", 200);
-    let idle = arg("--idle", 500);
+    let machines = arg("--machines", 200usize);
+    let idle = arg("--idle", 500usize);
     let image = common::test_image();
     let d = start_daemon("machines").await;
     let c = &d.client;

@@ -19,15 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `wrk`'s requests/s and p50/p99 latency (ms) for `url`.
 fn wrk(url: &str, seconds: u64, connections: u64) -> Option<(f64, f64, f64)> {
     let out = Command::new("wrk")
@@ -90,8 +81,8 @@ fn p50(mut v: Vec<Duration>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let seconds = arg("--seconds", 10);
-    let connections = arg("--connections", 32);
+    let seconds = common::arg("--seconds", 10u64);
+    let connections = common::arg("--connections", 32u64);
     let d = common::start_daemon("proxy").await;
     let c = &d.client;
     c.post("/v1/apps")

@@ -373,20 +373,6 @@ impl Proxy {
                             "the machine has no private address",
                         ),
                         Some(backend) => {
-                            if chosen.woken {
-                                // A machine just started may not listen yet.
-                                if let Err(e) =
-                                    crate::tcp::connect(backend, true, self.config.connect_timeout)
-                                        .await
-                                {
-                                    return text(
-                                        StatusCode::BAD_GATEWAY,
-                                        format!(
-                                            "the machine did not accept the connection: {e} (PC01)"
-                                        ),
-                                    );
-                                }
-                            }
                             let proto = if c.edge().tls { "https" } else { "http" };
                             // An upgrade (WebSocket) is passed on: after the machine's 101 the
                             // two connections are joined byte for byte.

@@ -148,15 +148,17 @@ impl Proxy {
                     .collect();
                 Some(ties[rand::random_range(0..ties.len())])
             };
-            let below_soft = pick(&|c, l| l < c.service().soft_limit);
-            if let Some(i) = below_soft {
-                let c = started[i].clone();
-                let guard = self.load.take(&c.machine.id);
-                return Ok(Chosen {
-                    candidate: c,
+            let take = |i: usize| {
+                let candidate = started[i].clone();
+                let guard = self.load.take(&candidate.machine.id);
+                Chosen {
+                    candidate,
                     woken,
                     guard,
-                });
+                }
+            };
+            if let Some(i) = pick(&|c, l| l < c.service().soft_limit) {
+                return Ok(take(i));
             }
             // Nothing below its soft limit: wake a machine if one can be woken.
             let sleeper = candidates
@@ -180,13 +182,7 @@ impl Proxy {
                 continue;
             }
             if let Some(i) = pick(&|c, l| c.service().hard_limit.is_none_or(|h| l < h)) {
-                let c = started[i].clone();
-                let guard = self.load.take(&c.machine.id);
-                return Ok(Chosen {
-                    candidate: c,
-                    woken,
-                    guard,
-                });
+                return Ok(take(i));
             }
             if started.is_empty() {
                 return Err(RouteError::NoMachine);

@@ -298,9 +298,14 @@ impl Hangar {
         }
     }
 
+    /// Tells the resolver and the proxy what the machine is now.
+    fn publish(&self, m: &MachineRecord) {
+        self.publish_to_directory(m);
+        self.publish_to_proxy(m);
+    }
+
     fn notify(&self, m: &MachineRecord, event_id: Option<String>) {
         self.publish(m);
-        self.publish_to_proxy(m);
         let handle = self.handle(m);
         handle.watch.send_replace(Snapshot {
             state: m.state,

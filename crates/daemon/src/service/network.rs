@@ -106,7 +106,7 @@ impl Hangar {
     }
 
     /// Keeps the resolver's view of `m` current (called after every write of it).
-    pub(super) fn publish(&self, m: &MachineRecord) {
+    pub(super) fn publish_to_directory(&self, m: &MachineRecord) {
         if m.state == MachineState::Destroyed {
             self.directory.remove(&m.id);
             return;

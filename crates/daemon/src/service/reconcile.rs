@@ -41,7 +41,6 @@ impl Hangar {
         for m in db(&self.store, |s| s.list_live_machines()).await? {
             self.capacity.track(&m.id, m.state, guest_size(&m.config));
             self.publish(&m);
-            self.publish_to_proxy(&m);
         }
         // Exits that happened while the daemon was down get the same policy as any other
         // (restart, stop, auto_destroy), after start-up so that a backoff does not delay it.
