@@ -17,7 +17,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         (Some("pilot"), Some(flag), Some(dir)) if flag == "--machine-dir" => {
-            return match hangar_pilot::main(Path::new(dir)) {
+            let spec_from_stdin = args.get(4).map(String::as_str) == Some("--spec-stdin");
+            return match hangar_pilot::main(Path::new(dir), spec_from_stdin) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => report(Err(e)),
             };

@@ -574,8 +574,8 @@ async fn test_two_daemons_never_share_a_uid_range() {
     );
 }
 
-/// Files under /proc, /sys and /dev would vanish under the kernel's mounts: a 400. secret_name
-/// and unmountable volumes are refused when written, not at the first boot.
+/// Files under /proc, /sys and /dev would vanish under the kernel's mounts: a 400. A secret the
+/// app does not have and unmountable volumes are refused when written, not at the first boot.
 #[tokio::test]
 async fn test_unplaceable_files_and_unsupported_sources_are_refused_at_create() {
     let d = Daemon::start_with_runtime().await;

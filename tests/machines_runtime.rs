@@ -815,7 +815,7 @@ async fn test_dns_config() {
          options ndots:2 rotate\n127.0.1.1\tweb-1.corp.example web-1\n",
         "{out}"
     );
-    // A secret file cannot be resolved without app secrets: refused at create, nothing made.
+    // A file naming a secret the app does not have: refused at create, nothing made.
     let r = d
         .post(
             "/v1/apps/dns/machines",

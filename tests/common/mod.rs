@@ -40,8 +40,14 @@ pub fn hangar_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hangar")
 }
 
+/// Where a daemon started with [`Daemon::start_logging`] writes its debug log.
+pub const DEBUG_LOG: &str = "daemon-debug.log";
+
 fn spawn(data_dir: &Path, socket: &Path, runtime: bool, args: &[String]) -> Child {
     let mut cmd = Command::new(hangar_bin());
+    // A daemon logging at debug writes to a file beside its data dir (read by the test).
+    let debug_log = data_dir.parent().map(|p| p.join(DEBUG_LOG));
+    let debug = debug_log.as_ref().filter(|p| p.exists());
     if !runtime {
         // API tests run the control plane alone: machines are stored, never started.
         cmd.env("HANGAR_RUNTIME", "none");
@@ -51,12 +57,21 @@ fn spawn(data_dir: &Path, socket: &Path, runtime: bool, args: &[String]) -> Chil
         .arg("--socket")
         .arg(socket)
         .args(args)
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hangar daemon")
+        .stdout(Stdio::null());
+    match debug {
+        Some(log) => {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log)
+                .expect("open the debug log");
+            cmd.env("RUST_LOG", "debug").stderr(file);
+        }
+        None => {
+            cmd.env("RUST_LOG", "warn").stderr(Stdio::piped());
+        }
+    }
+    cmd.spawn().expect("spawn hangar daemon")
 }
 
 impl Daemon {
@@ -109,6 +124,61 @@ impl Daemon {
         Self::start_with(true, args, Some(turn)).await
     }
 
+    /// A daemon (networking off) with more flags.
+    pub async fn start_with_flags(runtime: bool, flags: &[&str]) -> Daemon {
+        let args = ["--network", "off"]
+            .iter()
+            .chain(flags)
+            .map(|s| s.to_string())
+            .collect();
+        Self::start_with(runtime, args, None).await
+    }
+
+    /// [`start_with_flags`](Self::start_with_flags), logging at debug level to [`DEBUG_LOG`]
+    /// beside the data dir (what [`debug_log`](Self::debug_log) reads).
+    pub async fn start_logging(runtime: bool, flags: &[&str]) -> Daemon {
+        let args = ["--network", "off"]
+            .iter()
+            .chain(flags)
+            .map(|s| s.to_string())
+            .collect();
+        Self::start_with_log(runtime, args).await
+    }
+
+    async fn start_with_log(runtime: bool, args: Vec<String>) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join(DEBUG_LOG), b"").expect("create the debug log");
+        Self::start_in(tmp, runtime, args, None).await
+    }
+
+    /// Everything the daemon logged so far (for a daemon from [`start_logging`](Self::start_logging)).
+    pub fn debug_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join(DEBUG_LOG)).unwrap_or_default()
+    }
+
+    /// Starts the daemon again and expects it to refuse: returns what it printed.
+    pub async fn restart_refused(&mut self) -> String {
+        assert!(self.child.is_none(), "stop or kill the daemon first");
+        let mut child = spawn(&self.data_dir, &self.socket, self.runtime, &self.args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return err;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started although it should have refused");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn start_inner(runtime: bool) -> Daemon {
         // Networking is host-wide; tests that need it use start_networked.
         Self::start_with(runtime, vec!["--network".into(), "off".into()], None).await
@@ -116,6 +186,15 @@ impl Daemon {
 
     async fn start_with(runtime: bool, args: Vec<String>, turn: Option<std::fs::File>) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tmp, runtime, args, turn).await
+    }
+
+    async fn start_in(
+        tmp: tempfile::TempDir,
+        runtime: bool,
+        args: Vec<String>,
+        turn: Option<std::fs::File>,
+    ) -> Daemon {
         let data_dir = tmp.path().join("data");
         let socket = tmp.path().join("api.sock");
         let child = spawn(&data_dir, &socket, runtime, &args);

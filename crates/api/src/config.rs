@@ -416,8 +416,7 @@ pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_from: Option<Vec<EnvFrom>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub secrets: Option<Value>,
+    pub secrets: Option<Vec<MachineSecret>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<File>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -452,13 +451,35 @@ pub struct MachineProcess {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_from: Option<Vec<EnvFrom>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub secrets: Option<Value>,
+    pub secrets: Option<Vec<MachineSecret>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_app_secrets: bool,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Extra,
+}
+
+/// An app secret exported to one container or process (reference 2.8): `env_var` gets the
+/// value of the secret `name` (of `env_var` itself when no name is given).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MachineSecret {
+    #[serde(default)]
+    pub env_var: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
+impl MachineSecret {
+    /// The app secret this entry reads.
+    pub fn secret_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.env_var)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -9,6 +9,7 @@ pub mod guest;
 pub mod ids;
 pub mod lifecycle;
 pub mod machine;
+pub mod secrets;
 pub mod signal;
 pub mod spec;
 pub mod validate;
@@ -18,6 +19,7 @@ pub use config::*;
 pub use duration::GoDuration;
 pub use error::ErrorResponse;
 pub use machine::*;
+pub use secrets::*;
 pub use signal::Signal;
 pub use validate::{validate_config, ConfigError};
 

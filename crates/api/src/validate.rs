@@ -65,6 +65,18 @@ fn check_env_from(field: &str, env_from: Option<&Vec<crate::EnvFrom>>) -> Result
     Ok(())
 }
 
+/// `secrets` of a container or process: each names a variable and (optionally) the secret.
+fn check_secrets(field: &str, secrets: Option<&Vec<crate::MachineSecret>>) -> Result {
+    for (i, e) in secrets.into_iter().flatten().enumerate() {
+        crate::check_secret_name(&e.env_var)
+            .map_err(|m| bad(format!("{field}[{i}].env_var"), m))?;
+        if let Some(name) = e.name.as_deref().filter(|n| !n.is_empty()) {
+            crate::check_secret_name(name).map_err(|m| bad(format!("{field}[{i}].name"), m))?;
+        }
+    }
+    Ok(())
+}
+
 /// A host name of dot-separated labels of letters, digits and dashes (RFC 1123).
 fn is_hostname(name: &str) -> bool {
     !name.is_empty()
@@ -158,6 +170,7 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
             check_argv(&format!("{field}.cmd"), p.cmd.as_ref())?;
             check_env(&format!("{field}.env"), p.env.as_ref())?;
             check_env_from(&format!("{field}.env_from"), p.env_from.as_ref())?;
+            check_secrets(&format!("{field}.secrets"), p.secrets.as_ref())?;
             if p.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
                 return Err(bad(format!("{field}.user"), "must not be empty"));
             }
@@ -525,6 +538,9 @@ fn check_files(field: &str, files: &[File]) -> Result {
                 ),
             ));
         }
+        if let Some(name) = &file.secret_name {
+            crate::check_secret_name(name).map_err(|m| bad(format!("{f}.secret_name"), m))?;
+        }
         if let Some(raw) = &file.raw_value {
             base64::engine::general_purpose::STANDARD
                 .decode(raw)
@@ -781,6 +797,7 @@ fn check_containers(containers: &[ContainerConfig], volumes: &BTreeSet<String>) 
         check_argv(&format!("{field}.cmd"), c.cmd.as_ref())?;
         check_env(&format!("{field}.env"), c.env.as_ref())?;
         check_env_from(&format!("{field}.env_from"), c.env_from.as_ref())?;
+        check_secrets(&format!("{field}.secrets"), c.secrets.as_ref())?;
         if let Some(files) = &c.files {
             check_files(&format!("{field}.files"), files)?;
         }

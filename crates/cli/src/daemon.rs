@@ -80,6 +80,12 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
     #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Key file app secrets are sealed with (64 hex characters, mode 0600); must exist when given [default: DATA_DIR/secrets.key, created at first start]
+    #[arg(long, value_name = "FILE", env = "HANGAR_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// Let `show_secrets=true` return secret values to the admin token (off: values are write-only, as on Fly)
+    #[arg(long, env = "HANGAR_SECRETS_READABLE")]
+    pub secrets_readable: bool,
 }
 
 fn parse_autostop_after(s: &str) -> Result<std::time::Duration, String> {
@@ -135,6 +141,8 @@ struct ConfigFile {
     proxy_max_header_bytes: Option<usize>,
     proxy_max_connections: Option<u32>,
     favor_dynmods: Option<bool>,
+    secrets_key_file: Option<PathBuf>,
+    secrets_readable: Option<bool>,
 }
 
 impl ConfigFile {
@@ -246,6 +254,11 @@ impl DaemonArgs {
             autostop_after,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             favor_dynmods: self.favor_dynmods || file.favor_dynmods.unwrap_or(false),
+            secrets_key_file: self
+                .secrets_key_file
+                .clone()
+                .or(file.secrets_key_file.clone()),
+            secrets_readable: self.secrets_readable || file.secrets_readable.unwrap_or(false),
             proxy_idle_timeout: match (&self.proxy_idle_timeout, &file.proxy_idle_timeout) {
                 (Some(d), _) => *d,
                 (None, Some(s)) => {

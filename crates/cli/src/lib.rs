@@ -11,6 +11,7 @@ pub mod image;
 pub mod logs;
 pub mod machine;
 pub mod output;
+pub mod secrets;
 pub mod services;
 
 use anyhow::{anyhow, Context, Result};
@@ -74,6 +75,15 @@ pub enum Command {
         after_help = "Examples:\n  hangar services list -a my-app"
     )]
     Services(services::ServicesCommand),
+    /// Manage an app's secrets (encrypted at rest; machines get them as env or files)
+    #[command(
+        subcommand,
+        visible_alias = "secret",
+        after_help = "Examples:\n  \
+        hangar secrets set -a my-app DATABASE_URL=postgres://db.internal/app\n  \
+        hangar secrets list -a my-app"
+    )]
+    Secrets(secrets::SecretsCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
     /// Print a shell completion script
@@ -147,6 +157,9 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
         Command::Services(cmd) => {
             with_client(|client| async move { services::run(&client, cmd).await })
+        }
+        Command::Secrets(cmd) => {
+            with_client(|client| async move { secrets::run(&client, cmd).await })
         }
         Command::Machine(args) => {
             if matches!(

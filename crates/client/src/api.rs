@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use hangar_api::{
     App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, ExecRequest, ExecResponse,
-    LeaseRequest, LeaseResponse, ListAppsResponse, Machine, MachineEvent, MachineVersion,
-    MetadataValueRequest, MetadataValueResponse, OkResponse, StartResponse, StopRequest,
-    UpdateMetadataRequest, WaitResponse,
+    LeaseRequest, LeaseResponse, ListAppsResponse, ListSecretsResponse, Machine, MachineEvent,
+    MachineVersion, MetadataValueRequest, MetadataValueResponse, OkResponse, SetSecretsRequest,
+    SetSecretsResponse, StartResponse, StopRequest, UpdateMetadataRequest, WaitResponse,
 };
 
 use crate::client::{encode, Client};
@@ -239,6 +239,32 @@ impl Client {
     ) -> Result<ExecResponse, ClientError> {
         self.post(format!("{}/exec", machine_path(app, id)))
             .json(req)
+            .send()
+            .await
+    }
+
+    // ---- secrets (1.7) ----
+
+    /// `GET /v1/apps/{app}/secrets[?min_version=N]`: names, digests and times.
+    pub async fn list_secrets(
+        &self,
+        app: &str,
+        min_version: Option<u64>,
+    ) -> Result<ListSecretsResponse, ClientError> {
+        self.get(format!("{}/secrets", app_path(app)))
+            .query_opt("min_version", min_version)
+            .send()
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/secrets`: sets (`Some`) and unsets (`None`) in one write.
+    pub async fn set_secrets(
+        &self,
+        app: &str,
+        values: BTreeMap<String, Option<String>>,
+    ) -> Result<SetSecretsResponse, ClientError> {
+        self.post(format!("{}/secrets", app_path(app)))
+            .json(&SetSecretsRequest { values })
             .send()
             .await
     }

@@ -19,6 +19,30 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
+/// RFC 3339 keeping the milliseconds (`2023-11-08T01:52:30.123Z`): where a client compares the
+/// time with machine events (unix ms), as `secrets list` does with secrets' `updated_at`.
+pub fn rfc3339_millis(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
+}
+
 pub fn rfc3339_secs(secs: i64) -> String {
     rfc3339_ms(secs.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn millis_are_kept_where_asked() {
+        assert_eq!(
+            super::rfc3339_millis(1_767_225_610_042),
+            "2026-01-01T00:00:10.042Z"
+        );
+        assert_eq!(super::rfc3339_ms(1_767_225_610_042), "2026-01-01T00:00:10Z");
+    }
 }

@@ -16,7 +16,7 @@ use hangar_sandbox::user::User;
 use hangar_store::MachineRecord;
 
 use crate::runtime::failed;
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, SecretValues};
 use crate::uid_slots::UID_RANGE;
 use hangar_sandbox::plan::{system_tool, VolumeMountPlan};
 
@@ -44,6 +44,18 @@ pub(crate) struct PlannedContainer {
     pub(crate) rootfs_of: Option<String>,
     /// `processes` semantics: when this one ends for good, the machine stops.
     pub(crate) stops_machine: bool,
+    /// The container's or process's own `secrets` (env var, secret name): when given, these
+    /// and no other app secrets are its env.
+    pub(crate) secrets: Vec<(String, String)>,
+    /// `ignore_app_secrets` of a process: no app secrets in its env.
+    pub(crate) ignore_app_secrets: bool,
+}
+
+fn secret_pairs(list: Option<&Vec<hangar_api::MachineSecret>>) -> Vec<(String, String)> {
+    list.into_iter()
+        .flatten()
+        .map(|s| (s.env_var.clone(), s.secret_name().to_string()))
+        .collect()
 }
 
 fn env_from(list: Option<&Vec<hangar_api::EnvFrom>>) -> Vec<(String, String)> {
@@ -133,6 +145,8 @@ pub(crate) fn container_configs(config: &MachineConfig) -> Vec<PlannedContainer>
                     .collect(),
                 rootfs_of: None,
                 stops_machine: false,
+                secrets: secret_pairs(c.secrets.as_ref()),
+                ignore_app_secrets: false,
             })
             .collect(),
         None => image_processes(
@@ -176,6 +190,8 @@ fn image_processes(
         env_from: Vec::new(),
         rootfs_of: None,
         stops_machine: false,
+        secrets: Vec::new(),
+        ignore_app_secrets: false,
     };
     let processes = config.processes.as_deref().unwrap_or_default();
     if processes.is_empty() {
@@ -220,6 +236,8 @@ fn image_processes(
                 mounts: Vec::new(),
                 rootfs_of: (i > 0).then(|| "app".to_string()),
                 stops_machine: multiple,
+                secrets: secret_pairs(p.secrets.as_ref()),
+                ignore_app_secrets: p.ignore_app_secrets,
             }
         })
         .collect()
@@ -459,6 +477,7 @@ pub(crate) fn container_process(
     image: &hangar_image::ImageConfig,
     rootfs: &RootfsSpec,
     target: &Path,
+    secrets: &SecretValues,
 ) -> Result<ContainerProcess, RuntimeError> {
     let argv = match &c.exec {
         Some(exec) if !exec.is_empty() => exec.clone(),
@@ -495,6 +514,10 @@ pub(crate) fn container_process(
     }
     for (k, v) in &c.env {
         set(&mut env, k, v.clone());
+    }
+    // App secrets override `env` of the same name; the platform's FLY_* below override both.
+    for (k, v) in secret_env(m, c, secrets)? {
+        set(&mut env, &k, v);
     }
     let guest = m.config.guest.clone().unwrap_or_default();
     set(&mut env, "FLY_APP_NAME", m.app.clone());
@@ -582,10 +605,20 @@ pub(crate) fn container_process(
                 .decode(raw)
                 .map_err(|e| RuntimeError::Image(format!("file {}: {e}", f.guest_path)))?,
             (_, Some(secret), _) => {
-                return Err(RuntimeError::Unsupported(format!(
-                "file {}: secret {secret:?} cannot be resolved (app secrets are not supported yet)",
-                f.guest_path
-            )))
+                let value = secrets.get(secret).ok_or_else(|| {
+                    RuntimeError::Unsupported(format!(
+                        "file {}: app secret {secret} does not exist (it was unset after the machine was configured)",
+                        f.guest_path
+                    ))
+                })?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .map_err(|_| {
+                        RuntimeError::Unsupported(format!(
+                            "file {}: app secret {secret} is not valid base64",
+                            f.guest_path
+                        ))
+                    })?
             }
             (_, _, Some(_)) => serde_json::to_vec_pretty(image).map_err(failed)?,
             _ => continue,
@@ -611,6 +644,47 @@ pub(crate) fn container_process(
         files,
         binds: Vec::new(),
     })
+}
+
+/// The app secrets that become environment variables of container `c`: its own `secrets` list
+/// when it has one; otherwise, unless the process ignores app secrets or the machine was made
+/// with `skip_secrets`, every app secret except those the machine writes as files (a file
+/// secret is in its file, not also in the env).
+fn secret_env(
+    m: &MachineRecord,
+    c: &PlannedContainer,
+    secrets: &SecretValues,
+) -> Result<Vec<(String, String)>, RuntimeError> {
+    if !c.secrets.is_empty() {
+        return c
+            .secrets
+            .iter()
+            .map(|(var, name)| {
+                secrets
+                    .get(name)
+                    .map(|v| (var.clone(), v.to_string()))
+                    .ok_or_else(|| {
+                        RuntimeError::Unsupported(format!(
+                            "container {}: app secret {name} (for {var}) does not exist",
+                            c.name
+                        ))
+                    })
+            })
+            .collect();
+    }
+    if c.ignore_app_secrets || m.skip_secrets {
+        return Ok(Vec::new());
+    }
+    let as_files: std::collections::HashSet<String> = crate::service::secret_references(&m.config)
+        .files
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    Ok(secrets
+        .iter()
+        .filter(|(name, _)| !as_files.contains(*name))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect())
 }
 
 /// The machine's host name: `dns.hostname`, else its id.

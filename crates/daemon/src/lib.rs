@@ -78,6 +78,66 @@ pub struct DaemonOptions {
     pub proxy_idle_timeout: std::time::Duration,
     pub proxy_max_header_bytes: usize,
     pub proxy_max_connections: usize,
+    /// The key app secrets are sealed with; `None`: `secrets.key` in the data dir, created at
+    /// first start.
+    pub secrets_key_file: Option<PathBuf>,
+    /// Let `show_secrets=true` return values to the admin token (off: write-only, as on Fly).
+    pub secrets_readable: bool,
+}
+
+/// The store's record of which key sealed its secrets.
+const SECRETS_KEY_SETTING: &str = "secrets_key_id";
+
+/// The secrets key: the file given, or the data dir's (created at first start). A daemon never
+/// starts with a key other than the one the store's secrets were sealed with, and never makes
+/// a new key for a store that had one: either would lose every secret without a word.
+fn load_secrets_key(
+    opts: &DaemonOptions,
+    store: &SqliteStore,
+) -> anyhow::Result<hangar_secrets::SecretsKey> {
+    use hangar_store::NetworkStore;
+    let path = opts
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| hangar_secrets::default_key_path(&opts.data_dir));
+    let recorded = store
+        .setting(SECRETS_KEY_SETTING)
+        .context("reading the secrets key id from the store")?;
+    let key = if path.exists() {
+        hangar_secrets::SecretsKey::load(&path)?
+    } else if let Some(id) = &recorded {
+        anyhow::bail!(
+            "secrets key file {} is missing, but the store's secrets are sealed with key {id}: \
+             restore that file (or name it with --secrets-key-file); starting without it would \
+             lose every app secret",
+            path.display()
+        );
+    } else if opts.secrets_key_file.is_some() {
+        anyhow::bail!(
+            "secrets key file {} does not exist (leave --secrets-key-file out to have one \
+             created in the data dir)",
+            path.display()
+        );
+    } else {
+        let key = hangar_secrets::SecretsKey::create(&path)?;
+        eprintln!(
+            "hangar: generated the secrets key in {} (keep a copy: secrets cannot be read without it)",
+            path.display()
+        );
+        key
+    };
+    let id = store
+        .setting_or_init(SECRETS_KEY_SETTING, key.id())
+        .context("recording the secrets key id")?;
+    if id != key.id() {
+        anyhow::bail!(
+            "secrets key file {} holds key {}, but the store's secrets are sealed with key {id}: \
+             start with the key file this store was made with",
+            path.display(),
+            key.id()
+        );
+    }
+    Ok(key)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -104,6 +164,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
         .await?
         .context("failed to open the state store")?;
+    let secrets_key = load_secrets_key(&opts, &store)?;
     let (exits_tx, mut exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let images_dir = opts.data_dir.join("images");
     let image_store =
@@ -173,6 +234,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             opts.memory_overcommit,
         )),
         host_id(),
+        service::SecretsConfig {
+            key: Arc::new(secrets_key),
+            readable: opts.secrets_readable,
+        },
     )
     .context("failed to read this host's network settings from the store")?;
     {

@@ -93,6 +93,11 @@ impl Modify for BearerAuth {
         routes::get_metadata_key,
         routes::set_metadata_key,
         routes::delete_metadata_key,
+        routes::list_secrets,
+        routes::set_secrets,
+        routes::get_secret,
+        routes::set_secret,
+        routes::delete_secret,
     )
 )]
 pub struct ApiDoc;

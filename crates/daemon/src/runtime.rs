@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_api::{CheckStatus, ContainerStatus, ExecResponse, MachineConfig, ProcessStat, Signal};
 use hangar_store::MachineRecord;
+use std::collections::BTreeMap;
+use zeroize::Zeroizing;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
@@ -33,6 +35,48 @@ pub enum RuntimeError {
     NotRunning(String),
 }
 
+/// An app's secret values, opened for one boot of one machine. Never printed.
+#[derive(Default)]
+pub struct SecretValues {
+    /// The app's secrets version these were read at.
+    pub version: u64,
+    values: BTreeMap<String, Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValues")
+            .field("version", &self.version)
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SecretValues {
+    pub fn new(version: u64, values: BTreeMap<String, Zeroizing<String>>) -> Self {
+        SecretValues { version, values }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(|v| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        SecretValues {
+            version: 1,
+            values: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
+                .collect(),
+        }
+    }
+}
+
 /// A runtime failure with `e` as its reason.
 pub(crate) fn failed(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Failed(e.to_string())
@@ -53,7 +97,11 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(Default::default())
     }
     /// Boots the machine's current version; returns once it is running.
-    async fn start(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
+    async fn start(
+        &self,
+        machine: &MachineRecord,
+        secrets: &SecretValues,
+    ) -> Result<(), RuntimeError>;
     /// Sends `signal`, waits up to `timeout`, then kills what is left. Returns how the machine
     /// ended when this call stopped it (a requested stop is not reported as an exit).
     async fn stop(
@@ -207,7 +255,7 @@ impl Runtime for NoRuntime {
         Err(RuntimeError::NotConfigured)
     }
 
-    async fn start(&self, _machine: &MachineRecord) -> Result<(), RuntimeError> {
+    async fn start(&self, _machine: &MachineRecord, _: &SecretValues) -> Result<(), RuntimeError> {
         Err(RuntimeError::NotConfigured)
     }
 

@@ -86,6 +86,16 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
                 .post(routes::set_metadata_key)
                 .delete(routes::delete_metadata_key),
         )
+        .route(
+            "/v1/apps/{app_name}/secrets",
+            get(routes::list_secrets).post(routes::set_secrets),
+        )
+        .route(
+            "/v1/apps/{app_name}/secrets/{secret_name}",
+            get(routes::get_secret)
+                .post(routes::set_secret)
+                .delete(routes::delete_secret),
+        )
         // Hangar's own endpoints live outside /v1, which stays Fly's.
         .route(
             "/hangar/v1/apps/{app_name}/logs",

@@ -32,21 +32,41 @@ use crate::{checks, control, launch};
 use hangar_policy::RestartTracker;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
-pub fn main(dir: &Path) -> anyhow::Result<i32> {
+pub fn main(dir: &Path, spec_from_stdin: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(dir.to_path_buf()))
+    local.block_on(&rt, run(dir.to_path_buf(), spec_from_stdin))
 }
 
-async fn run(dir: PathBuf) -> anyhow::Result<i32> {
-    let spec_path = dir.join(SPEC_FILE);
-    let spec: PilotSpec = serde_json::from_slice(
-        &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
-    )
-    .context("parsing the pilot spec")?;
+/// With `from_stdin` (how the daemon runs Pilot) the spec arrives on stdin, a sealed memfd: it
+/// holds env and file contents, secrets included, which must never sit on disk. Stdin then
+/// becomes /dev/null, so nothing keeps the spec open. Without it, `pilot.json` in the machine
+/// dir is read (Pilot run by hand while debugging).
+fn read_spec(dir: &Path, from_stdin: bool) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    if !from_stdin {
+        let path = dir.join(SPEC_FILE);
+        return std::fs::read(&path).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .context("reading the spec from stdin")?;
+    let devnull = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    // SAFETY: dup2 onto fd 0, which this process owns; the old stdin is closed by it.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("replacing stdin");
+    }
+    Ok(bytes)
+}
+
+async fn run(dir: PathBuf, spec_from_stdin: bool) -> anyhow::Result<i32> {
+    let spec: PilotSpec = serde_json::from_slice(&read_spec(&dir, spec_from_stdin)?)
+        .context("parsing the pilot spec")?;
     let log_dir = dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir).context("creating the log dir")?;
 

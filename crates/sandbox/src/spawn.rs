@@ -394,15 +394,9 @@ fn pilot_child(exe: &OwnedFd, argv: &[CString], env: &[CString], log: &File) -> 
     if let Err(e) = nix::unistd::setsid() {
         return format!("setsid: {e}");
     }
-    let devnull = match open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e) => return format!("open /dev/null: {e}"),
-    };
-    for (src, dst) in [
-        (devnull.as_raw_fd(), 0),
-        (log.as_raw_fd(), 1),
-        (log.as_raw_fd(), 2),
-    ] {
+    // Stdin stays: it is the helper's, which the daemon made Pilot's spec (a sealed memfd that
+    // Pilot reads and then replaces with /dev/null).
+    for (src, dst) in [(log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
         // SAFETY: plain dup2 on fds we own.
         if unsafe { libc::dup2(src, dst) } < 0 {
             return format!("dup2: {}", std::io::Error::last_os_error());

@@ -18,6 +18,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     events_are_listed_newest_first(fresh().as_ref());
     deleting_an_app_takes_everything_of_it(fresh().as_ref());
     networks_and_addresses_are_allocated_once(fresh().as_ref());
+    secrets_are_versioned_per_app(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -54,6 +55,7 @@ pub fn machine(app: &str, id: &str, name: &str) -> MachineRecord {
         row_version: 0,
         host_id: "host-1".into(),
         private_ipv4: String::new(),
+        skip_secrets: false,
     }
 }
 
@@ -297,4 +299,54 @@ pub fn networks_and_addresses_are_allocated_once(s: &dyn Store) {
 
     assert_eq!(s.setting_or_init("host", "abc").unwrap(), "abc");
     assert_eq!(s.setting_or_init("host", "def").unwrap(), "abc");
+}
+
+pub fn secrets_are_versioned_per_app(s: &dyn Store) {
+    use crate::SecretWrite;
+    let set = |name: &str, sealed: &[u8]| SecretWrite::Set {
+        name: name.into(),
+        sealed: sealed.to_vec(),
+        digest: format!("d-{name}"),
+    };
+    assert_eq!(
+        s.write_secrets("nope", &[set("A", b"x")], 1)
+            .unwrap_err()
+            .class(),
+        ErrorClass::NotFound
+    );
+    s.create_app(&app("a")).unwrap();
+    s.create_app(&app("b")).unwrap();
+    assert_eq!(s.list_secrets("a").unwrap().version, 0);
+    assert_eq!(
+        s.write_secrets("a", &[set("A", b"1"), set("B", b"2")], 10)
+            .unwrap(),
+        1
+    );
+    // Deleting a missing name succeeds and still bumps the version.
+    let del = |name: &str| SecretWrite::Delete { name: name.into() };
+    assert_eq!(s.write_secrets("a", &[del("MISSING")], 11).unwrap(), 2);
+    assert_eq!(
+        s.write_secrets("a", &[set("A", b"3"), del("B")], 12)
+            .unwrap(),
+        3
+    );
+    let a = s.list_secrets("a").unwrap();
+    assert_eq!(a.version, 3);
+    assert_eq!(a.secrets.len(), 1);
+    let first = &a.secrets[0];
+    assert_eq!(
+        (first.name.as_str(), first.sealed.as_slice()),
+        ("A", &b"3"[..])
+    );
+    assert_eq!(
+        (first.created_at, first.updated_at, first.version),
+        (10, 12, 3)
+    );
+    // Apps do not share secrets or versions.
+    assert_eq!(s.list_secrets("b").unwrap(), crate::SecretSet::default());
+    assert!(s.delete_app("a").unwrap());
+    assert_eq!(
+        s.list_secrets("a").unwrap_err().class(),
+        ErrorClass::NotFound
+    );
 }

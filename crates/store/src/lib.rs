@@ -167,6 +167,17 @@ pub trait NetworkStore: Send + Sync {
     fn live_ipv4_addresses(&self, prefix: &str) -> Result<Vec<String>>;
     /// A setting of this store, written once: the first caller's `init` stays.
     fn setting_or_init(&self, key: &str, init: &str) -> Result<String>;
+    /// A setting, if it was ever written.
+    fn setting(&self, key: &str) -> Result<Option<String>>;
+}
+
+/// App secrets (sealed values; the store never sees plaintext).
+pub trait SecretStore: Send + Sync {
+    /// Applies `writes` in one transaction and bumps the app's secrets version once; returns
+    /// the new version. [`StoreError::NotFound`] when the app does not exist.
+    fn write_secrets(&self, app: &str, writes: &[SecretWrite], now: i64) -> Result<u64>;
+    /// The app's secrets and version (an app without secrets: version 0, none).
+    fn list_secrets(&self, app: &str) -> Result<SecretSet>;
 }
 
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
@@ -174,8 +185,12 @@ pub trait NetworkStore: Send + Sync {
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
 /// the blocking pool.
 pub trait Store:
-    AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + 'static
+    AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + SecretStore + 'static
 {
 }
 
-impl<T: AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + 'static> Store for T {}
+impl<
+        T: AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + SecretStore + 'static,
+    > Store for T
+{
+}

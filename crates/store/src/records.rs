@@ -45,6 +45,9 @@ pub struct MachineRecord {
     /// The machine's private IPv4 (the proxy's path into it); empty for machines created
     /// before networking, which get one at their next start.
     pub private_ipv4: String,
+    /// `skip_secrets` of its last create or update: the app's secrets are not put in its
+    /// environment (secrets it names explicitly, as files or per container, still are).
+    pub skip_secrets: bool,
 }
 
 impl MachineRecord {
@@ -95,4 +98,41 @@ pub struct NetworkRecord {
     pub name: String,
     /// Its IPv4 blocks on this host (a /24 each), lowest first.
     pub ipv4_blocks: Vec<u8>,
+}
+
+/// One app secret as stored: sealed by the daemon (hangar-secrets), never plaintext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretRecord {
+    pub name: String,
+    pub sealed: Vec<u8>,
+    /// The keyed digest `list` shows.
+    pub digest: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of its last set.
+    pub updated_at: i64,
+    /// The app's secrets version its last set produced.
+    pub version: u64,
+}
+
+/// One change of an app's secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretWrite {
+    Set {
+        name: String,
+        sealed: Vec<u8>,
+        digest: String,
+    },
+    /// Deleting a name the app does not have is not an error (flyctl's `secrets sync` relies
+    /// on it to learn the current version).
+    Delete { name: String },
+}
+
+/// An app's secrets at one version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SecretSet {
+    /// Bumped by every write, deletes of missing names included; 0 before the first.
+    pub version: u64,
+    /// By name.
+    pub secrets: Vec<SecretRecord>,
 }

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
     AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
-    MachineStore, NetworkRecord, NetworkStore, Result, StoreError, VersionRecord,
+    MachineStore, NetworkRecord, NetworkStore, Result, SecretRecord, SecretSet, SecretStore,
+    SecretWrite, StoreError, VersionRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -101,6 +102,20 @@ CREATE TABLE ipv4_blocks (
 CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE apps ADD COLUMN secrets_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE machines ADD COLUMN skip_secrets INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE app_secrets (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    digest TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (app, name)
 );
 "#,
 ];
@@ -249,7 +264,7 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
 
 const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
      created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id, \
-     private_ipv4";
+     private_ipv4, skip_secrets";
 
 fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let state: String = r.get(3)?;
@@ -259,6 +274,7 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let row_version: i64 = r.get(13)?;
     let host_id: String = r.get(14)?;
     let private_ipv4: String = r.get(15)?;
+    let skip_secrets: bool = r.get(16)?;
     Ok(MachineRecord {
         id: r.get(0)?,
         app: r.get(1)?,
@@ -282,6 +298,7 @@ fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
         row_version,
         host_id,
         private_ipv4,
+        skip_secrets,
     })
 }
 
@@ -472,7 +489,7 @@ impl MachineStore for SqliteStore {
         let res = tx.execute(
             &format!(
                 "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
             params![
                 m.id,
@@ -490,7 +507,8 @@ impl MachineStore for SqliteStore {
                 to_json(&m.image_digests)?,
                 m.row_version,
                 m.host_id,
-                m.private_ipv4
+                m.private_ipv4,
+                m.skip_secrets
             ],
         );
         machine_write(res, m)?;
@@ -521,7 +539,8 @@ impl MachineStore for SqliteStore {
         let res = tx.execute(
             "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
              private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
-             image_digests = ?11, row_version = ?13, host_id = ?14, private_ipv4 = ?15 \
+             image_digests = ?11, row_version = ?13, host_id = ?14, private_ipv4 = ?15, \
+             skip_secrets = ?16 \
              WHERE id = ?1 AND row_version = ?12",
             params![
                 m.id,
@@ -538,7 +557,8 @@ impl MachineStore for SqliteStore {
                 expect.row_version,
                 next,
                 m.host_id,
-                m.private_ipv4
+                m.private_ipv4,
+                m.skip_secrets
             ],
         );
         if matches!(res, Ok(0)) {
@@ -754,6 +774,96 @@ impl NetworkStore for SqliteStore {
                 r.get(0)
             })?,
         )
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+}
+
+impl SecretStore for SqliteStore {
+    fn write_secrets(&self, app: &str, writes: &[SecretWrite], now: i64) -> Result<u64> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let bumped = tx.execute(
+            "UPDATE apps SET secrets_version = secrets_version + 1 WHERE name = ?1",
+            [app],
+        )?;
+        if bumped == 0 {
+            return Err(StoreError::NotFound(format!("app {app}")));
+        }
+        let version: i64 = tx.query_row(
+            "SELECT secrets_version FROM apps WHERE name = ?1",
+            [app],
+            |r| r.get(0),
+        )?;
+        for w in writes {
+            match w {
+                SecretWrite::Set {
+                    name,
+                    sealed,
+                    digest,
+                } => {
+                    tx.execute(
+                        "INSERT INTO app_secrets \
+                         (app, name, sealed, digest, created_at, updated_at, version) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) \
+                         ON CONFLICT (app, name) DO UPDATE SET sealed = excluded.sealed, \
+                         digest = excluded.digest, updated_at = excluded.updated_at, \
+                         version = excluded.version",
+                        params![app, name, sealed, digest, now, version],
+                    )?;
+                }
+                SecretWrite::Delete { name } => {
+                    tx.execute(
+                        "DELETE FROM app_secrets WHERE app = ?1 AND name = ?2",
+                        params![app, name],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        u64::try_from(version)
+            .map_err(|_| StoreError::Corrupt(format!("secrets version {version}")))
+    }
+
+    fn list_secrets(&self, app: &str) -> Result<SecretSet> {
+        let conn = self.reader();
+        let version: Option<i64> = conn
+            .query_row(
+                "SELECT secrets_version FROM apps WHERE name = ?1",
+                [app],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(version) = version else {
+            return Err(StoreError::NotFound(format!("app {app}")));
+        };
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, sealed, digest, created_at, updated_at, version FROM app_secrets \
+             WHERE app = ?1 ORDER BY name",
+        )?;
+        let secrets = stmt
+            .query_map([app], |r| {
+                Ok(SecretRecord {
+                    name: r.get(0)?,
+                    sealed: r.get(1)?,
+                    digest: r.get(2)?,
+                    created_at: r.get(3)?,
+                    updated_at: r.get(4)?,
+                    version: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(SecretSet {
+            version: u64::try_from(version).unwrap_or(0),
+            secrets,
+        })
     }
 }
 

@@ -33,6 +33,7 @@ pub use process::{ExecArgs, KillArgs, RestartArgs, SuspendArgs};
 pub use run::{CreateArgs, RunArgs};
 pub use status::StatusArgs;
 pub use update::UpdateArgs;
+pub(crate) use wait::wait_for;
 pub use wait::WaitArgs;
 
 /// Lease ttl flyctl uses for its mutations (reference 1.3).
@@ -311,7 +312,12 @@ impl Ctx<'_> {
 
     /// Runs `action` holding the machine's lease, like flyctl: acquire with ttl 120, send the
     /// nonce with the mutation, release afterwards whether or not the action succeeded.
-    async fn with_lease<T, F, Fut>(&self, id: &str, purpose: &str, action: F) -> Result<T>
+    pub(crate) async fn with_lease<T, F, Fut>(
+        &self,
+        id: &str,
+        purpose: &str,
+        action: F,
+    ) -> Result<T>
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<T>>,

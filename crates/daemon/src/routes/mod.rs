@@ -29,6 +29,7 @@ mod lifecycle;
 mod machines;
 mod metadata;
 mod process;
+mod secrets;
 
 pub use apps::*;
 pub use leases::*;
@@ -36,6 +37,7 @@ pub use lifecycle::*;
 pub use machines::*;
 pub use metadata::*;
 pub use process::*;
+pub use secrets::*;
 
 /// Events embedded in a machine object (newest first).
 const EMBEDDED_EVENTS: usize = 10;
@@ -125,7 +127,6 @@ fn unserved_fly_endpoint(path: &str) -> Option<String> {
         ("certificates", "app certificates"),
         ("ip_assignments", "IP assignments"),
         ("secretkeys", "secret keys"),
-        ("secrets", "app secrets"),
         ("volumes", "volumes"),
         ("deploy_token", "deploy tokens"),
     ];

@@ -173,23 +173,26 @@ pub(super) fn read_state(dir: &Path) -> Option<RuntimeState> {
 /// (a planted symlink, say) is removed first and the new file is created exclusively.
 /// Writes a new file readable only by `owner` (and root): Pilot's spec carries every
 /// container's env and file contents.
-pub(super) fn write_private_file(
-    path: &Path,
-    bytes: &[u8],
-    owner: u32,
-) -> Result<(), RuntimeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
-    std::os::unix::fs::fchown(&f, Some(owner), Some(owner)).map_err(failed)?;
-    f.write_all(bytes).map_err(failed)
+/// Pilot's spec in a sealed memfd: memory only, and once the helper has handed it to Pilot as
+/// stdin and Pilot has read it, held by no one (Pilot swaps /dev/null in).
+pub(super) fn spec_memfd(bytes: &[u8]) -> Result<std::os::fd::OwnedFd, RuntimeError> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use std::io::{Seek, Write};
+    let fd = rustix::fs::memfd_create(
+        "hangar-pilot-spec",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| failed(format!("memfd_create: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(failed)?;
+    file.rewind().map_err(failed)?;
+    // Nobody holding it can change what Pilot reads.
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )
+    .map_err(|e| failed(format!("sealing the spec: {e}")))?;
+    Ok(file.into())
 }
 
 /// The machine dir: root's, entered only by root and the group of this boot's machine root.

@@ -59,6 +59,7 @@ impl SandboxRuntime {
         m: &MachineRecord,
         dir: &Path,
         uid_base: u32,
+        secrets: &SecretValues,
     ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<VolumeMountPlan>), RuntimeError> {
         let mut containers = Vec::new();
         let mut mounts = Vec::new();
@@ -143,7 +144,7 @@ impl SandboxRuntime {
                     (details, rootfs)
                 }
             };
-            let mut process = container_process(m, &c, &details.config, &rootfs, &target)?;
+            let mut process = container_process(m, &c, &details.config, &rootfs, &target, secrets)?;
             for (volume, path) in &c.mounts {
                 let host = volumes
                     .dirs
@@ -188,23 +189,24 @@ impl SandboxRuntime {
         &self,
         m: &MachineRecord,
         slot: u32,
+        secrets: &SecretValues,
     ) -> Result<RuntimeState, RuntimeError> {
         let dir = self.machine_dir(&m.id);
         let run = self.run_dir(&m.id);
         let uid_base = UID_BASE_START + slot * UID_RANGE;
         std::fs::create_dir_all(&run).map_err(failed)?;
         // Only root and this boot's machine (its root's group) may enter the machine dir: it
-        // holds the container's writable layer and Pilot's spec (env, file contents).
+        // holds the container's writable layer.
         restrict_machine_dir(&dir, uid_base).map_err(failed)?;
         // This boot's uid owns the run dir and what earlier boots left there (their logs).
         chown_tree_nofollow(&run, uid_base).map_err(failed)?;
         let _ = std::fs::remove_file(run.join(EXIT_FILE));
-        let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base).await?;
-        write_private_file(
-            &run.join(SPEC_FILE),
-            &serde_json::to_vec(&pilot_spec).map_err(failed)?,
-            uid_base,
-        )?;
+        let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base, secrets).await?;
+        // Pilot's spec holds the machine's env and file contents, secrets included: it reaches
+        // Pilot in memory only (crate::sandbox_runtime::host::spec_memfd), never on disk. A spec
+        // file an older Hangar wrote goes.
+        let _ = std::fs::remove_file(run.join(SPEC_FILE));
+        let spec = spec_memfd(&serde_json::to_vec(&pilot_spec).map_err(failed)?)?;
         let net = match &self.net {
             Some(host) => {
                 let net = machine_net(m)?;
@@ -218,14 +220,7 @@ impl SandboxRuntime {
             None => None,
         };
         let spawned = self
-            .spawn(
-                m,
-                &dir,
-                &run,
-                uid_base,
-                (mounts, volume_mounts),
-                net.clone(),
-            )
+            .spawn(m, uid_base, (mounts, volume_mounts), net.clone(), spec)
             .await;
         let pid = match spawned {
             Ok(pid) => pid,
@@ -249,12 +244,12 @@ impl SandboxRuntime {
     async fn spawn(
         &self,
         m: &MachineRecord,
-        dir: &Path,
-        run: &Path,
         uid_base: u32,
         (mounts, volume_mounts): (Vec<MountPlan>, Vec<VolumeMountPlan>),
         net: Option<hangar_net::MachineNet>,
+        spec: std::os::fd::OwnedFd,
     ) -> Result<i32, RuntimeError> {
+        let (dir, run) = (&self.machine_dir(&m.id), &self.run_dir(&m.id));
         let guest = m.spec().guest;
         let memory_bytes = guest.memory_mb << 20;
         let swap_bytes = guest.swap_mb << 20;
@@ -275,6 +270,7 @@ impl SandboxRuntime {
                     "pilot".into(),
                     "--machine-dir".into(),
                     run.display().to_string(),
+                    "--spec-stdin".into(),
                 ],
                 pilot_log: run.join(PILOT_LOG),
                 net,
@@ -287,7 +283,8 @@ impl SandboxRuntime {
         let out = tokio::process::Command::new(&self.exe)
             .arg("sandbox-spawn")
             .arg(dir.join(SPAWN_FILE))
-            .stdin(std::process::Stdio::null())
+            // The helper hands its stdin on to Pilot, which reads its spec from it.
+            .stdin(std::process::Stdio::from(spec))
             .output()
             .await
             .map_err(|e| failed(format!("running the sandbox helper: {e}")))?;

@@ -29,7 +29,7 @@ use crate::clock::now_ms;
 use crate::container_plan::{container_configs, container_process, prepare_volumes};
 use crate::runtime::{
     Adoption, ContainerEvent, ContainerView, ExecSpec, MachineExit, Runtime, RuntimeError,
-    RuntimeEvent,
+    RuntimeEvent, SecretValues,
 };
 
 use crate::uid_slots::{MAX_SLOTS, UID_BASE_START, UID_RANGE};
@@ -195,7 +195,7 @@ impl Runtime for SandboxRuntime {
         Ok(())
     }
 
-    async fn start(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
+    async fn start(&self, m: &MachineRecord, secrets: &SecretValues) -> Result<(), RuntimeError> {
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
         let slot = self.alloc_slot(&m.id)?;
@@ -206,7 +206,7 @@ impl Runtime for SandboxRuntime {
             machine_id: &m.id,
         };
         let keep = keep_rootfs(&m.config);
-        let launched = match self.launch(m, slot).await {
+        let launched = match self.launch(m, slot, secrets).await {
             Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
                 .and_then(|()| self.watch_exit(m, &state)),
             Err(e) => Err(e),

@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// The store cannot answer now.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller may not do this (read secret values on a daemon that keeps them write-only).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -37,10 +37,16 @@ impl Hangar {
             m.image_digests = pins;
             self.save(m, false, None, None).await?;
         }
+        // Every boot reads the app's secrets as they are now (Fly: new values reach a machine
+        // at its next start or update).
+        let secrets = self.open_secrets(&m.app).await;
+        let secrets = self
+            .or_fail(m, kind, secrets.map_err(secrets_failure))
+            .await?;
         // A bug in the runtime must leave the machine `failed`, not stuck in `starting`: the
         // panic becomes an error (and whatever it left behind is cleaned up by the next start
         // or the destroy).
-        let started = std::panic::AssertUnwindSafe(self.runtime.start(m))
+        let started = std::panic::AssertUnwindSafe(self.runtime.start(m, &secrets))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {

@@ -105,8 +105,11 @@ impl Hangar {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
-        check_request_fields(req.lsvd, req.min_secrets_version)?;
+        check_request_fields(req.lsvd)?;
         self.check_edge_ports(app, &config)?;
+        self.check_min_secrets_version(app, req.min_secrets_version)
+            .await?;
+        self.check_secret_references(app, &config).await?;
         if let Some(name) = &req.name {
             ids::check_machine_name(name).map_err(ServiceError::bad_request)?;
         }
@@ -136,6 +139,7 @@ impl Hangar {
             instance_id: instance_id.clone(),
             private_ip: String::new(),
             private_ipv4: String::new(),
+            skip_secrets: req.skip_secrets,
             created_at: now,
             updated_at: now,
             cordoned: req.skip_service_registration,
@@ -216,8 +220,11 @@ impl Hangar {
         let mut config = req.config;
         validate_config(&mut config).map_err(|e| ServiceError::bad_request(e.to_string()))?;
         check_supported(&config)?;
-        check_request_fields(req.lsvd, req.min_secrets_version)?;
+        check_request_fields(req.lsvd)?;
         self.check_edge_ports(app, &config)?;
+        self.check_min_secrets_version(app, req.min_secrets_version)
+            .await?;
+        self.check_secret_references(app, &config).await?;
         let (_guard, mut m) = self.lock_leased(app, id, nonce).await?;
         if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
             if v != m.instance_id {
@@ -279,6 +286,7 @@ impl Hangar {
         }
         // As at create: the machine is kept out of service discovery (the proxy) while set.
         m.cordoned = req.skip_service_registration;
+        m.skip_secrets = req.skip_secrets;
         m.instance_id = ids::new_ulid();
         m.state = MachineState::Replacing;
         m.updated_at = now_ms();
@@ -314,7 +322,11 @@ impl Hangar {
             (false, false) => previous,
         };
         if launch {
-            let started = self.runtime.start(&m).await;
+            let secrets = self.open_secrets(&m.app).await;
+            let secrets = self
+                .or_fail(&mut m, "update", secrets.map_err(secrets_failure))
+                .await?;
+            let started = self.runtime.start(&m, &secrets).await;
             self.or_fail(&mut m, "update", started).await?;
         }
         self.transition(&mut m, final_state, "update", Source::Platform, None)

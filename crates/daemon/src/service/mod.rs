@@ -29,9 +29,13 @@ mod network;
 mod process;
 mod proxy;
 mod reconcile;
+mod secrets;
 mod wait;
 
 pub use error::{ServiceError, ServiceResult};
+pub(crate) use secrets::secret_references;
+use secrets::secrets_failure;
+pub use secrets::{SecretValues, SecretView, SecretsConfig};
 pub use wait::WaitTarget;
 
 pub const DEFAULT_ORG: &str = "personal";
@@ -106,6 +110,8 @@ pub struct Hangar {
     directory: Arc<hangar_dns::Directory>,
     /// The edge proxy, told of every machine write like the directory.
     proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,
+    /// The key app secrets are sealed with, and who may read them back.
+    secrets: SecretsConfig,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -162,6 +168,7 @@ impl Hangar {
         images: Option<Images>,
         capacity: crate::capacity::Ledger,
         host_id: String,
+        secrets: SecretsConfig,
     ) -> hangar_store::Result<Arc<Self>> {
         let net_host = network::host_part(store.as_ref())?;
         Ok(Arc::new_cyclic(|me| Self {
@@ -177,6 +184,7 @@ impl Hangar {
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
             proxy: std::sync::OnceLock::new(),
+            secrets,
         }))
     }
 
@@ -406,13 +414,6 @@ fn check_supported(config: &MachineConfig) -> ServiceResult<()> {
         )));
     }
     for c in crate::container_plan::container_configs(config) {
-        if let Some(f) = c.files.iter().find(|f| f.secret_name.is_some()) {
-            return Err(ServiceError::bad_request(format!(
-                "file {}: secret_name needs app secrets, which this Hangar does not have yet; \
-                 use raw_value",
-                f.guest_path
-            )));
-        }
         for (volume, path) in &c.mounts {
             let scratch = config
                 .volumes
@@ -432,19 +433,13 @@ fn check_supported(config: &MachineConfig) -> ServiceResult<()> {
 }
 
 /// Create/update request fields beyond the config that Hangar cannot honour are refused by
-/// name, never dropped: `lsvd` (Fly's log-structured volume disks) and a `min_secrets_version`
-/// this host has not reached (it has no app secrets yet: version 0). `skip_secrets` holds
-/// trivially while there are none.
-fn check_request_fields(lsvd: Option<bool>, min_secrets_version: Option<u64>) -> ServiceResult<()> {
+/// name, never dropped: `lsvd` (Fly's log-structured volume disks). (`min_secrets_version` and
+/// `skip_secrets` are honoured: service::secrets.)
+fn check_request_fields(lsvd: Option<bool>) -> ServiceResult<()> {
     if lsvd == Some(true) {
         return Err(ServiceError::bad_request(
             "lsvd: log-structured volume disks are not supported by Hangar",
         ));
-    }
-    if let Some(v) = min_secrets_version.filter(|v| *v > 0) {
-        return Err(ServiceError::precondition(format!(
-            "min_secrets_version: this host has app secrets up to version 0, not {v}"
-        )));
     }
     Ok(())
 }
