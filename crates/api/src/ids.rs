@@ -8,6 +8,24 @@ pub fn new_machine_id() -> String {
     format!("{n:014x}")
 }
 
+/// A volume id as Fly writes them: `vol_` and 16 lowercase letters and digits.
+pub fn new_volume_id() -> String {
+    format!("vol_{}", random_alnum(16))
+}
+
+/// A snapshot id: `vs_` and 16 lowercase letters and digits.
+pub fn new_snapshot_id() -> String {
+    format!("vs_{}", random_alnum(16))
+}
+
+fn random_alnum(n: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
 pub fn is_machine_id(s: &str) -> bool {
     s.len() == 14
         && s.bytes()

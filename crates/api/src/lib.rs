@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod signal;
 pub mod spec;
 pub mod validate;
+pub mod volumes;
 
 pub use app::*;
 pub use config::*;
@@ -22,6 +23,7 @@ pub use machine::*;
 pub use secrets::*;
 pub use signal::Signal;
 pub use validate::{validate_config, ConfigError};
+pub use volumes::*;
 
 /// Header that proves the caller holds a machine's lease.
 pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";

@@ -202,14 +202,30 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
     if let Some(files) = &config.files {
         check_files("config.files", files)?;
     }
-    if let Some(mounts) = &config.mounts {
+    if config.mounts.is_some() {
         let mut paths = BTreeSet::new();
-        for (i, m) in mounts.iter().enumerate() {
+        for (i, m) in config.mounts.iter().flatten().enumerate() {
             let field = format!("config.mounts[{i}]");
             if m.volume.is_empty() {
                 return Err(bad(format!("{field}.volume"), "a volume id is required"));
             }
+        }
+        // A relative path (the seed's `--volume data_volume:data`) means one under /.
+        for m in config.mounts.iter_mut().flatten() {
+            if !m.path.is_empty() && !m.path.starts_with('/') {
+                m.path = format!("/{}", m.path);
+            }
+        }
+        let mounts = config.mounts.as_deref().unwrap_or_default();
+        for (i, m) in mounts.iter().enumerate() {
+            let field = format!("config.mounts[{i}]");
             check_abs_path(&format!("{field}.path"), &m.path)?;
+            if m.path.trim_end_matches('/').is_empty() {
+                return Err(bad(
+                    format!("{field}.path"),
+                    "a volume cannot be mounted at /",
+                ));
+            }
             if !paths.insert(m.path.as_str()) {
                 return Err(bad(
                     format!("{field}.path"),

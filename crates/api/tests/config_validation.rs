@@ -703,8 +703,13 @@ fn cases() -> Vec<Case> {
             err("config.mounts[0].volume"),
         ),
         case(
-            "relative mount path",
+            "relative mount path means one under / (the seed's `data`)",
             alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "data"}]})),
+            ok_with(vec![has("/mounts/0/path", json!("/data"))]),
+        ),
+        case(
+            "a volume at /",
+            alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/"}]})),
             err("config.mounts[0].path"),
         ),
         case(

@@ -279,6 +279,7 @@ pub(crate) fn prepare_volumes(
                 size_mb: t.size_mb.filter(|s| *s > 0).unwrap_or(64) as u64,
                 uid,
                 disk_image: None,
+                persistent_image: None,
             });
         } else if let Some(size_mb) = t.size_mb.filter(|s| *s > 0) {
             // A sized disk volume is a filesystem of its own, so it cannot fill the host's.
@@ -289,6 +290,7 @@ pub(crate) fn prepare_volumes(
                 size_mb: size_mb as u64,
                 uid,
                 disk_image: Some(image),
+                persistent_image: None,
             });
         }
         out.dirs.insert(v.name.clone(), path);

@@ -86,6 +86,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::StartFailed(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
             ServiceError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, message),
             ServiceError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            ServiceError::InsufficientStorage(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, message)
+            }
             ServiceError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, message),
             ServiceError::Internal(_) => Self::internal(message),
         }

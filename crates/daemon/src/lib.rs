@@ -165,6 +165,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .await?
         .context("failed to open the state store")?;
     let secrets_key = load_secrets_key(&opts, &store)?;
+    let volumes = hangar_volumes::VolumeDir::open(opts.data_dir.join("volumes"))
+        .context("failed to open the volumes dir")?;
     let (exits_tx, mut exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let images_dir = opts.data_dir.join("images");
     let image_store =
@@ -217,7 +219,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             None
         };
         Arc::new(
-            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention, net)
+            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention, net, volumes.clone())
                 .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
@@ -238,6 +240,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             key: Arc::new(secrets_key),
             readable: opts.secrets_readable,
         },
+        Some(volumes),
     )
     .context("failed to read this host's network settings from the store")?;
     {

@@ -98,6 +98,14 @@ impl Modify for BearerAuth {
         routes::get_secret,
         routes::set_secret,
         routes::delete_secret,
+        routes::list_volumes,
+        routes::create_volume,
+        routes::get_volume,
+        routes::update_volume,
+        routes::destroy_volume,
+        routes::extend_volume,
+        routes::list_snapshots,
+        routes::create_snapshot,
     )
 )]
 pub struct ApiDoc;

@@ -172,6 +172,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Whether `run` is still the machine's current run: an exit reported for an earlier one
     /// (replaced by a start while the report waited) must not count against the new one.
     fn is_current_run(&self, machine_id: &str, run: i64) -> bool;
+    /// Where volume `volume_id` of machine `machine_id` is mounted on the host while the
+    /// machine runs (usage, online extend, consistent snapshots), if it is.
+    fn volume_mountpoint(&self, _machine_id: &str, _volume_id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// What an image reference resolves to locally (digest, labels), when it is stored here;
     /// `digest`, when given, is the one the machine is pinned to.
     async fn image_ref(&self, image: &str, digest: Option<&str>) -> Option<hangar_api::ImageRef>;

@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use nix::fcntl::{Flock, FlockArg};
 use utoipa::OpenApi;
@@ -95,6 +95,24 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             get(routes::get_secret)
                 .post(routes::set_secret)
                 .delete(routes::delete_secret),
+        )
+        .route(
+            "/v1/apps/{app_name}/volumes",
+            get(routes::list_volumes).post(routes::create_volume),
+        )
+        .route(
+            "/v1/apps/{app_name}/volumes/{volume_id}",
+            get(routes::get_volume)
+                .put(routes::update_volume)
+                .delete(routes::destroy_volume),
+        )
+        .route(
+            "/v1/apps/{app_name}/volumes/{volume_id}/extend",
+            put(routes::extend_volume),
+        )
+        .route(
+            "/v1/apps/{app_name}/volumes/{volume_id}/snapshots",
+            get(routes::list_snapshots).post(routes::create_snapshot),
         )
         // Hangar's own endpoints live outside /v1, which stays Fly's.
         .route(

@@ -44,6 +44,11 @@ pub struct VolumeMountPlan {
     /// volume cannot grow past its size into the host's disk.
     #[serde(default)]
     pub disk_image: Option<PathBuf>,
+    /// A persistent volume's ext4 image: loop-mounted, then bound at `target` idmapped through
+    /// the machine's user namespace, so its files keep the ids the machine gave them whatever
+    /// uid range the machine gets at its next boot.
+    #[serde(default)]
+    pub persistent_image: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,6 +100,27 @@ fn mount_ext4_image(image: &Path, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Mounts a volume's image at a private staging dir beside `target`, binds it at `target`
+/// idmapped through `userns`, and drops the staging mount (the bind keeps the filesystem, and
+/// with it the autocleared loop device, until the machine's cleanup unmounts `target`).
+fn mount_persistent_volume(
+    image: &Path,
+    target: &Path,
+    userns: &hangar_image::Userns,
+) -> Result<(), String> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| format!("bad volume target {}", target.display()))?;
+    let staging = target.with_file_name(format!(".{}.staging", name.to_string_lossy()));
+    std::fs::create_dir_all(&staging).map_err(|e| format!("create {}: {e}", staging.display()))?;
+    let mounted = mount_ext4_image(image, &staging).and_then(|()| {
+        hangar_image::idmap::idmapped_bind(&staging, target, userns).map_err(|e| e.to_string())
+    });
+    let _ = nix::mount::umount2(&staging, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&staging);
+    mounted
+}
+
 /// Entry point of `hangar sandbox-spawn <plan>`: builds the sandbox, mounts the root
 /// filesystems through the machine's user namespace and prints Pilot's pid.
 pub fn spawn_main(plan_path: &Path) -> Result<(), SpawnError> {
@@ -119,6 +145,11 @@ pub fn spawn_main(plan_path: &Path) -> Result<(), SpawnError> {
                 .map_err(|e| e.to_string())?;
         }
         for t in &plan.volume_mounts {
+            if let Some(image) = &t.persistent_image {
+                mount_persistent_volume(image, &t.target, &userns)
+                    .map_err(|e| format!("volume: {e}"))?;
+                continue;
+            }
             if let Some(image) = &t.disk_image {
                 // Cleanup unmounts everything under the volumes dir (and so frees the loop).
                 mount_ext4_image(image, &t.target).map_err(|e| format!("disk volume: {e}"))?;

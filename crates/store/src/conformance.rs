@@ -19,6 +19,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     deleting_an_app_takes_everything_of_it(fresh().as_ref());
     networks_and_addresses_are_allocated_once(fresh().as_ref());
     secrets_are_versioned_per_app(fresh().as_ref());
+    volumes_attach_to_one_machine(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -349,4 +350,79 @@ pub fn secrets_are_versioned_per_app(s: &dyn Store) {
         s.list_secrets("a").unwrap_err().class(),
         ErrorClass::NotFound
     );
+}
+
+pub fn volume(app: &str, id: &str) -> crate::VolumeRecord {
+    crate::VolumeRecord {
+        id: id.into(),
+        app: app.into(),
+        name: "data".into(),
+        state: "created".into(),
+        size_gb: 1,
+        region: "local".into(),
+        zone: "z1".into(),
+        encrypted: false,
+        fstype: "ext4".into(),
+        snapshot_retention: 5,
+        auto_backup_enabled: true,
+        attached_machine_id: None,
+        created_at: 1,
+        deleted_at: None,
+        host_id: "host-1".into(),
+    }
+}
+
+pub fn volumes_attach_to_one_machine(s: &dyn Store) {
+    s.create_app(&app("v")).unwrap();
+    let v = volume("v", "vol_1");
+    s.insert_volume(&v).unwrap();
+    assert_eq!(s.get_volume("v", "vol_1").unwrap().unwrap(), v);
+    assert!(s.get_volume("other", "vol_1").unwrap().is_none());
+    s.attach_volume("vol_1", "m1").unwrap();
+    s.attach_volume("vol_1", "m1").unwrap();
+    match s.attach_volume("vol_1", "m2") {
+        Err(StoreError::VolumeAttached { machine, .. }) => assert_eq!(machine, "m1"),
+        other => panic!("second machine attached: {other:?}"),
+    }
+    s.detach_volume("vol_1", "m2").unwrap();
+    assert_eq!(
+        s.get_volume("v", "vol_1")
+            .unwrap()
+            .unwrap()
+            .attached_machine_id
+            .as_deref(),
+        Some("m1")
+    );
+    s.detach_volume("vol_1", "m1").unwrap();
+    s.attach_volume("vol_1", "m2").unwrap();
+    let mut updated = s.get_volume("v", "vol_1").unwrap().unwrap();
+    updated.size_gb = 5;
+    updated.state = "pending_destroy".into();
+    updated.deleted_at = Some(9);
+    s.update_volume(&updated).unwrap();
+    let got = s.get_volume("v", "vol_1").unwrap().unwrap();
+    assert_eq!(
+        (got.size_gb, got.attached_machine_id.as_deref()),
+        (5, Some("m2"))
+    );
+    assert_eq!(
+        s.attach_volume("vol_1", "m3").unwrap_err().class(),
+        ErrorClass::NotFound
+    );
+    let snap = crate::SnapshotRecord {
+        id: "vs_1".into(),
+        volume_id: "vol_1".into(),
+        app: "v".into(),
+        size: 10,
+        volume_size: 5,
+        status: "created".into(),
+        retention_days: 5,
+        created_at: 3,
+    };
+    s.insert_snapshot(&snap).unwrap();
+    assert_eq!(s.list_snapshots("vol_1").unwrap(), vec![snap.clone()]);
+    assert_eq!(s.get_snapshot("vs_1").unwrap(), Some(snap));
+    s.purge_volume("vol_1").unwrap();
+    assert!(s.list_volumes("v").unwrap().is_empty());
+    assert!(s.list_snapshots("vol_1").unwrap().is_empty());
 }

@@ -26,6 +26,9 @@ pub enum StoreError {
     LeaseHeld { owner: String, expires_at: i64 },
     #[error("{0} not found")]
     NotFound(String),
+    /// The volume is bound to another machine.
+    #[error("volume {volume} is attached to machine {machine}")]
+    VolumeAttached { volume: String, machine: String },
     /// The backend cannot answer now (locked, unreachable); retrying may work.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -61,6 +64,7 @@ impl StoreError {
             | StoreError::MachineNameTaken(_)
             | StoreError::AddressTaken(_)
             | StoreError::Conflict(_)
+            | StoreError::VolumeAttached { .. }
             | StoreError::LeaseHeld { .. } => ErrorClass::Conflict,
             StoreError::Unavailable(_) => ErrorClass::Unavailable,
             StoreError::Sqlite(e)
@@ -180,17 +184,53 @@ pub trait SecretStore: Send + Sync {
     fn list_secrets(&self, app: &str) -> Result<SecretSet>;
 }
 
+/// Volumes and their snapshots.
+pub trait VolumeStore: Send + Sync {
+    fn insert_volume(&self, volume: &VolumeRecord) -> Result<()>;
+    fn get_volume(&self, app: &str, id: &str) -> Result<Option<VolumeRecord>>;
+    /// Oldest first, destroyed (`pending_destroy`) ones included.
+    fn list_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>>;
+    /// Rewrites everything but the attachment (which only attach/detach change).
+    fn update_volume(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Binds the volume to `machine_id` unless another machine holds it
+    /// ([`StoreError::VolumeAttached`]) or it is destroyed ([`StoreError::NotFound`]).
+    fn attach_volume(&self, id: &str, machine_id: &str) -> Result<()>;
+    /// Releases the volume if `machine_id` holds it.
+    fn detach_volume(&self, id: &str, machine_id: &str) -> Result<()>;
+    /// Removes the volume's row and its snapshots' rows.
+    fn purge_volume(&self, id: &str) -> Result<()>;
+    fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
+    /// Oldest first.
+    fn list_snapshots(&self, volume_id: &str) -> Result<Vec<SnapshotRecord>>;
+    fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>>;
+    fn delete_snapshot(&self, id: &str) -> Result<()>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
 /// the blocking pool.
 pub trait Store:
-    AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + SecretStore + 'static
+    AppStore
+    + MachineStore
+    + EventStore
+    + LeaseStore
+    + NetworkStore
+    + SecretStore
+    + VolumeStore
+    + 'static
 {
 }
 
 impl<
-        T: AppStore + MachineStore + EventStore + LeaseStore + NetworkStore + SecretStore + 'static,
+        T: AppStore
+            + MachineStore
+            + EventStore
+            + LeaseStore
+            + NetworkStore
+            + SecretStore
+            + VolumeStore
+            + 'static,
     > Store for T
 {
 }

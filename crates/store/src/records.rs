@@ -136,3 +136,46 @@ pub struct SecretSet {
     /// By name.
     pub secrets: Vec<SecretRecord>,
 }
+
+/// A persistent volume (reference 1.6): a filesystem on one host that outlives machines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRecord {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    /// Fly's volume states: `created`, `extending`, `restoring`, `hydrating`,
+    /// `pending_destroy`…
+    pub state: String,
+    pub size_gb: i64,
+    pub region: String,
+    pub zone: String,
+    pub encrypted: bool,
+    pub fstype: String,
+    pub snapshot_retention: i64,
+    pub auto_backup_enabled: bool,
+    /// The one machine it is bound to (from create until that machine is destroyed).
+    pub attached_machine_id: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// When a user destroyed it (unix ms): kept `pending_destroy` for a while, then purged.
+    pub deleted_at: Option<i64>,
+    /// The host whose disk holds it.
+    pub host_id: String,
+}
+
+/// A point-in-time copy of a volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub volume_id: String,
+    pub app: String,
+    /// Bytes of the copy.
+    pub size: i64,
+    /// The volume's size (GB) when it was taken.
+    pub volume_size: i64,
+    /// `waiting`, `running`, `created`.
+    pub status: String,
+    pub retention_days: i64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}

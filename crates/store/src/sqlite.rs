@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use crate::{
     AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
     MachineStore, NetworkRecord, NetworkStore, Result, SecretRecord, SecretSet, SecretStore,
-    SecretWrite, StoreError, VersionRecord,
+    SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -117,6 +117,37 @@ CREATE TABLE app_secrets (
     version INTEGER NOT NULL,
     PRIMARY KEY (app, name)
 );
+"#,
+    r#"
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size_gb INTEGER NOT NULL,
+    region TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    encrypted INTEGER NOT NULL,
+    fstype TEXT NOT NULL,
+    snapshot_retention INTEGER NOT NULL,
+    auto_backup_enabled INTEGER NOT NULL,
+    attached_machine_id TEXT,
+    created_at INTEGER NOT NULL,
+    deleted_at INTEGER,
+    host_id TEXT NOT NULL
+);
+CREATE INDEX volumes_by_app ON volumes(app, created_at);
+CREATE TABLE volume_snapshots (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL,
+    app TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    volume_size INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    retention_days INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX volume_snapshots_by_volume ON volume_snapshots(volume_id, created_at);
 "#,
 ];
 
@@ -886,6 +917,205 @@ fn network_record(conn: &Connection, id: i64) -> Result<NetworkRecord> {
             .filter_map(|b| u8::try_from(b).ok())
             .collect(),
     })
+}
+
+const VOLUME_COLUMNS: &str = "id, app, name, state, size_gb, region, zone, encrypted, fstype, \
+     snapshot_retention, auto_backup_enabled, attached_machine_id, created_at, deleted_at, host_id";
+
+fn volume_from_row(r: &Row) -> rusqlite::Result<VolumeRecord> {
+    Ok(VolumeRecord {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        name: r.get(2)?,
+        state: r.get(3)?,
+        size_gb: r.get(4)?,
+        region: r.get(5)?,
+        zone: r.get(6)?,
+        encrypted: r.get(7)?,
+        fstype: r.get(8)?,
+        snapshot_retention: r.get(9)?,
+        auto_backup_enabled: r.get(10)?,
+        attached_machine_id: r.get(11)?,
+        created_at: r.get(12)?,
+        deleted_at: r.get(13)?,
+        host_id: r.get(14)?,
+    })
+}
+
+const SNAPSHOT_COLUMNS: &str =
+    "id, volume_id, app, size, volume_size, status, retention_days, created_at";
+
+fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        app: r.get(2)?,
+        size: r.get(3)?,
+        volume_size: r.get(4)?,
+        status: r.get(5)?,
+        retention_days: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+impl VolumeStore for SqliteStore {
+    fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {
+        let conn = self.writer();
+        conn.execute(
+            &format!(
+                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ),
+            params![
+                v.id,
+                v.app,
+                v.name,
+                v.state,
+                v.size_gb,
+                v.region,
+                v.zone,
+                v.encrypted,
+                v.fstype,
+                v.snapshot_retention,
+                v.auto_backup_enabled,
+                v.attached_machine_id,
+                v.created_at,
+                v.deleted_at,
+                v.host_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_volume(&self, app: &str, id: &str) -> Result<Option<VolumeRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE app = ?1 AND id = ?2"
+        ))?;
+        Ok(stmt.query_row([app, id], volume_from_row).optional()?)
+    }
+
+    fn list_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE app = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([app], volume_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn update_volume(&self, v: &VolumeRecord) -> Result<()> {
+        let conn = self.writer();
+        let n = conn.execute(
+            "UPDATE volumes SET name = ?2, state = ?3, size_gb = ?4, snapshot_retention = ?5, \
+             auto_backup_enabled = ?6, deleted_at = ?7 WHERE id = ?1",
+            params![
+                v.id,
+                v.name,
+                v.state,
+                v.size_gb,
+                v.snapshot_retention,
+                v.auto_backup_enabled,
+                v.deleted_at
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("volume {}", v.id)));
+        }
+        Ok(())
+    }
+
+    fn attach_volume(&self, id: &str, machine_id: &str) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let row: Option<(Option<String>, Option<i64>)> = tx
+            .query_row(
+                "SELECT attached_machine_id, deleted_at FROM volumes WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None | Some((_, Some(_))) => return Err(StoreError::NotFound(format!("volume {id}"))),
+            Some((Some(holder), None)) if holder != machine_id => {
+                return Err(StoreError::VolumeAttached {
+                    volume: id.to_string(),
+                    machine: holder,
+                })
+            }
+            _ => {}
+        }
+        tx.execute(
+            "UPDATE volumes SET attached_machine_id = ?2 WHERE id = ?1",
+            params![id, machine_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn detach_volume(&self, id: &str, machine_id: &str) -> Result<()> {
+        let conn = self.writer();
+        conn.execute(
+            "UPDATE volumes SET attached_machine_id = NULL \
+             WHERE id = ?1 AND attached_machine_id = ?2",
+            params![id, machine_id],
+        )?;
+        Ok(())
+    }
+
+    fn purge_volume(&self, id: &str) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM volume_snapshots WHERE volume_id = ?1", [id])?;
+        tx.execute("DELETE FROM volumes WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let conn = self.writer();
+        conn.execute(
+            &format!(
+                "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                s.id,
+                s.volume_id,
+                s.app,
+                s.size,
+                s.volume_size,
+                s.status,
+                s.retention_days,
+                s.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_snapshots(&self, volume_id: &str) -> Result<Vec<SnapshotRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE volume_id = ?1 \
+             ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([volume_id], snapshot_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE id = ?1"
+        ))?;
+        Ok(stmt.query_row([id], snapshot_from_row).optional()?)
+    }
+
+    fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let conn = self.writer();
+        conn.execute("DELETE FROM volume_snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

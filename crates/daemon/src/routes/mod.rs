@@ -30,6 +30,7 @@ mod machines;
 mod metadata;
 mod process;
 mod secrets;
+mod volumes;
 
 pub use apps::*;
 pub use leases::*;
@@ -38,6 +39,7 @@ pub use machines::*;
 pub use metadata::*;
 pub use process::*;
 pub use secrets::*;
+pub use volumes::*;
 
 /// Events embedded in a machine object (newest first).
 const EMBEDDED_EVENTS: usize = 10;
@@ -127,7 +129,6 @@ fn unserved_fly_endpoint(path: &str) -> Option<String> {
         ("certificates", "app certificates"),
         ("ip_assignments", "IP assignments"),
         ("secretkeys", "secret keys"),
-        ("volumes", "volumes"),
         ("deploy_token", "deploy tokens"),
     ];
     const TOP: &[(&str, &str)] = &[

@@ -77,6 +77,16 @@ impl SandboxRuntime {
                         .map_err(|e| failed(format!("unmount {}: {e}", entry.path().display())))?;
                     }
                 }
+                // A persistent volume's mount point must be empty now: never delete into one
+                // (if it were still mounted, that would be the user's data).
+                for entry in std::fs::read_dir(&volumes).map_err(failed)?.flatten() {
+                    let name = entry.file_name();
+                    if name.to_string_lossy().starts_with(PERSISTENT_VOLUME_PREFIX) {
+                        std::fs::remove_dir(entry.path()).map_err(|e| {
+                            failed(format!("removing {}: {e}", entry.path().display()))
+                        })?;
+                    }
+                }
                 std::fs::remove_dir_all(&volumes).map_err(failed)?;
             }
             for f in [RUNTIME_FILE, SPAWN_FILE] {
@@ -194,6 +204,9 @@ pub(super) fn spec_memfd(bytes: &[u8]) -> Result<std::os::fd::OwnedFd, RuntimeEr
     .map_err(|e| failed(format!("sealing the spec: {e}")))?;
     Ok(file.into())
 }
+
+/// Mount points of persistent volumes under a machine's `volumes` dir: `persistent-<vol id>`.
+pub(super) const PERSISTENT_VOLUME_PREFIX: &str = "persistent-";
 
 /// The machine dir: root's, entered only by root and the group of this boot's machine root.
 pub(super) fn restrict_machine_dir(dir: &Path, gid: u32) -> std::io::Result<()> {

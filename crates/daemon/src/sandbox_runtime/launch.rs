@@ -63,7 +63,43 @@ impl SandboxRuntime {
     ) -> Result<(PilotSpec, Vec<MountPlan>, Vec<VolumeMountPlan>), RuntimeError> {
         let mut containers = Vec::new();
         let mut mounts = Vec::new();
-        let volumes = prepare_volumes(&m.config, dir, uid_base)?;
+        let mut volumes = prepare_volumes(&m.config, dir, uid_base)?;
+        // Persistent volumes (config.mounts): mounted by the spawn helper through the
+        // machine's user namespace (idmapped), then bound into every container at their path.
+        let mut persistent = Vec::new();
+        for mount in m.config.mounts.iter().flatten() {
+            if !hangar_api::validate::is_dir_safe_name(&mount.volume) {
+                return Err(RuntimeError::Image(format!(
+                    "invalid volume id {:?}",
+                    mount.volume
+                )));
+            }
+            let image = self.volumes.image(&mount.volume);
+            if !image.is_file() {
+                return Err(RuntimeError::Unsupported(format!(
+                    "volume {} has no data on this host (destroyed?)",
+                    mount.volume
+                )));
+            }
+            // An extend that could not resize online is finished before the mount.
+            let (volumes_dir, vol) = (self.volumes.clone(), mount.volume.clone());
+            tokio::task::spawn_blocking(move || volumes_dir.fit_filesystem(&vol))
+                .await
+                .map_err(failed)?
+                .map_err(|e| failed(format!("volume {}: {e}", mount.volume)))?;
+            let target = dir
+                .join("volumes")
+                .join(format!("{PERSISTENT_VOLUME_PREFIX}{}", mount.volume));
+            std::fs::create_dir_all(&target).map_err(failed)?;
+            volumes.mounts.push(VolumeMountPlan {
+                target: target.clone(),
+                size_mb: 0,
+                uid: uid_base,
+                disk_image: None,
+                persistent_image: Some(image),
+            });
+            persistent.push((target, mount.path.clone()));
+        }
         // Root filesystems by container, for processes that share the first one's.
         let mut prepared: HashMap<String, (hangar_image::ImageDetails, RootfsSpec)> =
             HashMap::new();
@@ -145,6 +181,7 @@ impl SandboxRuntime {
                 }
             };
             let mut process = container_process(m, &c, &details.config, &rootfs, &target, secrets)?;
+            process.binds.extend(persistent.iter().cloned());
             for (volume, path) in &c.mounts {
                 let host = volumes
                     .dirs

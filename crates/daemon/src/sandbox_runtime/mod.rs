@@ -103,6 +103,8 @@ pub struct SandboxRuntime {
     log_retention: Duration,
     /// Bridges and veths; `None` runs machines with loopback only (`--network off`).
     net: Option<Arc<crate::host_network::HostNetwork>>,
+    /// Persistent volumes' images.
+    volumes: hangar_volumes::VolumeDir,
 }
 
 pub(crate) use crate::runtime::failed;
@@ -116,6 +118,7 @@ impl SandboxRuntime {
         exits: mpsc::UnboundedSender<RuntimeEvent>,
         log_retention: Duration,
         net: Option<Arc<crate::host_network::HostNetwork>>,
+        volumes: hangar_volumes::VolumeDir,
     ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
@@ -142,6 +145,7 @@ impl SandboxRuntime {
             exits,
             log_retention,
             net,
+            volumes,
         })
     }
 
@@ -193,6 +197,17 @@ impl Runtime for SandboxRuntime {
             Reference::parse(&c.image).map_err(|e| RuntimeError::Image(e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn volume_mountpoint(&self, machine_id: &str, volume_id: &str) -> Option<PathBuf> {
+        if !hangar_api::validate::is_dir_safe_name(volume_id) {
+            return None;
+        }
+        let path = self
+            .machine_dir(machine_id)
+            .join("volumes")
+            .join(format!("{}{volume_id}", host::PERSISTENT_VOLUME_PREFIX));
+        host::is_mountpoint(&path).then_some(path)
     }
 
     async fn start(&self, m: &MachineRecord, secrets: &SecretValues) -> Result<(), RuntimeError> {

@@ -86,6 +86,8 @@ impl Hangar {
         for m in machines {
             self.destroy_locked(&m.app, &m.id, None, true, true).await?;
         }
+        // Its volumes go with it: their data, snapshots and rows.
+        self.purge_app_volumes(name).await?;
         let n = name.to_string();
         db(&self.store, move |s| s.delete_app(&n)).await?;
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());

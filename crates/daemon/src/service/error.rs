@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// The store cannot answer now.
     #[error("{0}")]
     Unavailable(String),
+    /// The host's disk cannot hold what was asked (a volume).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The caller may not do this (read secret values on a daemon that keeps them write-only).
     #[error("{0}")]
     Forbidden(String),
@@ -75,6 +78,7 @@ impl From<StoreError> for ServiceError {
             StoreError::MachineNameTaken(name) => {
                 Self::NameTaken(format!("a machine named {name:?} already exists for app"))
             }
+            StoreError::VolumeAttached { .. } => Self::Conflict(e.to_string()),
             StoreError::LeaseHeld { owner, expires_at } => Self::Conflict(format!(
                 "lease currently held by {owner}, expires at {}",
                 crate::clock::rfc3339_secs(expires_at)

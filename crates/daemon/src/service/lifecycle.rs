@@ -421,6 +421,8 @@ impl Hangar {
         self.or_fail(&mut m, "destroy", destroyed).await?;
         let mid = m.id.clone();
         db(&self.store, move |s| s.delete_lease(&mid)).await?;
+        // Its volume outlives it, free for another machine.
+        self.detach_volumes(&m.id, &m.config).await;
         self.transition(
             &mut m,
             MachineState::Destroyed,

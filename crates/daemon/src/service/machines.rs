@@ -158,6 +158,8 @@ impl Hangar {
             version: instance_id.clone(),
         });
         self.refresh_image_ref(&mut m).await;
+        // The volume is bound before the machine exists, so two creates cannot both take it.
+        self.attach_volumes(app, &m.id, &m.config).await?;
         let event = Self::event(&m, "launch", MachineState::Created, Source::User, None);
         // A generated name can collide; try a few before giving up.
         let mut attempts = 0;
@@ -191,7 +193,10 @@ impl Hangar {
                     attempts += 1;
                     m.name = ids::new_machine_name();
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.detach_volumes(&m.id, &m.config).await;
+                    return Err(e);
+                }
             }
         }
         self.notify(&m, Some(event.id.clone()));
@@ -240,13 +245,20 @@ impl Hangar {
                 m.state
             )));
         }
-        if let (Some(old), Some(new)) = (mount_volumes(&m.config), mount_volumes(&config)) {
-            if old != new {
-                return Err(ServiceError::bad_request(
-                    "config.mounts: volumes cannot be changed by an update (only a mount's path)",
-                ));
-            }
+        let old_volumes = mount_volumes(&m.config).unwrap_or_default();
+        let new_volumes = mount_volumes(&config).unwrap_or_default();
+        if !old_volumes.is_empty() && !new_volumes.is_empty() && old_volumes != new_volumes {
+            return Err(ServiceError::bad_request(
+                "config.mounts: volumes cannot be swapped by an update (only a mount's path); \
+                 destroy the machine to free its volume",
+            ));
         }
+        // A machine without a volume may get one (Fly accepts attach on update).
+        if old_volumes.is_empty() && !new_volumes.is_empty() {
+            self.attach_volumes(app, id, &config).await?;
+        }
+        let released =
+            (!old_volumes.is_empty() && new_volumes.is_empty()).then(|| m.config.clone());
         // Request fields besides the config: each takes effect or is refused, never dropped.
         if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
             if region != m.region {
@@ -298,7 +310,15 @@ impl Hangar {
             Some(json!({ "previous_version": old_version })),
         );
         let event_id = event.id.clone();
-        self.save(&mut m, true, Some(event), Some(nonce)).await?;
+        if let Err(e) = self.save(&mut m, true, Some(event), Some(nonce)).await {
+            if old_volumes.is_empty() && !new_volumes.is_empty() {
+                self.detach_volumes(id, &m.config).await;
+            }
+            return Err(e);
+        }
+        if let Some(old) = &released {
+            self.detach_volumes(id, old).await;
+        }
         self.notify(&m, Some(event_id));
 
         if was_running {

@@ -30,12 +30,14 @@ mod process;
 mod proxy;
 mod reconcile;
 mod secrets;
+mod volumes;
 mod wait;
 
 pub use error::{ServiceError, ServiceResult};
 pub(crate) use secrets::secret_references;
 use secrets::secrets_failure;
 pub use secrets::{SecretValues, SecretView, SecretsConfig};
+pub use volumes::VolumeView;
 pub use wait::WaitTarget;
 
 pub const DEFAULT_ORG: &str = "personal";
@@ -112,6 +114,8 @@ pub struct Hangar {
     proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,
     /// The key app secrets are sealed with, and who may read them back.
     secrets: SecretsConfig,
+    /// Where volumes' images live (`None`: this daemon keeps no volumes).
+    volumes: Option<hangar_volumes::VolumeDir>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -161,6 +165,8 @@ pub struct StopOptions {
 }
 
 impl Hangar {
+    // One argument per part the service is assembled from (called once, in lib.rs).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         runtime: Arc<dyn Runtime>,
@@ -169,6 +175,7 @@ impl Hangar {
         capacity: crate::capacity::Ledger,
         host_id: String,
         secrets: SecretsConfig,
+        volumes: Option<hangar_volumes::VolumeDir>,
     ) -> hangar_store::Result<Arc<Self>> {
         let net_host = network::host_part(store.as_ref())?;
         Ok(Arc::new_cyclic(|me| Self {
@@ -185,6 +192,7 @@ impl Hangar {
             directory: Arc::new(hangar_dns::Directory::new()),
             proxy: std::sync::OnceLock::new(),
             secrets,
+            volumes,
         }))
     }
 
@@ -404,15 +412,6 @@ impl Hangar {
 /// Parts of a config this Hangar cannot run yet, refused when the config is written (create,
 /// update), whether or not it launches, rather than failing the machine at its first boot.
 fn check_supported(config: &MachineConfig) -> ServiceResult<()> {
-    // Persistent volumes arrive with their own API; running without the one asked for would
-    // silently lose the data meant for it.
-    if let Some(m) = config.mounts.iter().flatten().next() {
-        return Err(ServiceError::bad_request(format!(
-            "config.mounts: volume {} cannot be attached: this Hangar has no persistent \
-             volumes yet (config.volumes with temp_dir works for scratch space)",
-            m.volume
-        )));
-    }
     for c in crate::container_plan::container_configs(config) {
         for (volume, path) in &c.mounts {
             let scratch = config
@@ -422,8 +421,8 @@ fn check_supported(config: &MachineConfig) -> ServiceResult<()> {
                 .any(|v| &v.name == volume && v.temp_dir.is_some());
             if !scratch {
                 return Err(ServiceError::bad_request(format!(
-                    "container {:?} mounts volume {volume:?} at {path}: only temp_dir volumes \
-                     can be mounted (this Hangar has no persistent volumes yet)",
+                    "container {:?} mounts volume {volume:?} at {path}: containers mount \
+                     temp_dir volumes by name; a persistent volume goes in config.mounts",
                     c.name
                 )));
             }

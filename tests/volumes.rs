@@ -1,0 +1,271 @@
+//! Volumes end to end: Fly's volumes API, data that outlives machines and the daemon, online
+//! extend, snapshots, forks and restores, attach rules, and nothing left mounted.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn exec(d: &Daemon, app: &str, id: &str, script: &str) -> String {
+    let r = d
+        .post(
+            &format!("/v1/apps/{app}/machines/{id}/exec"),
+            json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "exec: {}", r.text());
+    let out: Value = r.json().unwrap();
+    assert_eq!(out["exit_code"], 0, "{script}: {out}");
+    out["stdout"].as_str().unwrap_or_default().to_string()
+}
+
+async fn create_volume(d: &Daemon, app: &str, body: Value) -> Value {
+    let r = d.post(&format!("/v1/apps/{app}/volumes"), body).await;
+    assert_eq!(r.status, 200, "create volume: {}", r.text());
+    r.json().unwrap()
+}
+
+fn loop_devices_of(dir: &std::path::Path) -> usize {
+    let out = std::process::Command::new("losetup")
+        .args(["-n", "-O", "BACK-FILE"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&dir.display().to_string()))
+        .count()
+}
+
+#[tokio::test]
+async fn test_volume_data_outlives_machines_and_the_daemon() {
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("vols").await;
+    let image = test_image();
+
+    // Create: Fly's defaults, and an honest `encrypted`.
+    let vol = create_volume(
+        &d,
+        "vols",
+        json!({"name": "data", "size_gb": 1, "encrypted": true}),
+    )
+    .await;
+    let id = vol["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("vol_"), "{vol}");
+    assert_eq!(vol["state"], "created");
+    assert_eq!(
+        vol["encrypted"], false,
+        "Hangar does not encrypt volumes: {vol}"
+    );
+    assert_eq!(vol["snapshot_retention"], 5);
+    assert!(vol["attached_machine_id"].is_null());
+
+    // Bad input: 4xx naming the field, nothing made.
+    for (body, named) in [
+        (json!({"name": "my-data", "size_gb": 1}), "name"),
+        (json!({"name": "d", "size_gb": 0}), "size_gb"),
+        (json!({"name": "d", "size_gb": 501}), "size_gb"),
+        (
+            json!({"name": "d", "snapshot_retention": 61}),
+            "snapshot_retention",
+        ),
+        (json!({"name": "d", "fstype": "xfs"}), "fstype"),
+        (
+            json!({"name": "d", "source_volume_id": "vol_nope"}),
+            "source_volume_id",
+        ),
+    ] {
+        let r = d.post("/v1/apps/vols/volumes", body).await;
+        assert_eq!(r.status, 400, "{named}: {}", r.text());
+        assert!(error_text(&r).contains(named), "{named}: {}", r.text());
+    }
+    let list: Vec<Value> = d.get("/v1/apps/vols/volumes").await.json().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+
+    // A machine mounts it at a relative path (the seed's `data`), writes as root.
+    let m = d
+        .launch(
+            "vols",
+            json!({"config": {"image": image, "mounts": [{"volume": id, "path": "data"}],
+                "init": {"exec": ["/bin/sh", "-c", "sleep 600"]}}}),
+        )
+        .await;
+    d.wait_state("vols", &m, "started").await;
+    let got: Value = d
+        .get(&format!("/v1/apps/vols/machines/{m}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(got["config"]["mounts"][0]["path"], "/data", "{got}");
+    assert_eq!(
+        exec(
+            &d,
+            "vols",
+            &m,
+            "echo first > /data/f && chown 1000:1000 /data/f && stat -c '%u %g' /data /data/f"
+        )
+        .await,
+        "0 0\n1000 1000\n"
+    );
+    let v: Value = d
+        .get(&format!("/v1/apps/vols/volumes/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(v["attached_machine_id"], m.as_str(), "{v}");
+    assert!(v["bytes_total"].as_u64().unwrap() > 900 << 20, "{v}");
+
+    // Attach conflicts, and destroying an attached volume, are refused.
+    let r = d
+        .post(
+            "/v1/apps/vols/machines",
+            json!({"config": {"image": image, "mounts": [{"volume": id, "path": "/d"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        error_text(&r).contains(&m),
+        "names the holder: {}",
+        r.text()
+    );
+    let r = d.delete(&format!("/v1/apps/vols/volumes/{id}")).await;
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert!(
+        error_text(&r).contains(&format!("volume is currently bound to machine: {m}")),
+        "{}",
+        r.text()
+    );
+    d.create_app("other").await;
+    let r = d
+        .post(
+            "/v1/apps/other/machines",
+            json!({"config": {"image": image, "mounts": [{"volume": id, "path": "/d"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "another app's volume: {}", r.text());
+
+    // Extend online while the machine writes; shrinking is refused.
+    let r = d
+        .client
+        .put(format!("/v1/apps/vols/volumes/{id}/extend"))
+        .json(&json!({"size_gb": 2}))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ext: Value = r.json().unwrap();
+    assert_eq!(ext["volume"]["size_gb"], 2, "{ext}");
+    // Online resizing needs CAP_SYS_RESOURCE, which this CI host's root lacks: then the
+    // answer says so and the filesystem grows at the machine's next start.
+    if ext["needs_restart"] == true {
+        eprintln!("note: online resize refused on this host (no CAP_SYS_RESOURCE); checking the restart path");
+        d.post(&format!("/v1/apps/vols/machines/{m}/restart"), json!({}))
+            .await;
+        d.wait_state("vols", &m, "started").await;
+    }
+    let df = exec(&d, "vols", &m, "df -k /data | tail -1").await;
+    let kb: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kb > 1_900_000, "the filesystem grew online: {df}");
+    let r = d
+        .client
+        .put(format!("/v1/apps/vols/volumes/{id}/extend"))
+        .json(&json!({"size_gb": 1}))
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // A snapshot while mounted, then more writes; a fork and a restore.
+    let r = d
+        .post(&format!("/v1/apps/vols/volumes/{id}/snapshots"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let snap: Value = r.json().unwrap();
+    exec(&d, "vols", &m, "echo second >> /data/f").await;
+    let snaps: Vec<Value> = d
+        .get(&format!("/v1/apps/vols/volumes/{id}/snapshots"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["status"], "created");
+    let fork = create_volume(&d, "vols", json!({"name": "data", "source_volume_id": id})).await;
+    let restored = create_volume(
+        &d,
+        "vols",
+        json!({"name": "data", "snapshot_id": snap["id"]}),
+    )
+    .await;
+    assert_eq!(
+        restored["size_gb"], 3,
+        "default size (3) is above the snapshot's 2"
+    );
+
+    // Stop/start, update to a new command, daemon SIGKILL and restart: the data stays.
+    d.post(&format!("/v1/apps/vols/machines/{m}/stop"), json!({}))
+        .await;
+    d.wait_state("vols", &m, "stopped").await;
+    d.post(&format!("/v1/apps/vols/machines/{m}/start"), json!({}))
+        .await;
+    d.wait_state("vols", &m, "started").await;
+    assert_eq!(exec(&d, "vols", &m, "cat /data/f").await, "first\nsecond\n");
+    let r = d
+        .post(
+            &format!("/v1/apps/vols/machines/{m}"),
+            json!({"config": {"image": image, "mounts": [{"volume": id, "path": "/srv"}],
+                "init": {"exec": ["/bin/sh", "-c", "sleep 601"]}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("vols", &m, "started").await;
+    d.kill9();
+    d.restart().await;
+    assert_eq!(exec(&d, "vols", &m, "cat /srv/f").await, "first\nsecond\n");
+
+    // Destroying the machine releases the volume (its data stays) for another machine.
+    d.destroy_machine("vols", &m, true).await;
+    let v: Value = d
+        .get(&format!("/v1/apps/vols/volumes/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert!(v["attached_machine_id"].is_null(), "{v}");
+    let readers = [
+        (id.clone(), "first\nsecond\n"),
+        (fork["id"].as_str().unwrap().to_string(), "first\nsecond\n"),
+        (restored["id"].as_str().unwrap().to_string(), "first\n"),
+    ];
+    for (vol, want) in readers {
+        let r = d
+            .launch(
+                "vols",
+                json!({"config": {"image": image, "mounts": [{"volume": vol, "path": "/v"}],
+                    "init": {"exec": ["/bin/sh", "-c", "sleep 600"]}}}),
+            )
+            .await;
+        d.wait_state("vols", &r, "started").await;
+        assert_eq!(exec(&d, "vols", &r, "cat /v/f").await, want, "{vol}");
+        d.destroy_machine("vols", &r, true).await;
+    }
+
+    // Destroy: soft (listed as pending_destroy), and nothing stays mounted or attached.
+    let r = d.delete(&format!("/v1/apps/vols/volumes/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list: Vec<Value> = d.get("/v1/apps/vols/volumes").await.json().unwrap();
+    let gone = list.iter().find(|v| v["id"] == id.as_str()).unwrap();
+    assert_eq!(gone["state"], "pending_destroy");
+    assert_eq!(loop_devices_of(&d.data_dir), 0);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&d.data_dir.display().to_string()),
+        "{mounts}"
+    );
+    // Deleting the app takes its volumes' files.
+    let r = d.delete("/v1/apps/vols?force=true").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let left: Vec<_> = std::fs::read_dir(d.data_dir.join("volumes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
