@@ -196,9 +196,16 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
     )
     .await;
     assert_eq!(
-        restored["size_gb"], 3,
-        "default size (3) is above the snapshot's 2"
+        restored["size_gb"], 2,
+        "a restore defaults to the snapshot's volume size"
     );
+    let r = d
+        .post(
+            "/v1/apps/vols/volumes",
+            json!({"name": "small", "snapshot_id": snap["id"], "size_gb": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "smaller than the snapshot: {}", r.text());
 
     // Stop/start, update to a new command, daemon SIGKILL and restart: the data stays.
     d.post(&format!("/v1/apps/vols/machines/{m}/stop"), json!({}))
@@ -268,4 +275,140 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+fn ok_out(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "hangar failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err_out(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The flyctl-style commands: create, list, show, extend, snapshots, fork, destroy, and
+/// `--volume NAME:/path` and `machine clone` with a volume.
+#[tokio::test]
+async fn test_volumes_cli() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("vcli").await;
+    let image = test_image();
+    let e = err_out(&d.cli(&["volumes", "create", "bad-name", "-a", "vcli", "-y"]));
+    assert!(e.contains("bad-name") && e.lines().count() == 1, "{e}");
+    let e = err_out(&d.cli(&[
+        "volumes", "create", "data", "-a", "vcli", "-y", "--size", "900",
+    ]));
+    assert!(e.contains("--size"), "{e}");
+    let created: Value = serde_json::from_str(&ok_out(
+        &d.cli(&["volumes", "create", "data", "-a", "vcli", "-y", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(created["size_gb"], 1, "flyctl's default size: {created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let list = ok_out(&d.cli(&["volumes", "list", "-a", "vcli"]));
+    assert!(list.contains(&id) && list.contains("1GB"), "{list}");
+
+    // A name resolves to the first unattached volume of that name; the seed's relative path.
+    ok_out(&d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        "vcli",
+        "--name",
+        "db",
+        "--volume",
+        "data:data",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hello > /data/hello; sleep 600",
+    ]));
+    let machines: Vec<Value> = d.get("/v1/apps/vcli/machines").await.json().unwrap();
+    let m = machines[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(machines[0]["config"]["mounts"][0]["volume"], id.as_str());
+    let e = err_out(&d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        "vcli",
+        "--volume",
+        "data:/data",
+        "--detach",
+    ]));
+    assert!(
+        e.contains("not enough unattached volumes for 'data'"),
+        "{e}"
+    );
+    let show = ok_out(&d.cli(&["volumes", "show", &id, "-a", "vcli"]));
+    assert!(show.contains(&m), "attached: {show}");
+
+    ok_out(&d.cli(&["volumes", "extend", &id, "-a", "vcli", "--size", "+1"]));
+    let v: Value = d
+        .get(&format!("/v1/apps/vcli/volumes/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(v["size_gb"], 2);
+    ok_out(&d.cli(&["volumes", "snapshots", "create", &id, "-a", "vcli"]));
+    let snaps = ok_out(&d.cli(&["volumes", "snapshots", "list", &id, "-a", "vcli"]));
+    assert!(
+        snaps.contains("vs_") && snaps.contains("created"),
+        "{snaps}"
+    );
+    let fork: Value = serde_json::from_str(&ok_out(&d.cli(&[
+        "volumes", "fork", &id, "-a", "vcli", "--name", "copy", "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        (fork["name"].as_str(), fork["size_gb"].as_i64()),
+        (Some("copy"), Some(2))
+    );
+    let e = err_out(&d.cli(&["volumes", "destroy", &id, "-a", "vcli", "-y"]));
+    assert!(e.contains("volume is currently bound to machine"), "{e}");
+
+    // A clone gets a new volume like the source's, restored from its last snapshot here.
+    ok_out(&d.cli(&[
+        "machine",
+        "clone",
+        &m,
+        "-a",
+        "vcli",
+        "--from-snapshot",
+        "last",
+    ]));
+    let machines: Vec<Value> = d.get("/v1/apps/vcli/machines").await.json().unwrap();
+    let clone = machines.iter().find(|x| x["id"] != m.as_str()).unwrap();
+    let clone_vol = clone["config"]["mounts"][0]["volume"].as_str().unwrap();
+    assert_ne!(clone_vol, id);
+    let clone_id = clone["id"].as_str().unwrap().to_string();
+    d.wait_state("vcli", &clone_id, "started").await;
+    let r = d
+        .post(
+            &format!("/v1/apps/vcli/machines/{clone_id}/exec"),
+            json!({"command": ["cat", "/data/hello"]}),
+        )
+        .await;
+    assert_eq!(r.json::<Value>().unwrap()["stdout"], "hello\n");
+
+    let fork_id = fork["id"].as_str().unwrap();
+    ok_out(&d.cli(&["volumes", "destroy", fork_id, "-a", "vcli", "-y"]));
+    let all = ok_out(&d.cli(&["volumes", "list", "-a", "vcli", "--all"]));
+    assert!(all.contains("pending_destroy"), "{all}");
+    let live = ok_out(&d.cli(&["volumes", "list", "-a", "vcli"]));
+    assert!(!live.contains(fork_id), "{live}");
+    d.destroy_machine("vcli", &m, true).await;
+    d.destroy_machine("vcli", &clone_id, true).await;
 }

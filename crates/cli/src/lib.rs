@@ -13,6 +13,7 @@ pub mod machine;
 pub mod output;
 pub mod secrets;
 pub mod services;
+pub mod volumes;
 
 use anyhow::{anyhow, Context, Result};
 use clap::error::ErrorKind;
@@ -84,6 +85,15 @@ pub enum Command {
         hangar secrets list -a my-app"
     )]
     Secrets(secrets::SecretsCommand),
+    /// Manage volumes: persistent storage that outlives machines
+    #[command(
+        subcommand,
+        visible_aliases = ["volume", "vol"],
+        after_help = "Examples:\n  \
+        hangar volumes create data -a my-app --size 10\n  \
+        hangar machine run my-image -a my-app --volume data:/data"
+    )]
+    Volumes(volumes::VolumesCommand),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
     /// Print a shell completion script
@@ -157,6 +167,9 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
         Command::Services(cmd) => {
             with_client(|client| async move { services::run(&client, cmd).await })
+        }
+        Command::Volumes(cmd) => {
+            with_client(|client| async move { volumes::run(&client, cmd).await })
         }
         Command::Secrets(cmd) => {
             with_client(|client| async move { secrets::run(&client, cmd).await })

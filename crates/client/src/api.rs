@@ -1,12 +1,14 @@
-//! Typed wrappers for the endpoints of reference sections 1.1–1.4 and 3.3.
+//! Typed wrappers for the endpoints of reference sections 1.1–1.4, 1.6, 1.7 and 3.3.
 
 use std::collections::BTreeMap;
 
 use hangar_api::{
-    App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, ExecRequest, ExecResponse,
-    LeaseRequest, LeaseResponse, ListAppsResponse, ListSecretsResponse, Machine, MachineEvent,
-    MachineVersion, MetadataValueRequest, MetadataValueResponse, OkResponse, SetSecretsRequest,
-    SetSecretsResponse, StartResponse, StopRequest, UpdateMetadataRequest, WaitResponse,
+    App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, CreateVolumeRequest,
+    ExecRequest, ExecResponse, ExtendVolumeRequest, ExtendVolumeResponse, LeaseRequest,
+    LeaseResponse, ListAppsResponse, ListSecretsResponse, Machine, MachineEvent, MachineVersion,
+    MetadataValueRequest, MetadataValueResponse, OkResponse, SetSecretsRequest, SetSecretsResponse,
+    StartResponse, StopRequest, UpdateMetadataRequest, UpdateVolumeRequest, Volume, VolumeSnapshot,
+    WaitResponse,
 };
 
 use crate::client::{encode, Client};
@@ -49,6 +51,10 @@ pub struct WaitOptions {
 
 fn app_path(app: &str) -> String {
     format!("/v1/apps/{}", encode(app))
+}
+
+fn volume_path(app: &str, id: &str) -> String {
+    format!("/v1/apps/{}/volumes/{}", encode(app), encode(id))
 }
 
 fn machine_path(app: &str, id: &str) -> String {
@@ -269,9 +275,78 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/apps/{app}/volumes` (not served by every daemon yet), untyped.
-    pub async fn list_volumes(&self, app: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+    // ---- volumes (1.6) ----
+
+    /// `GET /v1/apps/{app}/volumes` (destroyed ones included, as Fly lists them).
+    pub async fn list_volumes(&self, app: &str) -> Result<Vec<Volume>, ClientError> {
         self.get(format!("{}/volumes", app_path(app))).send().await
+    }
+
+    /// `POST /v1/apps/{app}/volumes`.
+    pub async fn create_volume(
+        &self,
+        app: &str,
+        req: &CreateVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        self.post(format!("{}/volumes", app_path(app)))
+            .json(req)
+            .send()
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/volumes/{id}`.
+    pub async fn get_volume(&self, app: &str, id: &str) -> Result<Volume, ClientError> {
+        self.get(volume_path(app, id)).send().await
+    }
+
+    /// `PUT /v1/apps/{app}/volumes/{id}`.
+    pub async fn update_volume(
+        &self,
+        app: &str,
+        id: &str,
+        req: &UpdateVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        self.put(volume_path(app, id)).json(req).send().await
+    }
+
+    /// `DELETE /v1/apps/{app}/volumes/{id}`.
+    pub async fn destroy_volume(&self, app: &str, id: &str) -> Result<Volume, ClientError> {
+        self.delete(volume_path(app, id)).send().await
+    }
+
+    /// `PUT /v1/apps/{app}/volumes/{id}/extend`.
+    pub async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: i64,
+    ) -> Result<ExtendVolumeResponse, ClientError> {
+        self.put(format!("{}/extend", volume_path(app, id)))
+            .json(&ExtendVolumeRequest { size_gb })
+            .send()
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/volumes/{id}/snapshots`.
+    pub async fn list_snapshots(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Vec<VolumeSnapshot>, ClientError> {
+        self.get(format!("{}/snapshots", volume_path(app, id)))
+            .send()
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/volumes/{id}/snapshots`.
+    pub async fn create_snapshot(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<VolumeSnapshot, ClientError> {
+        self.post(format!("{}/snapshots", volume_path(app, id)))
+            .send()
+            .await
     }
 
     /// `POST …/cordon`.

@@ -1,7 +1,7 @@
 //! `hangar machine clone` (flyctl `fly machine clone`): a new machine with the source's config,
 //! its image pinned to the exact image the source runs.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use hangar_api::{CreateMachineRequest, Machine, MachineConfig};
 
@@ -35,6 +35,9 @@ pub struct CloneArgs {
     /// Attach an existing volume instead of creating one: vol_id[:/path]
     #[arg(long, value_name = "VOLUME[:PATH]")]
     pub attach_volume: Option<String>,
+    /// The clone's new volume restores this snapshot of the source's volume (`last`: its newest); default: an empty volume
+    #[arg(long, value_name = "SNAPSHOT_ID|last")]
+    pub from_snapshot: Option<String>,
     /// Create the clone without starting it (a hangar addition)
     #[arg(long)]
     pub skip_start: bool,
@@ -93,10 +96,9 @@ pub fn clone_config(source: &Machine, args: &CloneArgs) -> Result<MachineConfig>
     let mounts = config.mounts.take().unwrap_or_default();
     config.mounts = match (&args.attach_volume, mounts.as_slice()) {
         (None, []) => None,
-        (None, _) => bail!(
-            "machine {} has a volume and creating volumes is not supported yet: pass --attach-volume vol_id[:/path]",
-            source.id
-        ),
+        // As flyctl: the clone gets a new volume like the source's (made in `run`, empty or
+        // from --from-snapshot); until then the mount names the source's volume.
+        (None, existing) => Some(existing.to_vec()),
         (Some(spec), existing) => {
             let (vol, path) = match spec.split_once(':') {
                 Some((v, p)) => (v, Some(p)),
@@ -123,7 +125,23 @@ pub fn clone_config(source: &Machine, args: &CloneArgs) -> Result<MachineConfig>
 pub(crate) async fn run(ctx: &Ctx<'_>, args: CloneArgs) -> Result<()> {
     let id = ctx.resolve_opt(args.id.as_deref()).await?;
     let source = ctx.get(&id).await?;
-    let config = clone_config(&source, &args)?;
+    let mut config = clone_config(&source, &args)?;
+    let new_volume = match (
+        &args.attach_volume,
+        config.mounts.as_mut().and_then(|m| m.first_mut()),
+    ) {
+        (None, Some(mount)) => {
+            let v = new_volume_for(ctx, &mount.volume, args.from_snapshot.as_deref()).await?;
+            println!(
+                "Created volume {} ({}, {} GB) for the clone",
+                v.id, v.name, v.size_gb
+            );
+            mount.volume = v.id.clone();
+            mount.name = Some(v.name.clone());
+            Some(v.id)
+        }
+        _ => None,
+    };
     let standby = config.standbys.as_ref().is_some_and(|s| !s.is_empty());
     let skip_launch = args.skip_start || standby;
     println!(
@@ -138,11 +156,16 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: CloneArgs) -> Result<()> {
         skip_launch,
         ..Default::default()
     };
-    let machine = ctx
-        .client
-        .create_machine(ctx.app, &req)
-        .await
-        .map_err(|e| no_runtime(e, || format!("could not clone machine {id}")))?;
+    let machine = match ctx.client.create_machine(ctx.app, &req).await {
+        Ok(m) => m,
+        Err(e) => {
+            // The volume made for the clone goes with the failed clone.
+            if let Some(v) = &new_volume {
+                let _ = ctx.client.destroy_volume(ctx.app, v).await;
+            }
+            return Err(no_runtime(e, || format!("could not clone machine {id}")));
+        }
+    };
     println!("Provisioned machine {} ({})", machine.id, machine.name);
     let mut state = machine.state;
     if !skip_launch && !args.detach {
@@ -154,4 +177,46 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: CloneArgs) -> Result<()> {
         source.id, machine.id
     );
     Ok(())
+}
+
+/// A new volume for a clone, like the source machine's volume `source`: same name and size,
+/// empty, or restored from `from_snapshot` (`last`: the source volume's newest snapshot).
+async fn new_volume_for(
+    ctx: &Ctx<'_>,
+    source: &str,
+    from_snapshot: Option<&str>,
+) -> Result<hangar_api::Volume> {
+    let src = ctx
+        .client
+        .get_volume(ctx.app, source)
+        .await
+        .with_context(|| format!("failed to get the source's volume {source}"))?;
+    let snapshot_id = match from_snapshot {
+        None => None,
+        Some("last") => Some(
+            ctx.client
+                .list_snapshots(ctx.app, source)
+                .await
+                .with_context(|| format!("failed to list the snapshots of volume {source}"))?
+                .into_iter()
+                .max_by(|a, b| a.created_at.cmp(&b.created_at))
+                .map(|s| s.id)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--from-snapshot last: volume {source} has no snapshots")
+                })?,
+        ),
+        Some(id) => Some(id.to_string()),
+    };
+    let req = hangar_api::CreateVolumeRequest {
+        name: src.name.clone(),
+        region: Some(src.region.clone()),
+        size_gb: Some(src.size_gb),
+        snapshot_id,
+        snapshot_retention: Some(src.snapshot_retention),
+        ..Default::default()
+    };
+    ctx.client
+        .create_volume(ctx.app, &req)
+        .await
+        .with_context(|| format!("failed to create a volume for the clone (like {source})"))
 }

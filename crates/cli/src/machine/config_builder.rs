@@ -73,7 +73,7 @@ pub struct ConfigFlags {
     /// Override the image ENTRYPOINT (shell words)
     #[arg(long, value_name = "COMMAND", allow_hyphen_values = true)]
     pub entrypoint: Option<String>,
-    /// Mount a volume: vol_id:/path (repeatable)
+    /// Mount a volume: ID_OR_NAME:/path (a name takes the first unattached volume of that name; repeatable)
     #[arg(short = 'v', long = "volume", value_name = "VOLUME:/PATH")]
     pub volumes: Vec<String>,
     /// Set metadata, KEY=VALUE (repeatable)
@@ -812,13 +812,8 @@ fn parse_volume(spec: &str) -> Result<MachineMount> {
     let parts: Vec<&str> = spec.splitn(3, ':').collect();
     let (source, path) = match parts.as_slice() {
         [s, p] | [s, p, _] if !s.is_empty() && !p.is_empty() => (*s, *p),
-        _ => bail!("invalid --volume {spec:?}: expected vol_id:/path"),
+        _ => bail!("invalid --volume {spec:?}: expected VOLUME:/path (a vol_ id or a volume name)"),
     };
-    if !source.starts_with("vol_") {
-        bail!(
-            "invalid --volume {spec:?}: volume names cannot be resolved yet (this daemon has no volumes API); pass the volume id (vol_...)"
-        );
-    }
     Ok(MachineMount {
         volume: source.to_string(),
         path: path.to_string(),

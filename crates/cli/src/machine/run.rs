@@ -297,9 +297,10 @@ pub async fn create_cmd(client: &Client, app_args: &AppArgs, args: CreateArgs) -
 async fn create(
     ctx: &Ctx<'_>,
     a: &CreateArgs,
-    config: hangar_api::MachineConfig,
+    mut config: hangar_api::MachineConfig,
     skip_launch: bool,
 ) -> Result<Machine> {
+    crate::volumes::resolve_volume_names(ctx.client, ctx.app, &mut config, None).await?;
     let req = CreateMachineRequest {
         config,
         name: a.name.clone(),

@@ -72,7 +72,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, args: UpdateArgs) -> Result<()> {
         .with_lease(id, "update", |nonce| async move {
             let machine = ctx.get(id).await?;
             let current = machine.config.clone().unwrap_or_default();
-            let new = updated_config(args, &current)?;
+            let mut new = updated_config(args, &current)?;
+            crate::volumes::resolve_volume_names(ctx.client, ctx.app, &mut new, Some(id)).await?;
             let old_json = pretty(&current)?;
             let new_json = pretty(&new)?;
             if old_json == new_json {

@@ -87,7 +87,7 @@ impl Hangar {
         };
         let id = ids::new_volume_id();
         // Where the data comes from: a fork copies a volume, a restore a snapshot.
-        let (source, min_size, state) = match (&req.source_volume_id, &req.snapshot_id) {
+        let (source, min_size) = match (&req.source_volume_id, &req.snapshot_id) {
             (Some(_), Some(_)) => {
                 return Err(ServiceError::bad_request(
                     "give source_volume_id (a fork) or snapshot_id (a restore), not both",
@@ -95,17 +95,20 @@ impl Hangar {
             }
             (Some(src), None) => {
                 let src = self.live_volume(app, src, "source_volume_id").await?;
-                (Some(Source::Volume(src.clone())), src.size_gb, "created")
+                (Some(Source::Volume(src.clone())), src.size_gb)
             }
             (None, Some(snap)) => {
                 let s = self.snapshot_of_app(app, snap).await?;
-                (Some(Source::Snapshot(s.clone())), s.volume_size, "created")
+                (Some(Source::Snapshot(s.clone())), s.volume_size)
             }
-            (None, None) => (None, hangar_api::MIN_VOLUME_GB, "created"),
+            (None, None) => (None, hangar_api::MIN_VOLUME_GB),
         };
-        let size_gb = req
-            .size_gb
-            .unwrap_or(min_size.max(hangar_api::DEFAULT_VOLUME_GB));
+        // A copy defaults to its source's size; a new volume to Fly's default.
+        let default_size = match source {
+            Some(_) => min_size,
+            None => hangar_api::DEFAULT_VOLUME_GB,
+        };
+        let size_gb = req.size_gb.unwrap_or(default_size);
         if size_gb < min_size {
             return Err(ServiceError::bad_request(format!(
                 "size_gb {size_gb} is smaller than the source's {min_size} GB"
@@ -141,7 +144,7 @@ impl Hangar {
             id: id.clone(),
             app: app.to_string(),
             name,
-            state: state.into(),
+            state: "created".into(),
             size_gb,
             region,
             zone: ZONE.into(),
