@@ -128,7 +128,13 @@ pub enum VolumesCommand {
         json: bool,
     },
     /// List or take snapshots of a volume
-    #[command(subcommand, visible_alias = "snapshot")]
+    #[command(
+        subcommand,
+        visible_alias = "snapshot",
+        after_help = "Examples:\n  \
+        hangar volumes snapshots create vol_xxxxxxxxxxxxxxxx\n  \
+        hangar volumes snapshots list vol_xxxxxxxxxxxxxxxx"
+    )]
     Snapshots(SnapshotsCommand),
 }
 
