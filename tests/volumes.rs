@@ -78,8 +78,51 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         assert_eq!(r.status, 400, "{named}: {}", r.text());
         assert!(error_text(&r).contains(named), "{named}: {}", r.text());
     }
+    // More than the disk holds: a 507 and nothing made (images are sparse; their sizes are
+    // what the disk promises).
+    let mut big = Vec::new();
+    let refused = loop {
+        let r = d
+            .post(
+                "/v1/apps/vols/volumes",
+                json!({"name": "big", "size_gb": 500}),
+            )
+            .await;
+        if r.status != 200 {
+            break r;
+        }
+        big.push(
+            r.json::<Value>().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert!(big.len() < 100, "the disk never filled");
+    };
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert!(
+        error_text(&refused).contains("insufficient storage"),
+        "{}",
+        refused.text()
+    );
+    let images = std::fs::read_dir(d.data_dir.join("volumes"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+        .count();
+    assert_eq!(images, 1 + big.len(), "nothing half-made");
+    for b in &big {
+        assert_eq!(
+            d.delete(&format!("/v1/apps/vols/volumes/{b}")).await.status,
+            200
+        );
+    }
     let list: Vec<Value> = d.get("/v1/apps/vols/volumes").await.json().unwrap();
-    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list.iter().filter(|v| v["state"] == "created").count(),
+        1,
+        "{list:?}"
+    );
 
     // A machine mounts it at a relative path (the seed's `data`), writes as root.
     let m = d

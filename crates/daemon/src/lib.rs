@@ -259,6 +259,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         });
     }
     {
+        // Volume chores: snapshot retention, daily snapshots, purging destroyed volumes.
+        let hangar = hangar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = hangar.sweep_volumes().await {
+                    tracing::warn!(error = %e, "volume sweep failed");
+                }
+            }
+        });
+    }
+    {
         // Destroyed machines' logs expire (crate::log_archive).
         let archive = log_archive::archive_dir(&opts.data_dir.join("machines"));
         let retention = opts.log_retention;

@@ -422,6 +422,7 @@ pub fn volumes_attach_to_one_machine(s: &dyn Store) {
     s.insert_snapshot(&snap).unwrap();
     assert_eq!(s.list_snapshots("vol_1").unwrap(), vec![snap.clone()]);
     assert_eq!(s.get_snapshot("vs_1").unwrap(), Some(snap));
+    assert_eq!(s.list_all_volumes().unwrap().len(), 1);
     s.purge_volume("vol_1").unwrap();
     assert!(s.list_volumes("v").unwrap().is_empty());
     assert!(s.list_snapshots("vol_1").unwrap().is_empty());

@@ -190,6 +190,8 @@ pub trait VolumeStore: Send + Sync {
     fn get_volume(&self, app: &str, id: &str) -> Result<Option<VolumeRecord>>;
     /// Oldest first, destroyed (`pending_destroy`) ones included.
     fn list_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>>;
+    /// Every volume of every app, destroyed ones included (disk admission, sweeps).
+    fn list_all_volumes(&self) -> Result<Vec<VolumeRecord>>;
     /// Rewrites everything but the attachment (which only attach/detach change).
     fn update_volume(&self, volume: &VolumeRecord) -> Result<()>;
     /// Binds the volume to `machine_id` unless another machine holds it

@@ -1004,6 +1004,15 @@ impl VolumeStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn list_all_volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([], volume_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn update_volume(&self, v: &VolumeRecord) -> Result<()> {
         let conn = self.writer();
         let n = conn.execute(

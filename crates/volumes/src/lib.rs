@@ -106,6 +106,15 @@ impl VolumeDir {
         Ok(VolumeDir { dir })
     }
 
+    /// Bytes the filesystem holding the volumes can hold in all.
+    pub fn capacity(&self) -> Result<u64> {
+        let st = rustix::fs::statvfs(&self.dir).map_err(|e| VolumeError::Io {
+            what: format!("statvfs {}", self.dir.display()),
+            source: e.into(),
+        })?;
+        Ok(st.f_blocks * st.f_frsize)
+    }
+
     pub fn image(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.img"))
     }

@@ -114,6 +114,7 @@ impl Hangar {
                 "size_gb {size_gb} is smaller than the source's {min_size} GB"
             )));
         }
+        self.check_disk(size_gb, None).await?;
         let size = size_gb as u64;
         match source {
             None => {
@@ -239,6 +240,7 @@ impl Hangar {
                 v.size_gb
             )));
         }
+        self.check_disk(size_gb, Some(&v)).await?;
         let mounted = self.volume_mountpoint(&v).is_some();
         let (d, i, size) = (self.volume_dir()?.clone(), id.to_string(), size_gb as u64);
         let grown_now = Self::blocking(move || {
@@ -291,6 +293,28 @@ impl Hangar {
             return Err(e);
         }
         Ok(record)
+    }
+
+    /// Disk admission: images are sparse, so the host's disk is promised rather than used; the
+    /// sizes of all live volumes (with `size_gb` for the new or grown one) must fit the disk,
+    /// or the request gets a 507 and nothing is made.
+    async fn check_disk(&self, size_gb: i64, growing: Option<&VolumeRecord>) -> ServiceResult<()> {
+        let dir = self.volume_dir()?.clone();
+        let capacity = Self::blocking(move || dir.capacity()).await?;
+        let all = db(&self.store, |s| s.list_all_volumes()).await?;
+        let promised: i64 = all
+            .iter()
+            .filter(|v| v.deleted_at.is_none() && Some(&v.id) != growing.map(|g| &g.id))
+            .map(|v| v.size_gb)
+            .sum();
+        let capacity_gb = (capacity >> 30) as i64;
+        if promised + size_gb > capacity_gb {
+            return Err(ServiceError::InsufficientStorage(format!(
+                "insufficient storage: this host's volumes would need {} GB of its {capacity_gb} GB disk ({promised} GB promised already)",
+                promised + size_gb
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes every volume of `app` and their snapshots, files and rows (the app's deletion).
@@ -389,7 +413,134 @@ impl Hangar {
     }
 }
 
+const DAY_MS: i64 = 24 * 3600 * 1000;
+/// How long a destroyed volume stays listed (`pending_destroy`), as on Fly.
+const SOFT_DELETE_MS: i64 = DAY_MS;
+
+/// Snapshots past their retention at `now` (unix ms).
+fn expired(snapshots: &[SnapshotRecord], now: i64) -> Vec<&SnapshotRecord> {
+    snapshots
+        .iter()
+        .filter(|s| now - s.created_at > s.retention_days.max(1) * DAY_MS)
+        .collect()
+}
+
+/// Whether a live volume with `auto_backup_enabled` is due its daily snapshot: a day after
+/// its newest one (or after its creation when it has none).
+fn backup_due(v: &VolumeRecord, snapshots: &[SnapshotRecord], now: i64) -> bool {
+    let newest = snapshots
+        .iter()
+        .map(|s| s.created_at)
+        .max()
+        .unwrap_or(v.created_at);
+    v.deleted_at.is_none() && v.auto_backup_enabled && now - newest >= DAY_MS
+}
+
+/// Whether a destroyed volume's row can go: a day after the destroy, once its snapshots
+/// (listable by its id until they expire) are gone.
+fn purgeable(v: &VolumeRecord, remaining_snapshots: usize, now: i64) -> bool {
+    v.deleted_at
+        .is_some_and(|at| now - at > SOFT_DELETE_MS && remaining_snapshots == 0)
+}
+
+impl Hangar {
+    /// The periodic volume chores: expired snapshots removed, daily snapshots of volumes with
+    /// `auto_backup_enabled`, destroyed volumes' rows purged after a day.
+    pub async fn sweep_volumes(&self) -> ServiceResult<()> {
+        let Some(dir) = self.volumes.clone() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        for v in db(&self.store, |s| s.list_all_volumes()).await? {
+            let id = v.id.clone();
+            let snaps = db(&self.store, move |s| s.list_snapshots(&id)).await?;
+            let gone: Vec<String> = expired(&snaps, now).iter().map(|s| s.id.clone()).collect();
+            for snap in &gone {
+                let (d, sid) = (dir.clone(), snap.clone());
+                Self::blocking(move || d.remove_snapshot(&sid)).await?;
+                let sid = snap.clone();
+                db(&self.store, move |s| s.delete_snapshot(&sid)).await?;
+                tracing::info!(volume = %v.id, snapshot = %snap, "snapshot expired");
+            }
+            if backup_due(&v, &snaps, now) {
+                match self.create_snapshot(&v.app, &v.id).await {
+                    Ok(s) => tracing::info!(volume = %v.id, snapshot = %s.id, "daily snapshot"),
+                    Err(e) => tracing::warn!(volume = %v.id, error = %e, "daily snapshot failed"),
+                }
+            }
+            if purgeable(&v, snaps.len() - gone.len(), now) {
+                let id = v.id.clone();
+                db(&self.store, move |s| s.purge_volume(&id)).await?;
+                tracing::info!(volume = %v.id, "destroyed volume purged");
+            }
+        }
+        Ok(())
+    }
+}
+
 enum Source {
     Volume(VolumeRecord),
     Snapshot(SnapshotRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(created_at: i64, deleted_at: Option<i64>, backups: bool) -> VolumeRecord {
+        let mut v = hangar_store::conformance::volume("a", "vol_1");
+        v.created_at = created_at;
+        v.deleted_at = deleted_at;
+        v.auto_backup_enabled = backups;
+        v
+    }
+
+    fn snap(id: &str, created_at: i64, retention_days: i64) -> SnapshotRecord {
+        SnapshotRecord {
+            id: id.into(),
+            volume_id: "vol_1".into(),
+            app: "a".into(),
+            size: 1,
+            volume_size: 1,
+            status: "created".into(),
+            retention_days,
+            created_at,
+        }
+    }
+
+    #[test]
+    fn snapshots_expire_after_their_retention() {
+        let snaps = [snap("old", 0, 5), snap("new", 4 * DAY_MS, 5)];
+        let now = 5 * DAY_MS + 1;
+        let gone: Vec<&str> = expired(&snaps, now).iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(gone, ["old"]);
+    }
+
+    #[test]
+    fn daily_backups_only_when_enabled_live_and_due() {
+        let now = 10 * DAY_MS;
+        assert!(backup_due(&vol(0, None, true), &[], now));
+        assert!(!backup_due(&vol(0, None, false), &[], now));
+        assert!(!backup_due(&vol(0, Some(1), true), &[], now));
+        assert!(!backup_due(
+            &vol(0, None, true),
+            &[snap("s", now - 3600_000, 5)],
+            now
+        ));
+        assert!(backup_due(
+            &vol(0, None, true),
+            &[snap("s", now - DAY_MS, 5)],
+            now
+        ));
+        assert!(!backup_due(&vol(now - 1000, None, true), &[], now));
+    }
+
+    #[test]
+    fn destroyed_volumes_purge_after_a_day_without_snapshots() {
+        let now = 3 * DAY_MS;
+        assert!(purgeable(&vol(0, Some(DAY_MS), true), 0, now));
+        assert!(!purgeable(&vol(0, Some(DAY_MS), true), 1, now));
+        assert!(!purgeable(&vol(0, Some(now - 1000), true), 0, now));
+        assert!(!purgeable(&vol(0, None, true), 0, now));
+    }
 }
