@@ -524,7 +524,7 @@ mod tests {
         assert!(!backup_due(&vol(0, Some(1), true), &[], now));
         assert!(!backup_due(
             &vol(0, None, true),
-            &[snap("s", now - 3600_000, 5)],
+            &[snap("s", now - 3_600_000, 5)],
             now
         ));
         assert!(backup_due(
