@@ -267,6 +267,16 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     d.wait_state("vols", &m, "started").await;
+    // Suspend and resume keep it mounted and whole.
+    let r = d
+        .post(&format!("/v1/apps/vols/machines/{m}/suspend"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    d.wait_state("vols", &m, "suspended").await;
+    d.post(&format!("/v1/apps/vols/machines/{m}/start"), json!({}))
+        .await;
+    d.wait_state("vols", &m, "started").await;
+    assert_eq!(exec(&d, "vols", &m, "cat /srv/f").await, "first\nsecond\n");
     d.kill9();
     d.restart().await;
     assert_eq!(exec(&d, "vols", &m, "cat /srv/f").await, "first\nsecond\n");
@@ -454,4 +464,61 @@ async fn test_volumes_cli() {
     assert!(!live.contains(fork_id), "{live}");
     d.destroy_machine("vcli", &m, true).await;
     d.destroy_machine("vcli", &clone_id, true).await;
+}
+
+/// A mount with auto-extend grows its volume once it is full enough, up to its limit.
+#[tokio::test]
+async fn test_volumes_auto_extend() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("grow").await;
+    let vol = create_volume(&d, "grow", json!({"name": "data", "size_gb": 1})).await;
+    let id = vol["id"].as_str().unwrap().to_string();
+    let m = d
+        .launch(
+            "grow",
+            json!({"config": {"image": test_image(), "init": {"exec": ["/bin/sh", "-c", "sleep 600"]},
+                "mounts": [{"volume": id, "path": "/data", "extend_threshold_percent": 50,
+                            "add_size_gb": 1, "size_gb_limit": 3}]}}),
+        )
+        .await;
+    d.wait_state("grow", &m, "started").await;
+    exec(
+        &d,
+        "grow",
+        &m,
+        "dd if=/dev/zero of=/data/fill bs=1M count=700 2>/dev/null; sync",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v: Value = d
+            .get(&format!("/v1/apps/grow/volumes/{id}"))
+            .await
+            .json()
+            .unwrap();
+        if v["size_gb"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never auto-extended: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // Once grown (online, or at the next start where the host refuses online resizes), 700 MB
+    // of 2 GB is under the threshold: it stays at 2.
+    d.post(&format!("/v1/apps/grow/machines/{m}/restart"), json!({}))
+        .await;
+    d.wait_state("grow", &m, "started").await;
+    let df = exec(&d, "grow", &m, "df -k /data | tail -1").await;
+    let kb: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kb > 1_900_000, "{df}");
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let v: Value = d
+        .get(&format!("/v1/apps/grow/volumes/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(v["size_gb"], 2, "{v}");
+    d.destroy_machine("grow", &m, true).await;
 }

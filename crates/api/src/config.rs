@@ -135,9 +135,39 @@ pub struct MachineMount {
     pub encrypted: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_gb: Option<i64>,
+    /// Auto-extend: when the volume is this full (percent)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_threshold_percent: Option<i64>,
+    /// …grow it by this many GB…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_size_gb: Option<i64>,
+    /// …or by this percent of its size (at least `min_add_size_gb`)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_size_percent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_add_size_gb: Option<i64>,
+    /// …up to this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb_limit: Option<i64>,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Extra,
+}
+
+impl MachineMount {
+    /// The size auto-extend grows a volume of `size_gb` to, if it is configured and below its
+    /// limit (reference 2.6).
+    pub fn auto_extend_to(&self, size_gb: i64) -> Option<i64> {
+        self.extend_threshold_percent?;
+        let add = match (self.add_size_gb, self.add_size_percent) {
+            (Some(gb), _) => gb,
+            (None, Some(pct)) => (size_gb * pct / 100).max(self.min_add_size_gb.unwrap_or(1)),
+            (None, None) => return None,
+        };
+        let limit = self.size_gb_limit.unwrap_or(crate::MAX_VOLUME_GB);
+        let to = (size_gb + add.max(1)).min(limit);
+        (to > size_gb).then_some(to)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

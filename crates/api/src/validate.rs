@@ -65,6 +65,42 @@ fn check_env_from(field: &str, env_from: Option<&Vec<crate::EnvFrom>>) -> Result
     Ok(())
 }
 
+/// Auto-extend fields of a mount: the threshold needs an increment (and the other way round),
+/// in Fly's ranges.
+fn check_auto_extend(field: &str, m: &crate::MachineMount) -> Result {
+    let range = |name: &str, v: Option<i64>, lo: i64, hi: i64| match v {
+        Some(v) if !(lo..=hi).contains(&v) => Err(bad(
+            format!("{field}.{name}"),
+            format!("{v} is out of range ({lo} to {hi})"),
+        )),
+        _ => Ok(()),
+    };
+    range(
+        "extend_threshold_percent",
+        m.extend_threshold_percent,
+        1,
+        99,
+    )?;
+    range("add_size_gb", m.add_size_gb, 1, 500)?;
+    range("add_size_percent", m.add_size_percent, 1, 100)?;
+    range("min_add_size_gb", m.min_add_size_gb, 1, 500)?;
+    range("size_gb_limit", m.size_gb_limit, 1, crate::MAX_VOLUME_GB)?;
+    let increment = m.add_size_gb.is_some() || m.add_size_percent.is_some();
+    if m.add_size_gb.is_some() && m.add_size_percent.is_some() {
+        return Err(bad(
+            format!("{field}.add_size_percent"),
+            "give add_size_gb or add_size_percent, not both",
+        ));
+    }
+    if m.extend_threshold_percent.is_some() != increment {
+        return Err(bad(
+            format!("{field}.extend_threshold_percent"),
+            "auto-extend needs extend_threshold_percent together with add_size_gb (or add_size_percent)",
+        ));
+    }
+    Ok(())
+}
+
 /// `secrets` of a container or process: each names a variable and (optionally) the secret.
 fn check_secrets(field: &str, secrets: Option<&Vec<crate::MachineSecret>>) -> Result {
     for (i, e) in secrets.into_iter().flatten().enumerate() {
@@ -226,6 +262,7 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
                     "a volume cannot be mounted at /",
                 ));
             }
+            check_auto_extend(&field, m)?;
             if !paths.insert(m.path.as_str()) {
                 return Err(bad(
                     format!("{field}.path"),

@@ -156,6 +156,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auto_extend_sizes() {
+        let m = |t: Option<i64>, gb: Option<i64>, pct: Option<i64>, limit: Option<i64>| {
+            crate::MachineMount {
+                extend_threshold_percent: t,
+                add_size_gb: gb,
+                add_size_percent: pct,
+                size_gb_limit: limit,
+                ..Default::default()
+            }
+        };
+        assert_eq!(m(Some(80), Some(2), None, None).auto_extend_to(3), Some(5));
+        assert_eq!(
+            m(Some(80), Some(2), None, Some(4)).auto_extend_to(3),
+            Some(4)
+        );
+        assert_eq!(m(Some(80), Some(2), None, Some(3)).auto_extend_to(3), None);
+        assert_eq!(
+            m(Some(80), None, Some(50), None).auto_extend_to(10),
+            Some(15)
+        );
+        assert_eq!(
+            m(Some(80), None, Some(10), None).auto_extend_to(3),
+            Some(4),
+            "min 1 GB"
+        );
+        assert_eq!(m(None, Some(2), None, None).auto_extend_to(3), None);
+    }
+
+    #[test]
     fn names_and_sizes() {
         assert!(check_volume_name("data_1").is_ok());
         for bad in ["", "my-data", "a b", &"x".repeat(31)] {

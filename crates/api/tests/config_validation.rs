@@ -708,6 +708,21 @@ fn cases() -> Vec<Case> {
             ok_with(vec![has("/mounts/0/path", json!("/data"))]),
         ),
         case(
+            "auto-extend needs an increment",
+            alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/d", "extend_threshold_percent": 80}]})),
+            err("config.mounts[0].extend_threshold_percent"),
+        ),
+        case(
+            "auto-extend threshold range",
+            alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/d", "extend_threshold_percent": 120, "add_size_gb": 1}]})),
+            err("config.mounts[0].extend_threshold_percent"),
+        ),
+        case(
+            "auto-extend",
+            alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/d", "extend_threshold_percent": 80, "add_size_gb": 2, "size_gb_limit": 10}]})),
+            ok_with(vec![has("/mounts/0/size_gb_limit", json!(10))]),
+        ),
+        case(
             "a volume at /",
             alpine(json!({"mounts": [{"volume": "vol_9vw681egy1jj5xm4", "path": "/"}]})),
             err("config.mounts[0].path"),

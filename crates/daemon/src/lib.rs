@@ -259,6 +259,18 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         });
     }
     {
+        let hangar = hangar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(service::AUTO_EXTEND_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = hangar.auto_extend_volumes().await {
+                    tracing::warn!(error = %e, "volume auto-extend pass failed");
+                }
+            }
+        });
+    }
+    {
         // Volume chores: snapshot retention, daily snapshots, purging destroyed volumes.
         let hangar = hangar.clone();
         tokio::spawn(async move {

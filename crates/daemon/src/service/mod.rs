@@ -37,7 +37,7 @@ pub use error::{ServiceError, ServiceResult};
 pub(crate) use secrets::secret_references;
 use secrets::secrets_failure;
 pub use secrets::{SecretValues, SecretView, SecretsConfig};
-pub use volumes::VolumeView;
+pub use volumes::{VolumeView, AUTO_EXTEND_INTERVAL};
 pub use wait::WaitTarget;
 
 pub const DEFAULT_ORG: &str = "personal";

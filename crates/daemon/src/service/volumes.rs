@@ -443,7 +443,54 @@ fn purgeable(v: &VolumeRecord, remaining_snapshots: usize, now: i64) -> bool {
         .is_some_and(|at| now - at > SOFT_DELETE_MS && remaining_snapshots == 0)
 }
 
+/// How often mounted volumes with auto-extend are measured.
+pub const AUTO_EXTEND_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Hangar {
+    /// Auto-extend (reference 2.6): each started machine's volume whose mount has
+    /// `extend_threshold_percent` and is at least that full grows by its increment, up to
+    /// `size_gb_limit`. A volume whose last extend waits for a restart (the filesystem is
+    /// still smaller than the volume) is left alone, so it is not grown again and again.
+    pub async fn auto_extend_volumes(&self) -> ServiceResult<()> {
+        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        for m in machines.iter().filter(|m| m.state == MachineState::Started) {
+            for mount in m.config.mounts.iter().flatten() {
+                let Some(threshold) = mount.extend_threshold_percent else {
+                    continue;
+                };
+                let Some(path) = self.runtime.volume_mountpoint(&m.id, &mount.volume) else {
+                    continue;
+                };
+                let Ok(usage) = hangar_volumes::usage(&path) else {
+                    continue;
+                };
+                let v = match self.get_volume(&m.app, &mount.volume).await {
+                    Ok(v) => v.record,
+                    Err(_) => continue,
+                };
+                let size_bytes = (v.size_gb as u64) << 30;
+                let pending_restart = usage.bytes_total() < size_bytes / 10 * 9;
+                let used_pct = usage.bytes_used() * 100 / usage.bytes_total().max(1);
+                if pending_restart || used_pct < threshold as u64 {
+                    continue;
+                }
+                let Some(to) = mount.auto_extend_to(v.size_gb) else {
+                    continue;
+                };
+                match self.extend_volume(&m.app, &v.id, to).await {
+                    Ok((_, needs_restart)) => tracing::info!(
+                        machine = %m.id, volume = %v.id, used_pct, from = v.size_gb, to,
+                        needs_restart, "volume auto-extended"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(machine = %m.id, volume = %v.id, error = %e, "auto-extend failed")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The periodic volume chores: expired snapshots removed, daily snapshots of volumes with
     /// `auto_backup_enabled`, destroyed volumes' rows purged after a day.
     pub async fn sweep_volumes(&self) -> ServiceResult<()> {
