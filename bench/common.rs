@@ -24,6 +24,7 @@ impl Drop for Daemon {
 
 // The child is handed to `Daemon`, whose Drop kills and waits for it.
 #[allow(clippy::zombie_processes)]
+#[allow(dead_code)] // not every runner uses the default flags
 pub async fn start_daemon(name: &str) -> Daemon {
     start_daemon_with(name, &[]).await
 }
