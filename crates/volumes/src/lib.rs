@@ -190,6 +190,7 @@ impl VolumeDir {
 
     /// Deletes the volume's image (its data is gone).
     pub fn remove(&self, id: &str) -> Result<()> {
+        remove_if_exists(&self.grow_marker(id))?;
         remove_if_exists(&self.image(id))
     }
 
@@ -237,6 +238,11 @@ impl VolumeDir {
     /// Grows an unmounted volume's filesystem to fill its image if it is smaller (an extend
     /// that could not resize online). Cheap when there is nothing to do.
     pub fn fit_filesystem(&self, id: &str) -> Result<()> {
+        // Only an extend that could not finish leaves work here (marked by grow_online).
+        let marker = self.grow_marker(id);
+        if !marker.exists() {
+            return Ok(());
+        }
         let image = self.image(id);
         let len = std::fs::metadata(&image)
             .map_err(io(format!("stat {}", image.display())))?
@@ -258,7 +264,11 @@ impl VolumeDir {
             run("e2fsck", &["-f".as_ref(), "-p".as_ref(), image.as_os_str()])?;
             run("resize2fs", &[image.as_os_str()])?;
         }
-        Ok(())
+        remove_if_exists(&marker)
+    }
+
+    fn grow_marker(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.grow"))
     }
 
     /// Sets the image's length to `size_gb` if that grows it; whether it did.
