@@ -229,6 +229,8 @@ impl VolumeDir {
                     volume = id,
                     "online resize refused; the filesystem grows at the next mount"
                 );
+                std::fs::write(self.grow_marker(id), b"")
+                    .map_err(io(format!("marking {id} for a resize")))?;
                 Ok(false)
             }
             Err(e) => Err(e),
