@@ -129,7 +129,7 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .launch(
             "vols",
             json!({"config": {"image": image, "mounts": [{"volume": id, "path": "data"}],
-                "init": {"exec": ["/bin/sh", "-c", "sleep 600"]}}}),
+                "init": {"exec": ["/bin/sh", "-c", "while :; do echo w >> /data/writes; usleep 20000; done"]}}}),
         )
         .await;
     d.wait_state("vols", &m, "started").await;
@@ -155,6 +155,7 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .json()
         .unwrap();
     assert_eq!(v["attached_machine_id"], m.as_str(), "{v}");
+    assert_eq!(v["state"], "attached", "{v}");
     assert!(v["bytes_total"].as_u64().unwrap() > 900 << 20, "{v}");
 
     // Attach conflicts, and destroying an attached volume, are refused.
@@ -186,7 +187,8 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .await;
     assert_eq!(r.status, 400, "another app's volume: {}", r.text());
 
-    // Extend online while the machine writes; shrinking is refused.
+    // Extend online while the machine writes (its init appends to /data/writes); shrinking is
+    // refused.
     let r = d
         .client
         .put(format!("/v1/apps/vols/volumes/{id}/extend"))
@@ -207,7 +209,12 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
     }
     let df = exec(&d, "vols", &m, "df -k /data | tail -1").await;
     let kb: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(kb > 1_900_000, "the filesystem grew online: {df}");
+    assert!(kb > 1_900_000, "the filesystem grew: {df}");
+    // The writer the machine runs kept going through it all.
+    let lines = |s: String| s.trim().parse::<u64>().unwrap();
+    let before = lines(exec(&d, "vols", &m, "wc -l < /data/writes").await);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(lines(exec(&d, "vols", &m, "wc -l < /data/writes").await) > before);
     let r = d
         .client
         .put(format!("/v1/apps/vols/volumes/{id}/extend"))
@@ -250,7 +257,7 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         .await;
     assert_eq!(r.status, 400, "smaller than the snapshot: {}", r.text());
 
-    // Stop/start, update to a new command, daemon SIGKILL and restart: the data stays.
+    // Stop/start, update to another image, daemon SIGKILL and restart: the data stays.
     d.post(&format!("/v1/apps/vols/machines/{m}/stop"), json!({}))
         .await;
     d.wait_state("vols", &m, "stopped").await;
@@ -261,7 +268,8 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
     let r = d
         .post(
             &format!("/v1/apps/vols/machines/{m}"),
-            json!({"config": {"image": image, "mounts": [{"volume": id, "path": "/srv"}],
+            json!({"config": {"image": image.replace("/busybox:", "/busybox-zstd:"),
+                "mounts": [{"volume": id, "path": "/srv"}],
                 "init": {"exec": ["/bin/sh", "-c", "sleep 601"]}}}),
         )
         .await;

@@ -11,10 +11,16 @@ use crate::service::VolumeView;
 fn volume(v: VolumeView) -> Volume {
     let r = v.record;
     let u = v.usage;
+    // A volume bound to a machine reads `attached` (the store keeps `created`: binding is
+    // the attachment column's job).
+    let state = match (&r.attached_machine_id, r.state.as_str()) {
+        (Some(_), "created") => "attached".to_string(),
+        _ => r.state,
+    };
     Volume {
         id: r.id,
         name: r.name,
-        state: r.state,
+        state,
         size_gb: r.size_gb,
         region: r.region,
         zone: r.zone,
