@@ -17,6 +17,7 @@ pub mod openapi;
 mod routes;
 pub mod runtime;
 pub mod sandbox_runtime;
+mod schedules;
 mod server;
 pub mod service;
 mod services;
@@ -266,6 +267,23 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(e) = hangar.auto_extend_volumes().await {
                     tracing::warn!(error = %e, "volume auto-extend pass failed");
+                }
+            }
+        });
+    }
+    {
+        // Schedules fire (service::scheduler).
+        let hangar = hangar.clone();
+        tokio::spawn(async move {
+            // The first pass waits a tick: start-up reconciliation runs first.
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + service::SCHEDULER_TICK,
+                service::SCHEDULER_TICK,
+            );
+            loop {
+                tick.tick().await;
+                if let Err(e) = hangar.run_schedules(clock::now_ms()).await {
+                    tracing::warn!(error = %e, "scheduler pass failed");
                 }
             }
         });

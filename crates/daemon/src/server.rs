@@ -120,6 +120,10 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             get(crate::logs::app_logs),
         )
         .route(
+            "/hangar/v1/apps/{app_name}/machines/{machine_id}/schedule",
+            get(crate::schedules::get),
+        )
+        .route(
             "/hangar/v1/apps/{app_name}/services",
             get(crate::services::list),
         )

@@ -20,6 +20,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     networks_and_addresses_are_allocated_once(fresh().as_ref());
     secrets_are_versioned_per_app(fresh().as_ref());
     volumes_attach_to_one_machine(fresh().as_ref());
+    schedules_follow_their_machine(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -426,4 +427,34 @@ pub fn volumes_attach_to_one_machine(s: &dyn Store) {
     s.purge_volume("vol_1").unwrap();
     assert!(s.list_volumes("v").unwrap().is_empty());
     assert!(s.list_snapshots("vol_1").unwrap().is_empty());
+}
+
+pub fn schedules_follow_their_machine(s: &dyn Store) {
+    s.create_app(&app("s")).unwrap();
+    let m = machine("s", "00000000000009", "cron");
+    s.insert_machine(&m, &event("e9", &m.id, 1), None).unwrap();
+    let mut rec = crate::ScheduleRecord {
+        machine_id: m.id.clone(),
+        anchor_at: 10,
+        next_fire_at: 20,
+        last_fire_at: None,
+        last_outcome: None,
+    };
+    s.put_schedule(&rec).unwrap();
+    rec.next_fire_at = 30;
+    rec.last_fire_at = Some(20);
+    rec.last_outcome = Some("started".into());
+    s.put_schedule(&rec).unwrap();
+    assert_eq!(s.get_schedule(&m.id).unwrap(), Some(rec.clone()));
+    assert_eq!(s.list_schedules().unwrap(), vec![rec.clone()]);
+    let orphan = crate::ScheduleRecord {
+        machine_id: "nope".into(),
+        ..rec
+    };
+    assert_eq!(
+        s.put_schedule(&orphan).unwrap_err().class(),
+        ErrorClass::NotFound
+    );
+    s.delete_schedule(&m.id).unwrap();
+    assert!(s.get_schedule(&m.id).unwrap().is_none());
 }

@@ -208,6 +208,14 @@ pub trait VolumeStore: Send + Sync {
     fn delete_snapshot(&self, id: &str) -> Result<()>;
 }
 
+/// The scheduler's record of each scheduled machine.
+pub trait ScheduleStore: Send + Sync {
+    fn get_schedule(&self, machine_id: &str) -> Result<Option<ScheduleRecord>>;
+    fn put_schedule(&self, schedule: &ScheduleRecord) -> Result<()>;
+    fn delete_schedule(&self, machine_id: &str) -> Result<()>;
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
@@ -220,6 +228,7 @@ pub trait Store:
     + NetworkStore
     + SecretStore
     + VolumeStore
+    + ScheduleStore
     + 'static
 {
 }
@@ -232,6 +241,7 @@ impl<
             + NetworkStore
             + SecretStore
             + VolumeStore
+            + ScheduleStore
             + 'static,
     > Store for T
 {

@@ -179,3 +179,16 @@ pub struct SnapshotRecord {
     /// Unix milliseconds.
     pub created_at: i64,
 }
+
+/// Where a scheduled machine's schedule stands (the scheduler's own bookkeeping).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRecord {
+    pub machine_id: String,
+    /// The schedule's origin (unix ms): fires fall at anchor + k·period + jitter.
+    pub anchor_at: i64,
+    /// The next fire (unix ms).
+    pub next_fire_at: i64,
+    pub last_fire_at: Option<i64>,
+    /// `started`, `skipped: still running`, `failed: …`.
+    pub last_outcome: Option<String>,
+}

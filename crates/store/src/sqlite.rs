@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
     AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
-    MachineStore, NetworkRecord, NetworkStore, Result, SecretRecord, SecretSet, SecretStore,
-    SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
+    MachineStore, NetworkRecord, NetworkStore, Result, ScheduleRecord, ScheduleStore, SecretRecord,
+    SecretSet, SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord,
+    VolumeStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -148,6 +149,15 @@ CREATE TABLE volume_snapshots (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX volume_snapshots_by_volume ON volume_snapshots(volume_id, created_at);
+"#,
+    r#"
+CREATE TABLE machine_schedules (
+    machine_id TEXT PRIMARY KEY REFERENCES machines(id) ON DELETE CASCADE,
+    anchor_at INTEGER NOT NULL,
+    next_fire_at INTEGER NOT NULL,
+    last_fire_at INTEGER,
+    last_outcome TEXT
+);
 "#,
 ];
 
@@ -1125,6 +1135,72 @@ impl VolumeStore for SqliteStore {
         conn.execute("DELETE FROM volume_snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
+}
+
+impl ScheduleStore for SqliteStore {
+    fn get_schedule(&self, machine_id: &str) -> Result<Option<ScheduleRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT machine_id, anchor_at, next_fire_at, last_fire_at, last_outcome \
+             FROM machine_schedules WHERE machine_id = ?1",
+        )?;
+        Ok(stmt.query_row([machine_id], schedule_from_row).optional()?)
+    }
+
+    fn put_schedule(&self, s: &ScheduleRecord) -> Result<()> {
+        let conn = self.writer();
+        let res = conn.execute(
+            "INSERT INTO machine_schedules \
+             (machine_id, anchor_at, next_fire_at, last_fire_at, last_outcome) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (machine_id) DO UPDATE SET \
+             anchor_at = excluded.anchor_at, next_fire_at = excluded.next_fire_at, \
+             last_fire_at = excluded.last_fire_at, last_outcome = excluded.last_outcome",
+            params![
+                s.machine_id,
+                s.anchor_at,
+                s.next_fire_at,
+                s.last_fire_at,
+                s.last_outcome
+            ],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                Err(StoreError::NotFound(format!("machine {}", s.machine_id)))
+            }
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    fn delete_schedule(&self, machine_id: &str) -> Result<()> {
+        let conn = self.writer();
+        conn.execute(
+            "DELETE FROM machine_schedules WHERE machine_id = ?1",
+            [machine_id],
+        )?;
+        Ok(())
+    }
+
+    fn list_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT machine_id, anchor_at, next_fire_at, last_fire_at, last_outcome \
+             FROM machine_schedules ORDER BY next_fire_at",
+        )?;
+        let rows = stmt.query_map([], schedule_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        machine_id: r.get(0)?,
+        anchor_at: r.get(1)?,
+        next_fire_at: r.get(2)?,
+        last_fire_at: r.get(3)?,
+        last_outcome: r.get(4)?,
+    })
 }
 
 #[cfg(test)]

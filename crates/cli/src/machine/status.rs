@@ -52,6 +52,33 @@ pub async fn run(ctx: &Ctx<'_>, args: StatusArgs) -> Result<()> {
             .with_context(|| format!("failed to get the events of machine {id}"))?,
     };
     print!("{}", render_status(&machine, &events));
+    if machine
+        .config
+        .as_ref()
+        .is_some_and(|c| c.schedule.as_deref().is_some_and(|s| !s.is_empty()))
+    {
+        let schedule: Result<serde_json::Value, _> = ctx
+            .client
+            .get(format!(
+                "/hangar/v1/apps/{}/machines/{}/schedule",
+                hangar_client::encode(ctx.app),
+                hangar_client::encode(&id)
+            ))
+            .send()
+            .await;
+        if let Ok(s) = schedule {
+            let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+            print!(
+                "\nSchedule\n{}",
+                key_values(&[
+                    ("Schedule", text("schedule")),
+                    ("Next run", text("next_fire_at")),
+                    ("Last run", text("last_fire_at")),
+                    ("Last outcome", text("last_outcome")),
+                ])
+            );
+        }
+    }
     Ok(())
 }
 

@@ -29,11 +29,13 @@ mod network;
 mod process;
 mod proxy;
 mod reconcile;
+mod scheduler;
 mod secrets;
 mod volumes;
 mod wait;
 
 pub use error::{ServiceError, ServiceResult};
+pub use scheduler::{ScheduleView, SCHEDULER_TICK};
 pub(crate) use secrets::secret_references;
 use secrets::secrets_failure;
 pub use secrets::{SecretValues, SecretView, SecretsConfig};
@@ -70,6 +72,8 @@ pub enum Source {
     Platform,
     /// The proxy's autostart and autostop.
     Proxy,
+    /// The scheduler's fires (`schedule`).
+    Scheduler,
 }
 
 impl Source {
@@ -78,6 +82,7 @@ impl Source {
             Source::User => "user",
             Source::Platform => "flyd",
             Source::Proxy => "fly-proxy",
+            Source::Scheduler => "scheduler",
         }
     }
 }
