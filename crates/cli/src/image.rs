@@ -255,7 +255,7 @@ fn human_size(bytes: u64) -> String {
 
 /// Streams the archive at `path` (a file, or an OCI layout directory packed as an OCI archive
 /// on the fly) to `url`.
-async fn upload(
+pub(crate) async fn upload(
     client: &Client,
     url: &str,
     path: &std::path::Path,

@@ -3,6 +3,7 @@
 pub mod app_name;
 pub mod apps;
 pub mod auth;
+pub mod build;
 pub mod daemon;
 mod doctor;
 pub mod embedded;

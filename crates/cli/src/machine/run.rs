@@ -16,7 +16,7 @@ use crate::app_name::AppArgs;
 /// Flags common to `run` and `create`.
 #[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateArgs {
-    /// Image to run (`.` would build the Dockerfile here, which is not supported yet)
+    /// Image to run; `.` (or a directory) builds the Dockerfile there with buildah
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
     /// Command (and arguments) to run instead of the image's CMD; put it after `--` when it
@@ -38,9 +38,8 @@ pub struct CreateArgs {
     /// Destroy the machine when it exits (implies --restart no)
     #[arg(long)]
     pub rm: bool,
-    /// Dockerfile to build (not supported yet)
-    #[arg(long, value_name = "PATH")]
-    pub dockerfile: Option<String>,
+    #[command(flatten)]
+    pub build: crate::build::BuildFlags,
     /// Build with Depot (not supported yet)
     #[arg(long, hide = true)]
     pub build_depot: bool,
@@ -83,12 +82,8 @@ fn check_unsupported(a: &CreateArgs) -> Result<()> {
     if a.id.is_some() {
         bail!("--id is not supported by run/create: use `hangar machine update` to change an existing machine");
     }
-    if a.image.as_deref() == Some(".")
-        || a.dockerfile.is_some()
-        || a.build_depot
-        || a.build_nixpacks
-    {
-        bail!("building images is not supported yet: pass a prebuilt image reference (e.g. nginx:latest)");
+    if a.build_depot || a.build_nixpacks {
+        bail!("--build-depot and --build-nixpacks are not supported: Hangar builds Dockerfiles with buildah");
     }
     Ok(())
 }
@@ -114,12 +109,28 @@ pub fn config_for(a: &CreateArgs, shell: bool) -> Result<hangar_api::MachineConf
     )
 }
 
-pub async fn run(client: &Client, app_args: &AppArgs, args: RunArgs) -> Result<()> {
+/// Builds the image when the command line asks for it (`.`, a directory, `--dockerfile`) and
+/// puts the built image's reference in its place.
+async fn build_if_asked(client: &Client, app: &str, a: &mut CreateArgs) -> Result<()> {
+    if let Some(source) = crate::build::build_source(a.image.as_deref(), &a.build)? {
+        a.image = Some(crate::build::build_image(client, app, &source, &a.build).await?);
+    }
+    Ok(())
+}
+
+pub async fn run(client: &Client, app_args: &AppArgs, mut args: RunArgs) -> Result<()> {
     if args.shell {
         super::console::require_terminal()?;
     }
-    let config = config_for(&args.create, args.shell)?;
+    // Flags are checked before anything is built or created; `--dockerfile` alone builds the
+    // working directory (flyctl).
+    if args.create.image.is_none() && args.create.build.dockerfile.is_some() {
+        args.create.image = Some(".".into());
+    }
+    config_for(&args.create, args.shell)?;
     let app = resolve_or_create_app(client, app_args, &args.create.org).await?;
+    build_if_asked(client, &app, &mut args.create).await?;
+    let config = config_for(&args.create, args.shell)?;
     let ctx = Ctx { client, app: &app };
     let skip_launch = config.standbys.as_ref().is_some_and(|s| !s.is_empty());
     let machine = create(&ctx, &args.create, config, skip_launch).await?;
@@ -282,9 +293,14 @@ async fn shell(ctx: &Ctx<'_>, machine: &Machine, args: &RunArgs) -> Result<()> {
     super::console::exit_with(attached?)
 }
 
-pub async fn create_cmd(client: &Client, app_args: &AppArgs, args: CreateArgs) -> Result<()> {
-    let config = config_for(&args, false)?;
+pub async fn create_cmd(client: &Client, app_args: &AppArgs, mut args: CreateArgs) -> Result<()> {
+    if args.image.is_none() && args.build.dockerfile.is_some() {
+        args.image = Some(".".into());
+    }
+    config_for(&args, false)?;
     let app = resolve_or_create_app(client, app_args, &args.org).await?;
+    build_if_asked(client, &app, &mut args).await?;
+    let config = config_for(&args, false)?;
     let ctx = Ctx { client, app: &app };
     let machine = create(&ctx, &args, config, true).await?;
     println!("Success! A machine has been successfully created in app {app}");

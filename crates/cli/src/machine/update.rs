@@ -20,9 +20,8 @@ pub struct UpdateArgs {
     /// New image
     #[arg(short = 'i', long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Dockerfile to build (not supported yet)
-    #[arg(long, value_name = "PATH")]
-    pub dockerfile: Option<String>,
+    #[command(flatten)]
+    pub build: crate::build::BuildFlags,
     /// New command (shell words) replacing init.cmd; an empty string clears it
     #[arg(short = 'C', long, value_name = "COMMAND", allow_hyphen_values = true)]
     pub command: Option<String>,
@@ -44,9 +43,6 @@ pub struct UpdateArgs {
 
 /// The new config for `update` flags applied onto `current` (pure apart from local files).
 pub fn updated_config(args: &UpdateArgs, current: &MachineConfig) -> Result<MachineConfig> {
-    if args.dockerfile.is_some() {
-        bail!("building images is not supported yet: pass a prebuilt image with --image");
-    }
     let command = match &args.command {
         Some(c) => Some(split_words("--command", c)?),
         None => None,
@@ -64,8 +60,13 @@ pub fn updated_config(args: &UpdateArgs, current: &MachineConfig) -> Result<Mach
     )
 }
 
-pub(crate) async fn run(ctx: &Ctx<'_>, args: UpdateArgs) -> Result<()> {
+pub(crate) async fn run(ctx: &Ctx<'_>, mut args: UpdateArgs) -> Result<()> {
     let id = ctx.resolve_opt(args.id.as_deref()).await?;
+    // --dockerfile (or --image .) builds the working directory first, as flyctl.
+    if let Some(source) = crate::build::build_source(args.image.as_deref(), &args.build)? {
+        args.image =
+            Some(crate::build::build_image(ctx.client, ctx.app, &source, &args.build).await?);
+    }
     let id = id.as_str();
     let args = &args;
     let version = ctx

@@ -1,0 +1,113 @@
+//! Builds: `hangar machine run .` builds the Dockerfile with buildah, imports the image as
+//! `<app>:deployment-<ULID>` and runs it; a failing step or a missing Dockerfile stops before
+//! anything is created.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn hangar_in(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(hangar_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
+        .env("HANGAR_API_TOKEN", &d.token)
+        .output()
+        .expect("run hangar")
+}
+
+#[tokio::test]
+async fn test_machine_run_dot_builds_the_dockerfile() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("built").await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("hello.txt"), "copied\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nARG GREETING=none\nCOPY hello.txt /hello.txt\n\
+             RUN echo \"built $GREETING\" > /built.txt\nCMD [\"sleep\", \"600\"]\n",
+            test_image()
+        ),
+    )
+    .unwrap();
+    let out = hangar_in(
+        &d,
+        ctx.path(),
+        &[
+            "machine",
+            "run",
+            ".",
+            "-a",
+            "built",
+            "--build-arg",
+            "GREETING=hi",
+            "--detach",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("STEP") && stderr.contains("Building built:deployment-"),
+        "{stderr}"
+    );
+    let machines: Vec<Value> = d.get("/v1/apps/built/machines").await.json().unwrap();
+    assert_eq!(machines.len(), 1);
+    let m = machines[0]["id"].as_str().unwrap().to_string();
+    let image = machines[0]["config"]["image"].as_str().unwrap();
+    assert!(image.starts_with("built:deployment-"), "{image}");
+    d.wait_state("built", &m, "started").await;
+    let r = d
+        .post(
+            &format!("/v1/apps/built/machines/{m}/exec"),
+            json!({"command": ["cat", "/hello.txt", "/built.txt"]}),
+        )
+        .await;
+    assert_eq!(r.json::<Value>().unwrap()["stdout"], "copied\nbuilt hi\n");
+
+    // A failing step: a non-zero exit naming it, and no machine.
+    std::fs::write(
+        ctx.path().join("Dockerfile.bad"),
+        format!("FROM {}\nRUN echo about to fail && false\n", test_image()),
+    )
+    .unwrap();
+    let out = hangar_in(
+        &d,
+        ctx.path(),
+        &[
+            "machine",
+            "run",
+            "-a",
+            "built",
+            "--dockerfile",
+            "Dockerfile.bad",
+            "--detach",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("false") && stderr.contains("the build failed"),
+        "{stderr}"
+    );
+    // The failed build left nothing mounted in buildah's storage.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains("/hangar/buildah/overlay/"), "{mounts}");
+    // No Dockerfile: one line, nothing made.
+    let empty = tempfile::tempdir().unwrap();
+    let out = hangar_in(&d, empty.path(), &["machine", "run", ".", "-a", "built"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no Dockerfile"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let machines: Vec<Value> = d.get("/v1/apps/built/machines").await.json().unwrap();
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    d.destroy_machine("built", &m, true).await;
+}
