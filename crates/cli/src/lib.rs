@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod build;
 pub mod daemon;
+pub mod deploy;
 mod doctor;
 pub mod embedded;
 pub mod go_flags;
@@ -95,6 +96,10 @@ pub enum Command {
         hangar machine run my-image -a my-app --volume data:/data"
     )]
     Volumes(volumes::VolumesCommand),
+    /// Deploy an app from its fly.toml: build (or --image), then create or update its machines
+    Deploy(Box<deploy::DeployArgs>),
+    /// Show an app's machines by process group, with versions and checks
+    Status(deploy::status::StatusArgs),
     /// Show the logs of an app's machines (follows new lines unless --no-tail)
     Logs(logs::LogsArgs),
     /// Print a shell completion script
@@ -168,6 +173,13 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
         Command::Services(cmd) => {
             with_client(|client| async move { services::run(&client, cmd).await })
+        }
+        Command::Deploy(args) => {
+            embedded::ensure_daemon()?;
+            with_client(|client| async move { deploy::run(&client, *args).await })
+        }
+        Command::Status(args) => {
+            with_client(|client| async move { deploy::status::run(&client, args).await })
         }
         Command::Volumes(cmd) => {
             with_client(|client| async move { volumes::run(&client, cmd).await })

@@ -395,7 +395,7 @@ pub async fn resolve_or_create_app(client: &Client, args: &AppArgs, org: &str) -
     }
 }
 
-async fn create_app(client: &Client, name: &str, org: &str) -> Result<()> {
+pub(crate) async fn create_app(client: &Client, name: &str, org: &str) -> Result<()> {
     let req = CreateAppRequest {
         name: Some(name.to_string()),
         org_slug: Some(org.to_string()),

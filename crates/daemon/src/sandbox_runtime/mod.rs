@@ -237,7 +237,18 @@ impl Runtime for SandboxRuntime {
         // The run holds the slot now; cleanup() frees it.
         slot_guard.slot = None;
         self.watch_containers(m, 0);
-        if let Err(e) = self.wait_ready(&m.id, &mut exited).await {
+        // Containers that wait for another to be healthy may wait for long (or for ever, if
+        // it never is): the machine is started without them, as on Fly; they show as waiting.
+        let patient: std::collections::HashSet<String> = container_configs(&m.config)
+            .into_iter()
+            .filter(|c| {
+                c.depends_on
+                    .iter()
+                    .any(|d| d.condition == hangar_pilot::spec::Condition::Healthy)
+            })
+            .map(|c| c.name)
+            .collect();
+        if let Err(e) = self.wait_ready(&m.id, &mut exited, &patient).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
         }

@@ -165,12 +165,14 @@ impl SandboxRuntime {
             .map_err(|_| failed(format!("pilot did not answer within {}s", limit.as_secs())))?
     }
 
-    /// Waits until Pilot has started (or failed to start) every container.
-    /// (Polled every FAST_POLL for the first FAST_POLLS asks.)
+    /// Waits until Pilot has started (or failed to start) every container but the `patient`
+    /// ones (which wait for another's health). (Polled every FAST_POLL for the first FAST_POLLS
+    /// asks.)
     pub(super) async fn wait_ready(
         &self,
         id: &str,
         exited: &mut watch::Receiver<Option<MachineExit>>,
+        patient: &std::collections::HashSet<String>,
     ) -> Result<(), RuntimeError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut delay = Duration::from_micros(200);
@@ -199,7 +201,7 @@ impl SandboxRuntime {
                 }
                 if containers
                     .iter()
-                    .all(|c| c.state != ContainerState::Created)
+                    .all(|c| c.state != ContainerState::Created || patient.contains(&c.name))
                 {
                     return Ok(());
                 }
