@@ -193,7 +193,9 @@ async fn test_bad_fly_toml_files_are_refused_before_anything_is_made() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("Dockerfile"), dockerfile("x", HTTPD)).unwrap();
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    // (fly.toml, files beside it, what the error says)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         (
             "app = 'bad'\n[http_service\ninternal_port = 8080\n",
             &[],
