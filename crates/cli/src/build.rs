@@ -123,6 +123,111 @@ fn loopback_registries(dockerfile: &str) -> Vec<String> {
     out
 }
 
+/// The images the Dockerfile's `FROM` lines name: not earlier stages, not `scratch`, not ones
+/// built from build arguments.
+fn from_images(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    for line in dockerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            continue;
+        }
+        let rest: Vec<&str> = words[1..]
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        let Some(image) = rest.first() else { continue };
+        let lower = image.to_ascii_lowercase();
+        // An earlier stage, `scratch`, or a name made of build arguments: nothing to load.
+        let skip = lower == "scratch" || image.contains('$') || stages.contains(&lower);
+        if let Some(i) = rest.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
+            if let Some(stage) = rest.get(i + 1) {
+                stages.push(stage.to_ascii_lowercase());
+            }
+        }
+        if skip {
+            continue;
+        }
+        if !out.iter().any(|o| o == image) {
+            out.push(image.to_string());
+        }
+    }
+    out
+}
+
+/// Gives buildah the `FROM` images Hangar's store has (under their full names), so a build
+/// can start from an image that is in no registry buildah reaches; images the store lacks are
+/// pulled by buildah as usual.
+async fn preload_from_store(
+    client: &Client,
+    images: &[String],
+    work: &Path,
+    (root, runroot): (&Path, &Path),
+) -> Result<()> {
+    for image in images {
+        let Ok(reference) = hangar_image::Reference::parse(image) else {
+            continue;
+        };
+        let full = reference.to_string();
+        let found = client
+            .get(format!(
+                "/hangar/v1/images/inspect?ref={}",
+                hangar_client::encode(&full)
+            ))
+            .send_raw()
+            .await
+            .is_ok_and(|r| r.status.is_success());
+        if !found {
+            continue;
+        }
+        let archive = work.join("from.tar");
+        let mut bytes = Vec::new();
+        client
+            .get_streaming(
+                &format!(
+                    "/hangar/v1/images/export?ref={}",
+                    hangar_client::encode(&full)
+                ),
+                |chunk| {
+                    bytes.extend_from_slice(chunk);
+                    true
+                },
+            )
+            .await
+            .with_context(|| format!("exporting {full} from the image store"))?;
+        std::fs::write(&archive, &bytes).context("writing the exported image")?;
+        let out = buildah(root, runroot)
+            .args(["pull", "--quiet"])
+            .arg(format!("oci-archive:{}:image", archive.display()))
+            .output()
+            .context("running buildah pull")?;
+        if !out.status.success() {
+            bail!(
+                "loading {full} from the image store into the build failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let tagged = buildah(root, runroot)
+            .arg("tag")
+            .arg(&id)
+            .arg(&full)
+            .status()
+            .context("running buildah tag")?;
+        if !tagged.success() {
+            bail!("tagging {full} for the build failed");
+        }
+        let _ = std::fs::remove_file(&archive);
+        eprintln!("==> Using {full} from the image store");
+    }
+    Ok(())
+}
+
 /// A registries.conf for this build: Docker Hub for short names (no prompts), and the
 /// Dockerfile's loopback registries over plain HTTP.
 fn registries_conf(insecure: &[String]) -> String {
@@ -178,6 +283,7 @@ pub async fn build_image(
     std::fs::write(&conf, registries_conf(&loopback_registries(&text)))
         .context("writing registries.conf")?;
     let (root, runroot) = storage_dirs();
+    preload_from_store(client, &from_images(&text), work.path(), (&root, &runroot)).await?;
 
     let mut bud = buildah(&root, &runroot);
     bud.env("CONTAINERS_REGISTRIES_CONF", &conf)
@@ -284,6 +390,13 @@ mod tests {
             conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"),
             "{conf}"
         );
+    }
+
+    #[test]
+    fn from_lines_name_images_not_stages() {
+        let df = "FROM golang:1.22 AS build\nRUN go build\nFROM build AS again\n\
+                  FROM scratch\nFROM ${BASE}\nFROM --platform=x 127.0.0.1:5000/a/b:1\nFROM golang:1.22\n";
+        assert_eq!(from_images(df), ["golang:1.22", "127.0.0.1:5000/a/b:1"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Image management under `/hangar/v1/images` (Hangar's own prefix; `/v1` stays Fly's): list,
-//! inspect, pull (NDJSON progress), import, remove and prune.
+//! inspect, pull (NDJSON progress), import, export, remove and prune.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -89,6 +89,27 @@ pub async fn inspect(
     let store = images(&h)?.store.clone();
     let details = blocking(move || store.inspect(&name)).await?;
     Ok(Json(json!(details)))
+}
+
+/// `GET /hangar/v1/images/export?ref=NAME`: the image as an OCI archive (tar), streamed; its
+/// index names it `image` (`oci-archive:FILE:image`). What a build uses to start `FROM` an
+/// image that only this store has.
+pub async fn export(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let name = reference(&Query::parse(q.as_deref()))?;
+    let store = images(&h)?.store.clone();
+    // Resolved first, so a missing image is a clean 404 rather than a cut-off stream.
+    let n = name.clone();
+    let s = store.clone();
+    blocking(move || s.resolve(&n)).await?;
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    tokio::task::spawn_blocking(move || {
+        let writer = tokio_util::io::SyncIoBridge::new(writer);
+        if let Err(e) = store.export_oci_archive(&name, "image", writer) {
+            tracing::warn!(image = %name, error = %e, "image export failed");
+        }
+    });
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
 }
 
 pub async fn remove(

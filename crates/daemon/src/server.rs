@@ -136,6 +136,7 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             post(crate::console::console),
         )
         .route("/hangar/v1/images/inspect", get(crate::images::inspect))
+        .route("/hangar/v1/images/export", get(crate::images::export))
         .route("/hangar/v1/images/pull", post(crate::images::pull))
         .route("/hangar/v1/images/import", post(crate::images::import))
         .route("/hangar/v1/images/prune", post(crate::images::prune))

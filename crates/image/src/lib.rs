@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod error;
+mod export;
 pub mod idmap;
 pub mod import;
 pub mod oci;
