@@ -384,19 +384,24 @@ async fn test_update_versions_and_replaced_wait() {
         )
         .await;
     assert_eq!(r.status, 400);
-    let r = d
-        .post(
-            &path,
-            json!({"skip_launch": false, "config": {"image": "nginx"}}),
-        )
-        .await;
-    assert_eq!(r.status, 412, "launching needs a runtime: {}", r.text());
     let after: Value = d.get(&path).await.json().unwrap();
     assert_eq!(
         after["instance_id"],
         v2.as_str(),
         "failed updates change nothing"
     );
+    // A machine that was not running gets the new version and stays down, as on Fly, even
+    // without skip_launch (so no runtime is needed here).
+    let r = d
+        .post(
+            &path,
+            json!({"skip_launch": false, "config": {"image": "nginx"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after: Value = d.get(&path).await.json().unwrap();
+    assert_eq!(after["state"], "created", "{after}");
+    assert_ne!(after["instance_id"], v2.as_str());
 }
 
 #[tokio::test]

@@ -483,11 +483,22 @@ async fn test_admission_refuses_what_the_host_cannot_hold() {
     let list: Vec<Value> = d.get("/v1/apps/cap/machines").await.json().unwrap();
     assert!(list.is_empty(), "{list:?}");
 
-    // A stopped machine updated to a size the host cannot hold: refused, unchanged.
-    let m = d
-        .create_machine("cap", json!({"config": {"image": test_image()}}))
+    // A running machine updated to a size the host cannot hold (the update would relaunch it):
+    // refused, unchanged. (A stopped one takes the new size and stays stopped; its next start
+    // is what admission refuses.)
+    let id = d
+        .launch(
+            "cap",
+            json!({"config": {"image": test_image(), "init": {"exec": ["sleep", "600"]}}}),
+        )
         .await;
-    let id = m["id"].as_str().unwrap();
+    d.wait_state("cap", &id, "started").await;
+    let m: Value = d
+        .get(&format!("/v1/apps/cap/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    let id = id.as_str();
     let r = d
         .post(
             &format!("/v1/apps/cap/machines/{id}"),
@@ -501,6 +512,7 @@ async fn test_admission_refuses_what_the_host_cannot_hold() {
         .json()
         .unwrap();
     assert_eq!(got["instance_id"], m["instance_id"], "unchanged: {got}");
+    d.destroy_machine("cap", id, true).await;
 }
 
 /// `rootfs.size_gb` bounds what the machine can write to its root filesystem, and the disk

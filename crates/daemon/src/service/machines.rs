@@ -279,7 +279,15 @@ impl Hangar {
         }
         // A suspended machine still holds its (frozen) sandbox: it is stopped like a running one.
         let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);
-        let launch = !req.skip_launch;
+        // Fly relaunches only a machine that was running (or failed, which the update may fix);
+        // a stopped, suspended or never-started one gets the new version and stays down
+        // (flyd: "machine was in a non-started state prior to the update so leaving the new
+        // version stopped").
+        let launch = !req.skip_launch
+            && matches!(
+                m.state,
+                MachineState::Started | MachineState::Starting | MachineState::Failed
+            );
         let mut image_digests = Default::default();
         if launch {
             self.runtime.preflight(&config)?;
