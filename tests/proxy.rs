@@ -690,3 +690,168 @@ async fn edge_ports_come_back_with_the_daemon() {
     let (status, resp) = get(18096, "again.localhost", "/hostname").await;
     assert_eq!((status, body(&resp)), (200, id.as_str()), "{resp}");
 }
+
+/// A self-signed certificate and key for `host` (openssl), as PEM text.
+fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String) {
+    let (cert, key) = (
+        dir.join(format!("{host}.crt")),
+        dir.join(format!("{host}.key")),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", &format!("/CN={host}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+/// A custom certificate imported through flaps' certificates API is served for its hostname,
+/// which routes to the app (TLS and plain HTTP), survives a restart, and goes when deleted.
+#[tokio::test]
+async fn custom_certificates_are_served_for_their_hostnames() {
+    let mut d = daemon().await;
+    create_app(&d, "shop").await;
+    create_app(&d, "blog").await;
+    let ports = json!([{"protocol": "tcp", "internal_port": 8080, "ports": [
+        {"port": 18445, "handlers": ["tls", "http"]},
+        {"port": 18085, "handlers": ["http"]},
+    ]}]);
+    launch(&d, "shop", web_config(ports.clone())).await;
+    launch(&d, "blog", web_config(ports)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate_for(dir.path(), "shop.example.test");
+    let (other_cert, other_key) = certificate_for(dir.path(), "other.example.test");
+
+    // Bad imports: a certificate for another name, a key of another certificate, a bad name.
+    for (body, named) in [
+        (
+            json!({"hostname": "shop.example.test", "fullchain": other_cert, "private_key": other_key}),
+            "not valid for shop.example.test",
+        ),
+        (
+            json!({"hostname": "shop.example.test", "fullchain": cert, "private_key": other_key}),
+            "private_key",
+        ),
+        (
+            json!({"hostname": "not a host", "fullchain": cert, "private_key": key}),
+            "hostname",
+        ),
+        (
+            json!({"hostname": "shop.example.test", "fullchain": "junk", "private_key": key}),
+            "fullchain",
+        ),
+    ] {
+        let r = d.post("/v1/apps/shop/certificates/custom", body).await;
+        assert_eq!(r.status, 400, "{named}: {}", r.text());
+        assert!(
+            common::error_text(&r).contains(named),
+            "{named}: {}",
+            r.text()
+        );
+    }
+    let r = d
+        .post(
+            "/v1/apps/shop/certificates/custom",
+            json!({"hostname": "shop.example.test", "fullchain": cert, "private_key": key}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json::<Value>().unwrap()["certificates"][0]["source"],
+        "custom"
+    );
+    let r = d
+        .post(
+            "/v1/apps/blog/certificates/custom",
+            json!({"hostname": "shop.example.test", "fullchain": cert, "private_key": key}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "another app's hostname: {}", r.text());
+    let list: Value = d.get("/v1/apps/shop/certificates").await.json().unwrap();
+    assert_eq!(list["total_count"], 1, "{list}");
+    assert!(!list.to_string().contains("PRIVATE KEY"), "{list}");
+    assert_eq!(
+        d.post(
+            "/v1/apps/shop/certificates/acme",
+            json!({"hostname": "x.example"})
+        )
+        .await
+        .status,
+        501
+    );
+
+    let ca = dir.path().join("shop.example.test.crt");
+    let curl = move |host: &'static str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                &format!("{host}:18445:127.0.0.1"),
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .arg(format!("https://{host}:18445/hostname"))
+            .output()
+            .expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Verified against the imported certificate (no -k), and routed to shop by the name.
+    let c = curl.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || c("shop.example.test"))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    let shop_machine: Vec<Value> = d.get("/v1/apps/shop/machines").await.json().unwrap();
+    assert_eq!(out.trim(), shop_machine[0]["id"].as_str().unwrap(), "{out}");
+    // Plain HTTP with that Host reaches shop too.
+    let (status, resp) = get(18085, "shop.example.test", "/hostname").await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(
+        resp.contains(shop_machine[0]["id"].as_str().unwrap()),
+        "{resp}"
+    );
+
+    // After a restart the certificate is still served; after a delete it is not.
+    d.terminate();
+    d.restart().await;
+    let c = curl.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || c("shop.example.test"))
+        .await
+        .unwrap();
+    assert!(ok, "after a restart: {out}");
+    let r = d
+        .delete("/v1/apps/shop/certificates/shop.example.test")
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (ok, out) = tokio::task::spawn_blocking(move || curl("shop.example.test"))
+        .await
+        .unwrap();
+    assert!(!ok, "no longer served: {out}");
+}

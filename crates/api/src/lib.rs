@@ -2,6 +2,7 @@
 //! encoding quirks Fly's clients rely on (Go durations, autostop booleans, signal names).
 
 pub mod app;
+pub mod certificates;
 pub mod config;
 pub mod duration;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod validate;
 pub mod volumes;
 
 pub use app::*;
+pub use certificates::*;
 pub use config::*;
 pub use duration::GoDuration;
 pub use error::ErrorResponse;

@@ -342,6 +342,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
     });
     hangar
+        .load_certificates()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the apps' certificates failed: {e}"))?;
+    hangar
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconciling machines failed: {e}"))?;

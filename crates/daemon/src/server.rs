@@ -97,6 +97,34 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
                 .delete(routes::delete_secret),
         )
         .route(
+            "/v1/apps/{app_name}/certificates",
+            get(routes::list_certificates),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/custom",
+            post(routes::import_certificate),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/acme",
+            post(routes::acme_certificate),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/{hostname}",
+            get(routes::get_certificate).delete(routes::delete_certificate),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/{hostname}/check",
+            post(routes::check_certificate),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/{hostname}/custom",
+            axum::routing::delete(routes::delete_custom_certificate),
+        )
+        .route(
+            "/v1/apps/{app_name}/certificates/{hostname}/acme",
+            axum::routing::delete(routes::delete_acme_certificate),
+        )
+        .route(
             "/v1/apps/{app_name}/volumes",
             get(routes::list_volumes).post(routes::create_volume),
         )

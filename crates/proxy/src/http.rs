@@ -304,6 +304,10 @@ impl Proxy {
             return Some(only.to_string());
         }
         let host = strip_port(host?).to_ascii_lowercase();
+        // An app's custom hostname (an imported certificate's) routes to it.
+        if let Some(app) = self.certificates.app_of_hostname(&host) {
+            return apps.into_iter().find(|a| *a == app).map(str::to_string);
+        }
         let name = host
             .strip_suffix(&format!(".{}", self.config.domain))
             .unwrap_or(&host);

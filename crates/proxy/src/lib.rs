@@ -78,7 +78,7 @@ pub struct Proxy {
     listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
     /// Wakes the listener sync and request queues when the table changes.
     changed: tokio::sync::Notify,
-    certificates: tls::Certificates,
+    pub(crate) certificates: tls::Certificates,
     health: checks::Health,
     pub metrics: metrics::Metrics,
     connections: Arc<tokio::sync::Semaphore>,
@@ -125,6 +125,15 @@ impl Proxy {
     }
 
     /// The table as it is now.
+    /// Serves `cert` for the app's custom `hostname` (which then routes to the app).
+    pub fn set_custom_certificate(&self, hostname: &str, app: &str, cert: tls::CertKey) {
+        self.certificates.set_custom(hostname, app, cert);
+    }
+
+    pub fn remove_custom_certificate(&self, hostname: &str) {
+        self.certificates.remove_custom(hostname);
+    }
+
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

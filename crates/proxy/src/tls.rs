@@ -66,6 +66,42 @@ impl CertKey {
         Ok(CertKey { chain, key })
     }
 
+    /// A PEM chain and key given as text (an imported certificate), checked to cover
+    /// `hostname` and to belong together.
+    pub fn from_pem_for(hostname: &str, chain: &str, key: &str) -> Result<CertKey, TlsError> {
+        let bad = |e: String| TlsError::Config(e);
+        let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("fullchain: {e}")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(bad("fullchain: no certificate in it".into()));
+        };
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| bad(format!("private_key: {e}")))?;
+        let name = rustls_pki_types::ServerName::try_from(hostname.to_string())
+            .map_err(|e| bad(format!("hostname {hostname:?}: {e}")))?;
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            bad(format!(
+                "fullchain: the first certificate does not parse: {e}"
+            ))
+        })?;
+        cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+            bad(format!(
+                "fullchain: the certificate is not valid for {hostname}"
+            ))
+        })?;
+        let ck = CertKey { chain, key };
+        // rustls checks that the key is the certificate's own.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(ck.chain.clone(), ck.key.clone_key())
+            .map_err(|e| bad(format!("private_key: {e}")))?;
+        Ok(ck)
+    }
+
     fn self_signed(names: Vec<String>) -> Result<CertKey, TlsError> {
         let made = rcgen::generate_simple_self_signed(names)
             .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -76,11 +112,14 @@ impl CertKey {
     }
 }
 
-/// The certificates in use: the given one, or each app's own self-signed one.
+/// The certificates in use: apps' custom hostnames', the given one, or each app's own
+/// self-signed one.
 #[derive(Default)]
 pub struct Certificates {
     given: Option<CertKey>,
     made: Mutex<HashMap<String, CertKey>>,
+    /// Custom hostname (lowercase) → (app, its certificate).
+    custom: Mutex<HashMap<String, (String, CertKey)>>,
 }
 
 impl Certificates {
@@ -88,10 +127,43 @@ impl Certificates {
         Certificates {
             given,
             made: Mutex::new(HashMap::new()),
+            custom: Mutex::new(HashMap::new()),
         }
     }
 
-    fn for_app(&self, app: &str, domain: &str) -> Result<CertKey, TlsError> {
+    /// Serves `cert` for `hostname`, which now routes to `app`.
+    pub fn set_custom(&self, hostname: &str, app: &str, cert: CertKey) {
+        self.custom
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hostname.to_ascii_lowercase(), (app.to_string(), cert));
+    }
+
+    pub fn remove_custom(&self, hostname: &str) {
+        self.custom
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hostname.to_ascii_lowercase());
+    }
+
+    /// The app a custom hostname belongs to.
+    pub fn app_of_hostname(&self, hostname: &str) -> Option<String> {
+        self.custom
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hostname.to_ascii_lowercase())
+            .map(|(app, _)| app.clone())
+    }
+
+    fn for_app(&self, app: &str, domain: &str, sni: Option<&str>) -> Result<CertKey, TlsError> {
+        if let Some(name) = sni {
+            let custom = self.custom.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((owner, cert)) = custom.get(&name.to_ascii_lowercase()) {
+                if owner == app {
+                    return Ok(cert.clone());
+                }
+            }
+        }
         if let Some(given) = &self.given {
             return Ok(given.clone());
         }
@@ -177,7 +249,7 @@ impl Proxy {
         };
         let config = self
             .certificates
-            .for_app(&app, &self.config.domain)
+            .for_app(&app, &self.config.domain, sni.as_deref())
             .and_then(|c| {
                 server_config(c, candidate.edge(), candidate.edge().tls_options.as_ref())
             });

@@ -21,6 +21,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     secrets_are_versioned_per_app(fresh().as_ref());
     volumes_attach_to_one_machine(fresh().as_ref());
     schedules_follow_their_machine(fresh().as_ref());
+    certificates_belong_to_one_app(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -457,4 +458,49 @@ pub fn schedules_follow_their_machine(s: &dyn Store) {
     );
     s.delete_schedule(&m.id).unwrap();
     assert!(s.get_schedule(&m.id).unwrap().is_none());
+}
+
+pub fn certificates_belong_to_one_app(s: &dyn Store) {
+    let cert = |app: &str, host: &str| crate::CertificateRecord {
+        hostname: host.into(),
+        app: app.into(),
+        fullchain: "PEM".into(),
+        key_sealed: vec![1, 2, 3],
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert_eq!(
+        s.put_certificate(&cert("none", "a.example"))
+            .unwrap_err()
+            .class(),
+        ErrorClass::NotFound
+    );
+    s.create_app(&app("c1")).unwrap();
+    s.create_app(&app("c2")).unwrap();
+    s.put_certificate(&cert("c1", "a.example")).unwrap();
+    let mut again = cert("c1", "a.example");
+    again.fullchain = "NEW".into();
+    again.updated_at = 2;
+    s.put_certificate(&again).unwrap();
+    let got = s.get_certificate("a.example").unwrap().unwrap();
+    assert_eq!(
+        (got.fullchain.as_str(), got.created_at, got.updated_at),
+        ("NEW", 1, 2)
+    );
+    assert_eq!(
+        s.put_certificate(&cert("c2", "a.example"))
+            .unwrap_err()
+            .class(),
+        ErrorClass::Conflict
+    );
+    s.put_certificate(&cert("c2", "b.example")).unwrap();
+    assert_eq!(s.list_certificates(Some("c1")).unwrap().len(), 1);
+    assert_eq!(s.list_certificates(None).unwrap().len(), 2);
+    assert!(s.delete_certificate("b.example").unwrap());
+    assert!(!s.delete_certificate("b.example").unwrap());
+    assert!(s.delete_app("c1").unwrap());
+    assert!(
+        s.get_certificate("a.example").unwrap().is_none(),
+        "gone with its app"
+    );
 }

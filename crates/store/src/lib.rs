@@ -216,6 +216,18 @@ pub trait ScheduleStore: Send + Sync {
     fn list_schedules(&self) -> Result<Vec<ScheduleRecord>>;
 }
 
+/// Apps' custom certificates.
+pub trait CertificateStore: Send + Sync {
+    /// Adds or replaces the certificate of `hostname`; [`StoreError::Conflict`] when another
+    /// app has the hostname, [`StoreError::NotFound`] when the app does not exist.
+    fn put_certificate(&self, cert: &CertificateRecord) -> Result<()>;
+    fn get_certificate(&self, hostname: &str) -> Result<Option<CertificateRecord>>;
+    /// An app's, or every app's with `None`; by hostname.
+    fn list_certificates(&self, app: Option<&str>) -> Result<Vec<CertificateRecord>>;
+    /// Whether there was one.
+    fn delete_certificate(&self, hostname: &str) -> Result<bool>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
@@ -229,6 +241,7 @@ pub trait Store:
     + SecretStore
     + VolumeStore
     + ScheduleStore
+    + CertificateStore
     + 'static
 {
 }
@@ -242,6 +255,7 @@ impl<
             + SecretStore
             + VolumeStore
             + ScheduleStore
+            + CertificateStore
             + 'static,
     > Store for T
 {

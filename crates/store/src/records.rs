@@ -192,3 +192,18 @@ pub struct ScheduleRecord {
     /// `started`, `skipped: still running`, `failed: …`.
     pub last_outcome: Option<String>,
 }
+
+/// A custom certificate an app imported for one of its hostnames; the key is sealed by the
+/// daemon (hangar-secrets), never plaintext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateRecord {
+    /// Lowercase; one app per hostname.
+    pub hostname: String,
+    pub app: String,
+    /// PEM.
+    pub fullchain: String,
+    pub key_sealed: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -8,10 +8,10 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
-    AppRecord, AppStore, EventRecord, EventStore, Expect, LeaseRecord, LeaseStore, MachineRecord,
-    MachineStore, NetworkRecord, NetworkStore, Result, ScheduleRecord, ScheduleStore, SecretRecord,
-    SecretSet, SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord,
-    VolumeStore,
+    AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
+    LeaseRecord, LeaseStore, MachineRecord, MachineStore, NetworkRecord, NetworkStore, Result,
+    ScheduleRecord, ScheduleStore, SecretRecord, SecretSet, SecretStore, SecretWrite,
+    SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -158,6 +158,17 @@ CREATE TABLE machine_schedules (
     last_fire_at INTEGER,
     last_outcome TEXT
 );
+"#,
+    r#"
+CREATE TABLE certificates (
+    hostname TEXT PRIMARY KEY,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    fullchain TEXT NOT NULL,
+    key_sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX certificates_by_app ON certificates(app, hostname);
 "#,
 ];
 
@@ -1201,6 +1212,89 @@ fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRecord> {
         last_fire_at: r.get(3)?,
         last_outcome: r.get(4)?,
     })
+}
+
+const CERT_COLUMNS: &str = "hostname, app, fullchain, key_sealed, created_at, updated_at";
+
+fn certificate_from_row(r: &Row) -> rusqlite::Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        hostname: r.get(0)?,
+        app: r.get(1)?,
+        fullchain: r.get(2)?,
+        key_sealed: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+    })
+}
+
+impl CertificateStore for SqliteStore {
+    fn put_certificate(&self, c: &CertificateRecord) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let app_exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM apps WHERE name = ?1)",
+            [&c.app],
+            |r| r.get(0),
+        )?;
+        if !app_exists {
+            return Err(StoreError::NotFound(format!("app {}", c.app)));
+        }
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT app FROM certificates WHERE hostname = ?1",
+                [&c.hostname],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if owner.as_deref().is_some_and(|o| o != c.app) {
+            return Err(StoreError::Conflict(format!(
+                "hostname {} (it belongs to another app)",
+                c.hostname
+            )));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (hostname) DO UPDATE SET fullchain = excluded.fullchain, \
+                 key_sealed = excluded.key_sealed, updated_at = excluded.updated_at"
+            ),
+            params![
+                c.hostname,
+                c.app,
+                c.fullchain,
+                c.key_sealed,
+                c.created_at,
+                c.updated_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_certificate(&self, hostname: &str) -> Result<Option<CertificateRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE hostname = ?1"
+        ))?;
+        Ok(stmt
+            .query_row([hostname], certificate_from_row)
+            .optional()?)
+    }
+
+    fn list_certificates(&self, app: Option<&str>) -> Result<Vec<CertificateRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE ?1 IS NULL OR app = ?1 \
+             ORDER BY hostname"
+        ))?;
+        let rows = stmt.query_map([app], certificate_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn delete_certificate(&self, hostname: &str) -> Result<bool> {
+        let conn = self.writer();
+        Ok(conn.execute("DELETE FROM certificates WHERE hostname = ?1", [hostname])? > 0)
+    }
 }
 
 #[cfg(test)]

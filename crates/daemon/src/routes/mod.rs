@@ -24,6 +24,7 @@ use crate::service::{Hangar, ListFilter, StopOptions, WaitTarget, DEFAULT_ORG, M
 pub use crate::service::AppState;
 
 mod apps;
+mod certificates;
 mod leases;
 mod lifecycle;
 mod machines;
@@ -33,6 +34,7 @@ mod secrets;
 mod volumes;
 
 pub use apps::*;
+pub use certificates::*;
 pub use leases::*;
 pub use lifecycle::*;
 pub use machines::*;
@@ -126,7 +128,6 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
 /// serve, when `path` is one.
 fn unserved_fly_endpoint(path: &str) -> Option<String> {
     const APP_FAMILIES: &[(&str, &str)] = &[
-        ("certificates", "app certificates"),
         ("ip_assignments", "IP assignments"),
         ("secretkeys", "secret keys"),
         ("deploy_token", "deploy tokens"),

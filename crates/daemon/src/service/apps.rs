@@ -86,8 +86,13 @@ impl Hangar {
         for m in machines {
             self.destroy_locked(&m.app, &m.id, None, true, true).await?;
         }
-        // Its volumes go with it: their data, snapshots and rows.
+        // Its volumes go with it: their data, snapshots and rows; and its hostnames.
         self.purge_app_volumes(name).await?;
+        for c in self.list_certificates(name).await? {
+            if let Some(p) = self.proxy() {
+                p.remove_custom_certificate(&c.hostname);
+            }
+        }
         let n = name.to_string();
         db(&self.store, move |s| s.delete_app(&n)).await?;
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());

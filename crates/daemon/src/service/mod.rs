@@ -19,6 +19,7 @@ use crate::clock::{now_ms, now_secs, rfc3339_secs};
 use crate::runtime::{Adoption, ExecSpec, MachineExit, Runtime};
 
 mod apps;
+mod certificates;
 mod error;
 mod exits;
 mod leases;
