@@ -239,7 +239,6 @@ async fn unserved_endpoints_are_501_not_404() {
     let d = Daemon::start().await;
     d.create_app("x").await;
     for path in [
-        "/v1/apps/x/ip_assignments",
         "/v1/apps/x/secretkeys",
         "/v1/postgres/abc",
         "/v1/platform/placements",

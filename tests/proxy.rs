@@ -855,3 +855,108 @@ async fn custom_certificates_are_served_for_their_hostnames() {
         .unwrap();
     assert!(!ok, "no longer served: {out}");
 }
+
+/// An HTTP/1.0 request over a raw TCP connection to `ip:port`: the response text.
+async fn raw_get(ip: &str, port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_string(&mut out),
+    )
+    .await;
+    out
+}
+
+/// IP assignments: apps with a dedicated address (from --proxy-ip-pool) each keep their own raw
+/// TCP port there, an app without one uses the shared address, and the pool runs out cleanly.
+#[tokio::test]
+async fn dedicated_addresses_give_apps_their_own_raw_tcp_ports() {
+    let d = Daemon::start_networked_with(
+        "127.0.0.1:9".parse().unwrap(),
+        &[
+            "--proxy-ip-pool",
+            "127.0.0.2",
+            "--proxy-ip-pool",
+            "127.0.0.3",
+        ],
+    )
+    .await;
+    for app in ["db1", "db2", "db3", "db4"] {
+        create_app(&d, app).await;
+    }
+    let assign = |app: &'static str, kind: &'static str| {
+        let d = &d;
+        async move {
+            d.post(
+                &format!("/v1/apps/{app}/ip_assignments"),
+                json!({"type": kind, "region": "local"}),
+            )
+            .await
+        }
+    };
+    let r = assign("db1", "v4").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json::<Value>().unwrap()["ip"], "127.0.0.2");
+    let r = assign("db2", "v4").await;
+    assert_eq!(r.json::<Value>().unwrap()["ip"], "127.0.0.3");
+    let r = assign("db3", "v4").await;
+    assert_eq!(r.status, 409, "the pool is used up: {}", r.text());
+    let r = assign("db3", "shared_v4").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let shared: Value = r.json().unwrap();
+    assert_eq!(
+        (shared["ip"].as_str(), shared["shared"].as_bool()),
+        (Some("127.0.0.1"), Some(true))
+    );
+    assert_eq!(assign("db3", "private_v6").await.status, 400);
+    assert_eq!(assign("db3", "v5").await.status, 400);
+
+    // The same raw TCP port for three apps: two on their own addresses, one shared.
+    let raw = json!([{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18700}]}]);
+    let mut ids = std::collections::BTreeMap::new();
+    for app in ["db1", "db2", "db3"] {
+        ids.insert(app, launch(&d, app, web_config(raw.clone())).await);
+    }
+    let r = d
+        .post("/v1/apps/db4/machines", web_config(raw.clone()))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        common::error_text(&r).contains("db3"),
+        "names the holder: {}",
+        r.text()
+    );
+    for (ip, app) in [
+        ("127.0.0.2", "db1"),
+        ("127.0.0.3", "db2"),
+        ("127.0.0.1", "db3"),
+    ] {
+        let resp = raw_get(ip, 18700, "/hostname").await;
+        assert!(resp.contains(ids[app].as_str()), "{ip} -> {app}: {resp}");
+    }
+    let list: Value = d.get("/v1/apps/db1/ip_assignments").await.json().unwrap();
+    assert_eq!(list["ips"].as_array().unwrap().len(), 1, "{list}");
+    // Releasing db1's address would put its port 18700 on the shared address, db3's: refused.
+    let r = d.delete("/v1/apps/db1/ip_assignments/127.0.0.2").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        d.delete("/v1/apps/db1/ip_assignments/127.0.0.9")
+            .await
+            .status,
+        404
+    );
+    // Without the machine, it goes, and the address stops answering.
+    d.destroy_machine("db1", &ids["db1"], true).await;
+    let r = d.delete("/v1/apps/db1/ip_assignments/127.0.0.2").await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.2", 18700))
+        .await
+        .is_err());
+}

@@ -53,6 +53,9 @@ pub struct DaemonArgs {
     /// Open every service's edge ports on this address (repeatable; 0.0.0.0 exposes them to the network) [default: 127.0.0.1]
     #[arg(long = "proxy-bind", value_name = "IP")]
     pub proxy_binds: Vec<std::net::IpAddr>,
+    /// A host address the proxy may dedicate to one app (IP assignments; repeatable; the address must be the host's)
+    #[arg(long = "proxy-ip-pool", value_name = "IP")]
+    pub proxy_ip_pool: Vec<std::net::IpAddr>,
     /// HTTP services are also routed by Host: <app>.<domain> [default: localhost]
     #[arg(long, value_name = "DOMAIN", env = "HANGAR_PROXY_DOMAIN")]
     pub proxy_domain: Option<String>,
@@ -132,6 +135,7 @@ struct ConfigFile {
     egress: Option<bool>,
     dns_upstreams: Option<Vec<String>>,
     proxy_binds: Option<Vec<std::net::IpAddr>>,
+    proxy_ip_pool: Option<Vec<std::net::IpAddr>>,
     proxy_domain: Option<String>,
     autostop_after: Option<String>,
     proxy_tls_cert: Option<PathBuf>,
@@ -252,6 +256,11 @@ impl DaemonArgs {
                 .or(file.proxy_domain.clone())
                 .unwrap_or_else(|| "localhost".into()),
             autostop_after,
+            proxy_ip_pool: if self.proxy_ip_pool.is_empty() {
+                file.proxy_ip_pool.clone().unwrap_or_default()
+            } else {
+                self.proxy_ip_pool.clone()
+            },
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             favor_dynmods: self.favor_dynmods || file.favor_dynmods.unwrap_or(false),
             secrets_key_file: self

@@ -64,6 +64,8 @@ pub struct DaemonOptions {
     pub dns_upstreams: Option<Vec<SocketAddr>>,
     /// Addresses the proxy opens every service's edge ports on (needs networking).
     pub proxy_binds: Vec<std::net::IpAddr>,
+    /// Host addresses the proxy may dedicate to one app each (IP assignments).
+    pub proxy_ip_pool: Vec<std::net::IpAddr>,
     /// HTTP services are also routed by `Host: <app>.<domain>`.
     pub proxy_domain: String,
     /// How long a machine with `autostop` must be idle before the proxy stops it.
@@ -326,6 +328,11 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             Vec::new()
         },
         domain: opts.proxy_domain.clone(),
+        ip_pool: if networked {
+            opts.proxy_ip_pool.clone()
+        } else {
+            Vec::new()
+        },
         region: DEFAULT_REGION.to_string(),
         autostop_after: opts.autostop_after,
         queue_timeout: std::time::Duration::from_secs(5),
@@ -341,6 +348,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             None => None,
         },
     });
+    hangar
+        .load_ip_assignments()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the apps' IP assignments failed: {e}"))?;
     hangar
         .load_certificates()
         .await

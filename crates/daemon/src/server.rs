@@ -97,6 +97,14 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
                 .delete(routes::delete_secret),
         )
         .route(
+            "/v1/apps/{app_name}/ip_assignments",
+            get(routes::list_ip_assignments).post(routes::assign_ip),
+        )
+        .route(
+            "/v1/apps/{app_name}/ip_assignments/{ip}",
+            axum::routing::delete(routes::release_ip),
+        )
+        .route(
             "/v1/apps/{app_name}/certificates",
             get(routes::list_certificates),
         )

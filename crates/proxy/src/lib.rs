@@ -41,6 +41,8 @@ pub trait Controller: Send + Sync + 'static {
 pub struct ProxyConfig {
     /// Addresses every edge port is opened on.
     pub binds: Vec<IpAddr>,
+    /// Host addresses that can be dedicated to one app each (IP assignments).
+    pub ip_pool: Vec<IpAddr>,
     /// `<app>.<domain>` routes HTTP by `Host` when several apps share a port.
     pub domain: String,
     /// The region reported in `Fly-Region` and `Fly-Request-Id`.
@@ -76,6 +78,9 @@ pub struct Proxy {
     controller: Arc<dyn Controller>,
     load: route::Load,
     listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
+    /// Addresses dedicated to one app (its IP assignments): its edge ports open there too, and
+    /// its raw TCP ports only there.
+    dedicated: Mutex<std::collections::BTreeMap<IpAddr, String>>,
     /// Wakes the listener sync and request queues when the table changes.
     changed: tokio::sync::Notify,
     pub(crate) certificates: tls::Certificates,
@@ -91,6 +96,7 @@ impl Proxy {
             controller,
             load: route::Load::default(),
             listeners: Mutex::new(HashMap::new()),
+            dedicated: Mutex::new(std::collections::BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
             certificates: tls::Certificates::new(config.tls_cert.clone()),
             health: checks::Health::default(),
@@ -124,7 +130,6 @@ impl Proxy {
         self.sync_listeners();
     }
 
-    /// The table as it is now.
     /// Serves `cert` for the app's custom `hostname` (which then routes to the app).
     pub fn set_custom_certificate(&self, hostname: &str, app: &str, cert: tls::CertKey) {
         self.certificates.set_custom(hostname, app, cert);
@@ -134,6 +139,66 @@ impl Proxy {
         self.certificates.remove_custom(hostname);
     }
 
+    /// Dedicates `ip` to `app` (an IP assignment) and opens its ports there.
+    pub fn set_dedicated(self: &Arc<Self>, ip: IpAddr, app: &str) {
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip, app.to_string());
+        self.sync_listeners();
+    }
+
+    pub fn remove_dedicated(self: &Arc<Self>, ip: IpAddr) {
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ip);
+        self.sync_listeners();
+    }
+
+    /// The app `ip` is dedicated to, if any.
+    pub fn dedicated_to(&self, ip: IpAddr) -> Option<String> {
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+            .cloned()
+    }
+
+    pub(crate) fn has_dedicated(&self, app: &str) -> bool {
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|a| a == app)
+    }
+
+    /// Another app holding `port` in a way `app` cannot share (see [`Table::conflict`]); an
+    /// app with a dedicated address keeps its raw TCP ports there, so they conflict with no
+    /// one on the shared addresses. `without_dedicated` asks as if `app` had none.
+    pub fn port_conflict(
+        &self,
+        app: &str,
+        port: u16,
+        http: bool,
+        without_dedicated: bool,
+    ) -> Option<String> {
+        if !http && !without_dedicated && self.has_dedicated(app) {
+            return None;
+        }
+        let table = self.table();
+        table
+            .candidates(port)
+            .into_iter()
+            .find(|(other, c)| {
+                other != app
+                    && c.iter().any(|c| !c.edge().http || !http)
+                    && !(c.iter().all(|c| !c.edge().http) && self.has_dedicated(other))
+            })
+            .map(|(other, _)| other)
+    }
+
+    /// The table as it is now.
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -35,24 +35,42 @@ impl Proxy {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let ports = self.table().edge_ports();
+        let table = self.table();
+        // What should be open: every edge port on the shared addresses, and each app's on its
+        // dedicated ones.
+        let mut wanted: std::collections::BTreeSet<(IpAddr, u16)> = self
+            .config
+            .binds
+            .iter()
+            .flat_map(|ip| table.edge_ports().into_iter().map(move |p| (*ip, p)))
+            .collect();
+        let dedicated = self
+            .dedicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (ip, app) in &dedicated {
+            for port in table.edge_ports() {
+                if table.apps_on(port, |_| true).contains(&app.as_str()) {
+                    wanted.insert((*ip, port));
+                }
+            }
+        }
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        listeners.retain(|(_, port), _| ports.contains(port));
-        for ip in &self.config.binds {
-            for port in &ports {
-                if listeners.contains_key(&(*ip, *port)) {
-                    continue;
+        listeners.retain(|key, _| wanted.contains(key));
+        for (ip, port) in wanted {
+            if listeners.contains_key(&(ip, port)) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, port);
+            match bind(addr) {
+                Ok(l) => {
+                    tracing::info!(%addr, "proxy: listening");
+                    let this = self.clone();
+                    let task = tokio::spawn(async move { this.accept_loop(l).await });
+                    listeners.insert((ip, port), Listener { task });
                 }
-                let addr = SocketAddr::new(*ip, *port);
-                match bind(addr) {
-                    Ok(l) => {
-                        tracing::info!(%addr, "proxy: listening");
-                        let this = self.clone();
-                        let task = tokio::spawn(async move { this.accept_loop(l).await });
-                        listeners.insert((*ip, *port), Listener { task });
-                    }
-                    Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen"),
-                }
+                Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen"),
             }
         }
     }
@@ -95,11 +113,21 @@ impl Proxy {
                 // Counted while the connection lasts (the handlers take the proxy by value).
                 let connections = this.metrics.connections.clone();
                 connections.inc();
+                // On a dedicated address only its app is served; on a shared one, every app
+                // but the raw TCP ports of apps that have their own address.
+                let owner = this.dedicated_to(local.ip());
                 let edges: Vec<_> = this
                     .table()
                     .candidates(local.port())
-                    .into_values()
-                    .flatten()
+                    .into_iter()
+                    .filter(|(app, c)| match &owner {
+                        Some(o) => o == app,
+                        None => {
+                            !(this.has_dedicated(app)
+                                && c.iter().all(|c| !c.edge().http && !c.edge().tls))
+                        }
+                    })
+                    .flat_map(|(_, c)| c)
                     .map(|c| c.edge().clone())
                     .collect();
                 let http_or_tls = edges.iter().any(|e| e.tls || e.http);
@@ -116,11 +144,11 @@ impl Proxy {
                     return;
                 }
                 if edges.iter().any(|e| e.tls) {
-                    this.serve_tls(stream, local, peer).await;
+                    this.serve_tls(stream, local, peer, owner).await;
                 } else if edges.iter().any(|e| e.http) {
-                    this.serve_http(stream, local, peer, None).await;
+                    this.serve_http(stream, local, peer, owner).await;
                 } else {
-                    this.serve_tcp(stream, local, peer, None).await;
+                    this.serve_tcp(stream, local, peer, owner).await;
                 }
                 connections.dec();
             });

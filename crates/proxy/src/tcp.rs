@@ -99,8 +99,14 @@ impl Proxy {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let port = local.port();
-        // A raw TCP port has one app (create and update refuse a second).
-        let Some(app) = app.or_else(|| self.table().candidates(port).into_keys().next()) else {
+        // A raw TCP port has one app on the shared addresses (create and update refuse a
+        // second); apps with a dedicated address serve theirs there.
+        let Some(app) = app.or_else(|| {
+            self.table()
+                .candidates(port)
+                .into_keys()
+                .find(|a| !self.has_dedicated(a))
+        }) else {
             return;
         };
         let chosen = match self.choose(&app, port).await {

@@ -225,6 +225,7 @@ impl Proxy {
         stream: TcpStream,
         local: SocketAddr,
         peer: SocketAddr,
+        owner: Option<String>,
     ) {
         let port = local.port();
         let start = match LazyConfigAcceptor::new(Acceptor::default(), stream).await {
@@ -235,7 +236,8 @@ impl Proxy {
             }
         };
         let sni = start.client_hello().server_name().map(str::to_string);
-        let Some(app) = self.app_for(port, sni.as_deref(), |e| e.tls) else {
+        let app = owner.or_else(|| self.app_for(port, sni.as_deref(), |e| e.tls));
+        let Some(app) = app else {
             tracing::info!(%peer, port, ?sni, "proxy: no app for this TLS name (PT05)");
             return;
         };

@@ -22,6 +22,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     volumes_attach_to_one_machine(fresh().as_ref());
     schedules_follow_their_machine(fresh().as_ref());
     certificates_belong_to_one_app(fresh().as_ref());
+    dedicated_addresses_belong_to_one_app(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -503,4 +504,42 @@ pub fn certificates_belong_to_one_app(s: &dyn Store) {
         s.get_certificate("a.example").unwrap().is_none(),
         "gone with its app"
     );
+}
+
+pub fn dedicated_addresses_belong_to_one_app(s: &dyn Store) {
+    let ip = |app: &str, ip: &str, shared: bool| crate::IpAssignmentRecord {
+        ip: ip.into(),
+        app: app.into(),
+        region: "local".into(),
+        service_name: String::new(),
+        shared,
+        created_at: 1,
+    };
+    s.create_app(&app("i1")).unwrap();
+    s.create_app(&app("i2")).unwrap();
+    s.insert_ip_assignment(&ip("i1", "192.0.2.1", false))
+        .unwrap();
+    assert_eq!(
+        s.insert_ip_assignment(&ip("i2", "192.0.2.1", false))
+            .unwrap_err()
+            .class(),
+        ErrorClass::Conflict
+    );
+    // The shared address is every app's.
+    s.insert_ip_assignment(&ip("i1", "127.0.0.1", true))
+        .unwrap();
+    s.insert_ip_assignment(&ip("i2", "127.0.0.1", true))
+        .unwrap();
+    assert_eq!(
+        s.insert_ip_assignment(&ip("nope", "192.0.2.9", false))
+            .unwrap_err()
+            .class(),
+        ErrorClass::NotFound
+    );
+    assert_eq!(s.list_ip_assignments(Some("i1")).unwrap().len(), 2);
+    assert_eq!(s.list_ip_assignments(None).unwrap().len(), 3);
+    assert!(!s.delete_ip_assignment("i2", "192.0.2.1").unwrap());
+    assert!(s.delete_ip_assignment("i1", "192.0.2.1").unwrap());
+    assert!(s.delete_app("i2").unwrap());
+    assert_eq!(s.list_ip_assignments(None).unwrap().len(), 1);
 }

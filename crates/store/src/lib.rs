@@ -228,6 +228,17 @@ pub trait CertificateStore: Send + Sync {
     fn delete_certificate(&self, hostname: &str) -> Result<bool>;
 }
 
+/// Apps' IP assignments.
+pub trait IpAssignmentStore: Send + Sync {
+    /// Records the assignment; [`StoreError::Conflict`] when a dedicated address is taken,
+    /// [`StoreError::NotFound`] when the app does not exist.
+    fn insert_ip_assignment(&self, ip: &IpAssignmentRecord) -> Result<()>;
+    /// An app's, or every app's with `None`.
+    fn list_ip_assignments(&self, app: Option<&str>) -> Result<Vec<IpAssignmentRecord>>;
+    /// Whether the app had it.
+    fn delete_ip_assignment(&self, app: &str, ip: &str) -> Result<bool>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
@@ -242,6 +253,7 @@ pub trait Store:
     + VolumeStore
     + ScheduleStore
     + CertificateStore
+    + IpAssignmentStore
     + 'static
 {
 }
@@ -256,6 +268,7 @@ impl<
             + VolumeStore
             + ScheduleStore
             + CertificateStore
+            + IpAssignmentStore
             + 'static,
     > Store for T
 {

@@ -207,3 +207,16 @@ pub struct CertificateRecord {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// An address assigned to an app (Fly's IP assignments): a dedicated one from the pool the
+/// daemon was given, or the shared one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpAssignmentRecord {
+    pub ip: String,
+    pub app: String,
+    pub region: String,
+    pub service_name: String,
+    pub shared: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}

@@ -9,9 +9,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
     AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
-    LeaseRecord, LeaseStore, MachineRecord, MachineStore, NetworkRecord, NetworkStore, Result,
-    ScheduleRecord, ScheduleStore, SecretRecord, SecretSet, SecretStore, SecretWrite,
-    SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
+    IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore, MachineRecord, MachineStore,
+    NetworkRecord, NetworkStore, Result, ScheduleRecord, ScheduleStore, SecretRecord, SecretSet,
+    SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -169,6 +169,18 @@ CREATE TABLE certificates (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX certificates_by_app ON certificates(app, hostname);
+"#,
+    r#"
+CREATE TABLE ip_assignments (
+    ip TEXT NOT NULL,
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    region TEXT NOT NULL,
+    service_name TEXT NOT NULL,
+    shared INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (ip, app)
+);
+CREATE UNIQUE INDEX ip_assignments_dedicated ON ip_assignments(ip) WHERE shared = 0;
 "#,
 ];
 
@@ -1294,6 +1306,63 @@ impl CertificateStore for SqliteStore {
     fn delete_certificate(&self, hostname: &str) -> Result<bool> {
         let conn = self.writer();
         Ok(conn.execute("DELETE FROM certificates WHERE hostname = ?1", [hostname])? > 0)
+    }
+}
+
+impl IpAssignmentStore for SqliteStore {
+    fn insert_ip_assignment(&self, r: &IpAssignmentRecord) -> Result<()> {
+        let conn = self.writer();
+        let res = conn.execute(
+            "INSERT INTO ip_assignments (ip, app, region, service_name, shared, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.ip,
+                r.app,
+                r.region,
+                r.service_name,
+                r.shared,
+                r.created_at
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                Err(StoreError::NotFound(format!("app {}", r.app)))
+            }
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("address {}", r.ip)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn list_ip_assignments(&self, app: Option<&str>) -> Result<Vec<IpAssignmentRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT ip, app, region, service_name, shared, created_at FROM ip_assignments \
+             WHERE ?1 IS NULL OR app = ?1 ORDER BY created_at, ip",
+        )?;
+        let rows = stmt.query_map([app], |r| {
+            Ok(IpAssignmentRecord {
+                ip: r.get(0)?,
+                app: r.get(1)?,
+                region: r.get(2)?,
+                service_name: r.get(3)?,
+                shared: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn delete_ip_assignment(&self, app: &str, ip: &str) -> Result<bool> {
+        let conn = self.writer();
+        Ok(conn.execute(
+            "DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2",
+            params![app, ip],
+        )? > 0)
     }
 }
 

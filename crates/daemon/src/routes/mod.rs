@@ -25,6 +25,7 @@ pub use crate::service::AppState;
 
 mod apps;
 mod certificates;
+mod ips;
 mod leases;
 mod lifecycle;
 mod machines;
@@ -35,6 +36,7 @@ mod volumes;
 
 pub use apps::*;
 pub use certificates::*;
+pub use ips::*;
 pub use leases::*;
 pub use lifecycle::*;
 pub use machines::*;
@@ -128,7 +130,6 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
 /// serve, when `path` is one.
 fn unserved_fly_endpoint(path: &str) -> Option<String> {
     const APP_FAMILIES: &[(&str, &str)] = &[
-        ("ip_assignments", "IP assignments"),
         ("secretkeys", "secret keys"),
         ("deploy_token", "deploy tokens"),
     ];

@@ -93,6 +93,11 @@ impl Hangar {
                 p.remove_custom_certificate(&c.hostname);
             }
         }
+        for a in self.list_ip_assignments(name).await? {
+            if let (false, Some(p), Ok(ip)) = (a.shared, self.proxy(), a.ip.parse()) {
+                p.remove_dedicated(ip);
+            }
+        }
         let n = name.to_string();
         db(&self.store, move |s| s.delete_app(&n)).await?;
         let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());

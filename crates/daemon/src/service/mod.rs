@@ -22,6 +22,7 @@ mod apps;
 mod certificates;
 mod error;
 mod exits;
+mod ips;
 mod leases;
 mod lifecycle;
 mod machines;

@@ -103,7 +103,6 @@ impl Hangar {
         let Some(proxy) = self.proxy.get() else {
             return Ok(());
         };
-        let table = proxy.table();
         for s in config
             .services
             .iter()
@@ -112,7 +111,7 @@ impl Hangar {
         {
             for p in &s.ports {
                 for port in p.first..=p.last {
-                    if let Some(holder) = table.conflict(app, port, p.http) {
+                    if let Some(holder) = proxy.port_conflict(app, port, p.http, false) {
                         return Err(ServiceError::bad_request(format!(
                             "services: edge port {port} is already used by app {holder:?}{}",
                             if p.http { " for raw TCP" } else { "" }
