@@ -83,6 +83,12 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
     #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Group whose members may use the API socket and read the token [default: hangar, when that group exists]
+    #[arg(long, value_name = "GROUP", env = "HANGAR_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for log shippers) [default: text]
+    #[arg(long, value_name = "text|json", env = "HANGAR_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// Key file app secrets are sealed with (64 hex characters, mode 0600); must exist when given [default: DATA_DIR/secrets.key, created at first start]
     #[arg(long, value_name = "FILE", env = "HANGAR_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
@@ -147,6 +153,8 @@ struct ConfigFile {
     favor_dynmods: Option<bool>,
     secrets_key_file: Option<PathBuf>,
     secrets_readable: Option<bool>,
+    log_format: Option<String>,
+    socket_group: Option<String>,
 }
 
 impl ConfigFile {
@@ -175,6 +183,15 @@ impl ConfigFile {
 }
 
 impl DaemonArgs {
+    /// `log_format` from the config file (read before logging starts).
+    fn config_log_format(&self) -> Result<Option<String>> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        Ok(ConfigFile::load(&path, self.config.is_some())?.log_format)
+    }
+
     /// The daemon's options: flags (and HANGAR_* variables) over the config file over defaults.
     pub fn resolve(&self) -> Result<hangar_daemon::DaemonOptions> {
         let path = self
@@ -268,6 +285,7 @@ impl DaemonArgs {
                 .clone()
                 .or(file.secrets_key_file.clone()),
             secrets_readable: self.secrets_readable || file.secrets_readable.unwrap_or(false),
+            socket_group: self.socket_group.clone().or(file.socket_group.clone()),
             proxy_idle_timeout: match (&self.proxy_idle_timeout, &file.proxy_idle_timeout) {
                 (Some(d), _) => *d,
                 (None, Some(s)) => {
@@ -322,16 +340,37 @@ fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
 
 pub fn run(args: DaemonArgs) -> Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match args.log_format.clone().or(args.config_log_format()?) {
+        Some(f) if f == "json" => true,
+        Some(f) if f == "text" => false,
+        Some(other) => anyhow::bail!("log_format {other:?}: text or json"),
+        None => false,
+    };
     // try_init: a subscriber may already be installed when embedded (tests); that one wins.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let options = args.resolve()?;
+    // The host is checked as `hangar doctor` does; what machines cannot do without stops the
+    // start with the reason (a runtime-less daemon serves the API only and needs none of it).
+    if std::env::var("HANGAR_RUNTIME").as_deref() != Ok("none") {
+        let failures = crate::doctor::startup_failures(&options.data_dir);
+        if !failures.is_empty() {
+            anyhow::bail!(
+                "this host cannot run machines: {} (`hangar doctor` lists every check; HANGAR_RUNTIME=none serves the API without machines)",
+                failures.join("; ")
+            );
+        }
+    }
     runtime.block_on(hangar_daemon::run(options))
 }

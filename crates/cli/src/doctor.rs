@@ -44,6 +44,16 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the daemon checks before it starts machines: the required checks that fail, as
+/// `name: detail` lines (the data dir's own check is the runtime's, which also fixes modes).
+pub fn startup_failures(data_dir: &Path) -> Vec<String> {
+    checks(data_dir)
+        .into_iter()
+        .filter(|c| c.required && !c.ok && c.name != "data dir")
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect()
+}
+
 fn checks(data_dir: &Path) -> Vec<Check> {
     let mut out = Vec::new();
     let root = nix::unistd::geteuid().is_root();
@@ -179,6 +189,45 @@ fn checks(data_dir: &Path) -> Vec<Check> {
             "off: each machine start waits ~10 ms for an RCU grace period; `hangar daemon --favor-dynmods` turns it on (until reboot)".into()
         },
     });
+    // Volumes and sized root filesystems are ext4 images on loop devices.
+    let loop_control = Path::new("/dev/loop-control").exists();
+    out.push(Check {
+        name: "loop devices",
+        ok: loop_control,
+        required: false,
+        detail: if loop_control {
+            "/dev/loop-control exists: volumes and rootfs.size_gb work".into()
+        } else {
+            "no /dev/loop-control (modprobe loop): volumes and rootfs.size_gb will fail".into()
+        },
+    });
+    // Free space where images, writable layers and volumes live.
+    let probe = data_dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    let free_gb = rustix_free_bytes(probe) >> 30;
+    out.push(Check {
+        name: "disk space",
+        ok: free_gb >= 2,
+        required: false,
+        detail: format!("{free_gb} GB free at {}", probe.display()),
+    });
+    // Builds (`hangar machine run .`, `hangar deploy`) use buildah.
+    let buildah = std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    out.push(Check {
+        name: "buildah",
+        ok: buildah,
+        required: false,
+        detail: if buildah {
+            "installed: Dockerfile builds work".into()
+        } else {
+            "not found: `apt-get install buildah` for `hangar machine run .` and `hangar deploy` builds".into()
+        },
+    });
     // Machine networking: the firewall is applied with nft; without it the daemon needs
     // --network off.
     let nft = std::process::Command::new("nft")
@@ -197,6 +246,13 @@ fn checks(data_dir: &Path) -> Vec<Check> {
         },
     });
     out
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path` (0 if unknown).
+fn rustix_free_bytes(path: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(0)
 }
 
 /// `6.18.2-foo` → (6, 18).

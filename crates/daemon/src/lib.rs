@@ -86,6 +86,9 @@ pub struct DaemonOptions {
     pub secrets_key_file: Option<PathBuf>,
     /// Let `show_secrets=true` return values to the admin token (off: write-only, as on Fly).
     pub secrets_readable: bool,
+    /// The group whose members may use the API socket and read the token (`None`: `hangar`
+    /// when that group exists, else root's only).
+    pub socket_group: Option<String>,
 }
 
 /// The store's record of which key sealed its secrets.
@@ -380,6 +383,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let app = router(hangar, Arc::from(token.as_str()));
 
     let unix = bind_unix(&opts.socket).await?;
+    share_with_group(opts.socket_group.as_deref(), &opts.socket, &token_path)?;
     eprintln!(
         "hangar: serving the Machines API on unix://{}",
         opts.socket.display()
@@ -443,6 +447,37 @@ fn host_id() -> String {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".to_string())
+}
+
+/// Gives the API socket (0660) and the token (0640) to `group` (or to `hangar` when it exists
+/// and no group is named), so its members can use the CLI without root.
+fn share_with_group(
+    group: Option<&str>,
+    socket: &std::path::Path,
+    token: &std::path::Path,
+) -> anyhow::Result<()> {
+    let found = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .context("looking up the socket group")?
+                .with_context(|| format!("--socket-group {name}: no such group"))?,
+        ),
+        None => nix::unistd::Group::from_name("hangar").ok().flatten(),
+    };
+    let Some(g) = found else {
+        return Ok(());
+    };
+    for (path, mode) in [(socket, 0o660), (token, 0o640)] {
+        std::os::unix::fs::lchown(path, None, Some(g.gid.as_raw()))
+            .with_context(|| format!("giving {} to group {}", path.display(), g.name))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    eprintln!(
+        "hangar: members of group {} may use {}",
+        g.name,
+        socket.display()
+    );
+    Ok(())
 }
 
 async fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {

@@ -387,6 +387,10 @@ impl Hangar {
             return Err(e);
         }
         self.capacity.track(&m.id, state, guest_size(&m.config));
+        tracing::info!(
+            app = %m.app, machine = %m.id, from = %from, to = %state, event = kind,
+            source = source.as_str(), "machine state changed"
+        );
         self.notify(m, Some(event_id));
         Ok(())
     }

@@ -1,0 +1,111 @@
+//! Running Hangar as a host service: the install script stages the binary, unit and config;
+//! the unit keeps machines alive across daemon restarts; the socket and token are shared with
+//! the configured group; logs can be JSON.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn the_install_script_stages_binary_unit_and_config() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("scripts/install")
+        .env("DESTDIR", root.path())
+        .env("HANGAR_BIN", hangar_bin())
+        .output()
+        .expect("scripts/install");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(root.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("usr/bin/hangar"), 0o755);
+    assert_eq!(mode("var/lib/hangar"), 0o711);
+    let unit =
+        std::fs::read_to_string(root.path().join("lib/systemd/system/hangar.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/bin/hangar daemon",
+        "KillMode=process",
+        "Delegate=yes",
+        "Restart=on-failure",
+        "After=network-online.target",
+        "LimitNOFILE=",
+    ] {
+        assert!(unit.contains(line), "{line} missing from the unit");
+    }
+    // The default config is one the daemon accepts (everything commented), and a user's edits
+    // survive a reinstall.
+    let config = root.path().join("etc/hangar/hangar.toml");
+    // (A data dir under a plain file stops the daemon right after it read its config.)
+    let blocker = root.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let check = std::process::Command::new(hangar_bin())
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(blocker.join("data"))
+        .env("HANGAR_RUNTIME", "none")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("failed to create data dir"),
+        "the default config is valid: {err}"
+    );
+    std::fs::write(&config, "log_format = \"json\"\n").unwrap();
+    let again = std::process::Command::new("scripts/install")
+        .env("DESTDIR", root.path())
+        .env("HANGAR_BIN", hangar_bin())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "log_format = \"json\"\n"
+    );
+}
+
+#[tokio::test]
+async fn the_socket_and_token_are_shared_with_the_group_and_logs_can_be_json() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut d = Daemon::start_with_flags(false, &["--socket-group", "root"]).await;
+    let sock = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!((sock.gid(), sock.permissions().mode() & 0o777), (0, 0o660));
+    let token = std::fs::metadata(d.data_dir.join("token")).unwrap();
+    assert_eq!(
+        (token.gid(), token.permissions().mode() & 0o777),
+        (0, 0o640)
+    );
+    // JSON logs: every line one object.
+    let j = Daemon::start_logging(false, &["--log-format", "json"]).await;
+    j.create_app("logged").await;
+    let m = j.create_machine("logged", serde_json::json!({})).await;
+    j.destroy_machine("logged", m["id"].as_str().unwrap(), false)
+        .await;
+    let log = j.debug_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("machine state changed") && l.contains("\"app\":\"logged\"")),
+        "lifecycle events are logged with the app and machine: {log}"
+    );
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+    // A bad group is a clear start-up error.
+    d.terminate();
+    d.args
+        .extend(["--socket-group".into(), "no-such-group-here".into()]);
+    let err = d.restart_refused().await;
+    assert!(err.contains("no-such-group-here"), "{err}");
+}
