@@ -109,3 +109,68 @@ async fn the_socket_and_token_are_shared_with_the_group_and_logs_can_be_json() {
     let err = d.restart_refused().await;
     assert!(err.contains("no-such-group-here"), "{err}");
 }
+
+/// `/metrics` parses with a Prometheus text-format parser and its counters move with requests
+/// and machines.
+#[tokio::test]
+async fn metrics_parse_and_count_requests_and_transitions() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with_flags(false, &["--metrics-listen", &addr]).await;
+    d.create_app("metered").await;
+    let m = d.create_machine("metered", serde_json::json!({})).await;
+    d.destroy_machine("metered", m["id"].as_str().unwrap(), false)
+        .await;
+    let scrape = || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
+    };
+    let text = scrape().await;
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, label: (&str, &str)| -> f64 {
+        parsed
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(
+        value("hangar_api_requests_total", ("route", "/v1/apps")) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            "hangar_api_requests_total",
+            ("route", "/v1/apps/:app_name/machines/:machine_id")
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value("hangar_machine_transitions_total", ("to", "destroyed")) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("hangar_api_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(value("hangar_machines", ("state", "destroyed")) == 0.0);
+}

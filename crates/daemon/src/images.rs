@@ -236,8 +236,16 @@ pub async fn pull(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult
         };
         let _ = progress_tx.send(Bytes::from(format!("{v}\n")));
     }));
+    let metrics = h.metrics();
     tokio::spawn(async move {
-        let line = match hangar_image::pull(&store, &r, &opts).await {
+        let result = hangar_image::pull(&store, &r, &opts).await;
+        metrics
+            .image_pulls
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        let line = match result {
             Ok(rec) => json!({"done": rec.manifest_digest.to_string(), "reference": r.to_string()}),
             Err(e) => json!({"error": e.to_string()}),
         };

@@ -1,5 +1,6 @@
 //! `/metrics` in Prometheus' text format, on the opt-in `--metrics-listen` address: the
-//! proxy's metrics and the machines by state.
+//! proxy's metrics, the machines by state, API requests by route and status with their
+//! latency, machine transitions, start latency, OOM kills, and image pulls.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,128 @@ use crate::service::Hangar;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route's template, not the path: `/v1/apps/:app_name/machines/:machine_id` (the
+    /// `:name` form, since some Prometheus parsers stop a label set at the first `}`).
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The event (`launch`, `start`, `stop`, `restart`, `update`, `destroy`, `exit`…).
+    pub event: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// The daemon's own counters, kept whether or not `/metrics` is served (cheap atomics).
+#[derive(Clone)]
+pub struct DaemonMetrics {
+    pub requests: Family<RequestLabels, prometheus_client::metrics::counter::Counter>,
+    pub request_seconds: Family<RouteLabels, prometheus_client::metrics::histogram::Histogram>,
+    pub transitions: Family<TransitionLabels, prometheus_client::metrics::counter::Counter>,
+    pub start_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub oom_kills: prometheus_client::metrics::counter::Counter,
+    pub image_pulls: Family<ResultLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
+}
+
+impl Default for DaemonMetrics {
+    fn default() -> Self {
+        DaemonMetrics {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new(latency_buckets())
+            }),
+            transitions: Family::default(),
+            start_seconds: prometheus_client::metrics::histogram::Histogram::new(latency_buckets()),
+            oom_kills: Default::default(),
+            image_pulls: Family::default(),
+        }
+    }
+}
+
+impl DaemonMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "hangar_api_requests",
+            "API requests by method, route and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "hangar_api_request_duration_seconds",
+            "API request latency by method and route",
+            self.request_seconds.clone(),
+        );
+        r.register(
+            "hangar_machine_transitions",
+            "Machine state changes by event and new state",
+            self.transitions.clone(),
+        );
+        r.register(
+            "hangar_machine_start_duration_seconds",
+            "Time from a machine's start until it runs",
+            self.start_seconds.clone(),
+        );
+        r.register(
+            "hangar_machine_oom_kills",
+            "Machines ended by the OOM killer",
+            self.oom_kills.clone(),
+        );
+        r.register(
+            "hangar_image_pulls",
+            "Image pulls by result",
+            self.image_pulls.clone(),
+        );
+    }
+}
+
+/// Counts each API request by its route template and status, and times it.
+pub async fn track_requests(
+    State(m): State<Arc<DaemonMetrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
+        .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    m.request_seconds
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
 }
 
 struct Exporter {
@@ -59,6 +182,7 @@ pub async fn serve(addr: SocketAddr, hangar: Arc<Hangar>) -> anyhow::Result<()> 
     if let Some(p) = hangar.proxy() {
         p.metrics.register(&mut registry);
     }
+    hangar.metrics().register(&mut registry);
     let machines = Family::<StateLabels, Gauge>::default();
     registry.register(
         "hangar_machines",

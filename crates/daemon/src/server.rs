@@ -24,6 +24,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router(state: AppState, token: Arc<str>) -> Router {
     let health = state.clone();
+    let metrics = state.metrics();
     let machine = "/v1/apps/{app_name}/machines/{machine_id}";
     let api = Router::new()
         .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
@@ -177,6 +178,10 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .route("/hangar/v1/images/import", post(crate::images::import))
         .route("/hangar/v1/images/prune", post(crate::images::prune))
         .route_layer(middleware::from_fn_with_state(token, require_token))
+        .route_layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track_requests,
+        ))
         .with_state(state);
     Router::new()
         .route("/openapi.json", get(openapi_json))

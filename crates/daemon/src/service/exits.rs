@@ -41,6 +41,9 @@ impl Hangar {
         // The same policy as Pilot's for containers (hangar_policy), with the count of recent
         // restarts taken from the event log.
         let spec = m.spec().restart;
+        if exit.oom_killed {
+            self.metrics.oom_kills.inc();
+        }
         let failed = exit.exit_code != 0 || exit.oom_killed;
         let restart_count = self.recent_restarts(&m.id).await?;
         let backoff = if requested_stop {

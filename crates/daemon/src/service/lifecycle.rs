@@ -21,6 +21,7 @@ impl Hangar {
     /// Boots the machine's current version and records `started`, or `failed` with the reason.
     pub(super) async fn boot(&self, m: &mut MachineRecord, kind: &str) -> ServiceResult<()> {
         use futures_util::FutureExt;
+        let boot_started = std::time::Instant::now();
         if let Err(e) = self.ensure_addresses(m).await {
             let request = Some(json!({ "error": e.to_string() }));
             self.transition(m, MachineState::Failed, kind, Source::Platform, request)
@@ -61,6 +62,9 @@ impl Hangar {
                 )))
             });
         self.or_fail(m, kind, started).await?;
+        self.metrics
+            .start_seconds
+            .observe(boot_started.elapsed().as_secs_f64());
         self.transition(m, MachineState::Started, kind, Source::Platform, None)
             .await
     }

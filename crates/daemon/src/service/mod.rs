@@ -123,6 +123,8 @@ pub struct Hangar {
     secrets: SecretsConfig,
     /// Where volumes' images live (`None`: this daemon keeps no volumes).
     volumes: Option<hangar_volumes::VolumeDir>,
+    /// Counters `/metrics` exports.
+    metrics: Arc<crate::metrics::DaemonMetrics>,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -200,6 +202,7 @@ impl Hangar {
             proxy: std::sync::OnceLock::new(),
             secrets,
             volumes,
+            metrics: Arc::default(),
         }))
     }
 
@@ -212,6 +215,11 @@ impl Hangar {
             memory_mb: 256,
         });
         vec![(self.region.clone(), room)]
+    }
+
+    /// The daemon's counters (API requests, transitions, starts, OOM kills, pulls).
+    pub fn metrics(&self) -> Arc<crate::metrics::DaemonMetrics> {
+        self.metrics.clone()
     }
 
     /// The machine runtime (for handlers that stream from it, such as logs).
@@ -391,6 +399,13 @@ impl Hangar {
             app = %m.app, machine = %m.id, from = %from, to = %state, event = kind,
             source = source.as_str(), "machine state changed"
         );
+        self.metrics
+            .transitions
+            .get_or_create(&crate::metrics::TransitionLabels {
+                event: kind.to_string(),
+                to: state.to_string(),
+            })
+            .inc();
         self.notify(m, Some(event_id));
         Ok(())
     }
