@@ -7,16 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn hangar_in(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(hangar_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
-        .env("HANGAR_API_TOKEN", &d.token)
-        .output()
-        .expect("run hangar")
-}
-
 #[tokio::test]
 async fn test_machine_run_dot_builds_the_dockerfile() {
     let d = Daemon::start_with_runtime().await;
@@ -32,8 +22,7 @@ async fn test_machine_run_dot_builds_the_dockerfile() {
         ),
     )
     .unwrap();
-    let out = hangar_in(
-        &d,
+    let out = d.cli_in(
         ctx.path(),
         &[
             "machine",
@@ -76,8 +65,7 @@ async fn test_machine_run_dot_builds_the_dockerfile() {
         format!("FROM {}\nRUN echo about to fail && false\n", test_image()),
     )
     .unwrap();
-    let out = hangar_in(
-        &d,
+    let out = d.cli_in(
         ctx.path(),
         &[
             "machine",
@@ -100,7 +88,7 @@ async fn test_machine_run_dot_builds_the_dockerfile() {
     assert!(!mounts.contains("/hangar/buildah/overlay/"), "{mounts}");
     // No Dockerfile: one line, nothing made.
     let empty = tempfile::tempdir().unwrap();
-    let out = hangar_in(&d, empty.path(), &["machine", "run", ".", "-a", "built"]);
+    let out = d.cli_in(empty.path(), &["machine", "run", ".", "-a", "built"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("no Dockerfile"),
@@ -163,8 +151,7 @@ async fn test_a_build_starts_from_an_image_in_the_store() {
         format!("FROM {private}\nRUN echo from-store > /marker\nCMD [\"sleep\", \"600\"]\n"),
     )
     .unwrap();
-    let out = hangar_in(
-        &d,
+    let out = d.cli_in(
         &ctx,
         &["machine", "run", ".", "-a", "fromstore", "--detach"],
     );

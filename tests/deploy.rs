@@ -8,26 +8,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn hangar_in(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(hangar_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("HANGAR_API_URL", format!("unix://{}", d.socket.display()))
-        .env("HANGAR_API_TOKEN", &d.token)
-        .output()
-        .expect("run hangar")
-}
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "hangar failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// The echo app: busybox httpd on port 80 serving `page`.
 fn dockerfile(page: &str, cmd: &str) -> String {
     format!(
@@ -87,7 +67,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
     std::fs::write(p.join("Dockerfile"), dockerfile("hello v1", HTTPD)).unwrap();
 
     // First deploy: the app is made, two machines (services and --ha), both healthy.
-    let out = ok(&hangar_in(&d, p, &["deploy", "--wait-timeout", "60s"]));
+    let out = cli_ok(&d.cli_in(p, &["deploy", "--wait-timeout", "60s"]));
     assert!(out.contains("deployed"), "{out}");
     let ms = machines(&d).await;
     assert_eq!(ms.len(), 2, "{ms:?}");
@@ -110,7 +90,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
         let id = m["id"].as_str().unwrap();
         assert_eq!(page_of(&d, id).await, "hello v1");
     }
-    let status = ok(&hangar_in(&d, p, &["status"]));
+    let status = cli_ok(&d.cli_in(p, &["status"]));
     assert!(
         status.contains("PROCESS") && status.matches(" started ").count() == 2,
         "{status}"
@@ -122,7 +102,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
         .map(|m| m["instance_id"].as_str().unwrap().to_string())
         .collect();
     std::fs::write(p.join("Dockerfile"), dockerfile("hello v2", HTTPD)).unwrap();
-    ok(&hangar_in(&d, p, &["deploy", "--wait-timeout", "60s"]));
+    cli_ok(&d.cli_in(p, &["deploy", "--wait-timeout", "60s"]));
     let ms = machines(&d).await;
     assert_eq!(ms.len(), 2);
     for m in &ms {
@@ -141,7 +121,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
         ),
     )
     .unwrap();
-    let out = hangar_in(&d, p, &["deploy", "--wait-timeout", "8s"]);
+    let out = d.cli_in(p, &["deploy", "--wait-timeout", "8s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("did not become healthy"), "{err}");
@@ -166,8 +146,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
     assert_eq!(page_of(&d, v2["id"].as_str().unwrap()).await, "hello v2");
 
     // --image skips the build; `immediate` updates everything at once.
-    let out = ok(&hangar_in(
-        &d,
+    let out = cli_ok(&d.cli_in(
         p,
         &[
             "deploy",
@@ -230,7 +209,7 @@ async fn test_bad_fly_toml_files_are_refused_before_anything_is_made() {
         for (name, text) in files {
             std::fs::write(p.join(name), text).unwrap();
         }
-        let out = hangar_in(&d, p, &["deploy"]);
+        let out = d.cli_in(p, &["deploy"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{toml}");
         assert!(err.contains(expected), "{toml}: {err}");

@@ -24,16 +24,6 @@ async fn exec(d: &Daemon, app: &str, id: &str, container: Option<&str>, script: 
     out["stdout"].as_str().unwrap_or_default().to_string()
 }
 
-fn stdout(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "hangar failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Every file under `dir` (recursively, without following links) that contains `needle`.
 fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     let mut hits = Vec::new();
@@ -226,7 +216,7 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
         "-c",
         "sleep 600",
     ]);
-    stdout(&out);
+    cli_ok(&out);
     let machines: Vec<Value> = d.get("/v1/apps/sec/machines").await.json().unwrap();
     let web = machines[0]["id"].as_str().unwrap().to_string();
     d.wait_state("sec", &web, "started").await;
@@ -284,7 +274,7 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
 
     // --stage changes nothing running; `secrets deploy` brings it to the started machines.
     let rotated = "postgres://app:R0tatedPassw0rd@db.internal/app";
-    stdout(&d.cli(&[
+    cli_ok(&d.cli(&[
         "secrets",
         "set",
         "-a",
@@ -296,7 +286,7 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
         exec(&d, "sec", &web, None, "echo \"$DB_URL\"").await,
         format!("{DB_URL}\n")
     );
-    let list = stdout(&d.cli(&["secrets", "list", "-a", "sec"]));
+    let list = cli_ok(&d.cli(&["secrets", "list", "-a", "sec"]));
     assert!(
         !list.contains("Sup3rS3cret") && !list.contains("R0tated"),
         "{list}"
@@ -305,12 +295,12 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
     assert!(db_line.contains("Staged"), "{list}");
     let mode_line = list.lines().find(|l| l.starts_with("MODE")).unwrap();
     assert!(mode_line.contains("Deployed"), "{list}");
-    stdout(&d.cli(&["secrets", "deploy", "-a", "sec"]));
+    cli_ok(&d.cli(&["secrets", "deploy", "-a", "sec"]));
     assert_eq!(
         exec(&d, "sec", &web, None, "echo \"$DB_URL\"").await,
         format!("{rotated}\n")
     );
-    let list = stdout(&d.cli(&["secrets", "list", "-a", "sec", "--json"]));
+    let list = cli_ok(&d.cli(&["secrets", "list", "-a", "sec", "--json"]));
     let rows: Vec<Value> = serde_json::from_str(&list).unwrap();
     assert!(
         rows.iter()
@@ -337,18 +327,18 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
             .write_all(b"piped-value\n")
             .unwrap();
     }
-    stdout(&child.wait_with_output().unwrap());
+    cli_ok(&child.wait_with_output().unwrap());
     assert_eq!(
         exec(&d, "sec", &web, None, "echo \"$PIPED\"").await,
         "piped-value\n"
     );
-    stdout(&d.cli(&["secrets", "unset", "-a", "sec", "PIPED", "NEVER_SET"]));
+    cli_ok(&d.cli(&["secrets", "unset", "-a", "sec", "PIPED", "NEVER_SET"]));
     assert_eq!(
         exec(&d, "sec", &web, None, "echo \"${PIPED:-gone}\"").await,
         "gone\n"
     );
     // The machine's status shows names only.
-    let status = stdout(&d.cli(&["machine", "status", "-a", "sec", &web, "-d"]));
+    let status = cli_ok(&d.cli(&["machine", "status", "-a", "sec", &web, "-d"]));
     assert!(
         !status.contains("Sup3rS3cret") && !status.contains(&b64(FILE_CONTENT)),
         "{status}"

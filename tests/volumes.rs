@@ -338,25 +338,6 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-fn ok_out(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "hangar failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err_out(o: &std::process::Output) -> String {
-    assert!(
-        !o.status.success(),
-        "expected a failure: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// The flyctl-style commands: create, list, show, extend, snapshots, fork, destroy, and
 /// `--volume NAME:/path` and `machine clone` with a volume.
 #[tokio::test]
@@ -364,23 +345,23 @@ async fn test_volumes_cli() {
     let d = Daemon::start_with_runtime().await;
     d.create_app("vcli").await;
     let image = test_image();
-    let e = err_out(&d.cli(&["volumes", "create", "bad-name", "-a", "vcli", "-y"]));
+    let e = cli_err(&d.cli(&["volumes", "create", "bad-name", "-a", "vcli", "-y"]));
     assert!(e.contains("bad-name") && e.lines().count() == 1, "{e}");
-    let e = err_out(&d.cli(&[
+    let e = cli_err(&d.cli(&[
         "volumes", "create", "data", "-a", "vcli", "-y", "--size", "900",
     ]));
     assert!(e.contains("--size"), "{e}");
-    let created: Value = serde_json::from_str(&ok_out(
+    let created: Value = serde_json::from_str(&cli_ok(
         &d.cli(&["volumes", "create", "data", "-a", "vcli", "-y", "--json"]),
     ))
     .unwrap();
     assert_eq!(created["size_gb"], 1, "flyctl's default size: {created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let list = ok_out(&d.cli(&["volumes", "list", "-a", "vcli"]));
+    let list = cli_ok(&d.cli(&["volumes", "list", "-a", "vcli"]));
     assert!(list.contains(&id) && list.contains("1GB"), "{list}");
 
     // A name resolves to the first unattached volume of that name; the seed's relative path.
-    ok_out(&d.cli(&[
+    cli_ok(&d.cli(&[
         "machine",
         "run",
         &image,
@@ -399,7 +380,7 @@ async fn test_volumes_cli() {
     let machines: Vec<Value> = d.get("/v1/apps/vcli/machines").await.json().unwrap();
     let m = machines[0]["id"].as_str().unwrap().to_string();
     assert_eq!(machines[0]["config"]["mounts"][0]["volume"], id.as_str());
-    let e = err_out(&d.cli(&[
+    let e = cli_err(&d.cli(&[
         "machine",
         "run",
         &image,
@@ -413,23 +394,23 @@ async fn test_volumes_cli() {
         e.contains("not enough unattached volumes for 'data'"),
         "{e}"
     );
-    let show = ok_out(&d.cli(&["volumes", "show", &id, "-a", "vcli"]));
+    let show = cli_ok(&d.cli(&["volumes", "show", &id, "-a", "vcli"]));
     assert!(show.contains(&m), "attached: {show}");
 
-    ok_out(&d.cli(&["volumes", "extend", &id, "-a", "vcli", "--size", "+1"]));
+    cli_ok(&d.cli(&["volumes", "extend", &id, "-a", "vcli", "--size", "+1"]));
     let v: Value = d
         .get(&format!("/v1/apps/vcli/volumes/{id}"))
         .await
         .json()
         .unwrap();
     assert_eq!(v["size_gb"], 2);
-    ok_out(&d.cli(&["volumes", "snapshots", "create", &id, "-a", "vcli"]));
-    let snaps = ok_out(&d.cli(&["volumes", "snapshots", "list", &id, "-a", "vcli"]));
+    cli_ok(&d.cli(&["volumes", "snapshots", "create", &id, "-a", "vcli"]));
+    let snaps = cli_ok(&d.cli(&["volumes", "snapshots", "list", &id, "-a", "vcli"]));
     assert!(
         snaps.contains("vs_") && snaps.contains("created"),
         "{snaps}"
     );
-    let fork: Value = serde_json::from_str(&ok_out(&d.cli(&[
+    let fork: Value = serde_json::from_str(&cli_ok(&d.cli(&[
         "volumes", "fork", &id, "-a", "vcli", "--name", "copy", "--json",
     ])))
     .unwrap();
@@ -437,11 +418,11 @@ async fn test_volumes_cli() {
         (fork["name"].as_str(), fork["size_gb"].as_i64()),
         (Some("copy"), Some(2))
     );
-    let e = err_out(&d.cli(&["volumes", "destroy", &id, "-a", "vcli", "-y"]));
+    let e = cli_err(&d.cli(&["volumes", "destroy", &id, "-a", "vcli", "-y"]));
     assert!(e.contains("volume is currently bound to machine"), "{e}");
 
     // A clone gets a new volume like the source's, restored from its last snapshot here.
-    ok_out(&d.cli(&[
+    cli_ok(&d.cli(&[
         "machine",
         "clone",
         &m,
@@ -465,10 +446,10 @@ async fn test_volumes_cli() {
     assert_eq!(r.json::<Value>().unwrap()["stdout"], "hello\n");
 
     let fork_id = fork["id"].as_str().unwrap();
-    ok_out(&d.cli(&["volumes", "destroy", fork_id, "-a", "vcli", "-y"]));
-    let all = ok_out(&d.cli(&["volumes", "list", "-a", "vcli", "--all"]));
+    cli_ok(&d.cli(&["volumes", "destroy", fork_id, "-a", "vcli", "-y"]));
+    let all = cli_ok(&d.cli(&["volumes", "list", "-a", "vcli", "--all"]));
     assert!(all.contains("pending_destroy"), "{all}");
-    let live = ok_out(&d.cli(&["volumes", "list", "-a", "vcli"]));
+    let live = cli_ok(&d.cli(&["volumes", "list", "-a", "vcli"]));
     assert!(!live.contains(fork_id), "{live}");
     d.destroy_machine("vcli", &m, true).await;
     d.destroy_machine("vcli", &clone_id, true).await;

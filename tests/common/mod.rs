@@ -366,6 +366,22 @@ impl Daemon {
             .expect("run hangar")
     }
 
+    /// Runs the `hangar` CLI against this daemon from `dir` (builds and deploys read files
+    /// there).
+    #[allow(dead_code)] // not every test binary runs the CLI
+    pub fn cli_in(&self, dir: &Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(hangar_bin())
+            .args(args)
+            .current_dir(dir)
+            .env(
+                "HANGAR_API_URL",
+                format!("unix://{}", self.socket.display()),
+            )
+            .env("HANGAR_API_TOKEN", &self.token)
+            .output()
+            .expect("run hangar")
+    }
+
     #[allow(dead_code)] // not every test binary destroys machines
     pub async fn destroy_machine(&self, app: &str, id: &str, force: bool) {
         let mut req = self.client.delete(format!("/v1/apps/{app}/machines/{id}"));
@@ -440,4 +456,27 @@ pub fn error_text(r: &RawResponse) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no error field: {v}"))
         .to_string()
+}
+
+/// The stdout of a CLI run that must succeed (else the test fails showing both streams).
+#[allow(dead_code)] // not every test binary runs the CLI
+pub fn cli_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "hangar failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The stderr of a CLI run that must fail.
+#[allow(dead_code)] // not every test binary runs the CLI
+pub fn cli_err(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
