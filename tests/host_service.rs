@@ -174,3 +174,50 @@ async fn metrics_parse_and_count_requests_and_transitions() {
     );
     assert!(value("hangar_machines", ("state", "destroyed")) == 0.0);
 }
+
+/// `hangar machine stats`: a busy machine shows its CPU share, memory and processes.
+#[tokio::test]
+async fn machine_stats_read_the_machines_cgroup() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("busy").await;
+    let id = d
+        .launch(
+            "busy",
+            serde_json::json!({"config": {"image": test_image(),
+                "init": {"exec": ["/bin/sh", "-c", "while :; do :; done"]}}}),
+        )
+        .await;
+    d.wait_state("busy", &id, "started").await;
+    let out = d.cli(&["machine", "stats", &id, "-a", "busy", "--interval", "500ms"]);
+    let text = cli_ok(&out);
+    let share: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CPU "))
+        .and_then(|l| l.trim_start_matches([' ', '=']).split('%').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(share > 20.0, "a spinning shell uses the CPU: {text}");
+    assert!(text.contains("MiB of 256 MiB"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&cli_ok(&d.cli(&[
+        "machine",
+        "stats",
+        &id,
+        "-a",
+        "busy",
+        "--json",
+        "--interval",
+        "100ms",
+    ])))
+    .unwrap();
+    assert!(json["pids"].as_u64().unwrap() >= 1, "{json}");
+    assert!(json["memory_bytes"].as_u64().unwrap() > 0, "{json}");
+    d.post(
+        &format!("/v1/apps/busy/machines/{id}/stop"),
+        serde_json::json!({"signal": "SIGKILL"}),
+    )
+    .await;
+    d.wait_state("busy", &id, "stopped").await;
+    let err = cli_err(&d.cli(&["machine", "stats", &id, "-a", "busy"]));
+    assert!(err.contains("not started"), "{err}");
+    d.destroy_machine("busy", &id, true).await;
+}

@@ -77,6 +77,16 @@ impl SecretValues {
     }
 }
 
+/// A running machine's use of the host, read from its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MachineStats {
+    /// CPU time used since the machine's start, nanoseconds.
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids: u64,
+}
+
 /// A runtime failure with `e` as its reason.
 pub(crate) fn failed(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Failed(e.to_string())
@@ -172,6 +182,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Whether `run` is still the machine's current run: an exit reported for an earlier one
     /// (replaced by a start while the report waited) must not count against the new one.
     fn is_current_run(&self, machine_id: &str, run: i64) -> bool;
+    /// What a running machine uses now, from its cgroup.
+    async fn stats(&self, _machine: &MachineRecord) -> Result<MachineStats, RuntimeError> {
+        Err(RuntimeError::NotRunning(
+            "the machine is not running".into(),
+        ))
+    }
     /// Where volume `volume_id` of machine `machine_id` is mounted on the host while the
     /// machine runs (usage, online extend, consistent snapshots), if it is.
     fn volume_mountpoint(&self, _machine_id: &str, _volume_id: &str) -> Option<std::path::PathBuf> {

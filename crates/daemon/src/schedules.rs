@@ -1,5 +1,6 @@
-//! `GET /hangar/v1/apps/{app}/machines/{id}/schedule`: a scheduled machine's next fire and the
-//! outcome of its last one (`hangar machine status`); 404 for a machine without a schedule.
+//! Hangar's per-machine views: `GET /hangar/v1/apps/{app}/machines/{id}/schedule` (a scheduled
+//! machine's next fire and the outcome of its last one; 404 without a schedule) and `…/stats`
+//! (what a started machine uses).
 
 use axum::extract::State;
 use axum::Json;
@@ -17,4 +18,13 @@ pub async fn get(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("machine {id} has no schedule")))
+}
+
+/// `GET /hangar/v1/apps/{app}/machines/{id}/stats`: what a started machine uses now (CPU time,
+/// memory, processes), from its cgroup (`hangar machine stats`).
+pub async fn stats(
+    State(h): State<AppState>,
+    UrlPath((app, id)): UrlPath<(String, String)>,
+) -> Result<Json<crate::runtime::MachineStats>, ApiError> {
+    Ok(Json(h.machine_stats(&app, &id).await?))
 }

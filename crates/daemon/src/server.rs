@@ -161,6 +161,10 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             get(crate::schedules::get),
         )
         .route(
+            "/hangar/v1/apps/{app_name}/machines/{machine_id}/stats",
+            get(crate::schedules::stats),
+        )
+        .route(
             "/hangar/v1/apps/{app_name}/services",
             get(crate::services::list),
         )

@@ -259,6 +259,41 @@ impl MachineCgroup {
         Ok((number(limit)?, number(usage)?))
     }
 
+    /// CPU time the machine's processes have used, in nanoseconds (`cpu.stat` on v2,
+    /// `cpuacct.usage` on v1; 0 where no accounting controller is mounted).
+    pub fn cpu_usage_ns(&self) -> Result<u64> {
+        let (file, v2) = match &self.hierarchy {
+            Hierarchy::V2 { root } => (root.join(&self.rel).join("cpu.stat"), true),
+            Hierarchy::V1 { .. } => match self.v1("cpuacct") {
+                Some(d) => (d.join("cpuacct.usage"), false),
+                None => return Ok(0),
+            },
+        };
+        let text = read(&file)?;
+        let parsed = if v2 {
+            text.lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(k, _)| *k == "usage_usec")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .map(|us| us * 1000)
+        } else {
+            text.trim().parse().ok()
+        };
+        Ok(parsed.unwrap_or(0))
+    }
+
+    /// Processes (tasks) in the machine now.
+    pub fn pids_current(&self) -> Result<u64> {
+        let file = match &self.hierarchy {
+            Hierarchy::V2 { root } => root.join(&self.rel).join("pids.current"),
+            Hierarchy::V1 { .. } => match self.v1("pids") {
+                Some(d) => d.join("pids.current"),
+                None => return Ok(0),
+            },
+        };
+        Ok(read(&file)?.trim().parse().unwrap_or(0))
+    }
+
     /// Changes the memory limit of a running machine (the balloon), keeping its swap allowance.
     pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
         let Some(dir) = self.memory_dir() else {

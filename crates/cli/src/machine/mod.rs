@@ -121,6 +121,11 @@ pub enum MachineCommand {
         hangar machine status 1857156b526dd8\n  \
         hangar m status aged-thunder-7371 --display-config")]
     Status(StatusArgs),
+    /// Show what a started machine uses: CPU share, memory, processes
+    #[command(after_help = "Examples:\n  \
+        hangar machine stats 1857156b526dd8\n  \
+        hangar m stats web --interval 5")]
+    Stats(status::StatsArgs),
     /// Destroy machines
     #[command(visible_aliases = ["rm", "remove"], after_help = "Examples:\n  \
         hangar machine destroy 1857156b526dd8\n  \
@@ -193,6 +198,7 @@ pub async fn run(client: &Client, args: MachineArgs) -> Result<()> {
         MachineCommand::Console(a) => console::run(&ctx, a).await,
         MachineCommand::List(a) => list::run(&ctx, a).await,
         MachineCommand::Status(a) => status::run(&ctx, a).await,
+        MachineCommand::Stats(a) => status::stats(&ctx, a).await,
         MachineCommand::Destroy(a) => destroy::run(&ctx, a).await,
         MachineCommand::Leases(c) => leases::run(&ctx, c).await,
         MachineCommand::Cordon(a) => lifecycle::cordon(&ctx, a, true).await,
@@ -220,6 +226,7 @@ impl MachineCommand {
             MachineCommand::Exec(a) => (a.args.len() == 2).then(|| a.args[0].as_str()),
             MachineCommand::Console(a) => a.id.as_deref(),
             MachineCommand::Status(a) => a.id.as_deref(),
+            MachineCommand::Stats(a) => a.id.as_deref(),
             MachineCommand::Destroy(a) => first(&a.ids),
             MachineCommand::Leases(LeasesCommand::View { ids, .. })
             | MachineCommand::Leases(LeasesCommand::Clear { ids }) => first(ids),

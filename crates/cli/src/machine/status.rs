@@ -270,3 +270,85 @@ mod tests {
         );
     }
 }
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct StatsArgs {
+    /// Machine id or name (default: the app's only machine)
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// Time between the two readings the CPU share is measured over (Go duration, 100ms to 60s)
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+    /// Print the raw readings as JSON
+    #[arg(short = 'j', long)]
+    pub json: bool,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = hangar_api::duration::parse_go_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(60) {
+        return Err(format!("{s:?}: between 100ms and 60s"));
+    }
+    Ok(d)
+}
+
+/// `hangar machine stats`: CPU share over an interval, memory and processes of a started
+/// machine, read from its cgroup.
+pub async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
+    let id = ctx.resolve_opt(args.id.as_deref()).await?;
+    let path = format!(
+        "/hangar/v1/apps/{}/machines/{}/stats",
+        hangar_client::encode(ctx.app),
+        hangar_client::encode(&id)
+    );
+    let read = || async {
+        ctx.client
+            .get(path.clone())
+            .send::<serde_json::Value>()
+            .await
+            .with_context(|| format!("failed to read the stats of machine {id}"))
+    };
+    let first = read().await?;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(args.interval).await;
+    let second = read().await?;
+    if args.json {
+        return print_json(&second);
+    }
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let cpus = ctx
+        .get(&id)
+        .await?
+        .config
+        .and_then(|c| c.guest)
+        .map_or(1, |g| g.cpus.max(1));
+    let busy = n(&second, "cpu_ns").saturating_sub(n(&first, "cpu_ns")) as f64 / 1e9;
+    let share = 100.0 * busy / started.elapsed().as_secs_f64() / cpus as f64;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let limit = n(&second, "memory_limit_bytes");
+    print!(
+        "{}",
+        key_values(&[
+            ("Machine", id.clone()),
+            ("CPU", format!("{share:.1}% of {cpus} vCPU(s)")),
+            (
+                "CPU time",
+                format!("{:.2} s", n(&second, "cpu_ns") as f64 / 1e9)
+            ),
+            (
+                "Memory",
+                if limit == u64::MAX {
+                    format!("{:.1} MiB", mib(n(&second, "memory_bytes")))
+                } else {
+                    format!(
+                        "{:.1} MiB of {:.0} MiB",
+                        mib(n(&second, "memory_bytes")),
+                        mib(limit)
+                    )
+                }
+            ),
+            ("Processes", n(&second, "pids").to_string()),
+        ])
+    );
+    Ok(())
+}

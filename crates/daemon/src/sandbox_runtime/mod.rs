@@ -611,6 +611,22 @@ impl Runtime for SandboxRuntime {
             .map_err(failed)
     }
 
+    async fn stats(&self, m: &MachineRecord) -> Result<crate::runtime::MachineStats, RuntimeError> {
+        let cgroup = self.cgroup(&m.id);
+        tokio::task::spawn_blocking(move || {
+            let (limit, usage) = cgroup.memory()?;
+            Ok::<_, hangar_sandbox::cgroup::CgroupError>(crate::runtime::MachineStats {
+                cpu_ns: cgroup.cpu_usage_ns()?,
+                memory_bytes: usage,
+                memory_limit_bytes: limit,
+                pids: cgroup.pids_current()?,
+            })
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)
+    }
+
     async fn set_memory_limit(&self, m: &MachineRecord, bytes: u64) -> Result<(), RuntimeError> {
         let cgroup = self.cgroup(&m.id);
         tokio::task::spawn_blocking(move || cgroup.set_memory_limit(bytes))

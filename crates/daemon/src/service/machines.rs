@@ -362,6 +362,17 @@ impl Hangar {
         Ok(m)
     }
 
+    /// What a started machine uses now (412 when it is not started).
+    pub async fn machine_stats(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> ServiceResult<crate::runtime::MachineStats> {
+        let m = self.get_machine(app, id, false).await?;
+        require_started(&m)?;
+        Ok(self.runtime.stats(&m).await?)
+    }
+
     /// Fills `image_ref` with what the image resolved to here (digest, labels) once it is stored.
     pub(super) async fn refresh_image_ref(&self, m: &mut MachineRecord) {
         let Some(image) = main_image(&m.config) else {
