@@ -7,6 +7,9 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ImportCertificateRequest {
     #[serde(default)]
+    #[schema(
+        pattern = "^(\\*\\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+    )]
     pub hostname: String,
     /// PEM: the certificate, then its chain.
     #[serde(default)]

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 pub struct AssignIpRequest {
     /// `v4`, `v6` (a dedicated address), `shared_v4`, or `private_v6` (Flycast, not served).
     #[serde(default, rename = "type")]
+    #[schema(pattern = "^(v4|v6|shared_v4)$")]
     pub kind: String,
     #[serde(default)]
     pub region: Option<String>,

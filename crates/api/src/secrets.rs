@@ -50,6 +50,7 @@ pub struct SetSecretsResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SetSecretRequest {
+    #[schema(max_length = 65536)]
     pub value: String,
 }
 

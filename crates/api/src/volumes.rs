@@ -24,10 +24,13 @@ pub const DESTROYED_VOLUME_STATES: &[&str] = &[
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CreateVolumeRequest {
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_]{1,30}$")]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 500)]
     pub size_gb: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
@@ -36,14 +39,18 @@ pub struct CreateVolumeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_zone_app_wide: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60)]
     pub snapshot_retention: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_backup_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^ext4$")]
     pub fstype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^vs_[a-z0-9]{16}$")]
     pub snapshot_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^vol_[a-z0-9]{16}$")]
     pub source_volume_id: Option<String>,
     /// Placement hints (a machine's guest and image); one host places everything here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +63,7 @@ pub struct CreateVolumeRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UpdateVolumeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60)]
     pub snapshot_retention: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_backup_enabled: Option<bool>,
@@ -64,6 +72,7 @@ pub struct UpdateVolumeRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ExtendVolumeRequest {
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 500)]
     pub size_gb: i64,
 }
 

@@ -76,7 +76,7 @@ pub async fn set_secrets(
 }
 
 #[utoipa::path(get, path = "/v1/apps/{app_name}/secrets/{secret_name}", tag = "Secrets",
-    params(("app_name" = String, Path), ("secret_name" = String, Path),
+    params(("app_name" = String, Path), ("secret_name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,254}$"),
         ("min_version" = Option<u64>, Query), ("show_secrets" = Option<bool>, Query)),
     responses((status = 200, body = AppSecret), (status = 403, body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
@@ -97,7 +97,7 @@ pub async fn get_secret(
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app_name}/secrets/{secret_name}", tag = "Secrets",
-    params(("app_name" = String, Path), ("secret_name" = String, Path)),
+    params(("app_name" = String, Path), ("secret_name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,254}$")),
     request_body = SetSecretRequest,
     responses((status = 201, body = SetSecretResponse), (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse)))]
@@ -124,7 +124,7 @@ pub async fn set_secret(
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/secrets/{secret_name}", tag = "Secrets",
-    params(("app_name" = String, Path), ("secret_name" = String, Path)),
+    params(("app_name" = String, Path), ("secret_name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,254}$")),
     responses((status = 200, description = "Deleted (also when it did not exist)", body = DeleteSecretResponse),
         (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete_secret(
