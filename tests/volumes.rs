@@ -78,7 +78,7 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         assert_eq!(r.status, 400, "{named}: {}", r.text());
         assert!(error_text(&r).contains(named), "{named}: {}", r.text());
     }
-    // More than the disk holds: a 507 and nothing made (images are sparse; their sizes are
+    // More than the disk holds: a 422 and nothing made (images are sparse; their sizes are
     // what the disk promises).
     let mut big = Vec::new();
     let refused = loop {
@@ -99,7 +99,7 @@ async fn test_volume_data_outlives_machines_and_the_daemon() {
         );
         assert!(big.len() < 100, "the disk never filled");
     };
-    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert_eq!(refused.status, 422, "{}", refused.text());
     assert!(
         error_text(&refused).contains("insufficient storage"),
         "{}",

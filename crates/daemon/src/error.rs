@@ -86,6 +86,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::StartFailed(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
             ServiceError::Timeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, message),
             ServiceError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            ServiceError::DiskAdmission(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, message),
             ServiceError::InsufficientStorage(_) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, message)
             }

@@ -74,7 +74,8 @@ pub async fn list_volumes(
 #[utoipa::path(post, path = "/v1/apps/{app_name}/volumes", tag = "Volumes",
     params(("app_name" = String, Path)), request_body = CreateVolumeRequest,
     responses((status = 200, body = Volume), (status = 400, body = ErrorResponse),
-        (status = 404, body = ErrorResponse), (status = 507, body = ErrorResponse)))]
+        (status = 404, body = ErrorResponse), (status = 422, description = "More than the host's disk holds", body = ErrorResponse),
+        (status = 507, body = ErrorResponse)))]
 pub async fn create_volume(
     State(h): State<AppState>,
     Path(app): Path<String>,
@@ -125,7 +126,8 @@ pub async fn destroy_volume(
     params(("app_name" = String, Path), ("volume_id" = String, Path)),
     request_body = ExtendVolumeRequest,
     responses((status = 200, body = ExtendVolumeResponse), (status = 400, body = ErrorResponse),
-        (status = 404, body = ErrorResponse), (status = 507, body = ErrorResponse)))]
+        (status = 404, body = ErrorResponse), (status = 422, description = "More than the host's disk holds", body = ErrorResponse),
+        (status = 507, body = ErrorResponse)))]
 pub async fn extend_volume(
     State(h): State<AppState>,
     Path((app, id)): Path<(String, String)>,

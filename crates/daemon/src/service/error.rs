@@ -33,9 +33,12 @@ pub enum ServiceError {
     /// The store cannot answer now.
     #[error("{0}")]
     Unavailable(String),
-    /// The host's disk cannot hold what was asked (a volume).
+    /// The host's disk ran out while making what was asked (a volume).
     #[error("{0}")]
     InsufficientStorage(String),
+    /// What was asked would not fit the host's disk (refused before anything is made).
+    #[error("{0}")]
+    DiskAdmission(String),
     /// The caller may not do this (read secret values on a daemon that keeps them write-only).
     #[error("{0}")]
     Forbidden(String),

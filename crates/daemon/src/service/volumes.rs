@@ -297,7 +297,8 @@ impl Hangar {
 
     /// Disk admission: images are sparse, so the host's disk is promised rather than used; the
     /// sizes of all live volumes (with `size_gb` for the new or grown one) must fit the disk,
-    /// or the request gets a 507 and nothing is made.
+    /// or the request gets a 422 and nothing is made (a disk that runs out while a volume is
+    /// made is a 507).
     async fn check_disk(&self, size_gb: i64, growing: Option<&VolumeRecord>) -> ServiceResult<()> {
         let dir = self.volume_dir()?.clone();
         let capacity = Self::blocking(move || dir.capacity()).await?;
@@ -309,7 +310,7 @@ impl Hangar {
             .sum();
         let capacity_gb = (capacity >> 30) as i64;
         if promised + size_gb > capacity_gb {
-            return Err(ServiceError::InsufficientStorage(format!(
+            return Err(ServiceError::DiskAdmission(format!(
                 "insufficient storage: this host's volumes would need {} GB of its {capacity_gb} GB disk ({promised} GB promised already)",
                 promised + size_gb
             )));
