@@ -109,7 +109,8 @@ async fn test_a_missed_scheduled_run_fires_once_after_a_restart() {
     let after = store.get_schedule(&id).unwrap().unwrap();
     assert_eq!(after.last_outcome.as_deref(), Some("started"), "{after:?}");
     assert!(after.next_fire_at > now_ms(), "{after:?}");
-    let logs = d.cli(&["logs", "-a", "cron", "-i", &id, "--no-tail"]);
+    // A machine id names its app: no -a needed.
+    let logs = d.cli(&["logs", "-i", &id, "--no-tail"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.matches("ran").count() >= 2, "{logs}");
 }

@@ -36,7 +36,14 @@ pub struct LogsArgs {
 }
 
 pub async fn run(client: &Client, args: LogsArgs) -> Result<()> {
-    let app = args.app.resolve()?;
+    // As with `machine` commands, a machine id names its app when no app is given.
+    let app = match (args.app.resolve(), args.instance.as_deref()) {
+        (Ok(app), _) => app,
+        (Err(e), Some(id)) if hangar_api::ids::is_machine_id(id) => {
+            crate::machine::app_of_machine(client, id).await?.ok_or(e)?
+        }
+        (Err(e), _) => return Err(e),
+    };
     let mut path = format!(
         "/hangar/v1/apps/{}/logs?follow={}&tail={}",
         encode(&app),

@@ -240,7 +240,7 @@ impl MachineCommand {
 }
 
 /// The app a machine id belongs to, looked up across the daemon's apps.
-async fn app_of_machine(client: &Client, id: &str) -> Result<Option<String>> {
+pub(crate) async fn app_of_machine(client: &Client, id: &str) -> Result<Option<String>> {
     let apps = client
         .list_apps("")
         .await
