@@ -173,9 +173,19 @@ impl Proxy {
             .any(|a| a == app)
     }
 
-    /// Another app holding `port` in a way `app` cannot share (see [`Table::conflict`]); an
-    /// app with a dedicated address keeps its raw TCP ports there, so they conflict with no
-    /// one on the shared addresses. `without_dedicated` asks as if `app` had none.
+    /// Whether `app` keeps raw TCP `edges` off the shared addresses: it has a dedicated one,
+    /// and none of the edges is HTTP (those stay shared, routed by `Host`).
+    pub(crate) fn off_shared<'a>(
+        &self,
+        app: &str,
+        mut edges: impl Iterator<Item = &'a table::EdgePort>,
+    ) -> bool {
+        self.has_dedicated(app) && edges.all(|e| !e.http)
+    }
+
+    /// Another app holding `port` on the shared addresses in a way `app` cannot share (see
+    /// [`Table::conflict`]); raw TCP ports of apps with a dedicated address are not there.
+    /// `without_dedicated` asks as if `app` had none.
     pub fn port_conflict(
         &self,
         app: &str,
@@ -186,16 +196,8 @@ impl Proxy {
         if !http && !without_dedicated && self.has_dedicated(app) {
             return None;
         }
-        let table = self.table();
-        table
-            .candidates(port)
-            .into_iter()
-            .find(|(other, c)| {
-                other != app
-                    && c.iter().any(|c| !c.edge().http || !http)
-                    && !(c.iter().all(|c| !c.edge().http) && self.has_dedicated(other))
-            })
-            .map(|(other, _)| other)
+        self.table()
+            .conflict(app, port, http, |other| self.has_dedicated(other))
     }
 
     /// The table as it is now.

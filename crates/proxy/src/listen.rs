@@ -122,10 +122,7 @@ impl Proxy {
                     .into_iter()
                     .filter(|(app, c)| match &owner {
                         Some(o) => o == app,
-                        None => {
-                            !(this.has_dedicated(app)
-                                && c.iter().all(|c| !c.edge().http && !c.edge().tls))
-                        }
+                        None => !this.off_shared(app, c.iter().map(|c| c.edge())),
                     })
                     .flat_map(|(_, c)| c)
                     .map(|c| c.edge().clone())

@@ -324,11 +324,22 @@ impl Table {
 
     /// Another app whose services hold `port` in a way that cannot be shared with `app`'s
     /// use of it: raw TCP (or TLS-passthrough) ports belong to one app; HTTP ports are shared,
-    /// routed by `Host`.
-    pub fn conflict(&self, app: &str, port: u16, http: bool) -> Option<String> {
+    /// routed by `Host`. Apps for which `elsewhere` holds keep their raw ports off these
+    /// addresses (on a dedicated one) and conflict with no one here through them.
+    pub fn conflict(
+        &self,
+        app: &str,
+        port: u16,
+        http: bool,
+        elsewhere: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         self.candidates(port)
             .into_iter()
-            .find(|(other, c)| other != app && (!http || c.iter().any(|c| !c.edge().http)))
+            .find(|(other, c)| {
+                other != app
+                    && (!http || c.iter().any(|c| !c.edge().http))
+                    && !(elsewhere(other) && c.iter().all(|c| !c.edge().http))
+            })
             .map(|(other, _)| other)
     }
 }
@@ -378,11 +389,11 @@ mod tests {
             }))],
         };
         t.put(m("a1", "a", serde_json::json!(["http"])));
-        assert_eq!(t.conflict("b", 80, true), None);
-        assert_eq!(t.conflict("b", 80, false), Some("a".into()));
+        assert_eq!(t.conflict("b", 80, true, |_| false), None);
+        assert_eq!(t.conflict("b", 80, false, |_| false), Some("a".into()));
         t.put(m("c1", "c", serde_json::json!([])));
-        assert_eq!(t.conflict("b", 80, true), Some("c".into()));
-        assert_eq!(t.conflict("a", 81, false), None);
+        assert_eq!(t.conflict("b", 80, true, |_| false), Some("c".into()));
+        assert_eq!(t.conflict("a", 81, false, |_| false), None);
         assert_eq!(t.edge_ports().into_iter().collect::<Vec<_>>(), vec![80]);
     }
 }

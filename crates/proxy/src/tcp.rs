@@ -104,8 +104,9 @@ impl Proxy {
         let Some(app) = app.or_else(|| {
             self.table()
                 .candidates(port)
-                .into_keys()
-                .find(|a| !self.has_dedicated(a))
+                .into_iter()
+                .find(|(a, c)| !self.off_shared(a, c.iter().map(|c| c.edge())))
+                .map(|(a, _)| a)
         }) else {
             return;
         };
