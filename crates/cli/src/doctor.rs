@@ -206,7 +206,7 @@ fn checks(data_dir: &Path) -> Vec<Check> {
         .ancestors()
         .find(|d| d.exists())
         .unwrap_or(Path::new("/"));
-    let free_gb = rustix_free_bytes(probe) >> 30;
+    let free_gb = free_bytes(probe) >> 30;
     out.push(Check {
         name: "disk space",
         ok: free_gb >= 2,
@@ -249,7 +249,7 @@ fn checks(data_dir: &Path) -> Vec<Check> {
 }
 
 /// Bytes available to unprivileged writers on the filesystem holding `path` (0 if unknown).
-fn rustix_free_bytes(path: &Path) -> u64 {
+fn free_bytes(path: &Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
         .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(0)

@@ -677,7 +677,7 @@ fn secret_env(
     if c.ignore_app_secrets || m.skip_secrets {
         return Ok(Vec::new());
     }
-    let as_files: std::collections::HashSet<String> = crate::service::secret_references(&m.config)
+    let as_files: std::collections::HashSet<String> = secret_references(&m.config)
         .files
         .into_iter()
         .map(|(_, name)| name)
@@ -760,4 +760,44 @@ pub(crate) fn resolve_user(spec: &str, layers: &[PathBuf]) -> Result<User, Runti
         )));
     }
     Ok(user)
+}
+
+/// The secrets a config names: `(guest path, secret)` of its files and `(field, secret)` of its
+/// containers' and processes' `secrets`.
+#[derive(Default)]
+pub(crate) struct SecretReferences {
+    pub(crate) files: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+pub(crate) fn secret_references(config: &MachineConfig) -> SecretReferences {
+    let mut refs = SecretReferences::default();
+    let mut files = |list: Option<&Vec<hangar_api::File>>| {
+        for f in list.into_iter().flatten() {
+            if let Some(name) = &f.secret_name {
+                refs.files.push((f.guest_path.clone(), name.clone()));
+            }
+        }
+    };
+    files(config.files.as_ref());
+    for c in config.containers.iter().flatten() {
+        files(c.files.as_ref());
+    }
+    for (i, c) in config.containers.iter().flatten().enumerate() {
+        for (j, s) in c.secrets.iter().flatten().enumerate() {
+            refs.env.push((
+                format!("containers[{i}].secrets[{j}]"),
+                s.secret_name().to_string(),
+            ));
+        }
+    }
+    for (i, p) in config.processes.iter().flatten().enumerate() {
+        for (j, s) in p.secrets.iter().flatten().enumerate() {
+            refs.env.push((
+                format!("processes[{i}].secrets[{j}]"),
+                s.secret_name().to_string(),
+            ));
+        }
+    }
+    refs
 }

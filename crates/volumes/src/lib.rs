@@ -36,18 +36,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VolumeError {
     }
 }
 
-/// A system tool by absolute path when it is in the usual place (a daemon's PATH may lack the
-/// sbin dirs), else by name.
-fn tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 fn run(name: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
-    let out = Command::new(tool(name))
+    let out = Command::new(hangar_sandbox::plan::system_tool(name))
         .args(args)
         .output()
         .map_err(io(format!("running {name}")))?;

@@ -38,7 +38,6 @@ mod wait;
 
 pub use error::{ServiceError, ServiceResult};
 pub use scheduler::{ScheduleView, SCHEDULER_TICK};
-pub(crate) use secrets::secret_references;
 use secrets::secrets_failure;
 pub use secrets::{SecretValues, SecretView, SecretsConfig};
 pub use volumes::{VolumeView, AUTO_EXTEND_INTERVAL};

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 pub use crate::runtime::SecretValues;
 
 use super::*;
+use crate::container_plan::secret_references;
 
 /// The daemon's secrets key and what it lets callers do.
 pub struct SecretsConfig {
@@ -234,44 +235,4 @@ fn check_min_version(set: &SecretSet, min: Option<u64>) -> ServiceResult<()> {
         ))),
         _ => Ok(()),
     }
-}
-
-/// The secrets a config names: `(guest path, secret)` of its files and `(field, secret)` of its
-/// containers' and processes' `secrets`.
-#[derive(Default)]
-pub(crate) struct SecretReferences {
-    pub(crate) files: Vec<(String, String)>,
-    pub(crate) env: Vec<(String, String)>,
-}
-
-pub(crate) fn secret_references(config: &MachineConfig) -> SecretReferences {
-    let mut refs = SecretReferences::default();
-    let mut files = |list: Option<&Vec<hangar_api::File>>| {
-        for f in list.into_iter().flatten() {
-            if let Some(name) = &f.secret_name {
-                refs.files.push((f.guest_path.clone(), name.clone()));
-            }
-        }
-    };
-    files(config.files.as_ref());
-    for c in config.containers.iter().flatten() {
-        files(c.files.as_ref());
-    }
-    for (i, c) in config.containers.iter().flatten().enumerate() {
-        for (j, s) in c.secrets.iter().flatten().enumerate() {
-            refs.env.push((
-                format!("containers[{i}].secrets[{j}]"),
-                s.secret_name().to_string(),
-            ));
-        }
-    }
-    for (i, p) in config.processes.iter().flatten().enumerate() {
-        for (j, s) in p.secrets.iter().flatten().enumerate() {
-            refs.env.push((
-                format!("processes[{i}].secrets[{j}]"),
-                s.secret_name().to_string(),
-            ));
-        }
-    }
-    refs
 }
