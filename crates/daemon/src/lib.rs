@@ -12,12 +12,12 @@ mod host_network;
 mod images;
 mod log_archive;
 mod logs;
+mod machine_views;
 mod metrics;
 pub mod openapi;
 mod routes;
 pub mod runtime;
 pub mod sandbox_runtime;
-mod schedules;
 mod server;
 pub mod service;
 mod services;
@@ -89,6 +89,27 @@ pub struct DaemonOptions {
     /// The group whose members may use the API socket and read the token (`None`: `hangar`
     /// when that group exists, else root's only).
     pub socket_group: Option<String>,
+}
+
+/// How often volumes' snapshots and destroyed volumes are swept.
+const VOLUME_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs `pass` every `period` in the background, the first a period from now; a failed pass is
+/// logged and the next runs as planned.
+fn every<F, Fut>(period: std::time::Duration, what: &'static str, pass: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), service::ServiceError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = pass().await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        }
+    });
 }
 
 /// The store's record of which key sealed its secrets.
@@ -264,46 +285,29 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         });
     }
+    // Background chores, each a pass every period (the first a period after start-up, so
+    // that start-up reconciliation runs first).
     {
-        let hangar = hangar.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(service::AUTO_EXTEND_INTERVAL);
-            loop {
-                tick.tick().await;
-                if let Err(e) = hangar.auto_extend_volumes().await {
-                    tracing::warn!(error = %e, "volume auto-extend pass failed");
-                }
-            }
-        });
-    }
-    {
+        let h = hangar.clone();
+        every(
+            service::AUTO_EXTEND_INTERVAL,
+            "volume auto-extend pass",
+            move || {
+                let h = h.clone();
+                async move { h.auto_extend_volumes().await }
+            },
+        );
         // Schedules fire (service::scheduler).
-        let hangar = hangar.clone();
-        tokio::spawn(async move {
-            // The first pass waits a tick: start-up reconciliation runs first.
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + service::SCHEDULER_TICK,
-                service::SCHEDULER_TICK,
-            );
-            loop {
-                tick.tick().await;
-                if let Err(e) = hangar.run_schedules(clock::now_ms()).await {
-                    tracing::warn!(error = %e, "scheduler pass failed");
-                }
-            }
+        let h = hangar.clone();
+        every(service::SCHEDULER_TICK, "scheduler pass", move || {
+            let h = h.clone();
+            async move { h.run_schedules(clock::now_ms()).await }
         });
-    }
-    {
-        // Volume chores: snapshot retention, daily snapshots, purging destroyed volumes.
-        let hangar = hangar.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
-            loop {
-                tick.tick().await;
-                if let Err(e) = hangar.sweep_volumes().await {
-                    tracing::warn!(error = %e, "volume sweep failed");
-                }
-            }
+        // Snapshot retention, daily snapshots, purging destroyed volumes.
+        let h = hangar.clone();
+        every(VOLUME_SWEEP_INTERVAL, "volume sweep", move || {
+            let h = h.clone();
+            async move { h.sweep_volumes().await }
         });
     }
     {

@@ -158,11 +158,11 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         )
         .route(
             "/hangar/v1/apps/{app_name}/machines/{machine_id}/schedule",
-            get(crate::schedules::get),
+            get(crate::machine_views::get),
         )
         .route(
             "/hangar/v1/apps/{app_name}/machines/{machine_id}/stats",
-            get(crate::schedules::stats),
+            get(crate::machine_views::stats),
         )
         .route(
             "/hangar/v1/apps/{app_name}/services",

@@ -219,7 +219,6 @@ impl AppConfig {
 
     /// Everything that can be refused before anything is built or created.
     fn check(&self) -> Result<()> {
-        self.base_config(PLACEHOLDER_IMAGE)?;
         if let Some(s) = self.toml.deploy.strategy.as_deref() {
             if !["rolling", "immediate"].contains(&s) {
                 bail!(
@@ -228,6 +227,7 @@ impl AppConfig {
                 );
             }
         }
+        // Every group's config (machine_config included: there is always one group).
         for group in self.groups() {
             self.group_config(&group, PLACEHOLDER_IMAGE)?;
         }

@@ -36,6 +36,12 @@ pub fn jitter_ms(machine_id: &str, period: i64) -> i64 {
     (h % (period / 10).max(1) as u64) as i64
 }
 
+/// A machine's grid: its schedule's period and its own jitter.
+fn grid(machine_id: &str, schedule: Schedule) -> (i64, i64) {
+    let period = period_ms(schedule);
+    (period, jitter_ms(machine_id, period))
+}
+
 /// The first fire after `t`: the smallest `anchor + k·period + jitter` (k ≥ 1) above `t`.
 pub fn next_fire_after(anchor: i64, period: i64, jitter: i64, t: i64) -> i64 {
     let first = anchor + period + jitter;
@@ -97,8 +103,7 @@ impl Hangar {
                 }
                 continue;
             };
-            let period = period_ms(schedule);
-            let jitter = jitter_ms(&m.id, period);
+            let (period, jitter) = grid(&m.id, schedule);
             let mut rec = match records.remove(&m.id) {
                 Some(r) => r,
                 None => {
@@ -159,25 +164,19 @@ impl Hangar {
     /// The machine's schedule: its next fire and its last outcome (`None` if unscheduled).
     pub async fn schedule_of(&self, app: &str, id: &str) -> ServiceResult<Option<ScheduleView>> {
         let m = self.get_machine(app, id, false).await?;
-        let Some(schedule) = m
-            .config
-            .schedule
-            .clone()
-            .filter(|_| m.spec().schedule.is_some())
-        else {
+        let Some(schedule) = m.spec().schedule else {
             return Ok(None);
         };
         let mid = m.id.clone();
         let rec = db(&self.store, move |s| s.get_schedule(&mid)).await?;
-        let period = m.spec().schedule.map(period_ms).unwrap_or(HOUR_MS);
-        let jitter = jitter_ms(&m.id, period);
+        let (period, jitter) = grid(&m.id, schedule);
         let next = match &rec {
             Some(r) => r.next_fire_at,
             // Not yet seen by the scheduler (it will be within a tick): the same formula.
             None => next_fire_after(m.created_at, period, jitter, crate::clock::now_ms()),
         };
         Ok(Some(ScheduleView {
-            schedule,
+            schedule: m.config.schedule.clone().unwrap_or_default(),
             next_fire_at: crate::clock::rfc3339_ms(next),
             last_fire_at: rec
                 .as_ref()
