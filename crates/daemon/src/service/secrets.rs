@@ -153,13 +153,16 @@ impl Hangar {
         if refs.files.is_empty() && refs.env.is_empty() {
             return Ok(());
         }
-        let values = self.open_secrets(app).await?;
+        // Only file secrets are opened (their content must be base64); the rest need a name.
+        let set = self.secret_set(app).await?;
+        let find = |name: &str| set.secrets.iter().find(|s| s.name == name);
         for (path, name) in &refs.files {
-            let value = values.get(name).ok_or_else(|| {
+            let record = find(name).ok_or_else(|| {
                 ServiceError::bad_request(format!(
                     "file {path}: app {app} has no secret named {name} (set it with `hangar secrets set {name}=...`)"
                 ))
             })?;
+            let value = self.open_secret(app, record)?;
             if base64::engine::general_purpose::STANDARD
                 .decode(value.trim())
                 .is_err()
@@ -170,7 +173,7 @@ impl Hangar {
             }
         }
         for (field, name) in &refs.env {
-            if values.get(name).is_none() {
+            if find(name).is_none() {
                 return Err(ServiceError::bad_request(format!(
                     "{field}: app {app} has no secret named {name}"
                 )));
