@@ -216,3 +216,59 @@ async fn test_import_reads_only_what_the_caller_sends() {
     let list: Vec<Value> = d.get("/hangar/v1/images").await.json().unwrap();
     assert!(list.is_empty(), "nothing was imported: {list:?}");
 }
+
+/// `--pull never`: machines run only images already in the store; a missing one is a clear 400
+/// naming the policy, and the pull endpoint refuses up front.
+#[tokio::test]
+async fn a_daemon_that_never_pulls_runs_only_stored_images() {
+    let d = Daemon::start_with_flags(true, &["--pull", "never"]).await;
+    d.create_app("offline").await;
+    let image = format!("{}/hangar/busybox:latest", registry());
+    let r = d
+        .post(
+            "/v1/apps/offline/machines",
+            json!({"config": {"image": image}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(error_text(&r).contains("--pull never"), "{}", r.text());
+    assert_eq!(
+        d.get("/v1/apps/offline/machines")
+            .await
+            .json::<Value>()
+            .unwrap(),
+        json!([]),
+        "nothing half-made"
+    );
+    let r = d
+        .client
+        .raw(
+            hyper::Method::POST,
+            &format!("/hangar/v1/images/pull?ref={image}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412, "{}", r.text());
+    // An imported image runs.
+    let layout = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images");
+    let out = d.cli(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--select",
+        "busybox",
+        "--tag",
+        "offline/busybox",
+    ]);
+    common::cli_ok(&out);
+    let id = d
+        .launch(
+            "offline",
+            json!({"config": {"image": "offline/busybox", "init": {"cmd": ["sleep", "60"]}}}),
+        )
+        .await;
+    d.wait_state("offline", &id, "started").await;
+    d.destroy_machine("offline", &id, true).await;
+}

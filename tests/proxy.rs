@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{test_image, Daemon};
+use common::{certificate_for, test_image, Daemon};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -691,41 +691,6 @@ async fn edge_ports_come_back_with_the_daemon() {
     assert_eq!((status, body(&resp)), (200, id.as_str()), "{resp}");
 }
 
-/// A self-signed certificate and key for `host` (openssl), as PEM text.
-fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String) {
-    let (cert, key) = (
-        dir.join(format!("{host}.crt")),
-        dir.join(format!("{host}.key")),
-    );
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-days", "2", "-subj", &format!("/CN={host}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
-        .output()
-        .expect("openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    (
-        std::fs::read_to_string(cert).unwrap(),
-        std::fs::read_to_string(key).unwrap(),
-    )
-}
-
 /// A custom certificate imported through flaps' certificates API is served for its hostname,
 /// which routes to the app (TLS and plain HTTP), survives a restart, and goes when deleted.
 #[tokio::test]
@@ -896,7 +861,9 @@ async fn dedicated_addresses_give_apps_their_own_raw_tcp_ports() {
         async move {
             d.post(
                 &format!("/v1/apps/{app}/ip_assignments"),
-                json!({"type": kind, "region": "local"}),
+                // flaps' AssignIP body: every field, empty when unset.
+                json!({"type": kind, "region": "", "org_slug": "", "network": "",
+                       "service_name": ""}),
             )
             .await
         }

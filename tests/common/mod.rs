@@ -480,3 +480,38 @@ pub fn cli_err(o: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A self-signed certificate and key for `host` (openssl), as PEM text.
+pub fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String) {
+    let (cert, key) = (
+        dir.join(format!("{host}.crt")),
+        dir.join(format!("{host}.key")),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", &format!("/CN={host}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}

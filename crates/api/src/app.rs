@@ -26,13 +26,6 @@ pub struct CreateAppRequest {
     pub app_role_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CreateAppResponse {
-    pub id: String,
-    /// Unix milliseconds.
-    pub created_at: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Organization {
     pub name: String,

@@ -33,7 +33,9 @@ pub const RESTART_POLICIES: &[&str] = &["no", "always", "on-failure"];
 pub const SCHEDULES: &[&str] = &["hourly", "daily", "weekly", "monthly"];
 pub const HANDLERS: &[&str] = &["http", "tls", "tcp", "proxy_proto", "pg_tls", "edge_http"];
 /// The longest stop timeout accepted (fly.toml `kill_timeout` max is 300 s; allow a day for API users).
-const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 3600;
+/// The largest root filesystem a machine may ask for, as the largest volume.
+pub const MAX_ROOTFS_GB: u64 = crate::MAX_VOLUME_GB as u64;
+pub const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 3600;
 
 /// Checks `config` and fills in what the platform defaults (guest size from `size` or the
 /// default preset). Called on create and on every update.
@@ -309,6 +311,12 @@ pub fn validate_config(config: &mut MachineConfig) -> Result {
         }
     }
     if let Some(rootfs) = &config.rootfs {
+        if rootfs.size_gb.is_some_and(|gb| gb > MAX_ROOTFS_GB) {
+            return Err(bad(
+                "config.rootfs.size_gb",
+                format!("must be at most {MAX_ROOTFS_GB} (GB)"),
+            ));
+        }
         if let Some(persist) = rootfs.persist.as_deref().filter(|p| !p.is_empty()) {
             if !["never", "restart", "always"].contains(&persist) {
                 return Err(bad(
@@ -811,7 +819,7 @@ fn check_volumes(config: &MachineConfig) -> Result<BTreeSet<String>> {
     Ok(names)
 }
 
-const CONDITIONS: &[&str] = &["started", "healthy", "exited_successfully"];
+pub const CONDITIONS: &[&str] = &["started", "healthy", "exited_successfully"];
 
 fn check_containers(containers: &[ContainerConfig], volumes: &BTreeSet<String>) -> Result {
     let mut names = BTreeSet::new();

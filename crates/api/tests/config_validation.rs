@@ -155,6 +155,12 @@ fn cases() -> Vec<Case> {
             ok_with(vec![has("/rootfs", json!({"persist": "restart", "size_gb": 5}))]),
         ),
         case(
+            // Found by fuzzing: 2^63 GB overflowed a conversion into a 500.
+            "rootfs size beyond the largest volume",
+            alpine(json!({"rootfs": {"size_gb": 9223372036854775808u64}})),
+            err("config.rootfs.size_gb"),
+        ),
+        case(
             "rootfs persist unknown",
             alpine(json!({"rootfs": {"persist": "forever"}})),
             err("config.rootfs.persist"),

@@ -31,6 +31,10 @@ pub struct DaemonArgs {
     /// Pull from this registry over plain HTTP (repeatable; loopback registries already are)
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
+    /// Pull images missing from the store (`missing`), or never: machines then run only images
+    /// already imported or pulled [default: missing]
+    #[arg(long, value_name = "missing|never", env = "HANGAR_PULL", value_parser = ["missing", "never"])]
+    pub pull: Option<String>,
     /// How long a destroyed machine's logs stay readable with `hangar logs` (Go duration, e.g. 24h, 30m; 0 keeps none) [default: 24h]
     #[arg(long, value_name = "DURATION", env = "HANGAR_LOG_RETENTION", value_parser = parse_retention)]
     pub log_retention: Option<std::time::Duration>,
@@ -134,6 +138,7 @@ struct ConfigFile {
     listen: Option<SocketAddr>,
     #[serde(default)]
     insecure_registries: Vec<String>,
+    pull: Option<String>,
     log_retention: Option<String>,
     cpu_overcommit: Option<f64>,
     memory_overcommit: Option<f64>,
@@ -244,6 +249,13 @@ impl DaemonArgs {
                 .unwrap_or_else(|| PathBuf::from(hangar_daemon::DEFAULT_SOCKET)),
             listen: self.listen.or(file.listen),
             insecure_registries,
+            pull: match self.pull.as_deref().or(file.pull.as_deref()) {
+                None | Some("missing") => true,
+                Some("never") => false,
+                Some(other) => {
+                    anyhow::bail!("pull: {other:?} is not a pull policy (missing or never)")
+                }
+            },
             log_retention,
             cpu_overcommit: ratio(
                 self.cpu_overcommit,

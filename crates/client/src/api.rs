@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 
 use hangar_api::{
-    App, CreateAppRequest, CreateAppResponse, CreateMachineRequest, CreateVolumeRequest,
-    ExecRequest, ExecResponse, ExtendVolumeRequest, ExtendVolumeResponse, LeaseRequest,
-    LeaseResponse, ListAppsResponse, ListSecretsResponse, Machine, MachineEvent, MachineVersion,
-    MetadataValueRequest, MetadataValueResponse, OkResponse, SetSecretsRequest, SetSecretsResponse,
-    StartResponse, StopRequest, UpdateMetadataRequest, UpdateVolumeRequest, Volume, VolumeSnapshot,
-    WaitResponse,
+    App, CreateAppRequest, CreateMachineRequest, CreateVolumeRequest, ExecRequest, ExecResponse,
+    ExtendVolumeRequest, ExtendVolumeResponse, LeaseRequest, LeaseResponse, ListAppsResponse,
+    ListSecretsResponse, Machine, MachineEvent, MachineVersion, MetadataValueRequest,
+    MetadataValueResponse, OkResponse, SetSecretsRequest, SetSecretsResponse, StartResponse,
+    StopRequest, UpdateMetadataRequest, UpdateVolumeRequest, Volume, VolumeSnapshot, WaitResponse,
 };
 
 use crate::client::{encode, Client};
@@ -64,11 +63,8 @@ fn machine_path(app: &str, id: &str) -> String {
 impl Client {
     // ---- apps (1.1) ----
 
-    /// `POST /v1/apps` (201).
-    pub async fn create_app(
-        &self,
-        req: &CreateAppRequest,
-    ) -> Result<CreateAppResponse, ClientError> {
+    /// `POST /v1/apps` (201 with the app).
+    pub async fn create_app(&self, req: &CreateAppRequest) -> Result<App, ClientError> {
         self.post("/v1/apps").json(req).send().await
     }
 

@@ -205,6 +205,11 @@ pub async fn pull(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult
     let imgs = images(&h)?;
     let store = imgs.store.clone();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    if !imgs.pull.allowed {
+        return Err(ApiError::precondition(
+            hangar_image::Error::PullsOff(r.to_string()).to_string(),
+        ));
+    }
     let mut opts = imgs.pull.clone();
     let progress_tx = tx.clone();
     opts.progress = Some(Arc::new(move |p: Progress| {

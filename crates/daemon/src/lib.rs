@@ -49,6 +49,9 @@ pub struct DaemonOptions {
     pub listen: Option<SocketAddr>,
     /// Registries (`host[:port]`) to pull from over plain HTTP; loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// Pull images that are not in the store (`--pull missing`, the default); off, machines
+    /// run only images already imported or pulled (`--pull never`).
+    pub pull: bool,
     /// How long a destroyed machine's logs stay readable (zero: not kept).
     pub log_retention: std::time::Duration,
     /// Admission: CPUs and memory the machines may reserve, as multiples of the host's
@@ -201,7 +204,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await?
             .context("failed to open the image store")?;
     let image_store = Arc::new(image_store);
-    let mut pull = hangar_image::PullOptions::default();
+    let mut pull = hangar_image::PullOptions {
+        allowed: opts.pull,
+        ..Default::default()
+    };
     for registry in &opts.insecure_registries {
         pull.registry.registries.insert(
             registry.clone(),

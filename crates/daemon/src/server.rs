@@ -12,9 +12,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Router;
 use nix::fcntl::{Flock, FlockArg};
-use utoipa::OpenApi;
 
 use crate::error::ApiError;
 use crate::routes::{self, AppState};
@@ -25,6 +24,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub fn router(state: AppState, token: Arc<str>) -> Router {
     let health = state.clone();
     let metrics = state.metrics();
+    let openapi: Arc<str> = crate::openapi::document(state.region()).to_string().into();
     let machine = "/v1/apps/{app_name}/machines/{machine_id}";
     let api = Router::new()
         .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
@@ -188,7 +188,15 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         ))
         .with_state(state);
     Router::new()
-        .route("/openapi.json", get(openapi_json))
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi.to_string(),
+                )
+            }),
+        )
         .route("/healthz", get(healthz).with_state(health))
         .merge(api)
         .fallback(routes::not_found)
@@ -208,10 +216,6 @@ async fn healthz(State(h): State<AppState>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn openapi_json() -> Response {
-    Json(crate::openapi::ApiDoc::openapi()).into_response()
 }
 
 /// Accepts `Bearer <token>` and `FlyV1 <token>[,<token>…]` (fly-go sends FlyV1 for macaroons).

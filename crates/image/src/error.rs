@@ -15,6 +15,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("image {0} is not in this host's store, and this daemon does not pull (--pull never)")]
+    PullsOff(String),
     #[error("invalid digest {0:?} (only sha256:<64 lowercase hex> is supported)")]
     InvalidDigest(String),
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]

@@ -48,6 +48,8 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct PullOptions {
+    /// `false`: images come only from the store (`--pull never`, for hosts kept off registries).
+    pub allowed: bool,
     pub registry: RegistryOptions,
     pub platform: Platform,
     /// Layers downloaded at once.
@@ -58,6 +60,7 @@ pub struct PullOptions {
 impl Default for PullOptions {
     fn default() -> Self {
         PullOptions {
+            allowed: true,
             registry: RegistryOptions::default(),
             platform: Platform::host(),
             concurrency: 3,
@@ -77,6 +80,9 @@ pub async fn pull(
             f(p)
         }
     };
+    if !opts.allowed {
+        return Err(Error::PullsOff(reference.to_string()));
+    }
     let client = Arc::new(RepoClient::new(reference, &opts.registry)?);
     let first = reference
         .digest

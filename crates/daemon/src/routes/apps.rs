@@ -23,12 +23,12 @@ pub async fn list_apps(
     }))
 }
 #[utoipa::path(post, path = "/v1/apps", tag = "Apps", request_body = CreateAppRequest,
-    responses((status = 201, body = CreateAppResponse), (status = 400, body = ErrorResponse),
+    responses((status = 201, body = hangar_api::App, description = "The new app (Fly documents `id` and `created_at`; flaps decodes a whole app)"), (status = 400, body = ErrorResponse),
         (status = 422, description = "name_taken", body = ErrorResponse)))]
 pub async fn create_app(
     State(h): State<AppState>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<CreateAppResponse>)> {
+) -> ApiResult<(StatusCode, Json<hangar_api::App>)> {
     let req: CreateAppRequest = json_body(&body)?;
     let name = match (req.name.as_deref(), req.app_name.as_deref()) {
         (Some(n), Some(a)) if !n.is_empty() && !a.is_empty() && n != a => {
@@ -54,13 +54,8 @@ pub async fn create_app(
                     ),
                 ));
             }
-            return Ok((
-                StatusCode::CREATED,
-                Json(CreateAppResponse {
-                    id: first.id,
-                    created_at: first.created_at,
-                }),
-            ));
+            let machines = h.count_machines(&first.name).await?;
+            return Ok((StatusCode::CREATED, Json(convert::app(&first, machines))));
         }
     }
     let name = name.ok_or_else(|| ApiError::bad_request("name is required"))?;
@@ -84,13 +79,7 @@ pub async fn create_app(
     let app = h
         .create_app(name, org, network, key, req.app_role_id.unwrap_or_default())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreateAppResponse {
-            id: app.id,
-            created_at: app.created_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(convert::app(&app, 0))))
 }
 #[utoipa::path(get, path = "/v1/apps/{app_name}", tag = "Apps",
     params(("app_name" = String, Path, description = "App name")),

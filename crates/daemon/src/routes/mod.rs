@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use hangar_api::{
-    CreateAppRequest, CreateAppResponse, CreateMachineRequest, ErrorResponse, ExecRequest,
-    LeaseReleaseData, LeaseReleaseResponse, LeaseRequest, LeaseResponse, ListAppsResponse, Machine,
-    MachineEvent, MachineState, MachineVersion, MetadataValueRequest, MetadataValueResponse,
-    OkResponse, SignalRequest, StartResponse, StopRequest, UpdateMetadataRequest, WaitResponse,
+    CreateAppRequest, CreateMachineRequest, ErrorResponse, ExecRequest, LeaseReleaseData,
+    LeaseReleaseResponse, LeaseRequest, LeaseResponse, ListAppsResponse, Machine, MachineEvent,
+    MachineState, MachineVersion, MetadataValueRequest, MetadataValueResponse, OkResponse,
+    SignalRequest, StartResponse, StopRequest, UpdateMetadataRequest, WaitResponse,
 };
 
 use crate::clock::rfc3339_ms;

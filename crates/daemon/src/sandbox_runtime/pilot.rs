@@ -142,17 +142,34 @@ impl SandboxRuntime {
         };
         let path = self.run_dir(id).join(CONTROL_SOCKET);
         let exchange = async {
-            let stream = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|e| failed(format!("connecting to pilot: {e}")))?;
+            // No socket, or nobody behind it: the machine is not (or no longer) running.
+            let stream =
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                            RuntimeError::NotRunning("the machine is not running".into())
+                        }
+                        _ => failed(format!("connecting to pilot: {e}")),
+                    })?;
             let (read, mut write) = stream.into_split();
             let line = RequestLine::new(req.clone()).to_line();
             write.write_all(&line).await.map_err(failed)?;
             let mut reply = String::new();
-            BufReader::new(tokio::io::AsyncReadExt::take(read, CONTROL_REPLY_MAX))
+            // Pilot closing the connection before it answers means the machine went down while
+            // the request was handled (a signal that ends its workload does that).
+            let gone = || {
+                RuntimeError::NotRunning("the machine stopped while handling the request".into())
+            };
+            match BufReader::new(tokio::io::AsyncReadExt::take(read, CONTROL_REPLY_MAX))
                 .read_line(&mut reply)
                 .await
-                .map_err(failed)?;
+            {
+                Ok(0) => return Err(gone()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(gone()),
+                Err(e) => return Err(failed(e)),
+            }
             // Any Pilot version this daemon knows (an older one keeps running its machine).
             let (_version, reply) = Reply::parse(reply.trim()).map_err(failed)?;
             match reply {

@@ -5,6 +5,23 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes;
 
+mod constraints;
+
+/// The served document: the derived one with the API's rules on it (see [`constraints`]).
+pub fn document(host_region: &str) -> serde_json::Value {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            return serde_json::Value::Null;
+        }
+    };
+    for place in constraints::constrain(&mut doc, host_region) {
+        tracing::warn!(%place, "an OpenAPI rule found no place in the derived document");
+    }
+    doc
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {

@@ -1,0 +1,772 @@
+//! What the API's validation accepts, said in the served schema.
+//!
+//! The wire types derive their schemas, which give types but not the rules `validate_config`
+//! and the handlers apply: the words a field takes, ranges, name shapes, and rules that span
+//! fields (an image or containers; `size` or `guest`; the guest sizes a cpu kind allows; the
+//! host's region). A generated SDK or a fuzzer that follows the schema should send requests the
+//! API accepts, so those rules are written here, from the same constants validation uses, onto
+//! the derived document. Where a rule cannot be said in JSON Schema (a secret or volume must
+//! exist, `depends_on` names another container), the schema stays looser than the API.
+
+use serde_json::{json, Map, Value};
+
+use hangar_api::guest::{limits, PRESETS};
+use hangar_api::signal::STOP_SIGNALS;
+use hangar_api::validate::{
+    CONDITIONS, ENV_FROM_REFS, HANDLERS, MAX_ROOTFS_GB, RESTART_POLICIES, SCHEDULES,
+};
+
+/// An image reference as `hangar_image::Reference::parse` reads it (a subset: no digests).
+const IMAGE: &str = r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?";
+/// A name that is also a directory name: containers and machine-local volumes.
+const DIR_SAFE: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
+const NO_NUL: &str = r"^[^\u0000]*$";
+const ENV_NAME: &str = r"^[^=\u0000]+$";
+const SECRET_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$";
+/// An absolute path whose components are not `.` or `..`.
+const ABS_PATH: &str = r"^(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+$";
+/// A mount path: absolute or relative (made absolute), never `/` itself.
+const MOUNT_PATH: &str = r"^/?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$";
+const HTTP_PATH: &str = r"^(/[^\u0000]*)?$";
+const METHOD: &str = r"^[A-Za-z]+$";
+const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
+/// Metadata keys: 1–255 characters, no control characters.
+const METADATA_KEY: &str = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$";
+const MACHINE_NAME: &str = r"^[A-Za-z0-9_-]{1,63}$";
+const REGION: &str = r"^[a-z0-9-]{0,32}$";
+const MACHINE_STATES: &[&str] = &[
+    "created",
+    "starting",
+    "started",
+    "stopping",
+    "stopped",
+    "suspending",
+    "suspended",
+    "replacing",
+    "destroying",
+    "destroyed",
+    "failed",
+];
+
+/// Writes the API's rules onto `doc` (the derived document as JSON). Returns the places it
+/// expected and did not find, which a test keeps empty.
+pub fn constrain(doc: &mut Value, host_region: &str) -> Vec<String> {
+    let mut p = Patcher {
+        doc,
+        missing: Vec::new(),
+    };
+    machine_config(&mut p);
+    guest(&mut p);
+    services_and_checks(&mut p);
+    containers(&mut p);
+    requests(&mut p, host_region);
+    parameters(&mut p);
+    p.missing
+}
+
+struct Patcher<'a> {
+    doc: &'a mut Value,
+    missing: Vec<String>,
+}
+
+impl Patcher<'_> {
+    fn schema(&mut self, name: &str) -> Option<&mut Map<String, Value>> {
+        let found = self
+            .doc
+            .pointer_mut(&format!("/components/schemas/{name}"))
+            .and_then(Value::as_object_mut);
+        if found.is_none() {
+            self.missing.push(format!("schema {name}"));
+        }
+        found
+    }
+
+    /// Adds `patch`'s keywords to the whole schema `name`.
+    fn on(&mut self, name: &str, patch: Value) {
+        if let Some(s) = self.schema(name) {
+            merge(s, patch);
+        }
+    }
+
+    /// Adds `patch`'s keywords to property `prop` of schema `name`.
+    fn prop(&mut self, name: &str, prop: &str, patch: Value) {
+        let found = self
+            .schema(name)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(prop))
+            .and_then(Value::as_object_mut);
+        match found {
+            Some(s) => merge(s, patch),
+            None => self.missing.push(format!("{name}.{prop}")),
+        }
+    }
+
+    /// Restricts a string property to `words` (and null, where the property may be null).
+    fn words<'w>(&mut self, name: &str, prop: &str, words: impl IntoIterator<Item = &'w str>) {
+        let nullable = self
+            .doc
+            .pointer(&format!(
+                "/components/schemas/{name}/properties/{prop}/type"
+            ))
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t == "null"));
+        let mut values: Vec<Value> = words.into_iter().map(Value::from).collect();
+        if nullable {
+            values.push(Value::Null);
+        }
+        self.prop(name, prop, json!({ "enum": values }));
+    }
+
+    /// Adds schema `to`, a copy of `from`.
+    fn copy(&mut self, from: &str, to: &str) {
+        if let Some(s) = self.schema(from).cloned() {
+            if let Some(schemas) = self
+                .doc
+                .pointer_mut("/components/schemas")
+                .and_then(Value::as_object_mut)
+            {
+                schemas.insert(to.to_string(), Value::Object(s));
+            }
+        }
+    }
+
+    /// Makes `method path` take a JSON body of schema `name`.
+    fn body(&mut self, path: &str, method: &str, name: &str) {
+        let pointer = format!(
+            "/paths/{}/{method}/requestBody/content/application~1json/schema",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        match self.doc.pointer_mut(&pointer) {
+            Some(schema) => *schema = json!({ "$ref": format!("#/components/schemas/{name}") }),
+            None => self.missing.push(format!("body of {method} {path}")),
+        }
+    }
+
+    fn required(&mut self, name: &str, fields: &[&str]) {
+        self.on(name, json!({ "required": fields }));
+    }
+
+    /// The schema of parameter `param` of `method path`.
+    fn param(&mut self, path: &str, method: &str, param: &str, schema: Value) {
+        let found = self
+            .doc
+            .pointer_mut(&format!(
+                "/paths/{}/{method}/parameters",
+                path.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_array_mut)
+            .and_then(|ps| ps.iter_mut().find(|p| p["name"] == param));
+        match found {
+            Some(p) => p["schema"] = schema,
+            None => self
+                .missing
+                .push(format!("parameter {param} of {method} {path}")),
+        }
+    }
+}
+
+/// Sets `patch`'s keywords on `target`; a null in the patch removes the keyword (a derived
+/// `oneOf` or `type` that a patch replaces).
+fn merge(target: &mut Map<String, Value>, patch: Value) {
+    if let Value::Object(patch) = patch {
+        for (k, v) in patch {
+            if v.is_null() {
+                target.remove(&k);
+            } else {
+                target.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `["", w1, w2…]`: validation reads an empty string as unset.
+fn or_empty<'a>(words: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+    std::iter::once("").chain(words.iter().copied())
+}
+
+fn argv() -> Value {
+    json!({ "items": { "type": "string", "pattern": NO_NUL } })
+}
+
+fn env() -> Value {
+    json!({
+        "propertyNames": { "type": "string", "pattern": ENV_NAME },
+        "additionalProperties": { "type": "string", "pattern": NO_NUL }
+    })
+}
+
+fn port() -> Value {
+    json!({ "minimum": 1, "maximum": 65535 })
+}
+
+fn machine_config(p: &mut Patcher) {
+    let image_or_empty = format!("^({IMAGE})?$");
+    p.prop(
+        "MachineConfig",
+        "image",
+        json!({ "pattern": image_or_empty }),
+    );
+    p.on(
+        "MachineConfig",
+        json!({
+            "anyOf": [
+                { "required": ["image"], "properties": { "image": { "type": "string", "minLength": 1 } } },
+                { "required": ["containers"], "properties": { "containers": { "type": "array", "minItems": 1 } } }
+            ],
+            "not": { "anyOf": [
+                { "required": ["size", "guest"],
+                  "properties": { "size": { "type": "string", "minLength": 1 }, "guest": { "type": "object" } } },
+                { "required": ["processes", "containers"],
+                  "properties": { "processes": { "type": "array", "minItems": 1 },
+                                  "containers": { "type": "array", "minItems": 1 } } },
+                { "required": ["standbys", "services"],
+                  "properties": { "standbys": { "type": "array", "minItems": 1 },
+                                  "services": { "type": "array", "minItems": 1 } } }
+            ] }
+        }),
+    );
+    p.prop("MachineConfig", "env", env());
+    let sizes: Vec<&str> = PRESETS
+        .iter()
+        .filter(|s| s.gpu_kind.is_none())
+        .map(|s| s.name)
+        .collect();
+    p.words("MachineConfig", "size", or_empty(&sizes));
+    p.prop(
+        "MachineConfig",
+        "metadata",
+        json!({ "propertyNames": { "type": "string", "minLength": 1 } }),
+    );
+    p.words("MachineConfig", "schedule", or_empty(SCHEDULES));
+    p.prop("MachineConfig", "mounts", json!({ "maxItems": 1 }));
+    p.prop(
+        "MachineConfig",
+        "standbys",
+        json!({ "items": { "type": "string", "pattern": MACHINE_ID } }),
+    );
+    // Top-level checks need a port and may have a kind; service checks take no kind.
+    p.prop(
+        "MachineConfig",
+        "checks",
+        json!({
+            "propertyNames": { "type": "string", "minLength": 1 },
+            "additionalProperties": { "allOf": [
+                { "$ref": "#/components/schemas/MachineCheck" },
+                { "required": ["port"], "properties": { "port": { "type": "integer" } } }
+            ] }
+        }),
+    );
+    for field in ["exec", "entrypoint", "cmd"] {
+        p.prop("MachineInit", field, argv());
+    }
+    p.prop(
+        "MachineInit",
+        "swap_size_mb",
+        json!({ "minimum": 0, "maximum": 1 << 20 }),
+    );
+    p.words("MachineRestart", "policy", or_empty(RESTART_POLICIES));
+    p.prop("MachineRestart", "max_retries", json!({ "minimum": 0 }));
+    stop_signal(p, "StopConfig");
+    p.words(
+        "RootfsConfig",
+        "persist",
+        or_empty(&["never", "restart", "always"]),
+    );
+    p.prop(
+        "RootfsConfig",
+        "size_gb",
+        json!({ "maximum": MAX_ROOTFS_GB }),
+    );
+
+    p.required("MachineMount", &["volume", "path"]);
+    p.prop("MachineMount", "volume", json!({ "minLength": 1 }));
+    p.prop("MachineMount", "path", json!({ "pattern": MOUNT_PATH }));
+    for (field, lo, hi) in [
+        ("extend_threshold_percent", 1, 99),
+        ("add_size_gb", 1, 500),
+        ("add_size_percent", 1, 100),
+        ("min_add_size_gb", 1, 500),
+        ("size_gb_limit", 1, hangar_api::MAX_VOLUME_GB),
+    ] {
+        p.prop(
+            "MachineMount",
+            field,
+            json!({ "minimum": lo, "maximum": hi }),
+        );
+    }
+    // Auto-extend: a threshold with one increment (in GB or percent), or neither.
+    let int = json!({ "type": "integer" });
+    let unset = json!({ "type": "null" });
+    p.on(
+        "MachineMount",
+        json!({ "anyOf": [
+            { "properties": { "extend_threshold_percent": unset, "add_size_gb": unset,
+                              "add_size_percent": unset } },
+            { "required": ["extend_threshold_percent", "add_size_gb"],
+              "properties": { "extend_threshold_percent": int, "add_size_gb": int,
+                              "add_size_percent": unset } },
+            { "required": ["extend_threshold_percent", "add_size_percent"],
+              "properties": { "extend_threshold_percent": int, "add_size_percent": int,
+                              "add_size_gb": unset } }
+        ] }),
+    );
+
+    // A file has exactly one source.
+    p.required("File", &["guest_path"]);
+    p.prop("File", "guest_path", json!({ "pattern": ABS_PATH }));
+    p.on(
+        "File",
+        json!({
+            "oneOf": [
+                { "required": ["raw_value"], "properties": { "raw_value": { "type": "string" } } },
+                { "required": ["secret_name"], "properties": { "secret_name": { "type": "string" } } },
+                { "required": ["image_config"], "properties": { "image_config": { "type": "string" } } }
+            ],
+            "not": { "required": ["guest_path"],
+                     "properties": { "guest_path": { "pattern": "^/(proc|sys|dev)(/|$)" } } }
+        }),
+    );
+    p.prop("File", "raw_value", json!({ "pattern": BASE64 }));
+    p.prop("File", "secret_name", json!({ "pattern": SECRET_NAME }));
+    p.prop("File", "mode", json!({ "maximum": 0o7777 }));
+
+    p.prop(
+        "DnsConfig",
+        "nameservers",
+        json!({ "items": { "type": "string", "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }] } }),
+    );
+    p.prop(
+        "DnsConfig",
+        "searches",
+        json!({ "items": { "type": "string", "pattern": HOSTNAME } }),
+    );
+    p.prop(
+        "DnsConfig",
+        "hostname",
+        json!({ "pattern": format!("^$|{HOST_LABEL}") }),
+    );
+    p.prop(
+        "DnsConfig",
+        "hostname_fqdn",
+        json!({ "pattern": format!("^$|{HOSTNAME}") }),
+    );
+    p.required("DnsOption", &["name"]);
+    p.prop("DnsOption", "name", json!({ "pattern": r"^[^\s:]+$" }));
+    p.prop("DnsOption", "value", json!({ "pattern": r"^[^\s:]+$" }));
+
+    p.required("VolumeConfig", &["name"]);
+    p.prop("VolumeConfig", "name", json!({ "pattern": DIR_SAFE }));
+    p.words(
+        "TempDirVolume",
+        "storage_type",
+        or_empty(&["disk", "memory"]),
+    );
+    p.prop(
+        "TempDirVolume",
+        "size_mb",
+        json!({ "minimum": 0, "maximum": 1 << 20 }),
+    );
+
+    for field in ["exec", "entrypoint", "cmd"] {
+        p.prop("MachineProcess", field, argv());
+    }
+    p.prop("MachineProcess", "env", env());
+    p.prop("MachineProcess", "user", json!({ "pattern": r"\S" }));
+    p.required("EnvFrom", &["env_var", "field_ref"]);
+    p.prop("EnvFrom", "env_var", json!({ "pattern": ENV_NAME }));
+    p.words("EnvFrom", "field_ref", ENV_FROM_REFS.iter().copied());
+    p.required("MachineSecret", &["env_var"]);
+    p.prop(
+        "MachineSecret",
+        "env_var",
+        json!({ "pattern": SECRET_NAME }),
+    );
+    p.prop(
+        "MachineSecret",
+        "name",
+        json!({ "pattern": format!("^$|{SECRET_NAME}") }),
+    );
+}
+
+fn stop_signal(p: &mut Patcher, schema: &str) {
+    let mut signals: Vec<Value> = STOP_SIGNALS.iter().map(|s| Value::from(*s)).collect();
+    signals.push(Value::Null);
+    p.prop(schema, "signal", json!({ "oneOf": null, "enum": signals }));
+}
+
+/// A guest is one of the cpu counts its kind allows, with memory in that count's range and
+/// step (0 takes the smallest). The kinds' table is the one validation uses.
+fn guest(p: &mut Patcher) {
+    let mut sizes = Vec::new();
+    for kind in ["shared", "performance"] {
+        let Some(lim) = limits(kind) else { continue };
+        for &cpus in lim.cpus {
+            let (min, max) = (lim.min_mb_per_cpu * cpus, lim.max_mb_per_cpu * cpus);
+            let memory = json!({ "type": "integer", "anyOf": [
+                { "const": 0 },
+                { "minimum": min, "maximum": max, "multipleOf": lim.memory_step_mb }
+            ] });
+            // An unset kind is shared; an unset cpu count is one.
+            let (kind_words, required): (Vec<&str>, Vec<&str>) = match (kind, cpus) {
+                ("shared", 1) => (vec!["", "shared"], vec![]),
+                ("shared", _) => (vec!["", "shared"], vec!["cpus"]),
+                _ => (vec![kind], vec!["cpu_kind", "cpus"]),
+            };
+            let cpu_values: Vec<i64> = if cpus == 1 { vec![0, 1] } else { vec![cpus] };
+            sizes.push(json!({
+                "required": required,
+                "properties": {
+                    "cpu_kind": { "enum": kind_words },
+                    "cpus": { "enum": cpu_values },
+                    "memory_mb": memory,
+                    // At least memory_mb, at most the size's maximum: the maximum always is.
+                    "max_memory_mb": { "enum": [null, 0, max] }
+                }
+            }));
+        }
+    }
+    p.on(
+        "MachineGuest",
+        json!({
+            "anyOf": sizes,
+            "description": "cpus and memory_mb as a cpu kind allows them (shared: 1-8 cpus, \
+                            256 MB steps, 256-2048 MB per cpu; performance: 1-128 cpus, \
+                            1024 MB steps, 2048-8192 MB per cpu); max_memory_mb at least \
+                            memory_mb. GPUs are not supported."
+        }),
+    );
+    p.prop("MachineGuest", "gpus", json!({ "maximum": 0 }));
+    p.prop("MachineGuest", "gpu_kind", json!({ "maxLength": 0 }));
+    p.prop(
+        "MachineGuest",
+        "persist_rootfs",
+        json!({ "type": null, "enum": [null, "", "none", "never", "restart", "always", 0, 1, 2, 3] }),
+    );
+}
+
+fn services_and_checks(p: &mut Patcher) {
+    p.required("MachineService", &["protocol", "internal_port"]);
+    p.words("MachineService", "protocol", ["tcp", "udp"]);
+    p.prop("MachineService", "internal_port", port());
+    p.prop(
+        "MachineService",
+        "min_machines_running",
+        json!({ "minimum": 0 }),
+    );
+    p.prop(
+        "MachineService",
+        "checks",
+        json!({ "items": { "allOf": [
+            { "$ref": "#/components/schemas/MachineCheck" },
+            { "properties": { "kind": { "enum": [null, ""] } } }
+        ] } }),
+    );
+    // A port is one port or a range.
+    p.on(
+        "MachinePort",
+        json!({ "anyOf": [
+            { "required": ["port"],
+              "properties": { "port": { "type": "integer" },
+                              "start_port": { "type": "null" }, "end_port": { "type": "null" } } },
+            { "properties": { "port": { "type": "null" } },
+              "anyOf": [
+                  { "required": ["start_port"], "properties": { "start_port": { "type": "integer" } } },
+                  { "required": ["end_port"], "properties": { "end_port": { "type": "integer" } } }
+              ] }
+        ] }),
+    );
+    p.prop("MachinePort", "port", port());
+    p.prop(
+        "MachinePort",
+        "start_port",
+        json!({ "minimum": 0, "maximum": 65535 }),
+    );
+    p.prop(
+        "MachinePort",
+        "end_port",
+        json!({ "minimum": 0, "maximum": 65535 }),
+    );
+    p.prop(
+        "MachinePort",
+        "handlers",
+        json!({ "items": { "type": "string", "enum": HANDLERS } }),
+    );
+    p.words(
+        "Concurrency",
+        "type",
+        or_empty(&["connections", "requests"]),
+    );
+    p.prop("Concurrency", "soft_limit", json!({ "minimum": 0 }));
+    p.prop("Concurrency", "hard_limit", json!({ "minimum": 0 }));
+
+    p.required("MachineCheck", &["type"]);
+    p.prop(
+        "MachineCheck",
+        "type",
+        json!({ "type": "string", "enum": ["tcp", "http"] }),
+    );
+    p.prop("MachineCheck", "port", port());
+    p.words(
+        "MachineCheck",
+        "kind",
+        or_empty(&["informational", "readiness"]),
+    );
+    p.prop("MachineCheck", "path", json!({ "pattern": HTTP_PATH }));
+    p.words("MachineCheck", "protocol", or_empty(&["http", "https"]));
+    p.prop("MachineCheck", "method", json!({ "pattern": METHOD }));
+    for field in ["interval", "timeout"] {
+        p.prop(
+            "MachineCheck",
+            field,
+            json!({ "oneOf": null, "anyOf": [
+                { "type": "null" },
+                { "$ref": "#/components/schemas/GoDuration", "not": { "pattern": r"^0+([a-z]+)?$" } }
+            ] }),
+        );
+    }
+}
+
+fn containers(p: &mut Patcher) {
+    p.required("ContainerConfig", &["name", "image"]);
+    p.prop("ContainerConfig", "name", json!({ "pattern": DIR_SAFE }));
+    p.prop(
+        "ContainerConfig",
+        "image",
+        json!({ "pattern": format!("^{IMAGE}$") }),
+    );
+    for field in ["exec", "entrypoint", "cmd"] {
+        p.prop("ContainerConfig", field, argv());
+    }
+    p.prop("ContainerConfig", "env", env());
+
+    p.required("ContainerDependency", &["name", "condition"]);
+    p.prop(
+        "ContainerDependency",
+        "name",
+        json!({ "pattern": DIR_SAFE }),
+    );
+    p.words(
+        "ContainerDependency",
+        "condition",
+        CONDITIONS.iter().copied(),
+    );
+    p.required("ContainerMount", &["name", "path"]);
+    p.prop("ContainerMount", "path", json!({ "pattern": ABS_PATH }));
+
+    // A health check has exactly one of tcp, http or exec.
+    p.on(
+        "ContainerHealthcheck",
+        json!({ "oneOf": [
+            { "required": ["tcp"], "properties": { "tcp": { "type": "object" } } },
+            { "required": ["http"], "properties": { "http": { "type": "object" } } },
+            { "required": ["exec"], "properties": { "exec": { "type": "object" } } }
+        ] }),
+    );
+    for field in ["interval", "timeout"] {
+        p.prop(
+            "ContainerHealthcheck",
+            field,
+            json!({ "minimum": 1, "maximum": 86_400 }),
+        );
+    }
+    p.prop(
+        "ContainerHealthcheck",
+        "grace_period",
+        json!({ "minimum": 0, "maximum": 86_400 }),
+    );
+    for field in ["success_threshold", "failure_threshold"] {
+        p.prop(
+            "ContainerHealthcheck",
+            field,
+            json!({ "minimum": 1, "maximum": 1_000_000 }),
+        );
+    }
+    p.words(
+        "ContainerHealthcheck",
+        "kind",
+        or_empty(&["readiness", "liveness"]),
+    );
+    p.words("ContainerHealthcheck", "unhealthy", or_empty(&["stop"]));
+    p.required("TcpHealthcheck", &["port"]);
+    p.prop("TcpHealthcheck", "port", port());
+    p.required("HttpHealthcheck", &["port"]);
+    p.prop("HttpHealthcheck", "port", port());
+    p.words("HttpHealthcheck", "scheme", or_empty(&["http", "https"]));
+    p.prop("HttpHealthcheck", "path", json!({ "pattern": HTTP_PATH }));
+    p.prop("HttpHealthcheck", "method", json!({ "pattern": METHOD }));
+    p.required("ExecHealthcheck", &["command"]);
+    p.prop("ExecHealthcheck", "command", json!({ "minItems": 1 }));
+}
+
+fn requests(p: &mut Patcher, host_region: &str) {
+    p.prop(
+        "CreateMachineRequest",
+        "name",
+        json!({ "pattern": MACHINE_NAME }),
+    );
+    p.prop(
+        "CreateMachineRequest",
+        "region",
+        json!({ "pattern": REGION }),
+    );
+    p.prop(
+        "CreateMachineRequest",
+        "lease_ttl",
+        json!({ "minimum": 1, "maximum": 86_400 }),
+    );
+    p.on(
+        "CreateMachineRequest",
+        json!({ "examples": [{ "config": {
+            "image": "busybox",
+            "init": { "cmd": ["sleep", "60"] },
+            "guest": { "cpu_kind": "shared", "cpus": 1, "memory_mb": 256 }
+        } }] }),
+    );
+    // An update takes the same body, but keeps the machine's region and takes no lease.
+    p.copy("CreateMachineRequest", "UpdateMachineRequest");
+    p.words("UpdateMachineRequest", "region", ["", host_region]);
+    p.prop(
+        "UpdateMachineRequest",
+        "lease_ttl",
+        json!({ "enum": [null, 0] }),
+    );
+    p.body(
+        "/v1/apps/{app_name}/machines/{machine_id}",
+        "post",
+        "UpdateMachineRequest",
+    );
+    stop_signal(p, "StopRequest");
+    p.prop("ExecRequest", "timeout", json!({ "minimum": 0 }));
+    p.on(
+        "ExecRequest",
+        json!({ "anyOf": [
+            { "required": ["command"], "properties": { "command": {
+                "type": "array", "minItems": 1, "prefixItems": [{ "type": "string", "minLength": 1 }]
+            } } },
+            { "required": ["cmd"], "properties": { "cmd": { "type": "string", "minLength": 1 } } }
+        ] }),
+    );
+    p.prop(
+        "UpdateMetadataRequest",
+        "metadata",
+        json!({ "propertyNames": { "type": "string", "pattern": METADATA_KEY } }),
+    );
+    // `name` or its older spelling `app_name`, one of them.
+    p.on(
+        "CreateAppRequest",
+        json!({ "oneOf": [
+            { "required": ["name"], "properties": { "name": { "type": "string" }, "app_name": { "type": "null" } } },
+            { "required": ["app_name"], "properties": { "app_name": { "type": "string" }, "name": { "type": "null" } } }
+        ] }),
+    );
+    p.required("CreateVolumeRequest", &["name"]);
+    // Volumes live on this host: its region, or none (the host's).
+    p.words("CreateVolumeRequest", "region", ["", host_region]);
+    p.prop(
+        "CreateVolumeRequest",
+        "encrypted",
+        json!({ "enum": [null, false] }),
+    );
+    p.on(
+        "CreateVolumeRequest",
+        json!({ "not": {
+            "required": ["snapshot_id", "source_volume_id"],
+            "properties": { "snapshot_id": { "type": "string" }, "source_volume_id": { "type": "string" } }
+        } }),
+    );
+    p.required(
+        "ImportCertificateRequest",
+        &["hostname", "fullchain", "private_key"],
+    );
+    p.prop(
+        "ImportCertificateRequest",
+        "fullchain",
+        json!({ "pattern": "-----BEGIN CERTIFICATE-----" }),
+    );
+    p.prop(
+        "ImportCertificateRequest",
+        "private_key",
+        json!({ "pattern": "-----BEGIN [A-Z ]*PRIVATE KEY-----" }),
+    );
+    p.required("AssignIpRequest", &["type"]);
+    p.prop(
+        "SetSecretsRequest",
+        "values",
+        json!({
+            "minProperties": 1,
+            "propertyNames": { "type": "string", "pattern": SECRET_NAME },
+            "additionalProperties": { "type": ["string", "null"], "minLength": 1,
+                                      "maxLength": hangar_api::secrets::MAX_VALUE_BYTES }
+        }),
+    );
+}
+
+fn parameters(p: &mut Patcher) {
+    let machines = "/v1/apps/{app_name}/machines";
+    let machine = "/v1/apps/{app_name}/machines/{machine_id}";
+    let boolean = json!({ "type": "boolean" });
+    for param in ["include_deleted", "include_leases", "summary"] {
+        p.param(machines, "get", param, boolean.clone());
+    }
+    p.param(
+        machines,
+        "get",
+        "region",
+        json!({ "type": "string", "pattern": REGION }),
+    );
+    let state = format!("({})", MACHINE_STATES.join("|"));
+    p.param(
+        machines,
+        "get",
+        "state",
+        json!({ "type": "string", "pattern": format!("^({state}(,{state})*)?$") }),
+    );
+    for param in ["include_deleted", "include_leases"] {
+        p.param(machine, "get", param, boolean.clone());
+    }
+    let lease = format!("{machine}/lease");
+    p.param(
+        &lease,
+        "post",
+        "ttl",
+        json!({ "type": "integer", "minimum": 1, "maximum": 86_400 }),
+    );
+    p.param(
+        &lease,
+        "delete",
+        hangar_api::LEASE_NONCE_HEADER,
+        json!({ "type": "string", "minLength": 1 }),
+    );
+    // At most a day (Go duration words or seconds), as the stop grace period.
+    p.param(
+        &format!("{machine}/restart"),
+        "post",
+        "timeout",
+        json!({ "type": "string",
+                "pattern": r"^([0-9]{1,4}(ms|s)?|[0-9]{1,3}m|(1?[0-9]|2[0-4])h)$" }),
+    );
+    for param in ["force", "kill"] {
+        p.param(machine, "delete", param, boolean.clone());
+    }
+    let key = json!({ "type": "string", "pattern": METADATA_KEY });
+    let meta_key = format!("{machine}/metadata/{{key}}");
+    for method in ["get", "post", "delete"] {
+        p.param(&meta_key, method, "key", key.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::OpenApi;
+
+    #[test]
+    fn every_rule_finds_its_place() {
+        let mut doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).expect("json");
+        let missing = constrain(&mut doc, "local");
+        assert!(missing.is_empty(), "rules without a place: {missing:?}");
+    }
+}
