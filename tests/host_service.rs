@@ -125,6 +125,18 @@ async fn metrics_parse_and_count_requests_and_transitions() {
     let m = d.create_machine("metered", serde_json::json!({})).await;
     d.destroy_machine("metered", m["id"].as_str().unwrap(), false)
         .await;
+    // A pull from the loopback registry: its layers' bytes are counted.
+    let pulled = d
+        .client
+        .raw(
+            hyper::Method::POST,
+            &format!("/hangar/v1/images/pull?ref={}", common::test_image()),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(pulled.text().contains("\"done\""), "{}", pulled.text());
     let scrape = || async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -173,9 +185,19 @@ async fn metrics_parse_and_count_requests_and_transitions() {
         "{text}"
     );
     assert!(value("hangar_machines", ("state", "destroyed")) == 0.0);
+    let bytes: f64 = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "hangar_image_pull_bytes_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(bytes > 100_000.0, "busybox's layer was fetched: {text}");
 }
 
-/// `hangar machine stats`: a busy machine shows its CPU share, memory and processes.
+/// `hangar machine stats`: a busy machine shows its CPU share, memory, processes and disk IO.
 #[tokio::test]
 async fn machine_stats_read_the_machines_cgroup() {
     let d = Daemon::start_with_runtime().await;
@@ -184,7 +206,8 @@ async fn machine_stats_read_the_machines_cgroup() {
         .launch(
             "busy",
             serde_json::json!({"config": {"image": test_image(),
-                "init": {"exec": ["/bin/sh", "-c", "while :; do :; done"]}}}),
+                "init": {"exec": ["/bin/sh", "-c",
+                    "dd if=/dev/zero of=/io bs=1M count=4 oflag=direct; while :; do :; done"]}}}),
         )
         .await;
     d.wait_state("busy", &id, "started").await;
@@ -211,6 +234,11 @@ async fn machine_stats_read_the_machines_cgroup() {
     .unwrap();
     assert!(json["pids"].as_u64().unwrap() >= 1, "{json}");
     assert!(json["memory_bytes"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        json["io_write_bytes"].as_u64().unwrap() >= 4 << 20,
+        "4 MiB written with O_DIRECT: {json}"
+    );
+    assert!(text.contains("Disk IO"), "{text}");
     d.post(
         &format!("/v1/apps/busy/machines/{id}/stop"),
         serde_json::json!({"signal": "SIGKILL"}),

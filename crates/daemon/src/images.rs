@@ -212,7 +212,11 @@ pub async fn pull(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult
     }
     let mut opts = imgs.pull.clone();
     let progress_tx = tx.clone();
+    let counted = imgs.pull.progress.clone();
     opts.progress = Some(Arc::new(move |p: Progress| {
+        if let Some(counted) = &counted {
+            counted(p.clone());
+        }
         let v = match p {
             Progress::Resolved {
                 manifest_digest,

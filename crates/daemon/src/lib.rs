@@ -204,8 +204,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await?
             .context("failed to open the image store")?;
     let image_store = Arc::new(image_store);
+    let metrics = Arc::new(metrics::DaemonMetrics::default());
     let mut pull = hangar_image::PullOptions {
         allowed: opts.pull,
+        progress: Some(metrics::counting_pull_bytes(
+            metrics.image_pull_bytes.clone(),
+            None,
+        )),
         ..Default::default()
     };
     for registry in &opts.insecure_registries {
@@ -274,6 +279,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             readable: opts.secrets_readable,
         },
         Some(volumes),
+        metrics,
     )
     .context("failed to read this host's network settings from the store")?;
     {

@@ -58,6 +58,8 @@ pub struct DaemonMetrics {
     pub start_seconds: prometheus_client::metrics::histogram::Histogram,
     pub oom_kills: prometheus_client::metrics::counter::Counter,
     pub image_pulls: Family<ResultLabels, prometheus_client::metrics::counter::Counter>,
+    /// Compressed layer bytes fetched from registries (layers already stored are not counted).
+    pub image_pull_bytes: prometheus_client::metrics::counter::Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -75,6 +77,7 @@ impl Default for DaemonMetrics {
             start_seconds: prometheus_client::metrics::histogram::Histogram::new(latency_buckets()),
             oom_kills: Default::default(),
             image_pulls: Family::default(),
+            image_pull_bytes: Default::default(),
         }
     }
 }
@@ -111,7 +114,43 @@ impl DaemonMetrics {
             "Image pulls by result",
             self.image_pulls.clone(),
         );
+        r.register(
+            "hangar_image_pull_bytes",
+            "Compressed layer bytes fetched from registries",
+            self.image_pull_bytes.clone(),
+        );
     }
+}
+
+/// A pull progress callback that adds each layer fetched (not found in the store) to
+/// `counter`, then hands the event to `inner`.
+pub fn counting_pull_bytes(
+    counter: prometheus_client::metrics::counter::Counter,
+    inner: Option<hangar_image::ProgressFn>,
+) -> hangar_image::ProgressFn {
+    let sizes = std::sync::Mutex::new(std::collections::HashMap::new());
+    Arc::new(move |p: hangar_image::Progress| {
+        match &p {
+            hangar_image::Progress::Resolved { layers, .. } => {
+                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+                sizes.extend(layers.iter().map(|(d, s)| (d.to_string(), *s)));
+            }
+            hangar_image::Progress::LayerVerified { digest } => {
+                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(size) = sizes.remove(&digest.to_string()) {
+                    counter.inc_by(size);
+                }
+            }
+            hangar_image::Progress::LayerCached { digest, .. } => {
+                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+                sizes.remove(&digest.to_string());
+            }
+            _ => {}
+        }
+        if let Some(inner) = &inner {
+            inner(p);
+        }
+    })
 }
 
 /// Counts each API request by its route template and status, and times it.

@@ -85,6 +85,9 @@ pub struct MachineStats {
     pub memory_bytes: u64,
     pub memory_limit_bytes: u64,
     pub pids: u64,
+    /// Block-device bytes read and written since the machine's start.
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
 }
 
 /// A runtime failure with `e` as its reason.

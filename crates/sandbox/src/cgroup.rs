@@ -52,9 +52,10 @@ pub enum Hierarchy {
     V2 { root: PathBuf },
 }
 
-/// v1 controllers a machine uses; `cpuacct` and `freezer` are optional.
+/// v1 controllers a machine uses; `cpuacct`, `freezer` and `blkio` (IO accounting) are
+/// optional.
 const V1_REQUIRED: &[&str] = &["memory", "cpu", "pids"];
-const V1_OPTIONAL: &[&str] = &["freezer", "cpuacct"];
+const V1_OPTIONAL: &[&str] = &["freezer", "cpuacct", "blkio"];
 
 impl Hierarchy {
     /// Detects the layout under `root` (normally `/sys/fs/cgroup`). A pure v2 host has
@@ -78,7 +79,7 @@ impl Hierarchy {
 }
 
 /// Resource limits of a machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// CPU quota in whole CPUs (`guest.cpus`).
     pub cpus: u32,
@@ -86,7 +87,13 @@ pub struct Limits {
     /// Swap allowed on top of memory; 0 means none.
     pub swap_bytes: u64,
     pub pids: u64,
+    /// Whole disks (`MAJ:MIN`) the machine's files live on. On v1, blkio counts a cgroup's IO
+    /// only for devices with a throttle rule, so each gets one that never throttles.
+    pub io_devices: Vec<String>,
 }
+
+/// A v1 throttle rate no disk reaches (bytes/s): the rule exists only to turn accounting on.
+const UNTHROTTLED_BPS: u64 = 1 << 62;
 
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -177,6 +184,22 @@ impl MachineCgroup {
                 }
                 if let Some(pids) = self.v1("pids") {
                     write(&pids.join("pids.max"), &limits.pids.to_string())?;
+                }
+                if let Some(blkio) = self.v1("blkio") {
+                    for device in &limits.io_devices {
+                        for file in [
+                            "blkio.throttle.read_bps_device",
+                            "blkio.throttle.write_bps_device",
+                        ] {
+                            // Accounting only: a device that refuses a rule leaves the
+                            // machine's IO uncounted, not the machine unstarted.
+                            if let Err(e) =
+                                fs::write(blkio.join(file), format!("{device} {UNTHROTTLED_BPS}"))
+                            {
+                                tracing::debug!(%device, error = %e, "no IO accounting rule");
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -280,6 +303,52 @@ impl MachineCgroup {
             text.trim().parse().ok()
         };
         Ok(parsed.unwrap_or(0))
+    }
+
+    /// Bytes the machine's processes have read from and written to block devices since its
+    /// start: (read, write). `io.stat` on v2, `blkio.throttle.io_service_bytes` on v1; zeros
+    /// where no IO controller is mounted or enabled.
+    pub fn io_bytes(&self) -> Result<(u64, u64)> {
+        let file = match &self.hierarchy {
+            Hierarchy::V2 { root } => root.join(&self.rel).join("io.stat"),
+            Hierarchy::V1 { .. } => match self.v1("blkio") {
+                Some(d) => d.join("blkio.throttle.io_service_bytes"),
+                None => return Ok((0, 0)),
+            },
+        };
+        let text = match fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(io("read", &file)(e)),
+        };
+        let (mut read_bytes, mut written) = (0u64, 0u64);
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let _device = words.next();
+            match &self.hierarchy {
+                // `8:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0`
+                Hierarchy::V2 { .. } => {
+                    for (key, value) in words.filter_map(|w| w.split_once('=')) {
+                        let value: u64 = value.parse().unwrap_or(0);
+                        match key {
+                            "rbytes" => read_bytes += value,
+                            "wbytes" => written += value,
+                            _ => {}
+                        }
+                    }
+                }
+                // `8:0 Read 4096` … `8:0 Total 4096`, then a last `Total N` line.
+                Hierarchy::V1 { .. } => {
+                    let value: u64 = words.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    match line.split_whitespace().nth(1) {
+                        Some("Read") => read_bytes += value,
+                        Some("Write") => written += value,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok((read_bytes, written))
     }
 
     /// Processes (tasks) in the machine now.
@@ -594,11 +663,34 @@ pub fn dead_dirs(hierarchy: &Hierarchy, parent: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The whole disk (`MAJ:MIN`) holding `path`'s filesystem: the partition's parent when the
+/// filesystem is on a partition. `None` for filesystems on no block device (tmpfs, overlay).
+pub fn whole_disk_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major == 0 {
+        return None;
+    }
+    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let disk = if sys.join("partition").exists() {
+        sys.parent()?.to_path_buf()
+    } else {
+        sys
+    };
+    Some(
+        fs::read_to_string(disk.join("dev"))
+            .ok()?
+            .trim()
+            .to_string(),
+    )
+}
+
 fn enable_v2_controllers(dir: &Path) -> Result<()> {
     let control = dir.join("cgroup.subtree_control");
     let available = read(&dir.join("cgroup.controllers"))?;
     let enabled = fs::read_to_string(&control).unwrap_or_default();
-    let wanted: Vec<String> = ["cpu", "memory", "pids"]
+    let wanted: Vec<String> = ["cpu", "memory", "pids", "io"]
         .into_iter()
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
@@ -764,6 +856,7 @@ mod tests {
             memory_bytes: 256 << 20,
             swap_bytes: 0,
             pids: 4096,
+            io_devices: Vec::new(),
         })
         .unwrap();
         let r = |f: &str| fs::read_to_string(machine.join(f)).unwrap();
@@ -773,7 +866,7 @@ mod tests {
         assert_eq!(r("pids.max"), "4096");
         assert_eq!(
             fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
-            "+cpu +memory +pids"
+            "+cpu +memory +pids +io"
         );
         cg.add_process(42).unwrap();
         assert_eq!(r("cgroup.procs"), "42");
@@ -786,5 +879,35 @@ mod tests {
         fs::write(machine.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
         cg.set_frozen(true).unwrap();
         assert_eq!(r("cgroup.freeze"), "1");
+        assert_eq!(
+            cg.io_bytes().unwrap(),
+            (0, 0),
+            "no io.stat: nothing counted"
+        );
+        fs::write(
+            machine.join("io.stat"),
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n\
+             7:3 rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n",
+        )
+        .unwrap();
+        assert_eq!(cg.io_bytes().unwrap(), (4097, 8194));
+    }
+
+    #[test]
+    fn test_v1_io_bytes_sum_reads_and_writes() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "pids", "blkio"] {
+            fs::create_dir_all(root.path().join(c).join("hangar/m")).unwrap();
+            fs::write(root.path().join(c).join("tasks"), "").unwrap();
+        }
+        let cg = MachineCgroup::new(Hierarchy::detect(root.path()).unwrap(), "hangar/m");
+        fs::write(
+            root.path()
+                .join("blkio/hangar/m/blkio.throttle.io_service_bytes"),
+            "254:0 Read 4096\n254:0 Write 4284416\n254:0 Sync 4284416\n254:0 Async 0\n\
+             254:0 Discard 0\n254:0 Total 4288512\nTotal 4288512\n",
+        )
+        .unwrap();
+        assert_eq!(cg.io_bytes().unwrap(), (4096, 4284416));
     }
 }

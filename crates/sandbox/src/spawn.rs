@@ -83,6 +83,9 @@ pub struct SandboxSpec {
     /// The machine's veth into its network's bridge; `None` leaves it loopback only.
     #[serde(default)]
     pub net: Option<hangar_net::MachineNet>,
+    /// Whole disks (`MAJ:MIN`) under the machine's files, for IO accounting.
+    #[serde(default)]
+    pub io_devices: Vec<String>,
 }
 
 impl SandboxSpec {
@@ -99,6 +102,7 @@ impl SandboxSpec {
             memory_bytes: self.memory_bytes,
             swap_bytes: self.swap_bytes,
             pids: self.pids,
+            io_devices: self.io_devices.clone(),
         }
     }
 }

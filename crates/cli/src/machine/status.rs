@@ -292,8 +292,8 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// `hangar machine stats`: CPU share over an interval, memory and processes of a started
-/// machine, read from its cgroup.
+/// `hangar machine stats`: CPU share over an interval, memory, processes and disk IO of a
+/// started machine, read from its cgroup.
 pub async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
     let id = ctx.resolve_opt(args.id.as_deref()).await?;
     let path = format!(
@@ -348,6 +348,18 @@ pub async fn stats(ctx: &Ctx<'_>, args: StatsArgs) -> Result<()> {
                 }
             ),
             ("Processes", n(&second, "pids").to_string()),
+            (
+                "Disk IO",
+                format!(
+                    "{:.1} MiB read, {:.1} MiB written ({:.1} / {:.1} MiB/s)",
+                    mib(n(&second, "io_read_bytes")),
+                    mib(n(&second, "io_write_bytes")),
+                    mib(n(&second, "io_read_bytes").saturating_sub(n(&first, "io_read_bytes")))
+                        / started.elapsed().as_secs_f64(),
+                    mib(n(&second, "io_write_bytes").saturating_sub(n(&first, "io_write_bytes")))
+                        / started.elapsed().as_secs_f64(),
+                )
+            ),
         ])
     );
     Ok(())

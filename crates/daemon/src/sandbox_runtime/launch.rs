@@ -311,6 +311,7 @@ impl SandboxRuntime {
                 ],
                 pilot_log: run.join(PILOT_LOG),
                 net,
+                io_devices: self.io_devices.clone(),
             },
             mounts,
             volume_mounts,

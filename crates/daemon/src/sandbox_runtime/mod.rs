@@ -88,6 +88,8 @@ struct Running {
 }
 
 pub struct SandboxRuntime {
+    /// The disk machines' files are on (`MAJ:MIN`), for IO accounting on cgroup v1.
+    io_devices: Vec<String>,
     machines_dir: PathBuf,
     images: Arc<ImageStore>,
     pull: PullOptions,
@@ -130,7 +132,11 @@ impl SandboxRuntime {
         for dir in [data_dir, machines_dir.as_path()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
         }
+        let io_devices = hangar_sandbox::cgroup::whole_disk_of(&machines_dir)
+            .into_iter()
+            .collect();
         Ok(Self {
+            io_devices,
             machines_dir,
             images,
             pull,
@@ -615,11 +621,14 @@ impl Runtime for SandboxRuntime {
         let cgroup = self.cgroup(&m.id);
         tokio::task::spawn_blocking(move || {
             let (limit, usage) = cgroup.memory()?;
+            let (io_read_bytes, io_write_bytes) = cgroup.io_bytes()?;
             Ok::<_, hangar_sandbox::cgroup::CgroupError>(crate::runtime::MachineStats {
                 cpu_ns: cgroup.cpu_usage_ns()?,
                 memory_bytes: usage,
                 memory_limit_bytes: limit,
                 pids: cgroup.pids_current()?,
+                io_read_bytes,
+                io_write_bytes,
             })
         })
         .await

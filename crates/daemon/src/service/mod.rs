@@ -184,6 +184,7 @@ impl Hangar {
         host_id: String,
         secrets: SecretsConfig,
         volumes: Option<hangar_volumes::VolumeDir>,
+        metrics: Arc<crate::metrics::DaemonMetrics>,
     ) -> hangar_store::Result<Arc<Self>> {
         let net_host = network::host_part(store.as_ref())?;
         Ok(Arc::new_cyclic(|me| Self {
@@ -201,7 +202,7 @@ impl Hangar {
             proxy: std::sync::OnceLock::new(),
             secrets,
             volumes,
-            metrics: Arc::default(),
+            metrics,
         }))
     }
 

@@ -226,6 +226,7 @@ mod tests {
                 readable: false,
             },
             None,
+            Arc::default(),
         )
         .unwrap();
         h.create_app(
