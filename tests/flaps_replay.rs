@@ -146,6 +146,21 @@ async fn every_flaps_call_hangar_serves_means_what_it_means_on_fly() {
         "{exec}"
     );
 
+    // A command that cannot run is the command's result, as in a shell: 127 and why.
+    let missing = decoded(
+        &d,
+        Method::POST,
+        &format!("{mid}/exec"),
+        None,
+        Some(r#"{"cmd":"no-such-program"}"#.into()),
+    )
+    .await;
+    assert_eq!(missing["exit_code"], 127, "{missing}");
+    assert!(
+        missing["stderr"].as_str().unwrap().contains("not found"),
+        "{missing}"
+    );
+
     // Metadata: SetMetadata, GetMetadata, DeleteMetadata.
     call(
         &d,

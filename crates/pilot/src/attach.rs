@@ -189,7 +189,8 @@ pub fn start(
     let slave = pty.slave.as_raw_fd();
     let (pid, rx) = crate::exec::spawn_with(s.init_pid, &s.process, &s.argv, waiters, || {
         become_session_leader(slave)
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     // Only the command may keep the slave open: its exit must read as EIO on the master.
     drop(pty.slave);
     Ok((pty.master, pid, rx))

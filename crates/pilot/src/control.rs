@@ -98,7 +98,7 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, state: Shared, stop: S
                     } else {
                         crate::exec::spawn(s.init_pid, &s.process, &s.argv, &waiters)
                             .map(|(spawned, exited)| attach::Started::Pipes(spawned, exited))
-                            .map_err(invalid)
+                            .map_err(|e| invalid(e.to_string()))
                     }
                 });
                 let (reply, started) = match started {

@@ -49,6 +49,30 @@ pub struct Spawned {
     pub(crate) stderr: OwnedFd,
 }
 
+/// Why a command did not start.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// Pilot could not set the child up (pipes, namespaces, clone).
+    Setup(String),
+    /// The command itself could not run in the container (not found, not executable…): a
+    /// result of the command, as a shell's 127.
+    Command(String),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Setup(m) | SpawnError::Command(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for SpawnError {
+    fn from(m: String) -> Self {
+        SpawnError::Setup(m)
+    }
+}
+
 /// Starts `argv` inside the container whose init is `init_pid` and registers it in `waiters`.
 /// Synchronous on purpose: nothing can reap the child before it is registered.
 pub fn spawn(
@@ -56,7 +80,7 @@ pub fn spawn(
     process: &ContainerProcess,
     argv: &[String],
     waiters: &Waiters,
-) -> Result<(Spawned, oneshot::Receiver<Ended>), String> {
+) -> Result<(Spawned, oneshot::Receiver<Ended>), SpawnError> {
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (in_r, in_w) = pipe()?;
@@ -95,9 +119,9 @@ pub fn spawn_with(
     argv: &[String],
     waiters: &Waiters,
     child_setup: impl Fn() -> Result<(), String>,
-) -> Result<(i32, oneshot::Receiver<Ended>), String> {
+) -> Result<(i32, oneshot::Receiver<Ended>), SpawnError> {
     if argv.is_empty() {
-        return Err("no command given".into());
+        return Err(SpawnError::Setup("no command given".into()));
     }
     let open = |what: &str| {
         File::open(format!("/proc/{init_pid}/ns/{what}"))
@@ -131,7 +155,7 @@ pub fn spawn_with(
     // this container's: going back is not optional.
     if let Err(e) = nix::sched::setns(own_pid_ns.as_fd(), CloneFlags::CLONE_NEWPID) {
         tracing::error!(error = %e, "cannot return to pilot's pid namespace");
-        return Err(format!("returning to pilot's pid namespace: {e}"));
+        return Err(format!("returning to pilot's pid namespace: {e}").into());
     }
     let pid = cloned.map_err(|e| format!("clone: {e}"))?.as_raw();
     let (tx, rx) = oneshot::channel();
@@ -142,7 +166,7 @@ pub fn spawn_with(
     let _ = File::from(fail_r).read_to_string(&mut failure);
     if !failure.is_empty() {
         // The child exits 127 at once; the reaper still finds it registered and drops the status.
-        return Err(failure);
+        return Err(SpawnError::Command(failure));
     }
     Ok((pid, rx))
 }
@@ -245,6 +269,17 @@ pub async fn run(
     timeout: Duration,
     waiters: &Waiters,
 ) -> Result<ExecResult, String> {
-    let (spawned, exited) = spawn(init_pid, process, argv, waiters)?;
-    Ok(collect(spawned, stdin, timeout, exited).await)
+    match spawn(init_pid, process, argv, waiters) {
+        Ok((spawned, exited)) => Ok(collect(spawned, stdin, timeout, exited).await),
+        // A command that cannot run answers as a shell does: 127 and why, on stderr.
+        Err(SpawnError::Command(why)) => Ok(ExecResult {
+            exit_code: 127,
+            exit_signal: 0,
+            stdout: String::new(),
+            stderr: format!("{why}\n"),
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }),
+        Err(SpawnError::Setup(why)) => Err(why),
+    }
 }

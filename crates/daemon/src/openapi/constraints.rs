@@ -37,6 +37,11 @@ const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
 const METADATA_KEY: &str = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$";
 const MACHINE_NAME: &str = r"^[A-Za-z0-9_-]{1,63}$";
 const REGION: &str = r"^[a-z0-9-]{0,32}$";
+/// A Go duration as `parse_go_duration` reads it (a subset: up to three parts, so it always
+/// fits Go's int64 of nanoseconds).
+const GO_DURATION: &str = r"^(0|([0-9]{1,5}(\.[0-9]{1,6})?(ns|us|µs|ms|s|m|h)){1,3})$";
+/// A grace period of at most a day.
+const STOP_TIMEOUT: &str = r"^(0|[0-9]{1,4}(ns|us|µs|ms|s)|[0-9]{1,3}m|(1?[0-9]|2[0-4])h)$";
 const MACHINE_STATES: &[&str] = &[
     "created",
     "starting",
@@ -58,6 +63,7 @@ pub fn constrain(doc: &mut Value, host_region: &str) -> Vec<String> {
         doc,
         missing: Vec::new(),
     };
+    p.on("GoDuration", json!({ "pattern": GO_DURATION }));
     machine_config(&mut p);
     guest(&mut p);
     services_and_checks(&mut p);
@@ -391,10 +397,16 @@ fn machine_config(p: &mut Patcher) {
     );
 }
 
+/// A stop's signal (the stop signals only) and grace period (at most a day).
 fn stop_signal(p: &mut Patcher, schema: &str) {
     let mut signals: Vec<Value> = STOP_SIGNALS.iter().map(|s| Value::from(*s)).collect();
     signals.push(Value::Null);
     p.prop(schema, "signal", json!({ "oneOf": null, "enum": signals }));
+    p.prop(
+        schema,
+        "timeout",
+        json!({ "oneOf": null, "type": ["string", "null"], "pattern": STOP_TIMEOUT }),
+    );
 }
 
 /// A guest is one of the cpu counts its kind allows, with memory in that count's range and
@@ -616,6 +628,12 @@ fn requests(p: &mut Patcher, host_region: &str) {
         "CreateMachineRequest",
         "lease_ttl",
         json!({ "minimum": 1, "maximum": 86_400 }),
+    );
+    // Log-structured volume disks are Fly's; Hangar refuses `lsvd: true`.
+    p.prop(
+        "CreateMachineRequest",
+        "lsvd",
+        json!({ "type": null, "enum": [null, false] }),
     );
     p.on(
         "CreateMachineRequest",

@@ -142,32 +142,42 @@ impl SandboxRuntime {
         };
         let path = self.run_dir(id).join(CONTROL_SOCKET);
         let exchange = async {
-            // No socket, or nobody behind it: the machine is not (or no longer) running.
+            // No socket, nobody behind it, or Pilot closing the connection before it answers:
+            // the machine is not running, or went down while the request was handled (a
+            // signal that ends its workload does that).
+            let down = |e: &std::io::Error| {
+                use std::io::ErrorKind::*;
+                matches!(
+                    e.kind(),
+                    NotFound | ConnectionRefused | ConnectionReset | BrokenPipe | UnexpectedEof
+                )
+            };
+            let not_running =
+                || RuntimeError::NotRunning("the machine is not running (any more)".into());
             let stream =
                 tokio::net::UnixStream::connect(&path)
                     .await
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                            RuntimeError::NotRunning("the machine is not running".into())
-                        }
-                        _ => failed(format!("connecting to pilot: {e}")),
+                    .map_err(|e| match down(&e) {
+                        true => not_running(),
+                        false => failed(format!("connecting to pilot: {e}")),
                     })?;
             let (read, mut write) = stream.into_split();
             let line = RequestLine::new(req.clone()).to_line();
-            write.write_all(&line).await.map_err(failed)?;
+            write.write_all(&line).await.map_err(|e| {
+                if down(&e) {
+                    not_running()
+                } else {
+                    failed(e)
+                }
+            })?;
             let mut reply = String::new();
-            // Pilot closing the connection before it answers means the machine went down while
-            // the request was handled (a signal that ends its workload does that).
-            let gone = || {
-                RuntimeError::NotRunning("the machine stopped while handling the request".into())
-            };
             match BufReader::new(tokio::io::AsyncReadExt::take(read, CONTROL_REPLY_MAX))
                 .read_line(&mut reply)
                 .await
             {
-                Ok(0) => return Err(gone()),
+                Ok(0) => return Err(not_running()),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(gone()),
+                Err(e) if down(&e) => return Err(not_running()),
                 Err(e) => return Err(failed(e)),
             }
             // Any Pilot version this daemon knows (an older one keeps running its machine).
