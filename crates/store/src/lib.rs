@@ -34,6 +34,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Another backend's failure (PostgreSQL), with its message.
+    #[error("database error: {0}")]
+    Backend(String),
     #[error("corrupt record in the store: {0}")]
     Corrupt(String),
     #[error("failed to open the store at {path}: {source}")]
