@@ -28,6 +28,16 @@ pub struct DaemonArgs {
     /// Also serve the API over TCP on this address (e.g. 127.0.0.1:4280)
     #[arg(long, value_name = "ADDR:PORT", env = "HANGAR_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Where the state lives: leave it out for the embedded SQLite in the data dir, or give a
+    /// postgres:// URL for a store shared by the hosts of a cluster
+    #[arg(long = "store", value_name = "URL", env = "HANGAR_STORE")]
+    pub store_url: Option<String>,
+    /// This host's name among the cluster's hosts [default: the host name]
+    #[arg(long, value_name = "NAME", env = "HANGAR_HOST_ID", value_parser = parse_host_id)]
+    pub host_id: Option<String>,
+    /// This host's region (machines created without one go here) [default: local]
+    #[arg(long, value_name = "CODE", env = "HANGAR_REGION", value_parser = parse_region)]
+    pub region: Option<String>,
     /// Pull from this registry over plain HTTP (repeatable; loopback registries already are)
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
@@ -126,6 +136,36 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP address (with an optional port)"))
 }
 
+/// A host id: what `hangar hosts list` shows and machines record as theirs.
+fn parse_host_id(s: &str) -> std::result::Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a host id (1 to 63 letters, digits, '-', '_' or '.')"
+        ))
+    }
+}
+
+/// A region code, as Fly's (`ams`, `iad`) or any lowercase name.
+fn parse_region(s: &str) -> std::result::Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a region code (lowercase letters, digits and '-', at most 32)"
+        ))
+    }
+}
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/hangar/hangar.toml";
 
@@ -134,6 +174,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/hangar/hangar.toml";
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    host_id: Option<String>,
+    region: Option<String>,
     socket: Option<PathBuf>,
     listen: Option<SocketAddr>,
     #[serde(default)]
@@ -236,7 +279,20 @@ impl DaemonArgs {
         };
         let mut insecure_registries = file.insecure_registries.clone();
         insecure_registries.extend(self.insecure_registries.iter().cloned());
+        let host_id = match (&self.host_id, &file.host_id) {
+            (Some(h), _) => Some(h.clone()),
+            (None, Some(h)) => Some(parse_host_id(h).map_err(|e| in_file("host_id", e))?),
+            (None, None) => None,
+        };
+        let region = match (&self.region, &file.region) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(r)) => Some(parse_region(r).map_err(|e| in_file("region", e))?),
+            (None, None) => None,
+        };
         Ok(hangar_daemon::DaemonOptions {
+            store_url: self.store_url.clone().or(file.store.clone()),
+            host_id,
+            region,
             data_dir: self
                 .data_dir
                 .clone()

@@ -9,6 +9,7 @@ pub mod deploy;
 mod doctor;
 pub mod embedded;
 pub mod go_flags;
+pub mod hosts;
 pub mod image;
 pub mod logs;
 pub mod machine;
@@ -96,6 +97,13 @@ pub enum Command {
         hangar machine run my-image -a my-app --volume data:/data"
     )]
     Volumes(volumes::VolumesCommand),
+    /// Show the hosts sharing the daemon's store (cluster mode; one host otherwise)
+    #[command(
+        subcommand,
+        visible_alias = "host",
+        after_help = "Examples:\n  hangar hosts list"
+    )]
+    Hosts(hosts::HostsCommand),
     /// Deploy an app from its fly.toml: build (or --image), then create or update its machines
     Deploy(Box<deploy::DeployArgs>),
     /// Show an app's machines by process group, with versions and checks
@@ -171,6 +179,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Apps(cmd) => with_client(|client| async move { apps::run(&client, cmd).await }),
         Command::Image(cmd) => with_client(|client| async move { image::run(&client, cmd).await }),
         Command::Logs(args) => with_client(|client| async move { logs::run(&client, args).await }),
+        Command::Hosts(cmd) => with_client(|client| async move { hosts::run(&client, cmd).await }),
         Command::Services(cmd) => {
             with_client(|client| async move { services::run(&client, cmd).await })
         }

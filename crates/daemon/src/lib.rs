@@ -9,6 +9,7 @@ mod convert;
 mod error;
 mod extract;
 mod host_network;
+mod hosts;
 mod images;
 mod log_archive;
 mod logs;
@@ -45,6 +46,13 @@ pub const DEFAULT_REGION: &str = "local";
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub data_dir: PathBuf,
+    /// Where the state lives: `None` for the embedded SQLite in the data dir, or a
+    /// `postgres://…` URL for a store shared by the hosts of a cluster.
+    pub store_url: Option<String>,
+    /// This host's name in the store (`None`: the host name).
+    pub host_id: Option<String>,
+    /// This host's region (`None`: [`DEFAULT_REGION`]).
+    pub region: Option<String>,
     pub socket: PathBuf,
     pub listen: Option<SocketAddr>,
     /// Registries (`host[:port]`) to pull from over plain HTTP; loopback ones always are.
@@ -123,9 +131,8 @@ const SECRETS_KEY_SETTING: &str = "secrets_key_id";
 /// a new key for a store that had one: either would lose every secret without a word.
 fn load_secrets_key(
     opts: &DaemonOptions,
-    store: &SqliteStore,
+    store: &dyn hangar_store::Store,
 ) -> anyhow::Result<hangar_secrets::SecretsKey> {
-    use hangar_store::NetworkStore;
     let path = opts
         .secrets_key_file
         .clone()
@@ -190,13 +197,20 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         eprintln!("hangar: admin API token is in {}", token_path.display());
     }
 
-    let db_path = opts.data_dir.join("state.db");
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
-        .await?
-        .context("failed to open the state store")?;
-    let secrets_key = load_secrets_key(&opts, &store)?;
+    let store = open_store(&opts).await?;
+    // Store calls block (PostgreSQL's client drives its own runtime): off the async workers.
+    let secrets_key = {
+        let (opts, store) = (opts.clone(), store.clone());
+        tokio::task::spawn_blocking(move || load_secrets_key(&opts, store.as_ref())).await??
+    };
+    let host_id = opts.host_id.clone().unwrap_or_else(host_id);
+    let region = opts
+        .region
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REGION.to_string());
     let volumes = hangar_volumes::VolumeDir::open(opts.data_dir.join("volumes"))
         .context("failed to open the volumes dir")?;
+    let disk_gb = volumes.capacity().map_or(0, |b| (b >> 30) as i64);
     let (exits_tx, mut exits_rx) = tokio::sync::mpsc::unbounded_channel();
     let images_dir = opts.data_dir.join("images");
     let image_store =
@@ -261,26 +275,28 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };
-    let hangar = service::Hangar::new(
-        Arc::new(store),
-        runtime,
-        DEFAULT_REGION.to_string(),
-        Some(service::Images {
-            store: image_store,
-            pull,
-        }),
-        capacity::Ledger::new(capacity::HostCapacity::detect(
-            opts.cpu_overcommit,
-            opts.memory_overcommit,
-        )),
-        host_id(),
-        service::SecretsConfig {
-            key: Arc::new(secrets_key),
-            readable: opts.secrets_readable,
-        },
-        Some(volumes),
-        metrics,
-    )
+    let hangar = tokio::task::block_in_place(|| {
+        service::Hangar::new(
+            store,
+            runtime,
+            region.clone(),
+            Some(service::Images {
+                store: image_store,
+                pull,
+            }),
+            capacity::Ledger::new(capacity::HostCapacity::detect(
+                opts.cpu_overcommit,
+                opts.memory_overcommit,
+            )),
+            host_id,
+            service::SecretsConfig {
+                key: Arc::new(secrets_key),
+                readable: opts.secrets_readable,
+            },
+            Some(volumes),
+            metrics,
+        )
+    })
     .context("failed to read this host's network settings from the store")?;
     {
         let hangar = hangar.clone();
@@ -295,6 +311,25 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                     runtime::RuntimeEvent::Container(ev) => hangar.on_container_event(ev).await,
                 }
             }
+        });
+    }
+    // This host in the store, with what it offers; then a heartbeat, so that other hosts
+    // (and `hangar hosts list`) see it alive.
+    {
+        let capacity = capacity::HostCapacity::detect(1.0, 1.0);
+        hangar
+            .register_host(service::HostOffer {
+                cpus: i64::from(capacity.cpus),
+                memory_mb: i64::try_from(capacity.memory_mb).unwrap_or(i64::MAX),
+                disk_gb,
+                api_addr: opts.listen.map(|a| a.to_string()).unwrap_or_default(),
+            })
+            .await
+            .context("failed to register this host in the store")?;
+        let h = hangar.clone();
+        every(service::HEARTBEAT_INTERVAL, "heartbeat", move || {
+            let h = h.clone();
+            async move { h.heartbeat().await }
         });
     }
     // Background chores, each a pass every period (the first a period after start-up, so
@@ -352,7 +387,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         } else {
             Vec::new()
         },
-        region: DEFAULT_REGION.to_string(),
+        region: region.clone(),
         autostop_after: opts.autostop_after,
         queue_timeout: std::time::Duration::from_secs(5),
         connect_timeout: std::time::Duration::from_secs(10),
@@ -457,6 +492,32 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 }
 
 /// This host's id in machine rows: its host name (one host today; cluster mode names hosts).
+/// The store `opts` names: the embedded SQLite in the data dir, or PostgreSQL.
+async fn open_store(opts: &DaemonOptions) -> anyhow::Result<Arc<dyn hangar_store::Store>> {
+    match opts.store_url.as_deref() {
+        None | Some("") | Some("sqlite") => {
+            let db_path = opts.data_dir.join("state.db");
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+                .await?
+                .context("failed to open the state store")?;
+            Ok(Arc::new(store))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let url = url.to_string();
+            let store =
+                tokio::task::spawn_blocking(move || hangar_store_postgres::PgStore::connect(&url))
+                    .await?
+                    .context("failed to open the PostgreSQL store")?;
+            eprintln!("hangar: state is in PostgreSQL (shared with the cluster's hosts)");
+            Ok(Arc::new(store))
+        }
+        Some(other) => anyhow::bail!(
+            "unsupported store {other:?}: give a postgres:// URL, or leave --store out for the \
+             embedded SQLite"
+        ),
+    }
+}
+
 fn host_id() -> String {
     nix::unistd::gethostname()
         .ok()

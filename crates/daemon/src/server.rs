@@ -176,6 +176,7 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             "/hangar/v1/apps/{app_name}/machines/{machine_id}/console",
             post(crate::console::console),
         )
+        .route("/hangar/v1/hosts", get(crate::hosts::list))
         .route("/hangar/v1/images/inspect", get(crate::images::inspect))
         .route("/hangar/v1/images/export", get(crate::images::export))
         .route("/hangar/v1/images/pull", post(crate::images::pull))

@@ -14,9 +14,10 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use hangar_store::{
     AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
-    IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore, MachineRecord, MachineStore,
-    NetworkRecord, NetworkStore, ScheduleRecord, ScheduleStore, SecretRecord, SecretSet,
-    SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
+    HostRecord, HostStore, IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore,
+    MachineRecord, MachineStore, NetworkRecord, NetworkStore, ScheduleRecord, ScheduleStore,
+    SecretRecord, SecretSet, SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord,
+    VolumeRecord, VolumeStore,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -30,7 +31,19 @@ const POOL_SIZE: u32 = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
-    pool: Pool,
+    /// Always `Some` until dropped.
+    pool: Option<Pool>,
+}
+
+impl Drop for PgStore {
+    /// Closing a connection blocks on the client's own runtime, which panics on an async
+    /// worker thread (a daemon that fails at start-up drops its store there): the pool is
+    /// closed on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 impl PgStore {
@@ -49,7 +62,7 @@ impl PgStore {
             .connection_timeout(CONNECT_TIMEOUT)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))?;
-        let store = PgStore { pool };
+        let store = PgStore { pool: Some(pool) };
         let mut conn = store.conn()?;
         schema::migrate(&mut conn)?;
         drop(conn);
@@ -58,6 +71,8 @@ impl PgStore {
 
     fn conn(&self) -> Result<Conn> {
         self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?
             .get()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
     }
@@ -1273,5 +1288,67 @@ impl IpAssignmentStore for PgStore {
             )
             .map_err(pg)?
             > 0)
+    }
+}
+
+impl HostStore for PgStore {
+    fn register_host(&self, h: &HostRecord) -> Result<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO hosts (id, region, cpus, memory_mb, disk_gb, api_addr, \
+                 registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET region = excluded.region, cpus = excluded.cpus, \
+                 memory_mb = excluded.memory_mb, disk_gb = excluded.disk_gb, \
+                 api_addr = excluded.api_addr, heartbeat_at = excluded.heartbeat_at",
+                &[
+                    &h.id,
+                    &h.region,
+                    &h.cpus,
+                    &h.memory_mb,
+                    &h.disk_gb,
+                    &h.api_addr,
+                    &h.registered_at,
+                    &h.heartbeat_at,
+                ],
+            )
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn heartbeat(&self, host_id: &str, now: i64) -> Result<()> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE hosts SET heartbeat_at = $2 WHERE id = $1",
+                &[&host_id, &now],
+            )
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("host {host_id}")));
+        }
+        Ok(())
+    }
+
+    fn list_hosts(&self) -> Result<Vec<HostRecord>> {
+        let found = self
+            .conn()?
+            .query(
+                "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, \
+                 heartbeat_at FROM hosts ORDER BY id",
+                &[],
+            )
+            .map_err(pg)?;
+        rows(found, |r| {
+            Ok(HostRecord {
+                id: get(r, 0)?,
+                region: get(r, 1)?,
+                cpus: get(r, 2)?,
+                memory_mb: get(r, 3)?,
+                disk_gb: get(r, 4)?,
+                api_addr: get(r, 5)?,
+                registered_at: get(r, 6)?,
+                heartbeat_at: get(r, 7)?,
+            })
+        })
     }
 }

@@ -153,6 +153,16 @@ CREATE TABLE ip_assignments (
     PRIMARY KEY (ip, app)
 );
 CREATE UNIQUE INDEX ip_assignments_dedicated ON ip_assignments(ip) WHERE NOT shared;
+CREATE TABLE hosts (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    cpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    disk_gb BIGINT NOT NULL,
+    api_addr TEXT NOT NULL,
+    registered_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL
+);
 "#];
 
 /// The advisory lock key migrations hold (any constant; "hangar" in ASCII).

@@ -23,6 +23,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Box<dyn Store>) {
     schedules_follow_their_machine(fresh().as_ref());
     certificates_belong_to_one_app(fresh().as_ref());
     dedicated_addresses_belong_to_one_app(fresh().as_ref());
+    hosts_register_once_and_heartbeat(fresh().as_ref());
 }
 
 pub fn app(name: &str) -> AppRecord {
@@ -542,4 +543,40 @@ pub fn dedicated_addresses_belong_to_one_app(s: &dyn Store) {
     assert!(s.delete_ip_assignment("i1", "192.0.2.1").unwrap());
     assert!(s.delete_app("i2").unwrap());
     assert_eq!(s.list_ip_assignments(None).unwrap().len(), 1);
+}
+
+pub fn host(id: &str, at: i64) -> crate::HostRecord {
+    crate::HostRecord {
+        id: id.into(),
+        region: "ams".into(),
+        cpus: 8,
+        memory_mb: 16384,
+        disk_gb: 100,
+        api_addr: String::new(),
+        registered_at: at,
+        heartbeat_at: at,
+    }
+}
+
+pub fn hosts_register_once_and_heartbeat(s: &dyn Store) {
+    assert!(s.list_hosts().unwrap().is_empty());
+    s.register_host(&host("h2", 10)).unwrap();
+    s.register_host(&host("h1", 20)).unwrap();
+    // Registering again (a restart) updates what the host offers, not when it first came.
+    let mut again = host("h1", 30);
+    again.cpus = 16;
+    s.register_host(&again).unwrap();
+    s.heartbeat("h2", 40).unwrap();
+    let hosts = s.list_hosts().unwrap();
+    assert_eq!(
+        hosts
+            .iter()
+            .map(|h| (h.id.as_str(), h.cpus, h.registered_at, h.heartbeat_at))
+            .collect::<Vec<_>>(),
+        [("h1", 16, 20, 30), ("h2", 8, 10, 40)]
+    );
+    assert_eq!(
+        s.heartbeat("nobody", 50).unwrap_err().class(),
+        ErrorClass::NotFound
+    );
 }

@@ -242,6 +242,16 @@ pub trait IpAssignmentStore: Send + Sync {
     fn delete_ip_assignment(&self, app: &str, ip: &str) -> Result<bool>;
 }
 
+/// The cluster's hosts.
+pub trait HostStore: Send + Sync {
+    /// Adds the host, or updates what it offers (keeping its first registration time).
+    fn register_host(&self, host: &HostRecord) -> Result<()>;
+    /// Records that the host is alive at `now`; [`StoreError::NotFound`] if it never registered.
+    fn heartbeat(&self, host_id: &str, now: i64) -> Result<()>;
+    /// By id.
+    fn list_hosts(&self) -> Result<Vec<HostRecord>>;
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
@@ -257,6 +267,7 @@ pub trait Store:
     + ScheduleStore
     + CertificateStore
     + IpAssignmentStore
+    + HostStore
     + 'static
 {
 }
@@ -272,6 +283,7 @@ impl<
             + ScheduleStore
             + CertificateStore
             + IpAssignmentStore
+            + HostStore
             + 'static,
     > Store for T
 {

@@ -220,3 +220,21 @@ pub struct IpAssignmentRecord {
     /// Unix milliseconds.
     pub created_at: i64,
 }
+
+/// A host of the cluster (one row on a single host): what it offers and when it last said it
+/// was alive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    /// `--host-id` (the host name by default).
+    pub id: String,
+    pub region: String,
+    pub cpus: i64,
+    pub memory_mb: i64,
+    /// Disk the host's volumes may use.
+    pub disk_gb: i64,
+    /// Where other hosts reach its API (empty when it serves only its socket).
+    pub api_addr: String,
+    /// Unix milliseconds: first registration, and the last heartbeat.
+    pub registered_at: i64,
+    pub heartbeat_at: i64,
+}

@@ -9,9 +9,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{
     AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
-    IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore, MachineRecord, MachineStore,
-    NetworkRecord, NetworkStore, Result, ScheduleRecord, ScheduleStore, SecretRecord, SecretSet,
-    SecretStore, SecretWrite, SnapshotRecord, StoreError, VersionRecord, VolumeRecord, VolumeStore,
+    HostRecord, HostStore, IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore,
+    MachineRecord, MachineStore, NetworkRecord, NetworkStore, Result, ScheduleRecord,
+    ScheduleStore, SecretRecord, SecretSet, SecretStore, SecretWrite, SnapshotRecord, StoreError,
+    VersionRecord, VolumeRecord, VolumeStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -181,6 +182,18 @@ CREATE TABLE ip_assignments (
     PRIMARY KEY (ip, app)
 );
 CREATE UNIQUE INDEX ip_assignments_dedicated ON ip_assignments(ip) WHERE shared = 0;
+"#,
+    r#"
+CREATE TABLE hosts (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    disk_gb INTEGER NOT NULL,
+    api_addr TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -1363,6 +1376,61 @@ impl IpAssignmentStore for SqliteStore {
             "DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2",
             params![app, ip],
         )? > 0)
+    }
+}
+
+impl HostStore for SqliteStore {
+    fn register_host(&self, h: &HostRecord) -> Result<()> {
+        self.writer().execute(
+            "INSERT INTO hosts (id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, \
+             heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE \
+             SET region = excluded.region, cpus = excluded.cpus, memory_mb = excluded.memory_mb, \
+             disk_gb = excluded.disk_gb, api_addr = excluded.api_addr, \
+             heartbeat_at = excluded.heartbeat_at",
+            params![
+                h.id,
+                h.region,
+                h.cpus,
+                h.memory_mb,
+                h.disk_gb,
+                h.api_addr,
+                h.registered_at,
+                h.heartbeat_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn heartbeat(&self, host_id: &str, now: i64) -> Result<()> {
+        let n = self.writer().execute(
+            "UPDATE hosts SET heartbeat_at = ?2 WHERE id = ?1",
+            params![host_id, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("host {host_id}")));
+        }
+        Ok(())
+    }
+
+    fn list_hosts(&self) -> Result<Vec<HostRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, heartbeat_at \
+             FROM hosts ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HostRecord {
+                id: r.get(0)?,
+                region: r.get(1)?,
+                cpus: r.get(2)?,
+                memory_mb: r.get(3)?,
+                disk_gb: r.get(4)?,
+                api_addr: r.get(5)?,
+                registered_at: r.get(6)?,
+                heartbeat_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 

@@ -6,7 +6,7 @@ impl Hangar {
     /// Image references and digests of every machine that is not destroyed.
     /// Every image reference or digest a live machine uses, with that machine (`app/id`).
     pub async fn image_refs_in_use(&self) -> ServiceResult<Vec<(String, String)>> {
-        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let machines = self.live_machines().await?;
         let mut refs = Vec::new();
         for m in machines {
             let user = format!("{}/{}", m.app, m.id);
@@ -386,8 +386,12 @@ impl Hangar {
 }
 
 impl Hangar {
-    /// Every machine not destroyed, across apps (for the metrics).
+    /// Every machine not destroyed that runs on this host, across apps. With a shared store
+    /// (cluster mode) each host is the authority for its own machines only; machines made
+    /// before hosts were recorded (no host id) are this host's.
     pub async fn live_machines(&self) -> ServiceResult<Vec<MachineRecord>> {
-        db(&self.store, |s| s.list_live_machines()).await
+        let mut machines = db(&self.store, |s| s.list_live_machines()).await?;
+        machines.retain(|m| m.host_id.is_empty() || m.host_id == self.host_id);
+        Ok(machines)
     }
 }

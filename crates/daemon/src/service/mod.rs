@@ -10,7 +10,7 @@ use hangar_api::ids;
 use hangar_api::{
     validate_config, CreateMachineRequest, ImageRef, MachineConfig, MachineState, Signal,
 };
-use hangar_store::{AppRecord, EventRecord, LeaseRecord, MachineRecord, Store};
+use hangar_store::{AppRecord, EventRecord, HostRecord, LeaseRecord, MachineRecord, Store};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -22,6 +22,7 @@ mod apps;
 mod certificates;
 mod error;
 mod exits;
+mod hosts;
 mod ips;
 mod leases;
 mod lifecycle;
@@ -35,6 +36,8 @@ mod scheduler;
 mod secrets;
 mod volumes;
 mod wait;
+
+pub use hosts::{HostOffer, HostView, HEARTBEAT_INTERVAL};
 
 pub use error::{ServiceError, ServiceResult};
 pub use scheduler::{ScheduleView, SCHEDULER_TICK};

@@ -6,7 +6,7 @@ use super::*;
 impl Hangar {
     /// Settles machines the previous daemon left mid-transition (it may have been SIGKILLed).
     pub async fn reconcile(&self) -> ServiceResult<()> {
-        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let machines = self.live_machines().await?;
         let live: std::collections::HashSet<String> = machines
             .iter()
             .filter(|m| m.state != MachineState::Destroying)
@@ -38,7 +38,7 @@ impl Hangar {
         }
         self.runtime.settled().await;
         // The capacity ledger and the resolver start from the machines as settled.
-        for m in db(&self.store, |s| s.list_live_machines()).await? {
+        for m in self.live_machines().await? {
             self.capacity.track(&m.id, m.state, guest_size(&m.config));
             self.publish(&m);
         }

@@ -89,7 +89,7 @@ impl Hangar {
     /// One scheduler pass at `now` (unix ms): schedules are made for new scheduled machines
     /// and dropped for machines no longer scheduled; due ones fire.
     pub async fn run_schedules(&self, now: i64) -> ServiceResult<()> {
-        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let machines = self.live_machines().await?;
         let mut records: HashMap<String, ScheduleRecord> = db(&self.store, |s| s.list_schedules())
             .await?
             .into_iter()

@@ -453,7 +453,7 @@ impl Hangar {
     /// `size_gb_limit`. A volume whose last extend waits for a restart (the filesystem is
     /// still smaller than the volume) is left alone, so it is not grown again and again.
     pub async fn auto_extend_volumes(&self) -> ServiceResult<()> {
-        let machines = db(&self.store, |s| s.list_live_machines()).await?;
+        let machines = self.live_machines().await?;
         for m in machines.iter().filter(|m| m.state == MachineState::Started) {
             for mount in m.config.mounts.iter().flatten() {
                 let Some(threshold) = mount.extend_threshold_percent else {

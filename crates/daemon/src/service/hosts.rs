@@ -1,0 +1,118 @@
+//! The hosts that share a store: each registers what it offers at start-up and heartbeats;
+//! `GET /hangar/v1/hosts` shows them with what their machines use (reference: issue 18).
+
+use super::*;
+
+/// How often a host says it is alive.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// A host silent for this long is `unreachable` (three missed heartbeats).
+const UNREACHABLE_AFTER_MS: i64 = 3 * HEARTBEAT_INTERVAL.as_millis() as i64;
+
+/// What this host offers the cluster.
+#[derive(Debug, Clone)]
+pub struct HostOffer {
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    pub api_addr: String,
+}
+
+/// A host as `hangar hosts list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostView {
+    pub id: String,
+    pub region: String,
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    pub api_addr: String,
+    /// What the host's machines that are not stopped reserve.
+    pub used_cpus: i64,
+    pub used_memory_mb: i64,
+    pub machines: i64,
+    /// Unix milliseconds.
+    pub registered_at: i64,
+    pub heartbeat_at: i64,
+    /// `ok`, or `unreachable` when its heartbeats stopped.
+    pub status: &'static str,
+    /// This daemon's own host.
+    pub this_host: bool,
+}
+
+impl Hangar {
+    /// This host's id (`--host-id`).
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Records this host (and what it offers) in the store.
+    pub async fn register_host(&self, offer: HostOffer) -> ServiceResult<()> {
+        let now = now_ms();
+        let host = HostRecord {
+            id: self.host_id.clone(),
+            region: self.region.clone(),
+            cpus: offer.cpus,
+            memory_mb: offer.memory_mb,
+            disk_gb: offer.disk_gb,
+            api_addr: offer.api_addr,
+            registered_at: now,
+            heartbeat_at: now,
+        };
+        db(&self.store, move |s| s.register_host(&host)).await
+    }
+
+    pub async fn heartbeat(&self) -> ServiceResult<()> {
+        let id = self.host_id.clone();
+        db(&self.store, move |s| s.heartbeat(&id, now_ms())).await
+    }
+
+    pub async fn hosts(&self) -> ServiceResult<Vec<HostView>> {
+        let (hosts, machines) = db(&self.store, |s| {
+            Ok((s.list_hosts()?, s.list_live_machines()?))
+        })
+        .await?;
+        let now = now_ms();
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let theirs = machines.iter().filter(|m| {
+                    m.host_id == h.id || (m.host_id.is_empty() && h.id == self.host_id)
+                });
+                let (mut cpus, mut memory_mb, mut count) = (0, 0, 0);
+                for m in theirs {
+                    count += 1;
+                    if matches!(
+                        m.state,
+                        MachineState::Started
+                            | MachineState::Starting
+                            | MachineState::Suspended
+                            | MachineState::Replacing
+                    ) {
+                        let spec = m.spec();
+                        cpus += i64::from(spec.guest.cpus);
+                        memory_mb += spec.guest.memory_mb as i64;
+                    }
+                }
+                HostView {
+                    status: if now - h.heartbeat_at > UNREACHABLE_AFTER_MS {
+                        "unreachable"
+                    } else {
+                        "ok"
+                    },
+                    this_host: h.id == self.host_id,
+                    id: h.id,
+                    region: h.region,
+                    cpus: h.cpus,
+                    memory_mb: h.memory_mb,
+                    disk_gb: h.disk_gb,
+                    api_addr: h.api_addr,
+                    used_cpus: cpus,
+                    used_memory_mb: memory_mb,
+                    machines: count,
+                    registered_at: h.registered_at,
+                    heartbeat_at: h.heartbeat_at,
+                }
+            })
+            .collect())
+    }
+}
