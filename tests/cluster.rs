@@ -133,3 +133,136 @@ async fn a_host_with_another_secrets_key_is_refused() {
     let err = b.restart_refused().await;
     assert!(err.contains("secrets key"), "{err}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Requests for a machine reach the host that runs it, from any host: a create for another
+/// region is placed on a host of that region, then start/exec/stop through the first host act
+/// on it there. When that host goes silent its machines keep running, requests for them fail
+/// fast with a clear error, and they work again when it returns.
+#[tokio::test]
+#[ignore = "needs root, the test registry and PostgreSQL's initdb; scripts/test runs it"]
+async fn requests_reach_the_host_that_runs_the_machine() {
+    let (_pg, url) = postgres_with_a_database().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let listen_a = format!("127.0.0.1:{port_a}");
+    let listen_b = format!("127.0.0.1:{port_b}");
+    let a = Daemon::start_with_flags(
+        true,
+        &[
+            "--store",
+            &url,
+            "--host-id",
+            "host-a",
+            "--region",
+            "ams",
+            "--listen",
+            &listen_a,
+        ],
+    )
+    .await;
+    let key = a.data_dir.join("secrets.key");
+    let mut b = Daemon::start_with_flags(
+        true,
+        &[
+            "--store",
+            &url,
+            "--host-id",
+            "host-b",
+            "--region",
+            "iad",
+            "--listen",
+            &listen_b,
+            "--secrets-key-file",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    a.create_app("far").await;
+
+    // Made through host-a, for region iad: it lands on host-b.
+    let id = a
+        .launch(
+            "far",
+            json!({"region": "iad", "config": {"image": common::test_image(),
+                "init": {"cmd": ["sleep", "600"]}}}),
+        )
+        .await;
+    a.wait_state("far", &id, "started").await;
+    let local_to_b: Value = b
+        .get(&format!("/v1/apps/far/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(local_to_b["region"], "iad", "{local_to_b}");
+    let exec = a
+        .post(
+            &format!("/v1/apps/far/machines/{id}/exec"),
+            json!({"command": ["hostname"]}),
+        )
+        .await;
+    assert_eq!(exec.status, 200, "{}", exec.text());
+    assert!(
+        exec.json::<Value>().unwrap()["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with(&id),
+        "ran on the machine: {}",
+        exec.text()
+    );
+    let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
+    assert_eq!(hosts[1]["used_cpus"], 1, "{hosts}");
+
+    // No host in the region: Fly's capacity error.
+    let r = a
+        .post(
+            "/v1/apps/far/machines",
+            json!({"region": "syd", "config": {"image": common::test_image()}}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("insufficient_capacity"), "{}", r.text());
+
+    // host-b goes silent: its machine keeps running; host-a answers fast and says why.
+    b.kill9();
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    let t0 = std::time::Instant::now();
+    let r = a
+        .post(&format!("/v1/apps/far/machines/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("host-b") && r.text().contains("unreachable"),
+        "{}",
+        r.text()
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+    let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
+    assert_eq!(hosts[1]["status"], "unreachable", "{hosts}");
+    // The machine is still there to read, marked as on an unreachable host.
+    let seen: Value = a
+        .get(&format!("/v1/apps/far/machines/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(
+        (seen["state"].as_str(), seen["host_status"].as_str()),
+        (Some("started"), Some("unreachable")),
+        "{seen}"
+    );
+
+    // host-b comes back, adopts its machine, and requests through host-a work again.
+    b.restart().await;
+    let r = a
+        .post(&format!("/v1/apps/far/machines/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    a.wait_state("far", &id, "stopped").await;
+    a.destroy_machine("far", &id, true).await;
+}

@@ -8,6 +8,7 @@ mod container_plan;
 mod convert;
 mod error;
 mod extract;
+mod forward;
 mod host_network;
 mod hosts;
 mod images;
@@ -298,6 +299,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         )
     })
     .context("failed to read this host's network settings from the store")?;
+    if opts.store_url.as_deref().is_some_and(is_postgres_url) {
+        hangar.enable_cluster();
+    }
     {
         let hangar = hangar.clone();
         tokio::spawn(async move {
@@ -492,6 +496,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 }
 
 /// This host's id in machine rows: its host name (one host today; cluster mode names hosts).
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// The store `opts` names: the embedded SQLite in the data dir, or PostgreSQL.
 async fn open_store(opts: &DaemonOptions) -> anyhow::Result<Arc<dyn hangar_store::Store>> {
     match opts.store_url.as_deref() {
@@ -502,7 +510,7 @@ async fn open_store(opts: &DaemonOptions) -> anyhow::Result<Arc<dyn hangar_store
                 .context("failed to open the state store")?;
             Ok(Arc::new(store))
         }
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+        Some(url) if is_postgres_url(url) => {
             let url = url.to_string();
             let store =
                 tokio::task::spawn_blocking(move || hangar_store_postgres::PgStore::connect(&url))

@@ -22,6 +22,13 @@ use crate::routes::{self, AppState};
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router(state: AppState, token: Arc<str>) -> Router {
+    // The admin token, and in cluster mode the token the cluster's hosts forward requests with.
+    let mut tokens = vec![token.to_string()];
+    if state.is_cluster() {
+        tokens.push(state.cluster_token().to_string());
+    }
+    let tokens: Arc<[String]> = tokens.into();
+    let forward_state = state.clone();
     let health = state.clone();
     let metrics = state.metrics();
     let openapi: Arc<str> = crate::openapi::document(state.region()).to_string().into();
@@ -182,7 +189,11 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .route("/hangar/v1/images/pull", post(crate::images::pull))
         .route("/hangar/v1/images/import", post(crate::images::import))
         .route("/hangar/v1/images/prune", post(crate::images::prune))
-        .route_layer(middleware::from_fn_with_state(token, require_token))
+        .route_layer(middleware::from_fn_with_state(
+            forward_state,
+            crate::forward::to_owner,
+        ))
+        .route_layer(middleware::from_fn_with_state(tokens, require_token))
         .route_layer(middleware::from_fn_with_state(
             metrics,
             crate::metrics::track_requests,
@@ -220,7 +231,7 @@ async fn healthz(State(h): State<AppState>) -> Response {
 }
 
 /// Accepts `Bearer <token>` and `FlyV1 <token>[,<token>…]` (fly-go sends FlyV1 for macaroons).
-async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+async fn require_token(State(tokens): State<Arc<[String]>>, req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -233,10 +244,11 @@ async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) 
         }
         _ => Vec::new(),
     };
-    if presented
-        .iter()
-        .any(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
-    {
+    if presented.iter().any(|p| {
+        tokens
+            .iter()
+            .any(|t| constant_time_eq(p.as_bytes(), t.as_bytes()))
+    }) {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()

@@ -40,6 +40,7 @@ pub enum SecretsError {
 pub struct SecretsKey {
     seal: Zeroizing<[u8; KEY_LEN]>,
     digest: Zeroizing<[u8; KEY_LEN]>,
+    cluster: Zeroizing<[u8; KEY_LEN]>,
     id: String,
 }
 
@@ -54,14 +55,17 @@ impl SecretsKey {
         let hk = Hkdf::<Sha256>::new(Some(b"hangar secrets v1"), master);
         let mut seal = Zeroizing::new([0u8; KEY_LEN]);
         let mut digest = Zeroizing::new([0u8; KEY_LEN]);
+        let mut cluster = Zeroizing::new([0u8; KEY_LEN]);
         let mut id = [0u8; 8];
         // Expanding 32 (or 8) bytes from SHA-256 cannot fail (the limit is 255 blocks).
         let _ = hk.expand(b"seal", seal.as_mut());
         let _ = hk.expand(b"digest", digest.as_mut());
+        let _ = hk.expand(b"cluster api", cluster.as_mut());
         let _ = hk.expand(b"key id", &mut id);
         SecretsKey {
             seal,
             digest,
+            cluster,
             id: hex::encode(id),
         }
     }
@@ -70,6 +74,13 @@ impl SecretsKey {
     /// started with another key refuses to start rather than failing on every secret.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The token hosts of one cluster present to each other's APIs when they forward a
+    /// request to the host that owns a machine. Every host of a cluster holds the same key
+    /// (the store refuses another), so they agree on it without sharing anything more.
+    pub fn cluster_token(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.cluster.as_ref()))
     }
 
     /// Reads the key at `path`: 64 hex characters (whitespace around them ignored), in a file

@@ -38,6 +38,7 @@ pub async fn list_machines(
     let summary = q.bool("summary", false)?;
     let include_leases = q.bool("include_leases", false)?;
     let records = h.list_machines(&app, filter).await?;
+    let unreachable = h.unreachable_hosts().await?;
     let mut out = Vec::with_capacity(records.len());
     for m in &records {
         let events = if summary {
@@ -50,13 +51,17 @@ pub async fn list_machines(
         } else {
             None
         };
-        out.push(convert::machine(MachineView {
+        let mut machine = convert::machine(MachineView {
             record: m,
             events: Some(&events),
             lease: lease.as_ref(),
             nonce: None,
             summary,
-        }));
+        });
+        if !summary && unreachable.contains(&m.host_id) {
+            machine.host_status = "unreachable".into();
+        }
+        out.push(machine);
     }
     if !summary {
         // One Pilot round trip per running machine, all at once rather than in turn.

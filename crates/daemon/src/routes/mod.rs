@@ -87,6 +87,9 @@ async fn machine_json(
         nonce,
         summary: false,
     });
+    if h.unreachable_hosts().await?.contains(&m.host_id) {
+        machine.host_status = "unreachable".into();
+    }
     add_live_status(h, m, &mut machine).await;
     Ok(machine)
 }

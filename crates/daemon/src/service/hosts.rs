@@ -39,7 +39,102 @@ pub struct HostView {
     pub this_host: bool,
 }
 
+/// Where a request for a machine (or a new one) is served.
+#[derive(Debug)]
+pub enum Owner {
+    /// Here.
+    Local,
+    /// On another host of the cluster, alive.
+    Host(HostRecord),
+    /// On another host whose heartbeats stopped this long ago (milliseconds).
+    Unreachable(HostRecord, i64),
+}
+
 impl Hangar {
+    /// Marks the store as shared with other hosts (`--store postgres://…`).
+    pub fn enable_cluster(&self) {
+        self.cluster
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The token other hosts of the cluster present when they forward a request here.
+    pub fn cluster_token(&self) -> zeroize::Zeroizing<String> {
+        self.secrets.key.cluster_token()
+    }
+
+    fn owner_of(&self, host: Option<HostRecord>) -> Owner {
+        match host {
+            None => Owner::Local,
+            Some(h) if h.id == self.host_id => Owner::Local,
+            Some(h) => {
+                let silent = now_ms() - h.heartbeat_at;
+                if silent > UNREACHABLE_AFTER_MS {
+                    Owner::Unreachable(h, silent)
+                } else {
+                    Owner::Host(h)
+                }
+            }
+        }
+    }
+
+    /// Which host serves requests for machine `id` of `app` (here when the machine is unknown,
+    /// so that the local answer is the 404).
+    pub async fn machine_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
+        let (app, id) = (app.to_string(), id.to_string());
+        let host = db(&self.store, move |s| {
+            let Some(m) = s.get_machine(&app, &id)? else {
+                return Ok(None);
+            };
+            if m.host_id.is_empty() {
+                return Ok(None);
+            }
+            Ok(s.list_hosts()?.into_iter().find(|h| h.id == m.host_id))
+        })
+        .await?;
+        Ok(self.owner_of(host))
+    }
+
+    /// Which host a new machine in `region` goes to: here when it is this host's region, else
+    /// the live host of that region with the most CPUs free. `None`: no live host there.
+    pub async fn placement(&self, region: &str) -> ServiceResult<Option<Owner>> {
+        if region == self.region {
+            return Ok(Some(Owner::Local));
+        }
+        let hosts = self.hosts().await?;
+        let best = hosts
+            .into_iter()
+            .filter(|h| h.region == region && h.status == "ok" && !h.api_addr.is_empty())
+            .max_by_key(|h| h.cpus - h.used_cpus);
+        let Some(best) = best else {
+            return Ok(None);
+        };
+        let id = best.id.clone();
+        let record = db(&self.store, move |s| {
+            Ok(s.list_hosts()?.into_iter().find(|h| h.id == id))
+        })
+        .await?;
+        Ok(record.map(|h| self.owner_of(Some(h))))
+    }
+
+    /// Hosts of the cluster whose heartbeats stopped (none outside cluster mode): their
+    /// machines' `host_status` is `unreachable`.
+    pub async fn unreachable_hosts(&self) -> ServiceResult<std::collections::HashSet<String>> {
+        if !self.is_cluster() {
+            return Ok(Default::default());
+        }
+        let now = now_ms();
+        let hosts = db(&self.store, |s| s.list_hosts()).await?;
+        Ok(hosts
+            .into_iter()
+            .filter(|h| now - h.heartbeat_at > UNREACHABLE_AFTER_MS)
+            .map(|h| h.id)
+            .collect())
+    }
+
     /// This host's id (`--host-id`).
     pub fn host_id(&self) -> &str {
         &self.host_id

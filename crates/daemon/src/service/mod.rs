@@ -37,7 +37,7 @@ mod secrets;
 mod volumes;
 mod wait;
 
-pub use hosts::{HostOffer, HostView, HEARTBEAT_INTERVAL};
+pub use hosts::{HostOffer, HostView, Owner, HEARTBEAT_INTERVAL};
 
 pub use error::{ServiceError, ServiceResult};
 pub use scheduler::{ScheduleView, SCHEDULER_TICK};
@@ -127,6 +127,9 @@ pub struct Hangar {
     volumes: Option<hangar_volumes::VolumeDir>,
     /// Counters `/metrics` exports.
     metrics: Arc<crate::metrics::DaemonMetrics>,
+    /// The store is shared with other hosts (cluster mode): requests for their machines are
+    /// forwarded to them.
+    cluster: std::sync::atomic::AtomicBool,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -203,6 +206,7 @@ impl Hangar {
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
             proxy: std::sync::OnceLock::new(),
+            cluster: std::sync::atomic::AtomicBool::new(false),
             secrets,
             volumes,
             metrics,

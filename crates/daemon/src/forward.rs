@@ -1,0 +1,220 @@
+//! Cluster mode: one Machines API on every host. A request that acts on a machine another host
+//! runs (start, stop, exec, logs, wait…) is forwarded to that host's API, which is the
+//! authority for it; a create for another region goes to a host of that region. Hosts
+//! authenticate to each other with the cluster token (derived from the secrets key they all
+//! hold), and mark a forwarded request so it is never forwarded again. An owner whose
+//! heartbeats stopped gets a fast, clear 503 instead of a hang (docs/cluster.md).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hangar_store::HostRecord;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use crate::error::ApiError;
+use crate::routes::AppState;
+use crate::service::Owner;
+
+/// Set on forwarded requests: the host that forwarded it (a forwarded request is served where
+/// it lands).
+pub const FORWARDED_BY: &str = "hangar-forwarded-by";
+
+/// A create body larger than this is not read for its region (it is refused later anyway).
+const MAX_CREATE_BODY: usize = 16 * 1024 * 1024;
+
+fn client() -> &'static Client<HttpConnector, Body> {
+    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        // A host that does not answer its socket fails the request quickly.
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.set_nodelay(true);
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+    })
+}
+
+/// What a path under `/v1/apps/{app}/machines` (or Hangar's `/hangar/v1/…`) names.
+enum Target {
+    Machine { app: String, id: String },
+    Create,
+    Other,
+}
+
+fn target(method: &Method, path: &str) -> Target {
+    let rest = path
+        .strip_prefix("/v1/apps/")
+        .or_else(|| path.strip_prefix("/hangar/v1/apps/"));
+    let Some(rest) = rest else {
+        return Target::Other;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [app, "machines", id, ..] if !id.is_empty() => Target::Machine {
+            app: app.to_string(),
+            id: id.to_string(),
+        },
+        [_, "machines"] if method == Method::POST && path.starts_with("/v1/") => Target::Create,
+        _ => Target::Other,
+    }
+}
+
+pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Response {
+    if !h.is_cluster() || req.headers().contains_key(FORWARDED_BY) {
+        return next.run(req).await;
+    }
+    match target(req.method(), req.uri().path()) {
+        Target::Other => next.run(req).await,
+        Target::Machine { app, id } => match h.machine_owner(&app, &id).await {
+            Ok(Owner::Local) => next.run(req).await,
+            Ok(Owner::Host(host)) if !host.api_addr.is_empty() => forward(&h, &host, req).await,
+            // Reading the machine itself is served from the store when its host cannot be
+            // asked (with `host_status` unreachable when it is silent); acting on it fails fast.
+            Ok(Owner::Host(_) | Owner::Unreachable(..))
+                if req.method() == Method::GET && is_machine_resource(req.uri().path()) =>
+            {
+                next.run(req).await
+            }
+            Ok(Owner::Host(host)) => forward(&h, &host, req).await,
+            Ok(Owner::Unreachable(host, silent_ms)) => unreachable(&host, silent_ms, &id),
+            Err(e) => ApiError::from(e).into_response(),
+        },
+        Target::Create => {
+            let (parts, body) = req.into_parts();
+            let bytes = match axum::body::to_bytes(body, MAX_CREATE_BODY).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return ApiError::bad_request(format!("reading the request body: {e}"))
+                        .into_response()
+                }
+            };
+            let region = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["region"].as_str().map(str::to_string))
+                .filter(|r| !r.is_empty());
+            let req = Request::from_parts(parts, Body::from(bytes));
+            let Some(region) = region else {
+                return next.run(req).await;
+            };
+            match h.placement(&region).await {
+                Ok(Some(Owner::Local)) => next.run(req).await,
+                Ok(Some(Owner::Host(host))) => forward(&h, &host, req).await,
+                Ok(_) => no_room(&region),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
+    }
+}
+
+/// `/v1/apps/{app}/machines/{id}` itself.
+fn is_machine_resource(path: &str) -> bool {
+    path.strip_prefix("/v1/apps/")
+        .is_some_and(|rest| rest.split('/').count() == 3)
+}
+
+/// Fly's answer for a region with no room: 409 `insufficient_capacity`.
+fn no_room(region: &str) -> Response {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("insufficient capacity: no live host of region {region} can take the machine"),
+    )
+    .with_code("insufficient_capacity")
+    .into_response()
+}
+
+fn unreachable(host: &HostRecord, silent_ms: i64, machine: &str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "machine {machine} runs on host {} ({}), which is unreachable: no heartbeat for \
+             {}s. Its machines are not moved; requests for them work again when it returns",
+            host.id,
+            host.region,
+            silent_ms / 1000
+        ),
+    )
+    .into_response()
+}
+
+async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
+    if host.api_addr.is_empty() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "host {} serves no TCP API (start it with --listen) so requests for its \
+                 machines cannot reach it",
+                host.id
+            ),
+        )
+        .into_response();
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "not supported by Hangar across hosts yet: attach to the console through host \
+                 {} ({})",
+                host.id, host.api_addr
+            ),
+        )
+        .into_response();
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    parts.uri = match format!("http://{}{path}", host.api_addr).parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return ApiError::internal(format!("host {} address: {e}", host.id)).into_response()
+        }
+    };
+    parts.headers.remove(header::HOST);
+    let token = h.cluster_token();
+    match HeaderValue::from_str(&format!("Bearer {}", token.as_str())) {
+        Ok(v) => {
+            parts.headers.insert(header::AUTHORIZATION, v);
+        }
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    }
+    if let Ok(me) = HeaderValue::from_str(h.host_id()) {
+        parts.headers.insert(FORWARDED_BY, me);
+    }
+    match client().request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(Body::new).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("host {} ({}) did not answer: {e}", host.id, host.api_addr),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_paths_are_recognised() {
+        let m = |method: Method, p: &str| match target(&method, p) {
+            Target::Machine { app, id } => format!("{app}/{id}"),
+            Target::Create => "create".into(),
+            Target::Other => "other".into(),
+        };
+        assert_eq!(m(Method::GET, "/v1/apps/a/machines/m1"), "a/m1");
+        assert_eq!(m(Method::POST, "/v1/apps/a/machines/m1/stop"), "a/m1");
+        assert_eq!(
+            m(Method::GET, "/hangar/v1/apps/a/machines/m1/stats"),
+            "a/m1"
+        );
+        assert_eq!(m(Method::POST, "/v1/apps/a/machines"), "create");
+        assert_eq!(m(Method::GET, "/v1/apps/a/machines"), "other");
+        assert_eq!(m(Method::GET, "/v1/apps/a"), "other");
+        assert_eq!(m(Method::GET, "/v1/apps/a/machines/"), "other");
+    }
+}
