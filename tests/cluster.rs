@@ -219,6 +219,52 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     assert_eq!(hosts[1]["used_cpus"], 1, "{hosts}");
 
+    // A volume made through host-a for region iad lives on host-b; a machine that mounts it
+    // goes there too, and the volume's own requests reach host-b.
+    let r = a
+        .post(
+            "/v1/apps/far/volumes",
+            json!({"name": "data", "region": "iad", "size_gb": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let vol = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_volume = a
+        .launch(
+            "far",
+            json!({"config": {"image": common::test_image(), "init": {"cmd": ["sleep", "600"]},
+                "mounts": [{"volume": vol, "path": "/data"}]}}),
+        )
+        .await;
+    a.wait_state("far", &with_volume, "started").await;
+    let placed: Value = b
+        .get(&format!("/v1/apps/far/machines/{with_volume}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(placed["region"], "iad", "on the volume's host: {placed}");
+    let r = a
+        .client
+        .raw(
+            hyper::Method::PUT,
+            &format!("/v1/apps/far/volumes/{vol}/extend"),
+            &[],
+            Some(br#"{"size_gb": 2}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    a.destroy_machine("far", &with_volume, true).await;
+    assert_eq!(
+        a.delete(&format!("/v1/apps/far/volumes/{vol}"))
+            .await
+            .status,
+        200
+    );
+
     // No host in the region: Fly's capacity error.
     let r = a
         .post(

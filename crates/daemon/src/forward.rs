@@ -40,8 +40,19 @@ fn client() -> &'static Client<HttpConnector, Body> {
 
 /// What a path under `/v1/apps/{app}/machines` (or Hangar's `/hangar/v1/…`) names.
 enum Target {
-    Machine { app: String, id: String },
-    Create,
+    Machine {
+        app: String,
+        id: String,
+    },
+    Volume {
+        app: String,
+        id: String,
+    },
+    /// A new machine or volume of the app: placed by its region, or by the volume it mounts or
+    /// copies.
+    Create {
+        app: String,
+    },
     Other,
 }
 
@@ -58,7 +69,15 @@ fn target(method: &Method, path: &str) -> Target {
             app: app.to_string(),
             id: id.to_string(),
         },
-        [_, "machines"] if method == Method::POST && path.starts_with("/v1/") => Target::Create,
+        [app, "volumes", id, ..] if !id.is_empty() => Target::Volume {
+            app: app.to_string(),
+            id: id.to_string(),
+        },
+        [app, "machines" | "volumes"] if method == Method::POST && path.starts_with("/v1/") => {
+            Target::Create {
+                app: app.to_string(),
+            }
+        }
         _ => Target::Other,
     }
 }
@@ -80,10 +99,20 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
                 next.run(req).await
             }
             Ok(Owner::Host(host)) => forward(&h, &host, req).await,
-            Ok(Owner::Unreachable(host, silent_ms)) => unreachable(&host, silent_ms, &id),
+            Ok(Owner::Unreachable(host, silent_ms)) => {
+                unreachable(&host, silent_ms, &format!("machine {id}"))
+            }
             Err(e) => ApiError::from(e).into_response(),
         },
-        Target::Create => {
+        Target::Volume { app, id } => match h.volume_owner(&app, &id).await {
+            Ok(Owner::Local) => next.run(req).await,
+            Ok(Owner::Host(host)) => forward(&h, &host, req).await,
+            Ok(Owner::Unreachable(host, silent_ms)) => {
+                unreachable(&host, silent_ms, &format!("volume {id}"))
+            }
+            Err(e) => ApiError::from(e).into_response(),
+        },
+        Target::Create { app } => {
             let (parts, body) = req.into_parts();
             let bytes = match axum::body::to_bytes(body, MAX_CREATE_BODY).await {
                 Ok(b) => b,
@@ -92,12 +121,24 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
                         .into_response()
                 }
             };
-            let region = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["region"].as_str().map(str::to_string))
-                .filter(|r| !r.is_empty());
+            let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
             let req = Request::from_parts(parts, Body::from(bytes));
-            let Some(region) = region else {
+            let text =
+                |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            // A volume lives on one host: a machine that mounts it, and a fork of it, go there.
+            let volume = text(&body["config"]["mounts"][0]["volume"])
+                .or_else(|| text(&body["source_volume_id"]));
+            if let Some(volume) = volume {
+                return match h.volume_owner(&app, &volume).await {
+                    Ok(Owner::Local) => next.run(req).await,
+                    Ok(Owner::Host(host)) => forward(&h, &host, req).await,
+                    Ok(Owner::Unreachable(host, silent_ms)) => {
+                        unreachable(&host, silent_ms, &format!("volume {volume}"))
+                    }
+                    Err(e) => ApiError::from(e).into_response(),
+                };
+            }
+            let Some(region) = text(&body["region"]) else {
                 return next.run(req).await;
             };
             match h.placement(&region).await {
@@ -126,12 +167,12 @@ fn no_room(region: &str) -> Response {
     .into_response()
 }
 
-fn unreachable(host: &HostRecord, silent_ms: i64, machine: &str) -> Response {
+fn unreachable(host: &HostRecord, silent_ms: i64, what: &str) -> Response {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "machine {machine} runs on host {} ({}), which is unreachable: no heartbeat for \
-             {}s. Its machines are not moved; requests for them work again when it returns",
+            "{what} is on host {} ({}), which is unreachable: no heartbeat for {}s. Its \
+             machines and volumes are not moved; requests for them work again when it returns",
             host.id,
             host.region,
             silent_ms / 1000
@@ -203,7 +244,8 @@ mod tests {
     fn machine_paths_are_recognised() {
         let m = |method: Method, p: &str| match target(&method, p) {
             Target::Machine { app, id } => format!("{app}/{id}"),
-            Target::Create => "create".into(),
+            Target::Volume { app, id } => format!("volume {app}/{id}"),
+            Target::Create { app } => format!("create in {app}"),
             Target::Other => "other".into(),
         };
         assert_eq!(m(Method::GET, "/v1/apps/a/machines/m1"), "a/m1");
@@ -212,7 +254,12 @@ mod tests {
             m(Method::GET, "/hangar/v1/apps/a/machines/m1/stats"),
             "a/m1"
         );
-        assert_eq!(m(Method::POST, "/v1/apps/a/machines"), "create");
+        assert_eq!(m(Method::POST, "/v1/apps/a/machines"), "create in a");
+        assert_eq!(m(Method::POST, "/v1/apps/a/volumes"), "create in a");
+        assert_eq!(
+            m(Method::PUT, "/v1/apps/a/volumes/v1/extend"),
+            "volume a/v1"
+        );
         assert_eq!(m(Method::GET, "/v1/apps/a/machines"), "other");
         assert_eq!(m(Method::GET, "/v1/apps/a"), "other");
         assert_eq!(m(Method::GET, "/v1/apps/a/machines/"), "other");

@@ -98,6 +98,22 @@ impl Hangar {
         Ok(self.owner_of(host))
     }
 
+    /// Which host serves requests for volume `id` of `app` (here when it is unknown).
+    pub async fn volume_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
+        let (app, id) = (app.to_string(), id.to_string());
+        let host = db(&self.store, move |s| {
+            let Some(v) = s.get_volume(&app, &id)? else {
+                return Ok(None);
+            };
+            if v.host_id.is_empty() {
+                return Ok(None);
+            }
+            Ok(s.list_hosts()?.into_iter().find(|h| h.id == v.host_id))
+        })
+        .await?;
+        Ok(self.owner_of(host))
+    }
+
     /// Which host a new machine in `region` goes to: here when it is this host's region, else
     /// the live host of that region with the most CPUs free. `None`: no live host there.
     pub async fn placement(&self, region: &str) -> ServiceResult<Option<Owner>> {

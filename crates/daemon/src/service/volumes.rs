@@ -295,6 +295,13 @@ impl Hangar {
         Ok(record)
     }
 
+    /// Every volume whose image lives on this host (the others' hosts sweep and admit theirs).
+    async fn own_volumes(&self) -> ServiceResult<Vec<VolumeRecord>> {
+        let mut all = db(&self.store, |s| s.list_all_volumes()).await?;
+        all.retain(|v| v.host_id.is_empty() || v.host_id == self.host_id);
+        Ok(all)
+    }
+
     /// Disk admission: images are sparse, so the host's disk is promised rather than used; the
     /// sizes of all live volumes (with `size_gb` for the new or grown one) must fit the disk,
     /// or the request gets a 422 and nothing is made (a disk that runs out while a volume is
@@ -302,7 +309,7 @@ impl Hangar {
     async fn check_disk(&self, size_gb: i64, growing: Option<&VolumeRecord>) -> ServiceResult<()> {
         let dir = self.volume_dir()?.clone();
         let capacity = Self::blocking(move || dir.capacity()).await?;
-        let all = db(&self.store, |s| s.list_all_volumes()).await?;
+        let all = self.own_volumes().await?;
         let promised: i64 = all
             .iter()
             .filter(|v| v.deleted_at.is_none() && Some(&v.id) != growing.map(|g| &g.id))
@@ -499,7 +506,7 @@ impl Hangar {
             return Ok(());
         };
         let now = now_ms();
-        for v in db(&self.store, |s| s.list_all_volumes()).await? {
+        for v in self.own_volumes().await? {
             let id = v.id.clone();
             let snaps = db(&self.store, move |s| s.list_snapshots(&id)).await?;
             let gone: Vec<String> = expired(&snaps, now).iter().map(|s| s.id.clone()).collect();
