@@ -275,6 +275,16 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("insufficient_capacity"), "{}", r.text());
 
+    // A standby of that machine, on host-a: it stays down while host-b answers.
+    let standby = a
+        .create_machine(
+            "far",
+            json!({"skip_launch": true, "config": {"image": common::test_image(),
+                "init": {"cmd": ["sleep", "600"]}, "standbys": [id]}}),
+        )
+        .await;
+    let standby = standby["id"].as_str().unwrap().to_string();
+
     // host-b goes silent: its machine keeps running; host-a answers fast and says why.
     b.kill9();
     tokio::time::sleep(std::time::Duration::from_secs(16)).await;
@@ -291,6 +301,8 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(2));
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     assert_eq!(hosts[1]["status"], "unreachable", "{hosts}");
+    // The standby starts on its own host.
+    a.wait_state("far", &standby, "started").await;
     // The machine is still there to read, marked as on an unreachable host.
     let seen: Value = a
         .get(&format!("/v1/apps/far/machines/{id}"))
@@ -311,4 +323,5 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     assert_eq!(r.status, 200, "{}", r.text());
     a.wait_state("far", &id, "stopped").await;
     a.destroy_machine("far", &id, true).await;
+    a.destroy_machine("far", &standby, true).await;
 }

@@ -333,7 +333,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         let h = hangar.clone();
         every(service::HEARTBEAT_INTERVAL, "heartbeat", move || {
             let h = h.clone();
-            async move { h.heartbeat().await }
+            async move {
+                h.heartbeat().await?;
+                h.start_standbys().await
+            }
         });
     }
     // Background chores, each a pass every period (the first a period after start-up, so

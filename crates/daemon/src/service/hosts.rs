@@ -151,6 +151,44 @@ impl Hangar {
             .collect())
     }
 
+    /// Standbys (`config.standbys`) on this host of machines whose host stopped answering are
+    /// started, as Fly does when a primary's host fails; the primaries are not touched (their
+    /// host may still run them, cut off). Runs with every heartbeat in cluster mode.
+    pub async fn start_standbys(&self) -> ServiceResult<()> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        let silent = self.unreachable_hosts().await?;
+        if silent.is_empty() {
+            return Ok(());
+        }
+        let all = db(&self.store, |s| s.list_live_machines()).await?;
+        let host_of: HashMap<&str, &str> = all
+            .iter()
+            .map(|m| (m.id.as_str(), m.host_id.as_str()))
+            .collect();
+        for m in self.live_machines().await? {
+            if !matches!(m.state, MachineState::Stopped | MachineState::Created) {
+                continue;
+            }
+            let lost = m
+                .config
+                .standbys
+                .iter()
+                .flatten()
+                .find(|p| host_of.get(p.as_str()).is_some_and(|h| silent.contains(*h)));
+            let Some(primary) = lost else { continue };
+            tracing::warn!(machine = %m.id, %primary, "starting a standby: its primary's host is unreachable");
+            if let Err(e) = self
+                .start_internal(&m.app, &m.id, Source::Platform, None)
+                .await
+            {
+                tracing::warn!(machine = %m.id, error = %e, "starting a standby failed");
+            }
+        }
+        Ok(())
+    }
+
     /// This host's id (`--host-id`).
     pub fn host_id(&self) -> &str {
         &self.host_id
