@@ -218,6 +218,24 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     );
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     assert_eq!(hosts[1]["used_cpus"], 1, "{hosts}");
+    // The forwarded-by marker means nothing without the cluster token, and a percent-encoded
+    // id names the same machine: both still reach host-b.
+    let encoded = format!("%{:02X}{}", id.as_bytes()[0], &id[1..]);
+    let r = a
+        .client
+        .raw(
+            hyper::Method::POST,
+            &format!("/v1/apps/far/machines/{encoded}/exec"),
+            &[("hangar-forwarded-by", "host-b")],
+            Some(br#"{"command": ["true"]}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Deleting the app through host-a would leave host-b's machine running: refused.
+    let r = a.delete("/v1/apps/far?force=true").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("host-b"), "{}", r.text());
 
     // A volume made through host-a for region iad lives on host-b; a machine that mounts it
     // goes there too, and the volume's own requests reach host-b.

@@ -20,12 +20,13 @@ use crate::error::ApiError;
 use crate::routes::AppState;
 use crate::service::Owner;
 
-/// Set on forwarded requests: the host that forwarded it (a forwarded request is served where
-/// it lands).
+/// Set on forwarded requests: the host that forwarded it. A request that carries it *and* the
+/// cluster token is served where it lands; the header alone (from an API user) means nothing.
 pub const FORWARDED_BY: &str = "hangar-forwarded-by";
 
-/// A create body larger than this is not read for its region (it is refused later anyway).
-const MAX_CREATE_BODY: usize = 16 * 1024 * 1024;
+/// Put on a request by the token check when it presented the cluster token (another host).
+#[derive(Debug, Clone, Copy)]
+pub struct FromClusterPeer;
 
 fn client() -> &'static Client<HttpConnector, Body> {
     static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
@@ -56,14 +57,38 @@ enum Target {
     Other,
 }
 
-fn target(method: &Method, path: &str) -> Target {
+fn target(method: &Method, path: &str, query: Option<&str>) -> Target {
     let rest = path
         .strip_prefix("/v1/apps/")
         .or_else(|| path.strip_prefix("/hangar/v1/apps/"));
     let Some(rest) = rest else {
         return Target::Other;
     };
-    let parts: Vec<&str> = rest.split('/').collect();
+    // Segments as the handlers see them (axum decodes them), so that `%30…` names the same
+    // machine here as there.
+    let decoded: Vec<String> = rest
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    // An app's logs for one machine (`?instance=ID`) are that machine's host's.
+    if let [app, "logs"] = parts.as_slice() {
+        let instance = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "instance")
+            .map(|(_, v)| v.into_owned())
+            .filter(|v| !v.is_empty());
+        return match instance {
+            Some(id) => Target::Machine {
+                app: app.to_string(),
+                id,
+            },
+            None => Target::Other,
+        };
+    }
     match parts.as_slice() {
         [app, "machines", id, ..] if !id.is_empty() => Target::Machine {
             app: app.to_string(),
@@ -83,10 +108,12 @@ fn target(method: &Method, path: &str) -> Target {
 }
 
 pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Response {
-    if !h.is_cluster() || req.headers().contains_key(FORWARDED_BY) {
+    let forwarded = req.headers().contains_key(FORWARDED_BY)
+        && req.extensions().get::<FromClusterPeer>().is_some();
+    if !h.is_cluster() || forwarded {
         return next.run(req).await;
     }
-    match target(req.method(), req.uri().path()) {
+    match target(req.method(), req.uri().path(), req.uri().query()) {
         Target::Other => next.run(req).await,
         Target::Machine { app, id } => match h.machine_owner(&app, &id).await {
             Ok(Owner::Local) => next.run(req).await,
@@ -102,6 +129,7 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
             Ok(Owner::Unreachable(host, silent_ms)) => {
                 unreachable(&host, silent_ms, &format!("machine {id}"))
             }
+            Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("machine {id}")),
             Err(e) => ApiError::from(e).into_response(),
         },
         Target::Volume { app, id } => match h.volume_owner(&app, &id).await {
@@ -110,31 +138,42 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
             Ok(Owner::Unreachable(host, silent_ms)) => {
                 unreachable(&host, silent_ms, &format!("volume {id}"))
             }
+            Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("volume {id}")),
             Err(e) => ApiError::from(e).into_response(),
         },
         Target::Create { app } => {
             let (parts, body) = req.into_parts();
-            let bytes = match axum::body::to_bytes(body, MAX_CREATE_BODY).await {
+            let bytes = match axum::body::to_bytes(body, crate::server::MAX_BODY_BYTES).await {
                 Ok(b) => b,
                 Err(e) => {
-                    return ApiError::bad_request(format!("reading the request body: {e}"))
-                        .into_response()
+                    return ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("reading the request body: {e}"),
+                    )
+                    .into_response()
                 }
             };
             let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
             let req = Request::from_parts(parts, Body::from(bytes));
             let text =
                 |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-            // A volume lives on one host: a machine that mounts it, and a fork of it, go there.
+            // A volume lives on one host: a machine that mounts it, a fork of it and a restore
+            // of its snapshot go there.
             let volume = text(&body["config"]["mounts"][0]["volume"])
                 .or_else(|| text(&body["source_volume_id"]));
-            if let Some(volume) = volume {
-                return match h.volume_owner(&app, &volume).await {
+            let owner = match (volume, text(&body["snapshot_id"])) {
+                (Some(volume), _) => Some((h.volume_owner(&app, &volume).await, volume)),
+                (None, Some(snap)) => Some((h.snapshot_owner(&app, &snap).await, snap)),
+                (None, None) => None,
+            };
+            if let Some((owner, what)) = owner {
+                return match owner {
                     Ok(Owner::Local) => next.run(req).await,
                     Ok(Owner::Host(host)) => forward(&h, &host, req).await,
                     Ok(Owner::Unreachable(host, silent_ms)) => {
-                        unreachable(&host, silent_ms, &format!("volume {volume}"))
+                        unreachable(&host, silent_ms, &format!("volume {what}"))
                     }
+                    Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("volume {what}")),
                     Err(e) => ApiError::from(e).into_response(),
                 };
             }
@@ -181,6 +220,14 @@ fn unreachable(host: &HostRecord, silent_ms: i64, what: &str) -> Response {
     .into_response()
 }
 
+fn unregistered(host: &str, what: &str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{what} is on host {host}, which is not registered in the store"),
+    )
+    .into_response()
+}
+
 async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
     if host.api_addr.is_empty() {
         return ApiError::new(
@@ -223,8 +270,20 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
         }
         Err(e) => return ApiError::internal(e.to_string()).into_response(),
     }
-    if let Ok(me) = HeaderValue::from_str(h.host_id()) {
-        parts.headers.insert(FORWARDED_BY, me);
+    match HeaderValue::from_str(h.host_id()) {
+        Ok(me) => {
+            parts.headers.insert(FORWARDED_BY, me);
+        }
+        Err(e) => return ApiError::internal(format!("host id: {e}")).into_response(),
+    }
+    // Hop-by-hop headers are this connection's, not the next one's.
+    for hop in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        parts.headers.remove(hop);
     }
     match client().request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(Body::new).into_response(),
@@ -242,7 +301,7 @@ mod tests {
 
     #[test]
     fn machine_paths_are_recognised() {
-        let m = |method: Method, p: &str| match target(&method, p) {
+        let m = |method: Method, p: &str| match target(&method, p, Some("instance=m9")) {
             Target::Machine { app, id } => format!("{app}/{id}"),
             Target::Volume { app, id } => format!("volume {app}/{id}"),
             Target::Create { app } => format!("create in {app}"),
@@ -263,5 +322,7 @@ mod tests {
         assert_eq!(m(Method::GET, "/v1/apps/a/machines"), "other");
         assert_eq!(m(Method::GET, "/v1/apps/a"), "other");
         assert_eq!(m(Method::GET, "/v1/apps/a/machines/"), "other");
+        assert_eq!(m(Method::GET, "/v1/apps/a/machines/%6d1/stop"), "a/m1");
+        assert_eq!(m(Method::GET, "/hangar/v1/apps/a/logs"), "a/m9");
     }
 }

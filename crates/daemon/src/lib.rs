@@ -198,6 +198,22 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         eprintln!("hangar: admin API token is in {}", token_path.display());
     }
 
+    let cluster = opts.store_url.as_deref().is_some_and(is_postgres_url);
+    if cluster {
+        // Other hosts forward requests to this one at the address it registers.
+        match opts.listen {
+            None => eprintln!(
+                "hangar: warning: cluster mode without --listen: other hosts cannot forward \
+                 requests for this host's machines to it"
+            ),
+            Some(a) if a.ip().is_unspecified() => anyhow::bail!(
+                "--listen {a}: in cluster mode other hosts dial this address, so give the \
+                 host's own address (not {})",
+                a.ip()
+            ),
+            Some(_) => {}
+        }
+    }
     let store = open_store(&opts).await?;
     // Store calls block (PostgreSQL's client drives its own runtime): off the async workers.
     let secrets_key = {
@@ -296,12 +312,11 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             },
             Some(volumes),
             metrics,
+            cluster,
         )
     })
     .context("failed to read this host's network settings from the store")?;
-    if opts.store_url.as_deref().is_some_and(is_postgres_url) {
-        hangar.enable_cluster();
-    }
+
     {
         let hangar = hangar.clone();
         tokio::spawn(async move {

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::routes::{self, AppState};
 
 /// Larger than axum's 2 MiB default: configs may carry files as base64.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router(state: AppState, token: Arc<str>) -> Router {
     // The admin token, and in cluster mode the token the cluster's hosts forward requests with.
@@ -31,7 +31,9 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
     let forward_state = state.clone();
     let health = state.clone();
     let metrics = state.metrics();
-    let openapi: Arc<str> = crate::openapi::document(state.region()).to_string().into();
+    let openapi: Arc<str> = crate::openapi::document(state.region(), state.is_cluster())
+        .to_string()
+        .into();
     let machine = "/v1/apps/{app_name}/machines/{machine_id}";
     let api = Router::new()
         .route("/v1/apps", get(routes::list_apps).post(routes::create_app))
@@ -231,7 +233,13 @@ async fn healthz(State(h): State<AppState>) -> Response {
 }
 
 /// Accepts `Bearer <token>` and `FlyV1 <token>[,<token>…]` (fly-go sends FlyV1 for macaroons).
-async fn require_token(State(tokens): State<Arc<[String]>>, req: Request, next: Next) -> Response {
+/// `tokens[0]` is the admin token; `tokens[1]`, in cluster mode, the cluster's (another host
+/// forwarding a request), which marks the request as coming from a peer.
+async fn require_token(
+    State(tokens): State<Arc<[String]>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -244,11 +252,15 @@ async fn require_token(State(tokens): State<Arc<[String]>>, req: Request, next: 
         }
         _ => Vec::new(),
     };
-    if presented.iter().any(|p| {
-        tokens
+    let matches = |t: &String| {
+        presented
             .iter()
-            .any(|t| constant_time_eq(p.as_bytes(), t.as_bytes()))
-    }) {
+            .any(|p| constant_time_eq(p.as_bytes(), t.as_bytes()))
+    };
+    if tokens.iter().skip(1).any(matches) {
+        req.extensions_mut().insert(crate::forward::FromClusterPeer);
+        next.run(req).await
+    } else if tokens.first().is_some_and(matches) {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()

@@ -308,7 +308,9 @@ impl MachineCgroup {
     /// Bytes the machine's processes have read from and written to block devices since its
     /// start: (read, write). `io.stat` on v2, `blkio.throttle.io_service_bytes` on v1; zeros
     /// where no IO controller is mounted or enabled.
-    pub fn io_bytes(&self) -> Result<(u64, u64)> {
+    /// `devices` (`MAJ:MIN`), when given, are the only ones counted: on v2 a write through a
+    /// stacked device (LVM, a loop-backed volume) is charged at each layer.
+    pub fn io_bytes(&self, devices: &[String]) -> Result<(u64, u64)> {
         let file = match &self.hierarchy {
             Hierarchy::V2 { root } => root.join(&self.rel).join("io.stat"),
             Hierarchy::V1 { .. } => match self.v1("blkio") {
@@ -324,7 +326,10 @@ impl MachineCgroup {
         let (mut read_bytes, mut written) = (0u64, 0u64);
         for line in text.lines() {
             let mut words = line.split_whitespace();
-            let _device = words.next();
+            let device = words.next().unwrap_or_default();
+            if !devices.is_empty() && !devices.iter().any(|d| d == device) {
+                continue;
+            }
             match &self.hierarchy {
                 // `8:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0`
                 Hierarchy::V2 { .. } => {
@@ -690,14 +695,23 @@ fn enable_v2_controllers(dir: &Path) -> Result<()> {
     let control = dir.join("cgroup.subtree_control");
     let available = read(&dir.join("cgroup.controllers"))?;
     let enabled = fs::read_to_string(&control).unwrap_or_default();
-    let wanted: Vec<String> = ["cpu", "memory", "pids", "io"]
+    let missing = |c: &str| {
+        available.split_whitespace().any(|a| a == c) && !enabled.split_whitespace().any(|e| e == c)
+    };
+    let wanted: Vec<String> = ["cpu", "memory", "pids"]
         .into_iter()
-        .filter(|c| available.split_whitespace().any(|a| a == *c))
-        .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+        .filter(|c| missing(c))
         .map(|c| format!("+{c}"))
         .collect();
     if !wanted.is_empty() {
         write(&control, &wanted.join(" "))?;
+    }
+    // IO accounting only (`machine stats`): a kernel that refuses it leaves IO uncounted, not
+    // machines unstarted.
+    if missing("io") {
+        if let Err(e) = fs::write(&control, "+io") {
+            tracing::debug!(error = %e, "the io controller could not be enabled");
+        }
     }
     Ok(())
 }
@@ -864,9 +878,11 @@ mod tests {
         assert_eq!(r("memory.max"), (256u64 << 20).to_string());
         assert_eq!(r("memory.swap.max"), "0");
         assert_eq!(r("pids.max"), "4096");
+        // A plain file keeps only the last write: cpu, memory and pids went first, then io on
+        // its own (a kernel may refuse it without failing the machine).
         assert_eq!(
             fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
-            "+cpu +memory +pids +io"
+            "+io"
         );
         cg.add_process(42).unwrap();
         assert_eq!(r("cgroup.procs"), "42");
@@ -880,7 +896,7 @@ mod tests {
         cg.set_frozen(true).unwrap();
         assert_eq!(r("cgroup.freeze"), "1");
         assert_eq!(
-            cg.io_bytes().unwrap(),
+            cg.io_bytes(&[]).unwrap(),
             (0, 0),
             "no io.stat: nothing counted"
         );
@@ -890,7 +906,8 @@ mod tests {
              7:3 rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n",
         )
         .unwrap();
-        assert_eq!(cg.io_bytes().unwrap(), (4097, 8194));
+        assert_eq!(cg.io_bytes(&[]).unwrap(), (4097, 8194));
+        assert_eq!(cg.io_bytes(&["254:0".into()]).unwrap(), (4096, 8192));
     }
 
     #[test]
@@ -908,6 +925,6 @@ mod tests {
              254:0 Discard 0\n254:0 Total 4288512\nTotal 4288512\n",
         )
         .unwrap();
-        assert_eq!(cg.io_bytes().unwrap(), (4096, 4284416));
+        assert_eq!(cg.io_bytes(&[]).unwrap(), (4096, 4284416));
     }
 }

@@ -29,6 +29,8 @@ type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 const POOL_SIZE: u32 = 8;
 /// How long a request waits for a connection (or the database) before it fails as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any one statement may run (or wait for a lock).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct PgStore {
     /// Always `Some` until dropped.
@@ -56,6 +58,19 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A partition that drops packets (no reset) must fail calls too, not hang them:
+        // keepalives notice a dead peer, and no statement waits longer than this.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
+        if config.get_options().is_none() {
+            config.options(&format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        }
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -81,6 +96,22 @@ impl PgStore {
 /// A PostgreSQL failure as a store error: a lost or refused connection (or a server shutting
 /// down) is [`StoreError::Unavailable`], which callers may retry.
 pub(crate) fn pg(e: postgres::Error) -> StoreError {
+    // Serialization failures, deadlocks and lock timeouts: another transaction won; the
+    // caller may retry, as after any conflict.
+    if let Some(code) = e.code() {
+        if [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ]
+        .contains(code)
+        {
+            return StoreError::Conflict(format!("a concurrent write ({e})"));
+        }
+        if code == &SqlState::QUERY_CANCELED {
+            return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+        }
+    }
     let lost = e.is_closed()
         || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
         || e.code().is_some_and(|c| {

@@ -15,21 +15,22 @@ use hangar_api::signal::STOP_SIGNALS;
 use hangar_api::validate::{
     CONDITIONS, ENV_FROM_REFS, HANDLERS, MAX_ROOTFS_GB, RESTART_POLICIES, SCHEDULES,
 };
+use hangar_api::MachineState;
 
 /// An image reference as `hangar_image::Reference::parse` reads it (a subset: no digests).
-const IMAGE: &str = r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?";
+const IMAGE: &str = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?";
 /// A name that is also a directory name: containers and machine-local volumes.
 const DIR_SAFE: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
 const NO_NUL: &str = r"^[^\u0000]*$";
 const ENV_NAME: &str = r"^[^=\u0000]+$";
 const SECRET_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$";
-/// An absolute path whose components are not `.` or `..`.
-const ABS_PATH: &str = r"^(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+$";
-/// A mount path: absolute or relative (made absolute), never `/` itself.
-const MOUNT_PATH: &str = r"^/?[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$";
+/// An absolute path (with no `..` component: [`no_parent`]).
+const ABS_PATH: &str = r"^/[^\u0000]*$";
+/// A `..` component.
+const PARENT: &str = r"(^|/)\.\.(/|$)";
 const HTTP_PATH: &str = r"^(/[^\u0000]*)?$";
 const METHOD: &str = r"^[A-Za-z]+$";
-const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$";
 const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
@@ -37,28 +38,13 @@ const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
 const METADATA_KEY: &str = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$";
 const MACHINE_NAME: &str = r"^[A-Za-z0-9_-]{1,63}$";
 const REGION: &str = r"^[a-z0-9-]{0,32}$";
-/// A Go duration as `parse_go_duration` reads it (a subset: up to three parts, so it always
+/// A Go duration as `parse_go_duration` reads it (a subset: up to four parts, so it always
 /// fits Go's int64 of nanoseconds).
-const GO_DURATION: &str = r"^(0|([0-9]{1,5}(\.[0-9]{1,6})?(ns|us|µs|ms|s|m|h)){1,3})$";
-/// A grace period of at most a day.
-const STOP_TIMEOUT: &str = r"^(0|[0-9]{1,4}(ns|us|µs|ms|s)|[0-9]{1,3}m|(1?[0-9]|2[0-4])h)$";
-const MACHINE_STATES: &[&str] = &[
-    "created",
-    "starting",
-    "started",
-    "stopping",
-    "stopped",
-    "suspending",
-    "suspended",
-    "replacing",
-    "destroying",
-    "destroyed",
-    "failed",
-];
+const GO_DURATION: &str = r"^[+]?(0|([0-9]{1,5}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s|m|h)){1,4})$";
 
 /// Writes the API's rules onto `doc` (the derived document as JSON). Returns the places it
 /// expected and did not find, which a test keeps empty.
-pub fn constrain(doc: &mut Value, host_region: &str) -> Vec<String> {
+pub fn constrain(doc: &mut Value, host_region: &str, cluster: bool) -> Vec<String> {
     let mut p = Patcher {
         doc,
         missing: Vec::new(),
@@ -68,7 +54,7 @@ pub fn constrain(doc: &mut Value, host_region: &str) -> Vec<String> {
     guest(&mut p);
     services_and_checks(&mut p);
     containers(&mut p);
-    requests(&mut p, host_region);
+    requests(&mut p, host_region, cluster);
     parameters(&mut p);
     p.missing
 }
@@ -193,6 +179,11 @@ fn or_empty<'a>(words: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
     std::iter::once("").chain(words.iter().copied())
 }
 
+/// An absolute path without a `..` component.
+fn abs_path() -> Value {
+    json!({ "pattern": ABS_PATH, "not": { "pattern": PARENT } })
+}
+
 fn argv() -> Value {
     json!({ "items": { "type": "string", "pattern": NO_NUL } })
 }
@@ -289,7 +280,13 @@ fn machine_config(p: &mut Patcher) {
 
     p.required("MachineMount", &["volume", "path"]);
     p.prop("MachineMount", "volume", json!({ "minLength": 1 }));
-    p.prop("MachineMount", "path", json!({ "pattern": MOUNT_PATH }));
+    // Absolute or relative (made absolute), never `/` itself, no `..`.
+    p.prop(
+        "MachineMount",
+        "path",
+        json!({ "pattern": r"^[^\u0000]+$",
+                "not": { "anyOf": [{ "pattern": PARENT }, { "pattern": "^/+$" }] } }),
+    );
     for (field, lo, hi) in [
         ("extend_threshold_percent", 1, 99),
         ("add_size_gb", 1, 500),
@@ -322,7 +319,12 @@ fn machine_config(p: &mut Patcher) {
 
     // A file has exactly one source.
     p.required("File", &["guest_path"]);
-    p.prop("File", "guest_path", json!({ "pattern": ABS_PATH }));
+    p.prop(
+        "File",
+        "guest_path",
+        json!({ "pattern": ABS_PATH,
+                "not": { "anyOf": [{ "pattern": PARENT }, { "pattern": "/$" }] } }),
+    );
     p.on(
         "File",
         json!({
@@ -405,7 +407,7 @@ fn stop_signal(p: &mut Patcher, schema: &str) {
     p.prop(
         schema,
         "timeout",
-        json!({ "oneOf": null, "type": ["string", "null"], "pattern": STOP_TIMEOUT }),
+        json!({ "oneOf": null, "type": ["string", "null"], "pattern": GO_DURATION }),
     );
 }
 
@@ -425,6 +427,7 @@ fn guest(p: &mut Patcher) {
             let (kind_words, required): (Vec<&str>, Vec<&str>) = match (kind, cpus) {
                 ("shared", 1) => (vec!["", "shared"], vec![]),
                 ("shared", _) => (vec!["", "shared"], vec!["cpus"]),
+                (_, 1) => (vec![kind], vec!["cpu_kind"]),
                 _ => (vec![kind], vec!["cpu_kind", "cpus"]),
             };
             let cpu_values: Vec<i64> = if cpus == 1 { vec![0, 1] } else { vec![cpus] };
@@ -434,8 +437,10 @@ fn guest(p: &mut Patcher) {
                     "cpu_kind": { "enum": kind_words },
                     "cpus": { "enum": cpu_values },
                     "memory_mb": memory,
-                    // At least memory_mb, at most the size's maximum: the maximum always is.
-                    "max_memory_mb": { "enum": [null, 0, max] }
+                    // At least memory_mb (which the schema cannot compare), at most the size's.
+                    "max_memory_mb": { "anyOf": [
+                        { "type": "null" }, { "const": 0 }, { "minimum": min, "maximum": max }
+                    ] }
                 }
             }));
         }
@@ -566,7 +571,7 @@ fn containers(p: &mut Patcher) {
         CONDITIONS.iter().copied(),
     );
     p.required("ContainerMount", &["name", "path"]);
-    p.prop("ContainerMount", "path", json!({ "pattern": ABS_PATH }));
+    p.prop("ContainerMount", "path", abs_path());
 
     // A health check has exactly one of tcp, http or exec.
     p.on(
@@ -613,7 +618,7 @@ fn containers(p: &mut Patcher) {
     p.prop("ExecHealthcheck", "command", json!({ "minItems": 1 }));
 }
 
-fn requests(p: &mut Patcher, host_region: &str) {
+fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
     p.prop(
         "CreateMachineRequest",
         "name",
@@ -645,11 +650,10 @@ fn requests(p: &mut Patcher, host_region: &str) {
     );
     // An update takes the same body, but keeps the machine's region and takes no lease.
     p.copy("CreateMachineRequest", "UpdateMachineRequest");
-    p.words("UpdateMachineRequest", "region", ["", host_region]);
     p.prop(
         "UpdateMachineRequest",
         "lease_ttl",
-        json!({ "enum": [null, 0] }),
+        json!({ "enum": [null, 0], "minimum": null, "maximum": null }),
     );
     p.body(
         "/v1/apps/{app_name}/machines/{machine_id}",
@@ -661,9 +665,7 @@ fn requests(p: &mut Patcher, host_region: &str) {
     p.on(
         "ExecRequest",
         json!({ "anyOf": [
-            { "required": ["command"], "properties": { "command": {
-                "type": "array", "minItems": 1, "prefixItems": [{ "type": "string", "minLength": 1 }]
-            } } },
+            { "required": ["command"], "properties": { "command": { "type": "array", "minItems": 1 } } },
             { "required": ["cmd"], "properties": { "cmd": { "type": "string", "minLength": 1 } } }
         ] }),
     );
@@ -672,17 +674,20 @@ fn requests(p: &mut Patcher, host_region: &str) {
         "metadata",
         json!({ "propertyNames": { "type": "string", "pattern": METADATA_KEY } }),
     );
-    // `name` or its older spelling `app_name`, one of them.
+    // `name` or its older spelling `app_name` (the same when both are given).
     p.on(
         "CreateAppRequest",
-        json!({ "oneOf": [
-            { "required": ["name"], "properties": { "name": { "type": "string" }, "app_name": { "type": "null" } } },
-            { "required": ["app_name"], "properties": { "app_name": { "type": "string" }, "name": { "type": "null" } } }
+        json!({ "anyOf": [
+            { "required": ["name"], "properties": { "name": { "type": "string", "minLength": 1 } } },
+            { "required": ["app_name"], "properties": { "app_name": { "type": "string", "minLength": 1 } } }
         ] }),
     );
     p.required("CreateVolumeRequest", &["name"]);
-    // Volumes live on this host: its region, or none (the host's).
-    p.words("CreateVolumeRequest", "region", ["", host_region]);
+    // A single host makes volumes in its own region only (none means it); a cluster places
+    // them on a host of the region asked for.
+    if !cluster {
+        p.words("CreateVolumeRequest", "region", ["", host_region]);
+    }
     p.prop(
         "CreateVolumeRequest",
         "encrypted",
@@ -716,7 +721,7 @@ fn requests(p: &mut Patcher, host_region: &str) {
         json!({
             "minProperties": 1,
             "propertyNames": { "type": "string", "pattern": SECRET_NAME },
-            "additionalProperties": { "type": ["string", "null"], "minLength": 1,
+            "additionalProperties": { "type": ["string", "null"],
                                       "maxLength": hangar_api::secrets::MAX_VALUE_BYTES }
         }),
     );
@@ -735,12 +740,13 @@ fn parameters(p: &mut Patcher) {
         "region",
         json!({ "type": "string", "pattern": REGION }),
     );
-    let state = format!("({})", MACHINE_STATES.join("|"));
+    let states: Vec<&str> = MachineState::ALL.iter().map(|s| s.as_str()).collect();
+    let state = format!("({})", states.join("|"));
     p.param(
         machines,
         "get",
         "state",
-        json!({ "type": "string", "pattern": format!("^({state}(,{state})*)?$") }),
+        json!({ "type": "string", "pattern": format!("^({state}(, *{state})*)?$") }),
     );
     for param in ["include_deleted", "include_leases"] {
         p.param(machine, "get", param, boolean.clone());
@@ -758,13 +764,12 @@ fn parameters(p: &mut Patcher) {
         hangar_api::LEASE_NONCE_HEADER,
         json!({ "type": "string", "minLength": 1 }),
     );
-    // At most a day (Go duration words or seconds), as the stop grace period.
+    // Seconds, or a Go duration (the API caps it at a day).
     p.param(
         &format!("{machine}/restart"),
         "post",
         "timeout",
-        json!({ "type": "string",
-                "pattern": r"^([0-9]{1,4}(ms|s)?|[0-9]{1,3}m|(1?[0-9]|2[0-4])h)$" }),
+        json!({ "type": "string", "pattern": format!("^[0-9]{{1,5}}$|{GO_DURATION}") }),
     );
     for param in ["force", "kill"] {
         p.param(machine, "delete", param, boolean.clone());
@@ -784,7 +789,7 @@ mod tests {
     #[test]
     fn every_rule_finds_its_place() {
         let mut doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).expect("json");
-        let missing = constrain(&mut doc, "local");
+        let missing = constrain(&mut doc, "local", false);
         assert!(missing.is_empty(), "rules without a place: {missing:?}");
     }
 }

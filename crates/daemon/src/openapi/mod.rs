@@ -8,7 +8,7 @@ use crate::routes;
 mod constraints;
 
 /// The served document: the derived one with the API's rules on it (see [`constraints`]).
-pub fn document(host_region: &str) -> serde_json::Value {
+pub fn document(host_region: &str, cluster: bool) -> serde_json::Value {
     let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
         Ok(doc) => doc,
         Err(e) => {
@@ -16,7 +16,7 @@ pub fn document(host_region: &str) -> serde_json::Value {
             return serde_json::Value::Null;
         }
     };
-    for place in constraints::constrain(&mut doc, host_region) {
+    for place in constraints::constrain(&mut doc, host_region, cluster) {
         tracing::warn!(%place, "an OpenAPI rule found no place in the derived document");
     }
     doc

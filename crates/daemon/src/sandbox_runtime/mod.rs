@@ -619,9 +619,10 @@ impl Runtime for SandboxRuntime {
 
     async fn stats(&self, m: &MachineRecord) -> Result<crate::runtime::MachineStats, RuntimeError> {
         let cgroup = self.cgroup(&m.id);
+        let devices = self.io_devices.clone();
         tokio::task::spawn_blocking(move || {
             let (limit, usage) = cgroup.memory()?;
-            let (io_read_bytes, io_write_bytes) = cgroup.io_bytes()?;
+            let (io_read_bytes, io_write_bytes) = cgroup.io_bytes(&devices)?;
             Ok::<_, hangar_sandbox::cgroup::CgroupError>(crate::runtime::MachineStats {
                 cpu_ns: cgroup.cpu_usage_ns()?,
                 memory_bytes: usage,

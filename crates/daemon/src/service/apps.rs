@@ -66,6 +66,33 @@ impl Hangar {
         let _exclusive = lock.write().await;
         self.get_app(name).await?;
         let machines = self.list_machine_records(name, false).await?;
+        if self.is_cluster() {
+            let elsewhere: Vec<String> = machines
+                .iter()
+                .filter(|m| m.host_id != self.host_id)
+                .map(|m| format!("{} on {}", m.id, m.host_id))
+                .collect();
+            if !elsewhere.is_empty() {
+                return Err(ServiceError::Conflict(format!(
+                    "app {name:?} has machines on other hosts ({}); destroy them first (any \
+                     host's API forwards a machine's destroy to its host)",
+                    elsewhere.join(", ")
+                )));
+            }
+            let n = name.to_string();
+            let volumes = db(&self.store, move |s| s.list_volumes(&n)).await?;
+            let remote: Vec<String> = volumes
+                .iter()
+                .filter(|v| v.deleted_at.is_none() && v.host_id != self.host_id)
+                .map(|v| format!("{} on {}", v.id, v.host_id))
+                .collect();
+            if !remote.is_empty() {
+                return Err(ServiceError::Conflict(format!(
+                    "app {name:?} has volumes on other hosts ({}); destroy them first",
+                    remote.join(", ")
+                )));
+            }
+        }
         // As on Fly (reference 1.1): machines that are stopped or never started go with the
         // app; only running ones need `force` (which stops them first).
         let running: Vec<&MachineRecord> = machines

@@ -48,15 +48,11 @@ pub enum Owner {
     Host(HostRecord),
     /// On another host whose heartbeats stopped this long ago (milliseconds).
     Unreachable(HostRecord, i64),
+    /// On a host the store has no record of (its row was removed).
+    Unregistered(String),
 }
 
 impl Hangar {
-    /// Marks the store as shared with other hosts (`--store postgres://…`).
-    pub fn enable_cluster(&self) {
-        self.cluster
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
     pub fn is_cluster(&self) -> bool {
         self.cluster.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -92,10 +88,15 @@ impl Hangar {
             if m.host_id.is_empty() {
                 return Ok(None);
             }
-            Ok(s.list_hosts()?.into_iter().find(|h| h.id == m.host_id))
+            let found = s.list_hosts()?.into_iter().find(|h| h.id == m.host_id);
+            Ok(Some((m.host_id, found)))
         })
         .await?;
-        Ok(self.owner_of(host))
+        Ok(match host {
+            None => Owner::Local,
+            Some((id, None)) if id != self.host_id => Owner::Unregistered(id),
+            Some((_, found)) => self.owner_of(found),
+        })
     }
 
     /// Which host serves requests for volume `id` of `app` (here when it is unknown).
@@ -108,10 +109,25 @@ impl Hangar {
             if v.host_id.is_empty() {
                 return Ok(None);
             }
-            Ok(s.list_hosts()?.into_iter().find(|h| h.id == v.host_id))
+            let found = s.list_hosts()?.into_iter().find(|h| h.id == v.host_id);
+            Ok(Some((v.host_id, found)))
         })
         .await?;
-        Ok(self.owner_of(host))
+        Ok(match host {
+            None => Owner::Local,
+            Some((id, None)) if id != self.host_id => Owner::Unregistered(id),
+            Some((_, found)) => self.owner_of(found),
+        })
+    }
+
+    /// Which host serves requests for snapshot `id`'s volume (a restore from it goes there).
+    pub async fn snapshot_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
+        let snap = id.to_string();
+        let volume = db(&self.store, move |s| s.get_snapshot(&snap)).await?;
+        match volume {
+            Some(s) => self.volume_owner(app, &s.volume_id).await,
+            None => Ok(Owner::Local),
+        }
     }
 
     /// Which host a new machine in `region` goes to: here when it is this host's region, else
@@ -155,7 +171,14 @@ impl Hangar {
     /// started, as Fly does when a primary's host fails; the primaries are not touched (their
     /// host may still run them, cut off). Runs with every heartbeat in cluster mode.
     pub async fn start_standbys(&self) -> ServiceResult<()> {
-        if !self.is_cluster() {
+        // After this host lost the store for a while every other host looks silent until they
+        // heartbeat again: wait until this host has heartbeated for longer than the silence
+        // that counts as unreachable.
+        let fresh = self
+            .heartbeats_in_a_row
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > (UNREACHABLE_AFTER_MS / HEARTBEAT_INTERVAL.as_millis() as i64) as u32;
+        if !self.is_cluster() || !fresh {
             return Ok(());
         }
         let silent = self.unreachable_hosts().await?;
@@ -179,12 +202,17 @@ impl Hangar {
                 .find(|p| host_of.get(p.as_str()).is_some_and(|h| silent.contains(*h)));
             let Some(primary) = lost else { continue };
             tracing::warn!(machine = %m.id, %primary, "starting a standby: its primary's host is unreachable");
-            if let Err(e) = self
-                .start_internal(&m.app, &m.id, Source::Platform, None)
-                .await
-            {
-                tracing::warn!(machine = %m.id, error = %e, "starting a standby failed");
-            }
+            // In its own task: a slow start (an image pull) must not hold up the heartbeat.
+            let this = self.me.clone();
+            tokio::spawn(async move {
+                let Some(this) = this.upgrade() else { return };
+                if let Err(e) = this
+                    .start_internal(&m.app, &m.id, Source::Platform, None)
+                    .await
+                {
+                    tracing::warn!(machine = %m.id, error = %e, "starting a standby failed");
+                }
+            });
         }
         Ok(())
     }
@@ -211,8 +239,14 @@ impl Hangar {
     }
 
     pub async fn heartbeat(&self) -> ServiceResult<()> {
+        use std::sync::atomic::Ordering;
         let id = self.host_id.clone();
-        db(&self.store, move |s| s.heartbeat(&id, now_ms())).await
+        let done = db(&self.store, move |s| s.heartbeat(&id, now_ms())).await;
+        match &done {
+            Ok(()) => self.heartbeats_in_a_row.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.heartbeats_in_a_row.swap(0, Ordering::Relaxed),
+        };
+        done
     }
 
     pub async fn hosts(&self) -> ServiceResult<Vec<HostView>> {

@@ -387,11 +387,14 @@ impl Hangar {
 
 impl Hangar {
     /// Every machine not destroyed that runs on this host, across apps. With a shared store
-    /// (cluster mode) each host is the authority for its own machines only; machines made
-    /// before hosts were recorded (no host id) are this host's.
+    /// (cluster mode) each host is the authority for its own machines only; on a single host
+    /// every machine is its own, whatever host name it was made under (a renamed or restored
+    /// host keeps its machines).
     pub async fn live_machines(&self) -> ServiceResult<Vec<MachineRecord>> {
         let mut machines = db(&self.store, |s| s.list_live_machines()).await?;
-        machines.retain(|m| m.host_id.is_empty() || m.host_id == self.host_id);
+        if self.is_cluster() {
+            machines.retain(|m| m.host_id == self.host_id);
+        }
         Ok(machines)
     }
 }

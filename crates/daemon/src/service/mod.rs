@@ -130,6 +130,9 @@ pub struct Hangar {
     /// The store is shared with other hosts (cluster mode): requests for their machines are
     /// forwarded to them.
     cluster: std::sync::atomic::AtomicBool,
+    /// Heartbeats this host wrote in a row (reset by a failed one): another host is only
+    /// judged silent once this host's own view of the store is fresh.
+    heartbeats_in_a_row: std::sync::atomic::AtomicU32,
 }
 
 /// Runs a blocking store call off the async workers (SQLite commits fsync).
@@ -191,8 +194,9 @@ impl Hangar {
         secrets: SecretsConfig,
         volumes: Option<hangar_volumes::VolumeDir>,
         metrics: Arc<crate::metrics::DaemonMetrics>,
+        cluster: bool,
     ) -> hangar_store::Result<Arc<Self>> {
-        let net_host = network::host_part(store.as_ref())?;
+        let net_host = network::host_part(store.as_ref(), cluster.then_some(host_id.as_str()))?;
         Ok(Arc::new_cyclic(|me| Self {
             host_id,
             capacity,
@@ -206,7 +210,8 @@ impl Hangar {
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
             proxy: std::sync::OnceLock::new(),
-            cluster: std::sync::atomic::AtomicBool::new(false),
+            cluster: std::sync::atomic::AtomicBool::new(cluster),
+            heartbeats_in_a_row: std::sync::atomic::AtomicU32::new(0),
             secrets,
             volumes,
             metrics,
@@ -279,6 +284,13 @@ impl Hangar {
         id: &str,
     ) -> ServiceResult<(tokio::sync::OwnedMutexGuard<()>, MachineRecord)> {
         let m = self.get_machine(app, id, false).await?;
+        // Only the host that runs a machine acts on it; requests reach it by forwarding.
+        if self.is_cluster() && m.host_id != self.host_id {
+            return Err(ServiceError::Unavailable(format!(
+                "machine {id} runs on host {}, not this one ({}); send the request there",
+                m.host_id, self.host_id
+            )));
+        }
         let guard = self.handle(&m).lock.clone().lock_owned().await;
         let m = self.get_machine(app, id, false).await?;
         Ok((guard, m))

@@ -18,10 +18,18 @@ pub(super) fn network_name(app: &AppRecord) -> &str {
     }
 }
 
-/// This host's part of every 6PN address it hands out, chosen once and kept in the store.
-pub(crate) fn host_part(store: &dyn Store) -> hangar_store::Result<u32> {
+/// This host's part of every 6PN address it hands out, chosen once and kept in the store; in a
+/// cluster each host has its own (the store is shared), so it is kept under the host's id.
+pub(crate) fn host_part(
+    store: &dyn Store,
+    cluster_host: Option<&str>,
+) -> hangar_store::Result<u32> {
     let init = format!("{:08x}", rand::random::<u32>().max(1));
-    let value = store.setting_or_init("6pn_host", &init)?;
+    let key = match cluster_host {
+        Some(host) => format!("6pn_host/{host}"),
+        None => "6pn_host".to_string(),
+    };
+    let value = store.setting_or_init(&key, &init)?;
     u32::from_str_radix(&value, 16)
         .map_err(|_| hangar_store::StoreError::Corrupt(format!("6pn_host {value:?}")))
 }

@@ -227,6 +227,7 @@ mod tests {
             },
             None,
             Arc::default(),
+            false,
         )
         .unwrap();
         h.create_app(

@@ -295,10 +295,13 @@ impl Hangar {
         Ok(record)
     }
 
-    /// Every volume whose image lives on this host (the others' hosts sweep and admit theirs).
+    /// Every volume whose image lives on this host (in cluster mode the others' hosts sweep
+    /// and admit theirs; on a single host every volume is its own).
     async fn own_volumes(&self) -> ServiceResult<Vec<VolumeRecord>> {
         let mut all = db(&self.store, |s| s.list_all_volumes()).await?;
-        all.retain(|v| v.host_id.is_empty() || v.host_id == self.host_id);
+        if self.is_cluster() {
+            all.retain(|v| v.host_id == self.host_id);
+        }
         Ok(all)
     }
 
