@@ -455,6 +455,11 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
     let app = router(hangar, Arc::from(token.as_str()));
 
+    // The handlers are in place before anyone can reach the API: a SIGTERM that arrives as
+    // soon as the socket answers is a clean shutdown, not the default kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let unix = bind_unix(&opts.socket).await?;
     share_with_group(opts.socket_group.as_deref(), &opts.socket, &token_path)?;
     eprintln!(
@@ -492,9 +497,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         });
     }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
         Some(res) = servers.join_next() => {
             res.context("server task failed")?.context("server failed")?;
