@@ -343,3 +343,23 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     a.destroy_machine("far", &id, true).await;
     a.destroy_machine("far", &standby, true).await;
 }
+
+/// Two hosts given one host id would both act as the owner of its machines: the second is
+/// refused while the first heartbeats.
+#[tokio::test]
+#[ignore = "needs root (PostgreSQL runs as the postgres user) and PostgreSQL's initdb; scripts/test runs it"]
+async fn a_second_host_with_a_live_hosts_id_is_refused() {
+    let (_pg, url) = postgres_with_a_database().await;
+    let a = Daemon::start_with_flags(false, &["--store", &url, "--host-id", "twin"]).await;
+    let key = a.data_dir.join("secrets.key");
+    let mut b = Daemon::start_with_flags(false, &["--host-id", "twin"]).await;
+    b.terminate();
+    b.args.extend([
+        "--store".to_string(),
+        url,
+        "--secrets-key-file".to_string(),
+        key.to_str().unwrap().to_string(),
+    ]);
+    let err = b.restart_refused().await;
+    assert!(err.contains("in use by another live daemon"), "{err}");
+}

@@ -342,6 +342,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 memory_mb: i64::try_from(capacity.memory_mb).unwrap_or(i64::MAX),
                 disk_gb,
                 api_addr: opts.listen.map(|a| a.to_string()).unwrap_or_default(),
+                instance: host_instance(&opts.data_dir)?,
             })
             .await
             .context("failed to register this host in the store")?;
@@ -518,6 +519,22 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 }
 
 /// This host's id in machine rows: its host name (one host today; cluster mode names hosts).
+/// This installation's instance id, made at its first start and kept in the data dir: what
+/// tells two daemons given the same host id apart.
+fn host_instance(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("host-instance");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }

@@ -1327,10 +1327,12 @@ impl HostStore for PgStore {
         self.conn()?
             .execute(
                 "INSERT INTO hosts (id, region, cpus, memory_mb, disk_gb, api_addr, \
-                 registered_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 registered_at, heartbeat_at, instance) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (id) DO UPDATE SET region = excluded.region, cpus = excluded.cpus, \
                  memory_mb = excluded.memory_mb, disk_gb = excluded.disk_gb, \
-                 api_addr = excluded.api_addr, heartbeat_at = excluded.heartbeat_at",
+                 api_addr = excluded.api_addr, heartbeat_at = excluded.heartbeat_at, \
+                 instance = excluded.instance",
                 &[
                     &h.id,
                     &h.region,
@@ -1340,6 +1342,7 @@ impl HostStore for PgStore {
                     &h.api_addr,
                     &h.registered_at,
                     &h.heartbeat_at,
+                    &h.instance,
                 ],
             )
             .map_err(pg)?;
@@ -1365,7 +1368,7 @@ impl HostStore for PgStore {
             .conn()?
             .query(
                 "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, \
-                 heartbeat_at FROM hosts ORDER BY id",
+                 heartbeat_at, instance FROM hosts ORDER BY id",
                 &[],
             )
             .map_err(pg)?;
@@ -1379,6 +1382,7 @@ impl HostStore for PgStore {
                 api_addr: get(r, 5)?,
                 registered_at: get(r, 6)?,
                 heartbeat_at: get(r, 7)?,
+                instance: get(r, 8)?,
             })
         })
     }

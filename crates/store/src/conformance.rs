@@ -553,6 +553,7 @@ pub fn host(id: &str, at: i64) -> crate::HostRecord {
         memory_mb: 16384,
         disk_gb: 100,
         api_addr: String::new(),
+        instance: format!("instance-{id}"),
         registered_at: at,
         heartbeat_at: at,
     }
@@ -565,6 +566,7 @@ pub fn hosts_register_once_and_heartbeat(s: &dyn Store) {
     // Registering again (a restart) updates what the host offers, not when it first came.
     let mut again = host("h1", 30);
     again.cpus = 16;
+    again.instance = "new".into();
     s.register_host(&again).unwrap();
     s.heartbeat("h2", 40).unwrap();
     let hosts = s.list_hosts().unwrap();
@@ -575,6 +577,7 @@ pub fn hosts_register_once_and_heartbeat(s: &dyn Store) {
             .collect::<Vec<_>>(),
         [("h1", 16, 20, 30), ("h2", 8, 10, 40)]
     );
+    assert_eq!(hosts[0].instance, "new");
     assert_eq!(
         s.heartbeat("nobody", 50).unwrap_err().class(),
         ErrorClass::NotFound

@@ -234,6 +234,9 @@ pub struct HostRecord {
     pub disk_gb: i64,
     /// Where other hosts reach its API (empty when it serves only its socket).
     pub api_addr: String,
+    /// The daemon installation behind the id (kept in its data dir): two hosts given one id
+    /// have different ones.
+    pub instance: String,
     /// Unix milliseconds: first registration, and the last heartbeat.
     pub registered_at: i64,
     pub heartbeat_at: i64,

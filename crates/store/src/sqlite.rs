@@ -195,6 +195,9 @@ CREATE TABLE hosts (
     heartbeat_at INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE hosts ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// Readers run in parallel with the writer under WAL; a few are enough for 2-core hosts.
@@ -1383,10 +1386,11 @@ impl HostStore for SqliteStore {
     fn register_host(&self, h: &HostRecord) -> Result<()> {
         self.writer().execute(
             "INSERT INTO hosts (id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, \
-             heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE \
+             heartbeat_at, instance) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (id) DO UPDATE \
              SET region = excluded.region, cpus = excluded.cpus, memory_mb = excluded.memory_mb, \
              disk_gb = excluded.disk_gb, api_addr = excluded.api_addr, \
-             heartbeat_at = excluded.heartbeat_at",
+             heartbeat_at = excluded.heartbeat_at, instance = excluded.instance",
             params![
                 h.id,
                 h.region,
@@ -1395,7 +1399,8 @@ impl HostStore for SqliteStore {
                 h.disk_gb,
                 h.api_addr,
                 h.registered_at,
-                h.heartbeat_at
+                h.heartbeat_at,
+                h.instance
             ],
         )?;
         Ok(())
@@ -1415,8 +1420,8 @@ impl HostStore for SqliteStore {
     fn list_hosts(&self) -> Result<Vec<HostRecord>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, heartbeat_at \
-             FROM hosts ORDER BY id",
+            "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, heartbeat_at, \
+             instance FROM hosts ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(HostRecord {
@@ -1428,6 +1433,7 @@ impl HostStore for SqliteStore {
                 api_addr: r.get(5)?,
                 registered_at: r.get(6)?,
                 heartbeat_at: r.get(7)?,
+                instance: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

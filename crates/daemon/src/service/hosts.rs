@@ -15,6 +15,8 @@ pub struct HostOffer {
     pub memory_mb: i64,
     pub disk_gb: i64,
     pub api_addr: String,
+    /// This installation's instance id (`host-instance` in the data dir).
+    pub instance: String,
 }
 
 /// A host as `hangar hosts list` shows it.
@@ -225,6 +227,27 @@ impl Hangar {
     /// Records this host (and what it offers) in the store.
     pub async fn register_host(&self, offer: HostOffer) -> ServiceResult<()> {
         let now = now_ms();
+        // Another installation heartbeating under this id: two hosts were given one id, and
+        // would both act as this host's machines' owner.
+        let id = self.host_id.clone();
+        let existing = db(&self.store, move |s| {
+            Ok(s.list_hosts()?.into_iter().find(|h| h.id == id))
+        })
+        .await?;
+        if let Some(h) = existing {
+            let silent = now - h.heartbeat_at;
+            if !h.instance.is_empty()
+                && h.instance != offer.instance
+                && silent < UNREACHABLE_AFTER_MS
+            {
+                return Err(ServiceError::Conflict(format!(
+                    "host id {} is in use by another live daemon (its last heartbeat was {}s \
+                     ago): give each host its own --host-id",
+                    h.id,
+                    silent / 1000
+                )));
+            }
+        }
         let host = HostRecord {
             id: self.host_id.clone(),
             region: self.region.clone(),
@@ -232,6 +255,7 @@ impl Hangar {
             memory_mb: offer.memory_mb,
             disk_gb: offer.disk_gb,
             api_addr: offer.api_addr,
+            instance: offer.instance,
             registered_at: now,
             heartbeat_at: now,
         };
