@@ -160,6 +160,15 @@ async fn every_flaps_call_hangar_serves_means_what_it_means_on_fly() {
         missing["stderr"].as_str().unwrap().contains("not found"),
         "{missing}"
     );
+    let not_executable = decoded(
+        &d,
+        Method::POST,
+        &format!("{mid}/exec"),
+        None,
+        Some(r#"{"command":["/etc/passwd"]}"#.into()),
+    )
+    .await;
+    assert_eq!(not_executable["exit_code"], 126, "{not_executable}");
 
     // Metadata: SetMetadata, GetMetadata, DeleteMetadata.
     call(

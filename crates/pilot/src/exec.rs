@@ -54,15 +54,15 @@ pub struct Spawned {
 pub enum SpawnError {
     /// Pilot could not set the child up (pipes, namespaces, clone).
     Setup(String),
-    /// The command itself could not run in the container (not found, not executable…): a
-    /// result of the command, as a shell's 127.
-    Command(String),
+    /// The command itself could not run in the container: a result of the command, with the
+    /// exit code a shell gives it (127 not found, 126 not executable).
+    Command { code: i32, message: String },
 }
 
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SpawnError::Setup(m) | SpawnError::Command(m) => f.write_str(m),
+            SpawnError::Setup(m) | SpawnError::Command { message: m, .. } => f.write_str(m),
         }
     }
 }
@@ -137,9 +137,18 @@ pub fn spawn_with(
     let argv = argv.to_vec();
     let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
+        // The parent reads the failure with its kind first: `S` setup, else the command's
+        // exit code (3 digits) then the message.
+        use hangar_sandbox::container::ExecFailure;
         let msg = match child_setup() {
-            Ok(()) => hangar_sandbox::container::exec_in_container(mnt_ns.as_fd(), &process, &argv),
-            Err(e) => e,
+            Ok(()) => {
+                match hangar_sandbox::container::exec_in_container(mnt_ns.as_fd(), &process, &argv)
+                {
+                    ExecFailure::Setup(m) => format!("S{m}"),
+                    ExecFailure::Program { code, message } => format!("{code:03}{message}"),
+                }
+            }
+            Err(e) => format!("S{e}"),
         };
         // SAFETY: writing the failure to the parent through the pipe we own.
         unsafe { libc::write(fail_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
@@ -166,7 +175,15 @@ pub fn spawn_with(
     let _ = File::from(fail_r).read_to_string(&mut failure);
     if !failure.is_empty() {
         // The child exits 127 at once; the reaper still finds it registered and drops the status.
-        return Err(SpawnError::Command(failure));
+        return Err(match failure.split_at_checked(3) {
+            Some((code, message)) if code.bytes().all(|b| b.is_ascii_digit()) => {
+                SpawnError::Command {
+                    code: code.parse().unwrap_or(127),
+                    message: message.to_string(),
+                }
+            }
+            _ => SpawnError::Setup(failure.strip_prefix('S').unwrap_or(&failure).to_string()),
+        });
     }
     Ok((pid, rx))
 }
@@ -271,12 +288,12 @@ pub async fn run(
 ) -> Result<ExecResult, String> {
     match spawn(init_pid, process, argv, waiters) {
         Ok((spawned, exited)) => Ok(collect(spawned, stdin, timeout, exited).await),
-        // A command that cannot run answers as a shell does: 127 and why, on stderr.
-        Err(SpawnError::Command(why)) => Ok(ExecResult {
-            exit_code: 127,
+        // A command that cannot run answers as a shell does: 127 or 126, and why on stderr.
+        Err(SpawnError::Command { code, message }) => Ok(ExecResult {
+            exit_code: code,
             exit_signal: 0,
             stdout: String::new(),
-            stderr: format!("{why}\n"),
+            stderr: format!("{message}\n"),
             stdout_truncated: false,
             stderr_truncated: false,
         }),

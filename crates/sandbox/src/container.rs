@@ -403,26 +403,46 @@ pub fn exec_in_container(
     mnt_ns: std::os::fd::BorrowedFd<'_>,
     p: &ContainerProcess,
     argv: &[String],
-) -> String {
+) -> ExecFailure {
     if let Err(e) = nix::sched::setns(mnt_ns, nix::sched::CloneFlags::CLONE_NEWNS) {
-        return err("join the container's mount namespace", e);
+        return ExecFailure::Setup(err("join the container's mount namespace", e));
     }
     exec_argv(p, argv)
 }
 
-fn exec(p: &ContainerProcess) -> String {
-    exec_argv(p, &p.argv)
+/// Why a process did not start in a container: the container could not be entered as its
+/// process (a platform or config fault), or the program itself could not run (a result of the
+/// command, as a shell reports it: 127 not found, 126 not executable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecFailure {
+    Setup(String),
+    Program { code: i32, message: String },
 }
 
-fn exec_argv(p: &ContainerProcess, argv: &[String]) -> String {
+impl ExecFailure {
+    pub fn message(&self) -> &str {
+        match self {
+            ExecFailure::Setup(m) | ExecFailure::Program { message: m, .. } => m,
+        }
+    }
+}
+
+fn exec(p: &ContainerProcess) -> String {
+    exec_argv(p, &p.argv).message().to_string()
+}
+
+fn exec_argv(p: &ContainerProcess, argv: &[String]) -> ExecFailure {
     if let Err(e) = drop_privileges(p) {
-        return e;
+        return ExecFailure::Setup(e);
     }
     if let Err(e) = std::env::set_current_dir(&p.cwd) {
-        return err(&format!("chdir {}", p.cwd), e);
+        return ExecFailure::Setup(err(&format!("chdir {}", p.cwd), e));
     }
     let Some(program) = argv.first() else {
-        return "no command to run (the image has no entrypoint or cmd; set init.cmd)".into();
+        return ExecFailure::Program {
+            code: 127,
+            message: "no command to run (the image has no entrypoint or cmd; set init.cmd)".into(),
+        };
     };
     let path_var = p
         .env
@@ -438,7 +458,12 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> String {
             .find(|c| c.is_file())
         {
             Some(c) => c,
-            None => return format!("executable {program:?} not found in PATH {path_var}"),
+            None => {
+                return ExecFailure::Program {
+                    code: 127,
+                    message: format!("executable {program:?} not found in PATH {path_var}"),
+                }
+            }
         }
     };
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("argument {s:?} contains NUL"));
@@ -446,15 +471,27 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> String {
     let env: Result<Vec<CString>, String> = p.env.iter().map(|a| to_c(a)).collect();
     let (argv, env) = match (argv, env) {
         (Ok(a), Ok(e)) => (a, e),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return ExecFailure::Setup(e),
     };
     let path = match CString::new(resolved.as_os_str().as_encoded_bytes()) {
         Ok(p) => p,
-        Err(_) => return "executable path contains NUL".into(),
+        Err(_) => return ExecFailure::Setup("executable path contains NUL".into()),
     };
     // execve returns only on failure.
     match nix::unistd::execve(&path, &argv, &env) {
-        Err(e) => format!("exec {}: {}", resolved.display(), e.desc()),
+        Err(e) => {
+            let message = format!("exec {}: {}", resolved.display(), e.desc());
+            match e {
+                nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => {
+                    ExecFailure::Program { code: 127, message }
+                }
+                nix::errno::Errno::EACCES
+                | nix::errno::Errno::ENOEXEC
+                | nix::errno::Errno::EPERM
+                | nix::errno::Errno::EISDIR => ExecFailure::Program { code: 126, message },
+                _ => ExecFailure::Setup(message),
+            }
+        }
         Ok(never) => match never {},
     }
 }
