@@ -363,3 +363,65 @@ async fn a_second_host_with_a_live_hosts_id_is_refused() {
     let err = b.restart_refused().await;
     assert!(err.contains("in use by another live daemon"), "{err}");
 }
+
+/// The database goes away: machines keep running untouched, writes fail fast, and everything
+/// works again when it returns.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root, the test registry and PostgreSQL's initdb; scripts/test runs it"]
+async fn machines_outlive_a_database_outage() {
+    let (mut pg, url) = postgres_with_a_database().await;
+    let a = Daemon::start_with_flags(true, &["--store", &url, "--host-id", "solo"]).await;
+    a.create_app("steady").await;
+    let id = a
+        .launch(
+            "steady",
+            json!({"config": {"image": common::test_image(), "init": {"cmd": ["sleep", "600"]}}}),
+        )
+        .await;
+    a.wait_state("steady", &id, "started").await;
+    // A mark in the machine's root filesystem, which a restart would not keep.
+    let exec = |cmd: &'static str| {
+        let (a, id) = (&a, id.clone());
+        async move {
+            a.post(
+                &format!("/v1/apps/steady/machines/{id}/exec"),
+                json!({"command": ["sh", "-c", cmd]}),
+            )
+            .await
+        }
+    };
+    assert_eq!(exec("echo up > /mark").await.status, 200);
+
+    tokio::task::block_in_place(|| pg.stop_server());
+    let t0 = std::time::Instant::now();
+    let r = a
+        .post(
+            "/v1/apps",
+            json!({"name": "during", "org_slug": "personal"}),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    tokio::task::block_in_place(|| pg.run_server());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = a
+            .post("/v1/apps", json!({"name": "after", "org_slug": "personal"}))
+            .await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The same run of the machine: its mark is still there.
+    let r = exec("cat /mark").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json::<Value>().unwrap()["stdout"], "up\n", "{}", r.text());
+    a.destroy_machine("steady", &id, true).await;
+}

@@ -3,6 +3,8 @@
 //! compare-and-swap rules (row versions, leases, unique names and addresses, one holder per
 //! volume) are enforced by the database, so they hold across daemons, not just inside one.
 //! It passes the same [`conformance`](hangar_store::conformance) checks as the SQLite backend.
+//! Text is ordered by bytes (`COLLATE "C"`), as SQLite orders it, whatever the database's
+//! locale.
 
 mod schema;
 
@@ -366,7 +368,7 @@ impl AppStore for PgStore {
             .query(
                 &format!(
                     "SELECT {APP_COLUMNS} FROM apps WHERE $1::text IS NULL OR org_slug = $1 \
-                     ORDER BY name"
+                     ORDER BY name COLLATE \"C\""
                 ),
                 &[&org_slug],
             )
@@ -528,7 +530,7 @@ impl MachineStore for PgStore {
             .query(
                 &format!(
                     "SELECT {MACHINE_COLUMNS} FROM machines WHERE app = $1 \
-                     AND ($2 OR state != 'destroyed') ORDER BY created_at, id"
+                     AND ($2 OR state != 'destroyed') ORDER BY created_at, id COLLATE \"C\""
                 ),
                 &[&app, &include_destroyed],
             )
@@ -542,7 +544,7 @@ impl MachineStore for PgStore {
             .query(
                 &format!(
                     "SELECT {MACHINE_COLUMNS} FROM machines WHERE state != 'destroyed' \
-                     ORDER BY created_at, id"
+                     ORDER BY created_at, id COLLATE \"C\""
                 ),
                 &[],
             )
@@ -830,7 +832,7 @@ impl SecretStore for PgStore {
         let found = tx
             .query(
                 "SELECT name, sealed, digest, created_at, updated_at, version FROM app_secrets \
-                 WHERE app = $1 ORDER BY name",
+                 WHERE app = $1 ORDER BY name COLLATE \"C\"",
                 &[&app],
             )
             .map_err(pg)?;
@@ -939,7 +941,7 @@ impl VolumeStore for PgStore {
             .conn()?
             .query(
                 &format!(
-                    "SELECT {VOLUME_COLUMNS} FROM volumes WHERE app = $1 ORDER BY created_at, id"
+                    "SELECT {VOLUME_COLUMNS} FROM volumes WHERE app = $1 ORDER BY created_at, id COLLATE \"C\""
                 ),
                 &[&app],
             )
@@ -951,7 +953,9 @@ impl VolumeStore for PgStore {
         let found = self
             .conn()?
             .query(
-                &format!("SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at, id"),
+                &format!(
+                    "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY created_at, id COLLATE \"C\""
+                ),
                 &[],
             )
             .map_err(pg)?;
@@ -1061,7 +1065,7 @@ impl VolumeStore for PgStore {
             .query(
                 &format!(
                     "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE volume_id = $1 \
-                     ORDER BY created_at, id"
+                     ORDER BY created_at, id COLLATE \"C\""
                 ),
                 &[&volume_id],
             )
@@ -1245,7 +1249,7 @@ impl CertificateStore for PgStore {
             .query(
                 &format!(
                     "SELECT {CERT_COLUMNS} FROM certificates WHERE $1::text IS NULL OR app = $1 \
-                     ORDER BY hostname"
+                     ORDER BY hostname COLLATE \"C\""
                 ),
                 &[&app],
             )
@@ -1294,7 +1298,7 @@ impl IpAssignmentStore for PgStore {
             .conn()?
             .query(
                 "SELECT ip, app, region, service_name, shared, created_at FROM ip_assignments \
-                 WHERE $1::text IS NULL OR app = $1 ORDER BY created_at, ip",
+                 WHERE $1::text IS NULL OR app = $1 ORDER BY created_at, ip COLLATE \"C\"",
                 &[&app],
             )
             .map_err(pg)?;
@@ -1368,7 +1372,7 @@ impl HostStore for PgStore {
             .conn()?
             .query(
                 "SELECT id, region, cpus, memory_mb, disk_gb, api_addr, registered_at, \
-                 heartbeat_at, instance FROM hosts ORDER BY id",
+                 heartbeat_at, instance FROM hosts ORDER BY id COLLATE \"C\"",
                 &[],
             )
             .map_err(pg)?;
