@@ -125,22 +125,12 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
             {
                 next.run(req).await
             }
-            Ok(Owner::Host(host)) => forward(&h, &host, req).await,
-            Ok(Owner::Unreachable(host, silent_ms)) => {
-                unreachable(&host, silent_ms, &format!("machine {id}"))
-            }
-            Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("machine {id}")),
-            Err(e) => ApiError::from(e).into_response(),
+            owner => route(&h, owner, req, next, &format!("machine {id}")).await,
         },
-        Target::Volume { app, id } => match h.volume_owner(&app, &id).await {
-            Ok(Owner::Local) => next.run(req).await,
-            Ok(Owner::Host(host)) => forward(&h, &host, req).await,
-            Ok(Owner::Unreachable(host, silent_ms)) => {
-                unreachable(&host, silent_ms, &format!("volume {id}"))
-            }
-            Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("volume {id}")),
-            Err(e) => ApiError::from(e).into_response(),
-        },
+        Target::Volume { app, id } => {
+            let owner = h.volume_owner(&app, &id).await;
+            route(&h, owner, req, next, &format!("volume {id}")).await
+        }
         Target::Create { app } => {
             let (parts, body) = req.into_parts();
             let bytes = match axum::body::to_bytes(body, crate::server::MAX_BODY_BYTES).await {
@@ -167,15 +157,7 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
                 (None, None) => None,
             };
             if let Some((owner, what)) = owner {
-                return match owner {
-                    Ok(Owner::Local) => next.run(req).await,
-                    Ok(Owner::Host(host)) => forward(&h, &host, req).await,
-                    Ok(Owner::Unreachable(host, silent_ms)) => {
-                        unreachable(&host, silent_ms, &format!("volume {what}"))
-                    }
-                    Ok(Owner::Unregistered(host)) => unregistered(&host, &format!("volume {what}")),
-                    Err(e) => ApiError::from(e).into_response(),
-                };
+                return route(&h, owner, req, next, &format!("volume {what}")).await;
             }
             let Some(region) = text(&body["region"]) else {
                 return next.run(req).await;
@@ -187,6 +169,24 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
                 Err(e) => ApiError::from(e).into_response(),
             }
         }
+    }
+}
+
+/// Serves the request here, forwards it to its owner, or says why the owner cannot be reached
+/// (`what` names the machine or volume).
+async fn route(
+    h: &AppState,
+    owner: crate::service::ServiceResult<Owner>,
+    req: Request,
+    next: Next,
+    what: &str,
+) -> Response {
+    match owner {
+        Ok(Owner::Local) => next.run(req).await,
+        Ok(Owner::Host(host)) => forward(h, &host, req).await,
+        Ok(Owner::Unreachable(host, silent_ms)) => unreachable(&host, silent_ms, what),
+        Ok(Owner::Unregistered(host)) => unregistered(&host, what),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

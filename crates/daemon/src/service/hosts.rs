@@ -83,36 +83,29 @@ impl Hangar {
     /// so that the local answer is the 404).
     pub async fn machine_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
         let (app, id) = (app.to_string(), id.to_string());
-        let host = db(&self.store, move |s| {
-            let Some(m) = s.get_machine(&app, &id)? else {
-                return Ok(None);
-            };
-            if m.host_id.is_empty() {
-                return Ok(None);
-            }
-            let found = s.list_hosts()?.into_iter().find(|h| h.id == m.host_id);
-            Ok(Some((m.host_id, found)))
-        })
-        .await?;
-        Ok(match host {
-            None => Owner::Local,
-            Some((id, None)) if id != self.host_id => Owner::Unregistered(id),
-            Some((_, found)) => self.owner_of(found),
-        })
+        self.owner_by(move |s| Ok(s.get_machine(&app, &id)?.map(|m| m.host_id)))
+            .await
     }
 
     /// Which host serves requests for volume `id` of `app` (here when it is unknown).
     pub async fn volume_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
         let (app, id) = (app.to_string(), id.to_string());
+        self.owner_by(move |s| Ok(s.get_volume(&app, &id)?.map(|v| v.host_id)))
+            .await
+    }
+
+    /// The owner of what `host_of` finds (its host id): here when nothing is found or it has
+    /// no host.
+    async fn owner_by(
+        &self,
+        host_of: impl FnOnce(&dyn Store) -> hangar_store::Result<Option<String>> + Send + 'static,
+    ) -> ServiceResult<Owner> {
         let host = db(&self.store, move |s| {
-            let Some(v) = s.get_volume(&app, &id)? else {
+            let Some(id) = host_of(s)?.filter(|h| !h.is_empty()) else {
                 return Ok(None);
             };
-            if v.host_id.is_empty() {
-                return Ok(None);
-            }
-            let found = s.list_hosts()?.into_iter().find(|h| h.id == v.host_id);
-            Ok(Some((v.host_id, found)))
+            let found = s.list_hosts()?.into_iter().find(|h| h.id == id);
+            Ok(Some((id, found)))
         })
         .await?;
         Ok(match host {
