@@ -32,9 +32,9 @@ type Result<T = ()> = std::result::Result<T, ConfigError>;
 pub const RESTART_POLICIES: &[&str] = &["no", "always", "on-failure"];
 pub const SCHEDULES: &[&str] = &["hourly", "daily", "weekly", "monthly"];
 pub const HANDLERS: &[&str] = &["http", "tls", "tcp", "proxy_proto", "pg_tls", "edge_http"];
-/// The longest stop timeout accepted (fly.toml `kill_timeout` max is 300 s; allow a day for API users).
 /// The largest root filesystem a machine may ask for, as the largest volume.
 pub const MAX_ROOTFS_GB: u64 = crate::MAX_VOLUME_GB as u64;
+/// The longest stop timeout accepted (fly.toml `kill_timeout` max is 300 s; allow a day for API users).
 pub const MAX_STOP_TIMEOUT_SECS: u64 = 24 * 3600;
 
 /// Checks `config` and fills in what the platform defaults (guest size from `size` or the

@@ -518,7 +518,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This host's id in machine rows: its host name (one host today; cluster mode names hosts).
 /// This installation's instance id, made at its first start and kept in the data dir: what
 /// tells two daemons given the same host id apart.
 fn host_instance(data_dir: &std::path::Path) -> anyhow::Result<String> {
@@ -558,13 +557,15 @@ async fn open_store(opts: &DaemonOptions) -> anyhow::Result<Arc<dyn hangar_store
             eprintln!("hangar: state is in PostgreSQL (shared with the cluster's hosts)");
             Ok(Arc::new(store))
         }
-        Some(other) => anyhow::bail!(
-            "unsupported store {other:?}: give a postgres:// URL, or leave --store out for the \
-             embedded SQLite"
+        // The value is not echoed: a mistyped URL may still carry a password.
+        Some(_) => anyhow::bail!(
+            "unsupported --store: give a postgres:// (or postgresql://) URL, or leave --store \
+             out for the embedded SQLite"
         ),
     }
 }
 
+/// This host's id in machine rows when `--host-id` is not given: its host name.
 fn host_id() -> String {
     nix::unistd::gethostname()
         .ok()

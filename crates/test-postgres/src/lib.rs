@@ -95,6 +95,9 @@ impl TestPostgres {
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err() {
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                panic!("postgres exited: {status}");
+            }
             assert!(Instant::now() < deadline, "postgres did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
