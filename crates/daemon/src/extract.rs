@@ -7,6 +7,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult};
 
+/// The largest request body: larger than axum's 2 MiB default, as configs may carry files as
+/// base64.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// Parses a required JSON body.
 pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {

@@ -133,7 +133,7 @@ pub async fn to_owner(State(h): State<AppState>, req: Request, next: Next) -> Re
         }
         Target::Create { app } => {
             let (parts, body) = req.into_parts();
-            let bytes = match axum::body::to_bytes(body, crate::server::MAX_BODY_BYTES).await {
+            let bytes = match axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES).await {
                 Ok(b) => b,
                 Err(e) => {
                     return ApiError::new(

@@ -250,7 +250,7 @@ pub async fn pull(State(h): State<AppState>, RawQuery(q): RawQuery) -> ApiResult
         let result = hangar_image::pull(&store, &r, &opts).await;
         metrics
             .image_pulls
-            .get_or_create(&crate::metrics::ResultLabels {
+            .get_or_create(&crate::counters::ResultLabels {
                 result: if result.is_ok() { "ok" } else { "error" }.into(),
             })
             .inc();

@@ -6,6 +6,7 @@ mod clock;
 mod console;
 mod container_plan;
 mod convert;
+mod counters;
 mod error;
 mod extract;
 mod forward;
@@ -235,10 +236,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await?
             .context("failed to open the image store")?;
     let image_store = Arc::new(image_store);
-    let metrics = Arc::new(metrics::DaemonMetrics::default());
+    let metrics = Arc::new(counters::DaemonMetrics::default());
     let mut pull = hangar_image::PullOptions {
         allowed: opts.pull,
-        progress: Some(metrics::counting_pull_bytes(
+        progress: Some(counters::counting_pull_bytes(
             metrics.image_pull_bytes.clone(),
             None,
         )),

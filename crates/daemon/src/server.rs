@@ -18,9 +18,6 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::error::ApiError;
 use crate::routes::{self, AppState};
 
-/// Larger than axum's 2 MiB default: configs may carry files as base64.
-pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
 pub fn router(state: AppState, token: Arc<str>) -> Router {
     // The admin token, and in cluster mode the token the cluster's hosts forward requests with.
     let mut tokens = vec![token.to_string()];
@@ -215,7 +212,7 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
         .merge(api)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id))
 }
 

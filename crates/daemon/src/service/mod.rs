@@ -126,7 +126,7 @@ pub struct Hangar {
     /// Where volumes' images live (`None`: this daemon keeps no volumes).
     volumes: Option<hangar_volumes::VolumeDir>,
     /// Counters `/metrics` exports.
-    metrics: Arc<crate::metrics::DaemonMetrics>,
+    metrics: Arc<crate::counters::DaemonMetrics>,
     /// The store is shared with other hosts (cluster mode): requests for their machines are
     /// forwarded to them.
     cluster: std::sync::atomic::AtomicBool,
@@ -193,7 +193,7 @@ impl Hangar {
         host_id: String,
         secrets: SecretsConfig,
         volumes: Option<hangar_volumes::VolumeDir>,
-        metrics: Arc<crate::metrics::DaemonMetrics>,
+        metrics: Arc<crate::counters::DaemonMetrics>,
         cluster: bool,
     ) -> hangar_store::Result<Arc<Self>> {
         let net_host = network::host_part(store.as_ref(), cluster.then_some(host_id.as_str()))?;
@@ -230,7 +230,7 @@ impl Hangar {
     }
 
     /// The daemon's counters (API requests, transitions, starts, OOM kills, pulls).
-    pub fn metrics(&self) -> Arc<crate::metrics::DaemonMetrics> {
+    pub fn metrics(&self) -> Arc<crate::counters::DaemonMetrics> {
         self.metrics.clone()
     }
 
@@ -420,7 +420,7 @@ impl Hangar {
         );
         self.metrics
             .transitions
-            .get_or_create(&crate::metrics::TransitionLabels {
+            .get_or_create(&crate::counters::TransitionLabels {
                 event: kind.to_string(),
                 to: state.to_string(),
             })
