@@ -41,6 +41,29 @@ fn the_install_script_stages_binary_unit_and_config() {
     ] {
         assert!(unit.contains(line), "{line} missing from the unit");
     }
+    // systemd itself reads the unit (offline: no systemd needs to run here) and finds nothing
+    // wrong with it, its directives or its command.
+    let staged_unit = root.path().join("hangar.service");
+    std::fs::write(
+        &staged_unit,
+        unit.replace(
+            "/usr/bin/hangar",
+            &root.path().join("usr/bin/hangar").to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&staged_unit)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("SKIPPED systemd-analyze verify of the unit: {e} (install systemd)"),
+    }
     // The default config is one the daemon accepts (everything commented), and a user's edits
     // survive a reinstall.
     let config = root.path().join("etc/hangar/hangar.toml");
