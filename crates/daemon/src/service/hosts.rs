@@ -8,6 +8,12 @@ pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// A host silent for this long is `unreachable` (three missed heartbeats).
 const UNREACHABLE_AFTER_MS: i64 = 3 * HEARTBEAT_INTERVAL.as_millis() as i64;
 
+/// How long `h` has been silent at `now` (ms), if longer than makes it unreachable.
+fn silence(h: &HostRecord, now: i64) -> Option<i64> {
+    let silent = now - h.heartbeat_at;
+    (silent > UNREACHABLE_AFTER_MS).then_some(silent)
+}
+
 /// What this host offers the cluster.
 #[derive(Debug, Clone)]
 pub struct HostOffer {
@@ -17,6 +23,14 @@ pub struct HostOffer {
     pub api_addr: String,
     /// This installation's instance id (`host-instance` in the data dir).
     pub instance: String,
+}
+
+/// What a host's machines reserve (those that may run) and how many it has.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpus: i64,
+    memory_mb: i64,
+    machines: i64,
 }
 
 /// A host as `hangar hosts list` shows it.
@@ -68,14 +82,10 @@ impl Hangar {
         match host {
             None => Owner::Local,
             Some(h) if h.id == self.host_id => Owner::Local,
-            Some(h) => {
-                let silent = now_ms() - h.heartbeat_at;
-                if silent > UNREACHABLE_AFTER_MS {
-                    Owner::Unreachable(h, silent)
-                } else {
-                    Owner::Host(h)
-                }
-            }
+            Some(h) => match silence(&h, now_ms()) {
+                Some(silent) => Owner::Unreachable(h, silent),
+                None => Owner::Host(h),
+            },
         }
     }
 
@@ -131,20 +141,16 @@ impl Hangar {
         if region == self.region {
             return Ok(Some(Owner::Local));
         }
-        let hosts = self.hosts().await?;
-        let best = hosts
+        let now = now_ms();
+        Ok(self
+            .hosts_with_usage()
+            .await?
             .into_iter()
-            .filter(|h| h.region == region && h.status == "ok" && !h.api_addr.is_empty())
-            .max_by_key(|h| h.cpus - h.used_cpus);
-        let Some(best) = best else {
-            return Ok(None);
-        };
-        let id = best.id.clone();
-        let record = db(&self.store, move |s| {
-            Ok(s.list_hosts()?.into_iter().find(|h| h.id == id))
-        })
-        .await?;
-        Ok(record.map(|h| self.owner_of(Some(h))))
+            .filter(|(h, _)| {
+                h.region == region && silence(h, now).is_none() && !h.api_addr.is_empty()
+            })
+            .max_by_key(|(h, used)| h.cpus - used.cpus)
+            .map(|(h, _)| Owner::Host(h)))
     }
 
     /// Hosts of the cluster whose heartbeats stopped (none outside cluster mode): their
@@ -157,7 +163,7 @@ impl Hangar {
         let hosts = db(&self.store, |s| s.list_hosts()).await?;
         Ok(hosts
             .into_iter()
-            .filter(|h| now - h.heartbeat_at > UNREACHABLE_AFTER_MS)
+            .filter(|h| silence(h, now).is_some())
             .map(|h| h.id)
             .collect())
     }
@@ -185,7 +191,7 @@ impl Hangar {
             .iter()
             .map(|m| (m.id.as_str(), m.host_id.as_str()))
             .collect();
-        for m in self.live_machines().await? {
+        for m in all.iter().filter(|m| m.host_id == self.host_id) {
             if !matches!(m.state, MachineState::Stopped | MachineState::Created) {
                 continue;
             }
@@ -198,7 +204,7 @@ impl Hangar {
             let Some(primary) = lost else { continue };
             tracing::warn!(machine = %m.id, %primary, "starting a standby: its primary's host is unreachable");
             // In its own task: a slow start (an image pull) must not hold up the heartbeat.
-            let this = self.me.clone();
+            let (this, m) = (self.me.clone(), m.clone());
             tokio::spawn(async move {
                 let Some(this) = this.upgrade() else { return };
                 if let Err(e) = this
@@ -229,9 +235,7 @@ impl Hangar {
         .await?;
         if let Some(h) = existing {
             let silent = now - h.heartbeat_at;
-            if !h.instance.is_empty()
-                && h.instance != offer.instance
-                && silent < UNREACHABLE_AFTER_MS
+            if !h.instance.is_empty() && h.instance != offer.instance && silence(&h, now).is_none()
             {
                 return Err(ServiceError::Conflict(format!(
                     "host id {} is in use by another live daemon (its last heartbeat was {}s \
@@ -267,20 +271,54 @@ impl Hangar {
     }
 
     pub async fn hosts(&self) -> ServiceResult<Vec<HostView>> {
+        let now = now_ms();
+        Ok(self
+            .hosts_with_usage()
+            .await?
+            .into_iter()
+            .map(|(h, used)| HostView {
+                status: if silence(&h, now).is_some() {
+                    "unreachable"
+                } else {
+                    "ok"
+                },
+                this_host: h.id == self.host_id,
+                id: h.id,
+                region: h.region,
+                cpus: h.cpus,
+                memory_mb: h.memory_mb,
+                disk_gb: h.disk_gb,
+                api_addr: h.api_addr,
+                used_cpus: used.cpus,
+                used_memory_mb: used.memory_mb,
+                machines: used.machines,
+                registered_at: h.registered_at,
+                heartbeat_at: h.heartbeat_at,
+            })
+            .collect())
+    }
+
+    /// Every host with what its machines use, from one read of hosts and machines. Outside
+    /// cluster mode every machine is this host's, whatever host name it was made under.
+    async fn hosts_with_usage(&self) -> ServiceResult<Vec<(HostRecord, Usage)>> {
         let (hosts, machines) = db(&self.store, |s| {
             Ok((s.list_hosts()?, s.list_live_machines()?))
         })
         .await?;
-        let now = now_ms();
+        let cluster = self.is_cluster();
         Ok(hosts
             .into_iter()
             .map(|h| {
+                let mut used = Usage::default();
                 let theirs = machines.iter().filter(|m| {
-                    m.host_id == h.id || (m.host_id.is_empty() && h.id == self.host_id)
+                    if cluster {
+                        m.host_id == h.id
+                    } else {
+                        h.id == self.host_id
+                    }
                 });
-                let (mut cpus, mut memory_mb, mut count) = (0, 0, 0);
                 for m in theirs {
-                    count += 1;
+                    used.machines += 1;
                     if matches!(
                         m.state,
                         MachineState::Started
@@ -289,29 +327,11 @@ impl Hangar {
                             | MachineState::Replacing
                     ) {
                         let spec = m.spec();
-                        cpus += i64::from(spec.guest.cpus);
-                        memory_mb += spec.guest.memory_mb as i64;
+                        used.cpus += i64::from(spec.guest.cpus);
+                        used.memory_mb += spec.guest.memory_mb as i64;
                     }
                 }
-                HostView {
-                    status: if now - h.heartbeat_at > UNREACHABLE_AFTER_MS {
-                        "unreachable"
-                    } else {
-                        "ok"
-                    },
-                    this_host: h.id == self.host_id,
-                    id: h.id,
-                    region: h.region,
-                    cpus: h.cpus,
-                    memory_mb: h.memory_mb,
-                    disk_gb: h.disk_gb,
-                    api_addr: h.api_addr,
-                    used_cpus: cpus,
-                    used_memory_mb: memory_mb,
-                    machines: count,
-                    registered_at: h.registered_at,
-                    heartbeat_at: h.heartbeat_at,
-                }
+                (h, used)
             })
             .collect())
     }
