@@ -109,32 +109,26 @@ impl DaemonMetrics {
 }
 
 /// A pull progress callback that adds each layer fetched (not found in the store) to
-/// `counter`, then hands the event to `inner`.
+/// `counter`.
 pub fn counting_pull_bytes(
     counter: prometheus_client::metrics::counter::Counter,
-    inner: Option<hangar_image::ProgressFn>,
 ) -> hangar_image::ProgressFn {
     let sizes = std::sync::Mutex::new(std::collections::HashMap::new());
-    Arc::new(move |p: hangar_image::Progress| {
-        match &p {
-            hangar_image::Progress::Resolved { layers, .. } => {
-                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
-                sizes.extend(layers.iter().map(|(d, s)| (d.to_string(), *s)));
-            }
-            hangar_image::Progress::LayerVerified { digest } => {
-                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(size) = sizes.remove(&digest.to_string()) {
-                    counter.inc_by(size);
-                }
-            }
-            hangar_image::Progress::LayerCached { digest, .. } => {
-                let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
-                sizes.remove(&digest.to_string());
-            }
-            _ => {}
+    Arc::new(move |p: hangar_image::Progress| match &p {
+        hangar_image::Progress::Resolved { layers, .. } => {
+            let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+            sizes.extend(layers.iter().map(|(d, s)| (d.to_string(), *s)));
         }
-        if let Some(inner) = &inner {
-            inner(p);
+        hangar_image::Progress::LayerVerified { digest } => {
+            let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(size) = sizes.remove(&digest.to_string()) {
+                counter.inc_by(size);
+            }
         }
+        hangar_image::Progress::LayerCached { digest, .. } => {
+            let mut sizes = sizes.lock().unwrap_or_else(|e| e.into_inner());
+            sizes.remove(&digest.to_string());
+        }
+        _ => {}
     })
 }

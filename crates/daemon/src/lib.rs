@@ -241,7 +241,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         allowed: opts.pull,
         progress: Some(counters::counting_pull_bytes(
             metrics.image_pull_bytes.clone(),
-            None,
         )),
         ..Default::default()
     };

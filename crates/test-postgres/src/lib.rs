@@ -123,20 +123,20 @@ impl TestPostgres {
 
     /// A new, empty database, as a `postgresql://` URL (what `hangar daemon --store` takes).
     pub fn database_url(&self) -> String {
-        let conninfo = self.database();
-        let name = conninfo
-            .rsplit("dbname=")
-            .next()
-            .unwrap_or_default()
-            .to_string();
         format!(
-            "postgresql://postgres@/{name}?host={}",
+            "postgresql://postgres@/{}?host={}",
+            self.create_database(),
             self.dir.path().display()
         )
     }
 
     /// A new, empty database; its libpq connection string.
     pub fn database(&self) -> String {
+        self.url(&self.create_database())
+    }
+
+    /// Makes a database of a name not used before; its name.
+    fn create_database(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("hangar{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let mut admin =
@@ -144,7 +144,7 @@ impl TestPostgres {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create database");
-        self.url(&name)
+        name
     }
 }
 
