@@ -8,6 +8,10 @@
 
 mod schema;
 
+use hangar_store::columns::{
+    APP as APP_COLUMNS, CERTIFICATE as CERT_COLUMNS, MACHINE as MACHINE_COLUMNS,
+    SNAPSHOT as SNAPSHOT_COLUMNS, VOLUME as VOLUME_COLUMNS,
+};
 use std::time::Duration;
 
 use postgres::types::{FromSql, ToSql};
@@ -154,9 +158,6 @@ fn u64_of(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v}")))
 }
 
-const APP_COLUMNS: &str =
-    "id, name, org_slug, network, internal_numeric_id, created_at, idempotency_key, app_role";
-
 fn app_from_row(r: &Row) -> Result<AppRecord> {
     Ok(AppRecord {
         id: get(r, 0)?,
@@ -169,10 +170,6 @@ fn app_from_row(r: &Row) -> Result<AppRecord> {
         app_role: get(r, 7)?,
     })
 }
-
-const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
-     created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id, \
-     private_ipv4, skip_secrets";
 
 fn machine_from_row(r: &Row) -> Result<MachineRecord> {
     let state: String = get(r, 3)?;
@@ -854,9 +851,6 @@ impl SecretStore for PgStore {
     }
 }
 
-const VOLUME_COLUMNS: &str = "id, app, name, state, size_gb, region, zone, encrypted, fstype, \
-     snapshot_retention, auto_backup_enabled, attached_machine_id, created_at, deleted_at, host_id";
-
 fn volume_from_row(r: &Row) -> Result<VolumeRecord> {
     Ok(VolumeRecord {
         id: get(r, 0)?,
@@ -876,9 +870,6 @@ fn volume_from_row(r: &Row) -> Result<VolumeRecord> {
         host_id: get(r, 14)?,
     })
 }
-
-const SNAPSHOT_COLUMNS: &str =
-    "id, volume_id, app, size, volume_size, status, retention_days, created_at";
 
 fn snapshot_from_row(r: &Row) -> Result<SnapshotRecord> {
     Ok(SnapshotRecord {
@@ -1165,8 +1156,6 @@ impl ScheduleStore for PgStore {
         rows(found, schedule_from_row)
     }
 }
-
-const CERT_COLUMNS: &str = "hostname, app, fullchain, key_sealed, created_at, updated_at";
 
 fn certificate_from_row(r: &Row) -> Result<CertificateRecord> {
     Ok(CertificateRecord {

@@ -2,6 +2,7 @@
 //! is the embedded backend (WAL, synchronous commits); a cluster backend implements the same
 //! traits and must pass the same [`conformance`] checks.
 
+pub mod columns;
 pub mod conformance;
 mod records;
 mod sqlite;

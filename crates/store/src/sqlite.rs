@@ -1,6 +1,10 @@
 //! The embedded backend: one SQLite database in WAL mode with `synchronous=FULL`, so a commit
 //! that returned is on disk even if the daemon is SIGKILLed right after.
 
+use crate::columns::{
+    APP as APP_COLUMNS, CERTIFICATE as CERT_COLUMNS, MACHINE as MACHINE_COLUMNS,
+    SNAPSHOT as SNAPSHOT_COLUMNS, VOLUME as VOLUME_COLUMNS,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -326,9 +330,6 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     })
 }
 
-const APP_COLUMNS: &str =
-    "id, name, org_slug, network, internal_numeric_id, created_at, idempotency_key, app_role";
-
 fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
     Ok(AppRecord {
         id: r.get(0)?,
@@ -341,10 +342,6 @@ fn app_from_row(r: &Row) -> rusqlite::Result<AppRecord> {
         app_role: r.get(7)?,
     })
 }
-
-const MACHINE_COLUMNS: &str = "id, app, name, state, region, instance_id, private_ip, \
-     created_at, updated_at, cordoned, config, image_ref, image_digests, row_version, host_id, \
-     private_ipv4, skip_secrets";
 
 fn machine_from_row(r: &Row) -> rusqlite::Result<MachineRecord> {
     let state: String = r.get(3)?;
@@ -968,9 +965,6 @@ fn network_record(conn: &Connection, id: i64) -> Result<NetworkRecord> {
     })
 }
 
-const VOLUME_COLUMNS: &str = "id, app, name, state, size_gb, region, zone, encrypted, fstype, \
-     snapshot_retention, auto_backup_enabled, attached_machine_id, created_at, deleted_at, host_id";
-
 fn volume_from_row(r: &Row) -> rusqlite::Result<VolumeRecord> {
     Ok(VolumeRecord {
         id: r.get(0)?,
@@ -990,9 +984,6 @@ fn volume_from_row(r: &Row) -> rusqlite::Result<VolumeRecord> {
         host_id: r.get(14)?,
     })
 }
-
-const SNAPSHOT_COLUMNS: &str =
-    "id, volume_id, app, size, volume_size, status, retention_days, created_at";
 
 fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRecord> {
     Ok(SnapshotRecord {
@@ -1241,8 +1232,6 @@ fn schedule_from_row(r: &Row) -> rusqlite::Result<ScheduleRecord> {
         last_outcome: r.get(4)?,
     })
 }
-
-const CERT_COLUMNS: &str = "hostname, app, fullchain, key_sealed, created_at, updated_at";
 
 fn certificate_from_row(r: &Row) -> rusqlite::Result<CertificateRecord> {
     Ok(CertificateRecord {
