@@ -94,11 +94,7 @@ async fn hosts_on_one_store_are_one_api() {
         .await;
     assert_eq!(m["region"], "iad", "{m}");
     let id = m["id"].as_str().unwrap();
-    let seen: Value = a
-        .get(&format!("/v1/apps/shared/machines/{id}"))
-        .await
-        .json()
-        .unwrap();
+    let seen: Value = machine_json(&a, "shared", &id).await;
     assert_eq!(seen["id"], id, "{seen}");
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     let machines: Vec<i64> = hosts
@@ -132,6 +128,21 @@ async fn a_host_with_another_secrets_key_is_refused() {
     b.args.extend(["--store".to_string(), url]);
     let err = b.restart_refused().await;
     assert!(err.contains("secrets key"), "{err}");
+}
+
+/// A machine config of the test image that sleeps, with `extra` config fields.
+fn sleeper(extra: Value) -> Value {
+    let mut config = json!({"image": common::test_image(), "init": {"cmd": ["sleep", "600"]}});
+    common::merge(&mut config, extra);
+    config
+}
+
+/// Machine `id` of `app` as `d`'s API shows it.
+async fn machine_json(d: &Daemon, app: &str, id: &str) -> Value {
+    d.get(&format!("/v1/apps/{app}/machines/{id}"))
+        .await
+        .json()
+        .unwrap()
 }
 
 fn free_port() -> u16 {
@@ -190,16 +201,11 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     let id = a
         .launch(
             "far",
-            json!({"region": "iad", "config": {"image": common::test_image(),
-                "init": {"cmd": ["sleep", "600"]}}}),
+            json!({"region": "iad", "config": sleeper(json!({}))}),
         )
         .await;
     a.wait_state("far", &id, "started").await;
-    let local_to_b: Value = b
-        .get(&format!("/v1/apps/far/machines/{id}"))
-        .await
-        .json()
-        .unwrap();
+    let local_to_b: Value = machine_json(&b, "far", &id).await;
     assert_eq!(local_to_b["region"], "iad", "{local_to_b}");
     let exec = a
         .post(
@@ -253,16 +259,11 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     let with_volume = a
         .launch(
             "far",
-            json!({"config": {"image": common::test_image(), "init": {"cmd": ["sleep", "600"]},
-                "mounts": [{"volume": vol, "path": "/data"}]}}),
+            json!({"config": sleeper(json!({"mounts": [{"volume": vol, "path": "/data"}]}))}),
         )
         .await;
     a.wait_state("far", &with_volume, "started").await;
-    let placed: Value = b
-        .get(&format!("/v1/apps/far/machines/{with_volume}"))
-        .await
-        .json()
-        .unwrap();
+    let placed: Value = machine_json(&b, "far", &with_volume).await;
     assert_eq!(placed["region"], "iad", "on the volume's host: {placed}");
     let r = a
         .client
@@ -297,8 +298,7 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     let standby = a
         .create_machine(
             "far",
-            json!({"skip_launch": true, "config": {"image": common::test_image(),
-                "init": {"cmd": ["sleep", "600"]}, "standbys": [id]}}),
+            json!({"skip_launch": true, "config": sleeper(json!({"standbys": [id]}))}),
         )
         .await;
     let standby = standby["id"].as_str().unwrap().to_string();
@@ -322,11 +322,7 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     // The standby starts on its own host.
     a.wait_state("far", &standby, "started").await;
     // The machine is still there to read, marked as on an unreachable host.
-    let seen: Value = a
-        .get(&format!("/v1/apps/far/machines/{id}"))
-        .await
-        .json()
-        .unwrap();
+    let seen: Value = machine_json(&a, "far", &id).await;
     assert_eq!(
         (seen["state"].as_str(), seen["host_status"].as_str()),
         (Some("started"), Some("unreachable")),
@@ -373,10 +369,7 @@ async fn machines_outlive_a_database_outage() {
     let a = Daemon::start_with_flags(true, &["--store", &url, "--host-id", "solo"]).await;
     a.create_app("steady").await;
     let id = a
-        .launch(
-            "steady",
-            json!({"config": {"image": common::test_image(), "init": {"cmd": ["sleep", "600"]}}}),
-        )
+        .launch("steady", json!({"config": sleeper(json!({}))}))
         .await;
     a.wait_state("steady", &id, "started").await;
     // A mark in the machine's root filesystem, which a restart would not keep.
