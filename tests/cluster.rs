@@ -94,7 +94,7 @@ async fn hosts_on_one_store_are_one_api() {
         .await;
     assert_eq!(m["region"], "iad", "{m}");
     let id = m["id"].as_str().unwrap();
-    let seen: Value = machine_json(&a, "shared", &id).await;
+    let seen: Value = machine_json(&a, "shared", id).await;
     assert_eq!(seen["id"], id, "{seen}");
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     let machines: Vec<i64> = hosts
