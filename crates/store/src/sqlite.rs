@@ -1,16 +1,16 @@
 //! The embedded backend: one SQLite database in WAL mode with `synchronous=FULL`, so a commit
 //! that returned is on disk even if the daemon is SIGKILLed right after.
 
-use crate::columns::{
-    APP as APP_COLUMNS, CERTIFICATE as CERT_COLUMNS, MACHINE as MACHINE_COLUMNS,
-    SNAPSHOT as SNAPSHOT_COLUMNS, VOLUME as VOLUME_COLUMNS,
-};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
+use crate::columns::{
+    APP as APP_COLUMNS, CERTIFICATE as CERT_COLUMNS, MACHINE as MACHINE_COLUMNS,
+    SNAPSHOT as SNAPSHOT_COLUMNS, VOLUME as VOLUME_COLUMNS,
+};
 use crate::{
     AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
     HostRecord, HostStore, IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore,
