@@ -49,8 +49,16 @@ pub async fn start_daemon_with(name: &str, flags: &[&str]) -> Daemon {
         // The resolver never forwards in benchmarks: nothing leaves the host.
         .args(["--dns-upstream", "127.0.0.1:9"])
         .args(flags)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
+        .env(
+            "RUST_LOG",
+            std::env::var("HANGAR_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
+        // `HANGAR_BENCH_LOG=FILE` keeps the daemon's log (to see why a figure is odd).
+        .stderr(
+            std::env::var_os("HANGAR_BENCH_LOG")
+                .and_then(|f| std::fs::File::create(f).ok())
+                .map_or_else(Stdio::null, Stdio::from),
+        )
         .spawn()
         .expect("start the daemon (cargo build --release first)");
     let deadline = Instant::now() + Duration::from_secs(20);

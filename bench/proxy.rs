@@ -163,7 +163,9 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let n = wrk("http://127.0.0.1:18091/index.html", seconds, connections);
             show("through nginx (reverse proxy)", n);
-            let _ = nginx.kill();
+            // SIGTERM: nginx's master takes its workers down with it (a SIGKILL would leave
+            // them listening).
+            let _ = Command::new("kill").arg(nginx.id().to_string()).status();
             let _ = nginx.wait();
             if let (Some(h), Some(n), Some(dir)) = (hangar, n, direct) {
                 println!(

@@ -184,6 +184,59 @@ async fn machines_of_one_app_reach_each_other_by_internal_names() {
     }
 }
 
+/// A machine that stops and starts again keeps its link-layer address: the host (the proxy's
+/// side) and its neighbours keep cached entries for its addresses, and with a new random MAC
+/// their packets went to the old one, so connections to a restarted machine hung for seconds.
+#[tokio::test]
+async fn a_restarted_machine_keeps_its_mac_and_answers_at_once() {
+    let d = daemon().await;
+    create_app(&d, "net-mac", None).await;
+    let (id, _) = web(&d, "net-mac").await;
+    let v4 = ipv4(&d, "net-mac", &id).await;
+    let mac = async || {
+        sh(&d, "net-mac", &id, "cat /sys/class/net/eth0/address")
+            .await
+            .1
+    };
+    let before = mac().await;
+    // The host learns the address (a neighbour entry), as the proxy's connections do.
+    let s = tokio::net::TcpStream::connect(format!("{v4}:8080")).await;
+    assert!(s.is_ok(), "host to {v4}: {s:?}");
+    drop(s);
+    for action in ["stop", "start"] {
+        let r = d
+            .post(
+                &format!("/v1/apps/net-mac/machines/{id}/{action}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{action}: {}", r.text());
+        let state = if action == "stop" {
+            "stopped"
+        } else {
+            "started"
+        };
+        d.wait_state("net-mac", &id, state).await;
+    }
+    assert_eq!(mac().await, before, "eth0's MAC changed across a restart");
+    assert!(before.starts_with("02:"), "locally administered: {before}");
+    // Connects at once (refused only until httpd listens), never left unanswered.
+    eventually(
+        "the restarted machine to accept",
+        async || match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(format!("{v4}:8080")),
+        )
+        .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => false,
+            other => panic!("connect to the restarted machine: {other:?}"),
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn networks_are_isolated_from_each_other_and_from_the_host() {
     let d = daemon().await;

@@ -157,17 +157,21 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host_name` in this namespace, up and enslaved to `bridge`;
-    /// `peer_name` directly inside the network namespace of process `peer_pid`.
+    /// `peer_name`, with MAC address `peer_mac`, directly inside the network namespace of
+    /// process `peer_pid`.
     pub fn create_veth(
         &mut self,
         host_name: &str,
         bridge: u32,
         peer_name: &str,
+        peer_mac: [u8; 6],
         peer_pid: u32,
     ) -> io::Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::Address(peer_mac.to_vec()));
         peer.attributes.push(LinkAttribute::NetNsPid(peer_pid));
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;

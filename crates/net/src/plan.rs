@@ -147,6 +147,16 @@ pub fn bridge_mac(network: u32) -> [u8; 6] {
     [0x02, 0x68, n[0], n[1], n[2], n[3]]
 }
 
+/// A machine's own MAC (its `eth0`): locally administered, unicast, derived from its IPv4
+/// address, which is unique on its bridge (as Docker derives one). A machine that stops and
+/// starts again comes back with the address its neighbours (the host, the proxy, other
+/// machines) have cached: a random one would leave them sending to the old one until their
+/// neighbour entries go stale, seconds in which connections to it hang.
+pub fn machine_mac(ipv4: Ipv4Addr) -> [u8; 6] {
+    let a = ipv4.octets();
+    [0x02, 0x69, a[0], a[1], a[2], a[3]]
+}
+
 pub fn is_bridge_name(name: &str) -> bool {
     name.starts_with(BRIDGE_PREFIX)
 }
@@ -186,6 +196,16 @@ impl MachineNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_machine_macs_follow_the_ipv4_and_never_look_like_a_bridge() {
+        let a = machine_mac(Ipv4Addr::new(172, 19, 0, 2));
+        assert_eq!(a, [0x02, 0x69, 172, 19, 0, 2]);
+        assert_ne!(a, machine_mac(Ipv4Addr::new(172, 19, 0, 3)));
+        // Locally administered (bit 1), unicast (bit 0 clear), and not a bridge's prefix.
+        assert_eq!(a[0] & 0b11, 0b10);
+        assert_ne!(a[..2], bridge_mac(0x18)[..2]);
+    }
 
     #[test]
     fn test_lays_out_addresses_as_fly_does() {

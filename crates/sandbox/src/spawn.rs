@@ -264,7 +264,8 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
         .ok_or_else(|| SpawnError::Child(format!("bridge {} does not exist", net.bridge)))?;
     // A pair left by a crashed earlier boot of this machine would hold the name.
     let _ = nl.delete_link(&net.host_veth);
-    nl.create_veth(&net.host_veth, bridge, "eth0", child.as_raw() as u32)
+    let mac = hangar_net::plan::machine_mac(net.ipv4);
+    nl.create_veth(&net.host_veth, bridge, "eth0", mac, child.as_raw() as u32)
         .map_err(ioerr(format!("create veth {}", net.host_veth)))
 }
 
