@@ -91,6 +91,9 @@ pub struct DaemonArgs {
     /// Client connections the proxy holds open at once; past it new ones wait [default: 10000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub proxy_max_connections: Option<u32>,
+    /// Threads serving proxied connections, each with its own event loop [default: one per CPU]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub proxy_workers: Option<u32>,
     /// Remount the host's cgroup2 tree with favordynmods: machine starts skip an RCU grace period (~10 ms here), forks and exits host-wide get slightly dearer; lasts until reboot
     #[arg(long, env = "HANGAR_FAVOR_DYNMODS")]
     pub favor_dynmods: bool,
@@ -198,6 +201,7 @@ struct ConfigFile {
     proxy_idle_timeout: Option<String>,
     proxy_max_header_bytes: Option<usize>,
     proxy_max_connections: Option<u32>,
+    proxy_workers: Option<u32>,
     favor_dynmods: Option<bool>,
     secrets_key_file: Option<PathBuf>,
     secrets_readable: Option<bool>,
@@ -377,6 +381,13 @@ impl DaemonArgs {
                 .map_or(hangar_proxy::ProxyConfig::DEFAULT_MAX_CONNECTIONS, |n| {
                     n as usize
                 }),
+            proxy_workers: match self.proxy_workers.or(file.proxy_workers) {
+                Some(n) if !(1..=1024).contains(&n) => {
+                    anyhow::bail!("proxy_workers {n}: between 1 and 1024")
+                }
+                Some(n) => n as usize,
+                None => 0,
+            },
             proxy_tls: match (
                 self.proxy_tls_cert.clone().or(file.proxy_tls_cert.clone()),
                 self.proxy_tls_key.clone().or(file.proxy_tls_key.clone()),

@@ -94,6 +94,8 @@ pub struct DaemonOptions {
     pub proxy_idle_timeout: std::time::Duration,
     pub proxy_max_header_bytes: usize,
     pub proxy_max_connections: usize,
+    /// Threads serving proxied connections; 0: one per CPU.
+    pub proxy_workers: usize,
     /// The key app secrets are sealed with; `None`: `secrets.key` in the data dir, created at
     /// first start.
     pub secrets_key_file: Option<PathBuf>,
@@ -417,6 +419,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         idle_timeout: opts.proxy_idle_timeout,
         max_header_bytes: opts.proxy_max_header_bytes,
         max_connections: opts.proxy_max_connections,
+        workers: opts.proxy_workers,
         tls_cert: match &opts.proxy_tls {
             Some((cert, key)) => Some(
                 hangar_proxy::tls::CertKey::from_pem_files(cert, key)

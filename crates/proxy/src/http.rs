@@ -34,15 +34,6 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 #[derive(Clone)]
 struct ServedApp(String);
 
-/// Counts a request in flight for its app until dropped.
-struct InFlight<'a>(&'a crate::metrics::Metrics, crate::metrics::AppLabels);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.get_or_create(&self.1).dec();
-    }
-}
-
 /// Headers that describe one hop's connection, not the request.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -73,13 +64,25 @@ fn via(version: Version) -> &'static str {
     }
 }
 
-type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// One client connection's connections to machines: idle ones by machine address, and the
-/// channel that hands a new one's driver to the client connection's task.
-pub(crate) struct Upstreams {
+/// One client connection's state: its connections to machines (idle ones by machine address),
+/// the header values that are the same for every request on it, and its app's metric handles
+/// (looked up once, not per request).
+pub(crate) struct Conn {
     idle: std::sync::Mutex<std::collections::HashMap<(SocketAddr, bool), Vec<Sender>>>,
-    drivers: tokio::sync::mpsc::UnboundedSender<Driver>,
+    client_ip: String,
+    local_ip: String,
+    client_ip_value: Option<HeaderValue>,
+    xff_value: Option<HeaderValue>,
+    port_value: HeaderValue,
+    metrics: std::sync::Mutex<Option<AppMetrics>>,
+}
+
+/// An app's metric handles (each shares its counter with the registry's family).
+struct AppMetrics {
+    app: String,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    duration: prometheus_client::metrics::histogram::Histogram,
+    requests: Vec<(u16, prometheus_client::metrics::counter::Counter)>,
 }
 
 /// A connection to a machine: HTTP/1.1, or HTTP/2 with `h2_backend`.
@@ -111,16 +114,19 @@ impl Sender {
     }
 }
 
-impl Upstreams {
-    fn new() -> (Upstreams, tokio::sync::mpsc::UnboundedReceiver<Driver>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (
-            Upstreams {
-                idle: std::sync::Mutex::new(std::collections::HashMap::new()),
-                drivers: tx,
-            },
-            rx,
-        )
+impl Conn {
+    fn new(local: SocketAddr, peer: SocketAddr) -> Conn {
+        let client_ip = peer.ip().to_canonical().to_string();
+        let local_ip = local.ip().to_canonical().to_string();
+        Conn {
+            idle: std::sync::Mutex::new(std::collections::HashMap::new()),
+            client_ip_value: HeaderValue::from_str(&client_ip).ok(),
+            xff_value: HeaderValue::from_str(&format!("{client_ip}, {local_ip}")).ok(),
+            port_value: HeaderValue::from(local.port()),
+            client_ip,
+            local_ip,
+            metrics: std::sync::Mutex::new(None),
+        }
     }
 
     fn take_ready(&self, backend: (SocketAddr, bool)) -> Option<Sender> {
@@ -138,15 +144,63 @@ impl Upstreams {
         }
     }
 
-    fn drive(&self, driver: Driver) {
-        let _ = self.drivers.send(driver);
+    /// Runs `f` with `app`'s metric handles, looking them up when the app is new.
+    fn with_metrics<T>(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        app: &str,
+        f: impl FnOnce(&mut AppMetrics) -> T,
+    ) -> T {
+        let mut cached = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = |app: &str| {
+            let labels = crate::metrics::Metrics::app(app);
+            AppMetrics {
+                app: app.to_string(),
+                in_flight: metrics.in_flight.get_or_create(&labels).clone(),
+                duration: metrics.duration.get_or_create(&labels).clone(),
+                requests: Vec::new(),
+            }
+        };
+        let m = match &mut *cached {
+            Some(m) if m.app == app => m,
+            other => other.insert(fresh(app)),
+        };
+        f(m)
+    }
+
+    /// Counts a request answered with `status` after `seconds`.
+    fn count(&self, metrics: &crate::metrics::Metrics, app: &str, status: u16, seconds: f64) {
+        self.with_metrics(metrics, app, |m| {
+            m.duration.observe(seconds);
+            let counter = match m.requests.iter().position(|(s, _)| *s == status) {
+                Some(i) => &m.requests[i].1,
+                None => {
+                    let labels = crate::metrics::RequestLabels {
+                        app: app.to_string(),
+                        status,
+                    };
+                    let c = metrics.requests.get_or_create(&labels).clone();
+                    m.requests.push((status, c));
+                    &m.requests[m.requests.len() - 1].1
+                }
+            };
+            counter.inc();
+        });
+    }
+}
+
+/// Counts a request in flight for its app until dropped.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
 impl Proxy {
     /// Sends the request to the machine over one of this client connection's own machine
-    /// connections (made, and driven, in the client connection's task: no hop between worker
-    /// threads per request). A refused connection (the machine is starting, or between
+    /// connections. A refused connection (the machine is starting, or between
     /// restarts) is tried again for a short while, as Fly Proxy retries; the request is only
     /// handed over once connected, so nothing of it is lost.
     async fn send(
@@ -155,7 +209,7 @@ impl Proxy {
         backend: SocketAddr,
         h2: bool,
         woken: bool,
-        upstreams: &Upstreams,
+        conn: &Conn,
     ) -> Result<Response<Incoming>, String> {
         if h2 {
             // HTTP/2 names the target in :scheme and :authority: the client's Host goes there
@@ -175,7 +229,7 @@ impl Proxy {
             *req.version_mut() = Version::HTTP_2;
         }
         let key = (backend, h2);
-        let mut sender = match upstreams.take_ready(key) {
+        let mut sender = match conn.take_ready(key) {
             Some(s) => s,
             None => {
                 let patience = if woken {
@@ -187,24 +241,25 @@ impl Proxy {
                     .await
                     .map_err(|e| format!("connect {backend}: {e} (PC01)"))?;
                 if h2 {
-                    let (sender, conn) = hyper::client::conn::http2::handshake(
+                    let (sender, connection) = hyper::client::conn::http2::handshake(
                         TokioExecutor::new(),
                         TokioIo::new(stream),
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                    upstreams.drive(Box::pin(async move {
-                        let _ = conn.await;
-                    }));
+                    // On the connection's worker (see workers.rs): no hop between threads.
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
                     Sender::H2(sender)
                 } else {
-                    let (sender, conn) =
+                    let (sender, connection) =
                         hyper::client::conn::http1::handshake(TokioIo::new(stream))
                             .await
                             .map_err(|e| e.to_string())?;
-                    upstreams.drive(Box::pin(async move {
-                        let _ = conn.with_upgrades().await;
-                    }));
+                    tokio::spawn(async move {
+                        let _ = connection.with_upgrades().await;
+                    });
                     Sender::H1(sender)
                 }
             }
@@ -213,7 +268,7 @@ impl Proxy {
             .send(req.map(|b| b.boxed()))
             .await
             .map_err(|e| e.to_string());
-        upstreams.give_back(key, sender);
+        conn.give_back(key, sender);
         resp
     }
 
@@ -228,27 +283,23 @@ impl Proxy {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (upstreams, mut drivers) = Upstreams::new();
-        let upstreams = Arc::new(upstreams);
+        let conn = Arc::new(Conn::new(local, peer));
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let (this, app, upstreams) = (this.clone(), app.clone(), upstreams.clone());
+            let (this, app, conn) = (this.clone(), app.clone(), conn.clone());
             async move {
                 let t0 = std::time::Instant::now();
-                let resp = this.forward(req, local, peer, app, &upstreams).await;
+                let resp = this.forward(req, local, app, &conn).await;
                 let app = resp
                     .extensions()
                     .get::<ServedApp>()
                     .map_or("", |a| a.0.as_str());
-                let labels = crate::metrics::RequestLabels {
-                    app: app.to_string(),
-                    status: resp.status().as_u16(),
-                };
-                this.metrics.requests.get_or_create(&labels).inc();
-                this.metrics
-                    .duration
-                    .get_or_create(&crate::metrics::Metrics::app(app))
-                    .observe(t0.elapsed().as_secs_f64());
+                conn.count(
+                    &this.metrics,
+                    app,
+                    resp.status().as_u16(),
+                    t0.elapsed().as_secs_f64(),
+                );
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -263,29 +314,8 @@ impl Proxy {
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(self.config.idle_timeout / 2);
         let server = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        // The machine connections run beside the client connection, in this task.
-        let machines = async move {
-            use futures_util::StreamExt;
-            let mut running = futures_util::stream::FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    next = drivers.recv() => match next {
-                        Some(f) => running.push(f),
-                        None => break,
-                    },
-                    Some(()) = running.next(), if !running.is_empty() => {}
-                }
-            }
-            while running.next().await.is_some() {}
-        };
-        tokio::pin!(machines);
-        tokio::select! {
-            result = server => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "proxy: http connection ended");
-                }
-            }
-            () = &mut machines => {}
+        if let Err(e) = server.await {
+            tracing::debug!(%peer, error = %e, "proxy: http connection ended");
         }
     }
 
@@ -318,16 +348,17 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         local: SocketAddr,
-        peer: SocketAddr,
         app: Option<String>,
-        upstreams: &Upstreams,
+        conn: &Conn,
     ) -> Response<Body> {
         let port = local.port();
-        let request_id = format!(
-            "{}-{}",
-            ulid::Ulid::new().to_string().to_lowercase(),
-            self.config.region
-        );
+        let request_id = {
+            let mut id = ulid::Ulid::new().to_string();
+            id.make_ascii_lowercase();
+            id.push('-');
+            id.push_str(&self.config.region);
+            id
+        };
         let version = req.version();
         let host = req
             .headers()
@@ -341,9 +372,10 @@ impl Proxy {
                 "no app is served at this host and port",
             );
         };
-        let labels = crate::metrics::Metrics::app(&app);
-        self.metrics.in_flight.get_or_create(&labels).inc();
-        let _in_flight = InFlight(&self.metrics, labels);
+        let _in_flight = conn.with_metrics(&self.metrics, &app, |m| {
+            m.in_flight.inc();
+            InFlight(m.in_flight.clone())
+        });
         let mut upgraded = false;
         let mut options = crate::table::HttpOptions::default();
         let mut resp = match self.choose(&app, port).await {
@@ -394,38 +426,54 @@ impl Proxy {
                                     HeaderValue::from_static("upgrade"),
                                 );
                             }
-                            let set = |headers: &mut hyper::HeaderMap,
-                                       name: &'static str,
-                                       value: String| {
-                                if let Ok(v) = HeaderValue::from_str(&value) {
-                                    headers.insert(HeaderName::from_static(name), v);
-                                }
-                            };
-                            let client_ip = peer.ip().to_canonical().to_string();
+                            let set =
+                                |headers: &mut hyper::HeaderMap,
+                                 name: &'static str,
+                                 value: Option<HeaderValue>| {
+                                    if let Some(v) = value {
+                                        headers.insert(HeaderName::from_static(name), v);
+                                    }
+                                };
+                            // What is the same for every request on the connection was made
+                            // once (Conn::new).
                             let xff = match headers
                                 .get("x-forwarded-for")
                                 .and_then(|v| v.to_str().ok())
                             {
-                                Some(prev) => {
-                                    format!("{prev}, {client_ip}, {}", local.ip().to_canonical())
-                                }
-                                None => format!("{client_ip}, {}", local.ip().to_canonical()),
+                                Some(prev) => HeaderValue::from_str(&format!(
+                                    "{prev}, {}, {}",
+                                    conn.client_ip, conn.local_ip
+                                ))
+                                .ok(),
+                                None => conn.xff_value.clone(),
                             };
-                            set(headers, "fly-client-ip", client_ip);
+                            set(headers, "fly-client-ip", conn.client_ip_value.clone());
                             set(headers, "x-forwarded-for", xff);
-                            set(headers, "x-forwarded-proto", proto.into());
+                            set(
+                                headers,
+                                "x-forwarded-proto",
+                                Some(HeaderValue::from_static(proto)),
+                            );
                             set(
                                 headers,
                                 "x-forwarded-ssl",
-                                if c.edge().tls { "on" } else { "off" }.into(),
+                                Some(HeaderValue::from_static(if c.edge().tls {
+                                    "on"
+                                } else {
+                                    "off"
+                                })),
                             );
                             if !headers.contains_key("x-forwarded-port") {
-                                set(headers, "x-forwarded-port", port.to_string());
+                                set(headers, "x-forwarded-port", Some(conn.port_value.clone()));
                             }
-                            set(headers, "fly-forwarded-port", port.to_string());
-                            set(headers, "fly-region", self.config.region.clone());
-                            set(headers, "fly-request-id", request_id.clone());
-                            set(headers, "via", via(version).into());
+                            set(headers, "fly-forwarded-port", Some(conn.port_value.clone()));
+                            set(headers, "fly-region", self.region_value.clone());
+                            set(
+                                headers,
+                                "fly-request-id",
+                                HeaderValue::from_str(&request_id).ok(),
+                            );
+                            set(headers, "via", Some(HeaderValue::from_static(via(version))));
                             let path = req
                                 .uri()
                                 .path_and_query()
@@ -449,7 +497,7 @@ impl Proxy {
                                     backend,
                                     c.edge().http_options.h2_backend,
                                     chosen.woken,
-                                    upstreams,
+                                    conn,
                                 )
                                 .await
                             {

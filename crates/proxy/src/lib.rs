@@ -20,6 +20,7 @@ pub mod status;
 pub mod table;
 pub mod tcp;
 pub mod tls;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -61,6 +62,8 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Client connections open at once, across every edge port; past it, new ones wait.
     pub max_connections: usize,
+    /// Threads serving client connections (see [`workers`]); 0: one per CPU.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -87,6 +90,11 @@ pub struct Proxy {
     health: checks::Health,
     pub metrics: metrics::Metrics,
     connections: Arc<tokio::sync::Semaphore>,
+    workers: workers::Workers,
+    /// `Fly-Region`, made once.
+    region_value: Option<hyper::header::HeaderValue>,
+    /// The daemon's runtime, where the daemon's own work runs when a request asks for it.
+    main: Option<tokio::runtime::Handle>,
 }
 
 impl Proxy {
@@ -102,6 +110,12 @@ impl Proxy {
             health: checks::Health::default(),
             metrics: metrics::Metrics::default(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1))),
+            workers: workers::Workers::start(match config.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }),
+            main: tokio::runtime::Handle::try_current().ok(),
+            region_value: hyper::header::HeaderValue::from_str(&config.region).ok(),
             config,
         })
     }
@@ -198,6 +212,20 @@ impl Proxy {
         }
         self.table()
             .conflict(app, port, http, |other| self.has_dedicated(other))
+    }
+
+    /// Starts (or resumes) a machine through the daemon, on the daemon's runtime: requests run
+    /// on the proxy's workers, and what the daemon does (and spawns) for a start is its own.
+    pub(crate) async fn start_machine(&self, app: &str, id: &str) -> Result<(), String> {
+        let (controller, app, id) = (self.controller.clone(), app.to_string(), id.to_string());
+        let start = async move { controller.start(&app, &id).await };
+        match &self.main {
+            Some(main) => main
+                .spawn(start)
+                .await
+                .map_err(|e| format!("the start was cut short: {e}"))?,
+            None => start.await,
+        }
     }
 
     /// The table as it is now.

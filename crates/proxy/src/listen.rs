@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::Proxy;
 
@@ -108,47 +108,78 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                // Counted while the connection lasts (the handlers take the proxy by value).
-                let connections = this.metrics.connections.clone();
-                connections.inc();
-                // On a dedicated address only its app is served; on a shared one, every app
-                // but the raw TCP ports of apps that have their own address.
-                let owner = this.dedicated_to(local.ip());
-                let edges: Vec<_> = this
-                    .table()
-                    .candidates(local.port())
-                    .into_iter()
-                    .filter(|(app, c)| match &owner {
-                        Some(o) => o == app,
-                        None => !this.off_shared(app, c.iter().map(|c| c.edge())),
-                    })
-                    .flat_map(|(_, c)| c)
-                    .map(|c| c.edge().clone())
-                    .collect();
-                let http_or_tls = edges.iter().any(|e| e.tls || e.http);
-                // `peek` waits for a first byte (or the client's close) without taking it;
-                // `readable` may wake spuriously.
-                if http_or_tls
-                    && tokio::time::timeout(this.config.idle_timeout, stream.peek(&mut [0u8; 1]))
-                        .await
-                        .is_err()
-                {
-                    // Connected and said nothing: the idle timeout applies before the first
-                    // request as it does between requests.
-                    connections.dec();
-                    return;
+            // The connection lives on one worker from here on (see workers.rs); without
+            // workers, on this runtime.
+            match self.workers.pick() {
+                Some((worker, seat)) => match stream.into_std() {
+                    Ok(stream) => {
+                        worker.spawn(async move {
+                            let _seat = seat;
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => this.serve_connection(stream, local, peer).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "proxy: cannot hand a connection over")
+                                }
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "proxy: cannot hand a connection over"),
+                },
+                None => {
+                    tokio::spawn(async move {
+                        this.serve_connection(stream, local, peer).await;
+                        drop(permit);
+                    });
                 }
-                if edges.iter().any(|e| e.tls) {
-                    this.serve_tls(stream, local, peer, owner).await;
-                } else if edges.iter().any(|e| e.http) {
-                    this.serve_http(stream, local, peer, owner).await;
-                } else {
-                    this.serve_tcp(stream, local, peer, owner).await;
-                }
-                connections.dec();
-            });
+            }
         }
+    }
+
+    /// Serves one client connection by the handler its edge port has.
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        // Counted while the connection lasts (the handlers take the proxy by value).
+        let connections = self.metrics.connections.clone();
+        connections.inc();
+        // On a dedicated address only its app is served; on a shared one, every app
+        // but the raw TCP ports of apps that have their own address.
+        let owner = self.dedicated_to(local.ip());
+        let edges: Vec<_> = self
+            .table()
+            .candidates(local.port())
+            .into_iter()
+            .filter(|(app, c)| match &owner {
+                Some(o) => o == app,
+                None => !self.off_shared(app, c.iter().map(|c| c.edge())),
+            })
+            .flat_map(|(_, c)| c)
+            .map(|c| c.edge().clone())
+            .collect();
+        let http_or_tls = edges.iter().any(|e| e.tls || e.http);
+        // `peek` waits for a first byte (or the client's close) without taking it;
+        // `readable` may wake spuriously.
+        if http_or_tls
+            && tokio::time::timeout(self.config.idle_timeout, stream.peek(&mut [0u8; 1]))
+                .await
+                .is_err()
+        {
+            // Connected and said nothing: the idle timeout applies before the first
+            // request as it does between requests.
+            connections.dec();
+            return;
+        }
+        if edges.iter().any(|e| e.tls) {
+            self.serve_tls(stream, local, peer, owner).await;
+        } else if edges.iter().any(|e| e.http) {
+            self.serve_http(stream, local, peer, owner).await;
+        } else {
+            self.serve_tcp(stream, local, peer, owner).await;
+        }
+        connections.dec();
     }
 }

@@ -170,8 +170,7 @@ impl Proxy {
             if let Some(s) = sleeper {
                 let (app, id) = (s.machine.app.clone(), s.machine.id.clone());
                 tracing::info!(%app, machine = %id, "proxy: starting a machine for a request");
-                self.controller
-                    .start(&app, &id)
+                self.start_machine(&app, &id)
                     .await
                     .map_err(|error| RouteError::StartFailed { id, error })?;
                 self.metrics
