@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn wrk(url: &str, seconds: u64, connections: u64) -> Option<(f64, f64, f64)> {
     let out = Command::new("wrk")
         .args([
-            "-t2",
+            &format!("-t{}", connections.min(2)),
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
             "--latency",
@@ -177,6 +177,21 @@ async fn main() {
             }
         }
         Err(_) => println!("  nginx: skipped (apt install nginx)"),
+    }
+
+    // Added latency without queueing: one connection, one request at a time.
+    println!("\nlatency ({seconds} s, 1 connection, sequential requests):");
+    let one = |url: &str| wrk(url, seconds, 1);
+    let direct1 = one(&format!("http://{ipv4}:8080/index.html"));
+    show("direct to the machine", direct1);
+    let hangar1 = one("http://127.0.0.1:18090/index.html");
+    show("through hangar's proxy", hangar1);
+    if let (Some(h), Some(d)) = (hangar1, direct1) {
+        println!(
+            "  added by hangar's proxy: p50 {:+.3} ms, p99 {:+.3} ms",
+            h.1 - d.1,
+            h.2 - d.2
+        );
     }
 
     println!("\nwake on request (time to the first response byte, 20 rounds):");
