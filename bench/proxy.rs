@@ -5,7 +5,7 @@
 //! first response byte when the machine is suspended, and when it is stopped. Prints figures;
 //! asserts nothing.
 //!
-//!     cargo build --release && cargo run --release --example bench_proxy [-- --seconds 10 --connections 32]
+//!     cargo build --release && cargo run --release --example bench_proxy [-- --seconds 5 --connections 32 --rounds 3]
 //!
 //! Needs root, the loopback registry with the fixtures, `wrk` and `nginx` (skipped with a
 //! message when missing).
@@ -81,9 +81,16 @@ fn p50(mut v: Vec<Duration>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let seconds = common::arg("--seconds", 10u64);
+    let seconds = common::arg("--seconds", 5u64);
     let connections = common::arg("--connections", 32u64);
-    let d = common::start_daemon("proxy").await;
+    let rounds = common::arg("--rounds", 3u64);
+    let workers = std::env::var("BENCH_PROXY_WORKERS").unwrap_or_default();
+    let flags: Vec<&str> = if workers.is_empty() {
+        vec![]
+    } else {
+        vec!["--proxy-workers", &workers]
+    };
+    let d = common::start_daemon_with("proxy", &flags).await;
     let c = &d.client;
     c.post("/v1/apps")
         .json(&json!({"name": "bench"}))
@@ -122,22 +129,12 @@ async fn main() {
         .to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("proxy throughput ({seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):");
     let show = |name: &str, r: Option<(f64, f64, f64)>| match r {
         Some((rps, p50, p99)) => {
             println!("  {name:<28} {rps:>9.0} req/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms");
         }
         None => println!("  {name:<28} failed (is wrk installed?)"),
     };
-    let direct = wrk(
-        &format!("http://{ipv4}:8080/index.html"),
-        seconds,
-        connections,
-    );
-    show("direct to the machine", direct);
-    let hangar = wrk("http://127.0.0.1:18090/index.html", seconds, connections);
-    show("through hangar's proxy", hangar);
-
     let conf = d.dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -151,32 +148,55 @@ async fn main() {
         ),
     )
     .expect("nginx.conf");
-    match Command::new("nginx")
+    let nginx = Command::new("nginx")
         .args(["-c"])
         .arg(&conf)
         .args(["-g", "daemon off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(mut nginx) => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Rounds in turn (direct, hangar, nginx), so that the host's noise falls on all three
+    // alike; the ratio is the median of the rounds'.
+    println!(
+        "proxy throughput ({rounds} rounds of {seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):"
+    );
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        println!(" round {round}:");
+        let direct = wrk(
+            &format!("http://{ipv4}:8080/index.html"),
+            seconds,
+            connections,
+        );
+        show("direct to the machine", direct);
+        let hangar = wrk("http://127.0.0.1:18090/index.html", seconds, connections);
+        show("through hangar's proxy", hangar);
+        if nginx.is_ok() {
             let n = wrk("http://127.0.0.1:18091/index.html", seconds, connections);
             show("through nginx (reverse proxy)", n);
-            // SIGTERM: nginx's master takes its workers down with it (a SIGKILL would leave
-            // them listening).
-            let _ = Command::new("kill").arg(nginx.id().to_string()).status();
-            let _ = nginx.wait();
-            if let (Some(h), Some(n), Some(dir)) = (hangar, n, direct) {
-                println!(
-                    "  hangar vs nginx: {:.2}x the throughput; p99 added over direct: hangar {:+.2} ms, nginx {:+.2} ms",
-                    h.0 / n.0.max(1e-9),
-                    h.2 - dir.2,
-                    n.2 - dir.2
-                );
+            if let (Some(h), Some(n)) = (hangar, n) {
+                ratios.push(h.0 / n.0.max(1e-9));
             }
+        } else {
+            println!("  nginx: skipped (apt install nginx)");
         }
-        Err(_) => println!("  nginx: skipped (apt install nginx)"),
+    }
+    if let Ok(mut nginx) = nginx {
+        // SIGTERM: nginx's master takes its workers down with it (a SIGKILL would leave them
+        // listening).
+        let _ = Command::new("kill").arg(nginx.id().to_string()).status();
+        let _ = nginx.wait();
+    }
+    if !ratios.is_empty() {
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  hangar vs nginx: {:.2}x the throughput (median; rounds {})",
+            ratios[ratios.len() / 2],
+            shown.join(", ")
+        );
     }
 
     // Added latency without queueing: one connection, one request at a time.

@@ -34,15 +34,16 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 #[derive(Clone)]
 struct ServedApp(String);
 
-/// Headers that describe one hop's connection, not the request.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop's connection, not the request (names made at compile time:
+/// removing by a string parses it every time).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];
 
 /// `host[:port]` or `[v6][:port]` without the port.
@@ -416,8 +417,8 @@ impl Proxy {
                             let client_upgrade =
                                 upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
                             let headers = req.headers_mut();
-                            for h in HOP_BY_HOP {
-                                headers.remove(*h);
+                            for h in &HOP_BY_HOP {
+                                headers.remove(h);
                             }
                             if let Some(u) = upgrade {
                                 headers.insert(hyper::header::UPGRADE, u);
@@ -557,8 +558,8 @@ impl Proxy {
         };
         let headers = resp.headers_mut();
         if !upgraded {
-            for h in HOP_BY_HOP {
-                headers.remove(*h);
+            for h in &HOP_BY_HOP {
+                headers.remove(h);
             }
         }
         // `response.pristine` leaves the proxy's own headers out (and the app's alone).

@@ -90,11 +90,18 @@ impl Load {
 
     fn take(&self, id: &str) -> LoadGuard {
         let mut machines = self.lock();
-        let l = machines.entry(id.to_string()).or_insert(MachineLoad {
-            inflight: 0,
-            idle_since: Instant::now(),
-        });
-        l.inflight += 1;
+        match machines.get_mut(id) {
+            Some(l) => l.inflight += 1,
+            None => {
+                machines.insert(
+                    id.to_string(),
+                    MachineLoad {
+                        inflight: 1,
+                        idle_since: Instant::now(),
+                    },
+                );
+            }
+        }
         LoadGuard {
             machines: self.machines.clone(),
             id: id.to_string(),
@@ -124,32 +131,28 @@ impl Proxy {
             if candidates.is_empty() {
                 return Err(RouteError::NoService);
             }
-            let started: Vec<&Candidate> = candidates
+            // The started machines that may take it: (index in `candidates`, load).
+            let started: Vec<(usize, u32)> = candidates
                 .iter()
-                .filter(|c| c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some())
-                .filter(|c| self.health.routable(&c.machine.id))
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some()
+                })
+                .filter(|(_, c)| self.health.routable(&c.machine.id))
+                .map(|(i, c)| (i, self.load.inflight(&c.machine.id)))
                 .collect();
-            let loads: Vec<u32> = started
-                .iter()
-                .map(|c| self.load.inflight(&c.machine.id))
-                .collect();
+            // The least loaded of those in `band`, ties broken at random.
             let pick = |band: &dyn Fn(&Candidate, u32) -> bool| {
-                let eligible: Vec<(usize, u32)> = loads
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, l)| band(started[*i], **l))
-                    .map(|(i, l)| (i, *l))
-                    .collect();
-                let least = eligible.iter().map(|(_, l)| *l).min()?;
-                let ties: Vec<usize> = eligible
-                    .iter()
+                let eligible = || started.iter().filter(|(i, l)| band(&candidates[*i], *l));
+                let least = eligible().map(|(_, l)| *l).min()?;
+                let ties = eligible().filter(|(_, l)| *l == least).count();
+                eligible()
                     .filter(|(_, l)| *l == least)
+                    .nth(rand::random_range(0..ties))
                     .map(|(i, _)| *i)
-                    .collect();
-                Some(ties[rand::random_range(0..ties.len())])
             };
             let take = |i: usize| {
-                let candidate = started[i].clone();
+                let candidate = candidates[i].clone();
                 let guard = self.load.take(&candidate.machine.id);
                 Chosen {
                     candidate,
