@@ -927,3 +927,94 @@ async fn dedicated_addresses_give_apps_their_own_raw_tcp_ports() {
         .await
         .is_err());
 }
+
+/// `psql` on the host through a `pg_tls` port to a real PostgreSQL (Debian's, in the
+/// mmdebstrap-built `hangar/postgres` image): the proxy answers the SSLRequest and terminates
+/// TLS, so `sslmode=require` connects while the server sees a plaintext client; a plaintext
+/// client is passed on as it is.
+#[tokio::test]
+async fn pg_tls_terminates_tls_for_postgres_clients() {
+    if std::process::Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("psql is missing: apt install postgresql-client (.ci/run installs postgresql)");
+    }
+    let d = daemon().await;
+    create_app(&d, "pg").await;
+    let config = json!({"config": {
+        "image": format!("{}/hangar/postgres:latest", common::registry()),
+        "guest": {"cpus": 1, "memory_mb": 512, "cpu_kind": "shared"},
+        "services": [{"protocol": "tcp", "internal_port": 5432,
+                      "ports": [{"port": 15432, "handlers": ["pg_tls"]}]}],
+    }});
+    launch(&d, "pg", config).await;
+    let psql = |sslmode: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port=15432 user=postgres dbname=postgres sslmode={sslmode} connect_timeout=5"
+            ))
+            .args(["-Atc", "select 'answer', ssl from pg_stat_ssl where pid = pg_backend_pid()"])
+            .env("PGPASSWORD", "unused")
+            .output()
+            .expect("run psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    // initdb runs at the machine's first start: wait for the server to take queries.
+    let mut last = String::new();
+    eventually("PostgreSQL to answer through pg_tls", 60, async || {
+        let (ok, out, err) = psql("require");
+        last = format!("{out} {err}");
+        ok
+    })
+    .await;
+    // TLS to the proxy (`require` fails without it), plaintext from the proxy to the server.
+    let (ok, out, err) = psql("require");
+    assert!(ok, "{err}");
+    assert_eq!(out, "answer|f", "{last}");
+    // A client that does not ask for TLS goes through untouched.
+    let (ok, out, err) = psql("disable");
+    assert!(ok, "{err}");
+    assert_eq!(out, "answer|f");
+    // The handshake is the proxy's: its certificate is the app's self-signed one.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-starttls",
+            "postgres",
+            "-connect",
+            "127.0.0.1:15432",
+        ])
+        .args(["-servername", "pg.localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pem = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .and_then(|a| {
+            text.find("-----END CERTIFICATE-----")
+                .map(|b| &text[a..b + 25])
+        })
+        .unwrap_or_else(|| panic!("no certificate from the pg_tls port: {text}"));
+    let mut x509 = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl x509");
+    use std::io::Write;
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(pem.as_bytes())
+        .unwrap();
+    let names = x509.wait_with_output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(names.contains("DNS:pg.localhost"), "{names}");
+}

@@ -7,7 +7,7 @@
 //! - [`table`]: services by edge port, from the machines' configs.
 //! - [`listen`]: the listeners on every `--proxy-bind` address, following the table.
 //! - [`route`]: choosing a machine (load bands, autostart).
-//! - [`http`] and [`tcp`]: the handlers.
+//! - [`http`], [`tls`], `pg_tls` and [`tcp`]: the handlers.
 //! - [`autostop`]: stopping or suspending idle machines.
 
 pub mod autostop;
@@ -15,6 +15,7 @@ pub mod checks;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+mod pg_tls;
 pub mod route;
 pub mod status;
 pub mod table;

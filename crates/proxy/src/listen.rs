@@ -173,7 +173,9 @@ impl Proxy {
             connections.dec();
             return;
         }
-        if edges.iter().any(|e| e.tls) {
+        if edges.iter().any(|e| e.pg_tls) {
+            self.serve_pg_tls(stream, local, peer, owner).await;
+        } else if edges.iter().any(|e| e.tls) {
             self.serve_tls(stream, local, peer, owner).await;
         } else if edges.iter().any(|e| e.http) {
             self.serve_http(stream, local, peer, owner).await;

@@ -16,6 +16,8 @@ pub struct EdgePort {
     pub last: u16,
     pub http: bool,
     pub tls: bool,
+    /// `pg_tls`: PostgreSQL's SSLRequest answered and TLS terminated by the proxy.
+    pub pg_tls: bool,
     pub force_https: bool,
     /// `Some(2)` for PROXY protocol v2, `Some(1)` for v1.
     pub proxy_proto: Option<u8>,
@@ -138,6 +140,7 @@ impl Service {
                     last,
                     http: handlers.contains("http"),
                     tls: handlers.contains("tls"),
+                    pg_tls: handlers.contains("pg_tls"),
                     force_https: p.force_https,
                     proxy_proto,
                     tls_options: p.tls_options.clone(),

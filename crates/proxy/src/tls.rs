@@ -214,6 +214,8 @@ fn server_config(
             .map(|s| s.as_bytes().to_vec())
             .collect(),
         None if edge.http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        // What PostgreSQL 17's clients ask for (and require, with direct TLS).
+        None if edge.pg_tls => vec![b"postgresql".to_vec()],
         None => Vec::new(),
     };
     Ok(config)
@@ -227,6 +229,22 @@ impl Proxy {
         peer: SocketAddr,
         owner: Option<String>,
     ) {
+        self.terminate_tls(stream, local, peer, owner, |e| e.tls)
+            .await
+    }
+
+    /// Terminates TLS on a connection to an edge port that passes `edge` (`tls`, or `pg_tls`
+    /// once PostgreSQL's request for it is answered) with the certificate of the app its
+    /// server name (or the port) says, then serves what is inside by the port's other
+    /// handlers.
+    pub(crate) async fn terminate_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+        owner: Option<String>,
+        edge: fn(&EdgePort) -> bool,
+    ) {
         let port = local.port();
         let start = match LazyConfigAcceptor::new(Acceptor::default(), stream).await {
             Ok(s) => s,
@@ -236,7 +254,7 @@ impl Proxy {
             }
         };
         let sni = start.client_hello().server_name().map(str::to_string);
-        let app = owner.or_else(|| self.app_for(port, sni.as_deref(), |e| e.tls));
+        let app = owner.or_else(|| self.app_for(port, sni.as_deref(), edge));
         let Some(app) = app else {
             tracing::info!(%peer, port, ?sni, "proxy: no app for this TLS name (PT05)");
             return;
