@@ -1018,3 +1018,85 @@ async fn pg_tls_terminates_tls_for_postgres_clients() {
     let names = String::from_utf8_lossy(&names.stdout);
     assert!(names.contains("DNS:pg.localhost"), "{names}");
 }
+
+/// A UDP service: datagrams to the edge port reach the machine at `fly-global-services:<port>`
+/// and its answers come back from the edge address; each client is a flow of its own; a second
+/// app cannot claim the same UDP port. The server is Perl's (Debian's `perl-base`, in the
+/// `hangar/nginx` image), bound to `fly-global-services` as Fly's docs tell apps to.
+#[tokio::test]
+async fn udp_services_relay_datagrams_both_ways() {
+    let d = daemon().await;
+    create_app(&d, "dgram").await;
+    let echo = "use IO::Socket::INET; \
+        my $s = IO::Socket::INET->new(LocalAddr => 'fly-global-services', LocalPort => 5353, \
+            Proto => 'udp') or die \"bind: $!\"; \
+        while (1) { my $peer = $s->recv(my $buf, 65535); $s->send(\"echo:$buf\", 0, $peer); }";
+    let config = json!({"config": {
+        "image": format!("{}/hangar/nginx:latest", common::registry()),
+        "init": {"exec": ["perl", "-e", echo]},
+        "services": [{"protocol": "udp", "internal_port": 5353, "ports": [{"port": 15353}]}],
+    }});
+    let id = launch(&d, "dgram", config).await;
+    let ask = async |socket: &tokio::net::UdpSocket, msg: &str| -> Option<String> {
+        socket
+            .send_to(msg.as_bytes(), "127.0.0.1:15353")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 1024];
+        let (n, from) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+        assert_eq!(
+            from,
+            "127.0.0.1:15353".parse().unwrap(),
+            "answers come from the edge"
+        );
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The server may not be bound yet: datagrams before then are lost, as UDP's are.
+    eventually("the UDP service to answer", 20, async || {
+        ask(&a, "ping").await.as_deref() == Some("echo:ping")
+    })
+    .await;
+    assert_eq!(ask(&a, "again").await.as_deref(), Some("echo:again"));
+    assert_eq!(ask(&b, "other").await.as_deref(), Some("echo:other"));
+    // The machine's /etc/hosts names its private IPv4 fly-global-services.
+    let r = d
+        .post(
+            &format!("/v1/apps/dgram/machines/{id}/exec"),
+            json!({"command": ["grep", "fly-global-services", "/etc/hosts"]}),
+        )
+        .await;
+    assert!(r.text().contains("fly-global-services"), "{}", r.text());
+
+    // `services list` shows it.
+    let r = d.get("/hangar/v1/apps/dgram/services").await;
+    assert!(r.text().contains("\"15353/udp\""), "{}", r.text());
+    assert!(r.text().contains("127.0.0.1:15353"), "{}", r.text());
+
+    // A UDP port belongs to one app.
+    create_app(&d, "dgram2").await;
+    let r = d
+        .post(
+            "/v1/apps/dgram2/machines",
+            json!({"config": {"image": test_image(),
+                "services": [{"protocol": "udp", "internal_port": 53, "ports": [{"port": 15353}]}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("dgram"), "{}", r.text());
+
+    // Destroying the machine closes the port.
+    let r = d
+        .delete(&format!("/v1/apps/dgram/machines/{id}?force=true"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("the UDP port to close", 10, async || {
+        std::net::UdpSocket::bind("127.0.0.1:15353").is_ok()
+    })
+    .await;
+}

@@ -589,8 +589,14 @@ pub(crate) fn container_process(
         ContainerFile {
             path: "/etc/hosts".into(),
             content: format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n127.0.1.1\t{names}\n",
-                m.private_ip
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\tfly-local-6pn\n{}127.0.1.1\t{names}\n",
+                m.private_ip,
+                // Where UDP services' datagrams arrive (the proxy relays them to this address).
+                if m.private_ipv4.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}\tfly-global-services\n", m.private_ipv4)
+                }
             )
             .into_bytes(),
             mode: 0o644,

@@ -7,7 +7,7 @@
 //! - [`table`]: services by edge port, from the machines' configs.
 //! - [`listen`]: the listeners on every `--proxy-bind` address, following the table.
 //! - [`route`]: choosing a machine (load bands, autostart).
-//! - [`http`], [`tls`], `pg_tls` and [`tcp`]: the handlers.
+//! - [`http`], [`tls`], `pg_tls` and [`tcp`]: the handlers; `udp`: UDP services.
 //! - [`autostop`]: stopping or suspending idle machines.
 
 pub mod autostop;
@@ -21,6 +21,7 @@ pub mod status;
 pub mod table;
 pub mod tcp;
 pub mod tls;
+mod udp;
 mod workers;
 
 use std::collections::HashMap;
@@ -82,6 +83,7 @@ pub struct Proxy {
     controller: Arc<dyn Controller>,
     load: route::Load,
     listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
+    udp_listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
     /// Addresses dedicated to one app (its IP assignments): its edge ports open there too, and
     /// its raw TCP ports only there.
     dedicated: Mutex<std::collections::BTreeMap<IpAddr, String>>,
@@ -105,6 +107,7 @@ impl Proxy {
             controller,
             load: route::Load::default(),
             listeners: Mutex::new(HashMap::new()),
+            udp_listeners: Mutex::new(HashMap::new()),
             dedicated: Mutex::new(std::collections::BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
             certificates: tls::Certificates::new(config.tls_cert.clone()),
@@ -227,6 +230,16 @@ impl Proxy {
                 .map_err(|e| format!("the start was cut short: {e}"))?,
             None => start.await,
         }
+    }
+
+    /// Another app holding UDP `port` on the shared addresses (apps with a dedicated address
+    /// keep their UDP ports there).
+    pub fn udp_port_conflict(&self, app: &str, port: u16) -> Option<String> {
+        if self.has_dedicated(app) {
+            return None;
+        }
+        self.table()
+            .udp_conflict(app, port, |other| self.has_dedicated(other))
     }
 
     /// The table as it is now.

@@ -56,6 +56,22 @@ impl Proxy {
                 }
             }
         }
+        // UDP ports: one app each on the shared addresses (unless it has its own address),
+        // and an app's on its dedicated ones.
+        let udp = table.udp_ports();
+        let mut udp_wanted: std::collections::BTreeSet<(IpAddr, u16)> =
+            std::collections::BTreeSet::new();
+        for (port, apps) in &udp {
+            if apps.iter().any(|a| !self.has_dedicated(a)) {
+                udp_wanted.extend(self.config.binds.iter().map(|ip| (*ip, *port)));
+            }
+            for (ip, app) in &dedicated {
+                if apps.contains(app.as_str()) {
+                    udp_wanted.insert((*ip, *port));
+                }
+            }
+        }
+        self.sync_udp(udp_wanted);
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.retain(|key, _| wanted.contains(key));
         for (ip, port) in wanted {
@@ -73,6 +89,39 @@ impl Proxy {
                 Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen"),
             }
         }
+    }
+
+    fn sync_udp(self: &Arc<Self>, wanted: std::collections::BTreeSet<(IpAddr, u16)>) {
+        let mut listeners = self.udp_listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|key, _| wanted.contains(key));
+        for (ip, port) in wanted {
+            if listeners.contains_key(&(ip, port)) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, port);
+            match crate::udp::bind(addr) {
+                Ok(socket) => {
+                    tracing::info!(%addr, "proxy: listening (udp)");
+                    let this = self.clone();
+                    let task = tokio::spawn(async move { this.udp_loop(socket).await });
+                    listeners.insert((ip, port), Listener { task });
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen (udp)"),
+            }
+        }
+    }
+
+    /// The UDP edge addresses open now.
+    pub fn udp_listening(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .udp_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|(ip, port)| SocketAddr::new(*ip, *port))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The edge addresses open now.

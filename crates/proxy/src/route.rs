@@ -88,7 +88,7 @@ impl Load {
         self.lock().remove(id);
     }
 
-    fn take(&self, id: &str) -> LoadGuard {
+    pub(crate) fn take(&self, id: &str) -> LoadGuard {
         let mut machines = self.lock();
         match machines.get_mut(id) {
             Some(l) => l.inflight += 1,

@@ -17,7 +17,7 @@ pub struct BackendStatus {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ServiceStatus {
-    /// `80` or `9000-9002`.
+    /// `80` or `9000-9002`; UDP ones `53/udp`.
     pub port: String,
     pub handlers: Vec<&'static str>,
     pub internal_port: u16,
@@ -47,6 +47,7 @@ impl Proxy {
                             let mut handlers = Vec::new();
                             for (on, name) in [
                                 (p.tls, "tls"),
+                                (p.pg_tls, "pg_tls"),
                                 (p.http, "http"),
                                 (p.proxy_proto.is_some(), "proxy_proto"),
                             ] {
@@ -77,7 +78,47 @@ impl Proxy {
                 }
             }
         }
-        out.sort_by_key(|s| s.port.split('-').next().and_then(|p| p.parse::<u16>().ok()));
+        let udp_listening = self.udp_listening();
+        for m in table.machines().filter(|m| m.app == app) {
+            for s in &m.udp {
+                for (first, last) in &s.ports {
+                    let port = if first == last {
+                        format!("{first}/udp")
+                    } else {
+                        format!("{first}-{last}/udp")
+                    };
+                    let idx = match out.iter().position(|o| o.port == port) {
+                        Some(i) => i,
+                        None => {
+                            out.push(ServiceStatus {
+                                port,
+                                handlers: Vec::new(),
+                                internal_port: s.internal_port,
+                                listening: udp_listening
+                                    .iter()
+                                    .filter(|a| (*first..=*last).contains(&a.port()))
+                                    .map(|a| a.to_string())
+                                    .collect(),
+                                machines: Vec::new(),
+                            });
+                            out.len() - 1
+                        }
+                    };
+                    out[idx].machines.push(BackendStatus {
+                        id: m.id.clone(),
+                        state: m.state.clone(),
+                        routable: m.started && !m.cordoned && self.health.routable(&m.id),
+                        load: self.load.inflight(&m.id),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|s| {
+            s.port
+                .split(['-', '/'])
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        });
         out
     }
 }

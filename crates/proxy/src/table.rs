@@ -181,6 +181,47 @@ impl Service {
     }
 }
 
+/// A UDP service: datagrams to its edge ports go to `internal_port` of one of its machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpService {
+    pub internal_port: u16,
+    /// Edge port ranges (`port`, or `start_port`–`end_port`).
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl UdpService {
+    /// The typed view of a UDP service; `None` for TCP ones and unusable ports.
+    pub fn from_config(s: &MachineService) -> Option<UdpService> {
+        if s.protocol != "udp" {
+            return None;
+        }
+        let internal_port = u16::try_from(s.internal_port).ok().filter(|p| *p > 0)?;
+        let ports = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let (first, last) = match (p.port, p.start_port, p.end_port) {
+                    (Some(port), _, _) => (port, port),
+                    (None, Some(a), Some(b)) => (a, b),
+                    _ => return None,
+                };
+                let first = u16::try_from(first).ok().filter(|p| *p > 0)?;
+                let last = u16::try_from(last).ok().filter(|p| *p >= first)?;
+                Some((first, last))
+            })
+            .collect();
+        Some(UdpService {
+            internal_port,
+            ports,
+        })
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.ports.iter().any(|(a, b)| (*a..=*b).contains(&port))
+    }
+}
+
 /// A machine as the proxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineView {
@@ -193,6 +234,7 @@ pub struct MachineView {
     /// `skip_service_registration`: never routed to.
     pub cordoned: bool,
     pub services: Vec<Service>,
+    pub udp: Vec<UdpService>,
 }
 
 impl MachineView {
@@ -325,6 +367,48 @@ impl Table {
         apps
     }
 
+    /// Every UDP edge port some machine exposes, with the apps exposing it.
+    pub fn udp_ports(&self) -> BTreeMap<u16, BTreeSet<&str>> {
+        let mut out: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+        for m in self.machines.values() {
+            for s in &m.udp {
+                for (a, b) in &s.ports {
+                    for port in *a..=*b {
+                        out.entry(port).or_default().insert(m.app.as_str());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The machines of `app` serving UDP `port`, with the machine port it goes to.
+    pub fn udp_candidates_of(&self, port: u16, app: &str) -> Vec<(Arc<MachineView>, u16)> {
+        self.machines
+            .values()
+            .filter(|m| m.app == app)
+            .filter_map(|m| {
+                let s = m.udp.iter().find(|s| s.contains(port))?;
+                Some((m.clone(), s.internal_port))
+            })
+            .collect()
+    }
+
+    /// Another app holding UDP `port` (a UDP port belongs to one app, as a raw TCP one);
+    /// apps for which `elsewhere` holds keep theirs on a dedicated address.
+    pub fn udp_conflict(
+        &self,
+        app: &str,
+        port: u16,
+        elsewhere: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        self.udp_ports()
+            .get(&port)?
+            .iter()
+            .find(|other| **other != app && !elsewhere(other))
+            .map(|other| other.to_string())
+    }
+
     /// Another app whose services hold `port` in a way that cannot be shared with `app`'s
     /// use of it: raw TCP (or TLS-passthrough) ports belong to one app; HTTP ports are shared,
     /// routed by `Host`. Apps for which `elsewhere` holds keep their raw ports off these
@@ -381,6 +465,7 @@ mod tests {
     fn test_tcp_ports_belong_to_one_app_http_ports_are_shared() {
         let mut t = Table::default();
         let m = |id: &str, app: &str, handlers: serde_json::Value| MachineView {
+            udp: Vec::new(),
             id: id.into(),
             app: app.into(),
             state: "started".into(),

@@ -1,7 +1,7 @@
 //! The service's side of the edge proxy: what it is told of machines, what it may ask (start,
 //! stop, suspend), and the edge ports create and update may claim.
 
-use hangar_proxy::table::{MachineView, Service};
+use hangar_proxy::table::{MachineView, Service, UdpService};
 
 use super::*;
 
@@ -65,6 +65,13 @@ fn view(m: &MachineRecord) -> MachineView {
             .flatten()
             .filter_map(Service::from_config)
             .collect(),
+        udp: m
+            .config
+            .services
+            .iter()
+            .flatten()
+            .filter_map(UdpService::from_config)
+            .collect(),
     }
 }
 
@@ -115,6 +122,22 @@ impl Hangar {
                         return Err(ServiceError::bad_request(format!(
                             "services: edge port {port} is already used by app {holder:?}{}",
                             if p.http { " for raw TCP" } else { "" }
+                        )));
+                    }
+                }
+            }
+        }
+        for s in config
+            .services
+            .iter()
+            .flatten()
+            .filter_map(UdpService::from_config)
+        {
+            for (a, b) in &s.ports {
+                for port in *a..=*b {
+                    if let Some(holder) = proxy.udp_port_conflict(app, port) {
+                        return Err(ServiceError::bad_request(format!(
+                            "services: UDP edge port {port} is already used by app {holder:?}"
                         )));
                     }
                 }
