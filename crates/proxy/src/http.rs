@@ -34,6 +34,16 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 #[derive(Clone)]
 struct ServedApp(String);
 
+/// Fly's header names, made at compile time (a name given as a string is parsed at each use).
+static FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
+static FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
+static FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
+
 /// Headers that describe one hop's connection, not the request (names made at compile time:
 /// removing by a string parses it every time).
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -360,6 +370,7 @@ impl Proxy {
             id.push_str(&self.config.region);
             id
         };
+        let request_id_value = HeaderValue::from_str(&request_id).ok();
         let version = req.version();
         let host = req
             .headers()
@@ -429,68 +440,73 @@ impl Proxy {
                             }
                             let set =
                                 |headers: &mut hyper::HeaderMap,
-                                 name: &'static str,
+                                 name: &HeaderName,
                                  value: Option<HeaderValue>| {
                                     if let Some(v) = value {
-                                        headers.insert(HeaderName::from_static(name), v);
+                                        headers.insert(name.clone(), v);
                                     }
                                 };
                             // What is the same for every request on the connection was made
                             // once (Conn::new).
-                            let xff = match headers
-                                .get("x-forwarded-for")
-                                .and_then(|v| v.to_str().ok())
-                            {
-                                Some(prev) => HeaderValue::from_str(&format!(
-                                    "{prev}, {}, {}",
-                                    conn.client_ip, conn.local_ip
-                                ))
-                                .ok(),
-                                None => conn.xff_value.clone(),
-                            };
-                            set(headers, "fly-client-ip", conn.client_ip_value.clone());
-                            set(headers, "x-forwarded-for", xff);
+                            let xff =
+                                match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                                    Some(prev) => HeaderValue::from_str(&format!(
+                                        "{prev}, {}, {}",
+                                        conn.client_ip, conn.local_ip
+                                    ))
+                                    .ok(),
+                                    None => conn.xff_value.clone(),
+                                };
+                            set(headers, &FLY_CLIENT_IP, conn.client_ip_value.clone());
+                            set(headers, &X_FORWARDED_FOR, xff);
                             set(
                                 headers,
-                                "x-forwarded-proto",
+                                &X_FORWARDED_PROTO,
                                 Some(HeaderValue::from_static(proto)),
                             );
                             set(
                                 headers,
-                                "x-forwarded-ssl",
+                                &X_FORWARDED_SSL,
                                 Some(HeaderValue::from_static(if c.edge().tls {
                                     "on"
                                 } else {
                                     "off"
                                 })),
                             );
-                            if !headers.contains_key("x-forwarded-port") {
-                                set(headers, "x-forwarded-port", Some(conn.port_value.clone()));
+                            if !headers.contains_key(&X_FORWARDED_PORT) {
+                                set(headers, &X_FORWARDED_PORT, Some(conn.port_value.clone()));
                             }
-                            set(headers, "fly-forwarded-port", Some(conn.port_value.clone()));
-                            set(headers, "fly-region", self.region_value.clone());
+                            set(headers, &FLY_FORWARDED_PORT, Some(conn.port_value.clone()));
+                            set(headers, &FLY_REGION, self.region_value.clone());
+                            set(headers, &FLY_REQUEST_ID, request_id_value.clone());
                             set(
                                 headers,
-                                "fly-request-id",
-                                HeaderValue::from_str(&request_id).ok(),
+                                &hyper::header::VIA,
+                                Some(HeaderValue::from_static(via(version))),
                             );
-                            set(headers, "via", Some(HeaderValue::from_static(via(version))));
-                            let path = req
-                                .uri()
-                                .path_and_query()
-                                .map_or("/".to_string(), |p| p.to_string());
-                            // Origin form: the connection is already to the machine.
-                            match path.parse() {
-                                Ok(uri) => *req.uri_mut() = uri,
-                                Err(_) => {
-                                    return text(StatusCode::BAD_REQUEST, "bad request target")
+                            // Origin form: the connection is already to the machine (most
+                            // HTTP/1.1 requests come so; HTTP/2 ones and absolute-form ones
+                            // are rewritten).
+                            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                                let path = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map_or("/".to_string(), |p| p.to_string());
+                                match path.parse() {
+                                    Ok(uri) => *req.uri_mut() = uri,
+                                    Err(_) => {
+                                        return text(StatusCode::BAD_REQUEST, "bad request target")
+                                    }
                                 }
                             }
                             *req.version_mut() = Version::HTTP_11;
-                            if let Some(h) =
-                                host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
-                            {
-                                req.headers_mut().insert(HOST, h);
+                            // HTTP/2 requests name the host in :authority only.
+                            if !req.headers().contains_key(HOST) {
+                                if let Some(h) =
+                                    host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+                                {
+                                    req.headers_mut().insert(HOST, h);
+                                }
                             }
                             match self
                                 .send(
@@ -564,16 +580,13 @@ impl Proxy {
         }
         // `response.pristine` leaves the proxy's own headers out (and the app's alone).
         if !options.pristine {
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                headers.insert(HeaderName::from_static("fly-request-id"), v);
+            if let Some(v) = request_id_value {
+                headers.insert(FLY_REQUEST_ID.clone(), v);
             }
-            headers.insert(
-                HeaderName::from_static("via"),
-                HeaderValue::from_static(via(version)),
-            );
-            if !headers.contains_key("server") {
+            headers.insert(hyper::header::VIA, HeaderValue::from_static(via(version)));
+            if !headers.contains_key(hyper::header::SERVER) {
                 headers.insert(
-                    HeaderName::from_static("server"),
+                    hyper::header::SERVER,
                     HeaderValue::from_static("Fly/hangar"),
                 );
             }
