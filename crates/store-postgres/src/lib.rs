@@ -453,6 +453,11 @@ impl MachineStore for PgStore {
     ) -> Result<i64> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(pg)?;
+        if expect.observed {
+            // This transaction's commit does not wait for the WAL flush (see `Expect`).
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .map_err(pg)?;
+        }
         if !lock_machine(&mut tx, &m.id)? {
             return Err(StoreError::NotFound(format!("machine {}", m.id)));
         }
@@ -583,7 +588,12 @@ impl MachineStore for PgStore {
 
 impl EventStore for PgStore {
     fn append_event(&self, event: &EventRecord) -> Result<()> {
-        insert_event(&mut *self.conn()?, event)
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(pg)?;
+        insert_event(&mut tx, event)?;
+        tx.commit().map_err(pg)
     }
 
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {

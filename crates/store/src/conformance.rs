@@ -199,6 +199,7 @@ pub fn guarded_writes_honour_leases(s: &dyn Store) {
     let user = |nonce| Expect {
         row_version: 0,
         lease: Some((nonce, 50)),
+        observed: false,
     };
     let err = s.update_machine(&m, user(None), false, None).unwrap_err();
     assert!(matches!(err, StoreError::LeaseHeld { .. }), "{err}");
@@ -217,8 +218,25 @@ pub fn guarded_writes_honour_leases(s: &dyn Store) {
     let expired = Expect {
         row_version: m.row_version,
         lease: Some((None, 100)),
+        observed: false,
     };
-    s.update_machine(&m, expired, false, None).unwrap();
+    m.row_version = s.update_machine(&m, expired, false, None).unwrap();
+    // A write of what the runtime observed is a write like any other (it only does not wait
+    // for the disk), and the ones after it are as before.
+    m.name = "observed".into();
+    let observed = Expect {
+        row_version: m.row_version,
+        lease: None,
+        observed: true,
+    };
+    m.row_version = s.update_machine(&m, observed, false, None).unwrap();
+    assert_eq!(
+        s.get_machine("a1", &m.id).unwrap().unwrap().name,
+        "observed"
+    );
+    m.row_version = s
+        .update_machine(&m, Expect::version(m.row_version), false, None)
+        .unwrap();
     s.delete_lease(&m.id).unwrap();
     assert!(s.get_lease(&m.id).unwrap().is_none());
 }

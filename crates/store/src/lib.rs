@@ -95,6 +95,12 @@ pub struct Expect<'a> {
     /// `Some(nonce)`: the write is a user's mutation and must hold the machine's lease if one
     /// is active at `now` (unix seconds); `None`: the platform's own write, leases do not apply.
     pub lease: Option<(Option<&'a str>, i64)>,
+    /// The write records what the runtime observed of a machine coming up (`starting`,
+    /// `started`), not what anyone asked for. It is committed without waiting for the disk:
+    /// after a power loss no machine runs, and the state is read again from the machines
+    /// themselves. It is durable as soon as any later commit is (both backends write a
+    /// sequential log). Everything else waits for the disk.
+    pub observed: bool,
 }
 
 impl Expect<'_> {
@@ -103,6 +109,7 @@ impl Expect<'_> {
         Expect {
             row_version,
             lease: None,
+            observed: false,
         }
     }
 }
@@ -150,7 +157,8 @@ pub trait MachineStore: Send + Sync {
 /// Machine events.
 pub trait EventStore: Send + Sync {
     /// Appends an event without touching the machine row (container events, which must not
-    /// race the machine's own transitions).
+    /// race the machine's own transitions). Such events are observations: committed without
+    /// waiting for the disk, as [`Expect::observed`] writes are.
     fn append_event(&self, event: &EventRecord) -> Result<()>;
     /// Newest first.
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>>;

@@ -432,6 +432,75 @@ fn insert_event(conn: &Connection, e: &EventRecord) -> Result<()> {
     Ok(())
 }
 
+/// [`MachineStore::update_machine`] on the writer connection.
+fn update_machine_on(
+    conn: &mut Connection,
+    m: &MachineRecord,
+    expect: Expect<'_>,
+    new_version: bool,
+    event: Option<&EventRecord>,
+) -> Result<i64> {
+    let tx = conn.transaction()?;
+    if let Some((nonce, now)) = expect.lease {
+        check_lease_on(&tx, &m.id, nonce, now)?;
+    }
+    let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
+    let config = to_json(&m.config)?;
+    let next = expect.row_version + 1;
+    let res = tx.execute(
+        "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
+         private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
+         image_digests = ?11, row_version = ?13, host_id = ?14, private_ipv4 = ?15, \
+         skip_secrets = ?16 \
+         WHERE id = ?1 AND row_version = ?12",
+        params![
+            m.id,
+            m.name,
+            m.state.as_str(),
+            m.region,
+            m.instance_id,
+            m.private_ip,
+            m.updated_at,
+            m.cordoned,
+            config,
+            image_ref,
+            to_json(&m.image_digests)?,
+            expect.row_version,
+            next,
+            m.host_id,
+            m.private_ipv4,
+            m.skip_secrets
+        ],
+    );
+    if matches!(res, Ok(0)) {
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM machines WHERE id = ?1)",
+            [&m.id],
+            |r| r.get(0),
+        )?;
+        return Err(if exists {
+            StoreError::Conflict(format!("machine {}", m.id))
+        } else {
+            StoreError::NotFound(format!("machine {}", m.id))
+        });
+    }
+    machine_write(res, m)?;
+    if new_version {
+        insert_version(&tx, m)?;
+    } else {
+        // Metadata changes rewrite the current version's config without making a new one.
+        tx.execute(
+            "UPDATE machine_versions SET config = ?3 WHERE machine_id = ?1 AND instance_id = ?2",
+            params![m.id, m.instance_id, config],
+        )?;
+    }
+    if let Some(e) = event {
+        insert_event(&tx, e)?;
+    }
+    tx.commit()?;
+    Ok(next)
+}
+
 fn insert_version(conn: &Connection, m: &MachineRecord) -> Result<()> {
     conn.execute(
         "INSERT INTO machine_versions (machine_id, instance_id, config, created_at) \
@@ -606,65 +675,15 @@ impl MachineStore for SqliteStore {
         event: Option<&EventRecord>,
     ) -> Result<i64> {
         let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        if let Some((nonce, now)) = expect.lease {
-            check_lease_on(&tx, &m.id, nonce, now)?;
+        if !expect.observed {
+            return update_machine_on(&mut conn, m, expect, new_version, event);
         }
-        let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
-        let config = to_json(&m.config)?;
-        let next = expect.row_version + 1;
-        let res = tx.execute(
-            "UPDATE machines SET name = ?2, state = ?3, region = ?4, instance_id = ?5, \
-             private_ip = ?6, updated_at = ?7, cordoned = ?8, config = ?9, image_ref = ?10, \
-             image_digests = ?11, row_version = ?13, host_id = ?14, private_ipv4 = ?15, \
-             skip_secrets = ?16 \
-             WHERE id = ?1 AND row_version = ?12",
-            params![
-                m.id,
-                m.name,
-                m.state.as_str(),
-                m.region,
-                m.instance_id,
-                m.private_ip,
-                m.updated_at,
-                m.cordoned,
-                config,
-                image_ref,
-                to_json(&m.image_digests)?,
-                expect.row_version,
-                next,
-                m.host_id,
-                m.private_ipv4,
-                m.skip_secrets
-            ],
-        );
-        if matches!(res, Ok(0)) {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS(SELECT 1 FROM machines WHERE id = ?1)",
-                [&m.id],
-                |r| r.get(0),
-            )?;
-            return Err(if exists {
-                StoreError::Conflict(format!("machine {}", m.id))
-            } else {
-                StoreError::NotFound(format!("machine {}", m.id))
-            });
-        }
-        machine_write(res, m)?;
-        if new_version {
-            insert_version(&tx, m)?;
-        } else {
-            // Metadata changes rewrite the current version's config without making a new one.
-            tx.execute(
-                "UPDATE machine_versions SET config = ?3 WHERE machine_id = ?1 AND instance_id = ?2",
-                params![m.id, m.instance_id, config],
-            )?;
-        }
-        if let Some(e) = event {
-            insert_event(&tx, e)?;
-        }
-        tx.commit()?;
-        Ok(next)
+        // In WAL mode NORMAL commits without an fsync; the next FULL commit syncs the log
+        // with this one in it.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = update_machine_on(&mut conn, m, expect, new_version, event);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>> {
@@ -727,7 +746,11 @@ impl MachineStore for SqliteStore {
 
 impl EventStore for SqliteStore {
     fn append_event(&self, event: &EventRecord) -> Result<()> {
-        insert_event(&self.writer(), event)
+        let conn = self.writer();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = insert_event(&conn, event);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
@@ -788,16 +811,29 @@ impl LeaseStore for SqliteStore {
 impl NetworkStore for SqliteStore {
     fn ensure_network(&self, org_slug: &str, name: &str, now: i64) -> Result<NetworkRecord> {
         let conn = self.writer();
-        conn.execute(
-            "INSERT INTO networks (org_slug, name, created_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (org_slug, name) DO NOTHING",
-            params![org_slug, name, now],
-        )?;
-        let id: i64 = conn.query_row(
-            "SELECT id FROM networks WHERE org_slug = ?1 AND name = ?2",
-            params![org_slug, name],
-            |r| r.get(0),
-        )?;
+        let find = |conn: &Connection| {
+            conn.query_row(
+                "SELECT id FROM networks WHERE org_slug = ?1 AND name = ?2",
+                params![org_slug, name],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        };
+        // Looked up first: every machine create asks, and even an insert that does nothing
+        // commits a page (the AUTOINCREMENT counter), with an fsync.
+        let id = match find(&conn)? {
+            Some(id) => id,
+            None => {
+                conn.execute(
+                    "INSERT INTO networks (org_slug, name, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (org_slug, name) DO NOTHING",
+                    params![org_slug, name, now],
+                )?;
+                find(&conn)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("network {org_slug}/{name} vanished"))
+                })?
+            }
+        };
         network_record(&conn, id)
     }
 
@@ -1443,6 +1479,28 @@ mod tests {
             n += 1;
             Box::new(SqliteStore::open(&dir.path().join(format!("state-{n}.db"))).unwrap())
         });
+    }
+
+    #[test]
+    fn test_observed_writes_skip_the_fsync_and_leave_the_rest_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        s.create_app(&app("a1")).unwrap();
+        let m = crate::conformance::machine("a1", "00000000000001", "n1");
+        s.insert_machine(&m, &crate::conformance::event("e1", &m.id, 1), None)
+            .unwrap();
+        let observed = Expect {
+            row_version: m.row_version,
+            lease: None,
+            observed: true,
+        };
+        s.update_machine(&m, observed, false, None).unwrap();
+        // FULL (2) again for every other write.
+        let sync: i64 = s
+            .writer()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
     }
 
     #[test]

@@ -364,7 +364,8 @@ impl Hangar {
         });
     }
 
-    /// Moves `m` to `state`, recording an event of `kind`, durably, then wakes waiters.
+    /// Moves `m` to `state`, recording an event of `kind` (durably, but for a machine coming
+    /// up), then wakes waiters.
     async fn transition(
         &self,
         m: &mut MachineRecord,
@@ -407,7 +408,11 @@ impl Hangar {
         m.updated_at = now_ms();
         let event = Self::event(m, kind, state, source, request);
         let event_id = event.id.clone();
-        if let Err(e) = self.save(m, false, Some(event), lease).await {
+        // A machine coming up is not made durable by an fsync: after a power loss it does not
+        // run whatever the store says (hangar_store::Expect::observed). A start request's
+        // lease is still checked in the same transaction.
+        let observed = matches!(state, MachineState::Starting | MachineState::Started);
+        if let Err(e) = self.save_with(m, false, Some(event), lease, observed).await {
             m.state = from;
             // A reservation made for this transition (a start's admission) is given back.
             self.capacity.track(&m.id, from, guest_size(&m.config));
@@ -439,12 +444,25 @@ impl Hangar {
         event: Option<EventRecord>,
         lease: Option<Option<&str>>,
     ) -> ServiceResult<()> {
+        self.save_with(m, new_version, event, lease, false).await
+    }
+
+    /// [`save`](Self::save), `observed` as [`hangar_store::Expect::observed`].
+    async fn save_with(
+        &self,
+        m: &mut MachineRecord,
+        new_version: bool,
+        event: Option<EventRecord>,
+        lease: Option<Option<&str>>,
+        observed: bool,
+    ) -> ServiceResult<()> {
         let rec = m.clone();
         let lease = lease.map(|n| (n.map(str::to_string), now_secs()));
         let row_version = db(&self.store, move |s| {
             let expect = hangar_store::Expect {
                 row_version: rec.row_version,
                 lease: lease.as_ref().map(|(n, now)| (n.as_deref(), *now)),
+                observed,
             };
             s.update_machine(&rec, expect, new_version, event.as_ref())
         })
