@@ -222,6 +222,42 @@ async fn requests_reach_the_host_that_runs_the_machine() {
         "ran on the machine: {}",
         exec.text()
     );
+    // The console (an HTTP upgrade) through host-a reaches the machine on host-b.
+    let console = a
+        .client
+        .console(
+            "far",
+            &id,
+            &hangar_client::ConsoleOptions {
+                command: Some("/bin/sh".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("console across hosts");
+    let (mut r, mut w) = tokio::io::split(console);
+    hangar_client::ConsoleFrame::Data(b"echo far-$((40+2)); hostname\n".to_vec())
+        .write(&mut w)
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains(&id) {
+        let frame = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            hangar_client::ConsoleFrame::read(&mut r),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("console output so far: {out:?}"))
+        .unwrap();
+        match frame {
+            Some(hangar_client::ConsoleFrame::Data(d)) => {
+                out.push_str(&String::from_utf8_lossy(&d))
+            }
+            other => panic!("{other:?} after {out:?}"),
+        }
+    }
+    assert!(out.contains("far-42"), "{out}");
+    drop((r, w));
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     assert_eq!(hosts[1]["used_cpus"], 1, "{hosts}");
     // The forwarded-by marker means nothing without the cluster token, and a percent-encoded

@@ -240,17 +240,13 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
         )
         .into_response();
     }
-    if req.headers().contains_key(header::UPGRADE) {
-        return ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "not supported by Hangar across hosts yet: attach to the console through host \
-                 {} ({})",
-                host.id, host.api_addr
-            ),
-        )
-        .into_response();
-    }
+    // An upgrade (the console) is forwarded as one: after the owner's 101 the two upgraded
+    // connections are joined byte for byte.
+    let mut req = req;
+    let client_side = req
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -276,16 +272,36 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
         }
         Err(e) => return ApiError::internal(format!("host id: {e}")).into_response(),
     }
-    // Hop-by-hop headers are this connection's, not the next one's.
-    for hop in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    // Hop-by-hop headers are this connection's, not the next one's (but for the upgrade
+    // being asked for).
+    for hop in [header::TE, header::TRAILER, header::PROXY_AUTHORIZATION] {
         parts.headers.remove(hop);
     }
+    if client_side.is_none() {
+        parts.headers.remove(header::CONNECTION);
+    }
     match client().request(Request::from_parts(parts, body)).await {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let owner_side = hyper::upgrade::on(&mut resp);
+            let machine = host.id.clone();
+            if let Some(client_side) = client_side {
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_side, owner_side) {
+                        Ok((c, o)) => {
+                            let (mut c, mut o) = (
+                                hyper_util::rt::TokioIo::new(c),
+                                hyper_util::rt::TokioIo::new(o),
+                            );
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(host = %machine, error = %e, "forwarded upgrade failed")
+                        }
+                    }
+                });
+            }
+            resp.map(Body::new).into_response()
+        }
         Ok(resp) => resp.map(Body::new).into_response(),
         Err(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
