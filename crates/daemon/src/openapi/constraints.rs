@@ -141,6 +141,25 @@ impl Patcher<'_> {
         self.on(name, json!({ "required": fields }));
     }
 
+    /// Marks the request body of `method path` required (the API answers 400 without one).
+    fn body_required(&mut self, path: &str, method: &str) {
+        let found = self
+            .doc
+            .pointer_mut(&format!(
+                "/paths/{}/{method}/requestBody",
+                path.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut);
+        match found {
+            Some(b) => {
+                b.insert("required".into(), Value::Bool(true));
+            }
+            None => self
+                .missing
+                .push(format!("request body of {method} {path}")),
+        }
+    }
+
     /// The schema of parameter `param` of `method path`.
     fn param(&mut self, path: &str, method: &str, param: &str, schema: Value) {
         let found = self
@@ -774,6 +793,25 @@ fn parameters(p: &mut Patcher) {
     for param in ["force", "kill"] {
         p.param(machine, "delete", param, boolean.clone());
     }
+    // `wait`'s query: strings, never null (an absent parameter is how one is left out).
+    let wait = format!("{machine}/wait");
+    let wait_states = "(started|stopped|suspended|destroyed|failed|created|settled)";
+    p.param(
+        &wait,
+        "get",
+        "state",
+        json!({ "type": "string", "pattern": format!("^{wait_states}(,{wait_states})*$") }),
+    );
+    p.param(
+        &wait,
+        "get",
+        "timeout",
+        json!({ "type": "string", "pattern": format!("^[0-9]{{1,5}}$|{GO_DURATION}") }),
+    );
+    for param in ["version", "instance_id", "from_event_id"] {
+        p.param(&wait, "get", param, json!({ "type": "string" }));
+    }
+    p.body_required("/v1/apps/{app_name}/ip_assignments", "post");
     let key = json!({ "type": "string", "pattern": METADATA_KEY });
     let meta_key = format!("{machine}/metadata/{{key}}");
     for method in ["get", "post", "delete"] {
