@@ -86,6 +86,8 @@ pub(crate) struct Conn {
     xff_value: Option<HeaderValue>,
     port_value: HeaderValue,
     metrics: std::sync::Mutex<Option<AppMetrics>>,
+    /// The port's only app, with the table it was looked up in.
+    last_app: std::sync::Mutex<Option<(Arc<crate::table::Table>, String)>>,
 }
 
 /// An app's metric handles (each shares its counter with the registry's family).
@@ -98,8 +100,9 @@ struct AppMetrics {
 
 /// A connection to a machine: HTTP/1.1, or HTTP/2 with `h2_backend`.
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
+    // The client's body goes on as it came (no boxing per request).
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
 
 impl Sender {
@@ -117,7 +120,7 @@ impl Sender {
         }
     }
 
-    async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
+    async fn send(&mut self, req: Request<Incoming>) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Sender::H1(s) => s.send_request(req).await,
             Sender::H2(s) => s.send_request(req).await,
@@ -137,6 +140,7 @@ impl Conn {
             client_ip,
             local_ip,
             metrics: std::sync::Mutex::new(None),
+            last_app: std::sync::Mutex::new(None),
         }
     }
 
@@ -275,10 +279,7 @@ impl Proxy {
                 }
             }
         };
-        let resp = sender
-            .send(req.map(|b| b.boxed()))
-            .await
-            .map_err(|e| e.to_string());
+        let resp = sender.send(req).await.map_err(|e| e.to_string());
         conn.give_back(key, sender);
         resp
     }
@@ -355,6 +356,30 @@ impl Proxy {
         apps.into_iter().find(|a| *a == name).map(str::to_string)
     }
 
+    /// [`app_for`](Self::app_for) an HTTP request. When one app alone serves the port (the
+    /// common case) the answer does not depend on the `Host`, and is remembered per connection
+    /// until the table changes.
+    fn http_app_for(&self, conn: &Conn, port: u16, host: Option<&str>) -> Option<String> {
+        let table = self.table();
+        let mut last = conn.last_app.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, app)) = &*last {
+            if Arc::ptr_eq(t, &table) {
+                return Some(app.clone());
+            }
+        }
+        let only = match table.apps_on(port, |e| e.http).as_slice() {
+            [only] => Some(only.to_string()),
+            _ => None,
+        };
+        match only {
+            Some(app) => {
+                *last = Some((table, app.clone()));
+                Some(app)
+            }
+            None => self.app_for(port, host, |e| e.http),
+        }
+    }
+
     async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -378,7 +403,7 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let Some(app) = app.or_else(|| self.app_for(port, host.as_deref(), |e| e.http)) else {
+        let Some(app) = app.or_else(|| self.http_app_for(conn, port, host.as_deref())) else {
             return text(
                 StatusCode::NOT_FOUND,
                 "no app is served at this host and port",
