@@ -250,6 +250,30 @@ pub fn build_tag(app: &str, label: Option<&str>) -> String {
     }
 }
 
+/// Holds buildah's layer cache at `root` for this build until dropped (an flock, released
+/// with the file even if the process dies).
+fn lock_cache(root: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let path = root.join(".hangar-build.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("==> Waiting for another build on this host to finish");
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(file)
+}
+
 fn buildah(root: &Path, runroot: &Path) -> Command {
     let mut cmd = Command::new("buildah");
     cmd.arg("--root").arg(root).arg("--runroot").arg(runroot);
@@ -283,6 +307,9 @@ pub async fn build_image(
     std::fs::write(&conf, registries_conf(&loopback_registries(&text)))
         .context("writing registries.conf")?;
     let (root, runroot) = storage_dirs();
+    // One build at a time per layer cache: buildah's cache lookup fails ("getting top layer
+    // info: layer not known") when another build removes its image meanwhile.
+    let _cache = lock_cache(&root)?;
     preload_from_store(client, &from_images(&text), work.path(), (&root, &runroot)).await?;
 
     let mut bud = buildah(&root, &runroot);
