@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hangar_api::config::{Autostop, MachineService};
+use hangar_api::config::{Autostop, MachinePort, MachineService};
 
 /// Fly's default soft limit (connections) when a service sets none.
 pub const DEFAULT_SOFT_LIMIT: u32 = 20;
@@ -101,6 +101,19 @@ pub struct Service {
     pub checks: Vec<crate::checks::Check>,
 }
 
+/// The edge ports of a `ports` entry: `port`, or `start_port`–`end_port`; `None` when
+/// unusable.
+fn edge_range(p: &MachinePort) -> Option<(u16, u16)> {
+    let (first, last) = match (p.port, p.start_port, p.end_port) {
+        (Some(port), _, _) => (port, port),
+        (None, Some(a), Some(b)) => (a, b),
+        _ => return None,
+    };
+    let first = u16::try_from(first).ok().filter(|p| *p > 0)?;
+    let last = u16::try_from(last).ok().filter(|p| *p >= first)?;
+    Some((first, last))
+}
+
 impl Service {
     /// The typed view of a TCP service; `None` for UDP ones (not proxied) and unusable ports.
     pub fn from_config(s: &MachineService) -> Option<Service> {
@@ -113,13 +126,7 @@ impl Service {
             .iter()
             .flatten()
             .filter_map(|p| {
-                let (first, last) = match (p.port, p.start_port, p.end_port) {
-                    (Some(port), _, _) => (port, port),
-                    (None, Some(a), Some(b)) => (a, b),
-                    _ => return None,
-                };
-                let first = u16::try_from(first).ok().filter(|p| *p > 0)?;
-                let last = u16::try_from(last).ok().filter(|p| *p >= first)?;
+                let (first, last) = edge_range(p)?;
                 let handlers: BTreeSet<&str> =
                     p.handlers.iter().flatten().map(String::as_str).collect();
                 let proxy_proto = handlers.contains("proxy_proto").then(|| {
@@ -200,16 +207,7 @@ impl UdpService {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                let (first, last) = match (p.port, p.start_port, p.end_port) {
-                    (Some(port), _, _) => (port, port),
-                    (None, Some(a), Some(b)) => (a, b),
-                    _ => return None,
-                };
-                let first = u16::try_from(first).ok().filter(|p| *p > 0)?;
-                let last = u16::try_from(last).ok().filter(|p| *p >= first)?;
-                Some((first, last))
-            })
+            .filter_map(|p| edge_range(p))
             .collect();
         Some(UdpService {
             internal_port,
