@@ -82,8 +82,8 @@ pub struct Proxy {
     table: RwLock<Arc<Table>>,
     controller: Arc<dyn Controller>,
     load: route::Load,
-    listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
-    udp_listeners: Mutex<HashMap<(IpAddr, u16), listen::Listener>>,
+    listeners: listen::Listeners,
+    udp_listeners: listen::Listeners,
     /// Addresses dedicated to one app (its IP assignments): its edge ports open there too, and
     /// its raw TCP ports only there.
     dedicated: Mutex<std::collections::BTreeMap<IpAddr, String>>,

@@ -1,8 +1,9 @@
 //! Listeners: every edge port of the table, on every bind address; opened and closed as
 //! machines are created, updated and destroyed.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -29,6 +30,45 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+pub(crate) type Listeners = Mutex<HashMap<(IpAddr, u16), Listener>>;
+
+/// Closes the listeners of `listeners` that are not `wanted` and opens (with `open`, which
+/// serves the port until its task is aborted) the wanted ones that are not open yet.
+fn sync(
+    listeners: &Listeners,
+    wanted: BTreeSet<(IpAddr, u16)>,
+    protocol: &str,
+    open: impl Fn(SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>>,
+) {
+    let mut listeners = listeners.lock().unwrap_or_else(|e| e.into_inner());
+    listeners.retain(|key, _| wanted.contains(key));
+    for (ip, port) in wanted {
+        if listeners.contains_key(&(ip, port)) {
+            continue;
+        }
+        let addr = SocketAddr::new(ip, port);
+        match open(addr) {
+            Ok(task) => {
+                tracing::info!(%addr, protocol, "proxy: listening");
+                listeners.insert((ip, port), Listener { task });
+            }
+            Err(e) => tracing::warn!(%addr, protocol, error = %e, "proxy: cannot listen"),
+        }
+    }
+}
+
+/// The addresses open in `listeners`, sorted.
+fn addresses(listeners: &Listeners) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .map(|(ip, port)| SocketAddr::new(*ip, *port))
+        .collect();
+    out.sort();
+    out
+}
+
 impl Proxy {
     /// Opens the edge ports the table has and closes those it no longer has.
     pub(crate) fn sync_listeners(self: &Arc<Self>) {
@@ -38,7 +78,7 @@ impl Proxy {
         let table = self.table();
         // What should be open: every edge port on the shared addresses, and each app's on its
         // dedicated ones.
-        let mut wanted: std::collections::BTreeSet<(IpAddr, u16)> = self
+        let mut wanted: BTreeSet<(IpAddr, u16)> = self
             .config
             .binds
             .iter()
@@ -59,8 +99,7 @@ impl Proxy {
         // UDP ports: one app each on the shared addresses (unless it has its own address),
         // and an app's on its dedicated ones.
         let udp = table.udp_ports();
-        let mut udp_wanted: std::collections::BTreeSet<(IpAddr, u16)> =
-            std::collections::BTreeSet::new();
+        let mut udp_wanted: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
         for (port, apps) in &udp {
             if apps.iter().any(|a| !self.has_dedicated(a)) {
                 udp_wanted.extend(self.config.binds.iter().map(|ip| (*ip, *port)));
@@ -71,70 +110,28 @@ impl Proxy {
                 }
             }
         }
-        self.sync_udp(udp_wanted);
-        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        listeners.retain(|key, _| wanted.contains(key));
-        for (ip, port) in wanted {
-            if listeners.contains_key(&(ip, port)) {
-                continue;
-            }
-            let addr = SocketAddr::new(ip, port);
-            match bind(addr) {
-                Ok(l) => {
-                    tracing::info!(%addr, "proxy: listening");
-                    let this = self.clone();
-                    let task = tokio::spawn(async move { this.accept_loop(l).await });
-                    listeners.insert((ip, port), Listener { task });
-                }
-                Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen"),
-            }
-        }
-    }
-
-    fn sync_udp(self: &Arc<Self>, wanted: std::collections::BTreeSet<(IpAddr, u16)>) {
-        let mut listeners = self.udp_listeners.lock().unwrap_or_else(|e| e.into_inner());
-        listeners.retain(|key, _| wanted.contains(key));
-        for (ip, port) in wanted {
-            if listeners.contains_key(&(ip, port)) {
-                continue;
-            }
-            let addr = SocketAddr::new(ip, port);
-            match crate::udp::bind(addr) {
-                Ok(socket) => {
-                    tracing::info!(%addr, "proxy: listening (udp)");
-                    let this = self.clone();
-                    let task = tokio::spawn(async move { this.udp_loop(socket).await });
-                    listeners.insert((ip, port), Listener { task });
-                }
-                Err(e) => tracing::warn!(%addr, error = %e, "proxy: cannot listen (udp)"),
-            }
-        }
+        let this = self.clone();
+        sync(&self.udp_listeners, udp_wanted, "udp", |addr| {
+            let socket = crate::udp::bind(addr)?;
+            let this = this.clone();
+            Ok(tokio::spawn(async move { this.udp_loop(socket).await }))
+        });
+        let this = self.clone();
+        sync(&self.listeners, wanted, "tcp", |addr| {
+            let l = bind(addr)?;
+            let this = this.clone();
+            Ok(tokio::spawn(async move { this.accept_loop(l).await }))
+        });
     }
 
     /// The UDP edge addresses open now.
     pub fn udp_listening(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self
-            .udp_listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .map(|(ip, port)| SocketAddr::new(*ip, *port))
-            .collect();
-        out.sort();
-        out
+        addresses(&self.udp_listeners)
     }
 
     /// The edge addresses open now.
     pub fn listening(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .map(|(ip, port)| SocketAddr::new(*ip, *port))
-            .collect();
-        out.sort();
-        out
+        addresses(&self.listeners)
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
