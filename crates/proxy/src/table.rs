@@ -203,12 +203,7 @@ impl UdpService {
             return None;
         }
         let internal_port = u16::try_from(s.internal_port).ok().filter(|p| *p > 0)?;
-        let ports = s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| edge_range(p))
-            .collect();
+        let ports = s.ports.iter().flatten().filter_map(edge_range).collect();
         Some(UdpService {
             internal_port,
             ports,
