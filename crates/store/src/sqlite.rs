@@ -432,6 +432,18 @@ fn insert_event(conn: &Connection, e: &EventRecord) -> Result<()> {
     Ok(())
 }
 
+/// Runs `write` on the writer with `synchronous=NORMAL`: in WAL mode its commit does not wait
+/// for an fsync, and the next FULL commit syncs the log with it in it (`Expect::observed`).
+fn without_fsync<T>(
+    conn: &mut Connection,
+    write: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<T> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = write(conn);
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    result
+}
+
 /// [`MachineStore::update_machine`] on the writer connection.
 fn update_machine_on(
     conn: &mut Connection,
@@ -678,12 +690,9 @@ impl MachineStore for SqliteStore {
         if !expect.observed {
             return update_machine_on(&mut conn, m, expect, new_version, event);
         }
-        // In WAL mode NORMAL commits without an fsync; the next FULL commit syncs the log
-        // with this one in it.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = update_machine_on(&mut conn, m, expect, new_version, event);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        result
+        without_fsync(&mut conn, |c| {
+            update_machine_on(c, m, expect, new_version, event)
+        })
     }
 
     fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>> {
@@ -746,11 +755,7 @@ impl MachineStore for SqliteStore {
 
 impl EventStore for SqliteStore {
     fn append_event(&self, event: &EventRecord) -> Result<()> {
-        let conn = self.writer();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = insert_event(&conn, event);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        result
+        without_fsync(&mut self.writer(), |c| insert_event(c, event))
     }
 
     fn list_events(&self, machine_id: &str, limit: usize) -> Result<Vec<EventRecord>> {
