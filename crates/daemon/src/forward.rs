@@ -283,7 +283,7 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
     match client().request(Request::from_parts(parts, body)).await {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let owner_side = hyper::upgrade::on(&mut resp);
-            let machine = host.id.clone();
+            let owner = host.id.clone();
             if let Some(client_side) = client_side {
                 tokio::spawn(async move {
                     match tokio::try_join!(client_side, owner_side) {
@@ -295,7 +295,7 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
                             let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
                         }
                         Err(e) => {
-                            tracing::debug!(host = %machine, error = %e, "forwarded upgrade failed")
+                            tracing::debug!(host = %owner, error = %e, "forwarded upgrade failed")
                         }
                     }
                 });

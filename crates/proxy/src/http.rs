@@ -388,14 +388,13 @@ impl Proxy {
         conn: &Conn,
     ) -> Response<Body> {
         let port = local.port();
-        let request_id = {
+        let request_id_value = {
             let mut id = ulid::Ulid::new().to_string();
             id.make_ascii_lowercase();
             id.push('-');
             id.push_str(&self.config.region);
-            id
+            HeaderValue::from_str(&id).ok()
         };
-        let request_id_value = HeaderValue::from_str(&request_id).ok();
         let version = req.version();
         let host = req
             .headers()

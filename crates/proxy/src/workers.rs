@@ -58,8 +58,8 @@ impl Workers {
         self.workers.len()
     }
 
-    /// Runs `serve` (one client connection) on the worker serving the fewest; `None` when
-    /// there is no worker.
+    /// The worker serving the fewest connections, and a seat on it for a new one; `None`
+    /// when there is no worker.
     pub(crate) fn pick(&self) -> Option<(&Handle, Seat)> {
         let w = self
             .workers
