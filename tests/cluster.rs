@@ -454,3 +454,200 @@ async fn machines_outlive_a_database_outage() {
     assert_eq!(r.json::<Value>().unwrap()["stdout"], "up\n", "{}", r.text());
     a.destroy_machine("steady", &id, true).await;
 }
+
+/// Runs `sh -c script` in machine `id` of `app` through `d`'s API: (exit code, stdout).
+async fn sh(d: &Daemon, app: &str, id: &str, script: &str) -> (i64, String) {
+    let r = d
+        .post(
+            &format!("/v1/apps/{app}/machines/{id}/exec"),
+            json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "exec: {}", r.text());
+    let v: Value = r.json().unwrap();
+    (
+        v["exit_code"].as_i64().unwrap_or(-1),
+        v["stdout"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Retries `script` in machine `id` until it prints `want` (another host's machines reach a
+/// resolver, and its address the overlay, within about a second), or fails with the last
+/// output. (busybox's `wget -T` crashes: timeouts are `timeout`'s.)
+async fn until_prints(d: &Daemon, app: &str, id: &str, script: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, out) = sh(d, app, id, script).await;
+        if code == 0 && out.contains(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{script}` in {id}: exit {code}, {out:?} (wanted {want:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Three hosts, each its own network namespace (its own bridges, routes and firewall) joined
+/// by an underlay: machines of one network on different hosts reach each other over 6PN and
+/// find each other through `.internal` from any host; a machine of another network does not
+/// reach them.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root, the test registry and PostgreSQL's initdb; scripts/test runs it"]
+async fn machines_on_different_hosts_reach_each_other() {
+    let (_pg, url) = postgres_with_a_database().await;
+    let hosts = common::netns::Hosts::new(3);
+    let registry: std::net::SocketAddr = common::registry().parse().unwrap();
+    let mut daemons = Vec::new();
+    let mut key = None::<String>;
+    for (n, region) in [(1, "ams"), (2, "iad"), (3, "syd")] {
+        hosts.relay(n, registry).await;
+        let listen = format!("{}:4280", common::netns::Hosts::address_of(n));
+        let host_id = format!("host-{n}");
+        let mut flags = vec![
+            "--store",
+            &url,
+            "--host-id",
+            &host_id,
+            "--region",
+            region,
+            "--listen",
+            &listen,
+            // Names that are not .internal go nowhere (the namespace has no way out anyway).
+            "--dns-upstream",
+            "[::1]:53",
+        ];
+        if let Some(k) = &key {
+            flags.extend(["--secrets-key-file", k.as_str()]);
+        }
+        let d = Daemon::start_in_netns(hosts.path(n), &flags).await;
+        key.get_or_insert_with(|| d.data_dir.join("secrets.key").display().to_string());
+        daemons.push(d);
+    }
+    let a = &daemons[0];
+    a.create_app("web").await;
+    let r = a
+        .post(
+            "/v1/apps",
+            json!({"app_name": "elsewhere", "org_slug": "personal", "network": "other"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // A web server on host 2 and clients on hosts 1 and 3, all made through host 1's API.
+    let server_cmd = ["/bin/httpd", "-f", "-p", "[::]:8080", "-h", "/"];
+    let mut ids = Vec::new();
+    for (region, cmd) in [
+        ("iad", json!(server_cmd)),
+        ("ams", json!(["/bin/sleep", "inf"])),
+        ("syd", json!(["/bin/sleep", "inf"])),
+    ] {
+        let config = json!({"image": common::test_image(), "init": {"exec": cmd}});
+        let id = a
+            .launch("web", json!({"region": region, "config": config}))
+            .await;
+        a.wait_state("web", &id, "started").await;
+        ids.push(id);
+    }
+    let server = ids[0].clone();
+    let server_m = machine_json(a, "web", &server).await;
+    let server_ip = server_m["private_ip"].as_str().unwrap().to_string();
+    // The server's 6PN address carries host 2's part, not host 1's or 3's.
+    let client_ip = machine_json(a, "web", &ids[1]).await["private_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parts = |ip: &str| ip.parse::<std::net::Ipv6Addr>().unwrap().segments();
+    assert_eq!(
+        parts(&server_ip)[..3],
+        parts(&client_ip)[..3],
+        "one network"
+    );
+    assert_ne!(
+        parts(&server_ip)[3..5],
+        parts(&client_ip)[3..5],
+        "two hosts"
+    );
+
+    // From hosts 1 and 3: by the machine's name, by the app's name (resolved by each host's
+    // own resolver), and by address.
+    for client in &ids[1..] {
+        let by_name =
+            format!("timeout 5 wget -qO- http://{server}.vm.web.internal:8080/etc/hostname");
+        until_prints(a, "web", client, &by_name, &server).await;
+        let by_region = "timeout 5 wget -qO- http://iad.web.internal:8080/etc/hostname";
+        until_prints(a, "web", client, by_region, &server).await;
+        let by_address = format!("timeout 5 wget -qO- http://[{server_ip}]:8080/etc/hostname");
+        let (code, out) = sh(a, "web", client, &by_address).await;
+        assert_eq!((code, out.trim()), (0, server.as_str()));
+    }
+    // The app's name lists its machines on all three hosts, asked on host 3.
+    let (_, out) = sh(
+        &daemons[2],
+        "web",
+        &ids[2],
+        "nslookup -type=AAAA web.internal",
+    )
+    .await;
+    for id in &ids {
+        let ip = machine_json(a, "web", id).await["private_ip"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(out.contains(&ip), "{id} ({ip}) missing: {out}");
+    }
+
+    // Another network's machine, on host 1, neither reaches the server nor resolves it.
+    let config = json!({"image": common::test_image(), "init": {"exec": ["/bin/sleep", "inf"]}});
+    let outsider = a
+        .launch("elsewhere", json!({"region": "ams", "config": config}))
+        .await;
+    a.wait_state("elsewhere", &outsider, "started").await;
+    let (code, out) = sh(
+        a,
+        "elsewhere",
+        &outsider,
+        &format!("timeout 5 wget -qO- http://[{server_ip}]:8080/etc/hostname"),
+    )
+    .await;
+    assert_ne!(code, 0, "another network reached the server: {out}");
+    let (_, out) = sh(
+        a,
+        "elsewhere",
+        &outsider,
+        &format!("nslookup -type=AAAA {server}.vm.web.internal"),
+    )
+    .await;
+    assert!(!out.contains(&server_ip), "{out}");
+
+    // Only IPv6 crosses the overlay: host 1 has no way to the server's IPv4.
+    let (_, out) = sh(a, "web", &server, "ip -4 -o addr show eth0").await;
+    let v4 = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next());
+    let v4 = v4.unwrap_or_else(|| panic!("no IPv4: {out}")).to_string();
+    let (_, out) = sh(
+        a,
+        "web",
+        &ids[1],
+        &format!("timeout 3 wget -qO- http://{v4}:8080/etc/hostname || true"),
+    )
+    .await;
+    assert!(!out.contains(&server), "IPv4 crossed the overlay: {out}");
+
+    for id in &ids {
+        a.destroy_machine("web", id, true).await;
+    }
+    a.destroy_machine("elsewhere", &outsider, true).await;
+    for d in &mut daemons {
+        d.terminate();
+    }
+    // Every host's devices went with its machines and daemon.
+    for n in 1..=3 {
+        let (_, links) = hosts.run_in(n, &["ip", "-o", "link", "show"]);
+        let ours: Vec<&str> = links.lines().filter(|l| l.contains(": hg")).collect();
+        assert!(ours.is_empty(), "host {n} kept {ours:?}");
+    }
+}

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +16,8 @@ pub struct Daemon {
     pub runtime: bool,
     /// Flags after `--socket` (kept for restarts).
     pub args: Vec<String>,
+    /// The network namespace it runs in (a host of [`netns::Hosts`]); `None`: the test's.
+    pub netns: Option<PathBuf>,
     /// Held while a networked daemon runs: machine networking is host-wide (one bridge per
     /// network id, the resolver on fdaa::3), so networked tests take turns across test
     /// binaries.
@@ -43,8 +47,29 @@ pub fn hangar_bin() -> &'static str {
 /// Where a daemon started with [`Daemon::start_logging`] writes its debug log.
 pub const DEBUG_LOG: &str = "daemon-debug.log";
 
-fn spawn(data_dir: &Path, socket: &Path, runtime: bool, args: &[String]) -> Child {
+fn spawn(
+    data_dir: &Path,
+    socket: &Path,
+    runtime: bool,
+    args: &[String],
+    netns: Option<&Path>,
+) -> Child {
     let mut cmd = Command::new(hangar_bin());
+    if let Some(path) = netns {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let ns = std::fs::File::open(path).expect("open the network namespace");
+        // SAFETY: only setns (async-signal-safe) between fork and exec; `ns` is moved into
+        // the closure, so it stays open until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     // A daemon logging at debug writes to a file beside its data dir (read by the test).
     let debug_log = data_dir.parent().map(|p| p.join(DEBUG_LOG));
     let debug = debug_log.as_ref().filter(|p| p.exists());
@@ -159,7 +184,13 @@ impl Daemon {
     /// Starts the daemon again and expects it to refuse: returns what it printed.
     pub async fn restart_refused(&mut self) -> String {
         assert!(self.child.is_none(), "stop or kill the daemon first");
-        let mut child = spawn(&self.data_dir, &self.socket, self.runtime, &self.args);
+        let mut child = spawn(
+            &self.data_dir,
+            &self.socket,
+            self.runtime,
+            &self.args,
+            self.netns.as_deref(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(_)) = child.try_wait() {
@@ -189,19 +220,40 @@ impl Daemon {
         Self::start_in(tmp, runtime, args, turn).await
     }
 
+    /// A daemon with a runtime and machine networking in network namespace `netns` (a host
+    /// of [`netns::Hosts`]), with `flags`.
+    pub async fn start_in_netns(netns: PathBuf, flags: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Logged at debug level (what `debug_log` reads): its stderr is otherwise unread.
+        std::fs::write(tmp.path().join(DEBUG_LOG), b"").expect("create the debug log");
+        let args = flags.iter().map(|s| s.to_string()).collect();
+        Self::start_in_ns(tmp, true, args, None, Some(netns)).await
+    }
+
     async fn start_in(
         tmp: tempfile::TempDir,
         runtime: bool,
         args: Vec<String>,
         turn: Option<std::fs::File>,
     ) -> Daemon {
+        Self::start_in_ns(tmp, runtime, args, turn, None).await
+    }
+
+    async fn start_in_ns(
+        tmp: tempfile::TempDir,
+        runtime: bool,
+        args: Vec<String>,
+        turn: Option<std::fs::File>,
+        netns: Option<PathBuf>,
+    ) -> Daemon {
         let data_dir = tmp.path().join("data");
         let socket = tmp.path().join("api.sock");
-        let child = spawn(&data_dir, &socket, runtime, &args);
+        let child = spawn(&data_dir, &socket, runtime, &args, netns.as_deref());
         let mut d = Daemon {
             child: Some(child),
             runtime,
             args,
+            netns,
             _net_turn: turn,
             client: Client::new(Endpoint::Unix(socket.clone()), None),
             data_dir,
@@ -221,6 +273,7 @@ impl Daemon {
             &self.socket,
             self.runtime,
             &self.args,
+            self.netns.as_deref(),
         ));
         self.wait_ready().await;
     }

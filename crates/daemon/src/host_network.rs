@@ -3,8 +3,14 @@
 //! resolver's address. A bridge is created when the first machine of its network starts and
 //! removed when the last one stops.
 //!
-//! Bridges and the firewall are host-wide, so one daemon per host owns networking: it holds
-//! `/run/hangar/network.lock` for its lifetime.
+//! Bridges and the firewall belong to a network namespace, so one daemon per host (per
+//! network namespace) owns networking: it holds `/run/hangar/network.lock` (in another network
+//! namespace than init's, `network-<namespace inode>.lock`) for its lifetime.
+//!
+//! In a cluster, each bridge also gets an overlay port: a VXLAN device (VNI = the network id)
+//! that floods to every other host of the cluster and learns where remote machines are, so one
+//! network's bridges on all hosts are one Ethernet and its machines reach each other over
+//! their on-link 6PN /48 wherever they run. The firewall lets only IPv6 cross it.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -13,12 +19,48 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use hangar_net::netlink::Netlink;
+use hangar_net::netlink::{Netlink, Vxlan};
 use hangar_net::plan::{
-    is_bridge_name, MachineNet, DEVICE_PREFIX, HOST_PREFIX_LEN, IPV4_BLOCK_PREFIX_LEN, RESOLVER,
+    bridge_name, bridge_network, is_bridge_name, vxlan_name, vxlan_network, MachineNet, SixPn,
+    DEVICE_PREFIX, HOST_PREFIX_LEN, IPV4_BLOCK_PREFIX_LEN, OVERLAY_MAX_VNI, OVERLAY_OVERHEAD_V4,
+    OVERLAY_OVERHEAD_V6, OVERLAY_PORT, RESOLVER,
 };
 
-const LOCK_FILE: &str = "/run/hangar/network.lock";
+/// The lock of this network namespace's networking.
+fn lock_file() -> String {
+    let inode = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).map(|m| m.ino()).ok()
+    };
+    match inode("/proc/self/ns/net") {
+        Some(ours) if inode("/proc/1/ns/net") != Some(ours) => {
+            format!("/run/hangar/network-{ours}.lock")
+        }
+        _ => "/run/hangar/network.lock".to_string(),
+    }
+}
+
+/// The underlay MTU the overlay assumes (Ethernet's).
+const UNDERLAY_MTU: u32 = 1500;
+
+/// The cluster overlay of this host: where its VXLAN packets come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Overlay {
+    /// This host's address on the network the hosts share (its API's `--listen` address).
+    pub local: IpAddr,
+}
+
+impl Overlay {
+    /// What fits in a frame that crosses the overlay.
+    fn mtu(&self) -> u32 {
+        UNDERLAY_MTU
+            - if self.local.is_ipv4() {
+                OVERLAY_OVERHEAD_V4
+            } else {
+                OVERLAY_OVERHEAD_V6
+            }
+    }
+}
 
 /// How long a bridge without machines stays before it is removed: a machine of the network
 /// starting within it (the create → destroy → create loop of a sandbox platform) reuses it
@@ -32,32 +74,38 @@ struct Devices {
     /// Per bridge, how many times a machine was put on it: a removal scheduled before the
     /// latest one is void.
     uses: HashMap<String, u64>,
+    /// The cluster's other hosts (overlay flood destinations).
+    peers: Vec<IpAddr>,
 }
 
 pub struct HostNetwork {
     devices: Mutex<Devices>,
+    overlay: Option<Overlay>,
     _lock: std::fs::File,
 }
 
 impl HostNetwork {
     /// Takes the host's networking for this daemon, installs the firewall (with `egress`,
-    /// machines may reach beyond the host) and gives `lo` the resolver's address.
-    pub fn set_up(egress: bool) -> anyhow::Result<HostNetwork> {
+    /// machines may reach beyond the host) and gives `lo` the resolver's address. With
+    /// `overlay`, networks' bridges are joined to the cluster's other hosts
+    /// ([`set_peers`](Self::set_peers) says which).
+    pub fn set_up(egress: bool, overlay: Option<Overlay>) -> anyhow::Result<HostNetwork> {
         std::fs::create_dir_all("/run/hangar").context("failed to create /run/hangar")?;
+        let lock_file = lock_file();
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(LOCK_FILE)
-            .with_context(|| format!("failed to open {LOCK_FILE}"))?;
+            .open(&lock_file)
+            .with_context(|| format!("failed to open {lock_file}"))?;
         // SAFETY: flock on a file we hold open.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             anyhow::bail!(
-                "another hangar daemon runs machine networking on this host ({LOCK_FILE} is \
+                "another hangar daemon runs machine networking on this host ({lock_file} is \
                  locked); stop it, or start this one with --network off"
             );
         }
-        hangar_net::firewall::apply(egress)?;
+        hangar_net::firewall::apply(egress, overlay.is_some())?;
         if egress {
             hangar_net::firewall::enable_forwarding()?;
         }
@@ -69,8 +117,85 @@ impl HostNetwork {
             .context("failed to give lo the resolver's address fdaa::3")?;
         Ok(HostNetwork {
             devices: Mutex::new(Devices::default()),
+            overlay,
             _lock: lock,
         })
+    }
+
+    /// The MTU of machines' veths: smaller than Ethernet's when frames may cross the overlay
+    /// (a bridge forwards nothing larger than its smallest port takes, silently).
+    pub fn machine_mtu(&self) -> Option<u32> {
+        self.overlay.map(|o| o.mtu())
+    }
+
+    /// Makes `peers` the cluster's other hosts: the overlay floods to them and takes packets
+    /// from them only.
+    pub fn set_peers(&self, mut peers: Vec<IpAddr>) -> anyhow::Result<()> {
+        let Some(overlay) = self.overlay else {
+            return Ok(());
+        };
+        peers.retain(|p| *p != overlay.local);
+        peers.sort();
+        peers.dedup();
+        let mut devices = self.devices();
+        if devices.peers == peers {
+            return Ok(());
+        }
+        hangar_net::firewall::set_overlay_peers(&peers)?;
+        let mut nl = Netlink::open().context("failed to open netlink")?;
+        let bridges: Vec<String> = devices.uses.keys().cloned().collect();
+        for bridge in bridges {
+            let Some(network) = bridge_network(&bridge) else {
+                continue;
+            };
+            let Some(index) = nl.link_index(&vxlan_name(network))? else {
+                continue;
+            };
+            for gone in devices.peers.iter().filter(|p| !peers.contains(p)) {
+                nl.flood_entry(index, *gone, false)?;
+            }
+            for new in peers.iter().filter(|p| !devices.peers.contains(p)) {
+                nl.flood_entry(index, *new, true)?;
+            }
+        }
+        tracing::info!(?peers, "overlay peers");
+        devices.peers = peers;
+        Ok(())
+    }
+
+    /// The network's overlay port on `bridge`, flooding to every peer.
+    fn join_overlay(
+        &self,
+        nl: &mut Netlink,
+        devices: &Devices,
+        network: u32,
+        bridge: u32,
+    ) -> io::Result<()> {
+        let Some(overlay) = self.overlay else {
+            return Ok(());
+        };
+        if network > OVERLAY_MAX_VNI {
+            tracing::warn!(
+                network,
+                "network id beyond VXLAN's 24 bits: its machines reach only this host's"
+            );
+            return Ok(());
+        }
+        let name = vxlan_name(network);
+        let index = nl.ensure_vxlan(
+            &Vxlan {
+                name: &name,
+                vni: network,
+                local: overlay.local,
+                port: OVERLAY_PORT,
+                mtu: overlay.mtu(),
+            },
+            bridge,
+        )?;
+        for peer in &devices.peers {
+            nl.flood_entry(index, *peer, true)?;
+        }
+        Ok(())
     }
 
     fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
@@ -87,6 +212,9 @@ impl HostNetwork {
         } else {
             let index = nl.ensure_bridge(&net.bridge, net.bridge_mac)?;
             nl.add_address(index, IpAddr::V6(net.ipv6_gateway), HOST_PREFIX_LEN)?;
+            if let Some(six) = SixPn::network_of(net.ipv6) {
+                self.join_overlay(&mut nl, &devices, six, index)?;
+            }
             index
         };
         // The gateway of the machine's IPv4 block (a network may hold several); already there
@@ -131,7 +259,12 @@ impl HostNetwork {
                 return;
             }
             devices.uses.remove(&bridge);
-            let removed = Netlink::open().and_then(|mut nl| nl.delete_link(&bridge));
+            let removed = Netlink::open().and_then(|mut nl| {
+                if let Some(network) = bridge_network(&bridge) {
+                    nl.delete_link(&vxlan_name(network))?;
+                }
+                nl.delete_link(&bridge)
+            });
             if let Err(e) = removed {
                 tracing::warn!(%bridge, error = %e, "removing an unused bridge failed");
             }
@@ -143,7 +276,7 @@ impl HostNetwork {
     pub fn shut_down(&self) -> io::Result<()> {
         {
             let mut devices = self.devices();
-            let Devices { veths, uses } = &mut *devices;
+            let Devices { veths, uses, .. } = &mut *devices;
             uses.retain(|bridge, _| veths.values().any(|b| b == bridge));
         }
         self.sweep()
@@ -154,12 +287,15 @@ impl HostNetwork {
     pub fn sweep(&self) -> io::Result<()> {
         let devices = self.devices();
         let in_use: HashSet<&String> = devices.veths.keys().chain(devices.uses.keys()).collect();
+        // A network's overlay port lives as long as its bridge.
+        let overlay_in_use =
+            |name: &str| vxlan_network(name).is_some_and(|n| in_use.contains(&bridge_name(n)));
         let mut nl = Netlink::open()?;
         let ours: Vec<String> = nl
             .links()?
             .into_iter()
             .map(|(_, name)| name)
-            .filter(|n| n.starts_with(DEVICE_PREFIX) && !in_use.contains(n))
+            .filter(|n| n.starts_with(DEVICE_PREFIX) && !in_use.contains(n) && !overlay_in_use(n))
             .collect();
         // Veths first: a bridge goes more cleanly without ports.
         for name in ours

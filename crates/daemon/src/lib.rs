@@ -127,6 +127,38 @@ where
     });
 }
 
+/// How often a host reads the other hosts and their machines (cluster mode): a machine made on
+/// one host resolves on the others within this, and a new host joins the overlay.
+const OTHER_HOSTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The cluster overlay, in cluster mode with a `--listen` address other hosts can reach: its
+/// address is where this host's overlay packets come from.
+fn overlay(cluster: bool, listen: Option<std::net::SocketAddr>) -> Option<host_network::Overlay> {
+    let local = listen?.ip();
+    if !cluster || local.is_loopback() || local.is_unspecified() {
+        return None;
+    }
+    Some(host_network::Overlay { local })
+}
+
+/// Points the overlay at the cluster's other hosts, as the store lists them.
+async fn update_overlay_peers(
+    hangar: &service::Hangar,
+    net: Arc<host_network::HostNetwork>,
+) -> Result<(), service::ServiceError> {
+    let peers: Vec<std::net::IpAddr> = hangar
+        .other_hosts_api_addrs()
+        .await?
+        .into_iter()
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect();
+    tokio::task::spawn_blocking(move || net.set_peers(peers))
+        .await
+        .map_err(|e| service::ServiceError::internal(e.to_string()))?
+        .map_err(|e| service::ServiceError::internal(format!("updating the overlay: {e:#}")))
+}
+
 /// The store's record of which key sealed its secrets.
 const SECRETS_KEY_SETTING: &str = "secrets_key_id";
 
@@ -255,6 +287,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             },
         );
     }
+    // Machine networking, when this daemon runs machines with it (the overlay's peers are
+    // kept current below).
+    let mut host_net: Option<Arc<host_network::HostNetwork>> = None;
     let runtime: Arc<dyn runtime::Runtime> = if std::env::var("HANGAR_RUNTIME").as_deref()
         == Ok("none")
     {
@@ -284,7 +319,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         }
         let net = if opts.network {
-            Some(Arc::new(host_network::HostNetwork::set_up(opts.egress)?))
+            let net = Arc::new(host_network::HostNetwork::set_up(
+                opts.egress,
+                overlay(cluster, opts.listen),
+            )?);
+            host_net = Some(net.clone());
+            Some(net)
         } else {
             eprintln!("hangar: machine networking is off: machines have loopback only");
             None
@@ -356,6 +396,20 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 h.start_standbys().await
             }
         });
+        if cluster {
+            // What other hosts run, for this host's resolver and overlay.
+            let h = hangar.clone();
+            let net = host_net.clone();
+            every(OTHER_HOSTS_REFRESH, "reading the other hosts", move || {
+                let (h, net) = (h.clone(), net.clone());
+                async move {
+                    if let Some(net) = net {
+                        update_overlay_peers(&h, net).await?;
+                    }
+                    h.refresh_directory_from_other_hosts().await
+                }
+            });
+        }
     }
     // Background chores, each a pass every period (the first a period after start-up, so
     // that start-up reconciliation runs first).

@@ -9,6 +9,12 @@
 //!   not beyond the host. With egress turned on, machines may open connections beyond the host
 //!   (masqueraded), still never into another network.
 //!
+//! In a cluster each network's bridge also has an overlay port (`hgx*`, VXLAN) to the same
+//! network's bridges on the other hosts. Only IPv6 crosses it (6PN is IPv6; each host's IPv4
+//! gateways and blocks are its own), and the overlay's UDP port takes packets only from the
+//! cluster's hosts (the `overlay_peers` sets, kept by the daemon), so nobody else can put
+//! frames into a network.
+//!
 //! Hosts with `br_netfilter` loaded (Docker loads it) pass even frames bridged between two
 //! machines of one network through the inet forward hook, with the bridge as both interfaces.
 //! A `bridge hangar` table marks those frames first (from one machine's veth to another's: the
@@ -20,7 +26,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::plan::{IPV4_POOL, RESOLVER};
+use std::net::IpAddr;
+
+use crate::plan::{IPV4_POOL, OVERLAY_PORT, RESOLVER};
 
 pub const TABLE: &str = "hangar";
 /// The packet-mark bit of frames bridged within one network.
@@ -44,8 +52,17 @@ pub enum FirewallError {
 }
 
 /// The ruleset, as `nft -f` reads it. Creating the table first makes the delete that follows
-/// succeed on a host where it did not exist; the file is applied atomically.
-pub fn ruleset(egress: bool) -> String {
+/// succeed on a host where it did not exist; the file is applied atomically. With `overlay`,
+/// the overlay's port is open to the hosts of the `overlay_peers` sets only.
+pub fn ruleset(egress: bool, overlay: bool) -> String {
+    let overlay_input = if overlay {
+        format!(
+            "        udp dport {OVERLAY_PORT} ip saddr != @overlay_peers4 counter drop\n\
+             \x20       udp dport {OVERLAY_PORT} ip6 saddr != @overlay_peers6 counter drop\n"
+        )
+    } else {
+        String::new()
+    };
     let pool = format!("{}.{}.0.0/16", IPV4_POOL[0], IPV4_POOL[1]);
     let (egress_forward, egress_nat) = if egress {
         (
@@ -69,14 +86,21 @@ pub fn ruleset(egress: bool) -> String {
          table bridge {TABLE} {{\n\
          \x20   chain forward {{\n\
          \x20       type filter hook forward priority filter; policy accept;\n\
+         \x20       iifname \"hgx*\" ether type != ip6 counter drop\n\
+         \x20       oifname \"hgx*\" ether type != ip6 counter drop\n\
          \x20       iifname \"hgv*\" oifname \"hgv*\" meta mark set meta mark | {BRIDGED_MARK:#x}\n\
+         \x20       iifname \"hgv*\" oifname \"hgx*\" meta mark set meta mark | {BRIDGED_MARK:#x}\n\
+         \x20       iifname \"hgx*\" oifname \"hgv*\" meta mark set meta mark | {BRIDGED_MARK:#x}\n\
          \x20   }}\n\
          }}\n\
          table inet {TABLE} {{}}\n\
          delete table inet {TABLE}\n\
          table inet {TABLE} {{\n\
+         \x20   set overlay_peers4 {{ type ipv4_addr; }}\n\
+         \x20   set overlay_peers6 {{ type ipv6_addr; }}\n\
          \x20   chain input {{\n\
          \x20       type filter hook input priority filter - 10; policy accept;\n\
+         {overlay_input}\
          \x20       iifname \"hgn*\" jump from_machines\n\
          \x20   }}\n\
          \x20   chain from_machines {{\n\
@@ -99,16 +123,41 @@ pub fn ruleset(egress: bool) -> String {
 }
 
 /// Replaces the `inet hangar` table with [`ruleset`].
-pub fn apply(egress: bool) -> Result<(), FirewallError> {
-    run_nft(&["-f", "-"], egress)
+pub fn apply(egress: bool, overlay: bool) -> Result<(), FirewallError> {
+    run_nft(&["-f", "-"], &ruleset(egress, overlay))
 }
 
 /// Has `nft` parse and check the ruleset without applying it.
-pub fn check(egress: bool) -> Result<(), FirewallError> {
-    run_nft(&["-c", "-f", "-"], egress)
+pub fn check(egress: bool, overlay: bool) -> Result<(), FirewallError> {
+    run_nft(&["-c", "-f", "-"], &ruleset(egress, overlay))
 }
 
-fn run_nft(args: &[&str], egress: bool) -> Result<(), FirewallError> {
+/// The commands that make `peers` the hosts the overlay takes packets from.
+pub fn overlay_peers_commands(peers: &[IpAddr]) -> String {
+    let mut out =
+        format!("flush set inet {TABLE} overlay_peers4\nflush set inet {TABLE} overlay_peers6\n");
+    for (set, v4) in [("overlay_peers4", true), ("overlay_peers6", false)] {
+        let of_family: Vec<String> = peers
+            .iter()
+            .filter(|p| p.is_ipv4() == v4)
+            .map(|p| p.to_string())
+            .collect();
+        if !of_family.is_empty() {
+            out.push_str(&format!(
+                "add element inet {TABLE} {set} {{ {} }}\n",
+                of_family.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// Makes `peers` the hosts the overlay's port takes packets from (in one `nft` transaction).
+pub fn set_overlay_peers(peers: &[IpAddr]) -> Result<(), FirewallError> {
+    run_nft(&["-f", "-"], &overlay_peers_commands(peers))
+}
+
+fn run_nft(args: &[&str], input: &str) -> Result<(), FirewallError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(Stdio::piped())
@@ -118,7 +167,7 @@ fn run_nft(args: &[&str], egress: bool) -> Result<(), FirewallError> {
         .map_err(FirewallError::Missing)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset(egress).as_bytes())
+            .write_all(input.as_bytes())
             .map_err(|source| FirewallError::Io {
                 what: "writing the ruleset to nft",
                 source,
@@ -158,19 +207,39 @@ mod tests {
 
     #[test]
     fn test_ruleset_drops_machine_traffic_unless_egress_is_on() {
-        let closed = ruleset(false);
+        let closed = ruleset(false, false);
         assert!(closed.contains("iifname \"hgn*\" counter drop"));
         assert!(closed.contains("ip6 daddr fdaa::3 udp dport 53 accept"));
         assert!(!closed.contains("masquerade"));
-        let open = ruleset(true);
+        let open = ruleset(true, false);
         assert!(open.contains("masquerade"));
         // Egress never opens a path into another network.
         assert!(open.contains("oifname != \"hgn*\" accept"));
     }
 
     #[test]
-    fn test_nft_accepts_both_rulesets() {
-        check(false).unwrap();
-        check(true).unwrap();
+    fn test_nft_accepts_every_ruleset() {
+        for (egress, overlay) in [(false, false), (true, false), (false, true), (true, true)] {
+            check(egress, overlay).unwrap();
+        }
+    }
+
+    #[test]
+    fn test_only_ipv6_crosses_the_overlay_and_only_from_peers() {
+        let rules = ruleset(false, true);
+        assert!(rules.contains("oifname \"hgx*\" ether type != ip6 counter drop"));
+        assert!(rules.contains("udp dport 4789 ip saddr != @overlay_peers4 counter drop"));
+        assert!(!ruleset(false, false).contains("dport 4789"));
+        let cmds =
+            overlay_peers_commands(&["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()]);
+        assert!(
+            cmds.contains("add element inet hangar overlay_peers4 { 10.0.0.2 }"),
+            "{cmds}"
+        );
+        assert!(
+            cmds.contains("add element inet hangar overlay_peers6 { fd00::2 }"),
+            "{cmds}"
+        );
+        assert!(!overlay_peers_commands(&[]).contains("add element"));
     }
 }

@@ -7,11 +7,16 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -158,7 +163,8 @@ impl Netlink {
 
     /// Creates a veth pair: `host_name` in this namespace, up and enslaved to `bridge`;
     /// `peer_name`, with MAC address `peer_mac`, directly inside the network namespace of
-    /// process `peer_pid`.
+    /// process `peer_pid`. Both ends get `mtu` when there is one (the kernel's default is
+    /// 1500).
     pub fn create_veth(
         &mut self,
         host_name: &str,
@@ -166,8 +172,12 @@ impl Netlink {
         peer_name: &str,
         peer_mac: [u8; 6],
         peer_pid: u32,
+        mtu: Option<u32>,
     ) -> io::Result<()> {
         let mut peer = LinkMessage::default();
+        if let Some(mtu) = mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
         peer.attributes
@@ -179,11 +189,84 @@ impl Netlink {
         msg.attributes
             .push(LinkAttribute::IfName(host_name.to_string()));
         msg.attributes.push(LinkAttribute::Controller(bridge));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Creates a VXLAN device that is up, enslaved to `bridge`: network identifier `vni`,
+    /// sending from `local` to UDP port `port`, learning where remote MACs are. Returns its
+    /// index; an existing device of that name is reused.
+    pub fn ensure_vxlan(&mut self, vxlan: &Vxlan<'_>, bridge: u32) -> io::Result<u32> {
+        if let Some(index) = self.link_index(vxlan.name)? {
+            self.set_up(index)?;
+            return Ok(index);
+        }
+        let local = match vxlan.local {
+            IpAddr::V4(a) => InfoVxlan::Local(a),
+            IpAddr::V6(a) => InfoVxlan::Local6(a),
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes
+            .push(LinkAttribute::IfName(vxlan.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(vxlan.mtu));
+        msg.attributes.push(LinkAttribute::Controller(bridge));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(vxlan.vni),
+                local,
+                InfoVxlan::Port(vxlan.port),
+                InfoVxlan::Learning(true),
+            ])),
+        ]));
+        match self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        self.link_index(vxlan.name)?.ok_or_else(|| {
+            io::Error::other(format!("vxlan {} vanished after creation", vxlan.name))
+        })
+    }
+
+    /// Adds (`add`) or removes a flood entry of VXLAN device `index`: frames for unknown
+    /// and broadcast/multicast destinations are also sent to `remote` (head-end replication,
+    /// `bridge fdb append 00:00:00:00:00:00 dev … dst …`). Adding an entry already there, or
+    /// removing one that is not, is fine.
+    pub fn flood_entry(&mut self, index: u32, remote: IpAddr, add: bool) -> io::Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match remote {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        let done = if add {
+            self.ack(
+                RouteNetlinkMessage::NewNeighbour(msg),
+                // Not EXCL: the kernel would refuse the second remote of the same (zero) MAC.
+                NLM_F_CREATE | NLM_F_APPEND,
+            )
+        } else {
+            self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0)
+        };
+        match done {
+            Err(e) if !add && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
     }
 
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
@@ -265,6 +348,16 @@ impl Netlink {
             other => other,
         }
     }
+}
+
+/// A VXLAN device to create ([`Netlink::ensure_vxlan`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Vxlan<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub local: IpAddr,
+    pub port: u16,
+    pub mtu: u32,
 }
 
 fn family(addr: IpAddr) -> AddressFamily {

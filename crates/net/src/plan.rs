@@ -34,6 +34,17 @@ pub const IPV4_BLOCK_MACHINES: u32 = 253;
 pub const DEVICE_PREFIX: &str = "hg";
 const BRIDGE_PREFIX: &str = "hgn";
 const VETH_PREFIX: &str = "hgv";
+const VXLAN_PREFIX: &str = "hgx";
+
+/// The UDP port of the overlay that joins a network's bridges on a cluster's hosts (VXLAN's
+/// IANA port).
+pub const OVERLAY_PORT: u16 = 4789;
+/// VXLAN network identifiers are 24 bits: networks with a larger id have no overlay.
+pub const OVERLAY_MAX_VNI: u32 = (1 << 24) - 1;
+/// What VXLAN adds to each frame over an IPv4 / IPv6 underlay (outer IP, UDP, VXLAN and
+/// Ethernet headers).
+pub const OVERLAY_OVERHEAD_V4: u32 = 50;
+pub const OVERLAY_OVERHEAD_V6: u32 = 70;
 
 /// A 6PN address, taken apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,21 +151,44 @@ pub fn veth_name(machine_id: &str) -> String {
     format!("{VETH_PREFIX}{short}")
 }
 
-/// The bridge's own MAC: locally administered, unicast, derived from the network id so that a
-/// bridge made again has the address machines already know.
-pub fn bridge_mac(network: u32) -> [u8; 6] {
-    let n = network.to_be_bytes();
-    [0x02, 0x68, n[0], n[1], n[2], n[3]]
+/// The overlay (VXLAN) device that joins a network's bridge to the same network's bridges on
+/// the cluster's other hosts.
+pub fn vxlan_name(network: u32) -> String {
+    format!("{VXLAN_PREFIX}{network:x}")
+}
+
+/// The network whose overlay device `name` is.
+pub fn vxlan_network(name: &str) -> Option<u32> {
+    u32::from_str_radix(name.strip_prefix(VXLAN_PREFIX)?, 16).ok()
+}
+
+/// The bridge's own MAC: locally administered, unicast, derived from the network id and the
+/// host's 6PN part, so that a bridge made again has the address machines already know, and
+/// the bridges of one network on a cluster's hosts (one Ethernet over the overlay) differ.
+pub fn bridge_mac(network: u32, host: u32) -> [u8; 6] {
+    // FNV-1a of the eight bytes: the two ids folded into the four bytes a MAC has left.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in network.to_be_bytes().into_iter().chain(host.to_be_bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let h = h.to_be_bytes();
+    [0x02, 0x68, h[0], h[1], h[2], h[3]]
 }
 
 /// A machine's own MAC (its `eth0`): locally administered, unicast, derived from its IPv4
-/// address, which is unique on its bridge (as Docker derives one). A machine that stops and
+/// address, which is unique on its bridge (as Docker derives one), and across a cluster's
+/// hosts too (the shared store hands out IPv4 blocks). A machine that stops and
 /// starts again comes back with the address its neighbours (the host, the proxy, other
 /// machines) have cached: a random one would leave them sending to the old one until their
 /// neighbour entries go stale, seconds in which connections to it hang.
 pub fn machine_mac(ipv4: Ipv4Addr) -> [u8; 6] {
     let a = ipv4.octets();
     [0x02, 0x69, a[0], a[1], a[2], a[3]]
+}
+
+/// The network whose bridge `name` is.
+pub fn bridge_network(name: &str) -> Option<u32> {
+    u32::from_str_radix(name.strip_prefix(BRIDGE_PREFIX)?, 16).ok()
 }
 
 pub fn is_bridge_name(name: &str) -> bool {
@@ -173,6 +207,10 @@ pub struct MachineNet {
     pub network_prefix: Ipv6Addr,
     pub ipv4: Ipv4Addr,
     pub ipv4_gateway: Ipv4Addr,
+    /// The veth pair's MTU when the network's frames may cross the overlay (smaller than the
+    /// host's by the overlay's headers); `None`: the kernel's default.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 impl MachineNet {
@@ -182,13 +220,14 @@ impl MachineNet {
         let (block, _) = Ipv4Block::of(ipv4)?;
         Some(MachineNet {
             bridge: bridge_name(six.network),
-            bridge_mac: bridge_mac(six.network),
+            bridge_mac: bridge_mac(six.network, six.host),
             host_veth: veth_name(machine_id),
             ipv6,
             ipv6_gateway: SixPn::gateway(six.network, six.host),
             network_prefix: SixPn::network_prefix(six.network),
             ipv4,
             ipv4_gateway: block.gateway(),
+            mtu: None,
         })
     }
 }
@@ -204,7 +243,19 @@ mod tests {
         assert_ne!(a, machine_mac(Ipv4Addr::new(172, 19, 0, 3)));
         // Locally administered (bit 1), unicast (bit 0 clear), and not a bridge's prefix.
         assert_eq!(a[0] & 0b11, 0b10);
-        assert_ne!(a[..2], bridge_mac(0x18)[..2]);
+        assert_ne!(a[..2], bridge_mac(0x18, 1)[..2]);
+    }
+
+    #[test]
+    fn test_bridges_of_one_network_on_two_hosts_have_their_own_macs() {
+        let a = bridge_mac(0x18, 0x0a7b_007d);
+        assert_eq!(a, bridge_mac(0x18, 0x0a7b_007d), "stable");
+        assert_ne!(a, bridge_mac(0x18, 0x0a7b_007e));
+        assert_ne!(a, bridge_mac(0x19, 0x0a7b_007d));
+        assert_eq!(a[..2], [0x02, 0x68]);
+        assert_eq!(vxlan_name(0x18), "hgx18");
+        assert_eq!(vxlan_network("hgx18"), Some(0x18));
+        assert_eq!(vxlan_network("hgn18"), None);
     }
 
     #[test]

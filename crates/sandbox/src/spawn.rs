@@ -265,8 +265,15 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
     // A pair left by a crashed earlier boot of this machine would hold the name.
     let _ = nl.delete_link(&net.host_veth);
     let mac = hangar_net::plan::machine_mac(net.ipv4);
-    nl.create_veth(&net.host_veth, bridge, "eth0", mac, child.as_raw() as u32)
-        .map_err(ioerr(format!("create veth {}", net.host_veth)))
+    nl.create_veth(
+        &net.host_veth,
+        bridge,
+        "eth0",
+        mac,
+        child.as_raw() as u32,
+        net.mtu,
+    )
+    .map_err(ioerr(format!("create veth {}", net.host_veth)))
 }
 
 /// Inside the machine's network namespace: loopback and `eth0` up, the machine's addresses,

@@ -246,7 +246,8 @@ impl SandboxRuntime {
         let spec = spec_memfd(&serde_json::to_vec(&pilot_spec).map_err(failed)?)?;
         let net = match &self.net {
             Some(host) => {
-                let net = machine_net(m)?;
+                let mut net = machine_net(m)?;
+                net.mtu = host.machine_mtu();
                 let (h, n) = (host.clone(), net.clone());
                 tokio::task::spawn_blocking(move || h.acquire(&n))
                     .await

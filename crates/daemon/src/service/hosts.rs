@@ -270,6 +270,16 @@ impl Hangar {
         done
     }
 
+    /// The API addresses the other hosts registered.
+    pub async fn other_hosts_api_addrs(&self) -> ServiceResult<Vec<String>> {
+        let hosts = db(&self.store, |s| s.list_hosts()).await?;
+        Ok(hosts
+            .into_iter()
+            .filter(|h| h.id != self.host_id)
+            .map(|h| h.api_addr)
+            .collect())
+    }
+
     pub async fn hosts(&self) -> ServiceResult<Vec<HostView>> {
         let now = now_ms();
         Ok(self

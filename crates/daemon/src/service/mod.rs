@@ -119,6 +119,8 @@ pub struct Hangar {
     net_host: u32,
     /// What the `.internal` resolver answers from; kept current by every machine write.
     directory: Arc<hangar_dns::Directory>,
+    /// The other hosts' machines in the directory (cluster mode), as last read from the store.
+    from_other_hosts: Mutex<std::collections::HashSet<String>>,
     /// The edge proxy, told of every machine write like the directory.
     proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,
     /// The key app secrets are sealed with, and who may read them back.
@@ -209,6 +211,7 @@ impl Hangar {
             app_locks: Mutex::new(HashMap::new()),
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
+            from_other_hosts: Mutex::new(Default::default()),
             proxy: std::sync::OnceLock::new(),
             cluster: std::sync::atomic::AtomicBool::new(cluster),
             heartbeats_in_a_row: std::sync::atomic::AtomicU32::new(0),
