@@ -503,7 +503,8 @@ async fn machines_on_different_hosts_reach_each_other() {
     let mut key = None::<String>;
     for (n, region) in [(1, "ams"), (2, "iad"), (3, "syd")] {
         hosts.relay(n, registry).await;
-        let listen = format!("{}:4280", common::netns::Hosts::address_of(n));
+        let address = common::netns::Hosts::address_of(n).to_string();
+        let listen = format!("{address}:4280");
         let host_id = format!("host-{n}");
         let mut flags = vec![
             "--store",
@@ -517,6 +518,10 @@ async fn machines_on_different_hosts_reach_each_other() {
             // Names that are not .internal go nowhere (the namespace has no way out anyway).
             "--dns-upstream",
             "[::1]:53",
+            "--proxy-bind",
+            &address,
+            "--autostop-after",
+            "2s",
         ];
         if let Some(k) = &key {
             flags.extend(["--secrets-key-file", k.as_str()]);
@@ -535,15 +540,22 @@ async fn machines_on_different_hosts_reach_each_other() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
 
-    // A web server on host 2 and clients on hosts 1 and 3, all made through host 1's API.
+    // A web server on host 2 (an HTTP service on edge port 80 that autostops and autostarts)
+    // and clients on hosts 1 and 3, all made through host 1's API.
     let server_cmd = ["/bin/httpd", "-f", "-p", "[::]:8080", "-h", "/"];
+    let service = json!([{
+        "protocol": "tcp", "internal_port": 8080, "autostop": "stop", "autostart": true,
+        "ports": [{"port": 80, "handlers": ["http"]}],
+    }]);
     let mut ids = Vec::new();
-    for (region, cmd) in [
-        ("iad", json!(server_cmd)),
-        ("ams", json!(["/bin/sleep", "inf"])),
-        ("syd", json!(["/bin/sleep", "inf"])),
+    for (region, cmd, services) in [
+        ("iad", json!(server_cmd), service),
+        ("ams", json!(["/bin/sleep", "inf"]), json!([])),
+        ("syd", json!(["/bin/sleep", "inf"]), json!([])),
     ] {
-        let config = json!({"image": common::test_image(), "init": {"exec": cmd}});
+        let config = json!({
+            "image": common::test_image(), "init": {"exec": cmd}, "services": services,
+        });
         let id = a
             .launch("web", json!({"region": region, "config": config}))
             .await;
@@ -636,6 +648,51 @@ async fn machines_on_different_hosts_reach_each_other() {
     )
     .await;
     assert!(!out.contains(&server), "IPv4 crossed the overlay: {out}");
+
+    // Every host's proxy serves the app, whose only machine runs on host 2: hosts 1 and 3
+    // reach it through host 2 (the backhaul), with the edge's own headers.
+    let fetch = |n: usize, path: &str| {
+        let url = format!("http://{}{path}", common::netns::Hosts::address_of(n));
+        hosts.run_in(n, &["curl", "-s", "-f", "--max-time", "20", &url])
+    };
+    for n in [1, 3] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (ok, out) = fetch(n, "/etc/hostname");
+            if ok && out.trim() == server {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {n}'s proxy: {ok} {out:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    // Idle, it is stopped by its own host (which saw the other hosts' traffic as load)…
+    a.wait_state("web", &server, "stopped").await;
+    // …and a request at host 3's proxy has host 2 start it again, then is served.
+    let (ok, out) = fetch(3, "/etc/hostname");
+    assert!(
+        ok && out.trim() == server,
+        "autostart through host 3: {ok} {out:?}"
+    );
+    let m = machine_json(a, "web", &server).await;
+    assert_eq!(m["state"], "started", "{m}");
+    let events: Vec<Value> = a
+        .get(&format!("/v1/apps/web/machines/{server}/events?limit=50"))
+        .await
+        .json()
+        .unwrap();
+    let by_proxy: Vec<&str> = events
+        .iter()
+        .filter(|e| e["source"] == "fly-proxy")
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        by_proxy.contains(&"start") && by_proxy.contains(&"stop"),
+        "{events:?}"
+    );
 
     for id in &ids {
         a.destroy_machine("web", id, true).await;

@@ -29,14 +29,15 @@ use crate::routes::AppState;
 pub const PROTOCOL: &str = "hangar-console";
 const DEFAULT_COMMAND: &str = "/bin/sh";
 
-fn wants_upgrade(req: &Request) -> bool {
+/// Whether `req` asks to upgrade to `protocol` (`Connection: Upgrade`, `Upgrade: protocol`).
+pub fn wants_upgrade(req: &Request, protocol: &str) -> bool {
     let has = |name: header::HeaderName, want: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
         })
     };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, PROTOCOL)
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, protocol)
 }
 
 fn dimension(q: &Query, key: &str, default: u16) -> ApiResult<u16> {
@@ -55,7 +56,7 @@ pub async fn console(
     RawQuery(raw): RawQuery,
     mut req: Request,
 ) -> ApiResult<Response> {
-    if !wants_upgrade(&req) {
+    if !wants_upgrade(&req, PROTOCOL) {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             format!("this endpoint needs Connection: Upgrade and Upgrade: {PROTOCOL}"),

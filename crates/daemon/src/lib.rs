@@ -1,6 +1,7 @@
 //! The Hangar daemon: serves the Fly Machines API over a unix socket (and optionally TCP),
 //! drives each machine's state machine and keeps everything in the store.
 
+mod backhaul;
 mod capacity;
 mod clock;
 mod console;
@@ -127,10 +128,6 @@ where
     });
 }
 
-/// How often a host reads the other hosts and their machines (cluster mode): a machine made on
-/// one host resolves on the others within this, and a new host joins the overlay.
-const OTHER_HOSTS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The cluster overlay, in cluster mode with a `--listen` address other hosts can reach: its
 /// address is where this host's overlay packets come from.
 fn overlay(cluster: bool, listen: Option<std::net::SocketAddr>) -> Option<host_network::Overlay> {
@@ -141,14 +138,12 @@ fn overlay(cluster: bool, listen: Option<std::net::SocketAddr>) -> Option<host_n
     Some(host_network::Overlay { local })
 }
 
-/// Points the overlay at the cluster's other hosts, as the store lists them.
+/// Points the overlay at the cluster's other hosts (their API addresses).
 async fn update_overlay_peers(
-    hangar: &service::Hangar,
+    hosts: Vec<String>,
     net: Arc<host_network::HostNetwork>,
 ) -> Result<(), service::ServiceError> {
-    let peers: Vec<std::net::IpAddr> = hangar
-        .other_hosts_api_addrs()
-        .await?
+    let peers: Vec<std::net::IpAddr> = hosts
         .into_iter()
         .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.ip())
@@ -400,15 +395,20 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             // What other hosts run, for this host's resolver and overlay.
             let h = hangar.clone();
             let net = host_net.clone();
-            every(OTHER_HOSTS_REFRESH, "reading the other hosts", move || {
-                let (h, net) = (h.clone(), net.clone());
-                async move {
-                    if let Some(net) = net {
-                        update_overlay_peers(&h, net).await?;
+            every(
+                service::OTHER_HOSTS_REFRESH,
+                "reading the other hosts",
+                move || {
+                    let (h, net) = (h.clone(), net.clone());
+                    async move {
+                        let hosts = h.refresh_from_other_hosts().await?;
+                        match net {
+                            Some(net) => update_overlay_peers(hosts, net).await,
+                            None => Ok(()),
+                        }
                     }
-                    h.refresh_directory_from_other_hosts().await
-                }
-            });
+                },
+            );
         }
     }
     // Background chores, each a pass every period (the first a period after start-up, so

@@ -182,6 +182,14 @@ pub fn router(state: AppState, token: Arc<str>) -> Router {
             "/hangar/v1/apps/{app_name}/machines/{machine_id}/console",
             post(crate::console::console),
         )
+        .route(
+            "/hangar/v1/apps/{app_name}/machines/{machine_id}/backhaul",
+            post(crate::backhaul::serve),
+        )
+        .route(
+            "/hangar/v1/apps/{app_name}/machines/{machine_id}/proxy-start",
+            post(crate::backhaul::start),
+        )
         .route("/hangar/v1/hosts", get(crate::hosts::list))
         .route("/hangar/v1/images/inspect", get(crate::images::inspect))
         .route("/hangar/v1/images/export", get(crate::images::export))

@@ -47,9 +47,11 @@ impl Proxy {
             if started.len() <= floor {
                 continue;
             }
+            // Another host's machines are its own to stop (it sees their load, this host's
+            // traffic included).
             let idlest = started
                 .iter()
-                .filter(|m| m.autostop() != Autostop::Off)
+                .filter(|m| m.via.is_none() && m.autostop() != Autostop::Off)
                 .filter_map(|m| Some((self.load.idle_for(&m.id)?, m)))
                 .filter(|(idle, _)| *idle >= self.config.autostop_after)
                 .max_by_key(|(idle, _)| *idle);

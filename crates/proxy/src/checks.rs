@@ -1,16 +1,19 @@
 //! Service checks: tcp and http probes of each started machine's services, run by the proxy
-//! over the machine's private IPv4. A machine whose check fails is out of rotation until it
-//! passes again; checks never stop or restart it (Fly's rule).
+//! over the machine's private IPv4 (through its host for another host's machine). A machine
+//! whose check fails is out of rotation until it passes again; checks never stop or restart
+//! it (Fly's rule).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hangar_api::config::MachineCheck;
 use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 
+use crate::table::MachineView;
+use crate::upstream::Purpose;
 use crate::Proxy;
 
 /// A service check, typed; durations are clamped to 1 s … 1 min as Fly's API clamps them.
@@ -76,37 +79,49 @@ impl Health {
     }
 }
 
-type ProbeClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Empty<Bytes>,
->;
-
-async fn probe(client: &ProbeClient, addr: SocketAddr, check: &Check) -> bool {
-    let attempt = async {
-        match &check.http {
-            None => tokio::net::TcpStream::connect(addr).await.is_ok(),
-            Some((method, path)) => {
-                let Ok(method) = hyper::Method::from_bytes(method.as_bytes()) else {
-                    return false;
-                };
-                let Ok(req) = hyper::Request::builder()
-                    .method(method)
-                    .uri(format!("http://{addr}{path}"))
-                    .body(Empty::new())
-                else {
-                    return false;
-                };
-                // 2xx passes; redirects are not followed (Fly's rule).
-                client
-                    .request(req)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        }
-    };
-    tokio::time::timeout(check.timeout, attempt)
-        .await
-        .unwrap_or(false)
+impl Proxy {
+    /// Runs `check` against machine `m` once: `true` if it passes within its timeout.
+    async fn probe(&self, m: &MachineView, check: &Check) -> bool {
+        let attempt = async {
+            let Ok(stream) = self
+                .dial(m, check.port, false, Duration::ZERO, Purpose::Check)
+                .await
+            else {
+                return false;
+            };
+            let Some((method, path)) = &check.http else {
+                return true;
+            };
+            let Ok(method) = hyper::Method::from_bytes(method.as_bytes()) else {
+                return false;
+            };
+            let host = m
+                .ipv4
+                .map_or_else(String::new, |ip| format!("{ip}:{}", check.port));
+            let Ok(req) = hyper::Request::builder()
+                .method(method)
+                .uri(path.as_str())
+                .header(hyper::header::HOST, host)
+                .body(Empty::<Bytes>::new())
+            else {
+                return false;
+            };
+            let Ok((mut sender, connection)) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            else {
+                return false;
+            };
+            tokio::spawn(connection);
+            // 2xx passes; redirects are not followed (Fly's rule).
+            sender
+                .send_request(req)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        };
+        tokio::time::timeout(check.timeout, attempt)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 impl Proxy {
@@ -114,10 +129,6 @@ impl Proxy {
     pub fn start_checks(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let client: ProbeClient =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_max_idle_per_host(0)
-                    .build_http();
             let mut due: HashMap<(String, usize), Instant> = HashMap::new();
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
@@ -127,10 +138,10 @@ impl Proxy {
                 let table = this.table();
                 let mut live = std::collections::HashSet::new();
                 for m in table.machines() {
-                    let Some(ip) = m.ipv4.filter(|_| m.started) else {
+                    if !m.started || m.ipv4.is_none() {
                         this.health.forget(&m.id);
                         continue;
-                    };
+                    }
                     for (i, check) in m.services.iter().flat_map(|s| s.checks.iter()).enumerate() {
                         let key = (m.id.clone(), i);
                         live.insert(key.clone());
@@ -138,10 +149,10 @@ impl Proxy {
                             continue;
                         }
                         due.insert(key.clone(), now + check.interval);
-                        let (this, client, check) = (this.clone(), client.clone(), check.clone());
-                        let addr = SocketAddr::new(ip.into(), check.port);
+                        let (this, check) = (this.clone(), check.clone());
+                        let machine = m.clone();
                         tokio::spawn(async move {
-                            let ok = probe(&client, addr, &check).await;
+                            let ok = this.probe(&machine, &check).await;
                             let mut results = this.health.lock();
                             let was = results.insert(key.clone(), (ok, Instant::now()));
                             if was.map(|(w, _)| w) != Some(ok) {

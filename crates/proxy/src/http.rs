@@ -221,6 +221,7 @@ impl Proxy {
     async fn send(
         &self,
         mut req: Request<Incoming>,
+        candidate: &crate::table::Candidate,
         backend: SocketAddr,
         h2: bool,
         woken: bool,
@@ -252,7 +253,16 @@ impl Proxy {
                 } else {
                     std::time::Duration::from_secs(2)
                 };
-                let stream = crate::tcp::connect(backend, true, patience)
+                let stream = self
+                    .dial(
+                        &candidate.machine,
+                        backend.port(),
+                        true,
+                        patience,
+                        crate::upstream::Purpose::Traffic {
+                            autostart: candidate.service().autostart,
+                        },
+                    )
                     .await
                     .map_err(|e| format!("connect {backend}: {e} (PC01)"))?;
                 if h2 {
@@ -535,6 +545,7 @@ impl Proxy {
                             match self
                                 .send(
                                     req,
+                                    c,
                                     backend,
                                     c.edge().http_options.h2_backend,
                                     chosen.woken,

@@ -9,6 +9,8 @@
 //! - [`route`]: choosing a machine (load bands, autostart).
 //! - [`http`], [`tls`], `pg_tls` and [`tcp`]: the handlers; `udp`: UDP services.
 //! - [`autostop`]: stopping or suspending idle machines.
+//! - [`upstream`]: connections to machines, on this host or (cluster mode) through the host
+//!   that runs them.
 
 pub mod autostop;
 pub mod checks;
@@ -22,6 +24,7 @@ pub mod table;
 pub mod tcp;
 pub mod tls;
 mod udp;
+pub mod upstream;
 mod workers;
 
 use std::collections::HashMap;
@@ -38,6 +41,17 @@ pub trait Controller: Send + Sync + 'static {
     async fn start(&self, app: &str, id: &str) -> Result<(), String>;
     /// Stops (or, with `suspend`, suspends) an idle machine.
     async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
+    /// Connects to `port` of machine `id` of `app`, which another host runs, through that host
+    /// (`via`: its [`MachineView::via`]); the machine gets until `patience` to listen.
+    async fn backhaul(
+        &self,
+        via: &str,
+        app: &str,
+        id: &str,
+        port: u16,
+        patience: Duration,
+        purpose: upstream::Purpose,
+    ) -> std::io::Result<Box<dyn upstream::Io>>;
 }
 
 #[derive(Debug, Clone)]

@@ -88,6 +88,12 @@ impl Load {
         self.lock().remove(id);
     }
 
+    /// Counts one more in flight on machine `id` until the guard is dropped (traffic another
+    /// host's proxy brings counts too: this host's autostop watches it).
+    pub fn hold(&self, id: &str) -> LoadGuard {
+        self.take(id)
+    }
+
     pub(crate) fn take(&self, id: &str) -> LoadGuard {
         let mut machines = self.lock();
         match machines.get_mut(id) {

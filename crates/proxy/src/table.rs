@@ -224,6 +224,10 @@ pub struct MachineView {
     pub state: String,
     pub started: bool,
     pub ipv4: Option<Ipv4Addr>,
+    /// Cluster mode: the host that runs it when another one does (what the daemon's
+    /// [`Controller::backhaul`](crate::Controller::backhaul) reaches it through); `None`: this
+    /// host runs it. Only the host that runs a machine stops it when idle.
+    pub via: Option<String>,
     /// `skip_service_registration`: never routed to.
     pub cordoned: bool,
     pub services: Vec<Service>,
@@ -379,7 +383,8 @@ impl Table {
     pub fn udp_candidates_of(&self, port: u16, app: &str) -> Vec<(Arc<MachineView>, u16)> {
         self.machines
             .values()
-            .filter(|m| m.app == app)
+            // UDP flows are relayed to this host's machines only.
+            .filter(|m| m.app == app && m.via.is_none())
             .filter_map(|m| {
                 let s = m.udp.iter().find(|s| s.contains(port))?;
                 Some((m.clone(), s.internal_port))
@@ -464,6 +469,7 @@ mod tests {
             state: "started".into(),
             started: true,
             ipv4: None,
+            via: None,
             cordoned: false,
             services: vec![service(serde_json::json!({
                 "internal_port": 8080, "ports": [{"port": 80, "handlers": handlers}]

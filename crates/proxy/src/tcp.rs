@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::Proxy;
 
 /// Connects to the machine; a machine just woken gets until `timeout` to start listening.
-pub(crate) async fn connect(
+pub async fn connect(
     addr: SocketAddr,
     woken: bool,
     timeout: Duration,
@@ -117,11 +117,18 @@ impl Proxy {
                 return;
             }
         };
-        let Some(ip) = chosen.candidate.machine.ipv4 else {
-            return;
-        };
-        let backend = SocketAddr::new(ip.into(), chosen.candidate.service().internal_port);
-        let mut upstream = match connect(backend, chosen.woken, self.config.connect_timeout).await {
+        let mut upstream = match self
+            .dial(
+                &chosen.candidate.machine,
+                chosen.candidate.service().internal_port,
+                chosen.woken,
+                self.config.connect_timeout,
+                crate::upstream::Purpose::Traffic {
+                    autostart: chosen.candidate.service().autostart,
+                },
+            )
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(%app, machine = %chosen.candidate.machine.id, error = %e, "proxy: machine refused the connection (PC01)");

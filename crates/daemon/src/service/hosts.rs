@@ -9,7 +9,7 @@ pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_se
 const UNREACHABLE_AFTER_MS: i64 = 3 * HEARTBEAT_INTERVAL.as_millis() as i64;
 
 /// How long `h` has been silent at `now` (ms), if longer than makes it unreachable.
-fn silence(h: &HostRecord, now: i64) -> Option<i64> {
+pub(super) fn silence(h: &HostRecord, now: i64) -> Option<i64> {
     let silent = now - h.heartbeat_at;
     (silent > UNREACHABLE_AFTER_MS).then_some(silent)
 }
@@ -268,16 +268,6 @@ impl Hangar {
             Err(_) => self.heartbeats_in_a_row.swap(0, Ordering::Relaxed),
         };
         done
-    }
-
-    /// The API addresses the other hosts registered.
-    pub async fn other_hosts_api_addrs(&self) -> ServiceResult<Vec<String>> {
-        let hosts = db(&self.store, |s| s.list_hosts()).await?;
-        Ok(hosts
-            .into_iter()
-            .filter(|h| h.id != self.host_id)
-            .map(|h| h.api_addr)
-            .collect())
     }
 
     pub async fn hosts(&self) -> ServiceResult<Vec<HostView>> {

@@ -29,6 +29,7 @@ mod lifecycle;
 mod machines;
 mod metadata;
 mod network;
+mod other_hosts;
 mod process;
 mod proxy;
 mod reconcile;
@@ -38,6 +39,7 @@ mod volumes;
 mod wait;
 
 pub use hosts::{HostOffer, HostView, Owner, HEARTBEAT_INTERVAL};
+pub use other_hosts::OTHER_HOSTS_REFRESH;
 
 pub use error::{ServiceError, ServiceResult};
 pub use scheduler::{ScheduleView, SCHEDULER_TICK};
@@ -119,7 +121,8 @@ pub struct Hangar {
     net_host: u32,
     /// What the `.internal` resolver answers from; kept current by every machine write.
     directory: Arc<hangar_dns::Directory>,
-    /// The other hosts' machines in the directory (cluster mode), as last read from the store.
+    /// The other hosts' machines this host's resolver and proxy know (cluster mode), as last
+    /// read from the store.
     from_other_hosts: Mutex<std::collections::HashSet<String>>,
     /// The edge proxy, told of every machine write like the directory.
     proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,

@@ -122,37 +122,6 @@ impl Hangar {
         }
     }
 
-    /// In a cluster: the resolver also answers for the machines of the other hosts, read from
-    /// the shared store (each host publishes its own machines' writes as it makes them).
-    pub async fn refresh_directory_from_other_hosts(&self) -> ServiceResult<()> {
-        if !self.is_cluster() {
-            return Ok(());
-        }
-        let all = db(&self.store, |s| s.list_live_machines()).await?;
-        let mut known = self
-            .from_other_hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut now_known = std::collections::HashSet::new();
-        for m in all.iter().filter(|m| m.host_id != self.host_id) {
-            if let Some(entry) = directory_entry(m) {
-                now_known.insert(m.id.clone());
-                self.directory.put(entry);
-            }
-        }
-        for gone in known.difference(&now_known) {
-            // Destroyed, or moved to this host's care (then its writes here publish it).
-            if !all
-                .iter()
-                .any(|m| m.id == *gone && m.host_id == self.host_id)
-            {
-                self.directory.remove(gone);
-            }
-        }
-        *known = now_known;
-        Ok(())
-    }
-
     /// The machines the resolver answers from.
     pub fn directory(&self) -> Arc<hangar_dns::Directory> {
         self.directory.clone()
@@ -160,7 +129,7 @@ impl Hangar {
 }
 
 /// How the resolver sees `m`; `None` for a destroyed machine or one without a 6PN address.
-fn directory_entry(m: &MachineRecord) -> Option<hangar_dns::Entry> {
+pub(super) fn directory_entry(m: &MachineRecord) -> Option<hangar_dns::Entry> {
     if m.state == MachineState::Destroyed {
         return None;
     }

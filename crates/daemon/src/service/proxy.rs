@@ -12,16 +12,44 @@ struct Control(Weak<Hangar>);
 impl hangar_proxy::Controller for Control {
     async fn start(&self, app: &str, id: &str) -> Result<(), String> {
         let h = self.0.upgrade().ok_or("the daemon is stopping")?;
-        h.start_internal(app, id, Source::Proxy, None)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())?;
-        // A start that raced another one returns at once: wait for the machine to be up.
-        let started = [WaitTarget::State(MachineState::Started)];
-        h.wait(app, id, &started, Duration::from_secs(60), None, None)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        match h.machine_owner(app, id).await.map_err(|e| e.to_string())? {
+            Owner::Local => h.start_for_proxy(app, id).await.map_err(|e| e.to_string()),
+            // Another host's machine is started by that host, for this proxy.
+            Owner::Host(host) => {
+                crate::backhaul::start_remote(&h.peer(), &host.api_addr, app, id).await
+            }
+            Owner::Unreachable(host, _) => Err(format!(
+                "machine {id} is on host {}, which cannot be reached",
+                host.id
+            )),
+            Owner::Unregistered(host) => Err(format!(
+                "machine {id} is on host {host}, which is not registered"
+            )),
+        }
+    }
+
+    async fn backhaul(
+        &self,
+        via: &str,
+        app: &str,
+        id: &str,
+        port: u16,
+        patience: Duration,
+        purpose: hangar_proxy::upstream::Purpose,
+    ) -> std::io::Result<Box<dyn hangar_proxy::upstream::Io>> {
+        let h = self
+            .0
+            .upgrade()
+            .ok_or_else(|| std::io::Error::other("the daemon is stopping"))?;
+        let target = crate::backhaul::Target {
+            app,
+            id,
+            port,
+            patience,
+            purpose,
+        };
+        let stream = crate::backhaul::open(&h.peer(), via, &target).await?;
+        Ok(Box::new(stream))
     }
 
     async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String> {
@@ -49,14 +77,16 @@ impl hangar_proxy::Controller for Control {
     }
 }
 
-/// The proxy's view of a machine.
-fn view(m: &MachineRecord) -> MachineView {
+/// The proxy's view of a machine; `via`: the API address of the host that runs it, when that
+/// is another host.
+pub(super) fn view(m: &MachineRecord, via: Option<String>) -> MachineView {
     MachineView {
         id: m.id.clone(),
         app: m.app.clone(),
         state: m.state.to_string(),
         started: m.state == MachineState::Started,
         ipv4: m.private_ipv4.parse().ok(),
+        via,
         cordoned: m.cordoned,
         services: m
             .config
@@ -93,6 +123,25 @@ impl Hangar {
         self.proxy.get()
     }
 
+    /// Starts (or resumes) a machine of this host for a proxy (this host's, or another's
+    /// through the backhaul) and returns once it is `started`.
+    pub async fn start_for_proxy(&self, app: &str, id: &str) -> ServiceResult<()> {
+        self.start_internal(app, id, Source::Proxy, None).await?;
+        // A start that raced another one returns at once: wait for the machine to be up.
+        let started = [WaitTarget::State(MachineState::Started)];
+        self.wait(app, id, &started, Duration::from_secs(60), None, None)
+            .await
+            .map(drop)
+    }
+
+    /// How this host presents itself to another host's API.
+    pub fn peer(&self) -> crate::backhaul::Peer {
+        crate::backhaul::Peer {
+            token: self.cluster_token(),
+            host_id: self.host_id.clone(),
+        }
+    }
+
     pub(super) fn publish_to_proxy(&self, m: &MachineRecord) {
         let Some(proxy) = self.proxy.get() else {
             return;
@@ -100,7 +149,7 @@ impl Hangar {
         if m.state == MachineState::Destroyed {
             proxy.remove(&m.id);
         } else {
-            proxy.put(view(m));
+            proxy.put(view(m, None));
         }
     }
 
