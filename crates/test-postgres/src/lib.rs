@@ -16,6 +16,7 @@ pub struct TestPostgres {
     server: Option<Child>,
     bin: PathBuf,
     user: nix::unistd::User,
+    durable: bool,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -43,7 +44,14 @@ fn postgres_bin() -> PathBuf {
 }
 
 impl TestPostgres {
+    /// A server that does not wait for the disk (tests: `fsync=off`).
     pub fn start() -> TestPostgres {
+        Self::start_with(false)
+    }
+
+    /// A server that waits for the disk when `durable` (benchmarks compare it with SQLite,
+    /// which does), else not.
+    pub fn start_with(durable: bool) -> TestPostgres {
         let user = nix::unistd::User::from_name("postgres")
             .expect("user lookup")
             .expect("a postgres user (Debian's postgresql package makes it)");
@@ -67,6 +75,7 @@ impl TestPostgres {
             server: None,
             bin,
             user,
+            durable,
         };
         pg.run_server();
         pg
@@ -81,7 +90,11 @@ impl TestPostgres {
                 "-c",
                 "listen_addresses=",
                 "-c",
-                "fsync=off",
+                if self.durable {
+                    "fsync=on"
+                } else {
+                    "fsync=off"
+                },
                 "-c",
                 "max_connections=200",
             ])

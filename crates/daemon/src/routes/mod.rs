@@ -87,7 +87,8 @@ async fn machine_json(
         nonce,
         summary: false,
     });
-    if h.unreachable_hosts().await?.contains(&m.host_id) {
+    // This host answers for itself: only another host's machine can be on a silent host.
+    if m.host_id != h.host_id() && h.unreachable_hosts().await?.contains(&m.host_id) {
         machine.host_status = "unreachable".into();
     }
     add_live_status(h, m, &mut machine).await;

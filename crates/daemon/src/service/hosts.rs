@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How many machines' hosts [`Hangar::machine_owner`] remembers.
+const MACHINE_HOSTS_REMEMBERED: usize = 65_536;
+
 /// How often a host says it is alive.
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A host silent for this long is `unreachable` (three missed heartbeats).
@@ -90,11 +93,37 @@ impl Hangar {
     }
 
     /// Which host serves requests for machine `id` of `app` (here when the machine is unknown,
-    /// so that the local answer is the 404).
+    /// so that the local answer is the 404). A machine never changes hosts, so its host is
+    /// remembered after the first lookup: a request for a machine costs no extra store read.
     pub async fn machine_owner(&self, app: &str, id: &str) -> ServiceResult<Owner> {
-        let (app, id) = (app.to_string(), id.to_string());
-        self.owner_by(move |s| Ok(s.get_machine(&app, &id)?.map(|m| m.host_id)))
-            .await
+        let key = (app.to_string(), id.to_string());
+        let known = self
+            .machine_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let host = match known {
+            Some(host) => host,
+            None => {
+                let (a, i) = key.clone();
+                let found = db(&self.store, move |s| {
+                    Ok(s.get_machine(&a, &i)?.map(|m| m.host_id))
+                })
+                .await?;
+                let Some(host) = found else {
+                    return Ok(Owner::Local);
+                };
+                let mut hosts = self.machine_hosts.lock().unwrap_or_else(|e| e.into_inner());
+                // A bound, not an eviction policy: lookups are cheap to redo.
+                if hosts.len() >= MACHINE_HOSTS_REMEMBERED {
+                    hosts.clear();
+                }
+                hosts.insert(key, host.clone());
+                host
+            }
+        };
+        self.owner_by(move |_| Ok(Some(host))).await
     }
 
     /// Which host serves requests for volume `id` of `app` (here when it is unknown).
@@ -110,8 +139,10 @@ impl Hangar {
         &self,
         host_of: impl FnOnce(&dyn Store) -> hangar_store::Result<Option<String>> + Send + 'static,
     ) -> ServiceResult<Owner> {
+        let me = self.host_id.clone();
         let host = db(&self.store, move |s| {
-            let Some(id) = host_of(s)?.filter(|h| !h.is_empty()) else {
+            // This host's own (most requests land where their machine is): no host to read.
+            let Some(id) = host_of(s)?.filter(|h| !h.is_empty() && *h != me) else {
                 return Ok(None);
             };
             let found = s.list_hosts()?.into_iter().find(|h| h.id == id);

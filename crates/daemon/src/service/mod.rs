@@ -121,6 +121,8 @@ pub struct Hangar {
     net_host: u32,
     /// What the `.internal` resolver answers from; kept current by every machine write.
     directory: Arc<hangar_dns::Directory>,
+    /// Machines' hosts, by (app, id), as [`Hangar::machine_owner`] found them.
+    machine_hosts: Mutex<HashMap<(String, String), String>>,
     /// The other hosts' machines this host's resolver and proxy know (cluster mode), as last
     /// read from the store.
     from_other_hosts: Mutex<std::collections::HashSet<String>>,
@@ -215,6 +217,7 @@ impl Hangar {
             net_host,
             directory: Arc::new(hangar_dns::Directory::new()),
             from_other_hosts: Mutex::new(Default::default()),
+            machine_hosts: Mutex::new(HashMap::new()),
             proxy: std::sync::OnceLock::new(),
             cluster: std::sync::atomic::AtomicBool::new(cluster),
             heartbeats_in_a_row: std::sync::atomic::AtomicU32::new(0),
