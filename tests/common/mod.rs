@@ -449,7 +449,8 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Machines outlive their daemon by design; a test must not leave any running on the
-        // host, so destroy every app (and its machines) first.
+        // host, so destroy every machine (through this daemon: in a cluster, forwarded to the
+        // host that runs it) and every app first.
         if self.runtime && self.child.is_some() && !self.token.is_empty() {
             let client = self.client.clone();
             let _ = std::thread::spawn(move || {
@@ -463,6 +464,19 @@ impl Drop for Daemon {
                         let Some(name) = app["name"].as_str() else {
                             continue;
                         };
+                        let machines: Value = client
+                            .get(format!("/v1/apps/{name}/machines"))
+                            .send()
+                            .await
+                            .unwrap_or_default();
+                        for m in machines.as_array().into_iter().flatten() {
+                            let Some(id) = m["id"].as_str() else { continue };
+                            let _ = client
+                                .delete(format!("/v1/apps/{name}/machines/{id}"))
+                                .query("force", "true")
+                                .send_raw()
+                                .await;
+                        }
                         let _ = client
                             .delete(format!("/v1/apps/{name}"))
                             .query("force", "true")
