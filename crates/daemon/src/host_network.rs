@@ -224,9 +224,24 @@ impl HostNetwork {
         Ok(())
     }
 
-    /// A machine found running at start-up keeps its veth and bridge.
+    /// A machine found running at start-up keeps its veth and bridge; the bridge gets its
+    /// overlay port if it has none (it was made before this host joined a cluster).
     pub fn adopt(&self, net: &MachineNet) {
-        self.devices().put(net);
+        let mut devices = self.devices();
+        if self.overlay.is_some() && !devices.uses.contains_key(&net.bridge) {
+            let joined = Netlink::open().and_then(|mut nl| {
+                let (Some(index), Some(network)) =
+                    (nl.link_index(&net.bridge)?, SixPn::network_of(net.ipv6))
+                else {
+                    return Ok(());
+                };
+                self.join_overlay(&mut nl, &devices, network, index)
+            });
+            if let Err(e) = joined {
+                tracing::warn!(bridge = %net.bridge, error = %e, "joining the overlay failed");
+            }
+        }
+        devices.put(net);
     }
 
     /// Forgets the machine's veth, and removes its bridge when no other machine is on it.

@@ -554,6 +554,20 @@ impl MachineStore for PgStore {
         rows(found, machine_from_row)
     }
 
+    fn list_machines_changed_since(&self, since_ms: i64) -> Result<Vec<MachineRecord>> {
+        let found = self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machines WHERE updated_at >= $1 \
+                     ORDER BY updated_at, id COLLATE \"C\""
+                ),
+                &[&since_ms],
+            )
+            .map_err(pg)?;
+        rows(found, machine_from_row)
+    }
+
     fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>> {
         let found = self
             .conn()?

@@ -141,6 +141,23 @@ pub fn machines_round_trip_and_unique_live_names(s: &dyn Store) {
     assert_eq!(s.list_machines("a1", false).unwrap().len(), 1);
     assert_eq!(s.list_machines("a1", true).unwrap().len(), 2);
     assert_eq!(s.list_live_machines().unwrap().len(), 1);
+    // What changed since a moment: the destroyed one too (other hosts must hear of it).
+    let changed = |since| -> Vec<String> {
+        s.list_machines_changed_since(since)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    let mut all = changed(0);
+    all.sort();
+    assert_eq!(all, [m.id.clone(), dup.id.clone()]);
+    let mut later = dup.clone();
+    later.updated_at = m.updated_at + 10_000;
+    s.update_machine(&later, Expect::version(0), false, None)
+        .unwrap();
+    assert_eq!(changed(m.updated_at + 5_000), std::slice::from_ref(&dup.id));
+    assert!(changed(m.updated_at + 20_000).is_empty());
     assert_eq!(
         s.get_machine("a1", &dup.id).unwrap().unwrap().host_id,
         "host-1",

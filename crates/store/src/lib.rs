@@ -149,6 +149,9 @@ pub trait MachineStore: Send + Sync {
     fn list_machines(&self, app: &str, include_destroyed: bool) -> Result<Vec<MachineRecord>>;
     /// Every machine not destroyed, across apps (start-up reconciliation).
     fn list_live_machines(&self) -> Result<Vec<MachineRecord>>;
+    /// Every machine written at or after `since_ms` (its `updated_at`), destroyed ones too,
+    /// across apps: what changed since a host last looked (cluster mode).
+    fn list_machines_changed_since(&self, since_ms: i64) -> Result<Vec<MachineRecord>>;
     /// Oldest first.
     fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>>;
     fn has_version(&self, machine_id: &str, instance_id: &str) -> Result<bool>;

@@ -722,6 +722,15 @@ impl MachineStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn list_machines_changed_since(&self, since_ms: i64) -> Result<Vec<MachineRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE updated_at >= ?1 ORDER BY updated_at"
+        ))?;
+        let rows = stmt.query_map([since_ms], machine_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn list_versions(&self, machine_id: &str) -> Result<Vec<VersionRecord>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(

@@ -125,7 +125,7 @@ pub struct Hangar {
     machine_hosts: Mutex<HashMap<(String, String), String>>,
     /// The other hosts' machines this host's resolver and proxy know (cluster mode), as last
     /// read from the store.
-    from_other_hosts: Mutex<std::collections::HashSet<String>>,
+    from_other_hosts: Mutex<other_hosts::OtherHosts>,
     /// The edge proxy, told of every machine write like the directory.
     proxy: std::sync::OnceLock<Arc<hangar_proxy::Proxy>>,
     /// The key app secrets are sealed with, and who may read them back.
