@@ -701,7 +701,13 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
             { "required": ["app_name"], "properties": { "app_name": { "type": "string", "minLength": 1 } } }
         ] }),
     );
+    p.on(
+        "CreateAppRequest",
+        json!({ "examples": [{ "app_name": "my-app", "org_slug": "personal" }] }),
+    );
     p.required("CreateVolumeRequest", &["name"]);
+    // `size_gb` defaults to 0, which no volume is: it must be given.
+    p.required("ExtendVolumeRequest", &["size_gb"]);
     // A single host makes volumes in its own region only (none means it); a cluster places
     // them on a host of the region asked for.
     if !cluster {
@@ -793,6 +799,7 @@ fn parameters(p: &mut Patcher) {
     for param in ["force", "kill"] {
         p.param(machine, "delete", param, boolean.clone());
     }
+    p.param("/v1/apps/{app_name}", "delete", "force", boolean.clone());
     // `wait`'s query: strings, never null (an absent parameter is how one is left out).
     let wait = format!("{machine}/wait");
     let wait_states = "(started|stopped|suspended|destroyed|failed|created|settled)";
