@@ -272,15 +272,38 @@ impl Candidate {
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     machines: BTreeMap<String, Arc<MachineView>>,
+    /// The same machines by app, each app's in id order: a request looks only at its app's
+    /// (a cluster's table holds every host's machines).
+    by_app: BTreeMap<String, BTreeMap<String, Arc<MachineView>>>,
 }
 
 impl Table {
     pub fn put(&mut self, m: MachineView) {
-        self.machines.insert(m.id.clone(), Arc::new(m));
+        let m = Arc::new(m);
+        if let Some(old) = self.machines.insert(m.id.clone(), m.clone()) {
+            if old.app != m.app {
+                self.remove_from_app(&old.app, &old.id);
+            }
+        }
+        self.by_app
+            .entry(m.app.clone())
+            .or_default()
+            .insert(m.id.clone(), m);
     }
 
     pub fn remove(&mut self, id: &str) {
-        self.machines.remove(id);
+        if let Some(old) = self.machines.remove(id) {
+            self.remove_from_app(&old.app, id);
+        }
+    }
+
+    fn remove_from_app(&mut self, app: &str, id: &str) {
+        if let Some(of_app) = self.by_app.get_mut(app) {
+            of_app.remove(id);
+            if of_app.is_empty() {
+                self.by_app.remove(app);
+            }
+        }
     }
 
     pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
@@ -327,9 +350,10 @@ impl Table {
 
     /// The machines of `app` serving `port`, in id order: what each request chooses from.
     pub fn candidates_of(&self, port: u16, app: &str) -> Vec<Candidate> {
-        self.machines
-            .values()
-            .filter(|m| m.app == app)
+        self.by_app
+            .get(app)
+            .into_iter()
+            .flat_map(|of_app| of_app.values())
             .filter_map(|m| {
                 let (service, edge) = m.services.iter().enumerate().find_map(|(si, s)| {
                     s.ports
@@ -381,10 +405,12 @@ impl Table {
 
     /// The machines of `app` serving UDP `port`, with the machine port it goes to.
     pub fn udp_candidates_of(&self, port: u16, app: &str) -> Vec<(Arc<MachineView>, u16)> {
-        self.machines
-            .values()
+        self.by_app
+            .get(app)
+            .into_iter()
+            .flat_map(|of_app| of_app.values())
             // UDP flows are relayed to this host's machines only.
-            .filter(|m| m.app == app && m.via.is_none())
+            .filter(|m| m.via.is_none())
             .filter_map(|m| {
                 let s = m.udp.iter().find(|s| s.contains(port))?;
                 Some((m.clone(), s.internal_port))
@@ -482,5 +508,23 @@ mod tests {
         assert_eq!(t.conflict("b", 80, true, |_| false), Some("c".into()));
         assert_eq!(t.conflict("a", 81, false, |_| false), None);
         assert_eq!(t.edge_ports().into_iter().collect::<Vec<_>>(), vec![80]);
+
+        // Each app's candidates, in id order, and none of another app's.
+        t.put(m("a0", "a", serde_json::json!(["http"])));
+        let ids = |t: &Table, app: &str| -> Vec<String> {
+            t.candidates_of(80, app)
+                .into_iter()
+                .map(|c| c.machine.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&t, "a"), ["a0", "a1"]);
+        assert_eq!(ids(&t, "c"), ["c1"]);
+        // A machine put again under another app moves; a removed one goes.
+        t.put(m("a0", "c", serde_json::json!([])));
+        assert_eq!(ids(&t, "a"), ["a1"]);
+        assert_eq!(ids(&t, "c"), ["a0", "c1"]);
+        t.remove("a1");
+        assert!(ids(&t, "a").is_empty());
+        assert!(t.by_app.get("a").is_none(), "no empty app left behind");
     }
 }
