@@ -34,6 +34,11 @@ const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0
 const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
+/// A restart's timeout: seconds, or one Go duration part, each below the API's day.
+const RESTART_TIMEOUT: &str = r"^([0-9]{1,4}|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h)$";
+/// A ULID (event ids), as the `ulid` crate parses it: 26 Crockford base32 digits, the first at
+/// most 7 (128 bits).
+const ULID: &str = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$";
 /// Metadata keys: 1–255 characters, no control characters.
 const METADATA_KEY: &str = r"^[^\u0000-\u001f\u007f-\u009f]{1,255}$";
 const MACHINE_NAME: &str = r"^[A-Za-z0-9_-]{1,63}$";
@@ -681,12 +686,21 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
     );
     stop_signal(p, "StopRequest");
     p.prop("ExecRequest", "timeout", json!({ "minimum": 0 }));
+    // A command: `command` (words), or `cmd` (one string split as a shell would, so not blank);
+    // `container` names one of several containers, `machine: true` runs outside them, never
+    // both.
     p.on(
         "ExecRequest",
-        json!({ "anyOf": [
-            { "required": ["command"], "properties": { "command": { "type": "array", "minItems": 1 } } },
-            { "required": ["cmd"], "properties": { "cmd": { "type": "string", "minLength": 1 } } }
-        ] }),
+        json!({
+            "anyOf": [
+                { "required": ["command"], "properties": { "command": { "type": "array", "minItems": 1 } } },
+                { "required": ["cmd"], "properties": { "cmd": { "type": "string", "pattern": r"\S" } } }
+            ],
+            "not": {
+                "required": ["container", "machine"],
+                "properties": { "container": { "type": "string" }, "machine": { "const": true } }
+            }
+        }),
     );
     p.prop(
         "UpdateMetadataRequest",
@@ -789,12 +803,13 @@ fn parameters(p: &mut Patcher) {
         hangar_api::LEASE_NONCE_HEADER,
         json!({ "type": "string", "minLength": 1 }),
     );
-    // Seconds, or a Go duration (the API caps it at a day).
+    // Seconds, or a Go duration, at most a day (longer is a 400): said as a subset that is
+    // always below it, one part of each unit's size.
     p.param(
         &format!("{machine}/restart"),
         "post",
         "timeout",
-        json!({ "type": "string", "pattern": format!("^[0-9]{{1,5}}$|{GO_DURATION}") }),
+        json!({ "type": "string", "pattern": RESTART_TIMEOUT }),
     );
     for param in ["force", "kill"] {
         p.param(machine, "delete", param, boolean.clone());
@@ -815,9 +830,16 @@ fn parameters(p: &mut Patcher) {
         "timeout",
         json!({ "type": "string", "pattern": format!("^[0-9]{{1,5}}$|{GO_DURATION}") }),
     );
-    for param in ["version", "instance_id", "from_event_id"] {
+    for param in ["version", "instance_id"] {
         p.param(&wait, "get", param, json!({ "type": "string" }));
     }
+    // An event id: a ULID.
+    p.param(
+        &wait,
+        "get",
+        "from_event_id",
+        json!({ "type": "string", "pattern": ULID }),
+    );
     p.body_required("/v1/apps/{app_name}/ip_assignments", "post");
     let key = json!({ "type": "string", "pattern": METADATA_KEY });
     let meta_key = format!("{machine}/metadata/{{key}}");
