@@ -6,6 +6,10 @@
 //! creating `/run/hangar/uid-slots/<slot>` with `O_EXCL`, holding the claiming daemon's data dir
 //! and the machine's id; it is released by its owner only. Claims outlive a daemon restart
 //! (machines do too) and go with a reboot (`/run` is a tmpfs; so do the machines).
+//!
+//! A daemon whose data dir was removed (a test's, a benchmark's) cannot release its claims;
+//! they are swept at a daemon's start once no process on the host runs with a uid of their
+//! range (its machines may outlive the directory).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +41,32 @@ impl SlotClaims {
             dir: dir.to_path_buf(),
             owner,
         })
+    }
+
+    /// Removes the claims of daemons whose data dir is gone, unless a process of the host still
+    /// runs with a uid of the claimed range. Returns how many went.
+    pub fn sweep_abandoned(&self) -> usize {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let abandoned: Vec<(u32, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let slot: u32 = e.file_name().to_str()?.parse().ok()?;
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let (owner, _) = text.split_once('\n')?;
+                (!Path::new(owner).exists()).then(|| (slot, e.path()))
+            })
+            .collect();
+        if abandoned.is_empty() {
+            return 0;
+        }
+        let busy = slots_in_use();
+        abandoned
+            .into_iter()
+            .filter(|(slot, _)| !busy.contains(slot))
+            .filter(|(_, path)| std::fs::remove_file(path).is_ok())
+            .count()
     }
 
     fn content(&self, machine: &str) -> String {
@@ -91,6 +121,40 @@ impl SlotClaims {
     }
 }
 
+/// The slots whose uid range some process of the host runs with (any of its uids).
+fn slots_in_use() -> std::collections::HashSet<u32> {
+    let mut busy = std::collections::HashSet::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return busy;
+    };
+    for e in rd.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uids = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .filter_map(|u| u.parse::<u32>().ok());
+        busy.extend(uids.filter_map(slot_of_uid));
+    }
+    busy
+}
+
+/// The slot whose range holds host uid `uid`.
+fn slot_of_uid(uid: u32) -> Option<u32> {
+    let slot = uid.checked_sub(UID_BASE_START)? / UID_RANGE;
+    (slot < MAX_SLOTS).then_some(slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +177,26 @@ mod tests {
         assert_eq!(a.owned(), vec![(0, "m1".to_string())]);
         a.release(0, "m1");
         assert!(b.claim(0, "m3").unwrap());
+    }
+
+    #[test]
+    fn claims_of_a_removed_data_dir_are_swept_unless_in_use() {
+        let t = tempfile::tempdir().unwrap();
+        let (gone_dir, live_dir) = (t.path().join("gone"), t.path().join("live"));
+        std::fs::create_dir_all(&gone_dir).unwrap();
+        std::fs::create_dir_all(&live_dir).unwrap();
+        let claims = t.path().join("slots");
+        let gone = SlotClaims::open(&claims, &gone_dir).unwrap();
+        let live = SlotClaims::open(&claims, &live_dir).unwrap();
+        // Slot 4095's range is far above any uid a process of this host runs with.
+        assert!(gone.claim(MAX_SLOTS - 1, "m1").unwrap());
+        assert!(live.claim(MAX_SLOTS - 2, "m2").unwrap());
+        assert_eq!(live.sweep_abandoned(), 0, "the owner's dir still exists");
+        std::fs::remove_dir_all(&gone_dir).unwrap();
+        assert_eq!(live.sweep_abandoned(), 1);
+        assert!(live.claim(MAX_SLOTS - 1, "m3").unwrap(), "free again");
+        assert_eq!(live.owned().len(), 2);
+        assert_eq!(slot_of_uid(UID_BASE_START + 3 * UID_RANGE + 7), Some(3));
+        assert_eq!(slot_of_uid(1000), None);
     }
 }

@@ -99,6 +99,8 @@ pub struct SandboxRuntime {
     slots: Mutex<BTreeMap<u32, String>>,
     /// The same slots, claimed host-wide.
     claims: crate::uid_slots::SlotClaims,
+    /// Slots another daemon held when this one last tried them.
+    foreign_slots: Mutex<std::collections::HashSet<u32>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<RuntimeEvent>,
     /// How long a destroyed machine's logs are kept (crate::log_archive).
@@ -132,6 +134,15 @@ impl SandboxRuntime {
         for dir in [data_dir, machines_dir.as_path()] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
         }
+        let claims =
+            crate::uid_slots::SlotClaims::open(Path::new(crate::uid_slots::DEFAULT_DIR), data_dir)?;
+        let swept = claims.sweep_abandoned();
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "freed uid ranges claimed by daemons whose data dir is gone"
+            );
+        }
         let io_devices = hangar_sandbox::cgroup::whole_disk_of(&machines_dir)
             .into_iter()
             .collect();
@@ -143,10 +154,8 @@ impl SandboxRuntime {
             hierarchy,
             exe: std::env::current_exe()?,
             slots: Mutex::new(BTreeMap::new()),
-            claims: crate::uid_slots::SlotClaims::open(
-                Path::new(crate::uid_slots::DEFAULT_DIR),
-                data_dir,
-            )?,
+            foreign_slots: Mutex::new(std::collections::HashSet::new()),
+            claims,
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
             log_retention,
@@ -173,14 +182,26 @@ impl SandboxRuntime {
     /// daemon on this host never hands out the same range.
     fn alloc_slot(&self, machine_id: &str) -> Result<u32, RuntimeError> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for slot in (0..MAX_SLOTS).filter(|s| !slots.contains_key(s)) {
-            if self
-                .claims
-                .claim(slot, machine_id)
-                .map_err(|e| failed(format!("claiming a uid range: {e}")))?
-            {
-                slots.insert(slot, machine_id.to_string());
-                return Ok(slot);
+        let mut foreign = self.foreign_slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Slots another daemon held when last tried are skipped without a look; when nothing
+        // else is free, they are tried again (their claims may have gone meanwhile).
+        for second_look in [false, true] {
+            if second_look {
+                foreign.clear();
+            }
+            for slot in 0..MAX_SLOTS {
+                if slots.contains_key(&slot) || foreign.contains(&slot) {
+                    continue;
+                }
+                if self
+                    .claims
+                    .claim(slot, machine_id)
+                    .map_err(|e| failed(format!("claiming a uid range: {e}")))?
+                {
+                    slots.insert(slot, machine_id.to_string());
+                    return Ok(slot);
+                }
+                foreign.insert(slot);
             }
         }
         Err(failed("no free uid range for another machine on this host"))
