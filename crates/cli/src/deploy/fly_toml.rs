@@ -664,8 +664,14 @@ mod tests {
         let path = dir.path().join("fly.toml");
         std::fs::write(&path, toml_text).unwrap();
         let cfg = load(&path);
-        // Keep the files for the test's lifetime.
-        std::mem::forget(dir);
+        // The files live as long as the test's thread (forgetting the dir left one behind in
+        // /tmp per run).
+        thread_local! {
+            static KEPT: std::cell::RefCell<Vec<tempfile::TempDir>> = const {
+                std::cell::RefCell::new(Vec::new())
+            };
+        }
+        KEPT.with(|k| k.borrow_mut().push(dir));
         cfg
     }
 
