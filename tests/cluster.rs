@@ -258,6 +258,47 @@ async fn requests_reach_the_host_that_runs_the_machine() {
     }
     assert!(out.contains("far-42"), "{out}");
     drop((r, w));
+
+    // Hosts talk over TLS under the cluster's CA (all of the above went through it): host-b's
+    // API port answers TLS with a certificate the CA issued for its address, and refuses the
+    // cluster token over plain HTTP (a token that crossed the network in the clear).
+    let cert = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &listen_b, "-showcerts"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&cert.stdout);
+    assert!(text.contains("Hangar cluster CA"), "{text}");
+    let cluster_token = hangar_secrets::SecretsKey::load(&key)
+        .expect("the cluster's key")
+        .cluster_token();
+    let plain = hangar_client::Client::new(
+        hangar_client::Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: port_b,
+        },
+        Some(cluster_token.to_string()),
+    );
+    let r = plain
+        .get(format!("/v1/apps/far/machines/{id}"))
+        .header("hangar-forwarded-by", "host-a")
+        .send_raw()
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    // API users keep plain HTTP on the same port.
+    let r = hangar_client::Client::new(
+        hangar_client::Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: port_b,
+        },
+        Some(b.token.clone()),
+    )
+    .get(format!("/v1/apps/far/machines/{id}"))
+    .send_raw()
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     let hosts: Value = a.get("/hangar/v1/hosts").await.json().unwrap();
     assert_eq!(hosts[1]["used_cpus"], 1, "{hosts}");
     // The forwarded-by marker means nothing without the cluster token, and a percent-encoded

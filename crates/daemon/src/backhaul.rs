@@ -32,8 +32,6 @@ use hangar_proxy::upstream::Purpose;
 
 /// The `Upgrade` protocol name.
 pub const PROTOCOL: &str = "hangar-backhaul";
-/// How long a host has to accept the connection to its API.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest a woken machine is waited for to listen.
 const MAX_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a machine this host woke for a backhaul gets to listen (the proxy's default).
@@ -44,6 +42,7 @@ const WOKEN_PATIENCE: Duration = Duration::from_secs(10);
 pub struct Peer {
     pub token: zeroize::Zeroizing<String>,
     pub host_id: String,
+    pub tls: Option<crate::cluster_tls::ClusterTls>,
 }
 
 /// The machine port a backhaul connects to.
@@ -176,21 +175,6 @@ async fn post(
     path: &str,
     upgrade: bool,
 ) -> std::io::Result<hyper::Response<hyper::body::Incoming>> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(api_addr))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("host {api_addr} did not answer"),
-            )
-        })??;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = connection.with_upgrades().await;
-    });
     let mut req = hyper::Request::post(path)
         .header(header::HOST, api_addr)
         .header(
@@ -207,10 +191,11 @@ async fn post(
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(std::io::Error::other)?;
-    sender
-        .send_request(req)
-        .await
-        .map_err(std::io::Error::other)
+    let tls = peer
+        .tls
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("cluster mode without TLS to the other hosts"))?;
+    tls.send(api_addr, req).await
 }
 
 /// The error a host answered with, as text.

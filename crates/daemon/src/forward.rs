@@ -5,16 +5,12 @@
 //! hold), and mark a forwarded request so it is never forwarded again. An owner whose
 //! heartbeats stopped gets a fast, clear 503 instead of a hang (docs/cluster.md).
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_store::HostRecord;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::error::ApiError;
 use crate::routes::AppState;
@@ -27,17 +23,6 @@ pub const FORWARDED_BY: &str = "hangar-forwarded-by";
 /// Put on a request by the token check when it presented the cluster token (another host).
 #[derive(Debug, Clone, Copy)]
 pub struct FromClusterPeer;
-
-fn client() -> &'static Client<HttpConnector, Body> {
-    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let mut connector = HttpConnector::new();
-        // A host that does not answer its socket fails the request quickly.
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        connector.set_nodelay(true);
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
-    })
-}
 
 /// What a path under `/v1/apps/{app}/machines` (or Hangar's `/hangar/v1/…`) names.
 enum Target {
@@ -252,13 +237,18 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
-    parts.uri = match format!("http://{}{path}", host.api_addr).parse() {
+    parts.uri = match path.parse() {
         Ok(u) => u,
+        Err(e) => return ApiError::internal(format!("forwarded path: {e}")).into_response(),
+    };
+    match HeaderValue::from_str(&host.api_addr) {
+        Ok(v) => {
+            parts.headers.insert(header::HOST, v);
+        }
         Err(e) => {
             return ApiError::internal(format!("host {} address: {e}", host.id)).into_response()
         }
-    };
-    parts.headers.remove(header::HOST);
+    }
     let token = h.cluster_token();
     match HeaderValue::from_str(&format!("Bearer {}", token.as_str())) {
         Ok(v) => {
@@ -280,7 +270,13 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
     if client_side.is_none() {
         parts.headers.remove(header::CONNECTION);
     }
-    match client().request(Request::from_parts(parts, body)).await {
+    let Some(tls) = h.cluster_tls() else {
+        return ApiError::internal("cluster mode without TLS to the other hosts").into_response();
+    };
+    match tls
+        .send(&host.api_addr, Request::from_parts(parts, body))
+        .await
+    {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let owner_side = hyper::upgrade::on(&mut resp);
             let owner = host.id.clone();

@@ -4,6 +4,7 @@
 mod backhaul;
 mod capacity;
 mod clock;
+mod cluster_tls;
 mod console;
 mod container_plan;
 mod convert;
@@ -369,6 +370,18 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
         });
     }
+    if cluster {
+        // Hosts call each other over TLS under a CA derived from the shared key (a host with
+        // no --listen still calls the others).
+        let ip = opts
+            .listen
+            .map_or(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST), |a| {
+                a.ip()
+            });
+        hangar
+            .enable_cluster_tls(ip)
+            .context("setting up TLS between the cluster's hosts")?;
+    }
     // This host in the store, with what it offers; then a heartbeat, so that other hosts
     // (and `hangar hosts list`) see it alive.
     {
@@ -511,6 +524,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     if let Some(addr) = opts.metrics_listen {
         metrics::serve(addr, hangar.clone()).await?;
     }
+    let cluster_tls = hangar.cluster_tls().cloned();
     let app = router(hangar, Arc::from(token.as_str()));
 
     // The handlers are in place before anyone can reach the API: a SIGTERM that arrives as
@@ -542,16 +556,25 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("failed to listen on {addr}"))?;
         eprintln!(
-            "hangar: serving the Machines API on http://{}",
-            tcp.local_addr()?
+            "hangar: serving the Machines API on http://{}{}",
+            tcp.local_addr()?,
+            if cluster_tls.is_some() {
+                " (and TLS for the cluster's hosts)"
+            } else {
+                ""
+            }
         );
+        let listener = cluster_tls::ApiListener::new(tcp, cluster_tls.clone())?;
         let mut rx = shutdown_rx.clone();
         servers.spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<cluster_tls::Peer>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
         });
     }
 

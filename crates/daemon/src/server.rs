@@ -262,7 +262,13 @@ async fn require_token(
             .iter()
             .any(|p| constant_time_eq(p.as_bytes(), t.as_bytes()))
     };
-    if tokens.iter().skip(1).any(matches) {
+    // Another host's token counts only on a TLS connection from it (or the local socket,
+    // which has no peer address): never one that crossed the network in the clear.
+    let private = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::cluster_tls::Peer>>()
+        .is_none_or(|c| c.0.tls);
+    if private && tokens.iter().skip(1).any(matches) {
         req.extensions_mut().insert(crate::forward::FromClusterPeer);
         next.run(req).await
     } else if tokens.first().is_some_and(matches) {

@@ -41,6 +41,7 @@ pub struct SecretsKey {
     seal: Zeroizing<[u8; KEY_LEN]>,
     digest: Zeroizing<[u8; KEY_LEN]>,
     cluster: Zeroizing<[u8; KEY_LEN]>,
+    cluster_ca: Zeroizing<[u8; KEY_LEN]>,
     id: String,
 }
 
@@ -56,16 +57,19 @@ impl SecretsKey {
         let mut seal = Zeroizing::new([0u8; KEY_LEN]);
         let mut digest = Zeroizing::new([0u8; KEY_LEN]);
         let mut cluster = Zeroizing::new([0u8; KEY_LEN]);
+        let mut cluster_ca = Zeroizing::new([0u8; KEY_LEN]);
         let mut id = [0u8; 8];
         // Expanding 32 (or 8) bytes from SHA-256 cannot fail (the limit is 255 blocks).
         let _ = hk.expand(b"seal", seal.as_mut());
         let _ = hk.expand(b"digest", digest.as_mut());
         let _ = hk.expand(b"cluster api", cluster.as_mut());
+        let _ = hk.expand(b"cluster ca", cluster_ca.as_mut());
         let _ = hk.expand(b"key id", &mut id);
         SecretsKey {
             seal,
             digest,
             cluster,
+            cluster_ca,
             id: hex::encode(id),
         }
     }
@@ -81,6 +85,13 @@ impl SecretsKey {
     /// (the store refuses another), so they agree on it without sharing anything more.
     pub fn cluster_token(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(self.cluster.as_ref()))
+    }
+
+    /// The seed of the cluster's certificate authority (an Ed25519 key): every host derives the
+    /// same CA from it, signs its own API certificate with it, and trusts only it when it
+    /// calls another host.
+    pub fn cluster_ca_seed(&self) -> &[u8; KEY_LEN] {
+        &self.cluster_ca
     }
 
     /// Reads the key at `path`: 64 hex characters (whitespace around them ignored), in a file

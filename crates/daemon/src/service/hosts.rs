@@ -81,6 +81,18 @@ impl Hangar {
         self.secrets.key.cluster_token()
     }
 
+    /// Sets up TLS with the other hosts for this host's API at `ip` (once, at start-up).
+    pub fn enable_cluster_tls(&self, ip: std::net::IpAddr) -> anyhow::Result<()> {
+        let tls = crate::cluster_tls::ClusterTls::new(self.secrets.key.cluster_ca_seed(), ip)?;
+        let _ = self.cluster_tls.set(tls);
+        Ok(())
+    }
+
+    /// TLS with the other hosts, when this host has it.
+    pub fn cluster_tls(&self) -> Option<&crate::cluster_tls::ClusterTls> {
+        self.cluster_tls.get()
+    }
+
     fn owner_of(&self, host: Option<HostRecord>) -> Owner {
         match host {
             None => Owner::Local,

@@ -121,6 +121,8 @@ pub struct Hangar {
     net_host: u32,
     /// What the `.internal` resolver answers from; kept current by every machine write.
     directory: Arc<hangar_dns::Directory>,
+    /// TLS to and from the cluster's other hosts (cluster mode with a `--listen` address).
+    cluster_tls: std::sync::OnceLock<crate::cluster_tls::ClusterTls>,
     /// Machines' hosts, by (app, id), as [`Hangar::machine_owner`] found them.
     machine_hosts: Mutex<HashMap<(String, String), String>>,
     /// The other hosts' machines this host's resolver and proxy know (cluster mode), as last
@@ -218,6 +220,7 @@ impl Hangar {
             directory: Arc::new(hangar_dns::Directory::new()),
             from_other_hosts: Mutex::new(Default::default()),
             machine_hosts: Mutex::new(HashMap::new()),
+            cluster_tls: std::sync::OnceLock::new(),
             proxy: std::sync::OnceLock::new(),
             cluster: std::sync::atomic::AtomicBool::new(cluster),
             heartbeats_in_a_row: std::sync::atomic::AtomicU32::new(0),

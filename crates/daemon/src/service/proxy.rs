@@ -139,6 +139,7 @@ impl Hangar {
         crate::backhaul::Peer {
             token: self.cluster_token(),
             host_id: self.host_id.clone(),
+            tls: self.cluster_tls().cloned(),
         }
     }
 
