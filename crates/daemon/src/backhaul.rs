@@ -36,6 +36,12 @@ pub const PROTOCOL: &str = "hangar-backhaul";
 const MAX_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a machine this host woke for a backhaul gets to listen (the proxy's default).
 const WOKEN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a machine that should be listening gets to accept the connection.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
+/// How long the asking host waits for an answer beyond the machine's patience.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the asking host waits for a start (the owner waits up to a minute for started).
+const START_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// How this host presents itself to another host's API.
 #[derive(Clone)]
@@ -101,6 +107,13 @@ pub async fn serve(
         }
     };
     let mut m = h.get_machine(&app, &id, false).await?;
+    // Only the host that runs it can connect to it (a stale view on the asking host).
+    if h.is_cluster() && m.host_id != h.host_id() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("machine {id} runs on host {}, not this one", m.host_id),
+        ));
+    }
     let mut patience = patience;
     let asleep = matches!(
         m.state,
@@ -124,14 +137,17 @@ pub async fn serve(
             format!("machine {id} has no private address"),
         )
     })?;
-    let mut machine = hangar_proxy::tcp::connect((ip, port).into(), !patience.is_zero(), patience)
+    let refused = |e: String| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("machine {id} refused the connection to port {port}: {e}"),
+        )
+    };
+    let connect = hangar_proxy::tcp::connect((ip, port).into(), !patience.is_zero(), patience);
+    let mut machine = tokio::time::timeout(patience.max(CONNECT_PATIENCE), connect)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("machine {id} refused the connection to port {port}: {e}"),
-            )
-        })?;
+        .map_err(|_| refused("timed out".into()))?
+        .map_err(|e| refused(e.to_string()))?;
     let load = match purpose {
         Purpose::Traffic { .. } => h.proxy().map(|p| p.load().hold(&id)),
         Purpose::Check => None,
@@ -238,7 +254,16 @@ pub async fn open(
         target.port,
         target.patience.as_millis()
     );
-    let mut resp = post(peer, api_addr, &path, true).await?;
+    // The host answers once it has connected to the machine (or woken it): never longer.
+    let deadline = target.patience + ANSWER_TIMEOUT;
+    let mut resp = tokio::time::timeout(deadline, post(peer, api_addr, &path, true))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("host {api_addr} did not answer within {deadline:?}"),
+            )
+        })??;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let kind = if resp.status() == StatusCode::BAD_GATEWAY {
             std::io::ErrorKind::ConnectionRefused
@@ -255,8 +280,13 @@ pub async fn open(
 
 /// Has the host at `api_addr` start (or resume) its machine `id` for this host's proxy.
 pub async fn start_remote(peer: &Peer, api_addr: &str, app: &str, id: &str) -> Result<(), String> {
-    let resp = post(peer, api_addr, &machine_path(app, id, "proxy-start"), false)
+    let path = machine_path(app, id, "proxy-start");
+    let start = post(peer, api_addr, &path, false);
+    let resp = tokio::time::timeout(START_TIMEOUT, start)
         .await
+        .map_err(|_| {
+            format!("host {api_addr} did not start machine {id} within {START_TIMEOUT:?}")
+        })?
         .map_err(|e| e.to_string())?;
     if resp.status().is_success() {
         return Ok(());

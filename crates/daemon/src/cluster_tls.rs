@@ -1,9 +1,10 @@
 //! Cluster mode: TLS between hosts. Every host derives the same certificate authority from
 //! the secrets key they all hold (an Ed25519 key from an HKDF seed: nothing more to
 //! distribute), signs its own API certificate with it at start-up (for its `--listen`
-//! address), and trusts only that CA when it calls another host. So the cluster token and
-//! what hosts forward to each other (request bodies, the console, proxied traffic) never cross
-//! the network in the clear, and a host is only believed to be one if it holds the key.
+//! address), and trusts only that CA when it calls another host. Both ends show their
+//! certificate (mutual TLS). So the cluster token and what hosts forward to each other
+//! (request bodies, the console, proxied traffic) never cross the network in the clear, and a
+//! host is only believed to be one if it holds the key.
 //!
 //! The `--listen` port keeps serving plain HTTP to API users: the first byte of a connection
 //! tells a TLS ClientHello (0x16) from an HTTP request. The cluster token is accepted only on
@@ -71,6 +72,11 @@ impl ClusterTls {
             .distinguished_name
             .push(rcgen::DnType::CommonName, ip.to_string());
         params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+        // The same certificate serves its API and identifies it when it calls another host.
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let host_cert = params
@@ -79,21 +85,31 @@ impl ClusterTls {
 
         let chain = vec![host_cert.der().clone(), ca.der().clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(host_key.serialize_der()));
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .context("TLS versions")?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .context("this host's API certificate")?;
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(ca.der().to_vec()))
             .context("trusting the cluster CA")?;
+        let roots = Arc::new(roots);
+        // Only another host of the cluster speaks TLS to this port (users speak plain HTTP):
+        // it must show a certificate from the cluster CA.
+        let hosts_only = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .context("verifying the other hosts' certificates")?;
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_client_cert_verifier(hosts_only)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .context("this host's API certificate")?;
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_client_auth_cert(chain, key)
+            .context("this host's certificate as a client")?;
         Ok(ClusterTls {
             server: Arc::new(server),
             client: Arc::new(client),
@@ -181,7 +197,12 @@ impl ApiListener {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, addr) = match tcp.accept().await {
+                // The server is gone (shut down): stop accepting, and free the port.
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = tcp.accept() => accepted,
+                };
+                let (stream, addr) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting an API connection failed");
@@ -203,9 +224,6 @@ impl ApiListener {
                         }
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         Ok(ApiListener { ready })
@@ -279,6 +297,24 @@ impl AsyncWrite for ApiConn {
         }
     }
 
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ApiConn::Plain(s) => s.is_write_vectored(),
+            ApiConn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -304,37 +340,72 @@ impl AsyncWrite for ApiConn {
 mod tests {
     use super::*;
 
+    /// Serves one TLS handshake as `server`; returns whether the server side accepted it.
+    async fn serve_once(server: &ClusterTls) -> (u16, tokio::sync::oneshot::Receiver<bool>) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let (done, accepted) = tokio::sync::oneshot::channel();
+        let config = server.server.clone();
+        tokio::spawn(async move {
+            let (s, _) = tcp.accept().await.unwrap();
+            let result = tokio_rustls::TlsAcceptor::from(config).accept(s).await;
+            let _ = done.send(result.is_ok());
+        });
+        (port, accepted)
+    }
+
     #[test]
     fn hosts_with_one_key_trust_each_other_and_no_one_else() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let a = ClusterTls::new(&[7; 32], "10.0.0.1".parse().unwrap()).unwrap();
         let b = ClusterTls::new(&[7; 32], "10.0.0.2".parse().unwrap()).unwrap();
         let other = ClusterTls::new(&[8; 32], "10.0.0.2".parse().unwrap()).unwrap();
+        // The certificates name the hosts' addresses: connect as if to 10.0.0.2.
+        let b_name = || ServerName::IpAddress("10.0.0.2".parse::<IpAddr>().unwrap().into());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            for (server, trusted) in [(&b, true), (&other, false)] {
-                let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let port = tcp.local_addr().unwrap().port();
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let (s, _) = tcp.accept().await.unwrap();
-                    let _ = tokio_rustls::TlsAcceptor::from(server.server.clone())
-                        .accept(s)
-                        .await;
-                });
-                // The certificate names the host's address: connect as if it were 10.0.0.2.
-                let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-                let done = tokio_rustls::TlsConnector::from(a.client.clone())
-                    .connect(
-                        ServerName::IpAddress("10.0.0.2".parse::<IpAddr>().unwrap().into()),
-                        tcp,
-                    )
-                    .await;
-                assert_eq!(done.is_ok(), trusted, "{done:?}");
-            }
+            // Two hosts of one key: both ends accept.
+            let (port, accepted) = serve_once(&b).await;
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let done = tokio_rustls::TlsConnector::from(a.client.clone())
+                .connect(b_name(), tcp)
+                .await;
+            assert!(done.is_ok(), "{done:?}");
+            assert!(accepted.await.unwrap());
+
+            // A host of another key is not believed.
+            let (port, _) = serve_once(&other).await;
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let done = tokio_rustls::TlsConnector::from(a.client.clone())
+                .connect(b_name(), tcp)
+                .await;
+            assert!(done.is_err(), "trusted a host of another key");
+
+            // A client without a host's certificate is refused, even if it trusts the CA.
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut trust = rustls::RootCertStore::empty();
+            let ca = rcgen::CertifiedIssuer::self_signed(
+                ca_params(),
+                rcgen::KeyPair::try_from(ed25519_pkcs8(&[7; 32]).as_slice()).unwrap(),
+            )
+            .unwrap();
+            trust.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+            let anonymous = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(trust)
+                .with_no_client_auth();
+            let (port, accepted) = serve_once(&b).await;
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let _ = tokio_rustls::TlsConnector::from(Arc::new(anonymous))
+                .connect(b_name(), tcp)
+                .await;
+            assert!(
+                !accepted.await.unwrap(),
+                "a client without a certificate got in"
+            );
         });
     }
 }

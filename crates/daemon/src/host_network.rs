@@ -134,14 +134,17 @@ impl HostNetwork {
         let Some(overlay) = self.overlay else {
             return Ok(());
         };
-        peers.retain(|p| *p != overlay.local);
+        // A VXLAN device sends over one address family: its local address's.
+        peers.retain(|p| *p != overlay.local && p.is_ipv4() == overlay.local.is_ipv4());
         peers.sort();
         peers.dedup();
-        let mut devices = self.devices();
-        if devices.peers == peers {
+        if self.devices().peers == peers {
             return Ok(());
         }
+        // nft runs outside the devices lock (starts and stops take it from async code); only
+        // this periodic pass changes the peers.
         hangar_net::firewall::set_overlay_peers(&peers)?;
+        let mut devices = self.devices();
         let mut nl = Netlink::open().context("failed to open netlink")?;
         let bridges: Vec<String> = devices.uses.keys().cloned().collect();
         for bridge in bridges {

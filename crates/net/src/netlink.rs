@@ -201,12 +201,10 @@ impl Netlink {
 
     /// Creates a VXLAN device that is up, enslaved to `bridge`: network identifier `vni`,
     /// sending from `local` to UDP port `port`, learning where remote MACs are. Returns its
-    /// index; an existing device of that name is reused.
+    /// index. A device of that name left from before (a crash, another `--listen` address) is
+    /// replaced: its settings may not be these.
     pub fn ensure_vxlan(&mut self, vxlan: &Vxlan<'_>, bridge: u32) -> io::Result<u32> {
-        if let Some(index) = self.link_index(vxlan.name)? {
-            self.set_up(index)?;
-            return Ok(index);
-        }
+        self.delete_link(vxlan.name)?;
         let local = match vxlan.local {
             IpAddr::V4(a) => InfoVxlan::Local(a),
             IpAddr::V6(a) => InfoVxlan::Local6(a),

@@ -290,7 +290,12 @@ impl Proxy {
             }
         };
         let resp = sender.send(req).await.map_err(|e| e.to_string());
-        conn.give_back(key, sender);
+        // A connection through another host counts as load there for as long as it is open:
+        // kept for the next request, an idle client's keep-alive would hold the machine busy
+        // (and awake) on its host. One per request instead.
+        if candidate.machine.via.is_none() {
+            conn.give_back(key, sender);
+        }
         resp
     }
 

@@ -168,6 +168,10 @@ CREATE TABLE hosts (
     r#"
 ALTER TABLE hosts ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 "#,
+    // Every host reads the machines written lately, every second (list_machines_changed_since).
+    r#"
+CREATE INDEX machines_by_update ON machines(updated_at);
+"#,
 ];
 
 /// The advisory lock key migrations hold (any constant; "hangar" in ASCII).

@@ -34,6 +34,8 @@ pub(super) struct OtherHosts {
     last_full: Option<std::time::Instant>,
     /// Hosts judged silent at the last read.
     silent: HashSet<String>,
+    /// The hosts' API addresses at the last read (their machines are reached there).
+    addrs: HashMap<String, String>,
 }
 
 impl Hangar {
@@ -55,11 +57,16 @@ impl Hangar {
             .filter(|h| silence(h, now).is_some())
             .map(|h| h.id.clone())
             .collect();
+        let addrs: HashMap<String, String> = hosts
+            .values()
+            .map(|h| (h.id.clone(), h.api_addr.clone()))
+            .collect();
         let since = {
             let state = self.other_hosts();
             let full_due = state.last_full.is_none_or(|t| t.elapsed() >= FULL_REFRESH);
-            // A host that went silent or came back changes whether its machines are routed.
-            (!full_due && state.silent == silent)
+            // A host that went silent or came back, or moved its API, changes how its machines
+            // are routed.
+            (!full_due && state.silent == silent && state.addrs == addrs)
                 .then_some(state.since)
                 .flatten()
         };
@@ -89,6 +96,7 @@ impl Hangar {
         }
         state.since = Some(now - CHANGES_MARGIN_MS);
         state.silent = silent;
+        state.addrs = addrs;
         Ok(hosts.into_values().map(|h| h.api_addr).collect())
     }
 
@@ -103,7 +111,11 @@ impl Hangar {
         let Some(proxy) = self.proxy.get() else {
             return;
         };
-        let mut v = view(m, host.map(|h| h.api_addr.clone()));
+        // Always `via` something: `None` would mean this host's (autostop, UDP).
+        let mut v = view(
+            m,
+            Some(host.map(|h| h.api_addr.clone()).unwrap_or_default()),
+        );
         // A silent host's machines are not routed to (nor is one without an API address):
         // requests would wait on a host that does not answer.
         if host.is_none_or(|h| h.api_addr.is_empty() || silence(h, now).is_some()) {

@@ -12,6 +12,10 @@ struct Control(Weak<Hangar>);
 impl hangar_proxy::Controller for Control {
     async fn start(&self, app: &str, id: &str) -> Result<(), String> {
         let h = self.0.upgrade().ok_or("the daemon is stopping")?;
+        // On one host every machine is this host's, whatever host name it was made under.
+        if !h.is_cluster() {
+            return h.start_for_proxy(app, id).await.map_err(|e| e.to_string());
+        }
         match h.machine_owner(app, id).await.map_err(|e| e.to_string())? {
             Owner::Local => h.start_for_proxy(app, id).await.map_err(|e| e.to_string()),
             // Another host's machine is started by that host, for this proxy.
