@@ -9,7 +9,8 @@
 //!
 //! A daemon whose data dir was removed (a test's, a benchmark's) cannot release its claims;
 //! they are swept at a daemon's start once no process on the host runs with a uid of their
-//! range (its machines may outlive the directory).
+//! range (its machines may outlive the directory). A daemon still running on a removed data
+//! dir can lose a claim it made but has not used yet; such a daemon is broken anyway.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
