@@ -106,37 +106,10 @@ pub async fn serve(
             )))
         }
     };
-    let mut m = h.get_machine(&app, &id, false).await?;
-    // Only the host that runs it can connect to it (a stale view on the asking host).
-    if h.is_cluster() && m.host_id != h.host_id() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("machine {id} runs on host {}, not this one", m.host_id),
-        ));
-    }
-    let mut patience = patience;
-    let asleep = matches!(
-        m.state,
-        hangar_api::MachineState::Stopped | hangar_api::MachineState::Suspended
-    );
-    if asleep && purpose == (Purpose::Traffic { autostart: true }) {
-        tracing::info!(%app, machine = %id, "starting a machine for another host's proxy");
-        h.start_for_proxy(&app, &id).await?;
-        m = h.get_machine(&app, &id, false).await?;
-        patience = patience.max(WOKEN_PATIENCE);
-    }
-    if m.state != hangar_api::MachineState::Started {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            format!("machine {id} is {}, not started", m.state),
-        ));
-    }
-    let ip: std::net::Ipv4Addr = m.private_ipv4.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("machine {id} has no private address"),
-        )
-    })?;
+    let (ip, patience) = match started_here(&h, &app, &id) {
+        Some(ip) => (ip, patience),
+        None => machine_to_connect(&h, &app, &id, patience, purpose).await?,
+    };
     let refused = |e: String| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -169,6 +142,60 @@ pub async fn serve(
     res.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
     Ok(res)
+}
+
+/// A started machine of this host, as this host's proxy table has it (written with every
+/// change of the machine): its private IPv4, without a store read per connection.
+fn started_here(h: &AppState, app: &str, id: &str) -> Option<std::net::Ipv4Addr> {
+    let table = h.proxy()?.table();
+    let m = table.get(id)?;
+    (m.app == app && m.via.is_none() && m.started)
+        .then_some(m.ipv4)
+        .flatten()
+}
+
+/// The machine's address and how long it gets to listen, from the store: it is not started
+/// here as far as the proxy knows (asleep, another host's, or unknown). A machine asleep is
+/// started for traffic that allows it.
+async fn machine_to_connect(
+    h: &AppState,
+    app: &str,
+    id: &str,
+    patience: Duration,
+    purpose: Purpose,
+) -> ApiResult<(std::net::Ipv4Addr, Duration)> {
+    let mut m = h.get_machine(app, id, false).await?;
+    // Only the host that runs it can connect to it (a stale view on the asking host).
+    if h.is_cluster() && m.host_id != h.host_id() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("machine {id} runs on host {}, not this one", m.host_id),
+        ));
+    }
+    let mut patience = patience;
+    let asleep = matches!(
+        m.state,
+        hangar_api::MachineState::Stopped | hangar_api::MachineState::Suspended
+    );
+    if asleep && purpose == (Purpose::Traffic { autostart: true }) {
+        tracing::info!(%app, machine = %id, "starting a machine for another host's proxy");
+        h.start_for_proxy(app, id).await?;
+        m = h.get_machine(app, id, false).await?;
+        patience = patience.max(WOKEN_PATIENCE);
+    }
+    if m.state != hangar_api::MachineState::Started {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("machine {id} is {}, not started", m.state),
+        ));
+    }
+    let ip = m.private_ipv4.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("machine {id} has no private address"),
+        )
+    })?;
+    Ok((ip, patience))
 }
 
 /// `POST …/proxy-start`: starts (or resumes) one of this host's machines for another host's
