@@ -20,47 +20,21 @@ use std::time::Duration;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
-use crate::forward::{FromClusterPeer, FORWARDED_BY};
+use crate::forward::FromClusterPeer;
+use crate::peers::BACKHAUL_PROTOCOL as PROTOCOL;
 use crate::routes::AppState;
 use hangar_proxy::upstream::Purpose;
 
-/// The `Upgrade` protocol name.
-pub const PROTOCOL: &str = "hangar-backhaul";
 /// The longest a woken machine is waited for to listen.
 const MAX_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a machine this host woke for a backhaul gets to listen (the proxy's default).
 const WOKEN_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a machine that should be listening gets to accept the connection.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
-/// How long the asking host waits for an answer beyond the machine's patience.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the asking host waits for a start (the owner waits up to a minute for started).
-const START_TIMEOUT: Duration = Duration::from_secs(70);
-
-/// How this host presents itself to another host's API.
-#[derive(Clone)]
-pub struct Peer {
-    pub token: zeroize::Zeroizing<String>,
-    pub host_id: String,
-    pub tls: Option<crate::cluster_tls::ClusterTls>,
-}
-
-/// The machine port a backhaul connects to.
-pub struct Target<'a> {
-    pub app: &'a str,
-    pub id: &'a str,
-    pub port: u16,
-    /// How long a woken machine gets to listen (zero: it should already).
-    pub patience: Duration,
-    pub purpose: Purpose,
-}
-
 fn only_peers(req: &Request) -> ApiResult<()> {
     if req.extensions().get::<FromClusterPeer>().is_none() {
         return Err(ApiError::new(
@@ -116,7 +90,7 @@ pub async fn serve(
             format!("machine {id} refused the connection to port {port}: {e}"),
         )
     };
-    let connect = hangar_proxy::tcp::connect((ip, port).into(), !patience.is_zero(), patience);
+    let connect = hangar_proxy::upstream::connect((ip, port).into(), !patience.is_zero(), patience);
     let mut machine = tokio::time::timeout(patience.max(CONNECT_PATIENCE), connect)
         .await
         .map_err(|_| refused("timed out".into()))?
@@ -208,115 +182,4 @@ pub async fn start(
     only_peers(&req)?;
     h.start_for_proxy(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Sends `POST path` to the host at `api_addr` as `peer`; with `upgrade`, asks for that
-/// protocol. Returns the response with its connection still driven.
-async fn post(
-    peer: &Peer,
-    api_addr: &str,
-    path: &str,
-    upgrade: bool,
-) -> std::io::Result<hyper::Response<hyper::body::Incoming>> {
-    let mut req = hyper::Request::post(path)
-        .header(header::HOST, api_addr)
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", peer.token.as_str()),
-        )
-        // Served where it lands: the host that runs the machine.
-        .header(FORWARDED_BY, &peer.host_id);
-    if upgrade {
-        req = req
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, PROTOCOL);
-    }
-    let req = req
-        .body(Empty::<Bytes>::new())
-        .map_err(std::io::Error::other)?;
-    let tls = peer
-        .tls
-        .as_ref()
-        .ok_or_else(|| std::io::Error::other("cluster mode without TLS to the other hosts"))?;
-    tls.send(api_addr, req).await
-}
-
-/// The error a host answered with, as text.
-async fn refusal(api_addr: &str, resp: hyper::Response<hyper::body::Incoming>) -> String {
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    format!("host {api_addr} answered {status}: {message}")
-}
-
-fn machine_path(app: &str, id: &str, what: &str) -> String {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    format!("/hangar/v1/apps/{}/machines/{}/{what}", enc(app), enc(id))
-}
-
-/// Opens a connection to `target` through the host at `api_addr` that runs it.
-pub async fn open(
-    peer: &Peer,
-    api_addr: &str,
-    target: &Target<'_>,
-) -> std::io::Result<TokioIo<hyper::upgrade::Upgraded>> {
-    let purpose = match target.purpose {
-        Purpose::Traffic { autostart: true } => "traffic&autostart=true",
-        Purpose::Traffic { autostart: false } => "traffic",
-        Purpose::Check => "check",
-    };
-    let path = format!(
-        "{}?port={}&wait_ms={}&purpose={purpose}",
-        machine_path(target.app, target.id, "backhaul"),
-        target.port,
-        target.patience.as_millis()
-    );
-    // The host answers once it has connected to the machine (or woken it): never longer.
-    let deadline = target.patience + ANSWER_TIMEOUT;
-    let mut resp = tokio::time::timeout(deadline, post(peer, api_addr, &path, true))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("host {api_addr} did not answer within {deadline:?}"),
-            )
-        })??;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let kind = if resp.status() == StatusCode::BAD_GATEWAY {
-            std::io::ErrorKind::ConnectionRefused
-        } else {
-            std::io::ErrorKind::Other
-        };
-        return Err(std::io::Error::new(kind, refusal(api_addr, resp).await));
-    }
-    let upgraded = hyper::upgrade::on(&mut resp)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(TokioIo::new(upgraded))
-}
-
-/// Has the host at `api_addr` start (or resume) its machine `id` for this host's proxy.
-pub async fn start_remote(peer: &Peer, api_addr: &str, app: &str, id: &str) -> Result<(), String> {
-    let path = machine_path(app, id, "proxy-start");
-    let start = post(peer, api_addr, &path, false);
-    let resp = tokio::time::timeout(START_TIMEOUT, start)
-        .await
-        .map_err(|_| {
-            format!("host {api_addr} did not start machine {id} within {START_TIMEOUT:?}")
-        })?
-        .map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        return Ok(());
-    }
-    Err(refusal(api_addr, resp).await)
 }

@@ -13,12 +13,9 @@ use axum::response::{IntoResponse, Response};
 use hangar_store::HostRecord;
 
 use crate::error::ApiError;
+use crate::peers::FORWARDED_BY;
 use crate::routes::AppState;
 use crate::service::Owner;
-
-/// Set on forwarded requests: the host that forwarded it. A request that carries it *and* the
-/// cluster token is served where it lands; the header alone (from an API user) means nothing.
-pub const FORWARDED_BY: &str = "hangar-forwarded-by";
 
 /// Put on a request by the token check when it presented the cluster token (another host).
 #[derive(Debug, Clone, Copy)]

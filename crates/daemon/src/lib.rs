@@ -20,6 +20,7 @@ mod logs;
 mod machine_views;
 mod metrics;
 pub mod openapi;
+mod peers;
 mod routes;
 pub mod runtime;
 pub mod sandbox_runtime;

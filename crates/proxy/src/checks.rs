@@ -8,54 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hangar_api::config::MachineCheck;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
-use crate::table::MachineView;
+use crate::table::{Check, MachineView};
 use crate::upstream::Purpose;
 use crate::Proxy;
-
-/// A service check, typed; durations are clamped to 1 s … 1 min as Fly's API clamps them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub port: u16,
-    /// `Some((method, path))` for http checks; `None` for tcp.
-    pub http: Option<(String, String)>,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-fn clamp(d: Option<Duration>, default: Duration) -> Duration {
-    d.unwrap_or(default)
-        .clamp(Duration::from_secs(1), Duration::from_secs(60))
-}
-
-impl Check {
-    pub fn from_config(c: &MachineCheck, internal_port: u16) -> Option<Check> {
-        let http = match c.kind_type.as_deref().unwrap_or("tcp") {
-            "tcp" => None,
-            "http" => Some((
-                c.method
-                    .clone()
-                    .unwrap_or_else(|| "GET".into())
-                    .to_ascii_uppercase(),
-                c.path.clone().unwrap_or_else(|| "/".into()),
-            )),
-            _ => return None,
-        };
-        Some(Check {
-            port: c
-                .port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-                .unwrap_or(internal_port),
-            http,
-            interval: clamp(c.interval.map(|d| d.as_duration()), Duration::from_secs(15)),
-            timeout: clamp(c.timeout.map(|d| d.as_duration()), Duration::from_secs(2)),
-        })
-    }
-}
 
 /// Results by (machine, check index): `true` passing.
 #[derive(Default)]

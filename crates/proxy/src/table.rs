@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hangar_api::config::{Autostop, MachinePort, MachineService};
+use hangar_api::config::{Autostop, MachineCheck, MachinePort, MachineService};
 
 /// Fly's default soft limit (connections) when a service sets none.
 pub const DEFAULT_SOFT_LIMIT: u32 = 20;
@@ -98,7 +99,7 @@ pub struct Service {
     pub soft_limit: u32,
     pub hard_limit: Option<u32>,
     /// Service checks: a machine failing one is out of rotation.
-    pub checks: Vec<crate::checks::Check>,
+    pub checks: Vec<Check>,
 }
 
 /// The edge ports of a `ports` entry: `port`, or `start_port`–`end_port`; `None` when
@@ -178,7 +179,7 @@ impl Service {
                 .checks
                 .iter()
                 .flatten()
-                .filter_map(|c| crate::checks::Check::from_config(c, internal_port))
+                .filter_map(|c| Check::from_config(c, internal_port))
                 .collect(),
         })
     }
@@ -212,6 +213,47 @@ impl UdpService {
 
     pub fn contains(&self, port: u16) -> bool {
         self.ports.iter().any(|(a, b)| (*a..=*b).contains(&port))
+    }
+}
+
+/// A service check, typed; durations are clamped to 1 s … 1 min as Fly's API clamps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub port: u16,
+    /// `Some((method, path))` for http checks; `None` for tcp.
+    pub http: Option<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+fn clamp(d: Option<Duration>, default: Duration) -> Duration {
+    d.unwrap_or(default)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+impl Check {
+    pub fn from_config(c: &MachineCheck, internal_port: u16) -> Option<Check> {
+        let http = match c.kind_type.as_deref().unwrap_or("tcp") {
+            "tcp" => None,
+            "http" => Some((
+                c.method
+                    .clone()
+                    .unwrap_or_else(|| "GET".into())
+                    .to_ascii_uppercase(),
+                c.path.clone().unwrap_or_else(|| "/".into()),
+            )),
+            _ => return None,
+        };
+        Some(Check {
+            port: c
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .unwrap_or(internal_port),
+            http,
+            interval: clamp(c.interval.map(|d| d.as_duration()), Duration::from_secs(15)),
+            timeout: clamp(c.timeout.map(|d| d.as_duration()), Duration::from_secs(2)),
+        })
     }
 }
 

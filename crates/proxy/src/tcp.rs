@@ -2,34 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::Proxy;
-
-/// Connects to the machine; a machine just woken gets until `timeout` to start listening.
-pub async fn connect(
-    addr: SocketAddr,
-    woken: bool,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) if woken && Instant::now() < deadline => {
-                tracing::debug!(%addr, error = %e, "proxy: waiting for a woken machine to listen");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// The PROXY protocol header announcing the client (`v1` text or `v2` binary).
 pub fn proxy_header(version: u8, client: SocketAddr, edge: SocketAddr) -> Vec<u8> {

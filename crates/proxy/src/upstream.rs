@@ -3,9 +3,10 @@
 //! host's API, which connects to the machine there).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -51,7 +52,7 @@ impl Proxy {
             )
         })?;
         match &m.via {
-            None => crate::tcp::connect((ip, port).into(), woken, patience)
+            None => connect((ip, port).into(), woken, patience)
                 .await
                 .map(Upstream::Direct),
             Some(host) => {
@@ -61,6 +62,28 @@ impl Proxy {
                     .await
                     .map(Upstream::Backhaul)
             }
+        }
+    }
+}
+
+/// Connects to the machine; a machine just woken gets until `timeout` to start listening.
+pub async fn connect(
+    addr: SocketAddr,
+    woken: bool,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) if woken && Instant::now() < deadline => {
+                tracing::debug!(%addr, error = %e, "proxy: waiting for a woken machine to listen");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }

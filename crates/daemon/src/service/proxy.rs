@@ -20,7 +20,7 @@ impl hangar_proxy::Controller for Control {
             Owner::Local => h.start_for_proxy(app, id).await.map_err(|e| e.to_string()),
             // Another host's machine is started by that host, for this proxy.
             Owner::Host(host) => {
-                crate::backhaul::start_remote(&h.peer(), &host.api_addr, app, id).await
+                crate::peers::start_remote(&h.peer(), &host.api_addr, app, id).await
             }
             Owner::Unreachable(host, _) => Err(format!(
                 "machine {id} is on host {}, which cannot be reached",
@@ -45,14 +45,14 @@ impl hangar_proxy::Controller for Control {
             .0
             .upgrade()
             .ok_or_else(|| std::io::Error::other("the daemon is stopping"))?;
-        let target = crate::backhaul::Target {
+        let target = crate::peers::Target {
             app,
             id,
             port,
             patience,
             purpose,
         };
-        let stream = crate::backhaul::open(&h.peer(), via, &target).await?;
+        let stream = crate::peers::open(&h.peer(), via, &target).await?;
         Ok(Box::new(stream))
     }
 
@@ -139,8 +139,8 @@ impl Hangar {
     }
 
     /// How this host presents itself to another host's API.
-    pub fn peer(&self) -> crate::backhaul::Peer {
-        crate::backhaul::Peer {
+    pub fn peer(&self) -> crate::peers::Peer {
+        crate::peers::Peer {
             token: self.cluster_token(),
             host_id: self.host_id.clone(),
             tls: self.cluster_tls().cloned(),
