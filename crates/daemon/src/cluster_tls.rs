@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 
 /// How long a client has to finish its TLS handshake (or send its first byte).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,11 +174,8 @@ impl ClusterTls {
     }
 }
 
-/// A connection to the TCP API: TLS (another host) or plain (an API user).
-pub enum ApiConn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
+/// A connection to the TCP API: plain (left: an API user) or TLS (right: another host).
+pub type ApiConn = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// What the token check asks of a TCP connection: whether it is TLS.
 #[derive(Debug, Clone, Copy)]
@@ -235,7 +232,7 @@ impl ApiListener {
 async fn classify(stream: TcpStream, tls: Option<ClusterTls>) -> std::io::Result<(ApiConn, Peer)> {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok((ApiConn::Plain(stream), Peer { tls: false }));
+        return Ok((Either::Left(stream), Peer { tls: false }));
     };
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
@@ -243,9 +240,9 @@ async fn classify(stream: TcpStream, tls: Option<ClusterTls>) -> std::io::Result
         let stream = tokio_rustls::TlsAcceptor::from(tls.server.clone())
             .accept(stream)
             .await?;
-        Ok((ApiConn::Tls(Box::new(stream)), Peer { tls: true }))
+        Ok((Either::Right(Box::new(stream)), Peer { tls: true }))
     } else {
-        Ok((ApiConn::Plain(stream), Peer { tls: false }))
+        Ok((Either::Left(stream), Peer { tls: false }))
     }
 }
 
@@ -269,70 +266,6 @@ impl axum::serve::Listener for ApiListener {
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ApiListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, ApiListener>) -> Self {
         *stream.remote_addr()
-    }
-}
-
-impl AsyncRead for ApiConn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ApiConn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ApiConn::Plain(s) => s.is_write_vectored(),
-            ApiConn::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiConn::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            ApiConn::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
     }
 }
 

@@ -4,12 +4,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::table::MachineView;
 use crate::Proxy;
@@ -18,11 +17,8 @@ use crate::Proxy;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A connection to a machine.
-pub enum Upstream {
-    Direct(TcpStream),
-    Backhaul(Box<dyn Io>),
-}
+/// A connection to a machine: straight (left) or through its host (right).
+pub type Upstream = Either<TcpStream, Box<dyn Io>>;
 
 /// Why a connection to a machine is opened: the machine's host counts traffic as load (what
 /// autostop watches); a service check is not traffic. With `autostart`, the machine's host
@@ -54,13 +50,13 @@ impl Proxy {
         match &m.via {
             None => connect((ip, port).into(), woken, patience)
                 .await
-                .map(Upstream::Direct),
+                .map(Either::Left),
             Some(host) => {
                 let patience = if woken { patience } else { Duration::ZERO };
                 self.controller
                     .backhaul(host, &m.app, &m.id, port, patience, purpose)
                     .await
-                    .map(Upstream::Backhaul)
+                    .map(Either::Right)
             }
         }
     }
@@ -84,64 +80,6 @@ pub async fn connect(
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Direct(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Backhaul(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Direct(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Backhaul(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Direct(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Backhaul(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Upstream::Direct(s) => s.is_write_vectored(),
-            Upstream::Backhaul(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Direct(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Backhaul(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Direct(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Backhaul(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
