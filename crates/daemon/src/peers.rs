@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-use hangar_proxy::upstream::Purpose;
+use hangar_proxy::upstream::{Backhaul, Purpose};
 
 /// Set on requests from another host: the host that sent it. A request that carries it *and*
 /// the cluster token is served where it lands; the header alone (from an API user) means
@@ -31,16 +31,6 @@ pub struct Peer {
     pub token: zeroize::Zeroizing<String>,
     pub host_id: String,
     pub tls: Option<crate::cluster_tls::ClusterTls>,
-}
-
-/// The machine port a backhaul connects to.
-pub struct Target<'a> {
-    pub app: &'a str,
-    pub id: &'a str,
-    pub port: u16,
-    /// How long a woken machine gets to listen (zero: it should already).
-    pub patience: Duration,
-    pub purpose: Purpose,
 }
 
 /// Sends `POST path` to the host at `api_addr` as `peer`; with `upgrade`, asks for that
@@ -101,7 +91,7 @@ fn machine_path(app: &str, id: &str, what: &str) -> String {
 pub async fn open(
     peer: &Peer,
     api_addr: &str,
-    target: &Target<'_>,
+    target: &Backhaul<'_>,
 ) -> std::io::Result<TokioIo<hyper::upgrade::Upgraded>> {
     let purpose = match target.purpose {
         Purpose::Traffic { autostart: true } => "traffic&autostart=true",

@@ -41,16 +41,12 @@ pub trait Controller: Send + Sync + 'static {
     async fn start(&self, app: &str, id: &str) -> Result<(), String>;
     /// Stops (or, with `suspend`, suspends) an idle machine.
     async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
-    /// Connects to `port` of machine `id` of `app`, which another host runs, through that host
-    /// (`via`: its [`MachineView::via`]); the machine gets until `patience` to listen.
+    /// Connects to `target`, a port of a machine another host runs, through that host (`via`:
+    /// the machine's [`MachineView::via`]).
     async fn backhaul(
         &self,
         via: &str,
-        app: &str,
-        id: &str,
-        port: u16,
-        patience: Duration,
-        purpose: upstream::Purpose,
+        target: &upstream::Backhaul<'_>,
     ) -> std::io::Result<Box<dyn upstream::Io>>;
 }
 

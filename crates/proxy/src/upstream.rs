@@ -30,6 +30,17 @@ pub enum Purpose {
     Check,
 }
 
+/// A port of a machine another host runs, to connect to through that host.
+#[derive(Debug, Clone, Copy)]
+pub struct Backhaul<'a> {
+    pub app: &'a str,
+    pub id: &'a str,
+    pub port: u16,
+    /// How long a woken machine gets to listen (zero: it should already).
+    pub patience: Duration,
+    pub purpose: Purpose,
+}
+
 impl Proxy {
     /// Connects to `port` of machine `m`. A machine just woken (`woken`) gets until `patience`
     /// to start listening.
@@ -53,8 +64,15 @@ impl Proxy {
                 .map(Either::Left),
             Some(host) => {
                 let patience = if woken { patience } else { Duration::ZERO };
+                let target = Backhaul {
+                    app: &m.app,
+                    id: &m.id,
+                    port,
+                    patience,
+                    purpose,
+                };
                 self.controller
-                    .backhaul(host, &m.app, &m.id, port, patience, purpose)
+                    .backhaul(host, &target)
                     .await
                     .map(Either::Right)
             }

@@ -35,24 +35,13 @@ impl hangar_proxy::Controller for Control {
     async fn backhaul(
         &self,
         via: &str,
-        app: &str,
-        id: &str,
-        port: u16,
-        patience: Duration,
-        purpose: hangar_proxy::upstream::Purpose,
+        target: &hangar_proxy::upstream::Backhaul<'_>,
     ) -> std::io::Result<Box<dyn hangar_proxy::upstream::Io>> {
         let h = self
             .0
             .upgrade()
             .ok_or_else(|| std::io::Error::other("the daemon is stopping"))?;
-        let target = crate::peers::Target {
-            app,
-            id,
-            port,
-            patience,
-            purpose,
-        };
-        let stream = crate::peers::open(&h.peer(), via, &target).await?;
+        let stream = crate::peers::open(&h.peer(), via, target).await?;
         Ok(Box::new(stream))
     }
 
