@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{ApiError, ApiResult};
@@ -53,12 +53,7 @@ pub async fn serve(
     mut req: Request,
 ) -> ApiResult<Response> {
     only_peers(&req)?;
-    if !crate::console::wants_upgrade(&req, PROTOCOL) {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            format!("this endpoint needs Connection: Upgrade and Upgrade: {PROTOCOL}"),
-        ));
-    }
+    crate::upgrade::require(&req, PROTOCOL)?;
     let q = Query::parse(raw.as_deref());
     let port = match q.int("port")? {
         Some(p) if (1..=i64::from(u16::MAX)).contains(&p) => p as u16,
@@ -110,12 +105,7 @@ pub async fn serve(
             Err(e) => tracing::debug!(error = %e, "backhaul upgrade failed"),
         }
     });
-    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    res.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
-    Ok(res)
+    Ok(crate::upgrade::switching(PROTOCOL))
 }
 
 /// A started machine of this host, as this host's proxy table has it (written with every

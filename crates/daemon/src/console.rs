@@ -16,8 +16,7 @@
 
 use crate::extract::Path;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hangar_pilot::protocol::Request as PilotRequest;
 use hyper_util::rt::TokioIo;
 
@@ -28,17 +27,6 @@ use crate::routes::AppState;
 /// The `Upgrade` protocol name.
 pub const PROTOCOL: &str = "hangar-console";
 const DEFAULT_COMMAND: &str = "/bin/sh";
-
-/// Whether `req` asks to upgrade to `protocol` (`Connection: Upgrade`, `Upgrade: protocol`).
-pub fn wants_upgrade(req: &Request, protocol: &str) -> bool {
-    let has = |name: header::HeaderName, want: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
-        })
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, protocol)
-}
 
 fn dimension(q: &Query, key: &str, default: u16) -> ApiResult<u16> {
     match q.int(key)? {
@@ -56,12 +44,7 @@ pub async fn console(
     RawQuery(raw): RawQuery,
     mut req: Request,
 ) -> ApiResult<Response> {
-    if !wants_upgrade(&req, PROTOCOL) {
-        return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            format!("this endpoint needs Connection: Upgrade and Upgrade: {PROTOCOL}"),
-        ));
-    }
+    crate::upgrade::require(&req, PROTOCOL)?;
     let q = Query::parse(raw.as_deref());
     let rows = dimension(&q, "rows", 24)?;
     let cols = dimension(&q, "cols", 80)?;
@@ -106,10 +89,5 @@ pub async fn console(
             tracing::debug!(error = %e, "console connection ended");
         }
     });
-    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    res.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(PROTOCOL));
-    Ok(res)
+    Ok(crate::upgrade::switching(PROTOCOL))
 }

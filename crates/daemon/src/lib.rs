@@ -28,6 +28,7 @@ mod server;
 pub mod service;
 mod services;
 mod uid_slots;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
