@@ -498,18 +498,8 @@ async fn machines_outlive_a_database_outage() {
 
 /// Runs `sh -c script` in machine `id` of `app` through `d`'s API: (exit code, stdout).
 async fn sh(d: &Daemon, app: &str, id: &str, script: &str) -> (i64, String) {
-    let r = d
-        .post(
-            &format!("/v1/apps/{app}/machines/{id}/exec"),
-            json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "exec: {}", r.text());
-    let v: Value = r.json().unwrap();
-    (
-        v["exit_code"].as_i64().unwrap_or(-1),
-        v["stdout"].as_str().unwrap_or_default().to_string(),
-    )
+    let (code, out, _) = d.sh(app, id, script).await;
+    (code, out)
 }
 
 /// Retries `script` in machine `id` until it prints `want` (another host's machines reach a

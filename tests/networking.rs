@@ -79,32 +79,17 @@ async fn sleeper(d: &Daemon, app: &str) -> (String, Value) {
     run(d, app, &["/bin/sleep", "inf"], json!({})).await
 }
 
-/// Runs `sh -c script` in the machine: (exit code, stdout, stderr).
-async fn sh(d: &Daemon, app: &str, id: &str, script: &str) -> (i64, String, String) {
-    let r = d
-        .post(
-            &format!("/v1/apps/{app}/machines/{id}/exec"),
-            json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "exec: {}", r.text());
-    let v: Value = r.json().unwrap();
-    (
-        v["exit_code"].as_i64().unwrap_or(-1),
-        v["stdout"].as_str().unwrap_or_default().to_string(),
-        v["stderr"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
 /// What `nslookup -type=T name` prints in the machine (stdout), and whether it succeeded.
 async fn lookup(d: &Daemon, app: &str, id: &str, kind: &str, name: &str) -> (bool, String) {
-    let (code, out, _) = sh(d, app, id, &format!("nslookup -type={kind} {name}")).await;
+    let (code, out, _) = d
+        .sh(app, id, &format!("nslookup -type={kind} {name}"))
+        .await;
     (code == 0 && !out.contains("NXDOMAIN"), out)
 }
 
 /// The machine's private IPv4, as its eth0 has it.
 async fn ipv4(d: &Daemon, app: &str, id: &str) -> String {
-    let (_, out, _) = sh(d, app, id, "ip -4 -o addr show eth0").await;
+    let (_, out, _) = d.sh(app, id, "ip -4 -o addr show eth0").await;
     let addr = out
         .split_whitespace()
         .nth(3)
@@ -153,9 +138,7 @@ async fn machines_of_one_app_reach_each_other_by_internal_names() {
     assert_ne!(a, b);
 
     // The machine sees the same address as the API, in env, /etc/hosts and on eth0.
-    let (_, out, _) = sh(
-        &d,
-        "net-one",
+    let (_, out, _) = d.sh("net-one",
         &client,
         "echo $FLY_PRIVATE_IP; grep fly-local-6pn /etc/hosts; ip -6 addr show eth0; cat /etc/resolv.conf",
     )
@@ -167,7 +150,7 @@ async fn machines_of_one_app_reach_each_other_by_internal_names() {
 
     // HTTP by the stable name, through the machine's own resolver.
     let url = format!("http://{server}.vm.net-one.internal:8080/etc/hostname");
-    let (code, out, err) = sh(&d, "net-one", &client, &format!("wget -qO- {url}")).await;
+    let (code, out, err) = d.sh("net-one", &client, &format!("wget -qO- {url}")).await;
     assert_eq!((code, out.trim()), (0, server.as_str()), "{err}");
     // The app's name lists both.
     let (ok, out) = lookup(&d, "net-one", &client, "AAAA", "net-one.internal").await;
@@ -194,7 +177,7 @@ async fn a_restarted_machine_keeps_its_mac_and_answers_at_once() {
     let (id, _) = web(&d, "net-mac").await;
     let v4 = ipv4(&d, "net-mac", &id).await;
     let mac = async || {
-        sh(&d, "net-mac", &id, "cat /sys/class/net/eth0/address")
+        d.sh("net-mac", &id, "cat /sys/class/net/eth0/address")
             .await
             .1
     };
@@ -263,13 +246,13 @@ async fn networks_are_isolated_from_each_other_and_from_the_host() {
         ("iso-b", &web_b, a4.clone()),
     ] {
         let started = Instant::now();
-        let (code, out, _) = sh(
-            &d,
-            app,
-            from,
-            &format!("echo | nc -w 2 {to} 8080 && echo CONNECTED"),
-        )
-        .await;
+        let (code, out, _) = d
+            .sh(
+                app,
+                from,
+                &format!("echo | nc -w 2 {to} 8080 && echo CONNECTED"),
+            )
+            .await;
         assert!(
             code != 0 && !out.contains("CONNECTED"),
             "{app} reached {to}: {out}"
@@ -290,13 +273,13 @@ async fn networks_are_isolated_from_each_other_and_from_the_host() {
     (gw6[5], gw6[6], gw6[7]) = (0, 0, 1);
     let gw4 = format!("{}.1", a4.rsplit_once('.').unwrap().0);
     for to in [Ipv6Addr::from(gw6).to_string(), gw4, "fdaa::3".into()] {
-        let (code, out, _) = sh(
-            &d,
-            "iso-a",
-            &web_a,
-            &format!("echo | nc -w 2 {to} {port} && echo CONNECTED"),
-        )
-        .await;
+        let (code, out, _) = d
+            .sh(
+                "iso-a",
+                &web_a,
+                &format!("echo | nc -w 2 {to} {port} && echo CONNECTED"),
+            )
+            .await;
         assert!(
             code != 0 && !out.contains("CONNECTED"),
             "machine reached the host at {to}:{port}: {out}"
@@ -417,15 +400,13 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     let (client, _) = sleeper(&d, "keep").await;
     let server_ip = ip(&sm);
     // A long-lived connection: the client sends a line every 100 ms and keeps the echoes.
-    sh(
-        &d,
-        "keep",
+    d.sh("keep",
         &client,
         &format!("(while true; do echo ping; sleep 0.1; done | nc {server_ip} 9000 > /tmp/echoes) >/dev/null 2>&1 &"),
     )
     .await;
     let echoes = async |d: &Daemon| {
-        sh(d, "keep", &client, "wc -l < /tmp/echoes")
+        d.sh("keep", &client, "wc -l < /tmp/echoes")
             .await
             .1
             .trim()
@@ -433,13 +414,7 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
             .unwrap_or(0)
     };
     eventually("the first echoes", async || echoes(&d).await > 0).await;
-    let nc_pid = async |d: &Daemon| {
-        sh(d, "keep", &client, "pidof nc")
-            .await
-            .1
-            .trim()
-            .to_string()
-    };
+    let nc_pid = async |d: &Daemon| d.sh("keep", &client, "pidof nc").await.1.trim().to_string();
     let pid = nc_pid(&d).await;
     assert!(!pid.is_empty());
 

@@ -405,6 +405,24 @@ impl Daemon {
         events.into_iter().filter(|e| e["type"] == "exit").collect()
     }
 
+    /// Runs `sh -c script` in machine `id` of `app` through the API: (exit code, stdout,
+    /// stderr).
+    pub async fn sh(&self, app: &str, id: &str, script: &str) -> (i64, String, String) {
+        let r = self
+            .post(
+                &format!("/v1/apps/{app}/machines/{id}/exec"),
+                json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "exec: {}", r.text());
+        let v: Value = r.json().unwrap();
+        (
+            v["exit_code"].as_i64().unwrap_or(-1),
+            v["stdout"].as_str().unwrap_or_default().to_string(),
+            v["stderr"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
     /// Runs the `hangar` CLI against this daemon.
     #[allow(dead_code)] // not every test binary runs the CLI
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
