@@ -65,26 +65,6 @@ async fn create_app(c: &Client, name: &str) {
     assert!(r.status == 201 || r.status == 409, "{}", r.text());
 }
 
-async fn create_started(c: &Client, app: &str, image: &str) -> (String, Duration) {
-    let t0 = Instant::now();
-    let m: Value = c
-        .post(format!("/v1/apps/{app}/machines"))
-        .json(&json!({"config": {"image": image, "init": {"exec": ["/bin/sleep", "inf"]}}}))
-        .send()
-        .await
-        .expect("create");
-    let id = m["id"].as_str().expect("id").to_string();
-    let r = c
-        .get(format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .send_raw()
-        .await
-        .expect("wait");
-    assert_eq!(r.status, 200, "{}", r.text());
-    (id, t0.elapsed())
-}
-
 async fn destroy(c: &Client, app: &str, id: &str) {
     let _ = c
         .delete(format!("/v1/apps/{app}/machines/{id}?force=true"))
@@ -178,15 +158,15 @@ async fn main() {
     create_app(&sqlite.client, "run").await;
     create_app(&postgres.client, "run").await;
     for d in [&sqlite, &postgres] {
-        let (warm, _) = create_started(&d.client, "run", &image).await;
+        let (warm, _) = common::create_sleeper(&d.client, "run", &image).await;
         destroy(&d.client, "run", &warm).await;
     }
     let (mut s_lat, mut p_lat, mut made) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..machines {
-        let (id, lat) = create_started(&sqlite.client, "run", &image).await;
+        let (id, lat) = common::create_sleeper(&sqlite.client, "run", &image).await;
         s_lat.push(lat);
         made.push((0, id));
-        let (id, lat) = create_started(&postgres.client, "run", &image).await;
+        let (id, lat) = common::create_sleeper(&postgres.client, "run", &image).await;
         p_lat.push(lat);
         made.push((1, id));
     }

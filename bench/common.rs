@@ -1,10 +1,12 @@
-//! Shared by the benchmark runners: a release `hangar daemon` on a throw-away data dir.
+//! Shared by the benchmark runners: a release `hangar daemon` on a throw-away data dir, and a
+//! timed create of a machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_client::{Client, Endpoint};
+use serde_json::{json, Value};
 
 pub struct Daemon {
     pub child: std::process::Child,
@@ -93,4 +95,36 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Creates a machine of `app` with `config` and waits until it is `started`: its id and the
+/// time that took.
+#[allow(dead_code)] // not every runner creates machines
+pub async fn create_started(c: &Client, app: &str, config: Value) -> (String, Duration) {
+    let t0 = Instant::now();
+    let m: Value = c
+        .post(format!("/v1/apps/{app}/machines"))
+        .json(&json!({ "config": config }))
+        .send()
+        .await
+        .expect("create");
+    let id = m["id"].as_str().expect("id").to_string();
+    let r = c
+        .get(format!(
+            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
+        ))
+        .send_raw()
+        .await
+        .expect("wait");
+    assert_eq!(r.status, 200, "{}", r.text());
+    (id, t0.elapsed())
+}
+
+/// [`create_started`] of a machine of `image` that sleeps (not restarted).
+#[allow(dead_code)] // not every runner creates machines
+pub async fn create_sleeper(c: &Client, app: &str, image: &str) -> (String, Duration) {
+    let config = json!({
+        "image": image, "init": {"exec": ["/bin/sleep", "inf"]}, "restart": {"policy": "no"}
+    });
+    create_started(c, app, config).await
 }

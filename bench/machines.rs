@@ -39,26 +39,6 @@ fn report(name: &str, mut samples: Vec<Duration>) -> Duration {
     p50
 }
 
-async fn create(c: &Client, app: &str, image: &str) -> (String, Duration) {
-    let t0 = Instant::now();
-    let m: Value = c
-        .post(format!("/v1/apps/{app}/machines"))
-        .json(&json!({"config": {"image": image, "init": {"exec": ["/bin/sleep", "inf"]}, "restart": {"policy": "no"}}}))
-        .send()
-        .await
-        .expect("create");
-    let id = m["id"].as_str().expect("id").to_string();
-    let r = c
-        .get(format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .send_raw()
-        .await
-        .expect("wait");
-    assert_eq!(r.status, 200, "{}", r.text());
-    (id, t0.elapsed())
-}
-
 fn time_cmd(cmd: &mut Command) -> Option<Duration> {
     let t0 = Instant::now();
     let ok = cmd
@@ -138,7 +118,7 @@ async fn main() {
         .await
         .expect("app");
     // Warm the image cache: the benchmark is about starting, not pulling.
-    let (warm, _) = create(c, "bench", &image).await;
+    let (warm, _) = common::create_sleeper(c, "bench", &image).await;
     let _ = c
         .delete(format!("/v1/apps/bench/machines/{warm}?force=true"))
         .send_raw()
@@ -148,7 +128,7 @@ async fn main() {
     let mut create_lat = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..machines {
-        let (id, lat) = create(c, "bench", &image).await;
+        let (id, lat) = common::create_sleeper(c, "bench", &image).await;
         create_lat.push(lat);
         ids.push(id);
         // One at a time, like a user's `run`: this measures latency, not throughput.
@@ -164,7 +144,7 @@ async fn main() {
             .send_raw()
             .await
             .expect("app");
-        let (warm, _) = create(&off.client, "bench", &image).await;
+        let (warm, _) = common::create_sleeper(&off.client, "bench", &image).await;
         let mut with = Vec::new();
         let mut without = Vec::new();
         let mut made = Vec::new();
@@ -172,10 +152,10 @@ async fn main() {
         // Nothing is destroyed until the end: a destroy's teardown would weigh on whichever
         // create comes next.
         for _ in 0..machines.min(100) {
-            let (id, lat) = create(c, "bench", &image).await;
+            let (id, lat) = common::create_sleeper(c, "bench", &image).await;
             with.push(lat);
             made.push(id);
-            let (id, lat) = create(&off.client, "bench", &image).await;
+            let (id, lat) = common::create_sleeper(&off.client, "bench", &image).await;
             without.push(lat);
             made_off.push(id);
         }
@@ -387,7 +367,7 @@ async fn main() {
     let available_before = mem_available_kib();
     let mut ids = Vec::new();
     for _ in 0..idle {
-        let (id, _) = create(c, "bench", &image).await;
+        let (id, _) = common::create_sleeper(c, "bench", &image).await;
         ids.push(id);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -451,7 +431,7 @@ async fn agent_loop(c: &Client, image: &str, n: usize) -> [Vec<Duration>; 4] {
     let mut out: [Vec<Duration>; 4] = Default::default();
     for _ in 0..n {
         let t0 = Instant::now();
-        let (id, started) = create(c, "bench", image).await;
+        let (id, started) = common::create_sleeper(c, "bench", image).await;
         let t1 = Instant::now();
         let r = c
             .post(format!("/v1/apps/bench/machines/{id}/exec"))

@@ -11,7 +11,7 @@ mod common;
 
 use common::{start_daemon, test_image as image};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hangar_client::Client;
 use serde_json::{json, Value};
@@ -31,23 +31,8 @@ fn server(name: &str, port: u16, depends: Option<&str>) -> Value {
 }
 
 async fn run(c: &Client, app: &str, containers: Vec<Value>) -> (String, Duration) {
-    let t0 = Instant::now();
-    let m: Value = c
-        .post(format!("/v1/apps/{app}/machines"))
-        .json(&json!({"config": {"containers": containers, "restart": {"policy": "no"}}}))
-        .send()
-        .await
-        .expect("create");
-    let id = m["id"].as_str().expect("id").to_string();
-    let r = c
-        .get(format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .send_raw()
-        .await
-        .expect("wait");
-    assert_eq!(r.status, 200, "{}", r.text());
-    (id, t0.elapsed())
+    let config = json!({"containers": containers, "restart": {"policy": "no"}});
+    common::create_started(c, app, config).await
 }
 
 fn cpu_ticks(pid: i64) -> u64 {
