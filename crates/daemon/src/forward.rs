@@ -7,7 +7,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hangar_store::HostRecord;
@@ -238,27 +238,6 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
         Ok(u) => u,
         Err(e) => return ApiError::internal(format!("forwarded path: {e}")).into_response(),
     };
-    match HeaderValue::from_str(&host.api_addr) {
-        Ok(v) => {
-            parts.headers.insert(header::HOST, v);
-        }
-        Err(e) => {
-            return ApiError::internal(format!("host {} address: {e}", host.id)).into_response()
-        }
-    }
-    let token = h.cluster_token();
-    match HeaderValue::from_str(&format!("Bearer {}", token.as_str())) {
-        Ok(v) => {
-            parts.headers.insert(header::AUTHORIZATION, v);
-        }
-        Err(e) => return ApiError::internal(e.to_string()).into_response(),
-    }
-    match HeaderValue::from_str(h.host_id()) {
-        Ok(me) => {
-            parts.headers.insert(FORWARDED_BY, me);
-        }
-        Err(e) => return ApiError::internal(format!("host id: {e}")).into_response(),
-    }
     // Hop-by-hop headers are this connection's, not the next one's (but for the upgrade
     // being asked for).
     for hop in [header::TE, header::TRAILER, header::PROXY_AUTHORIZATION] {
@@ -267,10 +246,8 @@ async fn forward(h: &AppState, host: &HostRecord, req: Request) -> Response {
     if client_side.is_none() {
         parts.headers.remove(header::CONNECTION);
     }
-    let Some(tls) = h.cluster_tls() else {
-        return ApiError::internal("cluster mode without TLS to the other hosts").into_response();
-    };
-    match tls
+    match h
+        .peer()
         .send(&host.api_addr, Request::from_parts(parts, body))
         .await
     {

@@ -41,14 +41,7 @@ async fn post(
     path: &str,
     upgrade: bool,
 ) -> std::io::Result<hyper::Response<hyper::body::Incoming>> {
-    let mut req = hyper::Request::post(path)
-        .header(header::HOST, api_addr)
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", peer.token.as_str()),
-        )
-        // Served where it lands: the host that runs the machine.
-        .header(FORWARDED_BY, &peer.host_id);
+    let mut req = hyper::Request::post(path);
     if upgrade {
         req = req
             .header(header::CONNECTION, "upgrade")
@@ -57,11 +50,39 @@ async fn post(
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(std::io::Error::other)?;
-    let tls = peer
-        .tls
-        .as_ref()
-        .ok_or_else(|| std::io::Error::other("cluster mode without TLS to the other hosts"))?;
-    tls.send(api_addr, req).await
+    peer.send(api_addr, req).await
+}
+
+impl Peer {
+    /// Sends `req` (origin-form) to the host at `api_addr` as this host: its `Host`, the
+    /// cluster token, and the mark that has it served where it lands, over the cluster's TLS.
+    pub async fn send<B>(
+        &self,
+        api_addr: &str,
+        mut req: hyper::Request<B>,
+    ) -> std::io::Result<hyper::Response<hyper::body::Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let value = |v: &str| {
+            header::HeaderValue::from_str(v)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let headers = req.headers_mut();
+        headers.insert(header::HOST, value(api_addr)?);
+        headers.insert(
+            header::AUTHORIZATION,
+            value(&format!("Bearer {}", self.token.as_str()))?,
+        );
+        headers.insert(FORWARDED_BY, value(&self.host_id)?);
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("cluster mode without TLS to the other hosts"))?;
+        tls.send(api_addr, req).await
+    }
 }
 
 /// The error a host answered with, as text.
