@@ -23,7 +23,13 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             };
         }
-        (Some("daemon"), _, _) => {}
+        (Some("daemon"), _, _) => {
+            // Forked now, while this process has one thread: the spawner forks each
+            // machine's sandbox helper, which would otherwise be executed afresh per start.
+            if let Err(e) = hangar_sandbox::spawner::start() {
+                eprintln!("hangar: no pre-forked spawner ({e}); sandbox helpers will be executed");
+            }
+        }
         _ => {
             // A user command whose reader goes away (`hangar machine list | head`) ends the way
             // every Unix tool does, by SIGPIPE, instead of panicking in print!. Rust ignores

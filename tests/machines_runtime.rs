@@ -1143,3 +1143,61 @@ async fn test_sized_disk_volume_is_enforced_and_released() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(&m), "{mounts}");
 }
+
+/// The daemon's children named `hangar-spawner` (its pre-forked spawner).
+fn spawners(daemon_pid: u32) -> Vec<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{daemon_pid}/task/{daemon_pid}/children"))
+            .unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "hangar-spawner")
+        })
+        .collect()
+}
+
+/// Machines start through the daemon's pre-forked spawner; if it dies, through an executed
+/// helper instead; and the spawner goes when the daemon does.
+#[tokio::test]
+async fn test_machines_start_without_the_spawner_and_it_goes_with_the_daemon() {
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("spawn").await;
+    let daemon_pid = d.child.as_ref().expect("daemon running").id();
+    let found = spawners(daemon_pid);
+    assert_eq!(found.len(), 1, "one spawner: {found:?}");
+    let first = run(&d, "spawn", "sleep 300", json!({})).await;
+    d.wait_state("spawn", &first, "started").await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(found[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the spawner");
+    until(|| spawners(daemon_pid).is_empty(), "the spawner is gone").await;
+    let second = run(&d, "spawn", "sleep 300", json!({})).await;
+    d.wait_state("spawn", &second, "started").await;
+    for m in [&first, &second] {
+        let r = d
+            .client
+            .delete(format!("/v1/apps/spawn/machines/{m}"))
+            .query("force", "true")
+            .send_raw()
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // A new daemon has a new spawner, which dies with it.
+    d.kill9();
+    d.restart().await;
+    let daemon_pid = d.child.as_ref().expect("daemon running").id();
+    let found = spawners(daemon_pid);
+    assert_eq!(found.len(), 1, "one spawner after the restart: {found:?}");
+    d.kill9();
+    let spawner = std::path::PathBuf::from(format!("/proc/{}", found[0]));
+    until(|| !spawner.exists(), "the spawner goes with the daemon").await;
+    d.restart().await;
+}

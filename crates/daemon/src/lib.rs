@@ -302,6 +302,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 std::io::Error::last_os_error()
             );
         }
+        sandbox_runtime::watch_spawner();
         if opts.favor_dynmods {
             match hangar_sandbox::cgroup::favor_dynmods() {
                 Ok(changed) if !changed.is_empty() => eprintln!(

@@ -9,6 +9,7 @@ pub mod net;
 pub mod plan;
 pub mod seccomp;
 pub mod spawn;
+pub mod spawner;
 pub mod user;
 
 pub use cgroup::{Hierarchy, Limits, MachineCgroup};

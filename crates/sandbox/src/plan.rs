@@ -128,8 +128,17 @@ pub fn spawn_main(plan_path: &Path) -> Result<(), SpawnError> {
         path: plan_path.to_path_buf(),
         source,
     })?;
-    let plan: SpawnPlan = serde_json::from_slice(&bytes)?;
-    let pid = crate::spawn_machine(&plan.sandbox, |ns| {
+    let pid = spawn_planned(&bytes)?;
+    println!("{pid}");
+    Ok(())
+}
+
+/// Builds the sandbox a JSON [`SpawnPlan`] describes, mounts its root filesystems through the
+/// machine's user namespace, and returns Pilot's pid. Must run in a single-threaded process
+/// whose stdin is Pilot's spec.
+pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
+    let plan: SpawnPlan = serde_json::from_slice(plan)?;
+    crate::spawn_machine(&plan.sandbox, |ns| {
         let fd = ns.try_clone().map_err(|e| e.to_string())?;
         let userns = hangar_image::Userns::from_fd(fd);
         for m in &plan.mounts {
@@ -167,9 +176,7 @@ pub fn spawn_main(plan_path: &Path) -> Result<(), SpawnError> {
         }
         Ok(())
     })
-    .map_err(|e| SpawnError::Sandbox(e.to_string()))?;
-    println!("{pid}");
-    Ok(())
+    .map_err(|e| SpawnError::Sandbox(e.to_string()))
 }
 
 /// A system tool by absolute path when it is in the usual place (a daemon's PATH may lack

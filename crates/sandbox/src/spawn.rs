@@ -1,6 +1,7 @@
-//! Building a machine's sandbox. The daemon runs `hangar sandbox-spawn <spec>` — a fresh,
-//! single-threaded process, because forking and unsharing inside the multi-threaded daemon is
-//! unsafe. The helper:
+//! Building a machine's sandbox. The daemon has a helper do it — a single-threaded process,
+//! because forking and unsharing inside the multi-threaded daemon is unsafe — forked by its
+//! pre-forked spawner ([`crate::spawner`]), or executed as `hangar sandbox-spawn <plan>`. The
+//! helper:
 //!
 //! 1. creates the machine cgroup and joins it, so everything it forks is accounted there;
 //! 2. forks a child that unshares a user namespace, and writes that child's uid/gid maps
@@ -8,7 +9,7 @@
 //! 3. runs `prepare` with the new user namespace (the caller mounts the root filesystems);
 //! 4. lets the child unshare mount, uts, ipc, net, cgroup and pid namespaces and fork Pilot,
 //!    which becomes PID 1 of the machine;
-//! 5. prints Pilot's host pid and exits. Pilot is reparented to the daemon (a subreaper) and
+//! 5. reports Pilot's host pid and exits. Pilot is reparented to the daemon (a subreaper) and
 //!    outlives it if the daemon dies.
 
 use std::ffi::CString;

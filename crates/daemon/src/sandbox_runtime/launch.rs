@@ -317,17 +317,70 @@ impl SandboxRuntime {
             mounts,
             volume_mounts,
         };
-        write_json(&dir.join(SPAWN_FILE), &plan)?;
         let helper_started = std::time::Instant::now();
+        let pid = match hangar_sandbox::spawner::get().map(|s| s.request(&spec)) {
+            Some(Ok(socket)) => self.spawn_forked(socket, &plan).await,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the pre-forked spawner is gone; executing the helper");
+                self.spawn_executed(&dir.join(SPAWN_FILE), &plan, spec)
+                    .await
+            }
+            None => {
+                self.spawn_executed(&dir.join(SPAWN_FILE), &plan, spec)
+                    .await
+            }
+        };
+        tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
+        pid
+    }
+
+    /// The helper forked by the daemon's pre-forked spawner (the usual way), on the request's
+    /// `socket`.
+    async fn spawn_forked(
+        &self,
+        socket: std::os::unix::net::UnixStream,
+        plan: &SpawnPlan,
+    ) -> Result<i32, RuntimeError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let json = serde_json::to_vec(plan).map_err(failed)?;
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(socket))
+            .map_err(|e| failed(format!("the sandbox helper's socket: {e}")))?;
+        let (mut read, mut write) = socket.into_split();
+        write
+            .write_all(&json)
+            .await
+            .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
+        write
+            .shutdown()
+            .await
+            .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
+        let mut answer = Vec::new();
+        read.read_to_end(&mut answer)
+            .await
+            .map_err(|e| failed(format!("reading the sandbox helper's answer: {e}")))?;
+        hangar_sandbox::spawner::parse_answer(&answer)
+            .map_err(|e| failed(format!("building the sandbox failed: {e}")))
+    }
+
+    /// The helper as its own process, `hangar sandbox-spawn <plan>` (a daemon without a
+    /// spawner: embedded in a test).
+    async fn spawn_executed(
+        &self,
+        plan_file: &Path,
+        plan: &SpawnPlan,
+        spec: std::os::fd::OwnedFd,
+    ) -> Result<i32, RuntimeError> {
+        write_json(plan_file, plan)?;
         let out = tokio::process::Command::new(&self.exe)
             .arg("sandbox-spawn")
-            .arg(dir.join(SPAWN_FILE))
+            .arg(plan_file)
             // The helper hands its stdin on to Pilot, which reads its spec from it.
             .stdin(std::process::Stdio::from(spec))
             .output()
             .await
             .map_err(|e| failed(format!("running the sandbox helper: {e}")))?;
-        tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
         if !out.status.success() {
             return Err(failed(format!(
                 "building the sandbox failed: {}",

@@ -113,6 +113,27 @@ pub struct SandboxRuntime {
 
 pub(crate) use crate::runtime::failed;
 
+/// Reaps the daemon's pre-forked spawner if it dies (starts then execute their helpers).
+pub fn watch_spawner() {
+    let Some(spawner) = hangar_sandbox::spawner::get() else {
+        return;
+    };
+    let pidfd = match pidfd_open(spawner.pid()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the pre-forked spawner");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let status = wait_pidfd(pidfd).await;
+        tracing::warn!(
+            ?status,
+            "the pre-forked spawner ended; machine starts now execute their sandbox helper"
+        );
+    });
+}
+
 impl SandboxRuntime {
     /// Checks the host can run sandboxes (a usable cgroup hierarchy) and sets up the dirs.
     pub fn new(
