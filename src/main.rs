@@ -16,12 +16,10 @@ fn main() -> ExitCode {
             hangar_sandbox::cgroup::reap_dead(&dirs);
             return ExitCode::SUCCESS;
         }
-        (Some("pilot"), Some(flag), Some(dir)) if flag == "--machine-dir" => {
-            let spec_from_stdin = args.get(4).map(String::as_str) == Some("--spec-stdin");
-            return match hangar_pilot::main(Path::new(dir), spec_from_stdin) {
-                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-                Err(e) => report(Err(e)),
-            };
+        (Some("pilot"), Some(flag), Some(_)) if flag == "--machine-dir" => {
+            if let Some(code) = hangar_pilot::run_from_args(&args) {
+                return code;
+            }
         }
         (Some("daemon"), _, _) => {
             // Forked now, while this process has one thread: the spawner forks each

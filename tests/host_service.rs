@@ -28,6 +28,7 @@ fn the_install_script_stages_binary_unit_and_config() {
             & 0o7777
     };
     assert_eq!(mode("usr/bin/hangar"), 0o755);
+    assert_eq!(mode("usr/bin/hangar-pilot"), 0o755);
     assert_eq!(mode("var/lib/hangar"), 0o711);
     let unit =
         std::fs::read_to_string(root.path().join("lib/systemd/system/hangar.service")).unwrap();

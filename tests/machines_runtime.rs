@@ -1159,8 +1159,25 @@ fn spawners(daemon_pid: u32) -> Vec<i32> {
         .collect()
 }
 
-/// Machines start through the daemon's pre-forked spawner; if it dies, through an executed
-/// helper instead; and the spawner goes when the daemon does.
+/// The executable of the Pilot of machine `id`.
+fn pilot_exe(id: &str) -> std::path::PathBuf {
+    let dir = format!("/machines/{id}/run");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("hangar\0pilot\0") && c.contains(&dir)
+            })
+        })
+        .and_then(|e| std::fs::read_link(e.path().join("exe")).ok())
+        .unwrap_or_else(|| panic!("no Pilot runs machine {id}"))
+}
+
+/// Machines start through the daemon's pre-forked spawner, with Pilot's own small binary; if
+/// the spawner dies, through an executed helper instead; and the spawner goes when the daemon
+/// does.
 #[tokio::test]
 async fn test_machines_start_without_the_spawner_and_it_goes_with_the_daemon() {
     let mut d = Daemon::start_with_runtime().await;
@@ -1170,6 +1187,10 @@ async fn test_machines_start_without_the_spawner_and_it_goes_with_the_daemon() {
     assert_eq!(found.len(), 1, "one spawner: {found:?}");
     let first = run(&d, "spawn", "sleep 300", json!({})).await;
     d.wait_state("spawn", &first, "started").await;
+    assert_eq!(
+        pilot_exe(&first).file_name().and_then(|n| n.to_str()),
+        Some("hangar-pilot")
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(found[0]),

@@ -21,3 +21,24 @@ mod supervisor;
 mod tls;
 
 pub use supervisor::main;
+
+/// The command line of Pilot, `pilot --machine-dir DIR [--spec-stdin]` after the executable
+/// (in `hangar` and in `hangar-pilot` alike): runs Pilot and returns its exit code, or `None`
+/// when `args` are not Pilot's.
+pub fn run_from_args(args: &[String]) -> Option<std::process::ExitCode> {
+    let [_, verb, flag, dir, rest @ ..] = args else {
+        return None;
+    };
+    if verb != "pilot" || flag != "--machine-dir" {
+        return None;
+    }
+    let spec_from_stdin = rest.first().map(String::as_str) == Some("--spec-stdin");
+    Some(match main(std::path::Path::new(dir), spec_from_stdin) {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            // `{:#}` joins anyhow's context chain on one line.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}

@@ -79,6 +79,9 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Arguments for Pilot after the executable (`pilot --machine-dir …`).
     pub pilot_args: Vec<String>,
+    /// Pilot's executable (`hangar-pilot`); without it, the helper's own (`hangar pilot`).
+    #[serde(default)]
+    pub pilot_exe: Option<PathBuf>,
     /// Where Pilot's own stdout/stderr go.
     pub pilot_log: PathBuf,
     /// The machine's veth into its network's bridge; `None` leaves it loopback only.
@@ -140,12 +143,16 @@ pub fn spawn_machine(
 
     // Open the executable now: after the switch to the machine's uids, host paths such as a
     // 0700 home directory may not be traversable, but an open fd can still be executed.
+    let exe_path = spec
+        .pilot_exe
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let exe = open(
-        "/proc/self/exe",
+        exe_path.as_path(),
         OFlag::O_PATH | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(sys("open /proc/self/exe"))?;
+    .map_err(sys(format!("open {}", exe_path.display())))?;
     // The log sits in the machine's own dir: never follow a link planted there, and give the
     // machine the file we opened, not whatever the path names.
     let log = {

@@ -310,6 +310,7 @@ impl SandboxRuntime {
                     run.display().to_string(),
                     "--spec-stdin".into(),
                 ],
+                pilot_exe: self.pilot_exe.clone(),
                 pilot_log: run.join(PILOT_LOG),
                 net,
                 io_devices: self.io_devices.clone(),

@@ -50,6 +50,8 @@ pub(crate) fn pids_limit(memory_mb: u64) -> u64 {
 }
 const RUNTIME_FILE: &str = "runtime.json";
 const SPAWN_FILE: &str = "spawn.json";
+/// Pilot's own executable, looked for beside the daemon's.
+const PILOT_EXE: &str = "hangar-pilot";
 const PILOT_LOG: &str = "pilot.log";
 /// Pilot's writable dir inside a machine dir.
 pub const RUN_DIR: &str = "run";
@@ -95,6 +97,8 @@ pub struct SandboxRuntime {
     pull: PullOptions,
     hierarchy: Hierarchy,
     exe: PathBuf,
+    /// `hangar-pilot` beside the daemon's executable, if it is there (else `hangar pilot`).
+    pilot_exe: Option<PathBuf>,
     /// uid-range slots in use, with the machine holding each.
     slots: Mutex<BTreeMap<u32, String>>,
     /// The same slots, claimed host-wide.
@@ -164,6 +168,7 @@ impl SandboxRuntime {
                 "freed uid ranges claimed by daemons whose data dir is gone"
             );
         }
+        let exe = std::env::current_exe()?;
         let io_devices = hangar_sandbox::cgroup::whole_disk_of(&machines_dir)
             .into_iter()
             .collect();
@@ -173,7 +178,8 @@ impl SandboxRuntime {
             images,
             pull,
             hierarchy,
-            exe: std::env::current_exe()?,
+            pilot_exe: Some(exe.with_file_name(PILOT_EXE)).filter(|p| p.is_file()),
+            exe,
             slots: Mutex::new(BTreeMap::new()),
             foreign_slots: Mutex::new(std::collections::HashSet::new()),
             claims,
