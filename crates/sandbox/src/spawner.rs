@@ -7,10 +7,13 @@
 //!
 //! The spawner is named `hangar-spawner` (its `comm`, as `ps -o comm` shows).
 //!
-//! Protocol: the daemon sends one byte with two descriptors (SCM_RIGHTS) on the control
-//! socket: its end of a fresh stream socket for this request, and Pilot's spec (which becomes
-//! the helper's stdin, as with the executed helper). It writes the plan's JSON on the request
-//! socket and shuts down writing; the helper answers `ok <pid>` or `err <message>` and exits.
+//! Protocol: the daemon sends one byte, the request's kind, with descriptors (SCM_RIGHTS) on
+//! the control socket. `s` (spawn) comes with its end of a fresh stream socket for this request
+//! and Pilot's spec (which becomes the helper's stdin, as with the executed helper); the daemon
+//! writes the plan's JSON on the request socket and shuts down writing; the helper answers
+//! `ok <pid>` or `err <message>` and exits. `r` (reap) comes with a socket on which the daemon
+//! writes retired cgroup dirs (NUL-separated); a child of the spawner removes them
+//! ([`crate::cgroup::reap_dead`], ~100 ms each on cgroup v1) and goes on if the daemon dies.
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -74,21 +77,26 @@ fn serve(control: OwnedFd) {
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
     }
     loop {
-        let fds = match receive(&control) {
-            Ok(Some(fds)) => fds,
+        let (kind, fds) = match receive(&control) {
+            Ok(Some(request)) => request,
             Ok(None) => return,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
         };
         // A malformed request (only the daemon can send one) is dropped unanswered.
-        let Ok([request, spec]) = <[OwnedFd; 2]>::try_from(fds) else {
-            continue;
+        let job: Box<dyn FnOnce() -> i32> = match (kind, <[OwnedFd; 2]>::try_from(fds)) {
+            (SPAWN, Ok([request, spec])) => Box::new(move || helper(request, spec)),
+            (REAP, Err(mut fds)) if fds.len() == 1 => {
+                let dirs = fds.remove(0);
+                Box::new(move || reaper(dirs))
+            }
+            _ => continue,
         };
-        // SAFETY: this process is single-threaded; the child runs the helper and exits.
+        // SAFETY: this process is single-threaded; the child runs the job and exits.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(control);
-                let code = helper(request, spec);
+                let code = job();
                 // SAFETY: leave without unwinding into the spawner's loop.
                 unsafe { libc::_exit(code) }
             }
@@ -99,8 +107,12 @@ fn serve(control: OwnedFd) {
     }
 }
 
-/// One request's descriptors, or `None` when the daemon is gone.
-fn receive(control: &OwnedFd) -> nix::Result<Option<Vec<OwnedFd>>> {
+/// Request kinds: the first byte of a request.
+const SPAWN: u8 = b's';
+const REAP: u8 = b'r';
+
+/// One request's kind and descriptors, or `None` when the daemon is gone.
+fn receive(control: &OwnedFd) -> nix::Result<Option<(u8, Vec<OwnedFd>)>> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 2]);
@@ -123,7 +135,23 @@ fn receive(control: &OwnedFd) -> nix::Result<Option<Vec<OwnedFd>>> {
             );
         }
     }
-    Ok(Some(received))
+    Ok(Some((byte[0], received)))
+}
+
+/// The reaper: removes the retired cgroup dirs read from `dirs`. Returns its exit code.
+fn reaper(dirs: OwnedFd) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let mut list = Vec::new();
+    if UnixStream::from(dirs).read_to_end(&mut list).is_err() {
+        return 1;
+    }
+    let dirs: Vec<std::path::PathBuf> = list
+        .split(|b| *b == 0)
+        .filter(|d| !d.is_empty())
+        .map(|d| std::ffi::OsStr::from_bytes(d).into())
+        .collect();
+    crate::cgroup::reap_dead(&dirs);
+    0
 }
 
 /// The helper: reads the plan, builds the sandbox and answers. Returns its exit code.
@@ -162,16 +190,35 @@ impl Spawner {
     /// ([`parse_answer`]).
     pub fn request(&self, spec: &OwnedFd) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
-        let fds = [theirs.as_raw_fd(), spec.as_raw_fd()];
-        let iov = [IoSlice::new(b"s")];
+        self.send(SPAWN, &[theirs.as_raw_fd(), spec.as_raw_fd()])?;
+        Ok(ours)
+    }
+
+    /// Has a child of the spawner remove retired cgroup dirs (in the background: this returns
+    /// once the spawner has the list).
+    pub fn reap(&self, dirs: &[std::path::PathBuf]) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let (mut ours, theirs) = UnixStream::pair()?;
+        let mut list = Vec::new();
+        for d in dirs {
+            list.extend_from_slice(d.as_os_str().as_bytes());
+            list.push(0);
+        }
+        self.send(REAP, &[theirs.as_raw_fd()])?;
+        // A socket buffer holds far more than a machine's few dirs: this does not block.
+        ours.write_all(&list)
+    }
+
+    fn send(&self, kind: u8, fds: &[RawFd]) -> std::io::Result<()> {
+        let iov = [IoSlice::new(std::slice::from_ref(&kind))];
         sendmsg::<()>(
             self.control.as_raw_fd(),
             &iov,
-            &[ControlMessage::ScmRights(&fds)],
+            &[ControlMessage::ScmRights(fds)],
             MsgFlags::MSG_NOSIGNAL,
             None,
         )?;
-        Ok(ours)
+        Ok(())
     }
 }
 

@@ -280,13 +280,22 @@ pub(super) fn is_mountpoint(path: &Path) -> bool {
     }
 }
 
-/// Removes retired cgroup directories in a helper process (`hangar reap-cgroups DIR…`) of its
-/// own: the work takes ~100 ms per machine on cgroup v1 and must not hold up a stop or a
+/// Removes retired cgroup directories in a process of its own (a child of the pre-forked
+/// spawner, or `hangar reap-cgroups DIR…`): the work takes ~100 ms per machine on cgroup v1 and must not hold up a stop or a
 /// destroy, nor be lost if the daemon is killed meanwhile (the helper goes on; anything left
 /// is found at the next start-up).
 pub(super) fn reap_cgroups(exe: &Path, dead: Vec<PathBuf>) {
     if dead.is_empty() {
         return;
+    }
+    // Forked by the pre-forked spawner when there is one (no exec of the daemon's binary).
+    if let Some(spawner) = hangar_sandbox::spawner::get() {
+        match spawner.reap(&dead) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!("the spawner cannot reap cgroups ({e}); executing the reaper")
+            }
+        }
     }
     // Started before the answer (so a daemon killed right after cannot lose it), waited for
     // on a thread of its own so that it is no zombie of the daemon.
