@@ -36,6 +36,10 @@ const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
 /// A restart's timeout: seconds, or one Go duration part, each below the API's day.
 const RESTART_TIMEOUT: &str = r"^([0-9]{1,4}|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h)$";
+/// A stop's timeout (a stop request's, a config's `stop_config`): a Go duration of at most a
+/// day (longer is a 400), said as a subset that is always below it: one part of each unit's
+/// size, or hours, minutes and seconds in the usual ranges (`1h30m`, `2m30s`).
+const DAY_DURATION: &str = r"^(0|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h|(1?[0-9]|2[0-3])h([1-5]?[0-9]m)?([1-5]?[0-9](\.[0-9]{1,9})?s)?|[1-5]?[0-9]m[1-5]?[0-9](\.[0-9]{1,9})?s)$";
 /// A ULID (event ids), as the `ulid` crate parses it: 26 Crockford base32 digits, the first at
 /// most 7 (128 bits).
 const ULID: &str = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$";
@@ -431,7 +435,7 @@ fn stop_signal(p: &mut Patcher, schema: &str) {
     p.prop(
         schema,
         "timeout",
-        json!({ "oneOf": null, "type": ["string", "null"], "pattern": GO_DURATION }),
+        json!({ "oneOf": null, "type": ["string", "null"], "pattern": DAY_DURATION }),
     );
 }
 
@@ -852,6 +856,51 @@ fn parameters(p: &mut Patcher) {
 mod tests {
     use super::*;
     use utoipa::OpenApi;
+
+    /// What the day-bounded duration pattern admits parses, and is at most a day; the usual
+    /// ways of writing a stop's timeout are admitted.
+    #[test]
+    fn day_durations_are_below_a_day() {
+        let re = regex::Regex::new(DAY_DURATION).expect("pattern");
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for ok in [
+            "0",
+            "0s",
+            "30s",
+            "90s",
+            "500ms",
+            "5m",
+            "1m30s",
+            "2m0.5s",
+            "1h",
+            "1h30m",
+            "1h0m5s",
+            "23h59m59.999s",
+            "23.5h",
+            "9999s",
+            "999m",
+        ] {
+            assert!(re.is_match(ok), "{ok} should be admitted");
+        }
+        for too_long in [
+            "24h", "25h", "24h1s", "1000m", "86400s", "99999h", "23h60m", "1d",
+        ] {
+            assert!(!re.is_match(too_long), "{too_long} should not be admitted");
+        }
+        // Every admitted composition of parts parses to at most a day.
+        for h in ["", "0h", "9h", "19h", "23h", "23.999999999h"] {
+            for m in ["", "0m", "59m", "999m", "59.9m"] {
+                for s in ["", "0s", "59s", "59.999999999s", "9999s", "999ms"] {
+                    let d = format!("{h}{m}{s}");
+                    if !d.is_empty() && re.is_match(&d) {
+                        let parsed = hangar_api::duration::parse_go_duration(&d)
+                            .unwrap_or_else(|e| panic!("{d} admitted but refused: {e}"));
+                        assert!(parsed <= day, "{d} admitted but longer than a day");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_rule_finds_its_place() {
