@@ -117,6 +117,7 @@ fn free_port() -> u16 {
 
 #[tokio::main]
 async fn main() {
+    common::check_args(&["--machines", "--seconds"], "bench_cluster [--machines 30] [--seconds 5]: the API on SQLite against PostgreSQL, and host loss to standby");
     let machines = arg("--machines", 30usize);
     let seconds = arg("--seconds", 5u64);
     let image = common::test_image();

@@ -86,15 +86,45 @@ pub fn test_image() -> String {
     format!("{registry}/hangar/busybox:latest")
 }
 
-/// The value after `--name` on the command line, else `default`.
+/// Checks the command line: `--name value` pairs with names among `known`. `--help` prints
+/// `usage` and exits; anything else is refused (a runner that ignored a typo or `--help` ran for
+/// minutes with its defaults, and left its machines behind when its output was cut short).
+#[allow(dead_code)] // not every runner takes options
+pub fn check_args(known: &[&str], usage: &str) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        if a == "--help" || a == "-h" {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        if !known.contains(&a.as_str()) {
+            eprintln!("unknown option {a:?}\n{usage}");
+            std::process::exit(2);
+        }
+        if rest.next().is_none() {
+            eprintln!("{a} needs a value\n{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The value after `--name` on the command line, else `default`; a value that does not parse
+/// is refused.
 #[allow(dead_code)] // not every runner takes options
 pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
+    match args
+        .iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("{name}: {v:?} is not a valid value");
+            std::process::exit(2)
+        }),
+    }
 }
 
 /// Creates a machine of `app` with `config` and waits until it is `started`: its id and the

@@ -107,6 +107,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::main]
 async fn main() {
+    common::check_args(&["--machines", "--idle"], "bench_machines [--machines 200] [--idle 500]: machine start, lifecycle, agent loop and idle memory against runc and podman");
     let machines = arg("--machines", 200usize);
     let idle = arg("--idle", 500usize);
     let image = common::test_image();

@@ -46,6 +46,7 @@ fn cpu_ticks(pid: i64) -> u64 {
 
 #[tokio::main]
 async fn main() {
+    common::check_args(&[], "bench_multi: create to all containers started for a 5-container chain gated by checks, and Pilot's CPU supervising 20 containers");
     let d = start_daemon("multi").await;
     let c = &d.client;
     c.post("/v1/apps")

@@ -81,6 +81,7 @@ fn p50(mut v: Vec<Duration>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    common::check_args(&["--seconds", "--connections", "--rounds"], "bench_proxy [--seconds 5] [--connections 32] [--rounds 3]: proxied requests against nginx, and wake-up times");
     let seconds = common::arg("--seconds", 5u64);
     let connections = common::arg("--connections", 32u64);
     let rounds = common::arg("--rounds", 3u64);

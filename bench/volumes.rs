@@ -88,6 +88,7 @@ fn host_timed(script: &str, dir: &std::path::Path) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    common::check_args(&["--n", "--mb", "--random"], "bench_volumes [--n 20] [--mb 256] [--random 200]: volume create, attach, snapshot and fork, and write throughput against the host filesystem");
     let n = arg("--n", 20usize);
     let mb = arg("--mb", 256usize);
     let random = arg("--random", 200usize);
