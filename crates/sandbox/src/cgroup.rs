@@ -623,26 +623,9 @@ pub const DEAD_PREFIX: &str = ".dead-";
 pub fn reap_dead(dirs: &[PathBuf]) {
     for dir in dirs {
         // Only the memory controller has page cache to give back; the write is harmless
-        // (ENOENT) elsewhere. It fails while the killed processes are still on their way out
-        // (the reaper runs within a millisecond of the kill), and a memcg removed with pages
-        // still charged lingers as a dying one: wait for them first.
-        let force_empty = dir.join("memory.force_empty");
-        if force_empty.exists() {
-            wait_until_empty(dir);
-            let _ = fs::write(&force_empty, "0");
-        }
+        // (ENOENT) elsewhere.
+        let _ = fs::write(dir.join("memory.force_empty"), "0");
         let _ = remove_dir_retrying(dir);
-    }
-}
-
-/// Waits (up to 5 s) until no process is left in the cgroup `dir`.
-fn wait_until_empty(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match fs::read_to_string(dir.join("cgroup.procs")) {
-            Ok(procs) if !procs.trim().is_empty() => std::thread::sleep(Duration::from_millis(2)),
-            _ => return,
-        }
     }
 }
 
