@@ -5,6 +5,9 @@ fn main() -> ExitCode {
     // Machine-internal entry points, not user commands: the sandbox helper the daemon spawns
     // for each machine, and Pilot, PID 1 inside it. Both must stay single-threaded.
     let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = hangar_pilot::run_from_args(&args) {
+        return code;
+    }
     match (args.get(1).map(String::as_str), args.get(2), args.get(3)) {
         (Some("sandbox-spawn"), Some(plan), None) => {
             return report(
@@ -15,11 +18,6 @@ fn main() -> ExitCode {
             let dirs: Vec<std::path::PathBuf> = args[2..].iter().map(Into::into).collect();
             hangar_sandbox::cgroup::reap_dead(&dirs);
             return ExitCode::SUCCESS;
-        }
-        (Some("pilot"), Some(flag), Some(_)) if flag == "--machine-dir" => {
-            if let Some(code) = hangar_pilot::run_from_args(&args) {
-                return code;
-            }
         }
         (Some("daemon"), _, _) => {
             // Forked now, while this process has one thread: the spawner forks each

@@ -281,9 +281,9 @@ pub(super) fn is_mountpoint(path: &Path) -> bool {
 }
 
 /// Removes retired cgroup directories in a process of its own (a child of the pre-forked
-/// spawner, or `hangar reap-cgroups DIR…`): the work takes ~100 ms per machine on cgroup v1 and must not hold up a stop or a
-/// destroy, nor be lost if the daemon is killed meanwhile (the helper goes on; anything left
-/// is found at the next start-up).
+/// spawner, or `hangar reap-cgroups DIR…`): the work takes ~100 ms per machine on cgroup v1
+/// and must not hold up a stop or a destroy, nor be lost if the daemon is killed meanwhile (the
+/// reaper goes on; anything left is found at the next start-up).
 pub(super) fn reap_cgroups(exe: &Path, dead: Vec<PathBuf>) {
     if dead.is_empty() {
         return;

@@ -321,12 +321,10 @@ impl SandboxRuntime {
         let helper_started = std::time::Instant::now();
         let pid = match hangar_sandbox::spawner::get().map(|s| s.request(&spec)) {
             Some(Ok(socket)) => self.spawn_forked(socket, &plan).await,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "the pre-forked spawner is gone; executing the helper");
-                self.spawn_executed(&dir.join(SPAWN_FILE), &plan, spec)
-                    .await
-            }
-            None => {
+            unavailable => {
+                if let Some(Err(e)) = unavailable {
+                    tracing::warn!(error = %e, "the pre-forked spawner is gone; executing the helper");
+                }
                 self.spawn_executed(&dir.join(SPAWN_FILE), &plan, spec)
                     .await
             }
