@@ -98,24 +98,13 @@ async fn main() {
         .send_raw()
         .await
         .expect("app");
-    let m: Value = c
-        .post("/v1/apps/bench/machines")
-        .json(&json!({"config": {
-            "image": common::test_image().replace("/hangar/busybox:", "/hangar/nginx:"),
-            "files": [{"guest_path": "/etc/nginx/conf.d/default.conf", "raw_value": base64_conf()}],
-            "guest": {"cpus": 1, "memory_mb": 256, "cpu_kind": "shared"},
-            "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18090, "handlers": ["http"]}]}],
-        }}))
-        .send()
-        .await
-        .expect("create");
-    let id = m["id"].as_str().expect("id").to_string();
-    let _ = c
-        .get(format!(
-            "/v1/apps/bench/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .send_raw()
-        .await;
+    let config = json!({
+        "image": common::test_image().replace("/hangar/busybox:", "/hangar/nginx:"),
+        "files": [{"guest_path": "/etc/nginx/conf.d/default.conf", "raw_value": base64_conf()}],
+        "guest": {"cpus": 1, "memory_mb": 256, "cpu_kind": "shared"},
+        "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 18090, "handlers": ["http"]}]}],
+    });
+    let (id, _) = common::create_started(c, "bench", config).await;
     let r: Value = c
         .post(format!("/v1/apps/bench/machines/{id}/exec"))
         .json(&json!({"command": ["/bin/sh", "-c", "ip -4 -o addr show eth0"]}))

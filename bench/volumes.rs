@@ -43,23 +43,7 @@ async fn start_machine(c: &Client, image: &str, volume: Option<&str>) -> (String
     if let Some(v) = volume {
         config["mounts"] = json!([{"volume": v, "path": "/data"}]);
     }
-    let t0 = Instant::now();
-    let m: Value = c
-        .post("/v1/apps/vb/machines")
-        .json(&json!({ "config": config }))
-        .send()
-        .await
-        .expect("create machine");
-    let id = m["id"].as_str().expect("id").to_string();
-    let r = c
-        .get(format!(
-            "/v1/apps/vb/machines/{id}/wait?state=started&timeout=60"
-        ))
-        .send_raw()
-        .await
-        .expect("wait");
-    assert_eq!(r.status, 200, "{}", r.text());
-    (id, t0.elapsed())
+    common::create_started(c, "vb", config).await
 }
 
 async fn exec_timed(c: &Client, id: &str, script: &str) -> Duration {
