@@ -279,12 +279,8 @@ async fn test_a_fork_bomb_is_contained_and_destroyable() {
     d.wait_state("bomb", &id, "started").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let r = d
-        .client
-        .delete(format!("/v1/apps/bomb/machines/{id}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/apps/bomb/machines/{id}?force=true"))
+        .await;
     assert_eq!(r.status, 200, "destroy: {}", r.text());
     let r = d.get(&format!("/v1/apps/bomb/machines/{id}")).await;
     assert_eq!(r.status, 404, "destroyed machines are gone: {}", r.text());

@@ -195,12 +195,8 @@ async fn test_exit_codes_and_restart_policies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let r = d
-        .client
-        .delete(format!("/v1/apps/rp/machines/{always}"))
-        .query("force", "true")
-        .send_raw()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/apps/rp/machines/{always}?force=true"))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -664,12 +660,8 @@ async fn test_destroying_machines_leaves_nothing_behind() {
     assert!(ids.iter().all(|m| cgroup_exists(m)));
     for m in &ids {
         let r = d
-            .client
-            .delete(format!("/v1/apps/leak/machines/{m}"))
-            .query("force", "true")
-            .send_raw()
-            .await
-            .unwrap();
+            .delete(&format!("/v1/apps/leak/machines/{m}?force=true"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let (mounts, procs) = count_host_state(&d.data_dir);
@@ -1202,12 +1194,8 @@ async fn test_machines_start_without_the_spawner_and_it_goes_with_the_daemon() {
     d.wait_state("spawn", &second, "started").await;
     for m in [&first, &second] {
         let r = d
-            .client
-            .delete(format!("/v1/apps/spawn/machines/{m}"))
-            .query("force", "true")
-            .send_raw()
-            .await
-            .unwrap();
+            .delete(&format!("/v1/apps/spawn/machines/{m}?force=true"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
 

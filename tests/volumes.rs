@@ -6,17 +6,11 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+/// `sh -c script` in the machine, which must succeed: its stdout.
 async fn exec(d: &Daemon, app: &str, id: &str, script: &str) -> String {
-    let r = d
-        .post(
-            &format!("/v1/apps/{app}/machines/{id}/exec"),
-            json!({"command": ["/bin/sh", "-c", script], "timeout": 20}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "exec: {}", r.text());
-    let out: Value = r.json().unwrap();
-    assert_eq!(out["exit_code"], 0, "{script}: {out}");
-    out["stdout"].as_str().unwrap_or_default().to_string()
+    let (code, stdout, stderr) = d.sh(app, id, script).await;
+    assert_eq!(code, 0, "{script}: {stdout} {stderr}");
+    stdout
 }
 
 async fn create_volume(d: &Daemon, app: &str, body: Value) -> Value {
