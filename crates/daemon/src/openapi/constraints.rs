@@ -34,11 +34,9 @@ const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0
 const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
-/// A restart's timeout: seconds, or one Go duration part, each below the API's day.
-const RESTART_TIMEOUT: &str = r"^([0-9]{1,4}|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h)$";
-/// A stop's timeout (a stop request's, a config's `stop_config`): a Go duration of at most a
-/// day (longer is a 400), said as a subset that is always below it: one part of each unit's
-/// size, or hours, minutes and seconds in the usual ranges (`1h30m`, `2m30s`).
+/// A stop's timeout (a stop request's, a restart's, a config's `stop_config`): a Go duration of
+/// at most a day (longer is a 400), said as a subset that is always below it: one part of each
+/// unit's size, or hours, minutes and seconds in the usual ranges (`1h30m`, `2m30s`).
 const DAY_DURATION: &str = r"^(0|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h|(1?[0-9]|2[0-3])h([1-5]?[0-9]m)?([1-5]?[0-9](\.[0-9]{1,9})?s)?|[1-5]?[0-9]m[1-5]?[0-9](\.[0-9]{1,9})?s)$";
 /// A ULID (event ids), as the `ulid` crate parses it: 26 Crockford base32 digits, the first at
 /// most 7 (128 bits).
@@ -807,13 +805,12 @@ fn parameters(p: &mut Patcher) {
         hangar_api::LEASE_NONCE_HEADER,
         json!({ "type": "string", "minLength": 1 }),
     );
-    // Seconds, or a Go duration, at most a day (longer is a 400): said as a subset that is
-    // always below it, one part of each unit's size.
+    // Seconds, or a Go duration, at most a day (longer is a 400).
     p.param(
         &format!("{machine}/restart"),
         "post",
         "timeout",
-        json!({ "type": "string", "pattern": RESTART_TIMEOUT }),
+        json!({ "type": "string", "pattern": format!("^[0-9]{{1,4}}$|{DAY_DURATION}") }),
     );
     for param in ["force", "kill"] {
         p.param(machine, "delete", param, boolean.clone());
