@@ -128,6 +128,8 @@ async fn test_secrets_api_delivery_and_no_plaintext_at_rest() {
         (json!({"values": {"1BAD": "x"}}), "1BAD"),
         (json!({"values": {"BAD-NAME": "x"}}), "BAD-NAME"),
         (json!({"values": {"BIG": "x".repeat(64 * 1024 + 1)}}), "BIG"),
+        // A value becomes an environment variable, which cannot hold a NUL.
+        (json!({"values": {"NUL": "a\u{0}b"}}), "NUL"),
         (json!({"values": {}}), "values"),
     ] {
         let r = d.post("/v1/apps/sec/secrets", body).await;

@@ -29,6 +29,14 @@ pub use signal::Signal;
 pub use validate::{validate_config, ConfigError};
 pub use volumes::*;
 
+/// Base64 as Fly's API (Go's `base64.StdEncoding`) reads it: padded standard alphabet, and a
+/// last character's unused low bits need not be zero (`QQ==` and `QR==` both decode to `A`).
+/// A file's `raw_value` or a file secret a Go client accepted is accepted here too.
+pub const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// Header that proves the caller holds a machine's lease.
 pub const LEASE_NONCE_HEADER: &str = "fly-machine-lease-nonce";
 /// Correlation id on every response.

@@ -94,9 +94,16 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why `value` cannot be stored, if it cannot (size only: any bytes are allowed, but values
-/// travel as JSON strings, so they are UTF-8).
+/// Why `value` cannot be stored, if it cannot: its size, or a NUL byte (values become
+/// environment variables, which cannot hold one; binary content goes base64-encoded, as file
+/// secrets do). Values travel as JSON strings, so they are UTF-8.
 pub fn check_secret_value(name: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err(format!(
+            "secret {name} contains a NUL byte, which an environment variable cannot hold \
+             (base64-encode binary content)"
+        ));
+    }
     if value.len() > MAX_VALUE_BYTES {
         return Err(format!(
             "secret {name} is {} bytes; the limit is {MAX_VALUE_BYTES} bytes",
@@ -120,5 +127,6 @@ mod tests {
         }
         assert!(check_secret_value("A", &"x".repeat(MAX_VALUE_BYTES)).is_ok());
         assert!(check_secret_value("A", &"x".repeat(MAX_VALUE_BYTES + 1)).is_err());
+        assert!(check_secret_value("A", "a\0b").is_err());
     }
 }

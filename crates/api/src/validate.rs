@@ -603,7 +603,7 @@ fn check_files(field: &str, files: &[File]) -> Result {
             crate::check_secret_name(name).map_err(|m| bad(format!("{f}.secret_name"), m))?;
         }
         if let Some(raw) = &file.raw_value {
-            base64::engine::general_purpose::STANDARD
+            crate::BASE64
                 .decode(raw)
                 .map_err(|e| bad(format!("{f}.raw_value"), format!("not valid base64: {e}")))?;
         }

@@ -680,6 +680,17 @@ fn cases() -> Vec<Case> {
             err("config.files[0]"),
         ),
         case(
+            // Go's StdEncoding (Fly's API) ignores a last character's unused bits.
+            "file raw_value whose last character has unused bits set",
+            alpine(json!({"files": [{"guest_path": "/x", "raw_value": "X1n0ed8Stcy+Q/lUN0G4ZU=="}]})),
+            ok(),
+        ),
+        case(
+            "file raw_value with padding missing",
+            alpine(json!({"files": [{"guest_path": "/x", "raw_value": "QQ="}]})),
+            err("config.files[0].raw_value"),
+        ),
+        case(
             "file raw_value that is not base64",
             alpine(json!({"files": [{"guest_path": "/x", "raw_value": "hello world!"}]})),
             err("config.files[0].raw_value"),

@@ -609,7 +609,7 @@ pub(crate) fn container_process(
     ];
     for f in &c.files {
         let content = match (&f.raw_value, &f.secret_name, &f.image_config) {
-            (Some(raw), _, _) => base64::engine::general_purpose::STANDARD
+            (Some(raw), _, _) => hangar_api::BASE64
                 .decode(raw)
                 .map_err(|e| RuntimeError::Image(format!("file {}: {e}", f.guest_path)))?,
             (_, Some(secret), _) => {
@@ -619,14 +619,12 @@ pub(crate) fn container_process(
                         f.guest_path
                     ))
                 })?;
-                base64::engine::general_purpose::STANDARD
-                    .decode(value.trim())
-                    .map_err(|_| {
-                        RuntimeError::Unsupported(format!(
-                            "file {}: app secret {secret} is not valid base64",
-                            f.guest_path
-                        ))
-                    })?
+                hangar_api::BASE64.decode(value.trim()).map_err(|_| {
+                    RuntimeError::Unsupported(format!(
+                        "file {}: app secret {secret} is not valid base64",
+                        f.guest_path
+                    ))
+                })?
             }
             (_, _, Some(_)) => serde_json::to_vec_pretty(image).map_err(failed)?,
             _ => continue,

@@ -34,6 +34,9 @@ const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0
 const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
+/// A command line that splits into words as a POSIX shell (and the `shlex` crate) would: every
+/// quote closed, no backslash left at the end. Not blank is said separately.
+const SHELL_WORDS: &str = r#"^(?:[^"'\\]|\\[\s\S]|"(?:[^"\\]|\\[\s\S])*"|'[^']*')*$"#;
 /// A stop's timeout (a stop request's, a restart's, a config's `stop_config`): a Go duration of
 /// at most a day (longer is a 400), said as a subset that is always below it: one part of each
 /// unit's size, or hours, minutes and seconds in the usual ranges (`1h30m`, `2m30s`).
@@ -696,7 +699,8 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
         json!({
             "anyOf": [
                 { "required": ["command"], "properties": { "command": { "type": "array", "minItems": 1 } } },
-                { "required": ["cmd"], "properties": { "cmd": { "type": "string", "pattern": r"\S" } } }
+                { "required": ["cmd"], "properties": { "cmd": {
+                    "type": "string", "allOf": [{ "pattern": r"\S" }, { "pattern": SHELL_WORDS }] } } }
             ],
             "not": {
                 "required": ["container", "machine"],
@@ -762,7 +766,7 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
         json!({
             "minProperties": 1,
             "propertyNames": { "type": "string", "pattern": SECRET_NAME },
-            "additionalProperties": { "type": ["string", "null"],
+            "additionalProperties": { "type": ["string", "null"], "pattern": NO_NUL,
                                       "maxLength": hangar_api::secrets::MAX_VALUE_BYTES }
         }),
     );
@@ -853,6 +857,32 @@ fn parameters(p: &mut Patcher) {
 mod tests {
     use super::*;
     use utoipa::OpenApi;
+
+    /// The shell-words pattern admits exactly the command lines `shlex` splits.
+    #[test]
+    fn shell_words_pattern_agrees_with_shlex() {
+        let re = regex::Regex::new(SHELL_WORDS).expect("pattern");
+        for line in [
+            "echo hi",
+            r#"sh -c "echo \"quoted\"""#,
+            "sh -c 'echo \"x'",
+            r"echo a\ b",
+            r#"echo "a\\" b"#,
+            "echo 'unclosed",
+            r#"echo "unclosed"#,
+            r#"echo "escaped\""#,
+            "echo trailing\\",
+            "echo ''",
+            "\u{60ad4}\"\u{101dd5}",
+            "",
+        ] {
+            assert_eq!(
+                re.is_match(line),
+                shlex::split(line).is_some(),
+                "{line:?}: pattern and shlex disagree"
+            );
+        }
+    }
 
     /// What the day-bounded duration pattern admits parses, and is at most a day; the usual
     /// ways of writing a stop's timeout are admitted.

@@ -163,10 +163,7 @@ impl Hangar {
                 ))
             })?;
             let value = self.open_secret(app, record)?;
-            if base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .is_err()
-            {
+            if hangar_api::BASE64.decode(value.trim()).is_err() {
                 return Err(ServiceError::bad_request(format!(
                     "file {path}: secret {name} is not valid base64 (a file secret holds the file's content base64-encoded)"
                 )));
