@@ -18,7 +18,17 @@ use hangar_api::validate::{
 use hangar_api::MachineState;
 
 /// An image reference as `hangar_image::Reference::parse` reads it (a subset: no digests).
-const IMAGE: &str = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?";
+/// An image reference as `hangar_image::Reference::parse` reads it. A first component with a
+/// dot, a port or `localhost` names a registry (a host name: no `_`); without one, the first
+/// component is a repository name's, so it has no dot unless it is the only one.
+const IMAGE: &str = concat!(
+    r"(",
+    r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?((\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+(:([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?|:([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))|localhost)",
+    r"(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+",
+    r"|[a-z0-9]+((_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+",
+    r"|[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*",
+    r")(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?",
+);
 /// A name that is also a directory name: containers and machine-local volumes.
 const DIR_SAFE: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
 const NO_NUL: &str = r"^[^\u0000]*$";
@@ -41,6 +51,12 @@ const SHELL_WORDS: &str = r#"^(?:[^"'\\]|\\[\s\S]|"(?:[^"\\]|\\[\s\S])*"|'[^']*'
 /// at most a day (longer is a 400), said as a subset that is always below it: one part of each
 /// unit's size, or hours, minutes and seconds in the usual ranges (`1h30m`, `2m30s`).
 const DAY_DURATION: &str = r"^(0|[0-9]{1,4}(\.[0-9]{1,9})?(ns|us|µs|μs|ms|s)|[0-9]{1,3}(\.[0-9]{1,9})?m|(1?[0-9]|2[0-3])(\.[0-9]{1,9})?h|(1?[0-9]|2[0-3])h([1-5]?[0-9]m)?([1-5]?[0-9](\.[0-9]{1,9})?s)?|[1-5]?[0-9]m[1-5]?[0-9](\.[0-9]{1,9})?s)$";
+/// A reference no longer than a repository name may be (Docker's 255): so that no path
+/// component is longer than the parser's 255 either, which a pattern cannot count.
+const IMAGE_MAX_LEN: usize = 255;
+/// A Go duration that comes to zero: every part zero once below a nanosecond is dropped, as
+/// `parse_go_duration` (and Go) drop it (`0s`, `0.0001us`, `0.9ns`).
+const ZERO_DURATION: &str = r"^[+]?(0|(0{1,5}(\.[0-9]{1,9})?ns|0{1,5}(\.(0{1,3}|0{3}[0-9]{1,6}))?(us|µs|μs)|0{1,5}(\.(0{1,6}|0{6}[0-9]{1,3}))?ms|0{1,5}(\.0{1,9})?(s|m|h)){1,4})$";
 /// A ULID (event ids), as the `ulid` crate parses it: 26 Crockford base32 digits, the first at
 /// most 7 (128 bits).
 const ULID: &str = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$";
@@ -233,7 +249,7 @@ fn machine_config(p: &mut Patcher) {
     p.prop(
         "MachineConfig",
         "image",
-        json!({ "pattern": image_or_empty }),
+        json!({ "pattern": image_or_empty, "maxLength": IMAGE_MAX_LEN }),
     );
     p.on(
         "MachineConfig",
@@ -569,7 +585,7 @@ fn services_and_checks(p: &mut Patcher) {
             field,
             json!({ "oneOf": null, "anyOf": [
                 { "type": "null" },
-                { "$ref": "#/components/schemas/GoDuration", "not": { "pattern": r"^0+([a-z]+)?$" } }
+                { "$ref": "#/components/schemas/GoDuration", "not": { "pattern": ZERO_DURATION } }
             ] }),
         );
     }
@@ -581,7 +597,7 @@ fn containers(p: &mut Patcher) {
     p.prop(
         "ContainerConfig",
         "image",
-        json!({ "pattern": format!("^{IMAGE}$") }),
+        json!({ "pattern": format!("^{IMAGE}$"), "maxLength": IMAGE_MAX_LEN }),
     );
     for field in ["exec", "entrypoint", "cmd"] {
         p.prop("ContainerConfig", field, argv());
@@ -684,6 +700,11 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
         "lease_ttl",
         json!({ "enum": [null, 0], "minimum": null, "maximum": null }),
     );
+    // On a single host every machine is in the host's region (none given means it); in a
+    // cluster it is the machine's own host's, which only the machine says.
+    if !cluster {
+        p.words("UpdateMachineRequest", "region", ["", host_region]);
+    }
     p.body(
         "/v1/apps/{app_name}/machines/{machine_id}",
         "post",
@@ -857,6 +878,72 @@ fn parameters(p: &mut Patcher) {
 mod tests {
     use super::*;
     use utoipa::OpenApi;
+
+    /// What the image pattern admits parses as a reference; references that name a registry
+    /// the parser refuses are not admitted.
+    #[test]
+    fn image_pattern_admits_only_references_that_parse() {
+        let re = regex::Regex::new(&format!("^({IMAGE})$")).expect("pattern");
+        for ok in [
+            "busybox",
+            "busybox:1.36",
+            "library/busybox",
+            "a.b",
+            "registry.fly.io/app:deployment-1",
+            "127.0.0.1:5000/hangar/busybox:latest",
+            "localhost/x",
+            "myhost:5000/x",
+            "my-registry.example.com:443/team/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "a__b/c.d_e",
+        ] {
+            assert!(re.is_match(ok), "{ok} should be admitted");
+            assert!(hangar_image::Reference::parse(ok).is_ok(), "{ok} should parse");
+        }
+        for not in [
+            "jccwyphnetg0g.q0ed0fqssu__s7gwk.ma/x",
+            "a.b_c/x",
+            "host:99999/x",
+            "host:0x50/x",
+            "myhost:5000:5000/x",
+            "-a.b/x",
+            "Upper",
+            "a/",
+        ] {
+            assert!(!re.is_match(not), "{not} should not be admitted");
+        }
+    }
+
+    /// The zero-duration pattern matches exactly the durations that parse to zero.
+    #[test]
+    fn zero_durations_are_those_that_parse_to_zero() {
+        let zero = regex::Regex::new(ZERO_DURATION).expect("pattern");
+        let any = regex::Regex::new(GO_DURATION).expect("pattern");
+        for d in [
+            "0",
+            "0s",
+            "+0s",
+            "00h",
+            "0.0s",
+            "0h0m0s",
+            "0.9ns",
+            "0.0001us",
+            "0.0009µs",
+            "0.0000009ms",
+            "1ns",
+            "0.001us",
+            "0.000001ms",
+            "0.000000001s",
+            "0.000000001m",
+            "3.231us",
+            "1h",
+            "0.5ns0.5ns",
+            "0.1s",
+        ] {
+            assert!(any.is_match(d), "{d} is a Go duration");
+            let parsed = hangar_api::duration::parse_go_duration(d).expect("parses");
+            assert_eq!(zero.is_match(d), parsed.is_zero(), "{d}: {parsed:?}");
+        }
+    }
 
     /// The shell-words pattern admits exactly the command lines `shlex` splits.
     #[test]
