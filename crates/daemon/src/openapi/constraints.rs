@@ -44,6 +44,10 @@ const HOSTNAME: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0
 const HOST_LABEL: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 const BASE64: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 const MACHINE_ID: &str = r"^[0-9a-f]{14}$";
+/// White space as Rust's `char::is_whitespace` (Unicode's White_Space) sees it, which is
+/// what validation trims and refuses; regex engines' `\s` differ from it and from each other
+/// (U+0085, U+FEFF, U+001C–U+001F), so the schema spells the class out.
+const SPACE: &str = r"\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
 /// A command line that splits into words as a POSIX shell (and the `shlex` crate) would: every
 /// quote closed, no backslash left at the end. Not blank is said separately.
 const SHELL_WORDS: &str = r#"^(?:[^"'\\]|\\[\s\S]|"(?:[^"\\]|\\[\s\S])*"|'[^']*')*$"#;
@@ -407,8 +411,9 @@ fn machine_config(p: &mut Patcher) {
         json!({ "pattern": format!("^$|{HOSTNAME}") }),
     );
     p.required("DnsOption", &["name"]);
-    p.prop("DnsOption", "name", json!({ "pattern": r"^[^\s:]+$" }));
-    p.prop("DnsOption", "value", json!({ "pattern": r"^[^\s:]+$" }));
+    let no_space_or_colon = format!("^[^{SPACE}:]+$");
+    p.prop("DnsOption", "name", json!({ "pattern": no_space_or_colon }));
+    p.prop("DnsOption", "value", json!({ "pattern": no_space_or_colon }));
 
     p.required("VolumeConfig", &["name"]);
     p.prop("VolumeConfig", "name", json!({ "pattern": DIR_SAFE }));
@@ -427,7 +432,11 @@ fn machine_config(p: &mut Patcher) {
         p.prop("MachineProcess", field, argv());
     }
     p.prop("MachineProcess", "env", env());
-    p.prop("MachineProcess", "user", json!({ "pattern": r"\S" }));
+    p.prop(
+        "MachineProcess",
+        "user",
+        json!({ "pattern": format!("[^{SPACE}]") }),
+    );
     p.required("EnvFrom", &["env_var", "field_ref"]);
     p.prop("EnvFrom", "env_var", json!({ "pattern": ENV_NAME }));
     p.words("EnvFrom", "field_ref", ENV_FROM_REFS.iter().copied());
@@ -721,7 +730,7 @@ fn requests(p: &mut Patcher, host_region: &str, cluster: bool) {
             "anyOf": [
                 { "required": ["command"], "properties": { "command": { "type": "array", "minItems": 1 } } },
                 { "required": ["cmd"], "properties": { "cmd": {
-                    "type": "string", "allOf": [{ "pattern": r"\S" }, { "pattern": SHELL_WORDS }] } } }
+                    "type": "string", "allOf": [{ "pattern": format!("[^{SPACE}]") }, { "pattern": SHELL_WORDS }] } } }
             ],
             "not": {
                 "required": ["container", "machine"],
@@ -942,6 +951,20 @@ mod tests {
             assert!(any.is_match(d), "{d} is a Go duration");
             let parsed = hangar_api::duration::parse_go_duration(d).expect("parses");
             assert_eq!(zero.is_match(d), parsed.is_zero(), "{d}: {parsed:?}");
+        }
+    }
+
+    /// The white-space class is exactly what `char::is_whitespace` says.
+    #[test]
+    fn space_class_is_rusts_white_space() {
+        let re = regex::Regex::new(&format!("^[{SPACE}]$")).expect("pattern");
+        for c in (0..=0x3100u32).filter_map(char::from_u32).chain(['\u{FEFF}']) {
+            assert_eq!(
+                re.is_match(c.encode_utf8(&mut [0; 4])),
+                c.is_whitespace(),
+                "U+{:04X}",
+                c as u32
+            );
         }
     }
 
