@@ -111,6 +111,7 @@ async fn main() {
     let machines = arg("--machines", 200usize);
     let idle = arg("--idle", 500usize);
     let image = common::test_image();
+    let memcgs_before = memory_cgroups();
     let d = start_daemon("machines").await;
     let c = &d.client;
     c.post("/v1/apps")
@@ -425,6 +426,28 @@ async fn main() {
             .send_raw()
             .await;
     }
+    // Destroyed machines' memory cgroups that the kernel keeps as "dying" ones (their page
+    // cache still charged) slow every later cgroup creation; a churned host must not pile
+    // them up. Counted after the reapers had a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let (Some(before), Some(after)) = (memcgs_before, memory_cgroups()) {
+        println!(
+            "\nmemory cgroups in the kernel (dying ones included): {before} before this run, \
+             {after} after"
+        );
+    }
+}
+
+/// The kernel's count of memory cgroups (`/proc/cgroups`), live and dying.
+fn memory_cgroups() -> Option<u64> {
+    std::fs::read_to_string("/proc/cgroups")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("memory\t"))?
+        .split('\t')
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// `n` rounds of create → started → exec `echo hi` → destroy (force): the total and each phase.
