@@ -87,6 +87,9 @@ pub async fn connect(
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     let deadline = Instant::now() + timeout;
+    // A refused connection to a machine on this host costs microseconds: retry soon at
+    // first (a woken program often listens within a few milliseconds), then every 10 ms.
+    let mut pause = Duration::from_millis(1);
     loop {
         match TcpStream::connect(addr).await {
             Ok(s) => {
@@ -95,7 +98,8 @@ pub async fn connect(
             }
             Err(e) if woken && Instant::now() < deadline => {
                 tracing::debug!(%addr, error = %e, "proxy: waiting for a woken machine to listen");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(10));
             }
             Err(e) => return Err(e),
         }
