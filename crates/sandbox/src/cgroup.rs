@@ -700,7 +700,8 @@ impl MachineCgroup {
 /// The name prefix of retired cgroup directories ([`MachineCgroup::retire`]).
 pub const DEAD_PREFIX: &str = ".dead-";
 
-/// The name prefix of emptied cgroups kept for reuse ([`reap_dead`]).
+/// The name prefix of emptied cgroups kept for reuse ([`reap_dead`]), followed by the time
+/// stamp of their retirement (no machine's id: they belong to none).
 pub const FREE_PREFIX: &str = ".free-";
 
 /// How many emptied cgroups the free pool keeps; more are removed.
@@ -738,10 +739,12 @@ pub fn reap_dead(dirs: &[PathBuf]) {
         for dir in &group {
             let _ = fs::write(dir.join("memory.force_empty"), "0");
         }
+        // Pooled under the retirement's time stamp alone: a pooled cgroup is no machine's.
         let free = name
             .to_str()
             .and_then(|n| n.strip_prefix(DEAD_PREFIX))
-            .map(|rest| format!("{FREE_PREFIX}{rest}"));
+            .and_then(|rest| rest.rsplit_once('-'))
+            .map(|(_, stamp)| format!("{FREE_PREFIX}{stamp}"));
         if let Some(free) = free.filter(|_| poolable(&group)) {
             let pooled = group
                 .iter()
@@ -1116,13 +1119,13 @@ mod tests {
         reap_dead(&dead);
         for c in ["memory", "cpu", "pids"] {
             let hangar = root.path().join(c).join("hangar");
-            assert!(hangar.join(".free-m-1").is_dir(), "{c}: pooled");
+            assert!(hangar.join(".free-1").is_dir(), "{c}: pooled");
             assert!(!hangar.join(".dead-m-1").exists(), "{c}: moved");
         }
         // The next machine's cgroup is the pooled one, under its own name in every
         // controller, with its limits written and its counters reset.
         let cg = MachineCgroup::new(Hierarchy::detect(root.path()).unwrap(), "hangar/n");
-        let pooled = root.path().join("memory/hangar/.free-m-1");
+        let pooled = root.path().join("memory/hangar/.free-1");
         fs::write(pooled.join("memory.max_usage_in_bytes"), "999").unwrap();
         let memory = root.path().join("memory/hangar/n");
         cg.create(&Limits {
@@ -1136,7 +1139,7 @@ mod tests {
         for c in ["memory", "cpu", "pids"] {
             let hangar = root.path().join(c).join("hangar");
             assert!(hangar.join("n").is_dir(), "{c}: claimed");
-            assert!(!hangar.join(".free-m-1").exists(), "{c}: out of the pool");
+            assert!(!hangar.join(".free-1").exists(), "{c}: out of the pool");
         }
         assert!(
             memory.join("memory.oom_control").exists(),
@@ -1159,7 +1162,7 @@ mod tests {
             reap_dead(&dead);
             // (A real cgroup directory would be removed; a fake one with files stays.)
             let hangar = root.path().join("memory/hangar");
-            assert!(!hangar.join(".free-m-1").exists(), "{usage} {oom_kills}");
+            assert!(!hangar.join(".free-1").exists(), "{usage} {oom_kills}");
         }
     }
 }
