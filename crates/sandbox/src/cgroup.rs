@@ -258,7 +258,9 @@ impl MachineCgroup {
                 }
                 let free = dir.with_file_name(&name);
                 if fs::rename(&free, &dir).is_err() {
-                    // A controller without its part of the pool entry gets a new directory.
+                    // The machine has this controller's directory already (or the entry lacks
+                    // it): that one is used, and the entry's part goes rather than linger.
+                    let _ = fs::remove_dir(&free);
                     let _ = fs::create_dir_all(&dir);
                 }
             }
@@ -746,6 +748,10 @@ pub fn reap_dead(dirs: &[PathBuf]) {
             .and_then(|rest| rest.rsplit_once('-'))
             .map(|(_, stamp)| format!("{FREE_PREFIX}{stamp}"));
         if let Some(free) = free.filter(|_| poolable(&group)) {
+            // The memory controller's part last: creates look for entries there, so they never
+            // see one whose other parts are not moved yet.
+            let mut group = group.clone();
+            group.sort_by_key(|dir| dir.join("memory.oom_control").exists());
             let pooled = group
                 .iter()
                 .all(|dir| fs::rename(dir, dir.with_file_name(&free)).is_ok());
@@ -807,7 +813,9 @@ fn remove_dir_retrying(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Retired cgroup directories under `parent` (e.g. `hangar`) in every hierarchy.
+/// Retired cgroup directories under `parent` (e.g. `hangar`) in every hierarchy, and the parts
+/// of pool entries whose memory controller's part is gone (a crash between renames): removed
+/// by [`reap_dead`].
 pub fn dead_dirs(hierarchy: &Hierarchy, parent: &Path) -> Vec<PathBuf> {
     let bases: Vec<PathBuf> = match hierarchy {
         Hierarchy::V2 { root } => vec![root.join(parent)],
@@ -817,16 +825,33 @@ pub fn dead_dirs(hierarchy: &Hierarchy, parent: &Path) -> Vec<PathBuf> {
             .map(|c| root.join(c).join(parent))
             .collect(),
     };
+    let names = |base: &Path, prefix: &str| -> Vec<(String, PathBuf)> {
+        fs::read_dir(base)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect()
+    };
+    let pooled: Vec<String> = match hierarchy {
+        Hierarchy::V1 { root } => names(&root.join("memory").join(parent), FREE_PREFIX)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect(),
+        Hierarchy::V2 { .. } => Vec::new(),
+    };
     let mut out = Vec::new();
     for base in bases {
-        let Ok(rd) = fs::read_dir(&base) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && name.starts_with(DEAD_PREFIX) {
-                out.push(e.path());
-            }
+        out.extend(names(&base, DEAD_PREFIX).into_iter().map(|(_, path)| path));
+        if matches!(hierarchy, Hierarchy::V1 { .. }) {
+            out.extend(
+                names(&base, FREE_PREFIX)
+                    .into_iter()
+                    .filter(|(name, _)| !pooled.contains(name))
+                    .map(|(_, path)| path),
+            );
         }
     }
     out
@@ -1164,5 +1189,25 @@ mod tests {
             let hangar = root.path().join("memory/hangar");
             assert!(!hangar.join(".free-1").exists(), "{usage} {oom_kills}");
         }
+    }
+
+    #[test]
+    fn test_v1_pool_entries_without_their_memory_part_are_dead() {
+        let (root, dead) = fake_v1_retired(0, 0);
+        reap_dead(&dead);
+        // An entry whose memory part is gone (a crash between renames) in cpu and pids.
+        for c in ["cpu", "pids"] {
+            fs::create_dir_all(root.path().join(c).join("hangar/.free-2")).unwrap();
+        }
+        let hierarchy = Hierarchy::detect(root.path()).unwrap();
+        let mut found = dead_dirs(&hierarchy, Path::new("hangar"));
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                root.path().join("cpu/hangar/.free-2"),
+                root.path().join("pids/hangar/.free-2")
+            ]
+        );
     }
 }
