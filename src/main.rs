@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         }
         (Some("reap-cgroups"), _, _) => {
             let dirs: Vec<std::path::PathBuf> = args[2..].iter().map(Into::into).collect();
+            hangar_sandbox::cgroup::yield_to_machines();
             hangar_sandbox::cgroup::reap_dead(&dirs);
             return ExitCode::SUCCESS;
         }

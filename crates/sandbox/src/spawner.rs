@@ -150,6 +150,7 @@ fn reaper(dirs: OwnedFd) -> i32 {
         .filter(|d| !d.is_empty())
         .map(|d| std::ffi::OsStr::from_bytes(d).into())
         .collect();
+    crate::cgroup::yield_to_machines();
     crate::cgroup::reap_dead(&dirs);
     0
 }
