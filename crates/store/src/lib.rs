@@ -135,6 +135,23 @@ pub trait MachineStore: Send + Sync {
         event: &EventRecord,
         lease: Option<&LeaseRecord>,
     ) -> Result<()>;
+    /// [`insert_machine`](Self::insert_machine) whose commit may not be on disk yet when it
+    /// returns: every reader sees it at once, and it is durable once [`sync`](Self::sync)
+    /// returns. A create uses it to start booting the machine while the disk catches up, and
+    /// answers only after the sync. Backends whose commits are durable anyway keep the default.
+    fn insert_machine_unsynced(
+        &self,
+        machine: &MachineRecord,
+        event: &EventRecord,
+        lease: Option<&LeaseRecord>,
+    ) -> Result<()> {
+        self.insert_machine(machine, event, lease)
+    }
+    /// Makes every commit so far durable (see
+    /// [`insert_machine_unsynced`](Self::insert_machine_unsynced)).
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// Rewrites the machine row if `expect` still holds (else [`StoreError::Conflict`] or
     /// [`StoreError::LeaseHeld`], and nothing is written); `new_version` records a new config
     /// version, `event` appends. Returns the row's new version.

@@ -1,7 +1,7 @@
 //! The embedded backend: one SQLite database in WAL mode with `synchronous=FULL`, so a commit
 //! that returned is on disk even if the daemon is SIGKILLed right after.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -208,6 +208,9 @@ ALTER TABLE hosts ADD COLUMN instance TEXT NOT NULL DEFAULT '';
 const READERS: usize = 4;
 
 pub struct SqliteStore {
+    /// The write-ahead log, when SQLite is in WAL mode: syncing it makes every commit so far
+    /// durable ([`MachineStore::sync`]).
+    wal: Option<PathBuf>,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -262,9 +265,14 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+        let wal = if mode.eq_ignore_ascii_case("wal") {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            Some(PathBuf::from(wal))
+        } else {
             tracing::warn!(mode, "SQLite refused WAL mode; continuing with {mode}");
-        }
+            None
+        };
         migrate(&writer)?;
         let readers = (0..READERS)
             .map(|_| {
@@ -276,6 +284,7 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            wal,
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -634,6 +643,50 @@ impl AppStore for SqliteStore {
     }
 }
 
+/// [`MachineStore::insert_machine`] on the writer connection.
+fn insert_machine_on(
+    conn: &mut Connection,
+    m: &MachineRecord,
+    event: &EventRecord,
+    lease: Option<&LeaseRecord>,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
+    let res = tx.execute(
+        &format!(
+            "INSERT INTO machines ({MACHINE_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        params![
+            m.id,
+            m.app,
+            m.name,
+            m.state.as_str(),
+            m.region,
+            m.instance_id,
+            m.private_ip,
+            m.created_at,
+            m.updated_at,
+            m.cordoned,
+            to_json(&m.config)?,
+            image_ref,
+            to_json(&m.image_digests)?,
+            m.row_version,
+            m.host_id,
+            m.private_ipv4,
+            m.skip_secrets
+        ],
+    );
+    machine_write(res, m)?;
+    insert_version(&tx, m)?;
+    insert_event(&tx, event)?;
+    if let Some(l) = lease {
+        put_lease_on(&tx, l)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl MachineStore for SqliteStore {
     fn insert_machine(
         &self,
@@ -641,42 +694,38 @@ impl MachineStore for SqliteStore {
         event: &EventRecord,
         lease: Option<&LeaseRecord>,
     ) -> Result<()> {
+        insert_machine_on(&mut self.writer(), m, event, lease)
+    }
+
+    fn insert_machine_unsynced(
+        &self,
+        m: &MachineRecord,
+        event: &EventRecord,
+        lease: Option<&LeaseRecord>,
+    ) -> Result<()> {
         let mut conn = self.writer();
-        let tx = conn.transaction()?;
-        let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
-        let res = tx.execute(
-            &format!(
-                "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-            ),
-            params![
-                m.id,
-                m.app,
-                m.name,
-                m.state.as_str(),
-                m.region,
-                m.instance_id,
-                m.private_ip,
-                m.created_at,
-                m.updated_at,
-                m.cordoned,
-                to_json(&m.config)?,
-                image_ref,
-                to_json(&m.image_digests)?,
-                m.row_version,
-                m.host_id,
-                m.private_ipv4,
-                m.skip_secrets
-            ],
-        );
-        machine_write(res, m)?;
-        insert_version(&tx, m)?;
-        insert_event(&tx, event)?;
-        if let Some(l) = lease {
-            put_lease_on(&tx, l)?;
+        if self.wal.is_none() {
+            return insert_machine_on(&mut conn, m, event, lease);
         }
-        tx.commit()?;
-        Ok(())
+        without_fsync(&mut conn, |c| insert_machine_on(c, m, event, lease))
+    }
+
+    /// Syncs the write-ahead log, which holds every commit not yet checkpointed (a
+    /// checkpoint syncs the log first): what SQLite's own FULL commit does, later.
+    fn sync(&self) -> Result<()> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let synced = std::fs::File::open(wal).and_then(|f| f.sync_data());
+        match synced {
+            Ok(()) => Ok(()),
+            // No log: everything is in the database file, synced by the checkpoint.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "syncing {}: {e}",
+                wal.display()
+            ))),
+        }
     }
 
     fn update_machine(
@@ -1515,6 +1564,29 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 2);
+    }
+
+    #[test]
+    fn test_an_unsynced_insert_is_seen_at_once_and_synced_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        assert!(s.wal.as_ref().is_some_and(|w| w.ends_with("state.db-wal")));
+        s.create_app(&app("a1")).unwrap();
+        let m = crate::conformance::machine("a1", "00000000000001", "n1");
+        s.insert_machine_unsynced(&m, &crate::conformance::event("e1", &m.id, 1), None)
+            .unwrap();
+        // Every reader sees it before the sync.
+        assert!(s.get_machine("a1", &m.id).unwrap().is_some());
+        s.sync().unwrap();
+        let sync: i64 = s
+            .writer()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL again for every other write");
+        // Reopened (as after a restart), it is there.
+        drop(s);
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        assert!(s.get_machine("a1", &m.id).unwrap().is_some());
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Hangar {
                         Err(e) => return Ok(Err(e)),
                     };
                     (rec.private_ip, rec.private_ipv4) = (v6, v4);
-                    match s.insert_machine(&rec, &ev, l.as_ref()) {
+                    match s.insert_machine_unsynced(&rec, &ev, l.as_ref()) {
                         Err(hangar_store::StoreError::AddressTaken(_)) if tries < 5 => tries += 1,
                         Err(e) => return Err(e),
                         Ok(()) => return Ok(Ok((rec.private_ip, rec.private_ipv4))),
@@ -201,7 +201,10 @@ impl Hangar {
         }
         self.notify(&m, Some(event.id.clone()));
         if !req.skip_launch {
-            // Boot in the background, as Fly does: the response says `created`.
+            // Boot in the background, as Fly does: the response says `created`. The boot
+            // starts while the insert reaches the disk (the sync below, ~1 ms here); the
+            // answer waits for it. Were the host to lose power before, the machine would be
+            // unknown at the next start and its leftovers swept, and nobody was told it exists.
             let this = self.me.clone();
             let (app, id) = (m.app.clone(), m.id.clone());
             tokio::spawn(async move {
@@ -212,6 +215,7 @@ impl Hangar {
                 }
             });
         }
+        db(&self.store, |s| s.sync()).await?;
         Ok((m, lease.map(|l| l.nonce)))
     }
 
