@@ -492,3 +492,23 @@ async fn bad_network_names_are_refused() {
         "nothing was created"
     );
 }
+
+/// A daemon running networking in a network namespace of its own locks
+/// `/run/hangar/network-<namespace inode>.lock`; the file goes when the daemon stops, and a
+/// starting daemon removes such files that no daemon holds (their daemons were killed).
+#[tokio::test]
+async fn test_namespace_network_locks_do_not_pile_up() {
+    use std::os::unix::fs::MetadataExt;
+    let hosts = common::netns::Hosts::new(1);
+    std::fs::create_dir_all("/run/hangar").unwrap();
+    // As a SIGKILLed daemon of a namespace long gone leaves it.
+    let stale = std::path::Path::new("/run/hangar/network-1.lock");
+    std::fs::write(stale, b"").unwrap();
+    let inode = std::fs::metadata(hosts.path(1)).unwrap().ino();
+    let ours = std::path::PathBuf::from(format!("/run/hangar/network-{inode}.lock"));
+    let mut d = Daemon::start_in_netns(hosts.path(1), &[]).await;
+    assert!(ours.exists(), "{} is the daemon's lock", ours.display());
+    assert!(!stale.exists(), "a lock nobody holds is removed");
+    assert!(d.terminate().success());
+    assert!(!ours.exists(), "the daemon's own lock goes with it");
+}

@@ -82,6 +82,32 @@ pub struct HostNetwork {
     devices: Mutex<Devices>,
     overlay: Option<Overlay>,
     _lock: std::fs::File,
+    /// The lock's path when it is a namespace's own (`network-<inode>.lock`): removed at
+    /// shutdown, as that namespace may never run a daemon again.
+    namespace_lock: Option<String>,
+}
+
+/// Removes the lock files of other network namespaces that no daemon holds (their daemons
+/// ended without removing them: killed, or their namespace went). Taking the lock first
+/// means no live daemon loses its own.
+fn remove_stale_locks(ours: &str) {
+    let Ok(entries) = std::fs::read_dir("/run/hangar") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("network-") && name.ends_with(".lock")) || path.as_os_str() == ours {
+            continue;
+        }
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        // SAFETY: flock on a file we hold open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 impl HostNetwork {
@@ -105,6 +131,7 @@ impl HostNetwork {
                  locked); stop it, or start this one with --network off"
             );
         }
+        remove_stale_locks(&lock_file);
         hangar_net::firewall::apply(egress, overlay.is_some())?;
         if egress {
             hangar_net::firewall::enable_forwarding()?;
@@ -115,10 +142,12 @@ impl HostNetwork {
             .context("the host has no loopback device")?;
         nl.add_address(lo, IpAddr::V6(RESOLVER), 128)
             .context("failed to give lo the resolver's address fdaa::3")?;
+        let namespace_lock = lock_file.contains("/network-").then(|| lock_file.clone());
         Ok(HostNetwork {
             devices: Mutex::new(Devices::default()),
             overlay,
             _lock: lock,
+            namespace_lock,
         })
     }
 
@@ -297,7 +326,12 @@ impl HostNetwork {
             let Devices { veths, uses, .. } = &mut *devices;
             uses.retain(|bridge, _| veths.values().any(|b| b == bridge));
         }
-        self.sweep()
+        let swept = self.sweep();
+        // Last: a daemon starting in this namespace from now on finds no devices of ours.
+        if let Some(path) = &self.namespace_lock {
+            let _ = std::fs::remove_file(path);
+        }
+        swept
     }
 
     /// Removes devices no running machine uses: left by a crash, or by machines that ended
