@@ -413,7 +413,11 @@ fn machine_config(p: &mut Patcher) {
     p.required("DnsOption", &["name"]);
     let no_space_or_colon = format!("^[^{SPACE}:]+$");
     p.prop("DnsOption", "name", json!({ "pattern": no_space_or_colon }));
-    p.prop("DnsOption", "value", json!({ "pattern": no_space_or_colon }));
+    p.prop(
+        "DnsOption",
+        "value",
+        json!({ "pattern": no_space_or_colon }),
+    );
 
     p.required("VolumeConfig", &["name"]);
     p.prop("VolumeConfig", "name", json!({ "pattern": DIR_SAFE }));
@@ -958,7 +962,10 @@ mod tests {
     #[test]
     fn space_class_is_rusts_white_space() {
         let re = regex::Regex::new(&format!("^[{SPACE}]$")).expect("pattern");
-        for c in (0..=0x3100u32).filter_map(char::from_u32).chain(['\u{FEFF}']) {
+        for c in (0..=0x3100u32)
+            .filter_map(char::from_u32)
+            .chain(['\u{FEFF}'])
+        {
             assert_eq!(
                 re.is_match(c.encode_utf8(&mut [0; 4])),
                 c.is_whitespace(),
