@@ -271,7 +271,7 @@ impl MachineCgroup {
     }
 
     /// Zeroes what a recycled v1 cgroup counted for its last machine and that can be zeroed:
-    /// peak usage and limit hits, CPU time, IO. (Its OOM-kill count cannot be: cgroups that
+    /// peak usage and limit hits, CPU time, IO; and thaws it. (Its OOM-kill count cannot be: cgroups that
     /// saw an OOM kill are never pooled.) Best effort: a counter left is a figure, not a limit.
     fn reset_counters(&self) {
         if let Some(mem) = self.v1("memory") {
@@ -287,6 +287,11 @@ impl MachineCgroup {
         if let Some(cpuacct) = self.v1("cpuacct") {
             let _ = fs::write(cpuacct.join("cpuacct.usage"), "0");
         }
+        // Defensive: a cgroup pooled while frozen would freeze the next machine's processes
+        // as they join it.
+        if let Some(freezer) = self.v1("freezer") {
+            let _ = fs::write(freezer.join("freezer.state"), "THAWED");
+        }
         if let Some(blkio) = self.v1("blkio") {
             let _ = fs::write(blkio.join("blkio.reset_stats"), "1");
         }
@@ -295,6 +300,27 @@ impl MachineCgroup {
     /// Moves `pid` (and, later, its children) into the cgroup.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` out of the cgroup, to the root of every hierarchy (the only place sure to
+    /// take a process on v2). For the spawn helper, which joins the machine's cgroup so that
+    /// what it forks starts there, before it kills the cgroup's processes: freezing a cgroup
+    /// it is in would freeze the helper itself, for good.
+    pub fn remove_process(&self, pid: i32) -> Result<()> {
+        let roots: Vec<PathBuf> = match &self.hierarchy {
+            Hierarchy::V2 { root } => vec![root.clone()],
+            Hierarchy::V1 { root } => self
+                .dirs()
+                .iter()
+                .filter_map(|d| d.strip_prefix(root).ok())
+                .filter_map(|rel| rel.components().next())
+                .map(|controller| root.join(controller))
+                .collect(),
+        };
+        for dir in roots {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
@@ -1224,5 +1250,20 @@ mod tests {
                 root.path().join("pids/hangar/.free-2")
             ]
         );
+    }
+
+    #[test]
+    fn test_v1_a_process_leaves_for_each_hierarchys_root() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "pids"] {
+            fs::create_dir_all(root.path().join(c).join("hangar/m")).unwrap();
+            fs::write(root.path().join(c).join("tasks"), "").unwrap();
+        }
+        let cg = MachineCgroup::new(Hierarchy::detect(root.path()).unwrap(), "hangar/m");
+        cg.remove_process(42).unwrap();
+        for c in ["memory", "cpu", "pids"] {
+            let procs = fs::read_to_string(root.path().join(c).join("cgroup.procs")).unwrap();
+            assert_eq!(procs, "42", "{c}");
+        }
     }
 }

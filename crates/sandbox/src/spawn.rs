@@ -248,6 +248,8 @@ pub fn spawn_machine(
             drop(go_w);
             let _ = waitpid(child, None);
             if outcome.is_err() {
+                // Out of the cgroup first: kill_all freezes it, and this helper is in it.
+                let _ = cgroup.remove_process(std::process::id() as i32);
                 let _ = cgroup.kill_all();
                 if let Some(net) = &spec.net {
                     // The pair goes with the namespace too, but not before the kernel gets to
