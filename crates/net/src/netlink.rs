@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -265,6 +265,25 @@ impl Netlink {
             Err(e) if !add && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other,
         }
+    }
+
+    /// Pins the bridge's forwarding entry for `mac` to port `port` (`bridge fdb replace MAC dev
+    /// PORT master static`; the kernel refuses dynamic entries from user space): a machine
+    /// restarting on a new port is reached there at once, not through its previous port,
+    /// which lingers until the kernel removes it with the old namespace. The entry goes with
+    /// the port.
+    pub fn pin_fdb(&mut self, port: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = port;
+        msg.header.state = NeighbourState::Noarp;
+        msg.header.flags = NeighbourFlags::Controller;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
     }
 
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {

@@ -253,7 +253,7 @@ pub fn spawn_machine(
                 let _ = cgroup.kill_all();
                 if let Some(net) = &spec.net {
                     // The pair goes with the namespace too, but not before the kernel gets to
-                    // it: remove it now so a retry can reuse the name.
+                    // it: remove it now rather than leave it on the bridge.
                     if let Ok(mut nl) = hangar_net::netlink::Netlink::open() {
                         let _ = nl.delete_link(&net.host_veth);
                     }
@@ -272,8 +272,8 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
         .link_index(&net.bridge)
         .map_err(ioerr(format!("look up bridge {}", net.bridge)))?
         .ok_or_else(|| SpawnError::Child(format!("bridge {} does not exist", net.bridge)))?;
-    // A pair left by a crashed earlier boot of this machine would hold the name.
-    let _ = nl.delete_link(&net.host_veth);
+    // The name is this boot's own: the previous boot's pair (same machine, same MAC) may
+    // still be on the bridge until the kernel removes it with its namespace.
     let mac = hangar_net::plan::machine_mac(net.ipv4);
     nl.create_veth(
         &net.host_veth,
@@ -283,7 +283,14 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
         child.as_raw() as u32,
         net.mtu,
     )
-    .map_err(ioerr(format!("create veth {}", net.host_veth)))
+    .map_err(ioerr(format!("create veth {}", net.host_veth)))?;
+    // So frames for the machine go to this port now, not to the previous boot's.
+    let port = nl
+        .link_index(&net.host_veth)
+        .map_err(ioerr(format!("look up veth {}", net.host_veth)))?
+        .ok_or_else(|| SpawnError::Child(format!("veth {} vanished", net.host_veth)))?;
+    nl.pin_fdb(port, mac)
+        .map_err(ioerr(format!("point the bridge at {}", net.host_veth)))
 }
 
 /// Inside the machine's network namespace: loopback and `eth0` up, the machine's addresses,

@@ -398,7 +398,8 @@ fn machine_net(m: &MachineRecord) -> Result<hangar_net::MachineNet, RuntimeError
     let v6 = m.private_ip.parse().ok();
     let v4 = m.private_ipv4.parse().ok();
     v6.zip(v4)
-        .and_then(|(v6, v4)| hangar_net::MachineNet::new(&m.id, v6, v4))
+        // A veth name of this boot's own (see `veth_name`).
+        .and_then(|(v6, v4)| hangar_net::MachineNet::new(&m.id, v6, v4, rand::random()))
         .ok_or_else(|| {
             failed(format!(
                 "machine {} has no usable private addresses ({:?}, {:?})",
