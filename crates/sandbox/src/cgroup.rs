@@ -225,7 +225,7 @@ impl MachineCgroup {
     }
 
     /// Takes an emptied cgroup from the free pool ([`reap_dead`]) and renames it to this one
-    /// in every v1 controller, its counters reset; false when none could be taken (the caller
+    /// in every v1 controller, ready for reuse; false when none could be taken (the caller
     /// makes new directories). Concurrent claims race on renaming the memory controller's
     /// directory, which only one wins; the winner alone moves the other controllers' ones.
     fn claim_free(&self) -> bool {
@@ -264,16 +264,17 @@ impl MachineCgroup {
                     let _ = fs::create_dir_all(&dir);
                 }
             }
-            self.reset_counters();
+            self.reset_for_reuse();
             return true;
         }
         false
     }
 
-    /// Zeroes what a recycled v1 cgroup counted for its last machine and that can be zeroed:
-    /// peak usage and limit hits, CPU time, IO; and thaws it. (Its OOM-kill count cannot be: cgroups that
-    /// saw an OOM kill are never pooled.) Best effort: a counter left is a figure, not a limit.
-    fn reset_counters(&self) {
+    /// Readies a recycled v1 cgroup for its new machine: zeroes what it counted for its last
+    /// one where the kernel allows (peak usage and limit hits, CPU time, IO; the OOM-kill count
+    /// cannot be, so cgroups that saw one are never pooled) and thaws it. Best effort: a
+    /// counter left is a figure, not a limit.
+    fn reset_for_reuse(&self) {
         if let Some(mem) = self.v1("memory") {
             for file in [
                 "memory.max_usage_in_bytes",
