@@ -43,6 +43,21 @@ fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(io("read", path))
 }
 
+/// The value of `key` in a kernel file of `key value` lines (`memory.stat`, `cpu.stat`,
+/// `memory.oom_control`, `memory.events`).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// Whether `dir` is a v1 cgroup's memory controller part (of a retired or pooled cgroup,
+/// whose directories share one name across the controllers).
+fn is_memory_part(dir: &Path) -> bool {
+    dir.join("memory.oom_control").exists()
+}
+
 /// Which layout the host uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
@@ -407,11 +422,7 @@ impl MachineCgroup {
         };
         let text = read(&file)?;
         let parsed = if v2 {
-            text.lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(k, _)| *k == "usage_usec")
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-                .map(|us| us * 1000)
+            keyed(&text, "usage_usec").map(|us| us * 1000)
         } else {
             text.trim().parse().ok()
         };
@@ -533,12 +544,7 @@ impl MachineCgroup {
                 // own (anonymous) memory needs, so nothing is OOM-killed in the moment it is low.
                 let cache = fs::read_to_string(dir.join("memory.stat"))
                     .ok()
-                    .and_then(|stat| {
-                        stat.lines()
-                            .filter_map(|l| l.split_once(' '))
-                            .find(|(k, _)| *k == "total_cache")
-                            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-                    })
+                    .and_then(|stat| keyed(&stat, "total_cache"))
                     .unwrap_or(0);
                 let target = before.saturating_sub(bytes.min(cache)).max(1 << 20);
                 if target < before {
@@ -581,12 +587,7 @@ impl MachineCgroup {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io("read", &file)(e)),
         };
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0))
+        Ok(keyed(&text, key).unwrap_or(0))
     }
 
     /// Uncharges the page cache the machine's files left in its (now empty) memory cgroup.
@@ -778,7 +779,7 @@ pub fn reap_dead(dirs: &[PathBuf]) {
             // The memory controller's part last: creates look for entries there, so they never
             // see one whose other parts are not moved yet.
             let mut group = group.clone();
-            group.sort_by_key(|dir| dir.join("memory.oom_control").exists());
+            group.sort_by_key(|dir| is_memory_part(dir));
             let pooled = group
                 .iter()
                 .all(|dir| fs::rename(dir, dir.with_file_name(&free)).is_ok());
@@ -815,7 +816,7 @@ pub fn yield_to_machines() {
 /// memory controller's part carries little page cache, never saw an OOM kill (a count no
 /// write resets), and the pool has room.
 fn poolable(group: &[&PathBuf]) -> bool {
-    let Some(memory) = group.iter().find(|d| d.join("memory.oom_control").exists()) else {
+    let Some(memory) = group.iter().find(|d| is_memory_part(d)) else {
         return false;
     };
     let charged = fs::read_to_string(memory.join("memory.usage_in_bytes"))
@@ -823,12 +824,7 @@ fn poolable(group: &[&PathBuf]) -> bool {
         .and_then(|s| s.trim().parse::<u64>().ok());
     let oom_kills = fs::read_to_string(memory.join("memory.oom_control"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(k, _)| *k == "oom_kill")
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        });
+        .and_then(|s| keyed(&s, "oom_kill"));
     let Some(parent) = memory.parent() else {
         return false;
     };
