@@ -34,6 +34,24 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
 }
 
+/// A bridge forwarding-database entry for `mac` on device `index` (`state` NOARP is
+/// `static`, PERMANENT with `Own` is the device's own table, `Controller` the bridge's).
+fn fdb_entry(
+    index: u32,
+    state: NeighbourState,
+    flags: NeighbourFlags,
+    mac: [u8; 6],
+) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = state;
+    msg.header.flags = flags;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    msg
+}
+
 impl Netlink {
     /// Opens a socket in the calling thread's current network namespace.
     pub fn open() -> io::Result<Netlink> {
@@ -240,13 +258,12 @@ impl Netlink {
     /// `bridge fdb append 00:00:00:00:00:00 dev … dst …`). Adding an entry already there, or
     /// removing one that is not, is fine.
     pub fn flood_entry(&mut self, index: u32, remote: IpAddr, add: bool) -> io::Result<()> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Bridge;
-        msg.header.ifindex = index;
-        msg.header.state = NeighbourState::Permanent;
-        msg.header.flags = NeighbourFlags::Own;
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        let mut msg = fdb_entry(
+            index,
+            NeighbourState::Permanent,
+            NeighbourFlags::Own,
+            [0; 6],
+        );
         msg.attributes
             .push(NeighbourAttribute::Destination(match remote {
                 IpAddr::V4(a) => NeighbourAddress::Inet(a),
@@ -273,13 +290,7 @@ impl Netlink {
     /// which lingers until the kernel removes it with the old namespace. The entry goes with
     /// the port.
     pub fn pin_fdb(&mut self, port: u32, mac: [u8; 6]) -> io::Result<()> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Bridge;
-        msg.header.ifindex = port;
-        msg.header.state = NeighbourState::Noarp;
-        msg.header.flags = NeighbourFlags::Controller;
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let msg = fdb_entry(port, NeighbourState::Noarp, NeighbourFlags::Controller, mac);
         self.ack(
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
