@@ -26,17 +26,18 @@ use hangar_net::plan::{
     OVERLAY_OVERHEAD_V6, OVERLAY_PORT, RESOLVER,
 };
 
-/// The lock of this network namespace's networking.
-fn lock_file() -> String {
+/// The lock of this network namespace's networking, and whether it is a namespace's own
+/// (`network-<inode>.lock`, not init's).
+fn lock_file() -> (String, bool) {
     let inode = |path: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).map(|m| m.ino()).ok()
     };
     match inode("/proc/self/ns/net") {
         Some(ours) if inode("/proc/1/ns/net") != Some(ours) => {
-            format!("/run/hangar/network-{ours}.lock")
+            (format!("/run/hangar/network-{ours}.lock"), true)
         }
-        _ => "/run/hangar/network.lock".to_string(),
+        _ => ("/run/hangar/network.lock".to_string(), false),
     }
 }
 
@@ -117,7 +118,7 @@ impl HostNetwork {
     /// ([`set_peers`](Self::set_peers) says which).
     pub fn set_up(egress: bool, overlay: Option<Overlay>) -> anyhow::Result<HostNetwork> {
         std::fs::create_dir_all("/run/hangar").context("failed to create /run/hangar")?;
-        let lock_file = lock_file();
+        let (lock_file, namespace_own) = lock_file();
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -142,7 +143,7 @@ impl HostNetwork {
             .context("the host has no loopback device")?;
         nl.add_address(lo, IpAddr::V6(RESOLVER), 128)
             .context("failed to give lo the resolver's address fdaa::3")?;
-        let namespace_lock = lock_file.contains("/network-").then(|| lock_file.clone());
+        let namespace_lock = namespace_own.then(|| lock_file.clone());
         Ok(HostNetwork {
             devices: Mutex::new(Devices::default()),
             overlay,
