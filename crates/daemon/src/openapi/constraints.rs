@@ -17,16 +17,43 @@ use hangar_api::validate::{
 };
 use hangar_api::MachineState;
 
-/// An image reference as `hangar_image::Reference::parse` reads it (a subset: no digests).
+// Pieces of IMAGE (macros, so that `concat!` can join them at compile time): a port
+// (0–65535), a host name label, a repository path component.
+macro_rules! port {
+    () => {
+        r"([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+    };
+}
+macro_rules! label {
+    () => {
+        r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+    };
+}
+macro_rules! component {
+    () => {
+        r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+    };
+}
 /// An image reference as `hangar_image::Reference::parse` reads it. A first component with a
 /// dot, a port or `localhost` names a registry (a host name: no `_`); without one, the first
 /// component is a repository name's, so it has no dot unless it is the only one.
 const IMAGE: &str = concat!(
-    r"(",
-    r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?((\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+(:([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?|:([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))|localhost)",
-    r"(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+",
-    r"|[a-z0-9]+((_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+",
-    r"|[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*",
+    // A registry (dotted host with an optional port, a host with a port, or localhost) and
+    // a path; or a first component without a dot, then more; or one component alone.
+    "((",
+    label!(),
+    r"((\.",
+    label!(),
+    ")+(:",
+    port!(),
+    ")?|:",
+    port!(),
+    ")|localhost)(/",
+    component!(),
+    ")+|[a-z0-9]+((_|__|-+)[a-z0-9]+)*(/",
+    component!(),
+    ")+|",
+    component!(),
     r")(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?",
 );
 /// A name that is also a directory name: containers and machine-local volumes.
