@@ -182,6 +182,62 @@ async fn main() {
         ids.extend(made);
     }
 
+    // Warm sandboxes (made ahead; the default) against none, interleaved so both see the same
+    // host; both without networking, which one daemon per host owns.
+    {
+        let warm_d = start_daemon_with("machines-warm", &["--network", "off"]).await;
+        let cold_d = start_daemon_with(
+            "machines-cold",
+            &["--network", "off", "--warm-sandboxes", "0"],
+        )
+        .await;
+        let mut warm_lat = Vec::new();
+        let mut cold_lat = Vec::new();
+        let mut made = Vec::new();
+        for d in [&warm_d, &cold_d] {
+            d.client
+                .post("/v1/apps")
+                .json(&json!({"name": "bench"}))
+                .send_raw()
+                .await
+                .expect("app");
+            let (first, _) = common::create_sleeper(&d.client, "bench", &image).await;
+            made.push((d, first));
+        }
+        // A pause after each create lets what a start leaves running (the pool's refill, a
+        // helper's exit) finish before the other daemon's create.
+        let settle = Duration::from_millis(30);
+        for _ in 0..machines.min(100) {
+            let (id, lat) = common::create_sleeper(&warm_d.client, "bench", &image).await;
+            warm_lat.push(lat);
+            made.push((&warm_d, id));
+            tokio::time::sleep(settle).await;
+            let (id, lat) = common::create_sleeper(&cold_d.client, "bench", &image).await;
+            cold_lat.push(lat);
+            made.push((&cold_d, id));
+            tokio::time::sleep(settle).await;
+        }
+        for (d, id) in made {
+            let _ = d
+                .client
+                .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+                .send_raw()
+                .await;
+        }
+        let warm_p50 = report(
+            "hangar create -> started, warm sandbox (networking off)",
+            warm_lat,
+        );
+        let cold_p50 = report(
+            "hangar create -> started, sandbox built per start (networking off)",
+            cold_lat,
+        );
+        println!(
+            "  a warm sandbox saves {:.2} ms at p50",
+            (cold_p50.as_secs_f64() - warm_p50.as_secs_f64()) * 1e3
+        );
+    }
+
     // DNS from inside a machine: queries sent from its network namespace to fdaa::3.
     if let Some(lat) = dns_latency(&d, &ids[0], 2000).await {
         report(

@@ -609,11 +609,25 @@ async fn test_machines_survive_daemon_sigkill() {
 /// Mounts under this daemon's data dir, and processes carrying the test's marker.
 fn count_host_state(data_dir: &std::path::Path) -> (usize, usize) {
     let dir = data_dir.display().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&dir))
-        .count();
+    // Mount points under the data dir, in the host's mount namespace or in any other (a warm
+    // sandbox's root filesystems are mounted in the machine's namespace only).
+    let mut namespaces = std::collections::HashSet::new();
+    let mut points = std::collections::HashSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(ns) = std::fs::read_link(e.path().join("ns/mnt")) else {
+            continue;
+        };
+        if !namespaces.insert(ns) {
+            continue;
+        }
+        let info = std::fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        points.extend(
+            info.lines()
+                .filter(|l| l.contains(&dir))
+                .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string)),
+        );
+    }
+    let mounts = points.len();
     let procs = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()

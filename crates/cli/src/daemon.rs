@@ -94,6 +94,9 @@ pub struct DaemonArgs {
     /// Threads serving proxied connections, each with its own event loop [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub proxy_workers: Option<u32>,
+    /// Sandboxes kept made ahead (namespaces, cgroup, Pilot waiting), so that a start only mounts the machine's image and hands over its config; cgroup v1 hosts only; 0 turns it off [default: 2]
+    #[arg(long, value_name = "N", env = "HANGAR_WARM_SANDBOXES", value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub warm_sandboxes: Option<u32>,
     /// Remount the host's cgroup2 tree with favordynmods: machine starts skip an RCU grace period (~10 ms here), forks and exits host-wide get slightly dearer; lasts until reboot
     #[arg(long, env = "HANGAR_FAVOR_DYNMODS")]
     pub favor_dynmods: bool,
@@ -203,6 +206,7 @@ struct ConfigFile {
     proxy_max_connections: Option<u32>,
     proxy_workers: Option<u32>,
     favor_dynmods: Option<bool>,
+    warm_sandboxes: Option<u32>,
     secrets_key_file: Option<PathBuf>,
     secrets_readable: Option<bool>,
     log_format: Option<String>,
@@ -352,6 +356,13 @@ impl DaemonArgs {
             },
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             favor_dynmods: self.favor_dynmods || file.favor_dynmods.unwrap_or(false),
+            warm_sandboxes: match self.warm_sandboxes.or(file.warm_sandboxes) {
+                Some(n) if n > 64 => {
+                    anyhow::bail!("warm_sandboxes {n}: at most 64")
+                }
+                Some(n) => n as usize,
+                None => hangar_daemon::DEFAULT_WARM_SANDBOXES,
+            },
             secrets_key_file: self
                 .secrets_key_file
                 .clone()

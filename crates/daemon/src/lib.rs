@@ -40,6 +40,7 @@ use hangar_store::SqliteStore;
 use tokio::net::{TcpListener, UnixListener};
 
 pub use capacity::{DEFAULT_CPU_OVERCOMMIT, DEFAULT_MEMORY_OVERCOMMIT};
+pub use sandbox_runtime::DEFAULT_WARM_SANDBOXES;
 pub use server::router;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/hangar";
@@ -94,6 +95,8 @@ pub struct DaemonOptions {
     /// Remount the host's cgroup2 tree with `favordynmods` (faster machine starts; see
     /// hangar_sandbox::cgroup::favor_dynmods for the trade-off).
     pub favor_dynmods: bool,
+    /// Sandboxes kept made ahead for the next starts (crate::sandbox_runtime::pool); 0: none.
+    pub warm_sandboxes: usize,
     /// The proxy's client-side limits.
     pub proxy_idle_timeout: std::time::Duration,
     pub proxy_max_header_bytes: usize,
@@ -329,7 +332,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             None
         };
         Arc::new(
-            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, opts.log_retention, net, volumes.clone())
+            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, sandbox_runtime::RuntimeSettings {
+                log_retention: opts.log_retention,
+                net,
+                volumes: volumes.clone(),
+                warm_sandboxes: opts.warm_sandboxes,
+            })
                 .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
         )
     };

@@ -122,6 +122,113 @@ impl SlotClaims {
     }
 }
 
+impl SlotClaims {
+    /// Hands `slot`, claimed by this daemon for `from`, to `to` (a pooled sandbox's range to
+    /// the machine that takes it over); false when `from` does not hold it.
+    pub fn transfer(&self, slot: u32, from: &str, to: &str) -> std::io::Result<bool> {
+        let path = self.path(slot);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(self.content(from).as_str()) {
+            return Ok(false);
+        }
+        // Written aside and renamed over, so the claim never reads half-written.
+        let temp = self.dir.join(format!(".{slot}.{to}"));
+        std::fs::write(&temp, self.content(to))?;
+        std::fs::rename(&temp, &path)?;
+        Ok(true)
+    }
+
+    /// Every claim on the host: (slot, owner's data dir, machine).
+    pub fn all(&self) -> Vec<(u32, String, String)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let slot: u32 = e.file_name().to_str()?.parse().ok()?;
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let (owner, machine) = text.split_once('\n')?;
+                Some((slot, owner.to_string(), machine.trim_end().to_string()))
+            })
+            .collect()
+    }
+
+    /// This daemon's data dir as its claims name it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+/// The uid-range slots this daemon uses, each with its holder (a machine, or a pooled
+/// sandbox), claimed host-wide through [`SlotClaims`].
+#[derive(Debug)]
+pub struct Slots {
+    pub claims: SlotClaims,
+    held: std::sync::Mutex<std::collections::BTreeMap<u32, String>>,
+    /// Slots another daemon held when this one last tried them.
+    foreign: std::sync::Mutex<std::collections::HashSet<u32>>,
+}
+
+impl Slots {
+    pub fn new(claims: SlotClaims) -> Self {
+        Self {
+            claims,
+            held: Default::default(),
+            foreign: Default::default(),
+        }
+    }
+
+    /// A free slot, claimed host-wide for `holder`; `None` when the host has none left.
+    pub fn alloc(&self, holder: &str) -> std::io::Result<Option<u32>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut foreign = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        // Slots another daemon held when last tried are skipped without a look; when nothing
+        // else is free, they are tried again (their claims may have gone meanwhile).
+        for second_look in [false, true] {
+            if second_look {
+                foreign.clear();
+            }
+            for slot in 0..MAX_SLOTS {
+                if held.contains_key(&slot) || foreign.contains(&slot) {
+                    continue;
+                }
+                if self.claims.claim(slot, holder)? {
+                    held.insert(slot, holder.to_string());
+                    return Ok(Some(slot));
+                }
+                foreign.insert(slot);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Frees `slot` if `holder` still holds it (freeing twice never frees another's).
+    pub fn free(&self, slot: u32, holder: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&slot).is_some_and(|h| h == holder) {
+            held.remove(&slot);
+            self.claims.release(slot, holder);
+        }
+    }
+
+    /// Records `slot` as held by `holder` (a machine found running at start-up).
+    pub fn hold(&self, slot: u32, holder: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, holder.to_string());
+    }
+
+    /// Hands `slot` from `from` to `to`, here and host-wide; false when `from` did not hold it.
+    pub fn transfer(&self, slot: u32, from: &str, to: &str) -> std::io::Result<bool> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&slot).is_none_or(|h| h != from) || !self.claims.transfer(slot, from, to)? {
+            return Ok(false);
+        }
+        held.insert(slot, to.to_string());
+        Ok(true)
+    }
+}
+
 /// The slots whose uid range some process of the host runs with (any of its uids).
 fn slots_in_use() -> std::collections::HashSet<u32> {
     let mut busy = std::collections::HashSet::new();
@@ -171,6 +278,10 @@ mod tests {
         let b = SlotClaims::open(&claims, &b_dir).unwrap();
         assert!(a.claim(0, "m1").unwrap());
         assert!(a.claim(0, "m1").unwrap(), "its own claim again");
+        assert!(!b.transfer(0, "m1", "x").unwrap(), "not b's to hand on");
+        assert!(a.transfer(0, "m1", "m0").unwrap());
+        assert!(a.transfer(0, "m0", "m1").unwrap());
+        assert!(!a.transfer(0, "m0", "m1").unwrap(), "m0 holds it no more");
         assert!(!b.claim(0, "m2").unwrap(), "held by the other daemon");
         assert!(b.claim(1, "m2").unwrap());
         b.release(0, "m2"); // not b's: nothing happens

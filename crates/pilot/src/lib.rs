@@ -12,6 +12,7 @@ pub mod health;
 pub mod http;
 mod launch;
 pub mod logs;
+pub mod pooled;
 pub mod protocol;
 mod ps;
 
@@ -22,10 +23,16 @@ mod tls;
 
 pub use supervisor::main;
 
-/// The command line of Pilot, `pilot --machine-dir DIR [--spec-stdin]` after the executable
+/// The command line of Pilot, `pilot --machine-dir DIR [--spec-stdin]` (or `pilot --pooled`,
+/// [`pooled`]) after the executable
 /// (in `hangar` and in `hangar-pilot` alike): runs Pilot and returns its exit code, or `None`
 /// when `args` are not Pilot's.
 pub fn run_from_args(args: &[String]) -> Option<std::process::ExitCode> {
+    if let [_, verb, flag, ..] = args {
+        if verb == "pilot" && flag == pooled::POOLED_FLAG {
+            return Some(run_pooled());
+        }
+    }
     let [_, verb, flag, dir, rest @ ..] = args else {
         return None;
     };
@@ -41,4 +48,19 @@ pub fn run_from_args(args: &[String]) -> Option<std::process::ExitCode> {
             std::process::ExitCode::FAILURE
         }
     })
+}
+
+/// Pilot in a pooled sandbox: waits for its machine, then runs it ([`pooled`]).
+fn run_pooled() -> std::process::ExitCode {
+    let outcome = pooled::wait_for_claim().and_then(|claimed| match claimed {
+        Some(dir) => main(&dir, true),
+        None => Ok(0),
+    });
+    match outcome {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -178,60 +178,96 @@ impl MachineCgroup {
                         mkdir_all(&dir)?;
                     }
                 }
-                if let Some(cpu) = self.v1("cpu") {
-                    write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    let quota = u64::from(limits.cpus) * CPU_PERIOD_US;
-                    write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                }
-                if let Some(mem) = self.v1("memory") {
-                    // memsw (memory + swap) exists only with swap accounting enabled. It may
-                    // never be below the memory limit: a recycled cgroup's old one goes first.
-                    let memsw = mem.join("memory.memsw.limit_in_bytes");
-                    if recycled && memsw.exists() {
-                        write(&memsw, "-1")?;
+                self.limit_v1(limits, recycled)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over `pooled`, a cgroup made ahead for a sandbox of the pool, under this one's
+    /// name (v1 renames a cgroup within its parent, processes and all), with `limits` for its
+    /// machine. Fails if this cgroup exists, or on v2, which cannot rename cgroups.
+    pub fn take_over(&self, pooled: &MachineCgroup, limits: &Limits) -> Result<()> {
+        if !matches!(self.hierarchy, Hierarchy::V1 { .. }) {
+            return Err(CgroupError::Io {
+                action: "take over",
+                path: self.rel.clone(),
+                source: std::io::Error::new(
+                    ErrorKind::Unsupported,
+                    "cgroup v2 cannot rename a cgroup",
+                ),
+            });
+        }
+        for (from, to) in pooled.dirs().into_iter().zip(self.dirs()) {
+            // rename(2) replaces an empty directory: a cgroup dir of this name must not be
+            // taken over silently.
+            if to.exists() {
+                return Err(CgroupError::Io {
+                    action: "take over",
+                    path: to,
+                    source: ErrorKind::AlreadyExists.into(),
+                });
+            }
+            fs::rename(&from, &to).map_err(io("rename a pooled cgroup to", &to))?;
+        }
+        self.reset_for_reuse();
+        self.limit_v1(limits, true)
+    }
+
+    /// Writes a v1 cgroup's limits; `recycled` when the cgroup had others before.
+    fn limit_v1(&self, limits: &Limits, recycled: bool) -> Result<()> {
+        if let Some(cpu) = self.v1("cpu") {
+            write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            let quota = u64::from(limits.cpus) * CPU_PERIOD_US;
+            write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        }
+        if let Some(mem) = self.v1("memory") {
+            // memsw (memory + swap) exists only with swap accounting enabled. It may
+            // never be below the memory limit: a recycled cgroup's old one goes first.
+            let memsw = mem.join("memory.memsw.limit_in_bytes");
+            if recycled && memsw.exists() {
+                write(&memsw, "-1")?;
+            }
+            write(
+                &mem.join("memory.limit_in_bytes"),
+                &limits.memory_bytes.to_string(),
+            )?;
+            if memsw.exists() {
+                let total = limits.memory_bytes.saturating_add(limits.swap_bytes);
+                write(&memsw, &total.to_string())?;
+            }
+            let swappiness = mem.join("memory.swappiness");
+            if swappiness.exists() {
+                // A new cgroup inherits its parent's; a recycled one has its last
+                // machine's. Best effort: some kernels refuse swappiness writes on
+                // non-root cgroups.
+                let value = match (limits.swap_bytes, mem.parent()) {
+                    (0, _) => Some("0".to_string()),
+                    (_, Some(parent)) if recycled => {
+                        fs::read_to_string(parent.join("memory.swappiness")).ok()
                     }
-                    write(
-                        &mem.join("memory.limit_in_bytes"),
-                        &limits.memory_bytes.to_string(),
-                    )?;
-                    if memsw.exists() {
-                        let total = limits.memory_bytes.saturating_add(limits.swap_bytes);
-                        write(&memsw, &total.to_string())?;
-                    }
-                    let swappiness = mem.join("memory.swappiness");
-                    if swappiness.exists() {
-                        // A new cgroup inherits its parent's; a recycled one has its last
-                        // machine's. Best effort: some kernels refuse swappiness writes on
-                        // non-root cgroups.
-                        let value = match (limits.swap_bytes, mem.parent()) {
-                            (0, _) => Some("0".to_string()),
-                            (_, Some(parent)) if recycled => {
-                                fs::read_to_string(parent.join("memory.swappiness")).ok()
-                            }
-                            _ => None,
-                        };
-                        if let Some(value) = value {
-                            let _ = fs::write(&swappiness, value.trim());
-                        }
-                    }
+                    _ => None,
+                };
+                if let Some(value) = value {
+                    let _ = fs::write(&swappiness, value.trim());
                 }
-                if let Some(pids) = self.v1("pids") {
-                    write(&pids.join("pids.max"), &limits.pids.to_string())?;
-                }
-                if let Some(blkio) = self.v1("blkio") {
-                    for device in &limits.io_devices {
-                        for file in [
-                            "blkio.throttle.read_bps_device",
-                            "blkio.throttle.write_bps_device",
-                        ] {
-                            // Accounting only: a device that refuses a rule leaves the
-                            // machine's IO uncounted, not the machine unstarted.
-                            if let Err(e) =
-                                fs::write(blkio.join(file), format!("{device} {UNTHROTTLED_BPS}"))
-                            {
-                                tracing::debug!(%device, error = %e, "no IO accounting rule");
-                            }
-                        }
+            }
+        }
+        if let Some(pids) = self.v1("pids") {
+            write(&pids.join("pids.max"), &limits.pids.to_string())?;
+        }
+        if let Some(blkio) = self.v1("blkio") {
+            for device in &limits.io_devices {
+                for file in [
+                    "blkio.throttle.read_bps_device",
+                    "blkio.throttle.write_bps_device",
+                ] {
+                    // Accounting only: a device that refuses a rule leaves the
+                    // machine's IO uncounted, not the machine unstarted.
+                    if let Err(e) =
+                        fs::write(blkio.join(file), format!("{device} {UNTHROTTLED_BPS}"))
+                    {
+                        tracing::debug!(%device, error = %e, "no IO accounting rule");
                     }
                 }
             }

@@ -105,6 +105,13 @@ fn finish(status_fd: RawFd, kind: u8, value: i32, code: i32) -> ! {
 pub(crate) fn rename_process() {
     // SAFETY: PR_SET_NAME with a NUL-terminated constant.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"hangar-init".as_ptr(), 0, 0, 0) };
+    set_process_title(b"hangar init");
+}
+
+/// Rewrites this process's argument area (what `ps` and `/proc/PID/cmdline` show) to `title`,
+/// NUL-padded, as setproctitle does; a title longer than the area is cut. For a process whose
+/// argv nothing reads any more.
+pub fn set_process_title(title: &[u8]) {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return;
     };
@@ -119,16 +126,17 @@ pub(crate) fn rename_process() {
     ) else {
         return;
     };
-    let title = b"hangar init";
-    if end <= start || end - start <= title.len() {
+    if end <= start {
         return;
     }
+    // The area's last byte stays NUL.
+    let len = title.len().min(end - start - 1);
     // SAFETY: [arg_start, arg_end) is this process's own argument area, mapped and writable
-    // (it is how setproctitle works); nothing in the init reads argv any more.
+    // (it is how setproctitle works); the caller reads argv no more.
     unsafe {
         let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
         area.fill(0);
-        area[..title.len()].copy_from_slice(title);
+        area[..len].copy_from_slice(&title[..len]);
     }
 }
 

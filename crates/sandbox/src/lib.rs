@@ -11,6 +11,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spawner;
 pub mod user;
+pub mod warm;
 
 pub use cgroup::{Hierarchy, Limits, MachineCgroup};
 pub use spawn::{spawn_machine, SandboxSpec};

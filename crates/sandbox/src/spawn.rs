@@ -90,6 +90,10 @@ pub struct SandboxSpec {
     /// Whole disks (`MAJ:MIN`) under the machine's files, for IO accounting.
     #[serde(default)]
     pub io_devices: Vec<String>,
+    /// Built in the idle scheduling class, Pilot included (a warm sandbox, made while starts
+    /// run beside it; the take-over gives Pilot the normal class back).
+    #[serde(default)]
+    pub idle: bool,
 }
 
 impl SandboxSpec {
@@ -109,6 +113,27 @@ impl SandboxSpec {
             io_devices: self.io_devices.clone(),
         }
     }
+}
+
+/// Opens Pilot's log (its stdout and stderr) for a machine whose root is host uid `owner`. The
+/// log sits in the machine's own dir: never follow a link planted there, and give the machine
+/// the file opened, not whatever the path names.
+pub fn open_pilot_log(path: &std::path::Path, owner: u32) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ioerr(format!("open {}", path.display())))?;
+    if !log.metadata().map_err(ioerr("stat pilot log"))?.is_file() {
+        return Err(SpawnError::Child(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    std::os::unix::fs::fchown(&log, Some(owner), Some(owner)).map_err(ioerr("chown pilot log"))?;
+    Ok(log)
 }
 
 /// Opens the user namespace of `pid` for the `prepare` step.
@@ -137,6 +162,9 @@ pub fn spawn_machine(
     spec: &SandboxSpec,
     prepare: impl FnOnce(&OwnedFd) -> std::result::Result<(), String>,
 ) -> Result<i32> {
+    if spec.idle {
+        crate::cgroup::yield_to_machines();
+    }
     let cgroup = spec.cgroup()?;
     cgroup.create(&spec.limits())?;
     cgroup.add_process(std::process::id() as i32)?;
@@ -153,25 +181,7 @@ pub fn spawn_machine(
         Mode::empty(),
     )
     .map_err(sys(format!("open {}", exe_path.display())))?;
-    // The log sits in the machine's own dir: never follow a link planted there, and give the
-    // machine the file we opened, not whatever the path names.
-    let log = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&spec.pilot_log)
-            .map_err(ioerr(format!("open {}", spec.pilot_log.display())))?
-    };
-    if !log.metadata().map_err(ioerr("stat pilot log"))?.is_file() {
-        return Err(SpawnError::Child(format!(
-            "{} is not a regular file",
-            spec.pilot_log.display()
-        )));
-    }
-    std::os::unix::fs::fchown(&log, Some(spec.uid_base), Some(spec.uid_base))
-        .map_err(ioerr("chown pilot log"))?;
+    let log = open_pilot_log(&spec.pilot_log, spec.uid_base)?;
     let argv: Vec<CString> = std::iter::once("hangar".to_string())
         .chain(spec.pilot_args.iter().cloned())
         .map(|a| CString::new(a).map_err(|e| SpawnError::Child(e.to_string())))
@@ -266,7 +276,7 @@ pub fn spawn_machine(
 
 /// The machine's veth pair: the host end on its network's bridge, the other end as `eth0` in
 /// the network namespace of `child`. The bridge is the daemon's to create (it exists).
-fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
+pub(crate) fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
     let mut nl = hangar_net::netlink::Netlink::open().map_err(ioerr("open netlink"))?;
     let bridge = nl
         .link_index(&net.bridge)
@@ -295,7 +305,7 @@ fn plumb_host_side(net: &hangar_net::MachineNet, child: Pid) -> Result<()> {
 
 /// Inside the machine's network namespace: loopback and `eth0` up, the machine's addresses,
 /// its network's /48 on-link, default routes through the host.
-fn plumb_machine_side(net: Option<&hangar_net::MachineNet>) -> std::io::Result<()> {
+pub(crate) fn plumb_machine_side(net: Option<&hangar_net::MachineNet>) -> std::io::Result<()> {
     use hangar_net::plan::{IPV4_POOL_PREFIX_LEN, MACHINE_PREFIX_LEN, NETWORK_PREFIX_LEN};
     use std::net::IpAddr;
     let Some(net) = net else {

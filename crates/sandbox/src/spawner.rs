@@ -14,6 +14,8 @@
 //! `ok <pid>` or `err <message>` and exits. `r` (reap) comes with a socket on which the daemon
 //! writes retired cgroup dirs (NUL-separated); a child of the spawner removes them
 //! ([`crate::cgroup::reap_dead`], ~100 ms each on cgroup v1) and goes on if the daemon dies.
+//! `t` (take over) comes like `s` but with a pidfd of a pooled sandbox's Pilot instead of a
+//! spec; its helper makes that sandbox the plan's machine ([`crate::pool`]).
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -86,6 +88,7 @@ fn serve(control: OwnedFd) {
         // A malformed request (only the daemon can send one) is dropped unanswered.
         let job: Box<dyn FnOnce() -> i32> = match (kind, <[OwnedFd; 2]>::try_from(fds)) {
             (SPAWN, Ok([request, spec])) => Box::new(move || helper(request, spec)),
+            (TAKE_OVER, Ok([request, pidfd])) => Box::new(move || take_over_helper(request, pidfd)),
             (REAP, Err(mut fds)) if fds.len() == 1 => {
                 let dirs = fds.remove(0);
                 Box::new(move || reaper(dirs))
@@ -110,6 +113,7 @@ fn serve(control: OwnedFd) {
 /// Request kinds: the first byte of a request.
 const SPAWN: u8 = b's';
 const REAP: u8 = b'r';
+const TAKE_OVER: u8 = b't';
 
 /// One request's kind and descriptors, or `None` when the daemon is gone.
 fn receive(control: &OwnedFd) -> nix::Result<Option<(u8, Vec<OwnedFd>)>> {
@@ -180,6 +184,23 @@ fn helper(request: OwnedFd, spec: OwnedFd) -> i32 {
     0
 }
 
+/// The helper that takes over a pooled sandbox (Pilot behind `pidfd`) for the plan it reads.
+fn take_over_helper(request: OwnedFd, pidfd: OwnedFd) -> i32 {
+    // SAFETY: restoring defaults in this fresh single-threaded child.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let mut request = UnixStream::from(request);
+    let mut plan = Vec::new();
+    let answer = match request.read_to_end(&mut plan) {
+        Ok(_) => match crate::plan::take_over_planned(&plan, pidfd) {
+            Ok(pid) => format!("ok {pid}"),
+            Err(e) => format!("err {e}"),
+        },
+        Err(e) => format!("err reading the plan: {e}"),
+    };
+    let _ = request.write_all(answer.as_bytes());
+    0
+}
+
 impl Spawner {
     /// The spawner's pid: a child of the daemon, which reaps it if it dies.
     pub fn pid(&self) -> i32 {
@@ -192,6 +213,14 @@ impl Spawner {
     pub fn request(&self, spec: &OwnedFd) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
         self.send(SPAWN, &[theirs.as_raw_fd(), spec.as_raw_fd()])?;
+        Ok(ours)
+    }
+
+    /// Starts a helper that takes over the pooled sandbox whose Pilot `pidfd` refers to, for
+    /// the plan sent on the returned socket (with `pooled` set); answered like [`Self::request`].
+    pub fn take_over(&self, pidfd: &OwnedFd) -> std::io::Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair()?;
+        self.send(TAKE_OVER, &[theirs.as_raw_fd(), pidfd.as_raw_fd()])?;
         Ok(ours)
     }
 

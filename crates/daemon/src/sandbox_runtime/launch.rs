@@ -227,6 +227,7 @@ impl SandboxRuntime {
         m: &MachineRecord,
         slot: u32,
         secrets: &SecretValues,
+        warm: Option<super::warm::Warm>,
     ) -> Result<RuntimeState, RuntimeError> {
         let dir = self.machine_dir(&m.id);
         let run = self.run_dir(&m.id);
@@ -258,7 +259,14 @@ impl SandboxRuntime {
             None => None,
         };
         let spawned = self
-            .spawn(m, uid_base, (mounts, volume_mounts), net.clone(), spec)
+            .spawn(
+                m,
+                uid_base,
+                (mounts, volume_mounts),
+                net.clone(),
+                spec,
+                warm,
+            )
             .await;
         let pid = match spawned {
             Ok(pid) => pid,
@@ -286,6 +294,7 @@ impl SandboxRuntime {
         (mounts, volume_mounts): (Vec<MountPlan>, Vec<VolumeMountPlan>),
         net: Option<hangar_net::MachineNet>,
         spec: std::os::fd::OwnedFd,
+        warm: Option<super::warm::Warm>,
     ) -> Result<i32, RuntimeError> {
         let (dir, run) = (&self.machine_dir(&m.id), &self.run_dir(&m.id));
         let guest = m.spec().guest;
@@ -314,13 +323,31 @@ impl SandboxRuntime {
                 pilot_log: run.join(PILOT_LOG),
                 net,
                 io_devices: self.io_devices.clone(),
+                idle: false,
             },
             mounts,
             volume_mounts,
+            warm: None,
         };
         let helper_started = std::time::Instant::now();
+        if let (Some(warm), Some(pool)) = (warm, &self.pool) {
+            match hangar_sandbox::spawner::get().map(|s| s.take_over(&warm.pidfd)) {
+                Some(Ok(socket)) => {
+                    let pid = take_over(pool, warm, socket, plan, spec, run).await;
+                    tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "warm sandbox taken over");
+                    return pid;
+                }
+                // Only a helper forked by the spawner can take a warm sandbox over: without
+                // it, this start builds its sandbox as below (the slot is the machine's now).
+                unavailable => {
+                    tracing::warn!(error = ?unavailable.and_then(Result::err), "the pre-forked spawner is gone; no more warm sandboxes");
+                    pool.close();
+                    pool.discard(warm, false).await;
+                }
+            }
+        }
         let pid = match hangar_sandbox::spawner::get().map(|s| s.request(&spec)) {
-            Some(Ok(socket)) => self.spawn_forked(socket, &plan).await,
+            Some(Ok(socket)) => ask_helper(socket, &plan).await,
             unavailable => {
                 if let Some(Err(e)) = unavailable {
                     tracing::warn!(error = %e, "the pre-forked spawner is gone; executing the helper");
@@ -331,36 +358,6 @@ impl SandboxRuntime {
         };
         tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
         pid
-    }
-
-    /// The helper forked by the daemon's pre-forked spawner (the usual way), on the request's
-    /// `socket`.
-    async fn spawn_forked(
-        &self,
-        socket: std::os::unix::net::UnixStream,
-        plan: &SpawnPlan,
-    ) -> Result<i32, RuntimeError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let json = serde_json::to_vec(plan).map_err(failed)?;
-        let socket = socket
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixStream::from_std(socket))
-            .map_err(|e| failed(format!("the sandbox helper's socket: {e}")))?;
-        let (mut read, mut write) = socket.into_split();
-        write
-            .write_all(&json)
-            .await
-            .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
-        write
-            .shutdown()
-            .await
-            .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
-        let mut answer = Vec::new();
-        read.read_to_end(&mut answer)
-            .await
-            .map_err(|e| failed(format!("reading the sandbox helper's answer: {e}")))?;
-        hangar_sandbox::spawner::parse_answer(&answer)
-            .map_err(|e| failed(format!("building the sandbox failed: {e}")))
     }
 
     /// The helper as its own process, `hangar sandbox-spawn <plan>` (a daemon without a
@@ -391,6 +388,69 @@ impl SandboxRuntime {
             .parse()
             .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))
     }
+}
+
+/// Makes the pooled sandbox `warm` the machine `plan` describes (the helper the spawner forked
+/// for `socket` does the host's part), then hands its Pilot the spec; returns Pilot's pid. A
+/// failure lets the sandbox go (the machine's start cleans up what was renamed to it).
+async fn take_over(
+    pool: &super::warm::WarmPool,
+    warm: super::warm::Warm,
+    socket: std::os::unix::net::UnixStream,
+    mut plan: SpawnPlan,
+    spec: std::os::fd::OwnedFd,
+    run: &Path,
+) -> Result<i32, RuntimeError> {
+    plan.warm = Some(warm.sandbox());
+    let outcome = async {
+        let pid = ask_helper(socket, &plan).await?;
+        let log =
+            hangar_sandbox::spawn::open_pilot_log(&plan.sandbox.pilot_log, plan.sandbox.uid_base)
+                .map_err(failed)?;
+        warm.claim(run, &spec, &log)
+            .map_err(|e| failed(format!("handing the warm sandbox its machine: {e}")))?;
+        Ok(pid)
+    }
+    .await;
+    match outcome {
+        Ok(pid) => {
+            pool.taken(&warm);
+            Ok(pid)
+        }
+        Err(e) => {
+            pool.discard(warm, false).await;
+            Err(e)
+        }
+    }
+}
+
+/// Sends `plan` to a helper forked by the daemon's pre-forked spawner (the usual way) on the
+/// request's `socket`, and returns Pilot's pid from its answer.
+pub(super) async fn ask_helper(
+    socket: std::os::unix::net::UnixStream,
+    plan: &SpawnPlan,
+) -> Result<i32, RuntimeError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let json = serde_json::to_vec(plan).map_err(failed)?;
+    let socket = socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(socket))
+        .map_err(|e| failed(format!("the sandbox helper's socket: {e}")))?;
+    let (mut read, mut write) = socket.into_split();
+    write
+        .write_all(&json)
+        .await
+        .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
+    write
+        .shutdown()
+        .await
+        .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
+    let mut answer = Vec::new();
+    read.read_to_end(&mut answer)
+        .await
+        .map_err(|e| failed(format!("reading the sandbox helper's answer: {e}")))?;
+    hangar_sandbox::spawner::parse_answer(&answer)
+        .map_err(|e| failed(format!("building the sandbox failed: {e}")))
 }
 
 /// The plumbing for the machine's stored addresses.

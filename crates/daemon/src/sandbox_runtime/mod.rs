@@ -3,7 +3,7 @@
 //! unsharing inside this multi-threaded daemon). Container root filesystems are overlays of the
 //! shared image layers, idmapped so that root-owned layer files belong to the machine's root.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,11 +32,14 @@ use crate::runtime::{
     RuntimeEvent, SecretValues,
 };
 
-use crate::uid_slots::{MAX_SLOTS, UID_BASE_START, UID_RANGE};
+use crate::uid_slots::{UID_BASE_START, UID_RANGE};
 
 mod host;
 mod launch;
 mod pilot;
+mod warm;
+
+pub use warm::DEFAULT_WARM_SANDBOXES;
 
 use host::*;
 use pilot::*;
@@ -99,12 +102,10 @@ pub struct SandboxRuntime {
     exe: PathBuf,
     /// `hangar-pilot` beside the daemon's executable, if it is there (else `hangar pilot`).
     pilot_exe: Option<PathBuf>,
-    /// uid-range slots in use, with the machine holding each.
-    slots: Mutex<BTreeMap<u32, String>>,
-    /// The same slots, claimed host-wide.
-    claims: crate::uid_slots::SlotClaims,
-    /// Slots another daemon held when this one last tried them.
-    foreign_slots: Mutex<std::collections::HashSet<u32>>,
+    /// uid-range slots in use, with the machine (or pooled sandbox) holding each.
+    slots: Arc<crate::uid_slots::Slots>,
+    /// Sandboxes made ahead for the next starts; `None` when off or not possible here.
+    pool: Option<Arc<warm::WarmPool>>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     exits: mpsc::UnboundedSender<RuntimeEvent>,
     /// How long a destroyed machine's logs are kept (crate::log_archive).
@@ -135,7 +136,48 @@ pub fn watch_spawner() {
             ?status,
             "the pre-forked spawner ended; machine starts now execute their sandbox helper"
         );
+        // Its helpers still running (a warm sandbox being made, a cgroup reaper) are the
+        // daemon's now, as their subreaper: reaped here when they end.
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for pid in orphaned_helpers() {
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
+            }
+        }
     });
+}
+
+/// Ended helpers of a dead spawner left to the daemon: zombie children named `hangar-spawner`.
+fn orphaned_helpers() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let mut fields = rest.split_whitespace();
+            let (state, ppid) = (fields.next()?, fields.next()?);
+            (comm == "hangar-spawner" && state == "Z" && ppid == me).then_some(pid)
+        })
+        .collect()
+}
+
+/// How the runtime runs machines, beside where their images come from.
+pub struct RuntimeSettings {
+    /// How long a destroyed machine's logs are kept (crate::log_archive).
+    pub log_retention: Duration,
+    /// Bridges and veths; `None` runs machines with loopback only (`--network off`).
+    pub net: Option<Arc<crate::host_network::HostNetwork>>,
+    /// Persistent volumes' images.
+    pub volumes: hangar_volumes::VolumeDir,
+    /// Sandboxes kept made ahead (`--warm-sandboxes`).
+    pub warm_sandboxes: usize,
 }
 
 impl SandboxRuntime {
@@ -145,10 +187,14 @@ impl SandboxRuntime {
         images: Arc<ImageStore>,
         pull: PullOptions,
         exits: mpsc::UnboundedSender<RuntimeEvent>,
-        log_retention: Duration,
-        net: Option<Arc<crate::host_network::HostNetwork>>,
-        volumes: hangar_volumes::VolumeDir,
+        settings: RuntimeSettings,
     ) -> anyhow::Result<Self> {
+        let RuntimeSettings {
+            log_retention,
+            net,
+            volumes,
+            warm_sandboxes,
+        } = settings;
         use std::os::unix::fs::PermissionsExt;
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
         let machines_dir = data_dir.join("machines");
@@ -169,20 +215,30 @@ impl SandboxRuntime {
             );
         }
         let exe = std::env::current_exe()?;
-        let io_devices = hangar_sandbox::cgroup::whole_disk_of(&machines_dir)
+        let io_devices: Vec<String> = hangar_sandbox::cgroup::whole_disk_of(&machines_dir)
             .into_iter()
             .collect();
+        let slots = Arc::new(crate::uid_slots::Slots::new(claims));
+        let pilot_exe = Some(exe.with_file_name(PILOT_EXE)).filter(|p| p.is_file());
+        let pool = warm::WarmPool::new(warm::PoolSetup {
+            target: warm_sandboxes,
+            dir: data_dir.join("warm"),
+            hierarchy: hierarchy.clone(),
+            slots: slots.clone(),
+            exe: exe.clone(),
+            pilot_exe: pilot_exe.clone(),
+            io_devices: io_devices.clone(),
+        })?;
         Ok(Self {
             io_devices,
             machines_dir,
             images,
             pull,
             hierarchy,
-            pilot_exe: Some(exe.with_file_name(PILOT_EXE)).filter(|p| p.is_file()),
+            pilot_exe,
             exe,
-            slots: Mutex::new(BTreeMap::new()),
-            foreign_slots: Mutex::new(std::collections::HashSet::new()),
-            claims,
+            slots,
+            pool,
             running: Arc::new(Mutex::new(HashMap::new())),
             exits,
             log_retention,
@@ -208,39 +264,34 @@ impl SandboxRuntime {
     /// A uid-range slot for the machine, claimed host-wide (crate::uid_slots) so that another
     /// daemon on this host never hands out the same range.
     fn alloc_slot(&self, machine_id: &str) -> Result<u32, RuntimeError> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut foreign = self.foreign_slots.lock().unwrap_or_else(|e| e.into_inner());
-        // Slots another daemon held when last tried are skipped without a look; when nothing
-        // else is free, they are tried again (their claims may have gone meanwhile).
-        for second_look in [false, true] {
-            if second_look {
-                foreign.clear();
-            }
-            for slot in 0..MAX_SLOTS {
-                if slots.contains_key(&slot) || foreign.contains(&slot) {
-                    continue;
+        self.slots
+            .alloc(machine_id)
+            .map_err(|e| failed(format!("claiming a uid range: {e}")))?
+            .ok_or_else(|| failed("no free uid range for another machine on this host"))
+    }
+
+    /// The machine's uid range: a warm sandbox's (taken from the pool when the machine can
+    /// use one), or a new one.
+    async fn slot_for(&self, m: &MachineRecord) -> Result<(u32, Option<warm::Warm>), RuntimeError> {
+        let warm = match &self.pool {
+            Some(pool) if warm::poolable(&m.config) => pool.take().map(|w| (pool, w)),
+            _ => None,
+        };
+        if let Some((pool, warm)) = warm {
+            match self.slots.transfer(warm.slot, &warm.name, &m.id) {
+                Ok(true) => return Ok((warm.slot, Some(warm))),
+                outcome => {
+                    tracing::warn!(machine = %m.id, ?outcome, "a warm sandbox's uid range could not be handed over");
+                    pool.discard(warm, true).await;
                 }
-                if self
-                    .claims
-                    .claim(slot, machine_id)
-                    .map_err(|e| failed(format!("claiming a uid range: {e}")))?
-                {
-                    slots.insert(slot, machine_id.to_string());
-                    return Ok(slot);
-                }
-                foreign.insert(slot);
             }
         }
-        Err(failed("no free uid range for another machine on this host"))
+        Ok((self.alloc_slot(&m.id)?, None))
     }
 
     /// Frees `slot` if `machine_id` still holds it (freeing twice never frees another's).
     fn free_slot(&self, slot: u32, machine_id: &str) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.get(&slot).is_some_and(|owner| owner == machine_id) {
-            slots.remove(&slot);
-            self.claims.release(slot, machine_id);
-        }
+        self.slots.free(slot, machine_id);
     }
 }
 
@@ -267,7 +318,7 @@ impl Runtime for SandboxRuntime {
     async fn start(&self, m: &MachineRecord, secrets: &SecretValues) -> Result<(), RuntimeError> {
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
-        let slot = self.alloc_slot(&m.id)?;
+        let (slot, warm) = self.slot_for(m).await?;
         // Frees the slot if this start fails or unwinds (a panic) before the run owns it.
         let mut slot_guard = SlotGuard {
             runtime: self,
@@ -275,7 +326,7 @@ impl Runtime for SandboxRuntime {
             machine_id: &m.id,
         };
         let keep = keep_rootfs(&m.config);
-        let launched = match self.launch(m, slot, secrets).await {
+        let launched = match self.launch(m, slot, secrets, warm).await {
             Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
                 .and_then(|()| self.watch_exit(m, &state)),
             Err(e) => Err(e),
@@ -285,6 +336,9 @@ impl Runtime for SandboxRuntime {
             Err(e) => {
                 // Kill whatever started; a persistent rootfs survives a failed start.
                 let _ = self.cleanup(&m.id, keep).await;
+                if let Some(pool) = &self.pool {
+                    pool.fill();
+                }
                 return Err(e);
             }
         };
@@ -302,7 +356,11 @@ impl Runtime for SandboxRuntime {
             })
             .map(|c| c.name)
             .collect();
-        if let Err(e) = self.wait_ready(&m.id, &mut exited, &patient).await {
+        let ready = self.wait_ready(&m.id, &mut exited, &patient).await;
+        if let Some(pool) = &self.pool {
+            pool.fill();
+        }
+        if let Err(e) = ready {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
         }
@@ -403,9 +461,9 @@ impl Runtime for SandboxRuntime {
         })
         .await;
         // uid ranges this daemon claimed for machines that are gone.
-        for (slot, machine) in self.claims.owned() {
+        for (slot, machine) in self.slots.claims.owned() {
             if !live.contains(&machine) && !self.machine_dir(&machine).exists() {
-                self.claims.release(slot, &machine);
+                self.slots.claims.release(slot, &machine);
             }
         }
     }
@@ -414,12 +472,9 @@ impl Runtime for SandboxRuntime {
         let dir = self.machine_dir(&m.id);
         let state = read_state(&dir);
         if let Some(s) = &state {
-            self.slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(s.slot, m.id.clone());
+            self.slots.hold(s.slot, &m.id);
             // Claims written by a daemon from before host-wide claims, or lost with /run.
-            if !self.claims.claim(s.slot, &m.id).unwrap_or(false) {
+            if !self.slots.claims.claim(s.slot, &m.id).unwrap_or(false) {
                 tracing::error!(machine = %m.id, slot = s.slot, "this machine's uid range is claimed by another daemon on this host");
             }
         }
@@ -463,6 +518,10 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn settled(&self) {
+        if let Some(pool) = &self.pool {
+            pool.sweep().await;
+            pool.fill();
+        }
         if let Some(net) = self.net.clone() {
             match tokio::task::spawn_blocking(move || net.sweep()).await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "sweeping network devices failed"),
@@ -473,6 +532,9 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn shut_down(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shut_down().await;
+        }
         if let Some(net) = self.net.clone() {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.shut_down()).await {
                 tracing::warn!(error = %e, "removing unused network devices failed");

@@ -1,0 +1,376 @@
+//! Warm sandboxes: a few sandboxes made ahead of the machines that will use them (cgroup,
+//! namespaces, uid range, Pilot started and waiting; `hangar_sandbox::warm`), so that a start
+//! takes one over instead of building one: its cgroup renamed to the machine's, the machine's
+//! root filesystems mounted into it, its veth, then its spec handed to Pilot. The pool refills
+//! in the background after each take. Only cgroup v1 hosts pool (v2 cannot rename a cgroup),
+//! and only machines whose mounts are all overlays (see [`poolable`]).
+//!
+//! A pooled sandbox belongs to this daemon: its Pilot reads its claim from a socket whose
+//! other end only the daemon holds, so it exits when the daemon goes. Its cgroup (`.warm-…`
+//! beside the machines') and uid claim (named after it) are removed at shutdown, or by the
+//! next start of a daemon ([`WarmPool::sweep`]).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hangar_api::MachineConfig;
+use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
+use hangar_sandbox::plan::SpawnPlan;
+use hangar_sandbox::warm::{WarmSandbox, WARM_CGROUP_PREFIX};
+use hangar_sandbox::SandboxSpec;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::launch::ask_helper;
+use super::{failed, pids_limit, reap_cgroups, wait_pidfd, RuntimeError};
+use crate::uid_slots::{Slots, UID_BASE_START, UID_RANGE};
+
+/// Sandboxes kept warm unless `--warm-sandboxes` says otherwise: enough for a burst of starts
+/// while the next is made (~5 ms of CPU each).
+pub const DEFAULT_WARM_SANDBOXES: usize = 2;
+
+/// A pooled sandbox's limits until a machine takes it over and gets its own: Pilot waiting
+/// needs little.
+const WARM_MEMORY_MB: u64 = 64;
+
+pub(super) struct PoolSetup {
+    pub target: usize,
+    /// Where pooled Pilots' logs go (until a machine's log takes over).
+    pub dir: PathBuf,
+    pub hierarchy: Hierarchy,
+    pub slots: Arc<Slots>,
+    pub exe: PathBuf,
+    pub pilot_exe: Option<PathBuf>,
+    pub io_devices: Vec<String>,
+}
+
+pub(super) struct WarmPool {
+    setup: PoolSetup,
+    ready: Mutex<Vec<Warm>>,
+    /// One refill at a time.
+    filling: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+/// A sandbox of the pool.
+pub(super) struct Warm {
+    /// Its cgroup's (and uid claim's) name, `.warm-…`.
+    pub name: String,
+    pub slot: u32,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// The daemon's end of Pilot's stdin, on which its claim goes.
+    pub socket: OwnedFd,
+    log: PathBuf,
+}
+
+/// Whether a machine with `config` can take over a pooled sandbox: its mounts must all be
+/// overlays, since loop-mounted disks (a sized root filesystem, disk or memory volumes,
+/// persistent volumes) are found and unmounted in the host's mount namespace.
+pub(super) fn poolable(config: &MachineConfig) -> bool {
+    config.mounts.as_ref().is_none_or(Vec::is_empty)
+        && super::rootfs_size_gb(config).is_none()
+        && config.volumes.iter().flatten().all(|v| {
+            v.temp_dir.as_ref().is_none_or(|t| {
+                t.storage_type.as_deref() != Some("memory") && t.size_mb.is_none_or(|s| s <= 0)
+            })
+        })
+}
+
+impl WarmPool {
+    /// A pool when `setup.target` asks for one and this host can have it (cgroup v1, the
+    /// pre-forked spawner); `None` otherwise.
+    pub fn new(setup: PoolSetup) -> std::io::Result<Option<Arc<Self>>> {
+        if setup.target == 0
+            || !matches!(setup.hierarchy, Hierarchy::V1 { .. })
+            || hangar_sandbox::spawner::get().is_none()
+        {
+            return Ok(None);
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&setup.dir)?;
+        }
+        Ok(Some(Arc::new(Self {
+            setup,
+            ready: Mutex::new(Vec::new()),
+            filling: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })))
+    }
+
+    fn cgroup(&self, name: &str) -> MachineCgroup {
+        MachineCgroup::new(self.setup.hierarchy.clone(), cgroup_path(name))
+    }
+
+    /// A pooled sandbox, if one is ready. The caller refills the pool ([`Self::fill`]) once
+    /// its machine has started: a sandbox made meanwhile would compete for the CPUs and the
+    /// kernel's mount lock with the start it is meant to speed up.
+    pub fn take(&self) -> Option<Warm> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Makes and hands out no more warm sandboxes (those ready go at shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Makes sandboxes until the pool is full, in the background.
+    pub fn fill(self: &Arc<Self>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let Ok(_one_at_a_time) = pool.filling.try_lock() else {
+                return;
+            };
+            while !pool.closed.load(Ordering::Acquire)
+                && pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < pool.setup.target
+            {
+                match pool.make().await {
+                    Ok(warm) => {
+                        if pool.closed.load(Ordering::Acquire) {
+                            pool.discard(warm, true).await;
+                            return;
+                        }
+                        pool.ready
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(warm);
+                    }
+                    Err(Made::SpawnerGone(e)) => {
+                        // Starts execute their helpers from now on, without the pool.
+                        tracing::warn!(error = %e, "no more warm sandboxes: the spawner is gone");
+                        pool.close();
+                        return;
+                    }
+                    Err(Made::Failed(e)) => {
+                        // Starts build their own sandboxes meanwhile; the next one tries again.
+                        tracing::warn!(error = %e, "making a warm sandbox failed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Builds one pooled sandbox through the spawner.
+    async fn make(&self) -> Result<Warm, Made> {
+        let name = format!("{WARM_CGROUP_PREFIX}{:012x}", rand::random::<u64>() >> 16);
+        let slot = self
+            .setup
+            .slots
+            .alloc(&name)
+            .map_err(|e| Made::Failed(failed(format!("claiming a uid range: {e}"))))?
+            .ok_or_else(|| Made::Failed(failed("no free uid range for a warm sandbox")))?;
+        let made = self.spawn(&name, slot).await;
+        match made {
+            Ok(warm) => Ok(warm),
+            Err(e) => {
+                self.setup.slots.free(slot, &name);
+                let _ = std::fs::remove_file(self.log_path(&name));
+                Err(e)
+            }
+        }
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.setup.dir.join(format!("{name}.log"))
+    }
+
+    async fn spawn(&self, name: &str, slot: u32) -> Result<Warm, Made> {
+        let spawner = hangar_sandbox::spawner::get()
+            .ok_or_else(|| Made::SpawnerGone(failed("no spawner")))?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Made::Failed(failed(format!("a warm sandbox's socket: {e}"))))?;
+        let log = self.log_path(name);
+        let plan = SpawnPlan {
+            sandbox: SandboxSpec {
+                machine_id: name.to_string(),
+                machine_dir: self.setup.dir.clone(),
+                uid_base: UID_BASE_START + slot * UID_RANGE,
+                uid_count: UID_RANGE,
+                cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+                cgroup_path: PathBuf::from(cgroup_path(name)),
+                cpus: 1,
+                memory_bytes: WARM_MEMORY_MB << 20,
+                swap_bytes: 0,
+                pids: pids_limit(WARM_MEMORY_MB),
+                hostname: "localhost".into(),
+                // Room in the argument area for the title Pilot takes when claimed.
+                pilot_args: vec![
+                    "pilot".into(),
+                    hangar_pilot::pooled::POOLED_FLAG.into(),
+                    " ".repeat(hangar_pilot::pooled::TITLE_ROOM),
+                ],
+                pilot_exe: self.setup.pilot_exe.clone(),
+                pilot_log: log.clone(),
+                net: None,
+                io_devices: self.setup.io_devices.clone(),
+                idle: true,
+            },
+            mounts: Vec::new(),
+            volume_mounts: Vec::new(),
+            warm: None,
+        };
+        let socket = spawner
+            .request(&theirs)
+            .map_err(|e| Made::SpawnerGone(failed(format!("asking the spawner: {e}"))))?;
+        drop(theirs);
+        let pid = match ask_helper(socket, &plan).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                // The helper removed what it made; its cgroup may linger if it died.
+                let cgroup = self.cgroup(name);
+                let exe = self.setup.exe.clone();
+                let _ = tokio::task::spawn_blocking(move || retire(&cgroup, &exe)).await;
+                return Err(Made::Failed(e));
+            }
+        };
+        let pidfd =
+            super::pidfd_open(pid).map_err(|e| Made::Failed(failed(format!("pidfd_open: {e}"))))?;
+        Ok(Warm {
+            name: name.to_string(),
+            slot,
+            pid,
+            pidfd,
+            socket: ours,
+            log,
+        })
+    }
+
+    /// Lets a pooled sandbox go: Pilot sees its socket close and exits, its cgroup (still
+    /// pooled, if a take-over did not rename it) is emptied and removed, Pilot is reaped.
+    /// `free_slot` unless a machine holds its slot now.
+    pub async fn discard(&self, warm: Warm, free_slot: bool) {
+        let Warm {
+            name,
+            slot,
+            pidfd,
+            socket,
+            log,
+            ..
+        } = warm;
+        drop(socket);
+        let cgroup = self.cgroup(&name);
+        let exe = self.setup.exe.clone();
+        let _ = tokio::task::spawn_blocking(move || retire(&cgroup, &exe)).await;
+        // Killed with its cgroup, or gone already; reaped here (the daemon is its reaper).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait_pidfd(pidfd)).await;
+        if free_slot {
+            self.setup.slots.free(slot, &name);
+        }
+        let _ = std::fs::remove_file(log);
+    }
+
+    /// After a take-over: the pooled Pilot's own log is the machine's now.
+    pub fn taken(&self, warm: &Warm) {
+        let _ = std::fs::remove_file(&warm.log);
+    }
+
+    /// Empties the pool for good (daemon shutdown).
+    pub async fn shut_down(&self) {
+        self.closed.store(true, Ordering::Release);
+        // A refill in flight finishes (and discards what it made) first.
+        let _one_at_a_time = self.filling.lock().await;
+        let warm: Vec<Warm> =
+            std::mem::take(&mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in warm {
+            self.discard(w, true).await;
+        }
+    }
+
+    /// At start-up, before the pool fills: removes pooled cgroups this daemon's earlier run
+    /// left (killed with it), and empty ones whose uid claim is gone (a daemon whose data dir
+    /// went), with those earlier runs' Pilot logs. Other daemons' pools stay.
+    pub async fn sweep(&self) {
+        let claims: Vec<(u32, String, String)> = self.setup.slots.claims.all();
+        let owner = self.setup.slots.claims.owner().to_string();
+        let hierarchy = self.setup.hierarchy.clone();
+        let exe = self.setup.exe.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in pooled_cgroups(&hierarchy) {
+                let claim = claims.iter().find(|(_, _, holder)| *holder == name);
+                let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
+                let ours = claim.is_some_and(|(_, o, _)| *o == owner);
+                if ours || (claim.is_none() && cgroup.procs().is_ok_and(|p| p.is_empty())) {
+                    retire(&cgroup, &exe);
+                }
+            }
+        })
+        .await;
+        if let Ok(rd) = std::fs::read_dir(&self.setup.dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Why a warm sandbox was not made.
+enum Made {
+    /// The spawner died: no more can be made.
+    SpawnerGone(RuntimeError),
+    Failed(RuntimeError),
+}
+
+fn cgroup_path(name: &str) -> String {
+    format!("hangar/{name}")
+}
+
+/// Kills what runs in a cgroup, moves it aside and has it removed (as a machine's).
+fn retire(cgroup: &MachineCgroup, exe: &Path) {
+    if !cgroup.exists() {
+        return;
+    }
+    match cgroup.retire() {
+        Ok(dead) => reap_cgroups(exe, dead),
+        Err(e) => tracing::warn!(error = %e, "removing a warm sandbox's cgroup failed"),
+    }
+}
+
+/// The names of the pooled cgroups on the host (any daemon's).
+fn pooled_cgroups(hierarchy: &Hierarchy) -> Vec<String> {
+    let parent = match hierarchy {
+        Hierarchy::V1 { root } => root.join("memory").join("hangar"),
+        Hierarchy::V2 { root } => root.join("hangar"),
+    };
+    std::fs::read_dir(parent)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(WARM_CGROUP_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Warm {
+    /// What the take-over helper is told about this sandbox.
+    pub fn sandbox(&self) -> WarmSandbox {
+        WarmSandbox {
+            pid: self.pid,
+            cgroup_path: PathBuf::from(cgroup_path(&self.name)),
+        }
+    }
+
+    /// Hands Pilot its machine: the run dir, the spec and the log.
+    pub fn claim(
+        &self,
+        run_dir: &Path,
+        spec: &OwnedFd,
+        log: &std::fs::File,
+    ) -> std::io::Result<()> {
+        hangar_pilot::pooled::send_claim(self.socket.as_fd(), run_dir, spec.as_fd(), log.as_fd())
+    }
+}
