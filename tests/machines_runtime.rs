@@ -1224,3 +1224,141 @@ async fn test_machines_start_without_the_spawner_and_it_goes_with_the_daemon() {
     until(|| !spawner.exists(), "the spawner goes with the daemon").await;
     d.restart().await;
 }
+
+/// Pilots of `daemon_pid` still waiting in a warm sandbox (made ahead of their machine).
+fn warm_pilots(daemon_pid: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.starts_with(b"hangar\0pilot\0--pooled\0"))
+                }),
+        );
+    }
+    found.sort();
+    found
+}
+
+/// The host pid of the Pilot of machine `id` (its command line names the machine's run dir).
+fn pilot_pid(id: &str) -> i32 {
+    let dir = format!("/machines/{id}/run");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("hangar\0pilot\0--machine-dir\0") && c.contains(&dir)
+            })
+        })
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no Pilot runs machine {id}"))
+}
+
+fn warm_cgroups() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup/memory/hangar")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".warm-"))
+        .collect()
+}
+
+/// Warm sandboxes (cgroup v1 hosts): a start takes over a sandbox made ahead, Pilot and all,
+/// with the machine's own cgroup, hostname, network and root filesystem, mounted in the
+/// machine's namespace only; the pool refills; a machine with a memory volume builds its own;
+/// the sandboxes go with a SIGKILLed daemon and what they leave is swept at its next start.
+#[tokio::test]
+async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
+    if !std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        eprintln!("skipped: warm sandboxes need cgroup v1 (v2 cannot rename a cgroup)");
+        return;
+    }
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("warm").await;
+    let daemon_pid = d.child.as_ref().expect("daemon running").id();
+    until(|| warm_pilots(daemon_pid).len() == 2, "two warm sandboxes").await;
+    let warm = warm_pilots(daemon_pid);
+
+    let m = run(&d, "warm", "sleep 300", json!({})).await;
+    d.wait_state("warm", &m, "started").await;
+    let pilot = pilot_pid(&m);
+    assert!(
+        warm.contains(&pilot),
+        "Pilot {pilot} was not made ahead: {warm:?}"
+    );
+    assert!(cgroup_exists(&m), "the machine's cgroup has its name");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pilot}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("hangar/{m}")), "{cgroup}");
+    let r = d
+        .post(
+            &format!("/v1/apps/warm/machines/{m}/exec"),
+            json!({"command": ["sh", "-c", "hostname; cat /proc/self/cgroup | grep memory; ls /"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out: Value = r.json().unwrap();
+    let stdout = out["stdout"].as_str().unwrap_or_default();
+    assert!(stdout.starts_with(&format!("{m}\n")), "{out}");
+    assert!(
+        stdout.contains(":memory:/\n"),
+        "its own cgroup namespace: {out}"
+    );
+    assert!(stdout.contains("bin"), "its image: {out}");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(&format!("/machines/{m}/")),
+        "a warm sandbox's root filesystem is mounted in the machine only"
+    );
+    until(|| warm_pilots(daemon_pid).len() == 2, "the pool refills").await;
+
+    // Memory volumes are mounted by the host side of a start: no warm sandbox for those.
+    let before = warm_pilots(daemon_pid);
+    let (vol, _) = create(
+        &d,
+        "warm",
+        json!({"config": {
+            "volumes": [{"name": "scratch", "temp_dir": {"storage_type": "memory", "size_mb": 8}}],
+            "containers": [{"name": "app", "image": image(),
+                "exec": ["sleep", "300"],
+                "mounts": [{"name": "scratch", "path": "/scratch"}]}],
+        }}),
+    )
+    .await;
+    d.wait_state("warm", &vol, "started").await;
+    assert!(!before.contains(&pilot_pid(&vol)));
+
+    // Gone with a SIGKILLed daemon (their socket closes), swept at its next start.
+    let left = warm_pilots(daemon_pid);
+    let names = warm_cgroups();
+    d.kill9();
+    until(
+        || {
+            left.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        },
+        "the warm Pilots end with their daemon",
+    )
+    .await;
+    d.restart().await;
+    let daemon_pid = d.child.as_ref().expect("daemon running").id();
+    until(|| warm_pilots(daemon_pid).len() == 2, "a new pool").await;
+    let now = warm_cgroups();
+    assert!(
+        names.iter().all(|n| !now.contains(n)),
+        "the previous run's warm cgroups were swept: {names:?} {now:?}"
+    );
+    for id in [&m, &vol] {
+        d.destroy_machine("warm", id, true).await;
+    }
+}
