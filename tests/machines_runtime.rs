@@ -1340,7 +1340,17 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
 
     // Gone with a SIGKILLed daemon (their socket closes), swept at its next start.
     let left = warm_pilots(daemon_pid);
-    let names = warm_cgroups();
+    // This daemon's warm cgroups (other tests' daemons have theirs).
+    let names: Vec<String> = left
+        .iter()
+        .filter_map(|p| {
+            let cgroup = std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok()?;
+            let memory = cgroup.lines().find(|l| l.contains(":memory:"))?;
+            Some(memory.rsplit('/').next()?.to_string())
+        })
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with(".warm-")), "{names:?}");
     d.kill9();
     until(
         || {

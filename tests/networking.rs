@@ -101,8 +101,17 @@ fn ip(m: &Value) -> String {
     m["private_ip"].as_str().unwrap().to_string()
 }
 
-/// The host's network devices Hangar made.
+/// The host's network devices Hangar made for machines (not the spare veths of warm
+/// sandboxes, `hgw*`, made ahead of any machine).
 fn devices() -> Vec<String> {
+    all_devices()
+        .into_iter()
+        .filter(|n| !n.starts_with("hgw"))
+        .collect()
+}
+
+/// Every network device Hangar made.
+fn all_devices() -> Vec<String> {
     let out = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
@@ -471,6 +480,10 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     );
     d.destroy_machine("keep", &server, true).await;
     eventually("every device to go", async || devices().is_empty()).await;
+    // The warm sandboxes' spare veths go with the daemon.
+    assert!(all_devices().iter().any(|n| n.starts_with("hgw")));
+    assert!(d.terminate().success());
+    eventually("the spare veths to go", async || all_devices().is_empty()).await;
 }
 
 #[tokio::test]

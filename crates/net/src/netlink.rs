@@ -297,6 +297,62 @@ impl Netlink {
         )
     }
 
+    /// A veth pair made ahead of the machine that will use it (a warm sandbox's): `host_name`
+    /// down and on no bridge here, `peer_name` in the network namespace of `peer_pid`. See
+    /// [`Self::adopt_veth`].
+    pub fn create_spare_veth(
+        &mut self,
+        host_name: &str,
+        peer_name: &str,
+        peer_pid: u32,
+    ) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes.push(LinkAttribute::NetNsPid(peer_pid));
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(host_name.to_string()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Makes the host end of a spare veth (down) a machine's: renamed (the kernel renames only
+    /// devices that are down, and applies the name before the flags), on `bridge`, with `mtu`,
+    /// and up.
+    pub fn adopt_veth(
+        &mut self,
+        index: u32,
+        name: &str,
+        bridge: u32,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Controller(bridge));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Sets a (down) link's MAC address and MTU.
+    pub fn set_address(&mut self, index: u32, mac: [u8; 6], mtu: Option<u32>) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;

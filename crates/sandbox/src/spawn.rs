@@ -90,6 +90,10 @@ pub struct SandboxSpec {
     /// Whole disks (`MAJ:MIN`) under the machine's files, for IO accounting.
     #[serde(default)]
     pub io_devices: Vec<String>,
+    /// A veth pair to make without a machine's network: this host-side name, down and on no
+    /// bridge, and `eth0` in the sandbox (a warm sandbox's, adopted at its take-over).
+    #[serde(default)]
+    pub spare_veth: Option<String>,
     /// Built in the idle scheduling class, Pilot included (a warm sandbox, made while starts
     /// run beside it; the take-over gives Pilot the normal class back).
     #[serde(default)]
@@ -192,6 +196,7 @@ pub fn spawn_machine(
     ];
     let hostname = spec.hostname.clone();
     let net = spec.net.clone();
+    let veth_wanted = net.is_some() || spec.spare_veth.is_some();
 
     let (mut ready_r, mut ready_w) = pipe_pair()?; // child → helper: user namespace exists
     let (mut go_r, mut go_w) = pipe_pair()?; // helper → child: maps written, mounts ready
@@ -205,6 +210,7 @@ pub fn spawn_machine(
                 &mut ready_w,
                 &mut go_r,
                 &hostname,
+                veth_wanted,
                 net.as_ref(),
                 &exe,
                 &argv,
@@ -232,13 +238,23 @@ pub fn spawn_machine(
                 prepare(&ns).map_err(SpawnError::Prepare)?;
                 go_w.write_all(b"g")
                     .map_err(ioerr("signal sandbox child"))?;
-                if let Some(net) = &spec.net {
+                if veth_wanted {
                     // The child has its network namespace now: its end of the veth pair is
                     // made directly inside it.
                     ready_r
                         .read_exact(&mut b)
                         .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
-                    plumb_host_side(net, child)?;
+                    match (&spec.net, &spec.spare_veth) {
+                        (Some(net), _) => plumb_host_side(net, child)?,
+                        (None, Some(spare)) => {
+                            hangar_net::netlink::Netlink::open()
+                                .and_then(|mut nl| {
+                                    nl.create_spare_veth(spare, "eth0", child.as_raw() as u32)
+                                })
+                                .map_err(ioerr(format!("create veth {spare}")))?;
+                        }
+                        (None, None) => {}
+                    }
                     go_w.write_all(b"v")
                         .map_err(ioerr("signal sandbox child"))?;
                 }
@@ -261,11 +277,16 @@ pub fn spawn_machine(
                 // Out of the cgroup first: kill_all freezes it, and this helper is in it.
                 let _ = cgroup.remove_process(std::process::id() as i32);
                 let _ = cgroup.kill_all();
-                if let Some(net) = &spec.net {
+                let veth = spec
+                    .net
+                    .as_ref()
+                    .map(|n| &n.host_veth)
+                    .or(spec.spare_veth.as_ref());
+                if let Some(veth) = veth {
                     // The pair goes with the namespace too, but not before the kernel gets to
                     // it: remove it now rather than leave it on the bridge.
                     if let Ok(mut nl) = hangar_net::netlink::Netlink::open() {
-                        let _ = nl.delete_link(&net.host_veth);
+                        let _ = nl.delete_link(veth);
                     }
                 }
             }
@@ -363,6 +384,7 @@ fn sandbox_child(
     ready_w: &mut File,
     go_r: &mut File,
     hostname: &str,
+    veth_wanted: bool,
     net: Option<&hangar_net::MachineNet>,
     exe: &OwnedFd,
     argv: &[CString],
@@ -388,7 +410,7 @@ fn sandbox_child(
             | CloneFlags::CLONE_NEWPID,
     )
     .map_err(|e| format!("unshare namespaces: {e}"))?;
-    if net.is_some() {
+    if veth_wanted {
         ready_w.write_all(b"n").map_err(|e| e.to_string())?;
         go_r.read_exact(&mut b)
             .map_err(|_| "the helper could not create the machine's veth".to_string())?;

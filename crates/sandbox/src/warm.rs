@@ -29,6 +29,9 @@ pub struct WarmSandbox {
     pub pid: i32,
     /// The warm cgroup below each hierarchy root (`hangar/.warm-…`).
     pub cgroup_path: PathBuf,
+    /// The host end of the veth made with the sandbox (`eth0` inside), when there is one.
+    #[serde(default)]
+    pub spare_veth: Option<String>,
 }
 
 /// Name prefix of warm sandboxes' cgroups, beside the machines' ones.
@@ -47,6 +50,20 @@ fn alive(pidfd: &OwnedFd) -> bool {
             0,
         ) == 0
     }
+}
+
+/// The host end of a warm sandbox's spare veth becomes the machine's: its name for this boot,
+/// on its network's bridge, up, and the bridge's entry for the machine's MAC pinned to it.
+fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result<()> {
+    let mut nl = hangar_net::netlink::Netlink::open()?;
+    let bridge = nl
+        .link_index(&net.bridge)?
+        .ok_or_else(|| std::io::Error::other(format!("bridge {} does not exist", net.bridge)))?;
+    let port = nl
+        .link_index(spare)?
+        .ok_or_else(|| std::io::Error::other(format!("the warm sandbox's veth {spare} is gone")))?;
+    nl.adopt_veth(port, &net.host_veth, bridge, net.mtu)?;
+    nl.pin_fdb(port, hangar_net::plan::machine_mac(net.ipv4))
 }
 
 /// Makes the warm sandbox `warm` (Pilot behind `pidfd`) the machine `plan` describes and
@@ -85,15 +102,29 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
     let pid = Pid::from_raw(warm.pid);
     let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
     if let Some(net) = &sandbox.net {
-        crate::spawn::plumb_host_side(net, pid).map_err(|e| e.to_string())?;
+        match &warm.spare_veth {
+            Some(spare) => adopt_host_side(spare, net).map_err(|e| e.to_string())?,
+            None => crate::spawn::plumb_host_side(net, pid).map_err(|e| e.to_string())?,
+        }
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
     setns(pidfd.as_fd(), namespaces).map_err(|e| format!("enter the warm sandbox: {e}"))?;
     for (fd, target) in &overlays {
         hangar_image::idmap::attach(fd, target).map_err(|e| e.to_string())?;
     }
-    if sandbox.net.is_some() {
-        crate::spawn::plumb_machine_side(sandbox.net.as_ref())
+    if let Some(net) = &sandbox.net {
+        if warm.spare_veth.is_some() {
+            // The spare's inner end has a random address: the machine's comes from its IPv4.
+            let mut nl = hangar_net::netlink::Netlink::open()
+                .map_err(|e| format!("set up the machine's network: {e}"))?;
+            let eth0 = nl
+                .link_index("eth0")
+                .map_err(|e| format!("set up the machine's network: {e}"))?
+                .ok_or("the warm sandbox has no eth0")?;
+            nl.set_address(eth0, hangar_net::plan::machine_mac(net.ipv4), net.mtu)
+                .map_err(|e| format!("set up the machine's network: {e}"))?;
+        }
+        crate::spawn::plumb_machine_side(Some(net))
             .map_err(|e| format!("set up the machine's network: {e}"))?;
     }
     nix::unistd::sethostname(&sandbox.hostname).map_err(|e| format!("sethostname: {e}"))?;

@@ -323,6 +323,7 @@ impl SandboxRuntime {
                 pilot_log: run.join(PILOT_LOG),
                 net,
                 io_devices: self.io_devices.clone(),
+                spare_veth: None,
                 idle: false,
             },
             mounts,

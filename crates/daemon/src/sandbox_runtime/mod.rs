@@ -228,6 +228,7 @@ impl SandboxRuntime {
             exe: exe.clone(),
             pilot_exe: pilot_exe.clone(),
             io_devices: io_devices.clone(),
+            network: net.is_some(),
         })?;
         Ok(Self {
             io_devices,
@@ -518,16 +519,17 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn settled(&self) {
-        if let Some(pool) = &self.pool {
-            pool.sweep().await;
-            pool.fill();
-        }
         if let Some(net) = self.net.clone() {
             match tokio::task::spawn_blocking(move || net.sweep()).await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "sweeping network devices failed"),
                 Err(e) => tracing::warn!(error = %e, "sweeping network devices failed"),
                 Ok(Ok(())) => {}
             }
+        }
+        // After the devices' sweep: a warm sandbox's spare veth is no machine's yet.
+        if let Some(pool) = &self.pool {
+            pool.sweep().await;
+            pool.fill();
         }
     }
 

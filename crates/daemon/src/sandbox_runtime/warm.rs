@@ -43,6 +43,8 @@ pub(super) struct PoolSetup {
     pub exe: PathBuf,
     pub pilot_exe: Option<PathBuf>,
     pub io_devices: Vec<String>,
+    /// Machines get a veth: each sandbox is made with a spare one.
+    pub network: bool,
 }
 
 pub(super) struct WarmPool {
@@ -63,6 +65,8 @@ pub(super) struct Warm {
     /// The daemon's end of Pilot's stdin, on which its claim goes.
     pub socket: OwnedFd,
     log: PathBuf,
+    /// The host end of its spare veth (`eth0` inside), with networking.
+    spare_veth: Option<String>,
 }
 
 /// Whether a machine with `config` can take over a pooled sandbox: its mounts must all be
@@ -194,6 +198,11 @@ impl WarmPool {
         )
         .map_err(|e| Made::Failed(failed(format!("a warm sandbox's socket: {e}"))))?;
         let log = self.log_path(name);
+        // `hgw` and the name's 12 hex digits: 15 bytes, the most a device name may have.
+        let spare_veth = self
+            .setup
+            .network
+            .then(|| format!("hgw{}", name.trim_start_matches(WARM_CGROUP_PREFIX)));
         let plan = SpawnPlan {
             sandbox: SandboxSpec {
                 machine_id: name.to_string(),
@@ -217,6 +226,7 @@ impl WarmPool {
                 pilot_log: log.clone(),
                 net: None,
                 io_devices: self.setup.io_devices.clone(),
+                spare_veth: spare_veth.clone(),
                 idle: true,
             },
             mounts: Vec::new(),
@@ -246,6 +256,7 @@ impl WarmPool {
             pidfd,
             socket: ours,
             log,
+            spare_veth,
         })
     }
 
@@ -361,6 +372,7 @@ impl Warm {
         WarmSandbox {
             pid: self.pid,
             cgroup_path: PathBuf::from(cgroup_path(&self.name)),
+            spare_veth: self.spare_veth.clone(),
         }
     }
 
