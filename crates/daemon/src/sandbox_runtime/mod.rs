@@ -317,6 +317,8 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn start(&self, m: &MachineRecord, secrets: &SecretValues) -> Result<(), RuntimeError> {
+        // The pool waits for starts to be quiet before it refills.
+        let _in_flight = self.pool.as_ref().map(|p| p.start_begins());
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
         let (slot, warm) = self.slot_for(m).await?;

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hangar_api::MachineConfig;
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
@@ -53,7 +54,17 @@ pub(super) struct WarmPool {
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Starts in flight, and when the last one began or ended: the pool refills only once
+    /// starts have been quiet for [`QUIET`].
+    starts: Mutex<(usize, Instant)>,
 }
+
+/// How long starts must have been quiet before the pool refills: creates in a row (a deploy, a
+/// benchmark) take what is warm and build the rest rather than share the CPUs and the kernel's
+/// locks with the making of the next sandbox, while a sandbox platform's create, exec, destroy
+/// loop still finds one warm at each create (25 ms measured 10.6 ms create→started there, 5 ms
+/// 7.3 ms).
+const QUIET: Duration = Duration::from_millis(5);
 
 /// A sandbox of the pool.
 pub(super) struct Warm {
@@ -104,6 +115,7 @@ impl WarmPool {
             ready: Mutex::new(Vec::new()),
             filling: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            starts: Mutex::new((0, Instant::now())),
         })))
     }
 
@@ -121,6 +133,25 @@ impl WarmPool {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
+    /// A start begins; the returned guard says when it ends.
+    pub fn start_begins(self: &Arc<Self>) -> StartInFlight {
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        *starts = (starts.0 + 1, Instant::now());
+        StartInFlight(self.clone())
+    }
+
+    /// Waits until no start is in flight and none was for [`QUIET`].
+    async fn quiet(&self) {
+        loop {
+            let (in_flight, since) = *self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            let waited = since.elapsed();
+            if in_flight == 0 && waited >= QUIET {
+                return;
+            }
+            tokio::time::sleep(QUIET.saturating_sub(waited).max(Duration::from_millis(1))).await;
+        }
+    }
+
     /// Makes and hands out no more warm sandboxes (those ready go at shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -136,6 +167,7 @@ impl WarmPool {
             while !pool.closed.load(Ordering::Acquire)
                 && pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < pool.setup.target
             {
+                pool.quiet().await;
                 match pool.make().await {
                     Ok(warm) => {
                         if pool.closed.load(Ordering::Acquire) {
@@ -325,6 +357,16 @@ impl WarmPool {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// A start in flight ([`WarmPool::start_begins`]).
+pub(super) struct StartInFlight(Arc<WarmPool>);
+
+impl Drop for StartInFlight {
+    fn drop(&mut self) {
+        let mut starts = self.0.starts.lock().unwrap_or_else(|e| e.into_inner());
+        *starts = (starts.0.saturating_sub(1), Instant::now());
     }
 }
 
