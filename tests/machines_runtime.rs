@@ -666,11 +666,16 @@ async fn test_destroying_machines_leaves_nothing_behind() {
     for m in &ids {
         d.wait_state("leak", m, "started").await;
     }
-    let (mounts, procs) = count_host_state(&d.data_dir);
-    assert!(
-        mounts >= 50 && procs >= 50,
-        "{mounts} mounts, {procs} processes while running"
-    );
+    // `started` means the workload was forked; its exec (the name counted) may follow.
+    let data_dir = d.data_dir.clone();
+    until(
+        || {
+            let (mounts, procs) = count_host_state(&data_dir);
+            mounts >= 50 && procs >= 50
+        },
+        "50 machines' mounts and processes while running",
+    )
+    .await;
     assert!(ids.iter().all(|m| cgroup_exists(m)));
     for m in &ids {
         let r = d
@@ -1322,6 +1327,22 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     );
     until(|| warm_pilots(daemon_pid).len() == 2, "the pool refills").await;
 
+    // A warm sandbox whose Pilot was killed while it waited is let go; the start goes on.
+    for p in warm_pilots(daemon_pid) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill a warm Pilot");
+    }
+    let after_kill = run(&d, "warm", "sleep 300", json!({})).await;
+    d.wait_state("warm", &after_kill, "started").await;
+    until(
+        || warm_pilots(daemon_pid).len() == 2,
+        "the pool refills again",
+    )
+    .await;
+
     // Memory volumes are mounted by the host side of a start: no warm sandbox for those.
     let before = warm_pilots(daemon_pid);
     let (vol, _) = create(
@@ -1368,7 +1389,7 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         names.iter().all(|n| !now.contains(n)),
         "the previous run's warm cgroups were swept: {names:?} {now:?}"
     );
-    for id in [&m, &vol] {
+    for id in [&m, &vol, &after_kill] {
         d.destroy_machine("warm", id, true).await;
     }
 }

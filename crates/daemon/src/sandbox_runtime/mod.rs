@@ -275,7 +275,7 @@ impl SandboxRuntime {
     /// use one), or a new one.
     async fn slot_for(&self, m: &MachineRecord) -> Result<(u32, Option<warm::Warm>), RuntimeError> {
         let warm = match &self.pool {
-            Some(pool) if warm::poolable(&m.config) => pool.take().map(|w| (pool, w)),
+            Some(pool) if warm::poolable(&m.config) => pool.take_alive().await.map(|w| (pool, w)),
             _ => None,
         };
         if let Some((pool, warm)) = warm {

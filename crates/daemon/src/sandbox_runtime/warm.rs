@@ -152,6 +152,19 @@ impl WarmPool {
         }
     }
 
+    /// A ready sandbox whose Pilot still runs (one killed while it waited, by the OOM killer
+    /// or by hand, is let go).
+    pub async fn take_alive(&self) -> Option<Warm> {
+        loop {
+            let warm = self.take()?;
+            if warm.alive() {
+                return Some(warm);
+            }
+            tracing::warn!(sandbox = %warm.name, "a warm sandbox's Pilot ended while it waited");
+            self.discard(warm, true).await;
+        }
+    }
+
     /// Makes and hands out no more warm sandboxes (those ready go at shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -409,6 +422,19 @@ fn pooled_cgroups(hierarchy: &Hierarchy) -> Vec<String> {
 }
 
 impl Warm {
+    /// Whether its Pilot still runs: a pidfd turns readable when its process ends (a signal
+    /// would still reach a zombie).
+    fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+    }
+
     /// What the take-over helper is told about this sandbox.
     pub fn sandbox(&self) -> WarmSandbox {
         WarmSandbox {
