@@ -688,10 +688,16 @@ async fn test_destroying_machines_leaves_nothing_behind() {
     assert_eq!(procs, 0, "processes left behind");
     let leftover: Vec<_> = ids.iter().filter(|m| cgroup_exists(m)).collect();
     assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
-    let dirs = std::fs::read_dir(d.data_dir.join("machines"))
-        .unwrap()
-        .count();
-    assert_eq!(dirs, 0, "machine dirs left behind");
+    // Moved aside at once (a destroy's answer does not wait for the removal), then removed.
+    assert!(ids
+        .iter()
+        .all(|m| !d.data_dir.join("machines").join(m).exists()));
+    let machines = d.data_dir.join("machines");
+    until(
+        || std::fs::read_dir(&machines).unwrap().count() == 0,
+        "machine dirs removed",
+    )
+    .await;
 }
 
 /// A container's `user` brings its supplementary groups from the image's /etc/group (as Docker

@@ -26,7 +26,9 @@ impl SandboxRuntime {
             .net
             .clone()
             .zip(state.as_ref().and_then(|s| s.net.clone()));
-        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+        let machines_dir = self.machines_dir.clone();
+        let trash = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, RuntimeError> {
+            let mut trash = Vec::new();
             if cgroup.exists() {
                 // Killed and moved aside now; the slow removal is a helper's (reap_cgroups).
                 let dead = cgroup.retire().map_err(failed)?;
@@ -48,7 +50,10 @@ impl SandboxRuntime {
                     hangar_image::unmount_rootfs(&layer).map_err(failed)?;
                 }
                 if !keep_rootfs {
-                    hangar_image::remove_rootfs(cdir).map_err(failed)?;
+                    // Out of the way at once, removed after the answer.
+                    for d in ["upper", "work"] {
+                        trash.extend(to_trash(&machines_dir, &cdir.join(d)).map_err(failed)?);
+                    }
                     let _ = std::fs::remove_dir(&layer);
                     match std::fs::remove_file(cdir.join(SIZED_LAYER_IMAGE)) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -93,10 +98,11 @@ impl SandboxRuntime {
                 let _ = std::fs::remove_file(dir.join(f));
             }
             let _ = std::fs::remove_file(dir.join(RUN_DIR).join(CONTROL_SOCKET));
-            Ok(())
+            Ok(trash)
         })
         .await
         .map_err(failed)??;
+        empty_trash(trash);
         if let Some(s) = state {
             self.free_slot(s.slot, id);
         }
@@ -131,6 +137,36 @@ pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result
         return Err(std::io::Error::other("hangar.log is not a regular file"));
     }
     file.write_all(&hangar_pilot::logs::log_record("stderr", line.as_bytes()))
+}
+
+/// Name prefix of directories moved out of a machine's way to be removed in the background,
+/// in the machines dir (a start-up sweep removes any a crash left).
+pub(super) const TRASH_PREFIX: &str = ".trash-";
+
+/// Renames `dir` (if it exists) into the machines dir under a fresh trash name: instant, where
+/// removing a container's writable layer or a machine dir took 1–6 ms of a destroy here.
+/// Returns the new path, for [`empty_trash`].
+pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let trash = machines_dir.join(format!("{TRASH_PREFIX}{:016x}", rand::random::<u64>()));
+    match std::fs::rename(dir, &trash) {
+        Ok(()) => Ok(Some(trash)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes trashed directories on a blocking thread, without waiting for it.
+pub(super) fn empty_trash(trash: Vec<PathBuf>) {
+    if trash.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        for dir in trash {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a trashed dir failed");
+            }
+        }
+    });
 }
 
 pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {

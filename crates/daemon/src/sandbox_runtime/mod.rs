@@ -437,7 +437,15 @@ impl Runtime for SandboxRuntime {
             crate::log_archive::archive(&live, &archive, &id, keep)
         })
         .await;
-        remove_dir(dir).await
+        // Gone from its place now (a machine dir's removal took 1–6 ms here), removed after
+        // the answer.
+        match to_trash(&self.machines_dir, &dir) {
+            Ok(trash) => {
+                empty_trash(trash.into_iter().collect());
+                Ok(())
+            }
+            Err(_) => remove_dir(dir).await,
+        }
     }
 
     async fn sweep(&self, live: &std::collections::HashSet<String>) {
@@ -447,6 +455,11 @@ impl Runtime for SandboxRuntime {
         for entry in rd.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             if live.contains(&id) {
+                continue;
+            }
+            if id.starts_with(TRASH_PREFIX) {
+                // Moved aside to be removed after an answer; the daemon stopped first.
+                let _ = remove_dir(entry.path()).await;
                 continue;
             }
             tracing::info!(machine = %id, "removing what a destroyed machine left behind");
