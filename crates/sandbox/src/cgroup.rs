@@ -184,10 +184,10 @@ impl MachineCgroup {
         Ok(())
     }
 
-    /// Takes over `pooled`, a cgroup made ahead for a sandbox of the pool, under this one's
+    /// Takes over `warm`, a cgroup made ahead for a warm sandbox, under this one's
     /// name (v1 renames a cgroup within its parent, processes and all), with `limits` for its
     /// machine. Fails if this cgroup exists, or on v2, which cannot rename cgroups.
-    pub fn take_over(&self, pooled: &MachineCgroup, limits: &Limits) -> Result<()> {
+    pub fn take_over(&self, warm: &MachineCgroup, limits: &Limits) -> Result<()> {
         if !matches!(self.hierarchy, Hierarchy::V1 { .. }) {
             return Err(CgroupError::Io {
                 action: "take over",
@@ -198,7 +198,7 @@ impl MachineCgroup {
                 ),
             });
         }
-        for (from, to) in pooled.dirs().into_iter().zip(self.dirs()) {
+        for (from, to) in warm.dirs().into_iter().zip(self.dirs()) {
             // rename(2) replaces an empty directory: a cgroup dir of this name must not be
             // taken over silently.
             if to.exists() {
@@ -208,7 +208,7 @@ impl MachineCgroup {
                     source: ErrorKind::AlreadyExists.into(),
                 });
             }
-            fs::rename(&from, &to).map_err(io("rename a pooled cgroup to", &to))?;
+            fs::rename(&from, &to).map_err(io("rename a warm cgroup to", &to))?;
         }
         self.reset_for_reuse();
         self.limit_v1(limits, true)

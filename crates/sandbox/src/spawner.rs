@@ -14,8 +14,8 @@
 //! `ok <pid>` or `err <message>` and exits. `r` (reap) comes with a socket on which the daemon
 //! writes retired cgroup dirs (NUL-separated); a child of the spawner removes them
 //! ([`crate::cgroup::reap_dead`], ~100 ms each on cgroup v1) and goes on if the daemon dies.
-//! `t` (take over) comes like `s` but with a pidfd of a pooled sandbox's Pilot instead of a
-//! spec; its helper makes that sandbox the plan's machine ([`crate::pool`]).
+//! `t` (take over) comes like `s` but with a pidfd of a warm sandbox's Pilot instead of a
+//! spec; its helper makes that sandbox the plan's machine ([`crate::warm`]).
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -184,7 +184,7 @@ fn helper(request: OwnedFd, spec: OwnedFd) -> i32 {
     0
 }
 
-/// The helper that takes over a pooled sandbox (Pilot behind `pidfd`) for the plan it reads.
+/// The helper that takes over a warm sandbox (Pilot behind `pidfd`) for the plan it reads.
 fn take_over_helper(request: OwnedFd, pidfd: OwnedFd) -> i32 {
     // SAFETY: restoring defaults in this fresh single-threaded child.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
@@ -216,8 +216,8 @@ impl Spawner {
         Ok(ours)
     }
 
-    /// Starts a helper that takes over the pooled sandbox whose Pilot `pidfd` refers to, for
-    /// the plan sent on the returned socket (with `pooled` set); answered like [`Self::request`].
+    /// Starts a helper that takes over the warm sandbox whose Pilot `pidfd` refers to, for
+    /// the plan sent on the returned socket (with `warm` set); answered like [`Self::request`].
     pub fn take_over(&self, pidfd: &OwnedFd) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
         self.send(TAKE_OVER, &[theirs.as_raw_fd(), pidfd.as_raw_fd()])?;

@@ -4,8 +4,9 @@
 //! machine is what is left of a start: its cgroup renamed to the machine's with the machine's
 //! limits, its root filesystems mounted into the sandbox's mount namespace (idmapped through
 //! its user namespace), its veth and hostname; then the daemon hands Pilot the machine's spec
-//! ([`hangar_pilot`'s claim message]). A start saves the namespaces, Pilot's exec and its
-//! runtime's start-up, ~4 ms of ~12 on a 2-core host.
+//! (Pilot's claim message, `hangar_pilot::pooled`). A start saves the cgroup, the namespaces,
+//! the veth, Pilot's exec and its start-up: ~2.3 ms here (docs/decisions.md, "Warm
+//! sandboxes").
 //!
 //! Only cgroup v1 can rename a cgroup (its processes stay in it), so only v1 hosts pool; and
 //! only machines whose mounts are all overlays: loop-mounted disks (sized root filesystems,

@@ -391,7 +391,7 @@ impl SandboxRuntime {
     }
 }
 
-/// Makes the pooled sandbox `warm` the machine `plan` describes (the helper the spawner forked
+/// Makes the warm sandbox `warm` the machine `plan` describes (the helper the spawner forked
 /// for `socket` does the host's part), then hands its Pilot the spec; returns Pilot's pid. A
 /// failure lets the sandbox go (the machine's start cleans up what was renamed to it).
 async fn take_over(

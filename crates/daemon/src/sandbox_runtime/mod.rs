@@ -102,7 +102,7 @@ pub struct SandboxRuntime {
     exe: PathBuf,
     /// `hangar-pilot` beside the daemon's executable, if it is there (else `hangar pilot`).
     pilot_exe: Option<PathBuf>,
-    /// uid-range slots in use, with the machine (or pooled sandbox) holding each.
+    /// uid-range slots in use, with the machine (or warm sandbox) holding each.
     slots: Arc<crate::uid_slots::Slots>,
     /// Sandboxes made ahead for the next starts; `None` when off or not possible here.
     pool: Option<Arc<warm::WarmPool>>,

@@ -5,7 +5,7 @@
 //! in the background after each take. Only cgroup v1 hosts pool (v2 cannot rename a cgroup),
 //! and only machines whose mounts are all overlays (see [`poolable`]).
 //!
-//! A pooled sandbox belongs to this daemon: its Pilot reads its claim from a socket whose
+//! A warm sandbox belongs to this daemon: its Pilot reads its claim from a socket whose
 //! other end only the daemon holds, so it exits when the daemon goes. Its cgroup (`.warm-…`
 //! beside the machines') and uid claim (named after it) are removed at shutdown, or by the
 //! next start of a daemon ([`WarmPool::sweep`]).
@@ -31,13 +31,13 @@ use crate::uid_slots::{Slots, UID_BASE_START, UID_RANGE};
 /// while the next is made (~5 ms of CPU each).
 pub const DEFAULT_WARM_SANDBOXES: usize = 2;
 
-/// A pooled sandbox's limits until a machine takes it over and gets its own: Pilot waiting
+/// A warm sandbox's limits until a machine takes it over and gets its own: Pilot waiting
 /// needs little.
 const WARM_MEMORY_MB: u64 = 64;
 
 pub(super) struct PoolSetup {
     pub target: usize,
-    /// Where pooled Pilots' logs go (until a machine's log takes over).
+    /// Where warm Pilots' logs go (until a machine's log takes over).
     pub dir: PathBuf,
     pub hierarchy: Hierarchy,
     pub slots: Arc<Slots>,
@@ -80,7 +80,7 @@ pub(super) struct Warm {
     spare_veth: Option<String>,
 }
 
-/// Whether a machine with `config` can take over a pooled sandbox: its mounts must all be
+/// Whether a machine with `config` can take over a warm sandbox: its mounts must all be
 /// overlays, since loop-mounted disks (a sized root filesystem, disk or memory volumes,
 /// persistent volumes) are found and unmounted in the host's mount namespace.
 pub(super) fn poolable(config: &MachineConfig) -> bool {
@@ -123,7 +123,7 @@ impl WarmPool {
         MachineCgroup::new(self.setup.hierarchy.clone(), cgroup_path(name))
     }
 
-    /// A pooled sandbox, if one is ready. The caller refills the pool ([`Self::fill`]) once
+    /// A warm sandbox, if one is ready. The caller refills the pool ([`Self::fill`]) once
     /// its machine has started: a sandbox made meanwhile would compete for the CPUs and the
     /// kernel's mount lock with the start it is meant to speed up.
     pub fn take(&self) -> Option<Warm> {
@@ -208,7 +208,7 @@ impl WarmPool {
         });
     }
 
-    /// Builds one pooled sandbox through the spawner.
+    /// Builds one warm sandbox through the spawner.
     async fn make(&self) -> Result<Warm, Made> {
         let name = format!("{WARM_CGROUP_PREFIX}{:012x}", rand::random::<u64>() >> 16);
         let slot = self
@@ -305,7 +305,7 @@ impl WarmPool {
         })
     }
 
-    /// Lets a pooled sandbox go: Pilot sees its socket close and exits, its cgroup (still
+    /// Lets a warm sandbox go: Pilot sees its socket close and exits, its cgroup (still
     /// pooled, if a take-over did not rename it) is emptied and removed, Pilot is reaped.
     /// `free_slot` unless a machine holds its slot now.
     pub async fn discard(&self, warm: Warm, free_slot: bool) {
@@ -329,7 +329,7 @@ impl WarmPool {
         let _ = std::fs::remove_file(log);
     }
 
-    /// After a take-over: the pooled Pilot's own log is the machine's now.
+    /// After a take-over: the warm Pilot's own log is the machine's now.
     pub fn taken(&self, warm: &Warm) {
         let _ = std::fs::remove_file(&warm.log);
     }
@@ -346,7 +346,7 @@ impl WarmPool {
         }
     }
 
-    /// At start-up, before the pool fills: removes pooled cgroups this daemon's earlier run
+    /// At start-up, before the pool fills: removes warm cgroups this daemon's earlier run
     /// left (killed with it), and empty ones whose uid claim is gone (a daemon whose data dir
     /// went), with those earlier runs' Pilot logs. Other daemons' pools stay.
     pub async fn sweep(&self) {
@@ -355,7 +355,7 @@ impl WarmPool {
         let hierarchy = self.setup.hierarchy.clone();
         let exe = self.setup.exe.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for name in pooled_cgroups(&hierarchy) {
+            for name in warm_cgroups(&hierarchy) {
                 let claim = claims.iter().find(|(_, _, holder)| *holder == name);
                 let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
                 let ours = claim.is_some_and(|(_, o, _)| *o == owner);
@@ -405,8 +405,8 @@ fn retire(cgroup: &MachineCgroup, exe: &Path) {
     }
 }
 
-/// The names of the pooled cgroups on the host (any daemon's).
-fn pooled_cgroups(hierarchy: &Hierarchy) -> Vec<String> {
+/// The names of the warm cgroups on the host (any daemon's).
+fn warm_cgroups(hierarchy: &Hierarchy) -> Vec<String> {
     let parent = match hierarchy {
         Hierarchy::V1 { root } => root.join("memory").join("hangar"),
         Hierarchy::V2 { root } => root.join("hangar"),
@@ -452,5 +452,35 @@ impl Warm {
         log: &std::fs::File,
     ) -> std::io::Result<()> {
         hangar_pilot::pooled::send_claim(self.socket.as_fd(), run_dir, spec.as_fd(), log.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: serde_json::Value) -> MachineConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn only_machines_with_overlay_mounts_alone_take_warm_sandboxes() {
+        let image = "127.0.0.1:5000/hangar/busybox:latest";
+        assert!(poolable(&config(serde_json::json!({"image": image}))));
+        // A temp_dir on the machine's disk without a size is a plain dir of the machine dir.
+        assert!(poolable(&config(serde_json::json!({
+            "image": image,
+            "volumes": [{"name": "scratch", "temp_dir": {}}],
+        }))));
+        for unpoolable in [
+            serde_json::json!({"image": image, "mounts": [{"volume": "vol_1", "path": "/data"}]}),
+            serde_json::json!({"image": image, "rootfs": {"size_gb": 2}}),
+            serde_json::json!({"image": image,
+                "volumes": [{"name": "m", "temp_dir": {"storage_type": "memory"}}]}),
+            serde_json::json!({"image": image,
+                "volumes": [{"name": "d", "temp_dir": {"storage_type": "disk", "size_mb": 16}}]}),
+        ] {
+            assert!(!poolable(&config(unpoolable.clone())), "{unpoolable}");
+        }
     }
 }
