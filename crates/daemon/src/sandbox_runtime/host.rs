@@ -155,18 +155,62 @@ pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Optio
     }
 }
 
-/// Removes trashed directories on a blocking thread, without waiting for it.
+/// Hands trashed directories to the trash collector: a thread in the idle scheduling class
+/// that removes what gathered once a second. Removing them right after each destroy put their
+/// unlinks into the journal commit of the next create's sync (the sandbox platform's create,
+/// exec, destroy loop measured ~3.5 ms slower); gathered, a second's destroys share one. Three
+/// interleaved runs of 40 loops against removal in place: loop p50 17.4/18.4/20.8 vs
+/// 18.5/21.1/23.0 ms, destroy 7.3/7.0/7.9 vs 8.9/9.0/9.0 ms.
 pub(super) fn empty_trash(trash: Vec<PathBuf>) {
+    use std::sync::{Condvar, OnceLock};
+    /// Directories waiting, and the collector's wake-up.
+    type Pending = Arc<(Mutex<Vec<PathBuf>>, Condvar)>;
+    static COLLECTOR: OnceLock<Option<Pending>> = OnceLock::new();
     if trash.is_empty() {
         return;
     }
-    tokio::task::spawn_blocking(move || {
-        for dir in trash {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing a trashed dir failed");
+    let collector = COLLECTOR.get_or_init(|| {
+        let shared = Arc::new((Mutex::new(Vec::<PathBuf>::new()), Condvar::new()));
+        let theirs = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hangar-trash".into())
+            .spawn(move || {
+                hangar_sandbox::cgroup::yield_to_machines();
+                let (pending, wake) = &*theirs;
+                loop {
+                    {
+                        let mut list = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        while list.is_empty() {
+                            list = wake.wait(list).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    let batch =
+                        std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+                    for dir in batch {
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "removing a trashed dir failed");
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to remove trashed dirs");
+                None
             }
         }
     });
+    // Without a collector, the next start-up's sweep removes them.
+    if let Some(shared) = collector {
+        let (pending, wake) = &**shared;
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(trash);
+        wake.notify_one();
+    }
 }
 
 pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
