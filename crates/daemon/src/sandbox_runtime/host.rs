@@ -143,15 +143,24 @@ pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result
 /// in the machines dir (a start-up sweep removes any a crash left).
 pub(super) const TRASH_PREFIX: &str = ".trash-";
 
-/// Renames `dir` (if it exists) into the machines dir under a fresh trash name: instant, where
+/// Moves `dir` (if it exists) into a fresh trash dir of the machines dir (`.trash-…`, mode
+/// 0700: what a machine's uid owns, a container's writable layer with the files its secrets
+/// went to, stays out of everyone else's reach until it is removed). A rename is instant, where
 /// removing a container's writable layer or a machine dir took 1–6 ms of a destroy here.
-/// Returns the new path, for [`empty_trash`].
+/// Returns the trash dir, for [`empty_trash`].
 pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::DirBuilderExt;
     let trash = machines_dir.join(format!("{TRASH_PREFIX}{:016x}", rand::random::<u64>()));
-    match std::fs::rename(dir, &trash) {
+    std::fs::DirBuilder::new().mode(0o700).create(&trash)?;
+    match std::fs::rename(dir, trash.join("d")) {
         Ok(()) => Ok(Some(trash)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&trash);
+            match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(None),
+                _ => Err(e),
+            }
+        }
     }
 }
 
@@ -210,6 +219,29 @@ pub(super) fn empty_trash(trash: Vec<PathBuf>) {
             .unwrap_or_else(|e| e.into_inner())
             .extend(trash);
         wake.notify_one();
+    }
+}
+
+/// Removes every trashed directory now (daemon shutdown), beside the collector if it is at
+/// work on some of them.
+pub(super) fn remove_trash_now(machines_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(machines_dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TRASH_PREFIX)
+        {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "removing a trashed dir failed");
+            }
+            _ => {}
+        }
     }
 }
 

@@ -552,6 +552,10 @@ impl Runtime for SandboxRuntime {
         if let Some(pool) = &self.pool {
             pool.shut_down().await;
         }
+        // What waits in the trash goes now, not at the next start: a container's writable
+        // layer may hold the files its secrets were written to.
+        let machines_dir = self.machines_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_trash_now(&machines_dir)).await;
         if let Some(net) = self.net.clone() {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.shut_down()).await {
                 tracing::warn!(error = %e, "removing unused network devices failed");
