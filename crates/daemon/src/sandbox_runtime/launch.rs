@@ -391,6 +391,10 @@ impl SandboxRuntime {
     }
 }
 
+/// How long a sandbox helper may take (it takes milliseconds; mounting a large volume's
+/// filesystem after an unclean shutdown, a journal replay, is the slow case).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Makes the warm sandbox `warm` the machine `plan` describes (the helper the spawner forked
 /// for `socket` does the host's part), then hands its Pilot the spec; returns Pilot's pid. A
 /// failure lets the sandbox go (the machine's start cleans up what was renamed to it).
@@ -447,8 +451,16 @@ pub(super) async fn ask_helper(
         .await
         .map_err(|e| failed(format!("sending the spawn plan: {e}")))?;
     let mut answer = Vec::new();
-    read.read_to_end(&mut answer)
+    // A helper that never answers (a bug, a wedged kernel call) fails the start instead of
+    // leaving the machine `starting` for good; the start's cleanup kills what it made.
+    tokio::time::timeout(HELPER_TIMEOUT, read.read_to_end(&mut answer))
         .await
+        .map_err(|_| {
+            failed(format!(
+                "the sandbox helper did not answer within {}s",
+                HELPER_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| failed(format!("reading the sandbox helper's answer: {e}")))?;
     hangar_sandbox::spawner::parse_answer(&answer)
         .map_err(|e| failed(format!("building the sandbox failed: {e}")))
