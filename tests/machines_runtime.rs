@@ -1194,8 +1194,9 @@ fn spawners(daemon_pid: u32) -> Vec<i32> {
         .collect()
 }
 
-/// The executable of the Pilot of machine `id`.
-fn pilot_exe(id: &str) -> std::path::PathBuf {
+/// The `/proc` entry of the Pilot of machine `id` (its command line names the machine's run
+/// dir, warm-started or not).
+fn pilot_proc(id: &str) -> std::fs::DirEntry {
     let dir = format!("/machines/{id}/run");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -1203,11 +1204,15 @@ fn pilot_exe(id: &str) -> std::path::PathBuf {
         .find(|e| {
             std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c);
-                c.starts_with("hangar\0pilot\0") && c.contains(&dir)
+                c.starts_with("hangar\0pilot\0--machine-dir\0") && c.contains(&dir)
             })
         })
-        .and_then(|e| std::fs::read_link(e.path().join("exe")).ok())
         .unwrap_or_else(|| panic!("no Pilot runs machine {id}"))
+}
+
+/// The executable of the Pilot of machine `id`.
+fn pilot_exe(id: &str) -> std::path::PathBuf {
+    std::fs::read_link(pilot_proc(id).path().join("exe")).expect("Pilot's executable")
 }
 
 /// Machines start through the daemon's pre-forked spawner, with Pilot's own small binary; if
@@ -1277,20 +1282,13 @@ fn warm_pilots(daemon_pid: u32) -> Vec<i32> {
     found
 }
 
-/// The host pid of the Pilot of machine `id` (its command line names the machine's run dir).
+/// The host pid of the Pilot of machine `id`.
 fn pilot_pid(id: &str) -> i32 {
-    let dir = format!("/machines/{id}/run");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.starts_with("hangar\0pilot\0--machine-dir\0") && c.contains(&dir)
-            })
-        })
-        .and_then(|e| e.file_name().to_str()?.parse().ok())
-        .unwrap_or_else(|| panic!("no Pilot runs machine {id}"))
+    pilot_proc(id)
+        .file_name()
+        .to_str()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
 }
 
 fn warm_cgroups() -> Vec<String> {

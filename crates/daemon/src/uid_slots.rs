@@ -108,22 +108,16 @@ impl SlotClaims {
 
     /// This daemon's claims: (slot, machine).
     pub fn owned(&self) -> Vec<(u32, String)> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        rd.flatten()
-            .filter_map(|e| {
-                let slot: u32 = e.file_name().to_str()?.parse().ok()?;
-                let text = std::fs::read_to_string(e.path()).ok()?;
-                let (owner, machine) = text.split_once('\n')?;
-                (owner == self.owner).then(|| (slot, machine.trim_end().to_string()))
-            })
+        self.all()
+            .into_iter()
+            .filter(|(_, owner, _)| *owner == self.owner)
+            .map(|(slot, _, machine)| (slot, machine))
             .collect()
     }
 }
 
 impl SlotClaims {
-    /// Hands `slot`, claimed by this daemon for `from`, to `to` (a pooled sandbox's range to
+    /// Hands `slot`, claimed by this daemon for `from`, to `to` (a warm sandbox's range to
     /// the machine that takes it over); false when `from` does not hold it.
     pub fn transfer(&self, slot: u32, from: &str, to: &str) -> std::io::Result<bool> {
         let path = self.path(slot);
