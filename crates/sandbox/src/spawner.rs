@@ -172,26 +172,27 @@ fn helper(request: OwnedFd, spec: OwnedFd) -> i32 {
         return 1;
     }
     drop(spec);
-    let mut plan = Vec::new();
-    let answer = match request.read_to_end(&mut plan) {
-        Ok(_) => match crate::plan::spawn_planned(&plan) {
-            Ok(pid) => format!("ok {pid}"),
-            Err(e) => format!("err {e}"),
-        },
-        Err(e) => format!("err reading the plan: {e}"),
-    };
-    let _ = request.write_all(answer.as_bytes());
-    0
+    answer(request, crate::plan::spawn_planned)
 }
 
 /// The helper that takes over a warm sandbox (Pilot behind `pidfd`) for the plan it reads.
 fn take_over_helper(request: OwnedFd, pidfd: OwnedFd) -> i32 {
     // SAFETY: restoring defaults in this fresh single-threaded child.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
-    let mut request = UnixStream::from(request);
+    answer(UnixStream::from(request), |plan| {
+        crate::plan::take_over_planned(plan, pidfd)
+    })
+}
+
+/// Reads a helper's plan from `request`, runs `job` on it and answers `ok <pid>` or
+/// `err <message>` ([`parse_answer`]). Returns the helper's exit code.
+fn answer<E: std::fmt::Display>(
+    mut request: UnixStream,
+    job: impl FnOnce(&[u8]) -> Result<i32, E>,
+) -> i32 {
     let mut plan = Vec::new();
     let answer = match request.read_to_end(&mut plan) {
-        Ok(_) => match crate::plan::take_over_planned(&plan, pidfd) {
+        Ok(_) => match job(&plan) {
             Ok(pid) => format!("ok {pid}"),
             Err(e) => format!("err {e}"),
         },

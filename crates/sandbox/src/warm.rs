@@ -39,8 +39,9 @@ pub struct WarmSandbox {
 pub const WARM_CGROUP_PREFIX: &str = ".warm-";
 
 /// Whether the process behind `pidfd` still runs: a pidfd turns readable when its process
-/// ends, and a pid reused by another process never makes it so.
-fn alive(pidfd: &OwnedFd) -> bool {
+/// ends (a signal would still reach it as a zombie), and a pid reused by another process
+/// never makes it so.
+pub fn alive(pidfd: &OwnedFd) -> bool {
     let mut poll = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,
