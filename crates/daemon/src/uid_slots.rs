@@ -145,11 +145,6 @@ impl SlotClaims {
             })
             .collect()
     }
-
-    /// This daemon's data dir as its claims name it.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
 }
 
 /// The uid-range slots this daemon uses, each with its holder (a machine, or a pooled

@@ -141,7 +141,7 @@ pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result
 
 /// Name prefix of directories moved out of a machine's way to be removed in the background,
 /// in the machines dir (a start-up sweep removes any a crash left).
-pub(super) const TRASH_PREFIX: &str = ".trash-";
+const TRASH_PREFIX: &str = ".trash-";
 
 /// Moves `dir` (if it exists) into a fresh trash dir of the machines dir (`.trash-…`, mode
 /// 0700: what a machine's uid owns, a container's writable layer with the files its secrets
@@ -222,8 +222,8 @@ pub(super) fn empty_trash(trash: Vec<PathBuf>) {
     }
 }
 
-/// Removes every trashed directory now (daemon shutdown), beside the collector if it is at
-/// work on some of them.
+/// Removes every trashed directory now (daemon start-up and shutdown), beside the collector if
+/// it is at work on some of them.
 pub(super) fn remove_trash_now(machines_dir: &Path) {
     let Ok(rd) = std::fs::read_dir(machines_dir) else {
         return;

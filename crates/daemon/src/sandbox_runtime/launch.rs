@@ -417,16 +417,10 @@ async fn take_over(
         Ok(pid)
     }
     .await;
-    match outcome {
-        Ok(pid) => {
-            pool.taken(&warm);
-            Ok(pid)
-        }
-        Err(e) => {
-            pool.discard(warm, false).await;
-            Err(e)
-        }
+    if outcome.is_err() {
+        pool.discard(warm, false).await;
     }
+    outcome
 }
 
 /// Sends `plan` to a helper forked by the daemon's pre-forked spawner (the usual way) on the

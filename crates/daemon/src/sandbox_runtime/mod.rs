@@ -317,7 +317,7 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn start(&self, m: &MachineRecord, secrets: &SecretValues) -> Result<(), RuntimeError> {
-        // The pool waits for starts to be quiet before it refills.
+        // The pool refills once this start has ended (and starts have been quiet since).
         let _in_flight = self.pool.as_ref().map(|p| p.start_begins());
         // Leftovers of an earlier run (a crash, a kill) go first.
         self.cleanup(&m.id, keep_rootfs(&m.config)).await?;
@@ -339,9 +339,6 @@ impl Runtime for SandboxRuntime {
             Err(e) => {
                 // Kill whatever started; a persistent rootfs survives a failed start.
                 let _ = self.cleanup(&m.id, keep).await;
-                if let Some(pool) = &self.pool {
-                    pool.fill();
-                }
                 return Err(e);
             }
         };
@@ -359,11 +356,7 @@ impl Runtime for SandboxRuntime {
             })
             .map(|c| c.name)
             .collect();
-        let ready = self.wait_ready(&m.id, &mut exited, &patient).await;
-        if let Some(pool) = &self.pool {
-            pool.fill();
-        }
-        if let Err(e) = ready {
+        if let Err(e) = self.wait_ready(&m.id, &mut exited, &patient).await {
             let _ = self.stop(m, Signal::SIGKILL, Duration::ZERO).await;
             return Err(e);
         }
@@ -449,17 +442,15 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn sweep(&self, live: &std::collections::HashSet<String>) {
+        // Dirs moved aside to be removed after an answer, left by a daemon that stopped first.
+        let machines_dir = self.machines_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_trash_now(&machines_dir)).await;
         let Ok(rd) = std::fs::read_dir(&self.machines_dir) else {
             return;
         };
         for entry in rd.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             if live.contains(&id) {
-                continue;
-            }
-            if id.starts_with(TRASH_PREFIX) {
-                // Moved aside to be removed after an answer; the daemon stopped first.
-                let _ = remove_dir(entry.path()).await;
                 continue;
             }
             tracing::info!(machine = %id, "removing what a destroyed machine left behind");

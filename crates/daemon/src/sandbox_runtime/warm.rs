@@ -123,10 +123,10 @@ impl WarmPool {
         MachineCgroup::new(self.setup.hierarchy.clone(), cgroup_path(name))
     }
 
-    /// A warm sandbox, if one is ready. The caller refills the pool ([`Self::fill`]) once
-    /// its machine has started: a sandbox made meanwhile would compete for the CPUs and the
+    /// A warm sandbox, if one is ready. The pool refills once the start has ended
+    /// ([`StartInFlight`]): a sandbox made meanwhile would compete for the CPUs and the
     /// kernel's mount lock with the start it is meant to speed up.
-    pub fn take(&self) -> Option<Warm> {
+    fn take(&self) -> Option<Warm> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -322,16 +322,11 @@ impl WarmPool {
         let exe = self.setup.exe.clone();
         let _ = tokio::task::spawn_blocking(move || retire(&cgroup, &exe)).await;
         // Killed with its cgroup, or gone already; reaped here (the daemon is its reaper).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait_pidfd(pidfd)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait_pidfd(pidfd)).await;
         if free_slot {
             self.setup.slots.free(slot, &name);
         }
         let _ = std::fs::remove_file(log);
-    }
-
-    /// After a take-over: the warm Pilot's own log is the machine's now.
-    pub fn taken(&self, warm: &Warm) {
-        let _ = std::fs::remove_file(&warm.log);
     }
 
     /// Empties the pool for good (daemon shutdown).
@@ -346,20 +341,25 @@ impl WarmPool {
         }
     }
 
-    /// At start-up, before the pool fills: removes warm cgroups this daemon's earlier run
-    /// left (killed with it), and empty ones whose uid claim is gone (a daemon whose data dir
-    /// went), with those earlier runs' Pilot logs. Other daemons' pools stay.
+    /// At start-up, before the pool fills: removes the warm cgroups nobody claims and nothing
+    /// runs in (this daemon's earlier run's: their Pilots ended with it, and the runtime's
+    /// sweep just released their uid claims; or a daemon's whose data dir went), with the
+    /// earlier run's Pilot logs. Other daemons' pools stay.
     pub async fn sweep(&self) {
-        let claims: Vec<(u32, String, String)> = self.setup.slots.claims.all();
-        let owner = self.setup.slots.claims.owner().to_string();
+        let claimed: Vec<String> = self
+            .setup
+            .slots
+            .claims
+            .all()
+            .into_iter()
+            .map(|(_, _, holder)| holder)
+            .collect();
         let hierarchy = self.setup.hierarchy.clone();
         let exe = self.setup.exe.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for name in warm_cgroups(&hierarchy) {
-                let claim = claims.iter().find(|(_, _, holder)| *holder == name);
                 let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
-                let ours = claim.is_some_and(|(_, o, _)| *o == owner);
-                if ours || (claim.is_none() && cgroup.procs().is_ok_and(|p| p.is_empty())) {
+                if !claimed.contains(&name) && cgroup.procs().is_ok_and(|p| p.is_empty()) {
                     retire(&cgroup, &exe);
                 }
             }
@@ -377,9 +377,13 @@ impl WarmPool {
 pub(super) struct StartInFlight(Arc<WarmPool>);
 
 impl Drop for StartInFlight {
+    /// The start ended (started, failed or unwound): the pool refills behind it.
     fn drop(&mut self) {
-        let mut starts = self.0.starts.lock().unwrap_or_else(|e| e.into_inner());
-        *starts = (starts.0.saturating_sub(1), Instant::now());
+        {
+            let mut starts = self.0.starts.lock().unwrap_or_else(|e| e.into_inner());
+            *starts = (starts.0.saturating_sub(1), Instant::now());
+        }
+        self.0.fill();
     }
 }
 
@@ -422,17 +426,9 @@ fn warm_cgroups(hierarchy: &Hierarchy) -> Vec<String> {
 }
 
 impl Warm {
-    /// Whether its Pilot still runs: a pidfd turns readable when its process ends (a signal
-    /// would still reach a zombie).
+    /// Whether its Pilot still runs.
     fn alive(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let mut poll = libc::pollfd {
-            fd: self.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no wait.
-        unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+        hangar_sandbox::warm::alive(&self.pidfd)
     }
 
     /// What the take-over helper is told about this sandbox.
@@ -444,14 +440,17 @@ impl Warm {
         }
     }
 
-    /// Hands Pilot its machine: the run dir, the spec and the log.
+    /// Hands Pilot its machine: the run dir, the spec and the log (Pilot's log until now, its
+    /// own file, goes).
     pub fn claim(
         &self,
         run_dir: &Path,
         spec: &OwnedFd,
         log: &std::fs::File,
     ) -> std::io::Result<()> {
-        hangar_pilot::pooled::send_claim(self.socket.as_fd(), run_dir, spec.as_fd(), log.as_fd())
+        hangar_pilot::pooled::send_claim(self.socket.as_fd(), run_dir, spec.as_fd(), log.as_fd())?;
+        let _ = std::fs::remove_file(&self.log);
+        Ok(())
     }
 }
 
