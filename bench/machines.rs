@@ -105,6 +105,52 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Interleaved creates: the latencies and ids of the measured machines, per daemon.
+type Interleaved = [(Vec<Duration>, Vec<String>); 2];
+
+/// Creates `n` sleepers on each daemon in turn, so both see the same host, pausing `settle`
+/// after each. Each daemon gets an app `bench` (it may have one) and first a machine that warms
+/// its image cache, unmeasured and destroyed at the end.
+async fn interleaved_creates(
+    daemons: [&Client; 2],
+    n: usize,
+    image: &str,
+    settle: Duration,
+) -> Interleaved {
+    let mut out: Interleaved = Default::default();
+    let mut warm_ups = Vec::new();
+    for c in daemons {
+        let _ = c
+            .post("/v1/apps")
+            .json(&json!({"name": "bench"}))
+            .send_raw()
+            .await;
+        warm_ups.push(common::create_sleeper(c, "bench", image).await.0);
+    }
+    for _ in 0..n {
+        for (c, (lat, made)) in daemons.iter().zip(out.iter_mut()) {
+            let (id, took) = common::create_sleeper(c, "bench", image).await;
+            lat.push(took);
+            made.push(id);
+            tokio::time::sleep(settle).await;
+        }
+    }
+    for (c, id) in daemons.into_iter().zip(warm_ups) {
+        destroy_all(c, vec![id]).await;
+    }
+    out
+}
+
+/// Destroys (force) app `bench`'s machines `ids` on daemon `c`.
+async fn destroy_all(c: &Client, ids: Vec<String>) {
+    for id in ids {
+        let _ = c
+            .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
+            .send_raw()
+            .await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     common::check_args(&["--machines", "--idle"], "bench_machines [--machines 200] [--idle 500]: machine start, lifecycle, agent loop and idle memory against runc and podman");
@@ -138,41 +184,13 @@ async fn main() {
     let hangar_p50 = report("hangar create -> started", create_lat);
 
     // The same, with and without machine networking, interleaved so both see the same host.
+    // Nothing is destroyed until the end: a destroy's teardown would weigh on whichever create
+    // comes next.
     {
         let off = start_daemon_with("machines-nonet", &["--network", "off"]).await;
-        off.client
-            .post("/v1/apps")
-            .json(&json!({"name": "bench"}))
-            .send_raw()
-            .await
-            .expect("app");
-        let (warm, _) = common::create_sleeper(&off.client, "bench", &image).await;
-        let mut with = Vec::new();
-        let mut without = Vec::new();
-        let mut made = Vec::new();
-        let mut made_off = Vec::new();
-        // Nothing is destroyed until the end: a destroy's teardown would weigh on whichever
-        // create comes next.
-        for _ in 0..machines.min(100) {
-            let (id, lat) = common::create_sleeper(c, "bench", &image).await;
-            with.push(lat);
-            made.push(id);
-            let (id, lat) = common::create_sleeper(&off.client, "bench", &image).await;
-            without.push(lat);
-            made_off.push(id);
-        }
-        for id in made_off {
-            let _ = off
-                .client
-                .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
-                .send_raw()
-                .await;
-        }
-        let _ = off
-            .client
-            .delete(format!("/v1/apps/bench/machines/{warm}?force=true"))
-            .send_raw()
-            .await;
+        let [(with, made), (without, made_off)] =
+            interleaved_creates([c, &off.client], machines.min(100), &image, Duration::ZERO).await;
+        destroy_all(&off.client, made_off).await;
         let with = report("hangar create -> started, networking on", with);
         let without = report("hangar create -> started, networking off", without);
         println!(
@@ -182,8 +200,9 @@ async fn main() {
         ids.extend(made);
     }
 
-    // Warm sandboxes (made ahead; the default) against none, interleaved so both see the same
-    // host; both without networking, which one daemon per host owns.
+    // Warm sandboxes (made ahead; the default) against none, interleaved; both without
+    // networking, which one daemon per host owns. A pause after each create lets what a start
+    // leaves running (the pool's refill, a helper's exit) finish before the other's create.
     {
         let warm_d = start_daemon_with("machines-warm", &["--network", "off"]).await;
         let cold_d = start_daemon_with(
@@ -191,39 +210,15 @@ async fn main() {
             &["--network", "off", "--warm-sandboxes", "0"],
         )
         .await;
-        let mut warm_lat = Vec::new();
-        let mut cold_lat = Vec::new();
-        let mut made = Vec::new();
-        for d in [&warm_d, &cold_d] {
-            d.client
-                .post("/v1/apps")
-                .json(&json!({"name": "bench"}))
-                .send_raw()
-                .await
-                .expect("app");
-            let (first, _) = common::create_sleeper(&d.client, "bench", &image).await;
-            made.push((d, first));
-        }
-        // A pause after each create lets what a start leaves running (the pool's refill, a
-        // helper's exit) finish before the other daemon's create.
-        let settle = Duration::from_millis(30);
-        for _ in 0..machines.min(100) {
-            let (id, lat) = common::create_sleeper(&warm_d.client, "bench", &image).await;
-            warm_lat.push(lat);
-            made.push((&warm_d, id));
-            tokio::time::sleep(settle).await;
-            let (id, lat) = common::create_sleeper(&cold_d.client, "bench", &image).await;
-            cold_lat.push(lat);
-            made.push((&cold_d, id));
-            tokio::time::sleep(settle).await;
-        }
-        for (d, id) in made {
-            let _ = d
-                .client
-                .delete(format!("/v1/apps/bench/machines/{id}?force=true"))
-                .send_raw()
-                .await;
-        }
+        let [(warm_lat, warm_made), (cold_lat, cold_made)] = interleaved_creates(
+            [&warm_d.client, &cold_d.client],
+            machines.min(100),
+            &image,
+            Duration::from_millis(30),
+        )
+        .await;
+        destroy_all(&warm_d.client, warm_made).await;
+        destroy_all(&cold_d.client, cold_made).await;
         let warm_p50 = report(
             "hangar create -> started, warm sandbox (networking off)",
             warm_lat,

@@ -1327,21 +1327,19 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     assert!(cgroup_exists(&m), "the machine's cgroup has its name");
     let cgroup = std::fs::read_to_string(format!("/proc/{pilot}/cgroup")).unwrap();
     assert!(cgroup.contains(&format!("hangar/{m}")), "{cgroup}");
-    let r = d
-        .post(
-            &format!("/v1/apps/warm/machines/{m}/exec"),
-            json!({"command": ["sh", "-c", "hostname; cat /proc/self/cgroup | grep memory; ls /"]}),
+    let (_, stdout, _) = d
+        .sh(
+            "warm",
+            &m,
+            "hostname; cat /proc/self/cgroup | grep memory; ls /",
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let out: Value = r.json().unwrap();
-    let stdout = out["stdout"].as_str().unwrap_or_default();
-    assert!(stdout.starts_with(&format!("{m}\n")), "{out}");
+    assert!(stdout.starts_with(&format!("{m}\n")), "{stdout}");
     assert!(
         stdout.contains(":memory:/\n"),
-        "its own cgroup namespace: {out}"
+        "its own cgroup namespace: {stdout}"
     );
-    assert!(stdout.contains("bin"), "its image: {out}");
+    assert!(stdout.contains("bin"), "its image: {stdout}");
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !host_mounts.contains(&format!("/machines/{m}/")),
