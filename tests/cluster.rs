@@ -594,6 +594,13 @@ async fn machines_on_different_hosts_reach_each_other() {
         ids.push(id);
     }
     let server = ids[0].clone();
+    // The server's IPv4, read while it surely runs (it autostops 2 s after its last request).
+    let (_, out) = sh(a, "web", &server, "ip -4 -o addr show eth0").await;
+    let v4 = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next());
+    let v4 = v4.unwrap_or_else(|| panic!("no IPv4: {out}")).to_string();
     let server_m = machine_json(a, "web", &server).await;
     let server_ip = server_m["private_ip"].as_str().unwrap().to_string();
     // The server's 6PN address carries host 2's part, not host 1's or 3's.
@@ -665,12 +672,6 @@ async fn machines_on_different_hosts_reach_each_other() {
     assert!(!out.contains(&server_ip), "{out}");
 
     // Only IPv6 crosses the overlay: host 1 has no way to the server's IPv4.
-    let (_, out) = sh(a, "web", &server, "ip -4 -o addr show eth0").await;
-    let v4 = out
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.split('/').next());
-    let v4 = v4.unwrap_or_else(|| panic!("no IPv4: {out}")).to_string();
     let (_, out) = sh(
         a,
         "web",
