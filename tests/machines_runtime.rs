@@ -1392,6 +1392,17 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with(".warm-")), "{names:?}");
+    // Another claims dir's (a daemon in a container with its own /run, whose claims and
+    // processes this daemon cannot see), empty as a sandbox is a moment before its Pilot
+    // enters: not this daemon's to remove.
+    let foreign = format!(".warm-elsewhere-{:012x}", std::process::id());
+    let foreign_dirs: Vec<String> = ["memory", "cpu", "pids"]
+        .iter()
+        .map(|c| format!("/sys/fs/cgroup/{c}/hangar/{foreign}"))
+        .collect();
+    for dir in &foreign_dirs {
+        std::fs::create_dir(dir).expect("make a foreign warm cgroup");
+    }
     d.kill9();
     until(
         || {
@@ -1409,6 +1420,10 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         names.iter().all(|n| !now.contains(n)),
         "the previous run's warm cgroups were swept: {names:?} {now:?}"
     );
+    assert!(now.contains(&foreign), "{now:?}");
+    for dir in &foreign_dirs {
+        std::fs::remove_dir(dir).expect("remove the foreign warm cgroup");
+    }
     for id in [&m, &vol, &after_kill] {
         d.destroy_machine("warm", id, true).await;
     }

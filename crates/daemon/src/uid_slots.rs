@@ -131,6 +131,17 @@ impl SlotClaims {
         Ok(true)
     }
 
+    /// Names the place claims are kept, as seen from here: daemons that see the same claims
+    /// dir get the same tag, daemons in another container (with its own `/run`) another one.
+    /// What one daemon may conclude from the absence of a claim holds only for the same tag.
+    pub fn place_tag(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let (dev, ino) = std::fs::metadata(&self.dir)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or_default();
+        format!("{:08x}", (ino as u32) ^ (dev as u32).rotate_left(16))
+    }
+
     /// Every claim on the host: (slot, owner's data dir, machine).
     pub fn all(&self) -> Vec<(u32, String, String)> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
@@ -278,6 +289,19 @@ mod tests {
         assert_eq!(a.owned(), vec![(0, "m1".to_string())]);
         a.release(0, "m1");
         assert!(b.claim(0, "m3").unwrap());
+    }
+
+    #[test]
+    fn daemons_sharing_a_claims_dir_share_its_tag() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let a = SlotClaims::open(&t.path().join("slots"), &data).unwrap();
+        let b = SlotClaims::open(&t.path().join("slots"), &data).unwrap();
+        let elsewhere = SlotClaims::open(&t.path().join("other"), &data).unwrap();
+        assert_eq!(a.place_tag(), b.place_tag());
+        assert_ne!(a.place_tag(), elsewhere.place_tag());
+        assert_eq!(a.place_tag().len(), 8);
     }
 
     #[test]

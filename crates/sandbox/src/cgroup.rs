@@ -528,6 +528,13 @@ impl MachineCgroup {
         Ok(read(&file)?.trim().parse().unwrap_or(0))
     }
 
+    /// How long ago its (memory controller's) directory was made or last changed; `None` when
+    /// it does not exist.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let modified = fs::metadata(self.memory_dir()?).ok()?.modified().ok()?;
+        Some(modified.elapsed().unwrap_or_default())
+    }
+
     /// Changes the memory limit of a running machine (the balloon), keeping its swap allowance.
     pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
         let Some(dir) = self.memory_dir() else {

@@ -50,6 +50,9 @@ pub(super) struct PoolSetup {
 
 pub(super) struct WarmPool {
     setup: PoolSetup,
+    /// Part of its sandboxes' names: which uid-claims dir they were claimed in
+    /// ([`crate::uid_slots::SlotClaims::place_tag`]).
+    tag: String,
     ready: Mutex<Vec<Warm>>,
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
@@ -111,6 +114,7 @@ impl WarmPool {
                 .create(&setup.dir)?;
         }
         Ok(Some(Arc::new(Self {
+            tag: setup.slots.claims.place_tag(),
             setup,
             ready: Mutex::new(Vec::new()),
             filling: tokio::sync::Mutex::new(()),
@@ -210,7 +214,11 @@ impl WarmPool {
 
     /// Builds one warm sandbox through the spawner.
     async fn make(&self) -> Result<Warm, Made> {
-        let name = format!("{WARM_CGROUP_PREFIX}{:012x}", rand::random::<u64>() >> 16);
+        let name = format!(
+            "{WARM_CGROUP_PREFIX}{}-{:012x}",
+            self.tag,
+            rand::random::<u64>() >> 16
+        );
         let slot = self
             .setup
             .slots
@@ -243,11 +251,11 @@ impl WarmPool {
         )
         .map_err(|e| Made::Failed(failed(format!("a warm sandbox's socket: {e}"))))?;
         let log = self.log_path(name);
-        // `hgw` and the name's 12 hex digits: 15 bytes, the most a device name may have.
+        // `hgw` and the name's last 12 hex digits: 15 bytes, the most a device name may have.
         let spare_veth = self
             .setup
             .network
-            .then(|| format!("hgw{}", name.trim_start_matches(WARM_CGROUP_PREFIX)));
+            .then(|| format!("hgw{}", &name[name.len().saturating_sub(12)..]));
         let plan = SpawnPlan {
             sandbox: SandboxSpec {
                 machine_id: name.to_string(),
@@ -345,7 +353,23 @@ impl WarmPool {
     /// runs in (this daemon's earlier run's: their Pilots ended with it, and the runtime's
     /// sweep just released their uid claims; or a daemon's whose data dir went), with the
     /// earlier run's Pilot logs. Other daemons' pools stay.
+    ///
+    /// "Nobody claims" is known only of sandboxes claimed in the same claims dir (same tag):
+    /// a daemon in another container, with its own `/run`, claims where this one cannot see,
+    /// and makes each cgroup a moment before its Pilot enters it. So others' are removed only
+    /// once empty for long ([`FOREIGN_GRACE`]: their daemon, or its container, is gone).
+    /// Emptiness is `pids.current`, which counts the processes of every pid namespace
+    /// (`cgroup.procs` lists only those this daemon's namespace can see).
     pub async fn sweep(&self) {
+        let _no_refill = self.filling.lock().await;
+        let ready: Vec<String> = self
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|w| w.name.clone())
+            .collect();
+        let ours = format!("{WARM_CGROUP_PREFIX}{}-", self.tag);
         let claimed: Vec<String> = self
             .setup
             .slots
@@ -358,8 +382,14 @@ impl WarmPool {
         let exe = self.setup.exe.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for name in warm_cgroups(&hierarchy) {
+                if ready.contains(&name) || claimed.contains(&name) {
+                    continue;
+                }
                 let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
-                if !claimed.contains(&name) && cgroup.procs().is_ok_and(|p| p.is_empty()) {
+                let empty = cgroup.pids_current().is_ok_and(|n| n == 0);
+                let abandoned =
+                    name.starts_with(&ours) || cgroup.age().is_some_and(|age| age >= FOREIGN_GRACE);
+                if empty && abandoned {
                     retire(&cgroup, &exe);
                 }
             }
@@ -393,6 +423,10 @@ enum Made {
     SpawnerGone(RuntimeError),
     Failed(RuntimeError),
 }
+
+/// How long another claims dir's warm cgroup must have been there, empty, before a daemon
+/// removes it.
+const FOREIGN_GRACE: Duration = Duration::from_secs(600);
 
 fn cgroup_path(name: &str) -> String {
     format!("hangar/{name}")
