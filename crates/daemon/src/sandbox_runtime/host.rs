@@ -257,6 +257,27 @@ pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
 
 /// Pilot and the container setup run as the machine's unprivileged host uid and reach their
 /// machine dir by path, so every directory above the data dir must let others through.
+/// Marks `dir` a top of directory hierarchies (`chattr +T`), so that ext4 places each machine
+/// dir made in it in a block group of its own choosing (the Orlov allocator, as for home dirs)
+/// rather than beside the last one. Without it every machine's files share one group, and on
+/// ext4 without a journal each new inode is found only after skipping every inode of the
+/// group deleted in the last 30 s (`recently_deleted`): with machines made and destroyed in a
+/// loop, a start's dozen or so creates took ~4 ms more (16 vs 8 ms create→started measured).
+/// Other filesystems refuse or ignore the flag; nothing depends on it.
+pub(super) fn mark_top_dir(dir: &Path) {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let set = std::fs::File::open(dir).and_then(|f| {
+        let flags = ioctl_getflags(&f)?;
+        if !flags.contains(IFlags::TOPDIR) {
+            ioctl_setflags(&f, flags | IFlags::TOPDIR)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = set {
+        tracing::debug!(dir = %dir.display(), error = %e, "not marked a top directory");
+    }
+}
+
 pub(super) fn check_traversable(data_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let abs = std::fs::canonicalize(data_dir)?;

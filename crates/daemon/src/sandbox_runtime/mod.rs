@@ -199,6 +199,7 @@ impl SandboxRuntime {
         let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup"))?;
         let machines_dir = data_dir.join("machines");
         std::fs::create_dir_all(&machines_dir)?;
+        host::mark_top_dir(&machines_dir);
         check_traversable(data_dir)?;
         // Machine roots are unprivileged host uids; they must be able to reach their own
         // machine dir (but not list anything above it).
