@@ -91,6 +91,18 @@ pub fn mount_rootfs(spec: &RootfsSpec, target: &Path, userns: Option<&Userns>) -
 /// A detached overlay mount for `spec` (attach it with [`idmap::attach`], or inside a new
 /// mount namespace).
 pub fn overlay_fd(spec: &RootfsSpec, userns: Option<&Userns>) -> Result<OwnedFd> {
+    overlay_fd_keeping(spec, userns, &mut Vec::new())
+}
+
+/// [`overlay_fd`], leaving in `keep` the fds it used on the way (the idmapped layers' detached
+/// mounts, the filesystem context) for the caller to close when it suits: closing a detached
+/// mount unmounts it, and an unmount waits for an RCU grace period (~0.5 ms measured here),
+/// which a start should not wait for.
+pub fn overlay_fd_keeping(
+    spec: &RootfsSpec,
+    userns: Option<&Userns>,
+    keep: &mut Vec<OwnedFd>,
+) -> Result<OwnedFd> {
     let err = |what: &str, e: rustix::io::Errno| Error::Mount {
         what: format!("overlay {what} (upper {})", spec.upperdir.display()),
         source: e.into(),
@@ -118,12 +130,15 @@ pub fn overlay_fd(spec: &RootfsSpec, userns: Option<&Userns>) -> Result<OwnedFd>
     rustix::mount::fsconfig_set_string(&fs_fd, "workdir", &spec.workdir)
         .map_err(|e| err("workdir", e))?;
     rustix::mount::fsconfig_create(&fs_fd).map_err(|e| err("create", e))?;
-    rustix::mount::fsmount(
+    let mount = rustix::mount::fsmount(
         &fs_fd,
         FsMountFlags::FSMOUNT_CLOEXEC,
         MountAttrFlags::empty(),
     )
-    .map_err(|e| err("fsmount", e))
+    .map_err(|e| err("fsmount", e))?;
+    keep.extend(held);
+    keep.push(fs_fd);
+    Ok(mount)
 }
 
 /// Unmounts a root filesystem (lazily if busy, so a stuck process cannot wedge cleanup).

@@ -210,7 +210,8 @@ impl MachineCgroup {
             }
             fs::rename(&from, &to).map_err(io("rename a warm cgroup to", &to))?;
         }
-        self.reset_for_reuse();
+        // No counters to reset: the warm cgroup was new, or reset when it left the free pool;
+        // what it counted since is its Pilot's, which is now the machine's.
         self.limit_v1(limits, true)
     }
 

@@ -88,14 +88,16 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
         .map_err(|e| e.to_string())?;
     // Made here, in the host's mount namespace (where the layers' paths are), attached below.
     let mut overlays = Vec::new();
+    // Closed by this helper's exit, after its answer (see `overlay_fd_keeping`).
+    let mut close_later = Vec::new();
     for m in &plan.mounts {
         let spec = hangar_image::RootfsSpec {
             lowerdirs: m.lowerdirs.clone(),
             upperdir: m.upperdir.clone(),
             workdir: m.workdir.clone(),
         };
-        let fd =
-            hangar_image::rootfs::overlay_fd(&spec, Some(&userns)).map_err(|e| e.to_string())?;
+        let fd = hangar_image::rootfs::overlay_fd_keeping(&spec, Some(&userns), &mut close_later)
+            .map_err(|e| e.to_string())?;
         overlays.push((fd, m.target.clone()));
     }
     let pid = Pid::from_raw(warm.pid);
@@ -111,6 +113,7 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
     for (fd, target) in &overlays {
         hangar_image::idmap::attach(fd, target).map_err(|e| e.to_string())?;
     }
+    std::mem::forget(close_later);
     if let Some(net) = &sandbox.net {
         if warm.spare_veth.is_some() {
             // The spare's inner end has a random address: the machine's comes from its IPv4.
