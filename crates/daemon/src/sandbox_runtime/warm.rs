@@ -349,10 +349,10 @@ impl WarmPool {
         }
     }
 
-    /// At start-up, before the pool fills: removes the warm cgroups nobody claims and nothing
-    /// runs in (this daemon's earlier run's: their Pilots ended with it, and the runtime's
-    /// sweep just released their uid claims; or a daemon's whose data dir went), with the
-    /// earlier run's Pilot logs. Other daemons' pools stay.
+    /// At start-up, before the pool fills: removes the warm cgroups nobody claims (this
+    /// daemon's earlier run's: their Pilots end with it, and the runtime's sweep just released
+    /// their uid claims; or a daemon's whose data dir went), with the earlier run's Pilot logs.
+    /// Other daemons' pools stay: a claim is made before its cgroup and released after it.
     ///
     /// "Nobody claims" is known only of sandboxes claimed in the same claims dir (same tag):
     /// a daemon in another container, with its own `/run`, claims where this one cannot see,
@@ -386,10 +386,15 @@ impl WarmPool {
                     continue;
                 }
                 let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
-                let empty = cgroup.pids_current().is_ok_and(|n| n == 0);
-                let abandoned =
-                    name.starts_with(&ours) || cgroup.age().is_some_and(|age| age >= FOREIGN_GRACE);
-                if empty && abandoned {
+                let abandoned = if name.starts_with(&ours) {
+                    // An earlier run's Pilot may still be on its way out (its daemon died a
+                    // moment ago); a sandbox another daemon is taking over (its claim already
+                    // names the machine) is renamed away meanwhile.
+                    emptied(&cgroup, Duration::from_secs(1))
+                } else {
+                    empty(&cgroup) && cgroup.age().is_some_and(|age| age >= FOREIGN_GRACE)
+                };
+                if abandoned {
                     retire(&cgroup, &exe);
                 }
             }
@@ -440,6 +445,28 @@ fn retire(cgroup: &MachineCgroup, exe: &Path) {
     match cgroup.retire() {
         Ok(dead) => reap_cgroups(exe, dead),
         Err(e) => tracing::warn!(error = %e, "removing a warm sandbox's cgroup failed"),
+    }
+}
+
+/// Whether nothing runs in `cgroup` (in any pid namespace: `pids.current`).
+fn empty(cgroup: &MachineCgroup) -> bool {
+    cgroup.pids_current().is_ok_and(|n| n == 0)
+}
+
+/// Whether `cgroup` still exists and is empty, or becomes so within `wait`.
+fn emptied(cgroup: &MachineCgroup, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if !cgroup.exists() {
+            return false;
+        }
+        if empty(cgroup) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
