@@ -387,10 +387,11 @@ impl WarmPool {
                 }
                 let cgroup = MachineCgroup::new(hierarchy.clone(), cgroup_path(&name));
                 let abandoned = if name.starts_with(&ours) {
-                    // An earlier run's Pilot may still be on its way out (its daemon died a
-                    // moment ago); a sandbox another daemon is taking over (its claim already
-                    // names the machine) is renamed away meanwhile.
-                    emptied(&cgroup, Duration::from_secs(1))
+                    // A sandbox another daemon is taking over (its claim already names the
+                    // machine) is renamed away within milliseconds; what is still here after
+                    // a second is an earlier run's, whose Pilot (idle class, maybe starved on
+                    // a busy host) has not yet seen its daemon go: killed with the cgroup.
+                    still_there(&cgroup, Duration::from_secs(1))
                 } else {
                     empty(&cgroup) && cgroup.age().is_some_and(|age| age >= FOREIGN_GRACE)
                 };
@@ -453,18 +454,15 @@ fn empty(cgroup: &MachineCgroup) -> bool {
     cgroup.pids_current().is_ok_and(|n| n == 0)
 }
 
-/// Whether `cgroup` still exists and is empty, or becomes so within `wait`.
-fn emptied(cgroup: &MachineCgroup, wait: Duration) -> bool {
+/// Whether `cgroup` still exists once empty, or after `wait` (false once it is gone).
+fn still_there(cgroup: &MachineCgroup, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
     loop {
         if !cgroup.exists() {
             return false;
         }
-        if empty(cgroup) {
+        if empty(cgroup) || Instant::now() >= deadline {
             return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
