@@ -146,7 +146,10 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
             "a warm sandbox is taken over with its pidfd (the spawner's claim)".into(),
         ));
     }
-    crate::spawn_machine(&plan.sandbox, |ns| {
+    // Closed by this helper's exit, after its answer (see `overlay_fd_keeping`): the spawner's
+    // helper and `hangar sandbox-spawn` both exit right after answering.
+    let mut close_later = Vec::new();
+    let pid = crate::spawn_machine(&plan.sandbox, |ns| {
         let fd = ns.try_clone().map_err(|e| e.to_string())?;
         let userns = hangar_image::Userns::from_fd(fd);
         for m in &plan.mounts {
@@ -158,8 +161,10 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
                 upperdir: m.upperdir.clone(),
                 workdir: m.workdir.clone(),
             };
-            hangar_image::mount_rootfs(&spec, &m.target, Some(&userns))
-                .map_err(|e| e.to_string())?;
+            let overlay =
+                hangar_image::rootfs::overlay_fd_keeping(&spec, Some(&userns), &mut close_later)
+                    .map_err(|e| e.to_string())?;
+            hangar_image::idmap::attach(&overlay, &m.target).map_err(|e| e.to_string())?;
         }
         for t in &plan.volume_mounts {
             if let Some(image) = &t.persistent_image {
@@ -184,7 +189,9 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
         }
         Ok(())
     })
-    .map_err(|e| SpawnError::Sandbox(e.to_string()))
+    .map_err(|e| SpawnError::Sandbox(e.to_string()))?;
+    std::mem::forget(close_later);
+    Ok(pid)
 }
 
 /// A system tool by absolute path when it is in the usual place (a daemon's PATH may lack
