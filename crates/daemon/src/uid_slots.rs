@@ -114,9 +114,7 @@ impl SlotClaims {
             .map(|(slot, _, machine)| (slot, machine))
             .collect()
     }
-}
 
-impl SlotClaims {
     /// Hands `slot`, claimed by this daemon for `from`, to `to` (a warm sandbox's range to
     /// the machine that takes it over); false when `from` does not hold it.
     pub fn transfer(&self, slot: u32, from: &str, to: &str) -> std::io::Result<bool> {

@@ -255,8 +255,6 @@ pub(super) async fn remove_dir(dir: PathBuf) -> Result<(), RuntimeError> {
     .map_err(failed)?
 }
 
-/// Pilot and the container setup run as the machine's unprivileged host uid and reach their
-/// machine dir by path, so every directory above the data dir must let others through.
 /// Marks `dir` a top of directory hierarchies (`chattr +T`), so that ext4 places each machine
 /// dir made in it in a block group of its own choosing (the Orlov allocator, as for home dirs)
 /// rather than beside the last one. Without it every machine's files share one group, and on
@@ -278,6 +276,8 @@ pub(super) fn mark_top_dir(dir: &Path) {
     }
 }
 
+/// Pilot and the container setup run as the machine's unprivileged host uid and reach their
+/// machine dir by path, so every directory above the data dir must let others through.
 pub(super) fn check_traversable(data_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let abs = std::fs::canonicalize(data_dir)?;
