@@ -127,6 +127,10 @@ impl MachineCgroup {
         }
     }
 
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
     /// Every directory this cgroup occupies (one per v1 controller, one on v2).
     pub fn dirs(&self) -> Vec<PathBuf> {
         match &self.hierarchy {

@@ -79,10 +79,7 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
         return Err(format!("the warm sandbox's Pilot ({}) is gone", warm.pid));
     }
     let cgroup = sandbox.cgroup().map_err(|e| e.to_string())?;
-    let warm_cgroup = MachineCgroup::new(
-        crate::cgroup::Hierarchy::detect(&sandbox.cgroup_root).map_err(|e| e.to_string())?,
-        warm.cgroup_path.clone(),
-    );
+    let warm_cgroup = MachineCgroup::new(cgroup.hierarchy().clone(), warm.cgroup_path.clone());
     cgroup
         .take_over(&warm_cgroup, &sandbox.limits())
         .map_err(|e| e.to_string())?;
