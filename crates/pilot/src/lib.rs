@@ -40,25 +40,23 @@ pub fn run_from_args(args: &[String]) -> Option<std::process::ExitCode> {
         return None;
     }
     let spec_from_stdin = rest.first().map(String::as_str) == Some("--spec-stdin");
-    Some(match main(std::path::Path::new(dir), spec_from_stdin) {
-        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            // `{:#}` joins anyhow's context chain on one line.
-            eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    })
+    Some(exit_code(main(std::path::Path::new(dir), spec_from_stdin)))
 }
 
 /// Pilot in a pooled sandbox: waits for its machine, then runs it ([`pooled`]).
 fn run_pooled() -> std::process::ExitCode {
-    let outcome = pooled::wait_for_claim().and_then(|claimed| match claimed {
+    exit_code(pooled::wait_for_claim().and_then(|claimed| match claimed {
         Some(dir) => main(&dir, true),
         None => Ok(0),
-    });
+    }))
+}
+
+/// Pilot's exit code for how its run ended.
+fn exit_code(outcome: anyhow::Result<i32>) -> std::process::ExitCode {
     match outcome {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
+            // `{:#}` joins anyhow's context chain on one line.
             eprintln!("Error: {e:#}");
             std::process::ExitCode::FAILURE
         }
