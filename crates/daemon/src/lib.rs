@@ -95,7 +95,7 @@ pub struct DaemonOptions {
     /// Remount the host's cgroup2 tree with `favordynmods` (faster machine starts; see
     /// hangar_sandbox::cgroup::favor_dynmods for the trade-off).
     pub favor_dynmods: bool,
-    /// Sandboxes kept made ahead for the next starts (crate::sandbox_runtime::pool); 0: none.
+    /// Sandboxes kept made ahead for the next starts (crate::sandbox_runtime::warm); 0: none.
     pub warm_sandboxes: usize,
     /// The proxy's client-side limits.
     pub proxy_idle_timeout: std::time::Duration,
