@@ -1,7 +1,8 @@
 //! Proxy figures, one run, one backend (a machine running Debian's nginx, the mmdebstrap-built
 //! `hangar/nginx` fixture, answering a small response with keep-alive):
 //! requests/s and latency percentiles with `wrk` straight to the machine, through Hangar's
-//! proxy, and through Debian's nginx as a reverse proxy; then the time from a request to the
+//! proxy, and through Debian's nginx as a reverse proxy (bare, and sending the same headers as
+//! Hangar's proxy: the like-for-like comparison); then the time from a request to the
 //! first response byte when the machine is suspended, and when it is stopped. Prints figures;
 //! asserts nothing.
 //!
@@ -125,6 +126,22 @@ async fn main() {
         }
         None => println!("  {name:<28} failed (is wrk installed?)"),
     };
+    // Two nginx configurations: the bare `proxy_pass` (what nginx does when told nothing), and
+    // the same job as Hangar's proxy: the client's Host, and Fly's request and response headers
+    // (what a reverse proxy in front of web apps is configured to send, and what costs the
+    // backend parsing too).
+    let same_headers = "proxy_set_header Host $http_host;\n\
+         proxy_set_header Fly-Client-IP $remote_addr;\n\
+         proxy_set_header X-Forwarded-For \"$proxy_add_x_forwarded_for, $server_addr\";\n\
+         proxy_set_header X-Forwarded-Proto $scheme;\n\
+         proxy_set_header X-Forwarded-Ssl off;\n\
+         proxy_set_header X-Forwarded-Port $server_port;\n\
+         proxy_set_header Fly-Forwarded-Port $server_port;\n\
+         proxy_set_header Fly-Region local;\n\
+         proxy_set_header Fly-Request-Id $request_id-local;\n\
+         proxy_set_header Via \"1.1 nginx\";\n\
+         add_header Fly-Request-Id $request_id-local;\n\
+         add_header Via \"1.1 nginx\";\n";
     let conf = d.dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -133,7 +150,9 @@ async fn main() {
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; upstream m {{ server {ipv4}:8080; keepalive 64; }}\n\
              server {{ listen 127.0.0.1:18091; location / {{ proxy_pass http://m;\n\
-             proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+             server {{ listen 127.0.0.1:18092; location / {{ proxy_pass http://m;\n\
+             proxy_http_version 1.1; proxy_set_header Connection \"\";\n{same_headers} }} }} }}\n",
             dir = d.dir.display()
         ),
     )
@@ -147,12 +166,12 @@ async fn main() {
         .spawn();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Rounds in turn (direct, hangar, nginx), so that the host's noise falls on all three
+    // Rounds in turn (direct, hangar, the two nginx), so that the host's noise falls on all three
     // alike; the ratio is the median of the rounds'.
     println!(
         "proxy throughput ({rounds} rounds of {seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):"
     );
-    let mut ratios = Vec::new();
+    let (mut bare, mut same) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!(" round {round}:");
         let direct = wrk(
@@ -165,9 +184,12 @@ async fn main() {
         show("through hangar's proxy", hangar);
         if nginx.is_ok() {
             let n = wrk("http://127.0.0.1:18091/index.html", seconds, connections);
-            show("through nginx (reverse proxy)", n);
-            if let (Some(h), Some(n)) = (hangar, n) {
-                ratios.push(h.0 / n.0.max(1e-9));
+            show("through nginx, bare", n);
+            let s = wrk("http://127.0.0.1:18092/index.html", seconds, connections);
+            show("through nginx, same headers", s);
+            if let (Some(h), Some(n), Some(s)) = (hangar, n, s) {
+                bare.push(h.0 / n.0.max(1e-9));
+                same.push(h.0 / s.0.max(1e-9));
             }
         } else {
             println!("  nginx: skipped (apt install nginx)");
@@ -179,11 +201,18 @@ async fn main() {
         let _ = Command::new("kill").arg(nginx.id().to_string()).status();
         let _ = nginx.wait();
     }
-    if !ratios.is_empty() {
+    for (ratios, what) in [
+        (same, "nginx sending the same headers"),
+        (bare, "bare nginx (no forwarding headers)"),
+    ] {
+        if ratios.is_empty() {
+            continue;
+        }
+        let mut ratios = ratios;
         let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         ratios.sort_by(f64::total_cmp);
         println!(
-            "  hangar vs nginx: {:.2}x the throughput (median; rounds {})",
+            "  hangar vs {what}: {:.2}x the throughput (median; rounds {})",
             ratios[ratios.len() / 2],
             shown.join(", ")
         );

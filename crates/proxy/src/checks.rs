@@ -4,6 +4,7 @@
 //! it (Fly's rule).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use crate::Proxy;
 #[derive(Default)]
 pub struct Health {
     results: std::sync::Mutex<HashMap<(String, usize), (bool, Instant)>>,
+    /// How many of `results` are failing: while none is (the usual case), a request asks
+    /// nothing of the shared map (its lock is taken by every worker thread otherwise).
+    failing: AtomicUsize,
 }
 
 impl Health {
@@ -29,11 +33,32 @@ impl Health {
     /// Routable unless one of its checks failed last time (not yet checked counts as passing,
     /// so a machine started for a request serves it).
     pub fn routable(&self, id: &str) -> bool {
+        if self.failing.load(Ordering::Acquire) == 0 {
+            return true;
+        }
         !self.lock().iter().any(|((m, _), (ok, _))| m == id && !ok)
     }
 
+    /// Records a check's result; the previous one, if any.
+    fn record(&self, key: (String, usize), ok: bool) -> Option<bool> {
+        let mut results = self.lock();
+        let was = results.insert(key, (ok, Instant::now())).map(|(w, _)| w);
+        match (was, ok) {
+            (Some(false), true) => self.failing.fetch_sub(1, Ordering::Release),
+            (None | Some(true), false) => self.failing.fetch_add(1, Ordering::Release),
+            _ => 0,
+        };
+        was
+    }
+
     pub fn forget(&self, id: &str) {
-        self.lock().retain(|(m, _), _| m != id);
+        let mut results = self.lock();
+        results.retain(|(m, _), (ok, _)| {
+            if m == id && !*ok {
+                self.failing.fetch_sub(1, Ordering::Release);
+            }
+            m != id
+        });
     }
 }
 
@@ -111,9 +136,8 @@ impl Proxy {
                         let machine = m.clone();
                         tokio::spawn(async move {
                             let ok = this.probe(&machine, &check).await;
-                            let mut results = this.health.lock();
-                            let was = results.insert(key.clone(), (ok, Instant::now()));
-                            if was.map(|(w, _)| w) != Some(ok) {
+                            let was = this.health.record(key.clone(), ok);
+                            if was != Some(ok) {
                                 tracing::info!(machine = %key.0, check = key.1, passing = ok, "proxy: service check changed");
                             }
                         });

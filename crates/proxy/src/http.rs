@@ -30,10 +30,6 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
-/// The app a response came from (for the metrics).
-#[derive(Clone)]
-struct ServedApp(String);
-
 /// Fly's header names, made at compile time (a name given as a string is parsed at each use).
 static FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -86,16 +82,16 @@ pub(crate) struct Conn {
     xff_value: Option<HeaderValue>,
     port_value: HeaderValue,
     metrics: std::sync::Mutex<Option<AppMetrics>>,
-    /// The port's only app, with the table it was looked up in.
-    last_app: std::sync::Mutex<Option<(Arc<crate::table::Table>, String)>>,
+    /// The port's only app, with the version of the table it was looked up in.
+    last_app: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 /// An app's metric handles (each shares its counter with the registry's family).
 struct AppMetrics {
     app: String,
-    in_flight: prometheus_client::metrics::gauge::Gauge,
-    duration: prometheus_client::metrics::histogram::Histogram,
-    requests: Vec<(u16, prometheus_client::metrics::counter::Counter)>,
+    in_flight: crate::metrics::ShardedGauge,
+    duration: crate::metrics::ShardedHistogram,
+    requests: Vec<(u16, crate::metrics::ShardedCounter)>,
 }
 
 /// A connection to a machine: HTTP/1.1, or HTTP/2 with `h2_backend`.
@@ -204,15 +200,6 @@ impl Conn {
     }
 }
 
-/// Counts a request in flight for its app until dropped.
-struct InFlight(prometheus_client::metrics::gauge::Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 impl Proxy {
     /// Sends the request to the machine over one of this client connection's own machine
     /// connections. A refused connection (the machine is starting, or between
@@ -316,14 +303,10 @@ impl Proxy {
             let (this, app, conn) = (this.clone(), app.clone(), conn.clone());
             async move {
                 let t0 = std::time::Instant::now();
-                let resp = this.forward(req, local, app, &conn).await;
-                let app = resp
-                    .extensions()
-                    .get::<ServedApp>()
-                    .map_or("", |a| a.0.as_str());
+                let (resp, app) = this.forward(req, local, app, &conn).await;
                 conn.count(
                     &this.metrics,
-                    app,
+                    app.as_deref().unwrap_or(""),
                     resp.status().as_u16(),
                     t0.elapsed().as_secs_f64(),
                 );
@@ -375,40 +358,45 @@ impl Proxy {
     /// common case) the answer does not depend on the `Host`, and is remembered per connection
     /// until the table changes.
     fn http_app_for(&self, conn: &Conn, port: u16, host: Option<&str>) -> Option<String> {
-        let table = self.table();
+        let version = self.table_version();
         let mut last = conn.last_app.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, app)) = &*last {
-            if Arc::ptr_eq(t, &table) {
+        if let Some((v, app)) = &*last {
+            if *v == version {
                 return Some(app.clone());
             }
         }
-        let only = match table.apps_on(port, |e| e.http).as_slice() {
+        let only = self.with_table(|table| match table.apps_on(port, |e| e.http).as_slice() {
             [only] => Some(only.to_string()),
             _ => None,
-        };
+        });
         match only {
             Some(app) => {
-                *last = Some((table, app.clone()));
+                *last = Some((version, app.clone()));
                 Some(app)
             }
             None => self.app_for(port, host, |e| e.http),
         }
     }
 
+    /// Answers one request, with the app it was for (the metrics' label) when one was found.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         local: SocketAddr,
         app: Option<String>,
         conn: &Conn,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Option<String>) {
         let port = local.port();
         let request_id_value = {
-            let mut id = ulid::Ulid::new().to_string();
-            id.make_ascii_lowercase();
-            id.push('-');
-            id.push_str(&self.config.region);
-            HeaderValue::from_str(&id).ok()
+            // Made in place: one allocation per request, the header's own.
+            let mut ulid = [0u8; ulid::ULID_LEN];
+            ulid::Ulid::new().array_to_str(&mut ulid);
+            ulid.make_ascii_lowercase();
+            let mut id = Vec::with_capacity(ulid.len() + 1 + self.config.region.len());
+            id.extend_from_slice(&ulid);
+            id.push(b'-');
+            id.extend_from_slice(self.config.region.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(id)).ok()
         };
         let version = req.version();
         let host = req
@@ -418,15 +406,13 @@ impl Proxy {
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()));
         let Some(app) = app.or_else(|| self.http_app_for(conn, port, host.as_deref())) else {
-            return text(
+            let r = text(
                 StatusCode::NOT_FOUND,
                 "no app is served at this host and port",
             );
+            return (r, None);
         };
-        let _in_flight = conn.with_metrics(&self.metrics, &app, |m| {
-            m.in_flight.inc();
-            InFlight(m.in_flight.clone())
-        });
+        let _in_flight = conn.with_metrics(&self.metrics, &app, |m| m.in_flight.hold());
         let mut upgraded = false;
         let mut options = crate::table::HttpOptions::default();
         let mut resp = match self.choose(&app, port).await {
@@ -534,7 +520,8 @@ impl Proxy {
                                 match path.parse() {
                                     Ok(uri) => *req.uri_mut() = uri,
                                     Err(_) => {
-                                        return text(StatusCode::BAD_REQUEST, "bad request target")
+                                        let r = text(StatusCode::BAD_REQUEST, "bad request target");
+                                        return (r, None);
                                     }
                                 }
                             }
@@ -642,8 +629,7 @@ impl Proxy {
                 }
             }
         }
-        resp.extensions_mut().insert(ServedApp(app));
-        resp
+        (resp, Some(app))
     }
 }
 

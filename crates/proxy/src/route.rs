@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::table::Candidate;
+use crate::table::{Candidate, CandidateRef};
 use crate::Proxy;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,17 @@ pub struct Chosen {
     pub guard: LoadGuard,
 }
 
+/// What a look at the table says to do for a request.
+enum Step {
+    Take(Candidate),
+    /// Start (or resume) this machine of this app, then look again.
+    Wake(String, String),
+    /// Every machine is at its hard limit.
+    Wait,
+    NoService,
+    NoMachine,
+}
+
 impl Proxy {
     /// Picks a machine of `app` serving `port`: the least loaded below its soft limit, else the
     /// least loaded below its hard limit; starts a stopped or suspended one when nothing
@@ -133,76 +144,85 @@ impl Proxy {
         let mut woken = false;
         loop {
             let changed = self.changed.notified();
-            let candidates = self.table().candidates_of(port, app);
-            if candidates.is_empty() {
-                return Err(RouteError::NoService);
-            }
-            // The started machines that may take it: (index in `candidates`, load).
-            let started: Vec<(usize, u32)> = candidates
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| {
-                    c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some()
-                })
-                .filter(|(_, c)| self.health.routable(&c.machine.id))
-                .map(|(i, c)| (i, self.load.inflight(&c.machine.id)))
-                .collect();
-            // The least loaded of those in `band`, ties broken at random.
-            let pick = |band: &dyn Fn(&Candidate, u32) -> bool| {
-                let eligible = || started.iter().filter(|(i, l)| band(&candidates[*i], *l));
-                let least = eligible().map(|(_, l)| *l).min()?;
-                let ties = eligible().filter(|(_, l)| *l == least).count();
-                eligible()
-                    .filter(|(_, l)| *l == least)
-                    .nth(rand::random_range(0..ties))
-                    .map(|(i, _)| *i)
-            };
-            let take = |i: usize| {
-                let candidate = candidates[i].clone();
-                let guard = self.load.take(&candidate.machine.id);
-                Chosen {
-                    candidate,
-                    woken,
-                    guard,
+            match self.with_table(|table| self.step(table, app, port)) {
+                Step::Take(candidate) => {
+                    let guard = self.load.take(&candidate.machine.id);
+                    return Ok(Chosen {
+                        candidate,
+                        woken,
+                        guard,
+                    });
                 }
-            };
-            if let Some(i) = pick(&|c, l| l < c.service().soft_limit) {
-                return Ok(take(i));
+                Step::Wake(app, id) => {
+                    tracing::info!(%app, machine = %id, "proxy: starting a machine for a request");
+                    self.start_machine(&app, &id)
+                        .await
+                        .map_err(|error| RouteError::StartFailed { id, error })?;
+                    self.metrics
+                        .autostarts
+                        .get_or_create(&crate::metrics::Metrics::app(&app))
+                        .inc();
+                    woken = true;
+                }
+                Step::NoService => return Err(RouteError::NoService),
+                Step::NoMachine => return Err(RouteError::NoMachine),
+                Step::Wait => {
+                    // Every machine at its hard limit: wait for one to free up, briefly.
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(RouteError::Overloaded);
+                    }
+                    let wait = (deadline - now).min(std::time::Duration::from_millis(50));
+                    let _ = tokio::time::timeout(wait, changed).await;
+                }
             }
-            // Nothing below its soft limit: wake a machine if one can be woken.
-            let sleeper = candidates
-                .iter()
-                .filter(|c| c.service().autostart && !c.machine.cordoned)
-                .filter(|c| matches!(c.machine.state.as_str(), "stopped" | "suspended"))
-                // Suspended ones resume in milliseconds; then the lowest id, for determinism.
-                .min_by_key(|c| (c.machine.state != "suspended", c.machine.id.clone()));
-            if let Some(s) = sleeper {
-                let (app, id) = (s.machine.app.clone(), s.machine.id.clone());
-                tracing::info!(%app, machine = %id, "proxy: starting a machine for a request");
-                self.start_machine(&app, &id)
-                    .await
-                    .map_err(|error| RouteError::StartFailed { id, error })?;
-                self.metrics
-                    .autostarts
-                    .get_or_create(&crate::metrics::Metrics::app(&app))
-                    .inc();
-                woken = true;
-                continue;
-            }
-            if let Some(i) = pick(&|c, l| c.service().hard_limit.is_none_or(|h| l < h)) {
-                return Ok(take(i));
-            }
-            if started.is_empty() {
-                return Err(RouteError::NoMachine);
-            }
-            // Every machine at its hard limit: wait for one to free up, briefly.
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(RouteError::Overloaded);
-            }
-            let wait = (deadline - now).min(std::time::Duration::from_millis(50));
-            let _ = tokio::time::timeout(wait, changed).await;
         }
+    }
+
+    /// One look at `table` for a request to `app` on `port`.
+    fn step(&self, table: &crate::table::Table, app: &str, port: u16) -> Step {
+        let candidates: Vec<CandidateRef> = table.candidate_refs(port, app).collect();
+        if candidates.is_empty() {
+            return Step::NoService;
+        }
+        // The started machines that may take it: (index in `candidates`, load).
+        let started: Vec<(usize, u32)> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.machine.started && !c.machine.cordoned && c.machine.ipv4.is_some())
+            .filter(|(_, c)| self.health.routable(&c.machine.id))
+            .map(|(i, c)| (i, self.load.inflight(&c.machine.id)))
+            .collect();
+        // The least loaded of those in `band`, ties broken at random.
+        let pick = |band: &dyn Fn(&CandidateRef, u32) -> bool| {
+            let eligible = || started.iter().filter(|(i, l)| band(&candidates[*i], *l));
+            let least = eligible().map(|(_, l)| *l).min()?;
+            let ties = eligible().filter(|(_, l)| *l == least).count();
+            eligible()
+                .filter(|(_, l)| *l == least)
+                .nth(rand::random_range(0..ties))
+                .map(|(i, _)| *i)
+        };
+        if let Some(i) = pick(&|c, l| l < c.service().soft_limit) {
+            return Step::Take(candidates[i].to_candidate());
+        }
+        // Nothing below its soft limit: wake a machine if one can be woken.
+        let sleeper = candidates
+            .iter()
+            .filter(|c| c.service().autostart && !c.machine.cordoned)
+            .filter(|c| matches!(c.machine.state.as_str(), "stopped" | "suspended"))
+            // Suspended ones resume in milliseconds; then the lowest id, for determinism.
+            .min_by_key(|c| (c.machine.state != "suspended", &c.machine.id));
+        if let Some(s) = sleeper {
+            return Step::Wake(s.machine.app.clone(), s.machine.id.clone());
+        }
+        if let Some(i) = pick(&|c, l| c.service().hard_limit.is_none_or(|h| l < h)) {
+            return Step::Take(candidates[i].to_candidate());
+        }
+        if started.is_empty() {
+            return Step::NoMachine;
+        }
+        Step::Wait
     }
 
     pub fn load(&self) -> &Load {

@@ -311,6 +311,28 @@ impl Candidate {
     }
 }
 
+/// A [`Candidate`] borrowed from the table (choosing among them copies nothing shared).
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateRef<'a> {
+    pub machine: &'a Arc<MachineView>,
+    service: usize,
+    edge: usize,
+}
+
+impl<'a> CandidateRef<'a> {
+    pub fn service(&self) -> &'a Service {
+        &self.machine.services[self.service]
+    }
+
+    pub fn to_candidate(self) -> Candidate {
+        Candidate {
+            machine: self.machine.clone(),
+            service: self.service,
+            edge: self.edge,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     machines: BTreeMap<String, Arc<MachineView>>,
@@ -392,24 +414,34 @@ impl Table {
 
     /// The machines of `app` serving `port`, in id order: what each request chooses from.
     pub fn candidates_of(&self, port: u16, app: &str) -> Vec<Candidate> {
+        self.candidate_refs(port, app)
+            .map(CandidateRef::to_candidate)
+            .collect()
+    }
+
+    /// [`candidates_of`](Self::candidates_of), borrowed.
+    pub fn candidate_refs<'a>(
+        &'a self,
+        port: u16,
+        app: &str,
+    ) -> impl Iterator<Item = CandidateRef<'a>> {
         self.by_app
             .get(app)
             .into_iter()
             .flat_map(|of_app| of_app.values())
-            .filter_map(|m| {
+            .filter_map(move |m| {
                 let (service, edge) = m.services.iter().enumerate().find_map(|(si, s)| {
                     s.ports
                         .iter()
                         .position(|p| p.contains(port))
                         .map(|ei| (si, ei))
                 })?;
-                Some(Candidate {
-                    machine: m.clone(),
+                Some(CandidateRef {
+                    machine: m,
                     service,
                     edge,
                 })
             })
-            .collect()
     }
 
     /// The apps with an edge on `port` that passes `edge`, by name.

@@ -76,6 +76,8 @@ fn start_one(i: usize) -> std::io::Result<Worker> {
     std::thread::Builder::new()
         .name(format!("hangar-proxy-{i}"))
         .spawn(move || {
+            // Its own shard of the per-request metrics (shard 0 is the other threads').
+            crate::metrics::use_shard(i + 1);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
