@@ -1303,7 +1303,8 @@ fn warm_cgroups() -> Vec<String> {
 
 /// Warm sandboxes (cgroup v1 hosts): a start takes over a sandbox made ahead, Pilot and all,
 /// with the machine's own cgroup, hostname, network and root filesystem, mounted in the
-/// machine's namespace only; the pool refills; a machine with a memory volume builds its own;
+/// machine's namespace only; the pool refills; a take-over that fails falls back to building
+/// the sandbox; a machine with a memory volume builds its own;
 /// the sandboxes go with a SIGKILLed daemon and what they leave is swept at its next start.
 #[tokio::test]
 async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
@@ -1360,6 +1361,79 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     until(
         || warm_pilots(daemon_pid).len() == 2,
         "the pool refills again",
+    )
+    .await;
+
+    // A take-over that fails half-way (here one controller's cgroup removed under the
+    // sandbox, as another daemon's sweep once did) lets the sandbox go, and the start builds
+    // its own: the machine starts all the same.
+    let broken = warm_pilots(daemon_pid);
+    let mut broken_cgroups = Vec::new();
+    for p in &broken {
+        let cgroup = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
+        let name = cgroup
+            .lines()
+            .find(|l| l.contains(":pids:"))
+            .and_then(|l| l.rsplit('/').next())
+            .expect("a warm Pilot's pids cgroup")
+            .to_string();
+        std::fs::write("/sys/fs/cgroup/pids/hangar/cgroup.procs", p.to_string())
+            .expect("move a warm Pilot out of its pids cgroup");
+        std::fs::remove_dir(format!("/sys/fs/cgroup/pids/hangar/{name}"))
+            .expect("remove a warm Pilot's pids cgroup");
+        broken_cgroups.push(name);
+    }
+    // Two starts at once take both (the pool refills only once starts are quiet).
+    let (a, b) = tokio::join!(
+        run(&d, "warm", "sleep 300", json!({})),
+        run(&d, "warm", "sleep 300", json!({}))
+    );
+    for m in [a, b] {
+        d.wait_state("warm", &m, "started").await;
+        let pilot = pilot_pid(&m);
+        assert!(
+            !broken.contains(&pilot),
+            "Pilot {pilot} is a broken warm one"
+        );
+        let cgroup = std::fs::read_to_string(format!("/proc/{pilot}/cgroup")).unwrap();
+        assert!(
+            cgroup.contains(&format!(":pids:/hangar/{m}")),
+            "its own pids cgroup: {cgroup}"
+        );
+        let (_, stdout, _) = d.sh("warm", &m, "hostname").await;
+        assert_eq!(stdout.trim(), m);
+    }
+    until(
+        || {
+            let now = warm_pilots(daemon_pid);
+            now.len() == 2 && !now.iter().any(|p| broken.contains(p))
+        },
+        "the pool refills after failed take-overs",
+    )
+    .await;
+    for p in &broken {
+        until(
+            || !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "a broken warm Pilot ends",
+        )
+        .await;
+    }
+    // In every controller (a take-over renames them one by one).
+    until(
+        || {
+            let controllers = std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten();
+            !controllers
+                .flat_map(|c| {
+                    broken_cgroups
+                        .iter()
+                        .map(move |n| c.path().join("hangar").join(n))
+                })
+                .any(|dir| dir.exists())
+        },
+        "the broken warm sandboxes' cgroups go",
     )
     .await;
 

@@ -330,7 +330,19 @@ impl Runtime for SandboxRuntime {
             machine_id: &m.id,
         };
         let keep = keep_rootfs(&m.config);
-        let launched = match self.launch(m, slot, secrets, warm).await {
+        let from_pool = warm.is_some();
+        let mut launched = self.launch(m, slot, secrets, warm).await;
+        if let (true, Err(e)) = (from_pool, &launched) {
+            // A warm sandbox that could not be taken over (its Pilot or its veth gone under
+            // it, …) is let go by then; the start goes on as it would without a pool, in a new
+            // uid range (the sandbox's went with it).
+            tracing::warn!(machine = %m.id, error = %e, "taking over a warm sandbox failed; building the sandbox");
+            self.cleanup(&m.id, keep).await?;
+            let slot = self.alloc_slot(&m.id)?;
+            slot_guard.slot = Some(slot);
+            launched = self.launch(m, slot, secrets, None).await;
+        }
+        let launched = match launched {
             Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
                 .and_then(|()| self.watch_exit(m, &state)),
             Err(e) => Err(e),
