@@ -576,6 +576,11 @@ fn put_lease_on(conn: &Connection, l: &LeaseRecord) -> Result<()> {
 }
 
 impl AppStore for SqliteStore {
+    /// WAL readers on their own connections: a commit's fsync never holds them up.
+    fn reads_are_quick(&self) -> bool {
+        true
+    }
+
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let conn = self.writer();
         let res = conn.execute(

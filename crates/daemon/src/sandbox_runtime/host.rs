@@ -16,6 +16,11 @@ impl SandboxRuntime {
             .or_else(|| read_state(&self.machine_dir(id)));
         let dir = self.machine_dir(id);
         let cgroup = self.cgroup(id);
+        // A machine that never ran here (a create's first start) holds nothing: two stat()s
+        // say so without a trip through the blocking pool.
+        if state.is_none() && !dir.exists() && !cgroup.exists() {
+            return Ok(());
+        }
         // Found on disk rather than from runtime.json: a crash may have left mounts behind
         // before that file was written.
         let targets: Vec<PathBuf> = std::fs::read_dir(dir.join("containers"))

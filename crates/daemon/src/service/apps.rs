@@ -32,7 +32,7 @@ impl Hangar {
 
     pub async fn get_app(&self, name: &str) -> ServiceResult<AppRecord> {
         let n = name.to_string();
-        db(&self.store, move |s| s.get_app(&n))
+        db_read(&self.store, move |s| s.get_app(&n))
             .await?
             .ok_or_else(|| ServiceError::app_not_found(name))
     }

@@ -156,6 +156,18 @@ async fn db<T: Send + 'static>(
         .map_err(ServiceError::from)
 }
 
+/// [`db`] for a read: run right here when the store's reads are quick
+/// ([`hangar_store::AppStore::reads_are_quick`]), else on the blocking pool.
+async fn db_read<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> hangar_store::Result<T> + Send + 'static,
+) -> ServiceResult<T> {
+    if store.reads_are_quick() {
+        return f(store.as_ref()).map_err(ServiceError::from);
+    }
+    db(store, f).await
+}
+
 pub struct ListFilter {
     pub include_deleted: bool,
     pub region: Option<String>,
@@ -337,7 +349,7 @@ impl Hangar {
 
     async fn load(&self, app: &str, id: &str) -> ServiceResult<MachineRecord> {
         let (a, i) = (app.to_string(), id.to_string());
-        db(&self.store, move |s| s.get_machine(&a, &i))
+        db_read(&self.store, move |s| s.get_machine(&a, &i))
             .await?
             .ok_or_else(ServiceError::machine_not_found)
     }

@@ -200,7 +200,7 @@ impl Hangar {
 
     async fn secret_set(&self, app: &str) -> ServiceResult<SecretSet> {
         let a = app.to_string();
-        db(&self.store, move |s| s.list_secrets(&a))
+        db_read(&self.store, move |s| s.list_secrets(&a))
             .await
             .map_err(|e| match e {
                 ServiceError::NotFound(_) => ServiceError::app_not_found(app),
