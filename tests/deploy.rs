@@ -145,20 +145,21 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
         .unwrap();
     assert_eq!(page_of(&d, v2["id"].as_str().unwrap()).await, "hello v2");
 
-    // --image skips the build; `immediate` updates everything at once.
+    // --image skips the build; `immediate` updates everything at once. The image is version
+    // 2's (its echo serves port 80 and turns healthy): a bare busybox image's `sh` ends at
+    // once, and whether a start saw its echo running before that was a race.
+    let v2_image = v2["config"]["containers"][1]["image"]
+        .as_str()
+        .expect("version 2's echo image")
+        .to_string();
     let out = cli_ok(&d.cli_in(
         p,
-        &[
-            "deploy",
-            "--image",
-            &test_image(),
-            "--strategy",
-            "immediate",
-        ],
+        &["deploy", "--image", &v2_image, "--strategy", "immediate"],
     ));
     assert!(!out.contains("Building"), "{out}");
     for m in machines(&d).await {
-        assert_eq!(m["config"]["containers"][1]["image"], test_image().as_str());
+        assert_eq!(m["config"]["containers"][1]["image"], v2_image.as_str());
+        assert_eq!(page_of(&d, m["id"].as_str().unwrap()).await, "hello v2");
     }
     for m in machines(&d).await {
         d.destroy_machine("seed", m["id"].as_str().unwrap(), true)
