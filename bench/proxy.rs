@@ -166,7 +166,7 @@ async fn main() {
         .spawn();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Rounds in turn (direct, hangar, the two nginx), so that the host's noise falls on all three
+    // Rounds in turn (direct, hangar, the two nginx), so that the host's noise falls on all four
     // alike; the ratio is the median of the rounds'.
     println!(
         "proxy throughput ({rounds} rounds of {seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):"

@@ -158,6 +158,7 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
     ));
     assert!(!out.contains("Building"), "{out}");
     for m in machines(&d).await {
+        assert_eq!(m["config"]["metadata"]["fly_release_version"], "4");
         assert_eq!(m["config"]["containers"][1]["image"], v2_image.as_str());
         assert_eq!(page_of(&d, m["id"].as_str().unwrap()).await, "hello v2");
     }

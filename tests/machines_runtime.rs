@@ -1291,6 +1291,19 @@ fn pilot_pid(id: &str) -> i32 {
         .expect("a pid")
 }
 
+/// How many host-wide uid-range claims `holder` has (a claim names its daemon's data dir, then
+/// its holder).
+fn uid_claims_of(holder: &str) -> usize {
+    std::fs::read_dir("/run/hangar/uid-slots")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|c| c.lines().nth(1) == Some(holder))
+        })
+        .count()
+}
+
 fn warm_cgroups() -> Vec<String> {
     std::fs::read_dir("/sys/fs/cgroup/memory/hangar")
         .into_iter()
@@ -1402,6 +1415,7 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         );
         let (_, stdout, _) = d.sh("warm", &m, "hostname").await;
         assert_eq!(stdout.trim(), m);
+        assert_eq!(uid_claims_of(&m), 1, "one uid range for the machine");
     }
     until(
         || {
@@ -1436,6 +1450,9 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         "the broken warm sandboxes' cgroups go",
     )
     .await;
+    for name in &broken_cgroups {
+        assert_eq!(uid_claims_of(name), 0, "{name} holds no uid range");
+    }
 
     // Memory volumes are mounted by the host side of a start: no warm sandbox for those.
     let before = warm_pilots(daemon_pid);

@@ -51,6 +51,20 @@ impl Health {
         was
     }
 
+    /// Drops the results of checks no longer run (a machine's config lost a check, or a probe
+    /// answered after its machine went): a failed one would hold the machine out of rotation,
+    /// or every request on the slow path, for good.
+    fn keep_only(&self, live: &std::collections::HashSet<(String, usize)>) {
+        let mut results = self.lock();
+        results.retain(|key, (ok, _)| {
+            let keep = live.contains(key);
+            if !keep && !*ok {
+                self.failing.fetch_sub(1, Ordering::Release);
+            }
+            keep
+        });
+    }
+
     pub fn forget(&self, id: &str) {
         let mut results = self.lock();
         results.retain(|(m, _), (ok, _)| {
@@ -144,6 +158,7 @@ impl Proxy {
                     }
                 }
                 due.retain(|k, _| live.contains(k));
+                this.health.keep_only(&live);
             }
         });
     }

@@ -273,7 +273,9 @@ impl Proxy {
 
     /// Runs `f` with the table as it is now, from this thread's copy while the table has not
     /// changed: taking the shared snapshot (a lock and a reference count, written by every
-    /// worker thread on every request) cost the proxy a few per cent of its throughput.
+    /// worker thread on every request) cost the proxy a few per cent of its throughput. The
+    /// price: a worker's copy is still held when the table next changes, so each change
+    /// copies the table (`Arc::make_mut`), as it did before whenever a request was in flight.
     pub(crate) fn with_table<T>(&self, f: impl FnOnce(&Table) -> T) -> T {
         thread_local! {
             static COPY: RefCell<Option<TableCopy>> = const { RefCell::new(None) };

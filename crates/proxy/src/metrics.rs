@@ -23,7 +23,7 @@ thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Makes this thread count into shard `i` (a proxy worker's index; other threads use 0).
+/// Makes this thread count into shard `i` (a proxy worker's index + 1; other threads use 0).
 pub(crate) fn use_shard(i: usize) {
     SHARD.with(|s| s.set(i % SHARDS));
 }
@@ -121,8 +121,8 @@ fn latency_bounds() -> impl Iterator<Item = f64> {
 
 #[derive(Debug, Default)]
 struct HistogramShard {
-    count: AtomicU64,
-    /// The observations' sum in nanoseconds (an integer adds atomically).
+    /// The observations' sum in nanoseconds (an integer adds atomically). The count is the
+    /// buckets' sum, so a scrape never sees them disagree.
     sum_nanos: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS + 1],
 }
@@ -152,21 +152,20 @@ impl ShardedHistogram {
             .position(|b| seconds <= *b)
             .unwrap_or(LATENCY_BUCKETS);
         s.buckets[bucket].fetch_add(1, Relaxed);
-        s.count.fetch_add(1, Relaxed);
         s.sum_nanos.fetch_add((seconds * 1e9) as u64, Relaxed);
     }
 
     /// Count, sum (seconds) and per-bucket counts (not cumulative), over every shard.
     pub fn get(&self) -> (u64, f64, Vec<(f64, u64)>) {
         let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|b| (*b, 0)).collect();
-        let (mut count, mut nanos) = (0, 0u64);
+        let mut nanos = 0u64;
         for s in self.shards.iter() {
-            count += s.0.count.load(Relaxed);
             nanos = nanos.wrapping_add(s.0.sum_nanos.load(Relaxed));
             for (b, n) in buckets.iter_mut().zip(&s.0.buckets) {
                 b.1 += n.load(Relaxed);
             }
         }
+        let count = buckets.iter().map(|b| b.1).sum();
         (count, nanos as f64 / 1e9, buckets)
     }
 }

@@ -16,8 +16,8 @@ impl SandboxRuntime {
             .or_else(|| read_state(&self.machine_dir(id)));
         let dir = self.machine_dir(id);
         let cgroup = self.cgroup(id);
-        // A machine that never ran here (a create's first start) holds nothing: two stat()s
-        // say so without a trip through the blocking pool.
+        // A machine that never ran here (a create's first start) holds nothing: a few
+        // stat()s say so without a trip through the blocking pool.
         if state.is_none() && !dir.exists() && !cgroup.exists() {
             return Ok(());
         }

@@ -228,7 +228,9 @@ impl SandboxRuntime {
         slot: u32,
         secrets: &SecretValues,
         warm: Option<super::warm::Warm>,
-    ) -> Result<RuntimeState, RuntimeError> {
+    ) -> Result<RuntimeState, LaunchError> {
+        // A warm sandbox this launch ends without using goes back to nothing (an early error).
+        let mut warm = UnusedWarm(warm.zip(self.pool.clone()));
         let dir = self.machine_dir(&m.id);
         let run = self.run_dir(&m.id);
         let uid_base = UID_BASE_START + slot * UID_RANGE;
@@ -265,7 +267,7 @@ impl SandboxRuntime {
                 (mounts, volume_mounts),
                 net.clone(),
                 spec,
-                warm,
+                warm.take(),
             )
             .await;
         let pid = match spawned {
@@ -295,7 +297,7 @@ impl SandboxRuntime {
         net: Option<hangar_net::MachineNet>,
         spec: std::os::fd::OwnedFd,
         warm: Option<super::warm::Warm>,
-    ) -> Result<i32, RuntimeError> {
+    ) -> Result<i32, LaunchError> {
         let (dir, run) = (&self.machine_dir(&m.id), &self.run_dir(&m.id));
         let guest = m.spec().guest;
         let memory_bytes = guest.memory_mb << 20;
@@ -336,7 +338,10 @@ impl SandboxRuntime {
                 Some(Ok(socket)) => {
                     let pid = take_over(pool, warm, socket, plan, spec, run).await;
                     tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "warm sandbox taken over");
-                    return pid;
+                    return pid.map_err(|error| LaunchError {
+                        error,
+                        take_over: true,
+                    });
                 }
                 // Only a helper forked by the spawner can take a warm sandbox over: without
                 // it, this start builds its sandbox as below (the slot is the machine's now).
@@ -358,7 +363,7 @@ impl SandboxRuntime {
             }
         };
         tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
-        pid
+        Ok(pid?)
     }
 
     /// The helper as its own process, `hangar sandbox-spawn <plan>` (a daemon without a
@@ -388,6 +393,42 @@ impl SandboxRuntime {
             .trim()
             .parse()
             .map_err(|_| failed("the sandbox helper did not report Pilot's pid"))
+    }
+}
+
+/// Why a launch failed, and whether taking a warm sandbox over is what failed (the start then
+/// builds its sandbox instead).
+pub(super) struct LaunchError {
+    pub error: RuntimeError,
+    pub take_over: bool,
+}
+
+impl From<RuntimeError> for LaunchError {
+    fn from(error: RuntimeError) -> Self {
+        LaunchError {
+            error,
+            take_over: false,
+        }
+    }
+}
+
+/// A warm sandbox handed to a launch, let go (in the background) if the launch ends before
+/// it is taken: its Pilot, cgroup and log would otherwise stay until the daemon's next start.
+struct UnusedWarm(Option<(super::warm::Warm, Arc<super::warm::WarmPool>)>);
+
+impl UnusedWarm {
+    fn take(&mut self) -> Option<super::warm::Warm> {
+        self.0.take().map(|(warm, _)| warm)
+    }
+}
+
+impl Drop for UnusedWarm {
+    fn drop(&mut self) {
+        if let (Some((warm, pool)), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            // The slot is the machine's now (its start frees it).
+            rt.spawn(async move { pool.discard(warm, false).await });
+        }
     }
 }
 

@@ -330,22 +330,24 @@ impl Runtime for SandboxRuntime {
             machine_id: &m.id,
         };
         let keep = keep_rootfs(&m.config);
-        let from_pool = warm.is_some();
         let mut launched = self.launch(m, slot, secrets, warm).await;
-        if let (true, Err(e)) = (from_pool, &launched) {
-            // A warm sandbox that could not be taken over (its Pilot or its veth gone under
-            // it, …) is let go by then; the start goes on as it would without a pool, in a new
-            // uid range (the sandbox's went with it).
-            tracing::warn!(machine = %m.id, error = %e, "taking over a warm sandbox failed; building the sandbox");
+        if let Err(launch::LaunchError {
+            take_over: true,
+            error,
+        }) = &launched
+        {
+            // A warm sandbox that could not be taken over (its cgroup or veth gone under it,
+            // …) was let go; what it left under the machine's name goes, and the start builds
+            // its sandbox as it would without a pool, in the same uid range (the machine's
+            // now; nothing of the sandbox runs in it any more).
+            tracing::warn!(machine = %m.id, %error, "taking over a warm sandbox failed; building the sandbox");
             self.cleanup(&m.id, keep).await?;
-            let slot = self.alloc_slot(&m.id)?;
-            slot_guard.slot = Some(slot);
             launched = self.launch(m, slot, secrets, None).await;
         }
         let launched = match launched {
             Ok(state) => write_json(&self.machine_dir(&m.id).join(RUNTIME_FILE), &state)
                 .and_then(|()| self.watch_exit(m, &state)),
-            Err(e) => Err(e),
+            Err(e) => Err(e.error),
         };
         let mut exited = match launched {
             Ok(exited) => exited,
