@@ -84,7 +84,18 @@ impl ImageStore {
 /// Mounts the overlay described by `spec` at `target`. With `userns`, every lower layer is an
 /// idmapped mount through it, so files root-owned in the layer are owned by the machine's root.
 pub fn mount_rootfs(spec: &RootfsSpec, target: &Path, userns: Option<&Userns>) -> Result<()> {
-    let mnt = overlay_fd(spec, userns)?;
+    mount_rootfs_keeping(spec, target, userns, &mut Vec::new())
+}
+
+/// [`mount_rootfs`], leaving the fds it used on the way in `keep` (see
+/// [`overlay_fd_keeping`]).
+pub fn mount_rootfs_keeping(
+    spec: &RootfsSpec,
+    target: &Path,
+    userns: Option<&Userns>,
+    keep: &mut Vec<OwnedFd>,
+) -> Result<()> {
+    let mnt = overlay_fd_keeping(spec, userns, keep)?;
     idmap::attach(&mnt, target)
 }
 

@@ -161,10 +161,13 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
                 upperdir: m.upperdir.clone(),
                 workdir: m.workdir.clone(),
             };
-            let overlay =
-                hangar_image::rootfs::overlay_fd_keeping(&spec, Some(&userns), &mut close_later)
-                    .map_err(|e| e.to_string())?;
-            hangar_image::idmap::attach(&overlay, &m.target).map_err(|e| e.to_string())?;
+            hangar_image::rootfs::mount_rootfs_keeping(
+                &spec,
+                &m.target,
+                Some(&userns),
+                &mut close_later,
+            )
+            .map_err(|e| e.to_string())?;
         }
         for t in &plan.volume_mounts {
             if let Some(image) = &t.persistent_image {
