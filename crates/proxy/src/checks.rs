@@ -55,23 +55,21 @@ impl Health {
     /// answered after its machine went): a failed one would hold the machine out of rotation,
     /// or every request on the slow path, for good.
     fn keep_only(&self, live: &std::collections::HashSet<(String, usize)>) {
-        let mut results = self.lock();
-        results.retain(|key, (ok, _)| {
-            let keep = live.contains(key);
-            if !keep && !*ok {
-                self.failing.fetch_sub(1, Ordering::Release);
-            }
-            keep
-        });
+        self.drop_where(|key| !live.contains(key));
     }
 
     pub fn forget(&self, id: &str) {
-        let mut results = self.lock();
-        results.retain(|(m, _), (ok, _)| {
-            if m == id && !*ok {
+        self.drop_where(|(m, _)| m == id);
+    }
+
+    /// Drops the results whose key is `gone`, keeping the failing count.
+    fn drop_where(&self, gone: impl Fn(&(String, usize)) -> bool) {
+        self.lock().retain(|key, (ok, _)| {
+            let drop = gone(key);
+            if drop && !*ok {
                 self.failing.fetch_sub(1, Ordering::Release);
             }
-            m != id
+            !drop
         });
     }
 }
