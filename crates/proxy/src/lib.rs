@@ -9,6 +9,7 @@
 //! - [`route`]: choosing a machine (load bands, autostart).
 //! - [`http`], [`tls`], `pg_tls` and [`tcp`]: the handlers; `udp`: UDP services.
 //! - [`autostop`]: stopping or suspending idle machines.
+//! - [`metrics`]: the Prometheus metrics; `sharded`: those counted per request, per worker.
 //! - [`upstream`]: connections to machines, on this host or (cluster mode) through the host
 //!   that runs them.
 
@@ -19,6 +20,7 @@ pub mod listen;
 pub mod metrics;
 mod pg_tls;
 pub mod route;
+mod sharded;
 pub mod status;
 pub mod table;
 pub mod tcp;

@@ -77,7 +77,7 @@ fn start_one(i: usize) -> std::io::Result<Worker> {
         .name(format!("hangar-proxy-{i}"))
         .spawn(move || {
             // Its own shard of the per-request metrics (shard 0 is the other threads').
-            crate::metrics::use_shard(i + 1);
+            crate::sharded::use_shard(i + 1);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
