@@ -309,6 +309,9 @@ fn put_lease_on(c: &mut impl GenericClient, l: &LeaseRecord) -> Result<()> {
     Ok(())
 }
 
+/// Every read is a round trip to the server: the blocking pool's.
+impl hangar_store::Backend for PgStore {}
+
 impl AppStore for PgStore {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let row = self

@@ -124,13 +124,6 @@ pub trait AppStore: Send + Sync {
     fn delete_app(&self, name: &str) -> Result<bool>;
     /// Machines of the app that are not destroyed.
     fn count_machines(&self, app: &str) -> Result<i64>;
-    /// Whether reads answer in microseconds and never wait for a write or the network (an
-    /// embedded database in WAL mode): a caller may then read on its async thread instead of
-    /// handing the read to the blocking pool and back (~0.1–0.3 ms per read on a start's
-    /// path).
-    fn reads_are_quick(&self) -> bool {
-        false
-    }
 }
 
 /// Machines and their config versions.
@@ -288,6 +281,17 @@ pub trait HostStore: Send + Sync {
     fn list_hosts(&self) -> Result<Vec<HostRecord>>;
 }
 
+/// What a backend is like, beside what it keeps.
+pub trait Backend: Send + Sync {
+    /// Whether reads answer in microseconds and never wait for a write or the network (an
+    /// embedded database in WAL mode): a caller may then read on its async thread instead of
+    /// handing the read to the blocking pool and back (~0.1–0.3 ms per read on a start's
+    /// path).
+    fn reads_are_quick(&self) -> bool {
+        false
+    }
+}
+
 /// Everything the daemon persists, one trait per resource (volumes, secrets, IP assignments
 /// and hosts join as traits of their own). Each method is one transaction: when it returns
 /// `Ok`, the write is durable. Synchronous on purpose (docs/decisions.md): callers run it on
@@ -304,6 +308,7 @@ pub trait Store:
     + CertificateStore
     + IpAssignmentStore
     + HostStore
+    + Backend
     + 'static
 {
 }
@@ -320,6 +325,7 @@ impl<
             + CertificateStore
             + IpAssignmentStore
             + HostStore
+            + Backend
             + 'static,
     > Store for T
 {

@@ -12,8 +12,8 @@ use crate::columns::{
     SNAPSHOT as SNAPSHOT_COLUMNS, VOLUME as VOLUME_COLUMNS,
 };
 use crate::{
-    AppRecord, AppStore, CertificateRecord, CertificateStore, EventRecord, EventStore, Expect,
-    HostRecord, HostStore, IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore,
+    AppRecord, AppStore, Backend, CertificateRecord, CertificateStore, EventRecord, EventStore,
+    Expect, HostRecord, HostStore, IpAssignmentRecord, IpAssignmentStore, LeaseRecord, LeaseStore,
     MachineRecord, MachineStore, NetworkRecord, NetworkStore, Result, ScheduleRecord,
     ScheduleStore, SecretRecord, SecretSet, SecretStore, SecretWrite, SnapshotRecord, StoreError,
     VersionRecord, VolumeRecord, VolumeStore,
@@ -575,12 +575,14 @@ fn put_lease_on(conn: &Connection, l: &LeaseRecord) -> Result<()> {
     Ok(())
 }
 
-impl AppStore for SqliteStore {
+impl Backend for SqliteStore {
     /// WAL readers on their own connections: a commit's fsync never holds them up.
     fn reads_are_quick(&self) -> bool {
         true
     }
+}
 
+impl AppStore for SqliteStore {
     fn create_app(&self, app: &AppRecord) -> Result<AppRecord> {
         let conn = self.writer();
         let res = conn.execute(

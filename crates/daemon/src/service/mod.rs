@@ -157,7 +157,7 @@ async fn db<T: Send + 'static>(
 }
 
 /// [`db`] for a read: run right here when the store's reads are quick
-/// ([`hangar_store::AppStore::reads_are_quick`]), else on the blocking pool.
+/// ([`hangar_store::Backend::reads_are_quick`]), else on the blocking pool.
 async fn db_read<T: Send + 'static>(
     store: &Arc<dyn Store>,
     f: impl FnOnce(&dyn Store) -> hangar_store::Result<T> + Send + 'static,
