@@ -640,6 +640,32 @@ fn count_host_state(data_dir: &std::path::Path) -> (usize, usize) {
     (mounts, procs)
 }
 
+/// The machines (by id) whose dirs have mounts in each mount namespace on the host.
+fn machines_by_namespace(
+    data_dir: &std::path::Path,
+) -> std::collections::HashMap<String, std::collections::BTreeSet<String>> {
+    let machines = format!("{}/machines/", data_dir.display());
+    let mut by_ns = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(ns) = std::fs::read_link(e.path().join("ns/mnt")) else {
+            continue;
+        };
+        let info = std::fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        let ids: std::collections::BTreeSet<String> = info
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter_map(|point| point.strip_prefix(&machines))
+            .filter_map(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .collect();
+        by_ns
+            .entry(ns.display().to_string())
+            .or_insert_with(std::collections::BTreeSet::new)
+            .extend(ids);
+    }
+    by_ns
+}
+
 fn cgroup_exists(id: &str) -> bool {
     match cgroup_dir(id) {
         CgroupFiles::V1 { memory, cpu } => memory.exists() || cpu.exists(),
@@ -677,6 +703,17 @@ async fn test_destroying_machines_leaves_nothing_behind() {
     )
     .await;
     assert!(ids.iter().all(|m| cgroup_exists(m)));
+    // Each root filesystem is mounted in its machine's namespace only: not in the host's,
+    // where every sandbox made later would copy it (and hold it until that one ended).
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = d.data_dir.display().to_string();
+    assert!(
+        !host_mounts.contains(&dir),
+        "machines' mounts in the host's namespace"
+    );
+    for (ns, machines) in machines_by_namespace(&d.data_dir) {
+        assert!(machines.len() <= 1, "{ns} holds mounts of {machines:?}");
+    }
     for m in &ids {
         let r = d
             .delete(&format!("/v1/apps/leak/machines/{m}?force=true"))

@@ -152,22 +152,37 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
     let pid = crate::spawn_machine(&plan.sandbox, |ns| {
         let fd = ns.try_clone().map_err(|e| e.to_string())?;
         let userns = hangar_image::Userns::from_fd(fd);
+        let mut attach = Vec::new();
         for m in &plan.mounts {
-            if let Some(disk) = &m.disk {
-                mount_sized_layer(disk, &m.upperdir, &m.workdir)?;
-            }
             let spec = RootfsSpec {
                 lowerdirs: m.lowerdirs.clone(),
                 upperdir: m.upperdir.clone(),
                 workdir: m.workdir.clone(),
             };
-            hangar_image::rootfs::mount_rootfs_keeping(
-                &spec,
-                &m.target,
-                Some(&userns),
-                &mut close_later,
-            )
-            .map_err(|e| e.to_string())?;
+            match &m.disk {
+                // A sized layer's disk is found and unmounted in the host's namespace (its
+                // loop device goes with it), so its overlay is mounted there too.
+                Some(disk) => {
+                    mount_sized_layer(disk, &m.upperdir, &m.workdir)?;
+                    hangar_image::rootfs::mount_rootfs_keeping(
+                        &spec,
+                        &m.target,
+                        Some(&userns),
+                        &mut close_later,
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                // In the machine's namespace only (see `spawn_machine`), as a warm sandbox's.
+                None => {
+                    let overlay = hangar_image::rootfs::overlay_fd_keeping(
+                        &spec,
+                        Some(&userns),
+                        &mut close_later,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    attach.push((overlay, m.target.clone()));
+                }
+            }
         }
         for t in &plan.volume_mounts {
             if let Some(image) = &t.persistent_image {
@@ -190,7 +205,7 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
             )
             .map_err(|e| format!("mount tmpfs volume {}: {e}", t.target.display()))?;
         }
-        Ok(())
+        Ok(attach)
     })
     .map_err(|e| SpawnError::Sandbox(e.to_string()))?;
     std::mem::forget(close_later);

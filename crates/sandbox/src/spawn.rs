@@ -6,9 +6,10 @@
 //! 1. creates the machine cgroup and joins it, so everything it forks is accounted there;
 //! 2. forks a child that unshares a user namespace, and writes that child's uid/gid maps
 //!    (machine root = `uid_base` on the host);
-//! 3. runs `prepare` with the new user namespace (the caller mounts the root filesystems);
-//! 4. lets the child unshare mount, uts, ipc, net, cgroup and pid namespaces and fork Pilot,
-//!    which becomes PID 1 of the machine;
+//! 3. runs `prepare` with the new user namespace (the caller makes the root filesystems);
+//! 4. lets the child unshare mount, uts, ipc, net, cgroup and pid namespaces, attaches the
+//!    root filesystems inside the new mount namespace (and plumbs the veth), then lets the
+//!    child fork Pilot, which becomes PID 1 of the machine;
 //! 5. reports Pilot's host pid and exits. Pilot is reparented to the daemon (a subreaper) and
 //!    outlives it if the daemon dies.
 
@@ -159,12 +160,20 @@ fn pipe_pair() -> Result<(File, File)> {
     Ok((File::from(r), File::from(w)))
 }
 
+/// Mounts made by `prepare` (detached: `fsmount`, `open_tree`) to attach inside the machine's
+/// mount namespace, each at its path.
+pub type Attach = Vec<(OwnedFd, PathBuf)>;
+
 /// Runs the helper's job and returns Pilot's host pid. Must be called from a single-threaded
 /// process. `prepare` runs in the helper (host root, host mount namespace) once the machine's
-/// user namespace exists, with that namespace's fd; mounts it makes are inherited by Pilot.
+/// user namespace exists, with that namespace's fd: mounts it makes in the host's namespace
+/// are inherited by Pilot, and the detached ones it returns are attached in the machine's
+/// mount namespace only. That is where root filesystems go: a mount in the host's namespace
+/// is copied into every sandbox made while it exists, and a copy holds the filesystem (a
+/// stopped machine's writable layer) until that other machine ends.
 pub fn spawn_machine(
     spec: &SandboxSpec,
-    prepare: impl FnOnce(&OwnedFd) -> std::result::Result<(), String>,
+    prepare: impl FnOnce(&OwnedFd) -> std::result::Result<Attach, String>,
 ) -> Result<i32> {
     if spec.idle {
         crate::cgroup::yield_to_machines();
@@ -196,7 +205,6 @@ pub fn spawn_machine(
     ];
     let hostname = spec.hostname.clone();
     let net = spec.net.clone();
-    let veth_wanted = net.is_some() || spec.spare_veth.is_some();
 
     let (mut ready_r, mut ready_w) = pipe_pair()?; // child → helper: user namespace exists
     let (mut go_r, mut go_w) = pipe_pair()?; // helper → child: maps written, mounts ready
@@ -210,7 +218,6 @@ pub fn spawn_machine(
                 &mut ready_w,
                 &mut go_r,
                 &hostname,
-                veth_wanted,
                 net.as_ref(),
                 &exe,
                 &argv,
@@ -235,29 +242,36 @@ pub fn spawn_machine(
                     .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
                 write_id_maps(child, spec.uid_base, spec.uid_count)?;
                 let ns = userns_fd(child)?;
-                prepare(&ns).map_err(SpawnError::Prepare)?;
+                let attach = prepare(&ns).map_err(SpawnError::Prepare)?;
                 go_w.write_all(b"g")
                     .map_err(ioerr("signal sandbox child"))?;
-                if veth_wanted {
-                    // The child has its network namespace now: its end of the veth pair is
-                    // made directly inside it.
-                    ready_r
-                        .read_exact(&mut b)
-                        .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
-                    match (&spec.net, &spec.spare_veth) {
-                        (Some(net), _) => plumb_host_side(net, child)?,
-                        (None, Some(spare)) => {
-                            hangar_net::netlink::Netlink::open()
-                                .and_then(|mut nl| {
-                                    nl.create_spare_veth(spare, "eth0", child.as_raw() as u32)
-                                })
-                                .map_err(ioerr(format!("create veth {spare}")))?;
-                        }
-                        (None, None) => {}
+                // The child has its namespaces now (its mounts private to it): its end of the
+                // veth pair is made directly inside them, its root filesystems attached there.
+                ready_r
+                    .read_exact(&mut b)
+                    .map_err(|_| SpawnError::Child(child_error(&mut pid_r)))?;
+                match (&spec.net, &spec.spare_veth) {
+                    (Some(net), _) => plumb_host_side(net, child)?,
+                    (None, Some(spare)) => {
+                        hangar_net::netlink::Netlink::open()
+                            .and_then(|mut nl| {
+                                nl.create_spare_veth(spare, "eth0", child.as_raw() as u32)
+                            })
+                            .map_err(ioerr(format!("create veth {spare}")))?;
                     }
-                    go_w.write_all(b"v")
-                        .map_err(ioerr("signal sandbox child"))?;
+                    (None, None) => {}
                 }
+                if !attach.is_empty() {
+                    // For good: this helper ends after its answer.
+                    enter_mount_namespace(child)?;
+                    for (mount, target) in &attach {
+                        hangar_image::idmap::attach(mount, target).map_err(|e| {
+                            SpawnError::Prepare(format!("{e} (in the machine's namespace)"))
+                        })?;
+                    }
+                }
+                go_w.write_all(b"v")
+                    .map_err(ioerr("signal sandbox child"))?;
                 let mut msg = String::new();
                 pid_r
                     .read_to_string(&mut msg)
@@ -378,13 +392,25 @@ fn write_id_maps(child: Pid, base: u32, count: u32) -> Result<()> {
     Ok(())
 }
 
+/// Enters the mount namespace of `pid` (root and working directory move to its root).
+fn enter_mount_namespace(pid: Pid) -> Result<()> {
+    let path = format!("/proc/{pid}/ns/mnt");
+    let ns = open(
+        path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("open {path}")))?;
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNS)
+        .map_err(sys("enter the machine's mount namespace"))
+}
+
 /// The first child: enters the new namespaces and forks Pilot. Returns Pilot's pid.
 #[allow(clippy::too_many_arguments)]
 fn sandbox_child(
     ready_w: &mut File,
     go_r: &mut File,
     hostname: &str,
-    veth_wanted: bool,
     net: Option<&hangar_net::MachineNet>,
     exe: &OwnedFd,
     argv: &[CString],
@@ -410,11 +436,20 @@ fn sandbox_child(
             | CloneFlags::CLONE_NEWPID,
     )
     .map_err(|e| format!("unshare namespaces: {e}"))?;
-    if veth_wanted {
-        ready_w.write_all(b"n").map_err(|e| e.to_string())?;
-        go_r.read_exact(&mut b)
-            .map_err(|_| "the helper could not create the machine's veth".to_string())?;
-    }
+    // Mounts made from here on stay inside the machine (the root filesystems the helper
+    // attaches next among them), and the host's later ones stay out.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    ready_w.write_all(b"n").map_err(|e| e.to_string())?;
+    go_r.read_exact(&mut b).map_err(|_| {
+        "the helper could not attach the root filesystems or create the veth".to_string()
+    })?;
     plumb_machine_side(net).map_err(|e| format!("set up the machine's network: {e}"))?;
     nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
     // SAFETY: single-threaded (the helper's only thread forked us).
@@ -432,16 +467,6 @@ fn sandbox_child(
 /// PID 1 of the machine before it becomes Pilot.
 fn pilot_child(exe: &OwnedFd, argv: &[CString], env: &[CString], log: &File) -> String {
     use nix::mount::{mount, MsFlags};
-    // Mounts made from here on stay inside the machine.
-    if let Err(e) = mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    ) {
-        return format!("make / private: {e}");
-    }
     // A /proc of the machine's own pid namespace.
     if let Err(e) = mount(
         Some("proc"),
