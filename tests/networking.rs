@@ -102,25 +102,35 @@ fn ip(m: &Value) -> String {
 }
 
 /// The host's network devices Hangar made for machines (not the spare veths of warm
-/// sandboxes, `hgw*`, made ahead of any machine).
+/// sandboxes, made ahead of any machine and on no bridge until one takes them).
 fn devices() -> Vec<String> {
-    all_devices()
+    hangar_links()
         .into_iter()
-        .filter(|n| !n.starts_with("hgw"))
+        .filter(|(_, spare)| !spare)
+        .map(|(n, _)| n)
         .collect()
 }
 
 /// Every network device Hangar made.
 fn all_devices() -> Vec<String> {
+    hangar_links().into_iter().map(|(n, _)| n).collect()
+}
+
+/// Hangar's devices, each with whether it is a warm sandbox's spare veth (a veth on no
+/// bridge).
+fn hangar_links() -> Vec<(String, bool)> {
     let out = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n.starts_with("hg"))
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            let name = name.split('@').next().unwrap_or(name).to_string();
+            let spare = name.starts_with("hgv") && !l.contains(" master ");
+            name.starts_with("hg").then_some((name, spare))
+        })
         .collect()
 }
 
@@ -481,7 +491,7 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     d.destroy_machine("keep", &server, true).await;
     eventually("every device to go", async || devices().is_empty()).await;
     // The warm sandboxes' spare veths go with the daemon.
-    assert!(all_devices().iter().any(|n| n.starts_with("hgw")));
+    assert!(hangar_links().iter().any(|(_, spare)| *spare));
     assert!(d.terminate().success());
     eventually("the spare veths to go", async || all_devices().is_empty()).await;
 }

@@ -320,13 +320,13 @@ impl Netlink {
         self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 
-    /// Makes the host end of a spare veth (down) a machine's: renamed (the kernel renames only
-    /// devices that are down, and applies the name before the flags), on `bridge`, with `mtu`,
-    /// and up.
+    /// Makes the host end of a spare veth (down) a machine's: renamed when `rename` says so
+    /// (the kernel renames only devices that are down, and applies the name before the
+    /// flags), on `bridge`, with `mtu`, and up.
     pub fn adopt_veth(
         &mut self,
         index: u32,
-        name: &str,
+        rename: Option<&str>,
         bridge: u32,
         mtu: Option<u32>,
     ) -> io::Result<()> {
@@ -334,7 +334,9 @@ impl Netlink {
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(name) = rename {
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        }
         msg.attributes.push(LinkAttribute::Controller(bridge));
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));

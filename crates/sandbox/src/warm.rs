@@ -51,8 +51,10 @@ pub fn alive(pidfd: &OwnedFd) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) == 0 }
 }
 
-/// The host end of a warm sandbox's spare veth becomes the machine's: its name for this boot,
-/// on its network's bridge, up, and the bridge's entry for the machine's MAC pinned to it.
+/// The host end of a warm sandbox's spare veth becomes the machine's: on its network's bridge,
+/// up, and the bridge's entry for the machine's MAC pinned to it; renamed only when the
+/// daemon named the machine's veth otherwise (the daemon keeps the spare's name: a rename
+/// waits for an RCU grace period).
 fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result<()> {
     let mut nl = hangar_net::netlink::Netlink::open()?;
     let bridge = nl
@@ -61,7 +63,8 @@ fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result
     let port = nl
         .link_index(spare)?
         .ok_or_else(|| std::io::Error::other(format!("the warm sandbox's veth {spare} is gone")))?;
-    nl.adopt_veth(port, &net.host_veth, bridge, net.mtu)?;
+    let rename = (spare != net.host_veth).then_some(net.host_veth.as_str());
+    nl.adopt_veth(port, rename, bridge, net.mtu)?;
     nl.pin_fdb(port, hangar_net::plan::machine_mac(net.ipv4))
 }
 

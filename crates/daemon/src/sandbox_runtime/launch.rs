@@ -251,6 +251,10 @@ impl SandboxRuntime {
             Some(host) => {
                 let mut net = machine_net(m)?;
                 net.mtu = host.machine_mtu();
+                // A warm sandbox's spare becomes the machine's veth under its own name.
+                if let Some(spare) = warm.spare_veth() {
+                    net.host_veth = spare.to_string();
+                }
                 let (h, n) = (host.clone(), net.clone());
                 tokio::task::spawn_blocking(move || h.acquire(&n))
                     .await
@@ -419,6 +423,10 @@ struct UnusedWarm(Option<(super::warm::Warm, Arc<super::warm::WarmPool>)>);
 impl UnusedWarm {
     fn take(&mut self) -> Option<super::warm::Warm> {
         self.0.take().map(|(warm, _)| warm)
+    }
+
+    fn spare_veth(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|(w, _)| w.spare_veth.as_deref())
     }
 }
 

@@ -79,8 +79,9 @@ pub(super) struct Warm {
     /// The daemon's end of Pilot's stdin, on which its claim goes.
     pub socket: OwnedFd,
     log: PathBuf,
-    /// The host end of its spare veth (`eth0` inside), with networking.
-    spare_veth: Option<String>,
+    /// The host end of its spare veth (`eth0` inside), with networking: the host veth of
+    /// the machine that takes it over.
+    pub spare_veth: Option<String>,
 }
 
 /// Whether a machine with `config` can take over a warm sandbox: its mounts must all be
@@ -251,11 +252,13 @@ impl WarmPool {
         )
         .map_err(|e| Made::Failed(failed(format!("a warm sandbox's socket: {e}"))))?;
         let log = self.log_path(name);
-        // `hgw` and the name's last 12 hex digits: 15 bytes, the most a device name may have.
+        // Named as a machine's host veth is (`hgv` and 12 hex digits, the name's last: 15
+        // bytes, the most a device name may have), so that the machine taking it over keeps
+        // the name: renaming a device waits for an RCU grace period (0.3–0.7 ms traced).
         let spare_veth = self
             .setup
             .network
-            .then(|| format!("hgw{}", &name[name.len().saturating_sub(12)..]));
+            .then(|| format!("hgv{}", &name[name.len().saturating_sub(12)..]));
         let plan = SpawnPlan {
             sandbox: SandboxSpec {
                 machine_id: name.to_string(),
