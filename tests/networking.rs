@@ -102,35 +102,39 @@ fn ip(m: &Value) -> String {
 }
 
 /// The host's network devices Hangar made for machines (not the spare veths of warm
-/// sandboxes, made ahead of any machine and on no bridge until one takes them).
+/// sandboxes, made ahead of any machine).
 fn devices() -> Vec<String> {
-    hangar_links()
+    let spares = spare_veths();
+    all_devices()
         .into_iter()
-        .filter(|(_, spare)| !spare)
-        .map(|(n, _)| n)
+        .filter(|n| !spares.contains(n))
+        .collect()
+}
+
+/// The spare veths of the warm sandboxes waiting now: each is named after its sandbox's
+/// cgroup (`.warm-<tag>-<12 hex>`), as `hgv<12 hex>`.
+fn spare_veths() -> std::collections::HashSet<String> {
+    ["/sys/fs/cgroup/pids/hangar", "/sys/fs/cgroup/hangar"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.starts_with(".warm-"))
+        .map(|n| format!("hgv{}", &n[n.len().saturating_sub(12)..]))
         .collect()
 }
 
 /// Every network device Hangar made.
 fn all_devices() -> Vec<String> {
-    hangar_links().into_iter().map(|(n, _)| n).collect()
-}
-
-/// Hangar's devices, each with whether it is a warm sandbox's spare veth (a veth on no
-/// bridge).
-fn hangar_links() -> Vec<(String, bool)> {
     let out = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| {
-            let name = l.split(": ").nth(1)?;
-            let name = name.split('@').next().unwrap_or(name).to_string();
-            let spare = name.starts_with("hgv") && !l.contains(" master ");
-            name.starts_with("hg").then_some((name, spare))
-        })
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("hg"))
         .collect()
 }
 
@@ -491,7 +495,12 @@ async fn a_daemon_sigkill_leaves_connections_up_and_teardown_leaves_no_device() 
     d.destroy_machine("keep", &server, true).await;
     eventually("every device to go", async || devices().is_empty()).await;
     // The warm sandboxes' spare veths go with the daemon.
-    assert!(hangar_links().iter().any(|(_, spare)| *spare));
+    let spares = spare_veths();
+    assert!(
+        !spares.is_empty() && spares.iter().all(|n| all_devices().contains(n)),
+        "spares {spares:?}, devices {:?}",
+        all_devices()
+    );
     assert!(d.terminate().success());
     eventually("the spare veths to go", async || all_devices().is_empty()).await;
 }

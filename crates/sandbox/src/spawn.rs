@@ -262,6 +262,9 @@ pub fn spawn_machine(
                     (None, None) => {}
                 }
                 if !attach.is_empty() {
+                    // Resolved here: in the machine's namespace, a path relative to the
+                    // daemon's working directory (`--data-dir ./data`) would start at its root.
+                    let attach = absolute_targets(attach)?;
                     // For good: this helper ends after its answer.
                     enter_mount_namespace(child)?;
                     for (mount, target) in &attach {
@@ -390,6 +393,18 @@ fn write_id_maps(child: Pid, base: u32, count: u32) -> Result<()> {
             .map_err(ioerr(format!("write {path}")))?;
     }
     Ok(())
+}
+
+/// `attach` with every target made absolute against this process's working directory.
+pub fn absolute_targets(attach: Attach) -> Result<Attach> {
+    attach
+        .into_iter()
+        .map(|(mount, target)| {
+            std::path::absolute(&target)
+                .map(|t| (mount, t))
+                .map_err(ioerr(format!("resolve {}", target.display())))
+        })
+        .collect()
 }
 
 /// Enters the mount namespace of `pid` (root and working directory move to its root).

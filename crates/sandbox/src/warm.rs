@@ -109,6 +109,8 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
         }
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
+    // Resolved before the setns moves this helper's working directory (a relative data dir).
+    let overlays = crate::spawn::absolute_targets(overlays).map_err(|e| e.to_string())?;
     setns(pidfd.as_fd(), namespaces).map_err(|e| format!("enter the warm sandbox: {e}"))?;
     for (fd, target) in &overlays {
         hangar_image::idmap::attach(fd, target).map_err(|e| e.to_string())?;

@@ -457,11 +457,10 @@ fn without_fsync<T>(
     conn: &mut Connection,
     write: impl FnOnce(&mut Connection) -> Result<T>,
 ) -> Result<T> {
-    conn.prepare_cached("PRAGMA synchronous = NORMAL")?
-        .execute([])?;
+    // Not cached: SQLite applies a PRAGMA when preparing it, and prepares it again each run.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     let result = write(conn);
-    conn.prepare_cached("PRAGMA synchronous = FULL")?
-        .execute([])?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     result
 }
 
@@ -616,24 +615,22 @@ impl AppStore for SqliteStore {
 
     fn get_app(&self, name: &str) -> Result<Option<AppRecord>> {
         let conn = self.reader();
-        Ok(conn
-            .query_row(
-                &format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"),
-                [name],
-                app_from_row,
-            )
-            .optional()?)
+        let out = conn
+            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"))?
+            .query_row([name], app_from_row)
+            .optional()?;
+        Ok(out)
     }
 
     fn get_app_by_idempotency_key(&self, key: &str) -> Result<Option<AppRecord>> {
         let conn = self.reader();
-        Ok(conn
-            .query_row(
-                &format!("SELECT {APP_COLUMNS} FROM apps WHERE idempotency_key = ?1"),
-                [key],
-                app_from_row,
-            )
-            .optional()?)
+        let out = conn
+            .prepare_cached(&format!(
+                "SELECT {APP_COLUMNS} FROM apps WHERE idempotency_key = ?1"
+            ))?
+            .query_row([key], app_from_row)
+            .optional()?;
+        Ok(out)
     }
 
     fn list_apps(&self, org_slug: Option<&str>) -> Result<Vec<AppRecord>> {
@@ -674,12 +671,12 @@ fn insert_machine_on(
 ) -> Result<()> {
     let tx = conn.transaction()?;
     let image_ref = m.image_ref.as_ref().map(to_json).transpose()?;
-    let res = tx.execute(
-        &format!(
+    let res = tx
+        .prepare_cached(&format!(
             "INSERT INTO machines ({MACHINE_COLUMNS}) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-        ),
-        params![
+        ))?
+        .execute(params![
             m.id,
             m.app,
             m.name,
@@ -697,8 +694,7 @@ fn insert_machine_on(
             m.host_id,
             m.private_ipv4,
             m.skip_secrets
-        ],
-    );
+        ]);
     machine_write(res, m)?;
     insert_version(&tx, m)?;
     insert_event(&tx, event)?;
@@ -1111,29 +1107,27 @@ fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRecord> {
 impl VolumeStore for SqliteStore {
     fn insert_volume(&self, v: &VolumeRecord) -> Result<()> {
         let conn = self.writer();
-        conn.execute(
-            &format!(
-                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES \
+        conn.prepare_cached(&format!(
+            "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-            ),
-            params![
-                v.id,
-                v.app,
-                v.name,
-                v.state,
-                v.size_gb,
-                v.region,
-                v.zone,
-                v.encrypted,
-                v.fstype,
-                v.snapshot_retention,
-                v.auto_backup_enabled,
-                v.attached_machine_id,
-                v.created_at,
-                v.deleted_at,
-                v.host_id
-            ],
-        )?;
+        ))?
+        .execute(params![
+            v.id,
+            v.app,
+            v.name,
+            v.state,
+            v.size_gb,
+            v.region,
+            v.zone,
+            v.encrypted,
+            v.fstype,
+            v.snapshot_retention,
+            v.auto_backup_enabled,
+            v.attached_machine_id,
+            v.created_at,
+            v.deleted_at,
+            v.host_id
+        ])?;
         Ok(())
     }
 
@@ -1231,22 +1225,20 @@ impl VolumeStore for SqliteStore {
 
     fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let conn = self.writer();
-        conn.execute(
-            &format!(
-                "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) \
+        conn.prepare_cached(&format!(
+            "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ),
-            params![
-                s.id,
-                s.volume_id,
-                s.app,
-                s.size,
-                s.volume_size,
-                s.status,
-                s.retention_days,
-                s.created_at
-            ],
-        )?;
+        ))?
+        .execute(params![
+            s.id,
+            s.volume_id,
+            s.app,
+            s.size,
+            s.volume_size,
+            s.status,
+            s.retention_days,
+            s.created_at
+        ])?;
         Ok(())
     }
 
@@ -1372,21 +1364,19 @@ impl CertificateStore for SqliteStore {
                 c.hostname
             )));
         }
-        tx.execute(
-            &format!(
-                "INSERT INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        tx.prepare_cached(&format!(
+            "INSERT INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (hostname) DO UPDATE SET fullchain = excluded.fullchain, \
                  key_sealed = excluded.key_sealed, updated_at = excluded.updated_at"
-            ),
-            params![
-                c.hostname,
-                c.app,
-                c.fullchain,
-                c.key_sealed,
-                c.created_at,
-                c.updated_at
-            ],
-        )?;
+        ))?
+        .execute(params![
+            c.hostname,
+            c.app,
+            c.fullchain,
+            c.key_sealed,
+            c.created_at,
+            c.updated_at
+        ])?;
         tx.commit()?;
         Ok(())
     }

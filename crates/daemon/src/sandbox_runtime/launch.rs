@@ -349,10 +349,16 @@ impl SandboxRuntime {
                 }
                 // Only a helper forked by the spawner can take a warm sandbox over: without
                 // it, this start builds its sandbox as below (the slot is the machine's now).
+                // The start is retried without it (the machine's network, named after the
+                // spare, gets a name of its own then: the spare goes with its sandbox).
                 unavailable => {
                     tracing::warn!(error = ?unavailable.and_then(Result::err), "the pre-forked spawner is gone; no more warm sandboxes");
                     pool.close();
                     pool.discard(warm, false).await;
+                    return Err(LaunchError {
+                        error: failed("the pre-forked spawner is gone"),
+                        take_over: true,
+                    });
                 }
             }
         }
