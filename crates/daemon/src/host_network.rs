@@ -77,6 +77,10 @@ struct Devices {
     uses: HashMap<String, u64>,
     /// The cluster's other hosts (overlay flood destinations).
     peers: Vec<IpAddr>,
+    /// IPv4 block gateways this daemon put on each bridge in use: a start on a bridge that
+    /// has its block's gateway needs no netlink at all (asking for a link runs its pending
+    /// carrier changes first, which can wait for an RCU grace period).
+    gateways: HashSet<(String, std::net::Ipv4Addr)>,
 }
 
 pub struct HostNetwork {
@@ -238,6 +242,11 @@ impl HostNetwork {
     /// Readies the machine's bridge (with the host's addresses on it) before its helper runs.
     pub fn acquire(&self, net: &MachineNet) -> io::Result<()> {
         let mut devices = self.devices();
+        let gateway = (net.bridge.clone(), net.ipv4_gateway);
+        if devices.uses.contains_key(&net.bridge) && devices.gateways.contains(&gateway) {
+            devices.put(net);
+            return Ok(());
+        }
         let mut nl = Netlink::open()?;
         let index = if devices.uses.contains_key(&net.bridge) {
             nl.link_index(&net.bridge)?
@@ -253,6 +262,7 @@ impl HostNetwork {
         // The gateway of the machine's IPv4 block (a network may hold several); already there
         // for all but the first machine of a block.
         nl.add_address(index, IpAddr::V4(net.ipv4_gateway), IPV4_BLOCK_PREFIX_LEN)?;
+        devices.gateways.insert(gateway);
         devices.put(net);
         Ok(())
     }
@@ -307,6 +317,7 @@ impl HostNetwork {
                 return;
             }
             devices.uses.remove(&bridge);
+            devices.gateways.retain(|(b, _)| *b != bridge);
             let removed = Netlink::open().and_then(|mut nl| {
                 if let Some(network) = bridge_network(&bridge) {
                     nl.delete_link(&vxlan_name(network))?;
@@ -324,8 +335,14 @@ impl HostNetwork {
     pub fn shut_down(&self) -> io::Result<()> {
         {
             let mut devices = self.devices();
-            let Devices { veths, uses, .. } = &mut *devices;
+            let Devices {
+                veths,
+                uses,
+                gateways,
+                ..
+            } = &mut *devices;
             uses.retain(|bridge, _| veths.values().any(|b| b == bridge));
+            gateways.retain(|(bridge, _)| uses.contains_key(bridge));
         }
         let swept = self.sweep();
         // Last: a daemon starting in this namespace from now on finds no devices of ours.
