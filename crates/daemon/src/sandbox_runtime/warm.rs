@@ -128,14 +128,16 @@ impl WarmPool {
         MachineCgroup::new(self.setup.hierarchy.clone(), cgroup_path(name))
     }
 
-    /// A warm sandbox, if one is ready. The pool refills once the start has ended
-    /// ([`StartInFlight`]): a sandbox made meanwhile would compete for the CPUs and the
-    /// kernel's mount lock with the start it is meant to speed up.
+    /// A warm sandbox, if one is ready: the one made first, so that none waits for ever (one
+    /// broken while it waited is found at its turn, not only once the pool drains). The pool
+    /// refills once the start has ended ([`StartInFlight`]): a sandbox made meanwhile would
+    /// compete for the CPUs and the kernel's mount lock with the start it is meant to speed up.
     fn take(&self) -> Option<Warm> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        (!ready.is_empty()).then(|| ready.remove(0))
     }
 
     /// A start begins; the returned guard says when it ends.
