@@ -615,22 +615,17 @@ impl AppStore for SqliteStore {
 
     fn get_app(&self, name: &str) -> Result<Option<AppRecord>> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"))?
-            .query_row([name], app_from_row)
-            .optional()?;
-        Ok(out)
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {APP_COLUMNS} FROM apps WHERE name = ?1"))?;
+        Ok(stmt.query_row([name], app_from_row).optional()?)
     }
 
     fn get_app_by_idempotency_key(&self, key: &str) -> Result<Option<AppRecord>> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached(&format!(
-                "SELECT {APP_COLUMNS} FROM apps WHERE idempotency_key = ?1"
-            ))?
-            .query_row([key], app_from_row)
-            .optional()?;
-        Ok(out)
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE idempotency_key = ?1"
+        ))?;
+        Ok(stmt.query_row([key], app_from_row).optional()?)
     }
 
     fn list_apps(&self, org_slug: Option<&str>) -> Result<Vec<AppRecord>> {
@@ -644,21 +639,16 @@ impl AppStore for SqliteStore {
 
     fn delete_app(&self, name: &str) -> Result<bool> {
         let conn = self.writer();
-        let out = conn
-            .prepare_cached("DELETE FROM apps WHERE name = ?1")?
-            .execute([name])?
-            > 0;
-        Ok(out)
+        let mut stmt = conn.prepare_cached("DELETE FROM apps WHERE name = ?1")?;
+        Ok(stmt.execute([name])? > 0)
     }
 
     fn count_machines(&self, app: &str) -> Result<i64> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM machines WHERE app = ?1 AND state != 'destroyed'",
-            )?
-            .query_row([app], |r| r.get(0))?;
-        Ok(out)
+        let mut stmt = conn.prepare_cached(
+            "SELECT COUNT(*) FROM machines WHERE app = ?1 AND state != 'destroyed'",
+        )?;
+        Ok(stmt.query_row([app], |r| r.get(0))?)
     }
 }
 
@@ -818,14 +808,13 @@ impl MachineStore for SqliteStore {
 
     fn has_version(&self, machine_id: &str, instance_id: &str) -> Result<bool> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached(
-                "SELECT 1 FROM machine_versions WHERE machine_id = ?1 AND instance_id = ?2",
-            )?
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM machine_versions WHERE machine_id = ?1 AND instance_id = ?2",
+        )?;
+        Ok(stmt
             .query_row([machine_id, instance_id], |_| Ok(()))
             .optional()?
-            .is_some();
-        Ok(out)
+            .is_some())
     }
 }
 
@@ -859,11 +848,11 @@ impl EventStore for SqliteStore {
 impl LeaseStore for SqliteStore {
     fn get_lease(&self, machine_id: &str) -> Result<Option<LeaseRecord>> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached(
-                "SELECT machine_id, nonce, expires_at, owner, description, version FROM leases \
+        let mut stmt = conn.prepare_cached(
+            "SELECT machine_id, nonce, expires_at, owner, description, version FROM leases \
                  WHERE machine_id = ?1",
-            )?
+        )?;
+        Ok(stmt
             .query_row([machine_id], |r| {
                 Ok(LeaseRecord {
                     machine_id: r.get(0)?,
@@ -874,8 +863,7 @@ impl LeaseStore for SqliteStore {
                     version: r.get(5)?,
                 })
             })
-            .optional()?;
-        Ok(out)
+            .optional()?)
     }
 
     fn put_lease(&self, lease: &LeaseRecord) -> Result<()> {
@@ -959,19 +947,14 @@ impl NetworkStore for SqliteStore {
             "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
         )?
         .execute(params![key, init])?;
-        let out = conn
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))?;
-        Ok(out)
+        let mut stmt = conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |r| r.get(0))?)
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>> {
         let conn = self.reader();
-        let out = conn
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        Ok(out)
+        let mut stmt = conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |r| r.get(0)).optional()?)
     }
 }
 
@@ -1403,11 +1386,8 @@ impl CertificateStore for SqliteStore {
 
     fn delete_certificate(&self, hostname: &str) -> Result<bool> {
         let conn = self.writer();
-        let out = conn
-            .prepare_cached("DELETE FROM certificates WHERE hostname = ?1")?
-            .execute([hostname])?
-            > 0;
-        Ok(out)
+        let mut stmt = conn.prepare_cached("DELETE FROM certificates WHERE hostname = ?1")?;
+        Ok(stmt.execute([hostname])? > 0)
     }
 }
 
@@ -1462,11 +1442,9 @@ impl IpAssignmentStore for SqliteStore {
 
     fn delete_ip_assignment(&self, app: &str, ip: &str) -> Result<bool> {
         let conn = self.writer();
-        let out = conn
-            .prepare_cached("DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2")?
-            .execute(params![app, ip])?
-            > 0;
-        Ok(out)
+        let mut stmt =
+            conn.prepare_cached("DELETE FROM ip_assignments WHERE app = ?1 AND ip = ?2")?;
+        Ok(stmt.execute(params![app, ip])? > 0)
     }
 }
 
