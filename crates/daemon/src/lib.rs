@@ -215,7 +215,12 @@ fn load_secrets_key(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: DaemonOptions) -> anyhow::Result<()> {
+    // Every path the daemon derives from it is then absolute: a sandbox helper resolves
+    // machines' paths after entering their mount namespace, where the daemon's working
+    // directory means nothing (`--data-dir ./data`).
+    opts.data_dir = std::path::absolute(&opts.data_dir)
+        .with_context(|| format!("resolving the data dir {}", opts.data_dir.display()))?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("failed to create data dir {}", opts.data_dir.display()))?;
     // The lock comes first: a second daemon that is refused must not touch anything here

@@ -75,6 +75,29 @@ pub struct SizedLayer {
     pub owner: u32,
 }
 
+impl MountPlan {
+    fn rootfs(&self) -> RootfsSpec {
+        RootfsSpec {
+            lowerdirs: self.lowerdirs.clone(),
+            upperdir: self.upperdir.clone(),
+            workdir: self.workdir.clone(),
+        }
+    }
+
+    /// The root filesystem as a detached overlay (layers idmapped through `userns`) with the
+    /// path to attach it at inside the machine's mount namespace; the layers' mounts go to
+    /// `keep` (see `overlay_fd_keeping`).
+    pub(crate) fn overlay_to_attach(
+        &self,
+        userns: &hangar_image::Userns,
+        keep: &mut Vec<std::os::fd::OwnedFd>,
+    ) -> Result<(std::os::fd::OwnedFd, PathBuf), String> {
+        let overlay = hangar_image::rootfs::overlay_fd_keeping(&self.rootfs(), Some(userns), keep)
+            .map_err(|e| e.to_string())?;
+        Ok((overlay, self.target.clone()))
+    }
+}
+
 /// Mounts a sized writable layer's disk image and makes its upper (the container's root dir,
 /// owned by the machine's root) and work dirs.
 fn mount_sized_layer(disk: &SizedLayer, upper: &Path, work: &Path) -> Result<(), String> {
@@ -154,18 +177,13 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
         let userns = hangar_image::Userns::from_fd(fd);
         let mut attach = Vec::new();
         for m in &plan.mounts {
-            let spec = RootfsSpec {
-                lowerdirs: m.lowerdirs.clone(),
-                upperdir: m.upperdir.clone(),
-                workdir: m.workdir.clone(),
-            };
             match &m.disk {
                 // A sized layer's disk is found and unmounted in the host's namespace (its
                 // loop device goes with it), so its overlay is mounted there too.
                 Some(disk) => {
                     mount_sized_layer(disk, &m.upperdir, &m.workdir)?;
                     hangar_image::rootfs::mount_rootfs_keeping(
-                        &spec,
+                        &m.rootfs(),
                         &m.target,
                         Some(&userns),
                         &mut close_later,
@@ -173,15 +191,7 @@ pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
                     .map_err(|e| e.to_string())?;
                 }
                 // In the machine's namespace only (see `spawn_machine`), as a warm sandbox's.
-                None => {
-                    let overlay = hangar_image::rootfs::overlay_fd_keeping(
-                        &spec,
-                        Some(&userns),
-                        &mut close_later,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    attach.push((overlay, m.target.clone()));
-                }
+                None => attach.push(m.overlay_to_attach(&userns, &mut close_later)?),
             }
         }
         for t in &plan.volume_mounts {

@@ -143,14 +143,18 @@ pub fn open_pilot_log(path: &std::path::Path, owner: u32) -> Result<File> {
 
 /// Opens the user namespace of `pid` for the `prepare` step.
 pub fn userns_fd(pid: Pid) -> Result<OwnedFd> {
-    let path = format!("/proc/{pid}/ns/user");
-    let fd = open(
+    namespace_fd(pid, "user")
+}
+
+/// Opens `/proc/<pid>/ns/<kind>`.
+fn namespace_fd(pid: Pid, kind: &str) -> Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    open(
         path.as_str(),
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(sys(format!("open {path}")))?;
-    Ok(fd)
+    .map_err(sys(format!("open {path}")))
 }
 
 fn pipe_pair() -> Result<(File, File)> {
@@ -161,8 +165,22 @@ fn pipe_pair() -> Result<(File, File)> {
 }
 
 /// Mounts made by `prepare` (detached: `fsmount`, `open_tree`) to attach inside the machine's
-/// mount namespace, each at its path.
+/// mount namespace, each at its absolute path (the daemon's paths are: its data dir is made
+/// absolute at start).
 pub type Attach = Vec<(OwnedFd, PathBuf)>;
+
+/// Attaches `mounts` where this process is now (inside a machine's mount namespace, after
+/// `setns`). A relative path would start at that namespace's root, not where it was meant to.
+pub(crate) fn attach_all(mounts: &[(OwnedFd, PathBuf)]) -> std::result::Result<(), String> {
+    for (mount, target) in mounts {
+        if !target.is_absolute() {
+            return Err(format!("{} is not an absolute path", target.display()));
+        }
+        hangar_image::idmap::attach(mount, target)
+            .map_err(|e| format!("{e} (in the machine's namespace)"))?;
+    }
+    Ok(())
+}
 
 /// Runs the helper's job and returns Pilot's host pid. Must be called from a single-threaded
 /// process. `prepare` runs in the helper (host root, host mount namespace) once the machine's
@@ -262,16 +280,9 @@ pub fn spawn_machine(
                     (None, None) => {}
                 }
                 if !attach.is_empty() {
-                    // Resolved here: in the machine's namespace, a path relative to the
-                    // daemon's working directory (`--data-dir ./data`) would start at its root.
-                    let attach = absolute_targets(attach)?;
                     // For good: this helper ends after its answer.
                     enter_mount_namespace(child)?;
-                    for (mount, target) in &attach {
-                        hangar_image::idmap::attach(mount, target).map_err(|e| {
-                            SpawnError::Prepare(format!("{e} (in the machine's namespace)"))
-                        })?;
-                    }
+                    attach_all(&attach).map_err(SpawnError::Prepare)?;
                 }
                 go_w.write_all(b"v")
                     .map_err(ioerr("signal sandbox child"))?;
@@ -395,28 +406,9 @@ fn write_id_maps(child: Pid, base: u32, count: u32) -> Result<()> {
     Ok(())
 }
 
-/// `attach` with every target made absolute against this process's working directory.
-pub fn absolute_targets(attach: Attach) -> Result<Attach> {
-    attach
-        .into_iter()
-        .map(|(mount, target)| {
-            std::path::absolute(&target)
-                .map(|t| (mount, t))
-                .map_err(ioerr(format!("resolve {}", target.display())))
-        })
-        .collect()
-}
-
 /// Enters the mount namespace of `pid` (root and working directory move to its root).
 fn enter_mount_namespace(pid: Pid) -> Result<()> {
-    let path = format!("/proc/{pid}/ns/mnt");
-    let ns = open(
-        path.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys(format!("open {path}")))?;
-    nix::sched::setns(ns, CloneFlags::CLONE_NEWNS)
+    nix::sched::setns(namespace_fd(pid, "mnt")?, CloneFlags::CLONE_NEWNS)
         .map_err(sys("enter the machine's mount namespace"))
 }
 

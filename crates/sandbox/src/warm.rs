@@ -91,14 +91,7 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
     // Closed by this helper's exit, after its answer (see `overlay_fd_keeping`).
     let mut close_later = Vec::new();
     for m in &plan.mounts {
-        let spec = hangar_image::RootfsSpec {
-            lowerdirs: m.lowerdirs.clone(),
-            upperdir: m.upperdir.clone(),
-            workdir: m.workdir.clone(),
-        };
-        let fd = hangar_image::rootfs::overlay_fd_keeping(&spec, Some(&userns), &mut close_later)
-            .map_err(|e| e.to_string())?;
-        overlays.push((fd, m.target.clone()));
+        overlays.push(m.overlay_to_attach(&userns, &mut close_later)?);
     }
     let pid = Pid::from_raw(warm.pid);
     let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
@@ -109,12 +102,8 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
         }
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
-    // Resolved before the setns moves this helper's working directory (a relative data dir).
-    let overlays = crate::spawn::absolute_targets(overlays).map_err(|e| e.to_string())?;
     setns(pidfd.as_fd(), namespaces).map_err(|e| format!("enter the warm sandbox: {e}"))?;
-    for (fd, target) in &overlays {
-        hangar_image::idmap::attach(fd, target).map_err(|e| e.to_string())?;
-    }
+    crate::spawn::attach_all(&overlays)?;
     std::mem::forget(close_later);
     if let Some(net) = &sandbox.net {
         if warm.spare_veth.is_some() {
