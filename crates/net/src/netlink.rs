@@ -320,23 +320,13 @@ impl Netlink {
         self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 
-    /// Makes the host end of a spare veth (down) a machine's: renamed when `rename` says so
-    /// (the kernel renames only devices that are down, and applies the name before the
-    /// flags), on `bridge`, with `mtu`, and up.
-    pub fn adopt_veth(
-        &mut self,
-        index: u32,
-        rename: Option<&str>,
-        bridge: u32,
-        mtu: Option<u32>,
-    ) -> io::Result<()> {
+    /// Makes the host end of a spare veth (down) a machine's, under its own name: on
+    /// `bridge`, with `mtu`, and up.
+    pub fn adopt_veth(&mut self, index: u32, bridge: u32, mtu: Option<u32>) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        if let Some(name) = rename {
-            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        }
         msg.attributes.push(LinkAttribute::Controller(bridge));
         if let Some(mtu) = mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));

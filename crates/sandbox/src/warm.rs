@@ -51,11 +51,16 @@ pub fn alive(pidfd: &OwnedFd) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) == 0 }
 }
 
-/// The host end of a warm sandbox's spare veth becomes the machine's: on its network's bridge,
-/// up, and the bridge's entry for the machine's MAC pinned to it; renamed only when the
-/// daemon named the machine's veth otherwise (the daemon keeps the spare's name: a rename
-/// waits for an RCU grace period).
+/// The host end of a warm sandbox's spare veth becomes the machine's, under the spare's name
+/// (the daemon names the machine's veth so: a rename waits for an RCU grace period): on its
+/// network's bridge, up, and the bridge's entry for the machine's MAC pinned to it.
 fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result<()> {
+    if spare != net.host_veth {
+        return Err(std::io::Error::other(format!(
+            "the machine's veth is {}, not the warm sandbox's {spare}",
+            net.host_veth
+        )));
+    }
     let mut nl = hangar_net::netlink::Netlink::open()?;
     let bridge = nl
         .link_index(&net.bridge)?
@@ -63,8 +68,7 @@ fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result
     let port = nl
         .link_index(spare)?
         .ok_or_else(|| std::io::Error::other(format!("the warm sandbox's veth {spare} is gone")))?;
-    let rename = (spare != net.host_veth).then_some(net.host_veth.as_str());
-    nl.adopt_veth(port, rename, bridge, net.mtu)?;
+    nl.adopt_veth(port, bridge, net.mtu)?;
     nl.pin_fdb(port, hangar_net::plan::machine_mac(net.ipv4))
 }
 

@@ -348,9 +348,8 @@ impl SandboxRuntime {
                     });
                 }
                 // Only a helper forked by the spawner can take a warm sandbox over: without
-                // it, this start builds its sandbox as below (the slot is the machine's now).
-                // The start is retried without it (the machine's network, named after the
-                // spare, gets a name of its own then: the spare goes with its sandbox).
+                // it, the start is retried as a cold one (the slot is the machine's now, and
+                // its network gets a veth name of its own: the spare goes with its sandbox).
                 unavailable => {
                     tracing::warn!(error = ?unavailable.and_then(Result::err), "the pre-forked spawner is gone; no more warm sandboxes");
                     pool.close();
