@@ -398,6 +398,16 @@ async fn test_volumes_cli() {
         .json()
         .unwrap();
     assert_eq!(v["size_gb"], 2);
+    // The snapshot must hold what the machine wrote: `--detach` returns before its shell ran.
+    d.wait_state("vcli", &m, "started").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.sh("vcli", &m, "cat /data/hello").await.1 != "hello\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the machine never wrote /data/hello"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     cli_ok(&d.cli(&["volumes", "snapshots", "create", &id, "-a", "vcli"]));
     let snaps = cli_ok(&d.cli(&["volumes", "snapshots", "list", &id, "-a", "vcli"]));
     assert!(
