@@ -200,6 +200,28 @@ async fn test_exit_codes_and_restart_policies() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A program the kernel refuses to execute (here not executable) is found only by the
+/// `execve`, after the container counted as started (as on Fly, and as with runc): it is the
+/// workload's exit, code 126 as a shell gives it, with the reason in the machine's log.
+#[tokio::test]
+async fn test_a_program_that_cannot_execute_exits_126_with_its_reason_logged() {
+    let d = Daemon::start_with_runtime().await;
+    d.create_app("nx").await;
+    let (id, _) = create(
+        &d,
+        "nx",
+        json!({"config": {"image": image(), "init": {"exec": ["/etc/passwd"]},
+               "restart": {"policy": "no"}}}),
+    )
+    .await;
+    d.wait_state("nx", &id, "stopped").await;
+    let ev = events(&d, "nx", &id).await;
+    let ex = exits(&ev);
+    assert_eq!(ex.len(), 1, "{ev:?}");
+    assert_eq!(ex[0]["request"]["exit_event"]["exit_code"], 126, "{ev:?}");
+    until_logged(&d, &id, "exec /etc/passwd: Permission denied").await;
+}
+
 #[tokio::test]
 async fn test_lifecycle_stop_escalation_suspend_resume() {
     let d = Daemon::start_with_runtime().await;

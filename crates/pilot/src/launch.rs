@@ -64,6 +64,7 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
                 &process,
                 child_end.as_raw_fd(),
                 status_w.as_raw_fd(),
+                exec_w.as_raw_fd(),
             ),
             None => {
                 for (src, dst) in [
@@ -74,7 +75,11 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
                     // SAFETY: dup2 onto the standard fds of this fresh child.
                     unsafe { libc::dup2(src, dst) };
                 }
-                hangar_sandbox::container::exec_container(&process, status_w.as_raw_fd())
+                hangar_sandbox::container::exec_container(
+                    &process,
+                    status_w.as_raw_fd(),
+                    exec_w.as_raw_fd(),
+                )
             }
         };
         // SAFETY: writing the failure to the parent through the pipe we own.
@@ -93,11 +98,21 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
     }
     .map_err(|e| format!("clone: {e}"))?;
     drop((out_w, err_w, exec_w, status_w));
-    // The exec pipe closes on a successful exec; otherwise it carries the reason.
-    let mut failure = String::new();
-    let _ = File::from(exec_r).read_to_string(&mut failure);
-    if !failure.is_empty() {
-        return Err(failure);
+    // The exec pipe carries READY_TO_EXEC when the workload is about to exec, or why the
+    // setup failed; it closes unread when every holder is gone.
+    let mut exec_r = File::from(exec_r);
+    let mut said = [0u8; 1];
+    let first = loop {
+        match exec_r.read(&mut said) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(1) => break Some(said[0]),
+            _ => break None,
+        }
+    };
+    if let Some(byte) = first.filter(|b| *b != hangar_sandbox::container::READY_TO_EXEC) {
+        let mut failure = vec![byte];
+        let _ = exec_r.read_to_end(&mut failure);
+        return Err(String::from_utf8_lossy(&failure).into_owned());
     }
     let output = match tty_socket {
         Some((parent_end, child_end)) => {

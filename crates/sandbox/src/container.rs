@@ -105,9 +105,9 @@ fn bind(src: &Path, dst: &Path, flags: MsFlags) -> Result<(), String> {
 /// Sets up the container and starts its process behind the container's init (see
 /// [`crate::init`]): this process becomes PID 1 and never returns once the workload is forked;
 /// how the workload ended goes to `status_fd`. Returns only on failure.
-pub fn exec_container(p: &ContainerProcess, status_fd: RawFd) -> String {
+pub fn exec_container(p: &ContainerProcess, status_fd: RawFd, ready_fd: RawFd) -> String {
     match setup(p) {
-        Ok(()) => start_workload(p, status_fd, None),
+        Ok(()) => start_workload(p, status_fd, ready_fd, None),
         Err(e) => e,
     }
 }
@@ -115,16 +115,26 @@ pub fn exec_container(p: &ContainerProcess, status_fd: RawFd) -> String {
 /// Like [`exec_container`], with the process on a terminal of the container's own devpts
 /// (`init.tty`): the pty is opened after the setup, so `tty` inside names a real
 /// `/dev/pts/N`; its master goes back to Pilot over `master_to` (SCM_RIGHTS).
-pub fn exec_container_on_tty(p: &ContainerProcess, master_to: RawFd, status_fd: RawFd) -> String {
+pub fn exec_container_on_tty(
+    p: &ContainerProcess,
+    master_to: RawFd,
+    status_fd: RawFd,
+    ready_fd: RawFd,
+) -> String {
     match setup(p) {
-        Ok(()) => start_workload(p, status_fd, Some(master_to)),
+        Ok(()) => start_workload(p, status_fd, ready_fd, Some(master_to)),
         Err(e) => e,
     }
 }
 
 /// Forks the workload (which execs `p`, on its own terminal when `tty` is given) and runs the
 /// init in this process. Returns only on failure, in the workload's child.
-fn start_workload(p: &ContainerProcess, status_fd: RawFd, tty: Option<RawFd>) -> String {
+fn start_workload(
+    p: &ContainerProcess,
+    status_fd: RawFd,
+    ready_fd: RawFd,
+    tty: Option<RawFd>,
+) -> String {
     let old_mask = match crate::init::block_all_signals() {
         Ok(m) => m,
         Err(e) => return e,
@@ -142,7 +152,7 @@ fn start_workload(p: &ContainerProcess, status_fd: RawFd, tty: Option<RawFd>) ->
                     return e;
                 }
             }
-            exec(p)
+            exec(p, ready_fd)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             // The init holds nothing of the workload's: not its output pipes (their readers
@@ -407,7 +417,7 @@ pub fn exec_in_container(
     if let Err(e) = nix::sched::setns(mnt_ns, nix::sched::CloneFlags::CLONE_NEWNS) {
         return ExecFailure::Setup(err("join the container's mount namespace", e));
     }
-    exec_argv(p, argv)
+    exec_argv(p, argv, None)
 }
 
 /// Why a process did not start in a container: the container could not be entered as its
@@ -427,11 +437,22 @@ impl ExecFailure {
     }
 }
 
-fn exec(p: &ContainerProcess) -> String {
-    exec_argv(p, &p.argv).message().to_string()
+/// The byte a container's workload writes on Pilot's exec pipe once everything before its
+/// `execve` succeeded: the container counts as started from there, as on Fly (whose init
+/// reports the machine started and then execs) and with runc (whose `start` does not wait for
+/// the exec). An `execve` that fails after it (a binary of the wrong format, a missing ELF
+/// interpreter) is the workload's exit: its reason goes to the container's stderr, its code
+/// is a shell's (126, 127).
+pub const READY_TO_EXEC: u8 = 0x06;
+
+/// Execs the workload; returns only if the failure came before [`READY_TO_EXEC`].
+fn exec(p: &ContainerProcess, ready_fd: RawFd) -> String {
+    exec_argv(p, &p.argv, Some(ready_fd)).message().to_string()
 }
 
-fn exec_argv(p: &ContainerProcess, argv: &[String]) -> ExecFailure {
+/// Execs `argv` as the container's process. With `ready_fd`, [`READY_TO_EXEC`] is written
+/// there just before the `execve`, and a failing `execve` ends the process (see there).
+fn exec_argv(p: &ContainerProcess, argv: &[String], ready_fd: Option<RawFd>) -> ExecFailure {
     if let Err(e) = drop_privileges(p) {
         return ExecFailure::Setup(e);
     }
@@ -450,6 +471,16 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> ExecFailure {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let resolved = if program.contains('/') {
+        // A missing program fails the start, as runc's `create` does: checked before the
+        // container counts as started ([`READY_TO_EXEC`]).
+        if let Err(e) = fs::metadata(program) {
+            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+                return ExecFailure::Program {
+                    code: 127,
+                    message: format!("exec {program}: {}", nix::errno::Errno::ENOENT.desc()),
+                };
+            }
+        }
         PathBuf::from(program)
     } else {
         match path_var
@@ -477,8 +508,17 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> ExecFailure {
         Ok(p) => p,
         Err(_) => return ExecFailure::Setup("executable path contains NUL".into()),
     };
+    if let Some(fd) = ready_fd {
+        // SAFETY: one byte to the exec pipe this process holds.
+        if unsafe { libc::write(fd, [READY_TO_EXEC].as_ptr().cast(), 1) } != 1 {
+            return ExecFailure::Setup(err(
+                "tell Pilot the container is ready",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     // execve returns only on failure.
-    match nix::unistd::execve(&path, &argv, &env) {
+    let failure = match nix::unistd::execve(&path, &argv, &env) {
         Err(e) => {
             let message = format!("exec {}: {}", resolved.display(), e.desc());
             match e {
@@ -493,7 +533,20 @@ fn exec_argv(p: &ContainerProcess, argv: &[String]) -> ExecFailure {
             }
         }
         Ok(never) => match never {},
+    };
+    if ready_fd.is_some() {
+        // Pilot no longer listens: the reason goes where the program's own errors would.
+        let line = format!("{}\n", failure.message());
+        // SAFETY: writing our own buffer to stderr, then leaving without unwinding.
+        unsafe {
+            libc::write(2, line.as_ptr().cast(), line.len());
+            libc::_exit(match &failure {
+                ExecFailure::Program { code, .. } => *code,
+                ExecFailure::Setup(_) => 127,
+            });
+        }
     }
+    failure
 }
 
 /// Limits the container to Docker's capabilities, switches user, sets no_new_privs and loads
