@@ -1,13 +1,14 @@
 //! Pilot in a sandbox made ahead of its machine (the daemon's pool): started as `pilot --pooled
 //! <padding>`, it waits on its stdin, a socket, for the claim message that makes it a
-//! machine's: the machine's run dir, with its spec (a sealed memfd) and its log file passed as
-//! descriptors. The daemon sends it once the sandbox is the machine's (cgroup, mounts,
-//! network; `hangar_sandbox::warm`). End of file instead means the pool let the sandbox go:
-//! Pilot exits.
+//! machine's: the machine's run dir, network and hostname, with its spec (a sealed memfd), its
+//! log file and its root filesystems (detached mounts) passed as descriptors. The daemon sends
+//! it once it has done the host's part of the take-over (cgroup, root filesystems, the veth's
+//! host end; `hangar_sandbox::warm`); Pilot does the inside's, answers `ok` or `err <why>`,
+//! and runs the machine. End of file instead means the pool let the sandbox go: Pilot exits.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -21,31 +22,46 @@ pub const POOLED_FLAG: &str = "--pooled";
 /// tools that find a machine's Pilot by its dir see no difference.
 pub const TITLE_ROOM: usize = 480;
 
+/// What makes a warm sandbox a machine's.
 #[derive(Debug, Serialize, Deserialize)]
-struct Claim {
-    machine_dir: PathBuf,
+pub struct Claim {
+    /// The machine's run dir.
+    pub machine_dir: PathBuf,
+    /// Where each root filesystem goes (its detached mount follows the spec and the log).
+    pub mounts: Vec<PathBuf>,
+    /// The machine's network, when it has one.
+    pub net: Option<hangar_net::MachineNet>,
+    /// Whether `eth0` is the sandbox's spare (which needs the machine's MAC).
+    pub spare_veth: bool,
+    pub hostname: String,
 }
 
-/// Largest claim message (a path and a little JSON).
-const CLAIM_MAX: usize = 8192;
+/// Largest claim message (paths and a little JSON).
+const CLAIM_MAX: usize = 16384;
+
+/// Most root filesystems a claim carries (a machine with more is not pooled).
+pub const CLAIM_MOUNTS_MAX: usize = 60;
 
 /// Sends the claim message to a pooled Pilot on `socket` (the daemon's end of its stdin, a
 /// seqpacket socket, so the message arrives whole).
 pub fn send_claim(
     socket: BorrowedFd<'_>,
-    machine_dir: &Path,
+    claim: &Claim,
     spec: BorrowedFd<'_>,
     log: BorrowedFd<'_>,
+    mounts: &[BorrowedFd<'_>],
 ) -> std::io::Result<()> {
-    let body = serde_json::to_vec(&Claim {
-        machine_dir: machine_dir.to_path_buf(),
-    })?;
+    let body = serde_json::to_vec(claim)?;
     if body.len() > CLAIM_MAX {
-        return Err(std::io::Error::other(
-            "machine dir path too long for a claim",
-        ));
+        return Err(std::io::Error::other("machine paths too long for a claim"));
     }
-    let fds = [spec.as_raw_fd(), log.as_raw_fd()];
+    if mounts.len() != claim.mounts.len() || mounts.len() > CLAIM_MOUNTS_MAX {
+        return Err(std::io::Error::other(format!(
+            "a claim carries at most {CLAIM_MOUNTS_MAX} root filesystems, each with its target"
+        )));
+    }
+    let mut fds = vec![spec.as_raw_fd(), log.as_raw_fd()];
+    fds.extend(mounts.iter().map(|m| m.as_raw_fd()));
     let sent = sendmsg::<()>(
         socket.as_raw_fd(),
         &[IoSlice::new(&body)],
@@ -59,13 +75,25 @@ pub fn send_claim(
     Ok(())
 }
 
-/// Waits for the claim on stdin; returns the machine's run dir with stdin now the spec and
-/// stdout/stderr the machine's Pilot log, or `None` when the pool let the sandbox go.
+/// Reads the answer to a claim (see the module's doc): `Ok` once Pilot runs the machine.
+pub fn read_answer(answer: &[u8]) -> Result<(), String> {
+    match answer {
+        b"ok" => Ok(()),
+        [] => Err("Pilot ended without an answer".into()),
+        _ => Err(
+            String::from_utf8_lossy(answer.strip_prefix(b"err ").unwrap_or(answer)).into_owned(),
+        ),
+    }
+}
+
+/// Waits for the claim on stdin, does the sandbox's part of the take-over and answers; returns
+/// the machine's run dir with stdin now the spec and stdout/stderr the machine's Pilot log, or
+/// `None` when the pool let the sandbox go.
 pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
     let mut buf = vec![0u8; CLAIM_MAX];
     let (bytes, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let mut space = nix::cmsg_space!([RawFd; 2 + CLAIM_MOUNTS_MAX]);
         match recvmsg::<()>(0, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
                 let mut fds = Vec::new();
@@ -79,6 +107,9 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
                         );
                     }
                 }
+                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    anyhow::bail!("the claim carried more descriptors than a claim may");
+                }
                 break (msg.bytes, fds);
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -89,8 +120,36 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
         return Ok(None);
     }
     let claim: Claim = serde_json::from_slice(&buf[..bytes]).context("parsing the claim")?;
-    let [spec, log] = <[OwnedFd; 2]>::try_from(fds)
-        .map_err(|_| anyhow::anyhow!("a claim comes with the spec and the log"))?;
+    let mut fds = fds.into_iter();
+    let (Some(spec), Some(log)) = (fds.next(), fds.next()) else {
+        anyhow::bail!("a claim comes with the spec and the log");
+    };
+    let mounts: Vec<(OwnedFd, PathBuf)> = fds.zip(claim.mounts.iter().cloned()).collect();
+    let entered = if mounts.len() == claim.mounts.len() {
+        hangar_sandbox::warm::enter_machine(
+            &mounts,
+            claim.net.as_ref(),
+            claim.spare_veth,
+            &claim.hostname,
+        )
+    } else {
+        Err("the claim's root filesystems do not match their targets".into())
+    };
+    // The mounts are attached (or the sandbox goes): their descriptors are not Pilot's to keep.
+    drop(mounts);
+    let answer = match &entered {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("err {e}"),
+    };
+    let sent = sendmsg::<()>(
+        0,
+        &[IoSlice::new(answer.as_bytes())],
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
+    entered.map_err(|e| anyhow::anyhow!(e))?;
+    sent.context("answering the claim")?;
     for (fd, to) in [(&log, 1), (&log, 2), (&spec, 0)] {
         // SAFETY: dup2 onto this process's standard descriptors; the old ones close.
         if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {

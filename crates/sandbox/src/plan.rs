@@ -33,9 +33,6 @@ pub struct SpawnPlan {
     /// `temp_dir` volumes with a size: a tmpfs (memory) or a loop-mounted ext4 image (disk).
     #[serde(default, alias = "tmpfs")]
     pub volume_mounts: Vec<VolumeMountPlan>,
-    /// A sandbox of the pool to take over instead of building one ([`crate::warm`]).
-    #[serde(default)]
-    pub warm: Option<crate::warm::WarmSandbox>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,11 +161,6 @@ pub fn spawn_main(plan_path: &Path) -> Result<(), SpawnError> {
 /// whose stdin is Pilot's spec.
 pub fn spawn_planned(plan: &[u8]) -> Result<i32, SpawnError> {
     let plan: SpawnPlan = serde_json::from_slice(plan)?;
-    if plan.warm.is_some() {
-        return Err(SpawnError::Sandbox(
-            "a warm sandbox is taken over with its pidfd (the spawner's claim)".into(),
-        ));
-    }
     // Closed by this helper's exit, after its answer (see `overlay_fd_keeping`): the spawner's
     // helper and `hangar sandbox-spawn` both exit right after answering.
     let mut close_later = Vec::new();
@@ -230,15 +222,4 @@ pub fn system_tool(name: &str) -> PathBuf {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// Takes over the warm sandbox a JSON [`SpawnPlan`] names (its Pilot behind `pidfd`) for the
-/// plan's machine and returns Pilot's pid ([`crate::warm::take_over`]).
-pub fn take_over_planned(plan: &[u8], pidfd: std::os::fd::OwnedFd) -> Result<i32, SpawnError> {
-    let plan: SpawnPlan = serde_json::from_slice(plan)?;
-    let warm = plan
-        .warm
-        .clone()
-        .ok_or_else(|| SpawnError::Sandbox("the plan names no warm sandbox".into()))?;
-    crate::warm::take_over(&plan, &warm, pidfd).map_err(SpawnError::Sandbox)
 }

@@ -14,8 +14,6 @@
 //! `ok <pid>` or `err <message>` and exits. `r` (reap) comes with a socket on which the daemon
 //! writes retired cgroup dirs (NUL-separated); a child of the spawner removes them
 //! ([`crate::cgroup::reap_dead`], ~100 ms each on cgroup v1) and goes on if the daemon dies.
-//! `t` (take over) comes like `s` but with a pidfd of a warm sandbox's Pilot instead of a
-//! spec; its helper makes that sandbox the plan's machine ([`crate::warm`]).
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -88,7 +86,6 @@ fn serve(control: OwnedFd) {
         // A malformed request (only the daemon can send one) is dropped unanswered.
         let job: Box<dyn FnOnce() -> i32> = match (kind, <[OwnedFd; 2]>::try_from(fds)) {
             (SPAWN, Ok([request, spec])) => Box::new(move || helper(request, spec)),
-            (TAKE_OVER, Ok([request, pidfd])) => Box::new(move || take_over_helper(request, pidfd)),
             (REAP, Err(mut fds)) if fds.len() == 1 => {
                 let dirs = fds.remove(0);
                 Box::new(move || reaper(dirs))
@@ -113,7 +110,6 @@ fn serve(control: OwnedFd) {
 /// Request kinds: the first byte of a request.
 const SPAWN: u8 = b's';
 const REAP: u8 = b'r';
-const TAKE_OVER: u8 = b't';
 
 /// One request's kind and descriptors, or `None` when the daemon is gone.
 fn receive(control: &OwnedFd) -> nix::Result<Option<(u8, Vec<OwnedFd>)>> {
@@ -175,15 +171,6 @@ fn helper(request: OwnedFd, spec: OwnedFd) -> i32 {
     answer(request, crate::plan::spawn_planned)
 }
 
-/// The helper that takes over a warm sandbox (Pilot behind `pidfd`) for the plan it reads.
-fn take_over_helper(request: OwnedFd, pidfd: OwnedFd) -> i32 {
-    // SAFETY: restoring defaults in this fresh single-threaded child.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
-    answer(UnixStream::from(request), |plan| {
-        crate::plan::take_over_planned(plan, pidfd)
-    })
-}
-
 /// Reads a helper's plan from `request`, runs `job` on it and answers `ok <pid>` or
 /// `err <message>` ([`parse_answer`]). Returns the helper's exit code.
 fn answer<E: std::fmt::Display>(
@@ -214,14 +201,6 @@ impl Spawner {
     pub fn request(&self, spec: &OwnedFd) -> std::io::Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair()?;
         self.send(SPAWN, &[theirs.as_raw_fd(), spec.as_raw_fd()])?;
-        Ok(ours)
-    }
-
-    /// Starts a helper that takes over the warm sandbox whose Pilot `pidfd` refers to, for
-    /// the plan sent on the returned socket (with `warm` set); answered like [`Self::request`].
-    pub fn take_over(&self, pidfd: &OwnedFd) -> std::io::Result<UnixStream> {
-        let (ours, theirs) = UnixStream::pair()?;
-        self.send(TAKE_OVER, &[theirs.as_raw_fd(), pidfd.as_raw_fd()])?;
         Ok(ours)
     }
 

@@ -12,26 +12,23 @@
 //! only machines whose mounts are all overlays: loop-mounted disks (sized root filesystems,
 //! volumes) are found and unmounted by the daemon in the host's mount namespace.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use nix::sched::{setns, CloneFlags};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::cgroup::MachineCgroup;
 use crate::plan::SpawnPlan;
 
-/// A sandbox of the pool, as the claim helper needs to know it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A sandbox of the pool, as its take-over needs to know it.
+#[derive(Debug, Clone)]
 pub struct WarmSandbox {
-    /// Pilot's host pid; the helper gets a pidfd for it too, and trusts only what that
+    /// Pilot's host pid; the daemon holds a pidfd for it too, and trusts only what that
     /// pidfd confirms.
     pub pid: i32,
     /// The warm cgroup below each hierarchy root (`hangar/.warm-…`).
     pub cgroup_path: PathBuf,
     /// The host end of the veth made with the sandbox (`eth0` inside), when there is one.
-    #[serde(default)]
     pub spare_veth: Option<String>,
 }
 
@@ -72,45 +69,104 @@ fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result
     nl.pin_fdb(port, hangar_net::plan::machine_mac(net.ipv4))
 }
 
-/// Makes the warm sandbox `warm` (Pilot behind `pidfd`) the machine `plan` describes and
-/// returns Pilot's pid. Runs in a fresh single-threaded helper: it enters the sandbox's mount,
-/// uts and network namespaces for good.
-pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result<i32, String> {
+// A take-over is done by the daemon (the host's side: cgroup, root filesystems made detached,
+// the veth's host end, the scheduling class) and by the sandbox's Pilot when claimed (the
+// inside: the root filesystems attached in its mount namespace, `eth0`, the hostname), with
+// no helper process between them: a fork of the spawner and its plan's round trip were
+// ~0.5 ms of each warm start. The daemon's parts are independent and run side by side.
+
+/// Whether `plan`'s machine can take a warm sandbox: its mounts must all be overlays.
+pub fn takes_warm(plan: &SpawnPlan) -> Result<(), String> {
     if !plan.volume_mounts.is_empty() || plan.mounts.iter().any(|m| m.disk.is_some()) {
         return Err("a warm sandbox takes overlay root filesystems only".into());
     }
-    let sandbox = &plan.sandbox;
-    // The user namespace is opened by pid, then the pidfd confirms that pid was still Pilot.
-    let userns = hangar_image::Userns::from_pid(warm.pid as u32).map_err(|e| e.to_string())?;
-    if !alive(&pidfd) {
-        return Err(format!("the warm sandbox's Pilot ({}) is gone", warm.pid));
-    }
-    let cgroup = sandbox.cgroup().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The warm sandbox's cgroup becomes the machine's (renamed, the machine's limits).
+pub fn take_cgroup(plan: &SpawnPlan, warm: &WarmSandbox) -> Result<(), String> {
+    let cgroup = plan.sandbox.cgroup().map_err(|e| e.to_string())?;
     let warm_cgroup = MachineCgroup::new(cgroup.hierarchy().clone(), warm.cgroup_path.clone());
     cgroup
-        .take_over(&warm_cgroup, &sandbox.limits())
-        .map_err(|e| e.to_string())?;
-    // Made here, in the host's mount namespace (where the layers' paths are), attached below.
-    let mut overlays = Vec::new();
-    // Closed by this helper's exit, after its answer (see `overlay_fd_keeping`).
-    let mut close_later = Vec::new();
+        .take_over(&warm_cgroup, &plan.sandbox.limits())
+        .map_err(|e| e.to_string())
+}
+
+/// The machine's root filesystems, made in the host's mount namespace (where the layers'
+/// paths are) as detached overlays idmapped through the sandbox's user namespace, each with
+/// where Pilot attaches it; and the layers' mounts, to be closed once Pilot holds them (see
+/// `overlay_fd_keeping`: closing them unmounts, which waits for an RCU grace period).
+pub fn make_root_filesystems(
+    plan: &SpawnPlan,
+    warm: &WarmSandbox,
+    pidfd: &OwnedFd,
+) -> Result<Prepared, String> {
+    // The user namespace is opened by pid, then the pidfd confirms that pid was still Pilot.
+    let userns = hangar_image::Userns::from_pid(warm.pid as u32).map_err(|e| e.to_string())?;
+    if !alive(pidfd) {
+        return Err(format!("the warm sandbox's Pilot ({}) is gone", warm.pid));
+    }
+    let mut prepared = Prepared::default();
     for m in &plan.mounts {
-        overlays.push(m.overlay_to_attach(&userns, &mut close_later)?);
+        prepared
+            .mounts
+            .push(m.overlay_to_attach(&userns, &mut prepared.close_later)?);
     }
-    let pid = Pid::from_raw(warm.pid);
-    let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
-    if let Some(net) = &sandbox.net {
-        match &warm.spare_veth {
-            Some(spare) => adopt_host_side(spare, net).map_err(|e| e.to_string())?,
-            None => crate::spawn::plumb_host_side(net, pid).map_err(|e| e.to_string())?,
+    Ok(prepared)
+}
+
+/// Root filesystems for Pilot to attach ([`make_root_filesystems`]).
+#[derive(Default)]
+pub struct Prepared {
+    /// Each detached overlay and its target inside the sandbox.
+    pub mounts: Vec<(OwnedFd, PathBuf)>,
+    /// The layers' detached mounts: close them after Pilot attached the overlays.
+    pub close_later: Vec<OwnedFd>,
+}
+
+/// The host's end of the machine's network: the spare veth adopted, or (a sandbox made
+/// without one) a veth pair made into its network namespace.
+pub fn adopt_network(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: &OwnedFd) -> Result<(), String> {
+    let Some(net) = &plan.sandbox.net else {
+        return Ok(());
+    };
+    match &warm.spare_veth {
+        Some(spare) => adopt_host_side(spare, net).map_err(|e| e.to_string()),
+        None if alive(pidfd) => {
+            crate::spawn::plumb_host_side(net, Pid::from_raw(warm.pid)).map_err(|e| e.to_string())
         }
-        namespaces |= CloneFlags::CLONE_NEWNET;
+        None => Err(format!("the warm sandbox's Pilot ({}) is gone", warm.pid)),
     }
-    setns(pidfd.as_fd(), namespaces).map_err(|e| format!("enter the warm sandbox: {e}"))?;
-    crate::spawn::attach_all(&overlays)?;
-    std::mem::forget(close_later);
-    if let Some(net) = &sandbox.net {
-        if warm.spare_veth.is_some() {
+}
+
+/// Pilot leaves the idle class it was made in for the normal one (it cannot by itself
+/// without CAP_SYS_NICE on the host).
+pub fn normal_class(pidfd: &OwnedFd, pid: i32) -> Result<(), String> {
+    if !alive(pidfd) {
+        return Err(format!("the warm sandbox's Pilot ({pid}) is gone"));
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on a pid the pidfd confirmed, with a valid parameter block.
+    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_OTHER, &param) } != 0 {
+        return Err(format!(
+            "give Pilot the normal scheduling class: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Pilot's part, in the sandbox when claimed: attaches the root filesystems, sets up `eth0`
+/// (the machine's MAC on a spare, its addresses and routes) and the hostname.
+pub fn enter_machine(
+    mounts: &[(OwnedFd, PathBuf)],
+    net: Option<&hangar_net::MachineNet>,
+    spare_veth: bool,
+    hostname: &str,
+) -> Result<(), String> {
+    crate::spawn::attach_all(mounts)?;
+    if let Some(net) = net {
+        if spare_veth {
             // The spare's inner end has a random address: the machine's comes from its IPv4.
             let mut nl = hangar_net::netlink::Netlink::open()
                 .map_err(|e| format!("set up the machine's network: {e}"))?;
@@ -124,16 +180,5 @@ pub fn take_over(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: OwnedFd) -> Result
         crate::spawn::plumb_machine_side(Some(net))
             .map_err(|e| format!("set up the machine's network: {e}"))?;
     }
-    nix::unistd::sethostname(&sandbox.hostname).map_err(|e| format!("sethostname: {e}"))?;
-    // Made in the idle class; the machine runs in the normal one (Pilot, single-threaded until
-    // its claim, cannot leave the idle class by itself without CAP_SYS_NICE on the host).
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on a pid the pidfd confirmed, with a valid parameter block.
-    if unsafe { libc::sched_setscheduler(warm.pid, libc::SCHED_OTHER, &param) } != 0 {
-        return Err(format!(
-            "give Pilot the normal scheduling class: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(warm.pid)
+    nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))
 }

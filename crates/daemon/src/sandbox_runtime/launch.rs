@@ -2,6 +2,8 @@
 //! the spawn helper that builds the sandbox.
 
 use super::*;
+use hangar_sandbox::warm::WarmSandbox;
+use std::os::fd::AsFd;
 
 impl SandboxRuntime {
     /// The exact image a machine was created with (`image` resolved to `digest` then), even if
@@ -334,32 +336,15 @@ impl SandboxRuntime {
             },
             mounts,
             volume_mounts,
-            warm: None,
         };
         let helper_started = std::time::Instant::now();
         if let (Some(warm), Some(pool)) = (warm, &self.pool) {
-            match hangar_sandbox::spawner::get().map(|s| s.take_over(&warm.pidfd)) {
-                Some(Ok(socket)) => {
-                    let pid = take_over(pool, warm, socket, plan, spec, run).await;
-                    tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "warm sandbox taken over");
-                    return pid.map_err(|error| LaunchError {
-                        error,
-                        take_over: true,
-                    });
-                }
-                // Only a helper forked by the spawner can take a warm sandbox over: without
-                // it, the start is retried as a cold one (the slot is the machine's now, and
-                // its network gets a veth name of its own: the spare goes with its sandbox).
-                unavailable => {
-                    tracing::warn!(error = ?unavailable.and_then(Result::err), "the pre-forked spawner is gone; no more warm sandboxes");
-                    pool.close();
-                    pool.discard(warm, false).await;
-                    return Err(LaunchError {
-                        error: failed("the pre-forked spawner is gone"),
-                        take_over: true,
-                    });
-                }
-            }
+            let pid = take_over(pool, warm, plan, spec, run).await;
+            tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "warm sandbox taken over");
+            return pid.map_err(|error| LaunchError {
+                error,
+                take_over: true,
+            });
         }
         let pid = match hangar_sandbox::spawner::get().map(|s| s.request(&spec)) {
             Some(Ok(socket)) => ask_helper(socket, &plan).await,
@@ -449,26 +434,63 @@ impl Drop for UnusedWarm {
 /// filesystem after an unclean shutdown, a journal replay, is the slow case).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Makes the warm sandbox `warm` the machine `plan` describes (the helper the spawner forked
-/// for `socket` does the host's part), then hands its Pilot the spec; returns Pilot's pid. A
-/// failure lets the sandbox go (the machine's start cleans up what was renamed to it).
+/// Makes the warm sandbox `warm` the machine `plan` describes: the host's part here (cgroup,
+/// root filesystems, the veth's host end and Pilot's scheduling class, side by side), the
+/// sandbox's part by Pilot when it gets its claim (`hangar_pilot::pooled`); returns Pilot's
+/// pid. A failure lets the sandbox go (the machine's start cleans up what was renamed to it).
 async fn take_over(
     pool: &super::warm::WarmPool,
     warm: super::warm::Warm,
-    socket: std::os::unix::net::UnixStream,
-    mut plan: SpawnPlan,
+    plan: SpawnPlan,
     spec: std::os::fd::OwnedFd,
     run: &Path,
 ) -> Result<i32, RuntimeError> {
-    plan.warm = Some(warm.sandbox());
+    use hangar_sandbox::warm as host_side;
     let outcome = async {
-        let pid = ask_helper(socket, &plan).await?;
+        host_side::takes_warm(&plan).map_err(failed)?;
+        if plan.mounts.len() > hangar_pilot::pooled::CLAIM_MOUNTS_MAX {
+            return Err(failed("too many root filesystems for a warm sandbox"));
+        }
+        let pidfd = warm.pidfd.try_clone().map_err(failed)?;
+        let shared = Arc::new((plan, warm.sandbox(), pidfd));
+        let on_blocking = |f: fn(&SpawnPlan, &WarmSandbox, &OwnedFd) -> Result<(), String>| {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || f(&shared.0, &shared.1, &shared.2))
+        };
+        let cgroup = on_blocking(|plan, sandbox, _| host_side::take_cgroup(plan, sandbox));
+        let network = on_blocking(|plan, sandbox, pidfd| {
+            host_side::adopt_network(plan, sandbox, pidfd)?;
+            host_side::normal_class(pidfd, sandbox.pid)
+        });
+        let roots = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                host_side::make_root_filesystems(&shared.0, &shared.1, &shared.2)
+            })
+        };
+        let (cgroup, roots, network) = tokio::join!(cgroup, roots, network);
+        let (plan, sandbox, _) = &*shared;
+        let roots = roots.map_err(failed)?;
+        cgroup.map_err(failed)?.map_err(failed)?;
+        network.map_err(failed)?.map_err(failed)?;
+        let prepared = roots.map_err(failed)?;
         let log =
             hangar_sandbox::spawn::open_pilot_log(&plan.sandbox.pilot_log, plan.sandbox.uid_base)
                 .map_err(failed)?;
-        warm.claim(run, &spec, &log)
-            .map_err(|e| failed(format!("handing the warm sandbox its machine: {e}")))?;
-        Ok(pid)
+        let claim = hangar_pilot::pooled::Claim {
+            machine_dir: run.to_path_buf(),
+            mounts: prepared.mounts.iter().map(|(_, to)| to.clone()).collect(),
+            net: plan.sandbox.net.clone(),
+            spare_veth: sandbox.spare_veth.is_some(),
+            hostname: plan.sandbox.hostname.clone(),
+        };
+        let fds: Vec<_> = prepared.mounts.iter().map(|(fd, _)| fd.as_fd()).collect();
+        let claimed = warm.claim(&claim, &spec, &log, &fds).await;
+        // Closing the layers' detached mounts unmounts them, which waits for an RCU grace
+        // period: not on the start's path.
+        tokio::task::spawn_blocking(move || drop(prepared));
+        claimed.map_err(|e| failed(format!("handing the warm sandbox its machine: {e}")))?;
+        Ok(warm.pid)
     }
     .await;
     if outcome.is_err() {

@@ -289,7 +289,6 @@ impl WarmPool {
             },
             mounts: Vec::new(),
             volume_mounts: Vec::new(),
-            warm: None,
         };
         let socket = spawner
             .request(&theirs)
@@ -495,7 +494,7 @@ impl Warm {
         hangar_sandbox::warm::alive(&self.pidfd)
     }
 
-    /// What the take-over helper is told about this sandbox.
+    /// What the take-over's steps are told about this sandbox.
     pub fn sandbox(&self) -> WarmSandbox {
         WarmSandbox {
             pid: self.pid,
@@ -504,19 +503,64 @@ impl Warm {
         }
     }
 
-    /// Hands Pilot its machine: the run dir, the spec and the log (Pilot's log until now, its
-    /// own file, goes).
-    pub fn claim(
+    /// Hands Pilot its machine (the claim, with its spec, its log and its root filesystems;
+    /// Pilot's log until now, its own file, goes) and waits until Pilot has done the
+    /// sandbox's part of the take-over.
+    pub async fn claim(
         &self,
-        run_dir: &Path,
+        claim: &hangar_pilot::pooled::Claim,
         spec: &OwnedFd,
         log: &std::fs::File,
-    ) -> std::io::Result<()> {
-        hangar_pilot::pooled::send_claim(self.socket.as_fd(), run_dir, spec.as_fd(), log.as_fd())?;
+        mounts: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), String> {
+        hangar_pilot::pooled::send_claim(
+            self.socket.as_fd(),
+            claim,
+            spec.as_fd(),
+            log.as_fd(),
+            mounts,
+        )
+        .map_err(|e| format!("sending the claim: {e}"))?;
+        let answer = tokio::time::timeout(CLAIM_TIMEOUT, self.answer())
+            .await
+            .map_err(|_| {
+                format!(
+                    "Pilot did not answer its claim within {}s",
+                    CLAIM_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("reading Pilot's answer to its claim: {e}"))?;
+        hangar_pilot::pooled::read_answer(&answer)?;
         let _ = std::fs::remove_file(&self.log);
         Ok(())
     }
+
+    /// The next message on Pilot's socket (empty if Pilot is gone).
+    async fn answer(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the AsyncFd owns this dup of the socket and closes it when it goes.
+        let socket = unsafe { tokio::io::unix::AsyncFd::register(self.socket.try_clone()?) }?;
+        loop {
+            let mut ready = socket.readable().await?;
+            let mut buf = [0u8; 4096];
+            let received = ready.try_io(|fd| {
+                nix::sys::socket::recv(
+                    fd.as_raw_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(std::io::Error::from)
+            });
+            if let Ok(n) = received {
+                return Ok(buf[..n?].to_vec());
+            }
+        }
+    }
 }
+
+/// How long Pilot may take to attach its root filesystems and set up its network when claimed
+/// (a fraction of a millisecond; a wedged kernel call fails the start instead of hanging it).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
