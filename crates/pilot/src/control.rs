@@ -176,16 +176,42 @@ fn target(
     }
 }
 
+fn statuses(state: &Shared) -> Vec<crate::spec::ContainerStatus> {
+    state
+        .borrow()
+        .containers
+        .iter()
+        .map(|c| c.status.clone())
+        .collect()
+}
+
 async fn handle(req: Request, state: &Shared, stop: &StopFn) -> Reply {
     match req {
         Request::Status => Reply::Status {
-            containers: state
-                .borrow()
-                .containers
-                .iter()
-                .map(|c| c.status.clone())
-                .collect(),
+            containers: statuses(state),
         },
+        Request::StatusOnceLaunched { patient } => {
+            // Subscribed before the first look, so no change in between goes unseen.
+            let mut events = state.borrow().events.subscribe();
+            loop {
+                let containers = statuses(state);
+                let launched = containers
+                    .iter()
+                    .all(|c| c.state != ContainerState::Created || patient.contains(&c.name));
+                if launched || containers.iter().any(|c| c.error.is_some()) {
+                    return Reply::Status { containers };
+                }
+                // Every launch and failure is an event; the timer is a safety net.
+                tokio::select! {
+                    got = events.recv() => {
+                        if matches!(got, Err(RecvError::Closed)) {
+                            return Reply::Status { containers };
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
         Request::Stop { signal, timeout_ms } => {
             stop(signal, timeout_ms);
             Reply::Ok

@@ -50,6 +50,13 @@ impl RequestLine {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The containers' status, answered once every container but the `patient` ones has been
+    /// launched or could not be (has left `created`): what a machine's start waits for,
+    /// without asking again and again.
+    StatusOnceLaunched {
+        #[serde(default)]
+        patient: Vec<String>,
+    },
     /// Stop every container (reverse order) and exit; `signal`/`timeout_ms` override the
     /// containers' own stop settings.
     Stop {

@@ -138,6 +138,7 @@ impl SandboxRuntime {
             Request::Exec { timeout_ms, .. } => {
                 Duration::from_millis(timeout_ms.unwrap_or(60_000)).saturating_add(CONTROL_TIMEOUT)
             }
+            Request::StatusOnceLaunched { .. } => START_TIMEOUT,
             _ => CONTROL_TIMEOUT,
         };
         let path = self.run_dir(id).join(CONTROL_SOCKET);
@@ -193,17 +194,19 @@ impl SandboxRuntime {
     }
 
     /// Waits until Pilot has started (or failed to start) every container but the `patient`
-    /// ones (which wait for another's health). (Polled every FAST_POLL for the first FAST_POLLS
-    /// asks.)
+    /// ones (which wait for another's health): one request Pilot answers once that is so
+    /// (asked again only while Pilot's socket is not there yet).
     pub(super) async fn wait_ready(
         &self,
         id: &str,
         exited: &mut watch::Receiver<Option<MachineExit>>,
         patient: &std::collections::HashSet<String>,
     ) -> Result<(), RuntimeError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let ask = Request::StatusOnceLaunched {
+            patient: patient.iter().cloned().collect(),
+        };
         let mut delay = Duration::from_micros(200);
-        let mut polls = 0u32;
         loop {
             if exited.borrow().is_some() {
                 let log = read_machine_file(&self.run_dir(id).join(PILOT_LOG))
@@ -222,33 +225,28 @@ impl SandboxRuntime {
                 // successful start; the exit is reported separately.
                 return Ok(());
             }
-            if let Ok(Reply::Status { containers }) = self.control(id, &Request::Status).await {
-                if let Some(err) = containers.iter().find_map(|c| c.error.clone()) {
-                    return Err(RuntimeError::StartFailed(err));
-                }
-                if containers
-                    .iter()
-                    .all(|c| c.state != ContainerState::Created || patient.contains(&c.name))
-                {
-                    return Ok(());
-                }
+            let answer = tokio::select! {
+                answer = self.control(id, &ask) => Some(answer),
+                _ = exited.changed() => None,
+            };
+            // Otherwise Pilot went (seen above) or has no socket yet: ask again shortly.
+            if let Some(Ok(Reply::Status { containers })) = answer {
+                return match containers.iter().find_map(|c| c.error.clone()) {
+                    Some(err) => Err(RuntimeError::StartFailed(err)),
+                    None => Ok(()),
+                };
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(failed("pilot did not start the containers within 30s"));
+                return Err(failed(format!(
+                    "pilot did not start the containers within {}s",
+                    START_TIMEOUT.as_secs()
+                )));
             }
-            // The containers are up within milliseconds: ask often at first (each ask is one
-            // local round trip), then back off for the slow starters. A doubling without that
-            // first cap overshot a 7 ms start by up to 6 ms.
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = exited.changed() => {}
             }
-            polls += 1;
-            delay = if polls < FAST_POLLS {
-                FAST_POLL
-            } else {
-                (delay * 2).min(Duration::from_millis(20))
-            };
+            delay = (delay * 2).min(Duration::from_millis(20));
         }
     }
 }
@@ -299,6 +297,5 @@ pub(super) async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
     }
 }
 
-/// How often the readiness of a starting machine is asked at first, and for how many asks.
-const FAST_POLL: Duration = Duration::from_micros(500);
-const FAST_POLLS: u32 = 100;
+/// How long Pilot may take to launch a machine's containers.
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
