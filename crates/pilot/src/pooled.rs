@@ -1,10 +1,10 @@
 //! Pilot in a sandbox made ahead of its machine (the daemon's pool): started as `pilot --pooled
 //! <padding>`, it waits on its stdin, a socket, for the claim message that makes it a
-//! machine's: the machine's run dir, network and hostname, with its spec (a sealed memfd), its
-//! log file and its root filesystems (detached mounts) passed as descriptors. The daemon sends
-//! it once it has done the host's part of the take-over (cgroup, root filesystems, the veth's
-//! host end; `hangar_sandbox::warm`); Pilot does the inside's, answers `ok` or `err <why>`,
-//! and runs the machine. End of file instead means the pool let the sandbox go: Pilot exits.
+//! machine's: the machine's run dir, with its spec (a sealed memfd), its log file and its root
+//! filesystems (detached mounts) passed as descriptors. The daemon sends it once it has done
+//! the rest of the take-over (cgroup, network, hostname; `hangar_sandbox::warm`); Pilot
+//! attaches the root filesystems in its mount namespace, answers `ok` or `err <why>`, and
+//! runs the machine. End of file instead means the pool let the sandbox go: Pilot exits.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -29,11 +29,6 @@ pub struct Claim {
     pub machine_dir: PathBuf,
     /// Where each root filesystem goes (its detached mount follows the spec and the log).
     pub mounts: Vec<PathBuf>,
-    /// The machine's network, when it has one.
-    pub net: Option<hangar_net::MachineNet>,
-    /// Whether `eth0` is the sandbox's spare (which needs the machine's MAC).
-    pub spare_veth: bool,
-    pub hostname: String,
 }
 
 /// Largest claim message (paths and a little JSON).
@@ -126,12 +121,7 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
     };
     let mounts: Vec<(OwnedFd, PathBuf)> = fds.zip(claim.mounts.iter().cloned()).collect();
     let entered = if mounts.len() == claim.mounts.len() {
-        hangar_sandbox::warm::enter_machine(
-            &mounts,
-            claim.net.as_ref(),
-            claim.spare_veth,
-            &claim.hostname,
-        )
+        hangar_sandbox::warm::enter_machine(&mounts)
     } else {
         Err("the claim's root filesystems do not match their targets".into())
     };

@@ -12,9 +12,10 @@
 //! only machines whose mounts are all overlays: loop-mounted disks (sized root filesystems,
 //! volumes) are found and unmounted by the daemon in the host's mount namespace.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use nix::sched::{setns, CloneFlags};
 use nix::unistd::Pid;
 
 use crate::cgroup::MachineCgroup;
@@ -69,11 +70,12 @@ fn adopt_host_side(spare: &str, net: &hangar_net::MachineNet) -> std::io::Result
     nl.pin_fdb(port, hangar_net::plan::machine_mac(net.ipv4))
 }
 
-// A take-over is done by the daemon (the host's side: cgroup, root filesystems made detached,
-// the veth's host end, the scheduling class) and by the sandbox's Pilot when claimed (the
-// inside: the root filesystems attached in its mount namespace, `eth0`, the hostname), with
-// no helper process between them: a fork of the spawner and its plan's round trip were
-// ~0.5 ms of each warm start. The daemon's parts are independent and run side by side.
+// A take-over is done by the daemon (cgroup, root filesystems made detached, the veth's host
+// end, the scheduling class, and from a thread in the sandbox's namespaces its network and
+// hostname) and by the sandbox's Pilot when claimed (the root filesystems attached in its
+// mount namespace), with no helper process between them: a fork of the spawner and its
+// plan's round trip were ~0.5 ms of each warm start. The daemon's parts are independent and
+// run side by side.
 
 /// Whether `plan`'s machine can take a warm sandbox: its mounts must all be overlays.
 pub fn takes_warm(plan: &SpawnPlan) -> Result<(), String> {
@@ -156,29 +158,47 @@ pub fn normal_class(pidfd: &OwnedFd, pid: i32) -> Result<(), String> {
     Ok(())
 }
 
-/// Pilot's part, in the sandbox when claimed: attaches the root filesystems, sets up `eth0`
-/// (the machine's MAC on a spare, its addresses and routes) and the hostname.
-pub fn enter_machine(
-    mounts: &[(OwnedFd, PathBuf)],
-    net: Option<&hangar_net::MachineNet>,
-    spare_veth: bool,
-    hostname: &str,
-) -> Result<(), String> {
-    crate::spawn::attach_all(mounts)?;
-    if let Some(net) = net {
-        if spare_veth {
-            // The spare's inner end has a random address: the machine's comes from its IPv4.
-            let mut nl = hangar_net::netlink::Netlink::open()
-                .map_err(|e| format!("set up the machine's network: {e}"))?;
-            let eth0 = nl
-                .link_index("eth0")
-                .map_err(|e| format!("set up the machine's network: {e}"))?
-                .ok_or("the warm sandbox has no eth0")?;
-            nl.set_address(eth0, hangar_net::plan::machine_mac(net.ipv4), net.mtu)
+/// The inside of the machine's network and its hostname, set up from a thread of the caller
+/// that enters the sandbox's network and uts namespaces (which a thread can do alone; it ends
+/// there): `eth0` with the machine's MAC on a spare, its addresses and routes.
+pub fn set_up_inside(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: &OwnedFd) -> Result<(), String> {
+    let (net, hostname) = (plan.sandbox.net.clone(), plan.sandbox.hostname.clone());
+    let spare = warm.spare_veth.is_some();
+    let pidfd = pidfd.try_clone().map_err(|e| e.to_string())?;
+    let inside = move || -> Result<(), String> {
+        let mut namespaces = CloneFlags::CLONE_NEWUTS;
+        if net.is_some() {
+            namespaces |= CloneFlags::CLONE_NEWNET;
+        }
+        setns(pidfd.as_fd(), namespaces).map_err(|e| format!("enter the warm sandbox: {e}"))?;
+        if let Some(net) = &net {
+            if spare {
+                // The spare's inner end has a random address: the machine's comes from its
+                // IPv4.
+                let mut nl = hangar_net::netlink::Netlink::open()
+                    .map_err(|e| format!("set up the machine's network: {e}"))?;
+                let eth0 = nl
+                    .link_index("eth0")
+                    .map_err(|e| format!("set up the machine's network: {e}"))?
+                    .ok_or("the warm sandbox has no eth0")?;
+                nl.set_address(eth0, hangar_net::plan::machine_mac(net.ipv4), net.mtu)
+                    .map_err(|e| format!("set up the machine's network: {e}"))?;
+            }
+            crate::spawn::plumb_machine_side(Some(net))
                 .map_err(|e| format!("set up the machine's network: {e}"))?;
         }
-        crate::spawn::plumb_machine_side(Some(net))
-            .map_err(|e| format!("set up the machine's network: {e}"))?;
-    }
-    nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))
+        nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname: {e}"))
+    };
+    std::thread::Builder::new()
+        .name("take-over".into())
+        .spawn(inside)
+        .map_err(|e| format!("a thread for the sandbox's inside: {e}"))?
+        .join()
+        .map_err(|_| "the thread setting up the sandbox's inside panicked".to_string())?
+}
+
+/// Pilot's part, in the sandbox when claimed: attaches the root filesystems in its mount
+/// namespace (a thread of the daemon cannot enter that: its threads share their root).
+pub fn enter_machine(mounts: &[(OwnedFd, PathBuf)]) -> Result<(), String> {
+    crate::spawn::attach_all(mounts)
 }

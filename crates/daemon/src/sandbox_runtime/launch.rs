@@ -434,10 +434,10 @@ impl Drop for UnusedWarm {
 /// filesystem after an unclean shutdown, a journal replay, is the slow case).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Makes the warm sandbox `warm` the machine `plan` describes: the host's part here (cgroup,
-/// root filesystems, the veth's host end and Pilot's scheduling class, side by side), the
-/// sandbox's part by Pilot when it gets its claim (`hangar_pilot::pooled`); returns Pilot's
-/// pid. A failure lets the sandbox go (the machine's start cleans up what was renamed to it).
+/// Makes the warm sandbox `warm` the machine `plan` describes: here, side by side, its cgroup,
+/// root filesystems (made detached), the veth's host end with Pilot's scheduling class, and
+/// the network's inside with the hostname; then Pilot, given its claim, attaches the root
+/// filesystems (`hangar_pilot::pooled`). Returns Pilot's pid. A failure lets the sandbox go (the machine's start cleans up what was renamed to it).
 async fn take_over(
     pool: &super::warm::WarmPool,
     warm: super::warm::Warm,
@@ -462,17 +462,19 @@ async fn take_over(
             host_side::adopt_network(plan, sandbox, pidfd)?;
             host_side::normal_class(pidfd, sandbox.pid)
         });
+        let inside = on_blocking(host_side::set_up_inside);
         let roots = {
             let shared = shared.clone();
             tokio::task::spawn_blocking(move || {
                 host_side::make_root_filesystems(&shared.0, &shared.1, &shared.2)
             })
         };
-        let (cgroup, roots, network) = tokio::join!(cgroup, roots, network);
-        let (plan, sandbox, _) = &*shared;
+        let (cgroup, roots, network, inside) = tokio::join!(cgroup, roots, network, inside);
+        let plan = &shared.0;
         let roots = roots.map_err(failed)?;
         cgroup.map_err(failed)?.map_err(failed)?;
         network.map_err(failed)?.map_err(failed)?;
+        inside.map_err(failed)?.map_err(failed)?;
         let prepared = roots.map_err(failed)?;
         let log =
             hangar_sandbox::spawn::open_pilot_log(&plan.sandbox.pilot_log, plan.sandbox.uid_base)
@@ -480,9 +482,6 @@ async fn take_over(
         let claim = hangar_pilot::pooled::Claim {
             machine_dir: run.to_path_buf(),
             mounts: prepared.mounts.iter().map(|(_, to)| to.clone()).collect(),
-            net: plan.sandbox.net.clone(),
-            spare_veth: sandbox.spare_veth.is_some(),
-            hostname: plan.sandbox.hostname.clone(),
         };
         let fds: Vec<_> = prepared.mounts.iter().map(|(fd, _)| fd.as_fd()).collect();
         let claimed = warm.claim(&claim, &spec, &log, &fds).await;
