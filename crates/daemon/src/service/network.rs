@@ -86,14 +86,7 @@ impl Hangar {
     /// Gives a machine made before networking its addresses (at its boot, where Fly allows an
     /// address to change).
     pub(super) async fn ensure_addresses(&self, m: &mut MachineRecord) -> ServiceResult<()> {
-        let has = m
-            .private_ip
-            .parse::<std::net::Ipv6Addr>()
-            .ok()
-            .and_then(SixPn::parse)
-            .is_some()
-            && m.private_ipv4.parse::<std::net::Ipv4Addr>().is_ok();
-        if has {
+        if has_addresses(m) {
             return Ok(());
         }
         let app = self.get_app(&m.app).await?;
@@ -155,4 +148,14 @@ pub(super) fn directory_entry(m: &MachineRecord) -> Option<hangar_dns::Entry> {
             .into_iter()
             .collect(),
     })
+}
+
+/// Whether the machine has its private addresses (6PN and IPv4).
+pub(super) fn has_addresses(m: &MachineRecord) -> bool {
+    m.private_ip
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .and_then(SixPn::parse)
+        .is_some()
+        && m.private_ipv4.parse::<std::net::Ipv4Addr>().is_ok()
 }
