@@ -109,10 +109,16 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
             _ => break None,
         }
     };
-    if let Some(byte) = first.filter(|b| *b != hangar_sandbox::container::READY_TO_EXEC) {
-        let mut failure = vec![byte];
-        let _ = exec_r.read_to_end(&mut failure);
-        return Err(String::from_utf8_lossy(&failure).into_owned());
+    match first {
+        Some(hangar_sandbox::container::READY_TO_EXEC) => {}
+        Some(byte) => {
+            let mut failure = vec![byte];
+            let _ = exec_r.read_to_end(&mut failure);
+            return Err(String::from_utf8_lossy(&failure).into_owned());
+        }
+        // Every setup failure says why; silence is a setup killed on the way (a signal, the
+        // OOM killer).
+        None => return Err("the container's setup ended without a word (killed?)".into()),
     }
     let output = match tty_socket {
         Some((parent_end, child_end)) => {
@@ -128,7 +134,7 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
     })
 }
 
-/// The terminal master the container child sent (it is there once the exec succeeded).
+/// The terminal master the container child sent (it is there once READY_TO_EXEC came).
 fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, String> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd;

@@ -86,7 +86,7 @@ pub fn read_answer(answer: &[u8]) -> Result<(), String> {
 /// `None` when the pool let the sandbox go.
 pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
     let mut buf = vec![0u8; CLAIM_MAX];
-    let (bytes, fds) = loop {
+    let (bytes, fds, truncated) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([RawFd; 2 + CLAIM_MOUNTS_MAX]);
         match recvmsg::<()>(0, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
@@ -102,33 +102,20 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
                         );
                     }
                 }
-                if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                    anyhow::bail!("the claim carried more descriptors than a claim may");
-                }
-                break (msg.bytes, fds);
+                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                break (msg.bytes, fds, truncated);
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("waiting for a claim"),
         }
     };
-    if bytes == 0 {
+    if bytes == 0 && !truncated {
         return Ok(None);
     }
-    let claim: Claim = serde_json::from_slice(&buf[..bytes]).context("parsing the claim")?;
-    let mut fds = fds.into_iter();
-    let (Some(spec), Some(log)) = (fds.next(), fds.next()) else {
-        anyhow::bail!("a claim comes with the spec and the log");
-    };
-    let mounts: Vec<(OwnedFd, PathBuf)> = fds.zip(claim.mounts.iter().cloned()).collect();
-    let entered = if mounts.len() == claim.mounts.len() {
-        hangar_sandbox::warm::enter_machine(&mounts)
-    } else {
-        Err("the claim's root filesystems do not match their targets".into())
-    };
-    // The mounts are attached (or the sandbox goes): their descriptors are not Pilot's to keep.
-    drop(mounts);
-    let answer = match &entered {
-        Ok(()) => "ok".to_string(),
+    // Whatever goes wrong from here is answered, so the daemon's start says why.
+    let taken = take_claim(&buf[..bytes], fds, truncated);
+    let answer = match &taken {
+        Ok(_) => "ok".to_string(),
         Err(e) => format!("err {e}"),
     };
     let sent = sendmsg::<()>(
@@ -138,7 +125,7 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
         MsgFlags::MSG_NOSIGNAL,
         None,
     );
-    entered.map_err(|e| anyhow::anyhow!(e))?;
+    let (claim, spec, log) = taken.map_err(|e| anyhow::anyhow!(e))?;
     sent.context("answering the claim")?;
     for (fd, to) in [(&log, 1), (&log, 2), (&spec, 0)] {
         // SAFETY: dup2 onto this process's standard descriptors; the old ones close.
@@ -151,4 +138,76 @@ pub fn wait_for_claim() -> anyhow::Result<Option<PathBuf>> {
     title.extend_from_slice(b"\0--spec-stdin");
     hangar_sandbox::init::set_process_title(&title);
     Ok(Some(claim.machine_dir))
+}
+
+/// The claim read from `body` with its descriptors, its root filesystems attached: the claim,
+/// the spec and the log.
+fn take_claim(
+    body: &[u8],
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+) -> Result<(Claim, OwnedFd, OwnedFd), String> {
+    if truncated {
+        return Err("the claim carried more descriptors than a claim may".into());
+    }
+    let claim: Claim =
+        serde_json::from_slice(body).map_err(|e| format!("parsing the claim: {e}"))?;
+    if fds.len() != 2 + claim.mounts.len() {
+        return Err(format!(
+            "a claim with {} root filesystems comes with {} descriptors, not {}",
+            claim.mounts.len(),
+            2 + claim.mounts.len(),
+            fds.len()
+        ));
+    }
+    let mut fds = fds.into_iter();
+    let (Some(spec), Some(log)) = (fds.next(), fds.next()) else {
+        return Err("a claim comes with the spec and the log".into());
+    };
+    let mounts: Vec<(OwnedFd, PathBuf)> = fds.zip(claim.mounts.iter().cloned()).collect();
+    // Attached (or the sandbox goes): the descriptors are not Pilot's to keep.
+    hangar_sandbox::warm::enter_machine(&mounts)?;
+    Ok((claim, spec, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_claim_is_taken_with_exactly_its_descriptors() {
+        let body = br#"{"machine_dir": "/m/run", "mounts": []}"#;
+        let (claim, _, _) = take_claim(body, fds(2), false).unwrap();
+        assert_eq!(claim.machine_dir, PathBuf::from("/m/run"));
+
+        let two_roots = br#"{"machine_dir": "/m/run", "mounts": ["/a", "/b"]}"#;
+        let short = take_claim(two_roots, fds(3), false).unwrap_err();
+        assert!(short.contains("2 root filesystems") && short.contains("4 descriptors, not 3"));
+        assert!(
+            take_claim(body, fds(3), false).is_err(),
+            "an extra descriptor"
+        );
+        assert!(take_claim(body, fds(2), true)
+            .unwrap_err()
+            .contains("more descriptors"));
+        assert!(take_claim(b"{", fds(2), false)
+            .unwrap_err()
+            .contains("parsing the claim"));
+    }
+
+    #[test]
+    fn answers_read() {
+        assert_eq!(read_answer(b"ok"), Ok(()));
+        assert_eq!(
+            read_answer(b"err no such dir"),
+            Err("no such dir".to_string())
+        );
+        assert!(read_answer(b"").unwrap_err().contains("without an answer"));
+    }
 }

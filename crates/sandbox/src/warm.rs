@@ -16,7 +16,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::{setns, CloneFlags};
-use nix::unistd::Pid;
 
 use crate::cgroup::MachineCgroup;
 use crate::plan::SpawnPlan;
@@ -126,18 +125,26 @@ pub struct Prepared {
     pub close_later: Vec<OwnedFd>,
 }
 
-/// The host's end of the machine's network: the spare veth adopted, or (a sandbox made
-/// without one) a veth pair made into its network namespace.
-pub fn adopt_network(plan: &SpawnPlan, warm: &WarmSandbox, pidfd: &OwnedFd) -> Result<(), String> {
+/// The host's end of the machine's network: the sandbox's spare veth adopted. (A sandbox made
+/// without one, by a daemon without networking, is not taken for a machine with it.)
+pub fn adopt_network(plan: &SpawnPlan, warm: &WarmSandbox) -> Result<(), String> {
     let Some(net) = &plan.sandbox.net else {
         return Ok(());
     };
     match &warm.spare_veth {
         Some(spare) => adopt_host_side(spare, net).map_err(|e| e.to_string()),
-        None if alive(pidfd) => {
-            crate::spawn::plumb_host_side(net, Pid::from_raw(warm.pid)).map_err(|e| e.to_string())
+        None => Err("the warm sandbox has no spare veth".into()),
+    }
+}
+
+/// Removes the sandbox's spare veth after a failed take-over: the pair would otherwise stay
+/// on the bridge, with the machine's MAC and addresses, until the kernel tears down the
+/// sandbox's network namespace, while the start is retried in a sandbox of its own.
+pub fn remove_spare(warm: &WarmSandbox) {
+    if let Some(spare) = &warm.spare_veth {
+        if let Ok(mut nl) = hangar_net::netlink::Netlink::open() {
+            let _ = nl.delete_link(spare);
         }
-        None => Err(format!("the warm sandbox's Pilot ({}) is gone", warm.pid)),
     }
 }
 

@@ -337,10 +337,10 @@ impl SandboxRuntime {
             mounts,
             volume_mounts,
         };
-        let helper_started = std::time::Instant::now();
+        let sandbox_started = std::time::Instant::now();
         if let (Some(warm), Some(pool)) = (warm, &self.pool) {
             let pid = take_over(pool, warm, plan, spec, run).await;
-            tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "warm sandbox taken over");
+            tracing::debug!(machine = %m.id, elapsed = ?sandbox_started.elapsed(), "warm sandbox taken over");
             return pid.map_err(|error| LaunchError {
                 error,
                 take_over: true,
@@ -356,7 +356,7 @@ impl SandboxRuntime {
                     .await
             }
         };
-        tracing::debug!(machine = %m.id, elapsed = ?helper_started.elapsed(), "sandbox helper done");
+        tracing::debug!(machine = %m.id, elapsed = ?sandbox_started.elapsed(), "sandbox helper done");
         Ok(pid?)
     }
 
@@ -437,7 +437,8 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Makes the warm sandbox `warm` the machine `plan` describes: here, side by side, its cgroup,
 /// root filesystems (made detached), the veth's host end with Pilot's scheduling class, and
 /// the network's inside with the hostname; then Pilot, given its claim, attaches the root
-/// filesystems (`hangar_pilot::pooled`). Returns Pilot's pid. A failure lets the sandbox go (the machine's start cleans up what was renamed to it).
+/// filesystems (`hangar_pilot::pooled`). Returns Pilot's pid. A failure lets the sandbox go,
+/// its spare veth at once (the machine's start cleans up what was renamed to it).
 async fn take_over(
     pool: &super::warm::WarmPool,
     warm: super::warm::Warm,
@@ -459,7 +460,7 @@ async fn take_over(
         };
         let cgroup = on_blocking(|plan, sandbox, _| host_side::take_cgroup(plan, sandbox));
         let network = on_blocking(|plan, sandbox, pidfd| {
-            host_side::adopt_network(plan, sandbox, pidfd)?;
+            host_side::adopt_network(plan, sandbox)?;
             host_side::normal_class(pidfd, sandbox.pid)
         });
         let inside = on_blocking(host_side::set_up_inside);
@@ -470,32 +471,49 @@ async fn take_over(
             })
         };
         let (cgroup, roots, network, inside) = tokio::join!(cgroup, roots, network, inside);
+        // Closing the layers' detached mounts unmounts them, which waits for an RCU grace
+        // period: never on this thread, whichever way the take-over ends.
+        let prepared = CloseAside(roots.map_err(failed)?.map_err(failed)?);
         let plan = &shared.0;
-        let roots = roots.map_err(failed)?;
         cgroup.map_err(failed)?.map_err(failed)?;
         network.map_err(failed)?.map_err(failed)?;
         inside.map_err(failed)?.map_err(failed)?;
-        let prepared = roots.map_err(failed)?;
-        let log =
-            hangar_sandbox::spawn::open_pilot_log(&plan.sandbox.pilot_log, plan.sandbox.uid_base)
-                .map_err(failed)?;
+        let log = {
+            let (path, owner) = (plan.sandbox.pilot_log.clone(), plan.sandbox.uid_base);
+            tokio::task::spawn_blocking(move || hangar_sandbox::spawn::open_pilot_log(&path, owner))
+                .await
+                .map_err(failed)?
+                .map_err(failed)?
+        };
         let claim = hangar_pilot::pooled::Claim {
             machine_dir: run.to_path_buf(),
-            mounts: prepared.mounts.iter().map(|(_, to)| to.clone()).collect(),
+            mounts: prepared.0.mounts.iter().map(|(_, to)| to.clone()).collect(),
         };
-        let fds: Vec<_> = prepared.mounts.iter().map(|(fd, _)| fd.as_fd()).collect();
-        let claimed = warm.claim(&claim, &spec, &log, &fds).await;
-        // Closing the layers' detached mounts unmounts them, which waits for an RCU grace
-        // period: not on the start's path.
-        tokio::task::spawn_blocking(move || drop(prepared));
-        claimed.map_err(|e| failed(format!("handing the warm sandbox its machine: {e}")))?;
+        let fds: Vec<_> = prepared.0.mounts.iter().map(|(fd, _)| fd.as_fd()).collect();
+        warm.claim(&claim, &spec, &log, &fds)
+            .await
+            .map_err(|e| failed(format!("handing the warm sandbox its machine: {e}")))?;
         Ok(warm.pid)
     }
     .await;
     if outcome.is_err() {
+        let sandbox = warm.sandbox();
+        let _ = tokio::task::spawn_blocking(move || host_side::remove_spare(&sandbox)).await;
         pool.discard(warm, false).await;
     }
     outcome
+}
+
+/// Root filesystems made for a take-over, closed on the blocking pool when it ends.
+struct CloseAside(hangar_sandbox::warm::Prepared);
+
+impl Drop for CloseAside {
+    fn drop(&mut self) {
+        let prepared = std::mem::take(&mut self.0);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || drop(prepared));
+        }
+    }
 }
 
 /// Sends `plan` to a helper forked by the daemon's pre-forked spawner (the usual way) on the

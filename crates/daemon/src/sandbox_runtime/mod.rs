@@ -14,7 +14,8 @@ use hangar_api::{MachineConfig, Signal};
 use hangar_image::{ImageRecord, ImageStore, PullOptions, Reference, RootfsSpec};
 use hangar_pilot::protocol::{ErrorKind, Reply, Request, RequestLine};
 use hangar_pilot::spec::{
-    ContainerSpec, ContainerStatus, PilotExit, PilotSpec, CONTROL_SOCKET, EXIT_FILE, SPEC_FILE,
+    ContainerSpec, ContainerState, ContainerStatus, PilotExit, PilotSpec, CONTROL_SOCKET,
+    EXIT_FILE, SPEC_FILE,
 };
 use hangar_sandbox::cgroup::{Hierarchy, MachineCgroup};
 use hangar_sandbox::plan::{MountPlan, SizedLayer, SpawnPlan, VolumeMountPlan};

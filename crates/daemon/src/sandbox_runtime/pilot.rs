@@ -194,8 +194,10 @@ impl SandboxRuntime {
     }
 
     /// Waits until Pilot has started (or failed to start) every container but the `patient`
-    /// ones (which wait for another's health): one request Pilot answers once that is so
-    /// (asked again only while Pilot's socket is not there yet).
+    /// ones (which wait for another's health): one request Pilot answers once that is so,
+    /// asked again every [`FAST_POLL`] only while Pilot's socket is not there yet (a cold
+    /// start's Pilot makes it a few milliseconds after its exec). A Pilot older than that
+    /// request is asked for its status until it says so.
     pub(super) async fn wait_ready(
         &self,
         id: &str,
@@ -203,10 +205,15 @@ impl SandboxRuntime {
         patient: &std::collections::HashSet<String>,
     ) -> Result<(), RuntimeError> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let ask = Request::StatusOnceLaunched {
+        let launched = |containers: &[ContainerStatus]| {
+            containers
+                .iter()
+                .all(|c| c.state != ContainerState::Created || patient.contains(&c.name))
+        };
+        let mut ask = Request::StatusOnceLaunched {
             patient: patient.iter().cloned().collect(),
         };
-        let mut delay = Duration::from_micros(200);
+        let mut polls = 0u32;
         loop {
             if exited.borrow().is_some() {
                 let log = read_machine_file(&self.run_dir(id).join(PILOT_LOG))
@@ -225,28 +232,48 @@ impl SandboxRuntime {
                 // successful start; the exit is reported separately.
                 return Ok(());
             }
-            let answer = tokio::select! {
-                answer = self.control(id, &ask) => Some(answer),
-                _ = exited.changed() => None,
-            };
-            // Otherwise Pilot went (seen above) or has no socket yet: ask again shortly.
-            if let Some(Ok(Reply::Status { containers })) = answer {
-                return match containers.iter().find_map(|c| c.error.clone()) {
-                    Some(err) => Err(RuntimeError::StartFailed(err)),
-                    None => Ok(()),
-                };
+            let answer = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    answer = self.control(id, &ask) => Some(answer),
+                    _ = exited.changed() => None,
+                }
+            })
+            .await
+            .unwrap_or(None);
+            match answer {
+                Some(Ok(Reply::Status { containers })) => {
+                    if let Some(err) = containers.iter().find_map(|c| c.error.clone()) {
+                        return Err(RuntimeError::StartFailed(err));
+                    }
+                    if matches!(ask, Request::StatusOnceLaunched { .. }) || launched(&containers) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(RuntimeError::Unsupported(_)))
+                    if matches!(ask, Request::StatusOnceLaunched { .. }) =>
+                {
+                    ask = Request::Status;
+                    continue;
+                }
+                // Pilot went (seen above) or has no socket yet: ask again shortly.
+                _ => {}
             }
-            if tokio::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(failed(format!(
                     "pilot did not start the containers within {}s",
                     START_TIMEOUT.as_secs()
                 )));
             }
+            polls += 1;
+            let delay = if polls < FAST_POLLS {
+                FAST_POLL
+            } else {
+                Duration::from_millis(20)
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = exited.changed() => {}
             }
-            delay = (delay * 2).min(Duration::from_millis(20));
         }
     }
 }
@@ -299,3 +326,8 @@ pub(super) async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
 
 /// How long Pilot may take to launch a machine's containers.
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a start asks again while Pilot's socket is not there yet (or Pilot is older
+/// than `status_once_launched`), and for how many asks before it slows to every 20 ms.
+const FAST_POLL: Duration = Duration::from_micros(250);
+const FAST_POLLS: u32 = 200;

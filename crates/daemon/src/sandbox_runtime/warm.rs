@@ -88,7 +88,9 @@ pub(super) struct Warm {
 /// overlays, since loop-mounted disks (a sized root filesystem, disk or memory volumes,
 /// persistent volumes) are found and unmounted in the host's mount namespace.
 pub(super) fn poolable(config: &MachineConfig) -> bool {
-    config.mounts.as_ref().is_none_or(Vec::is_empty)
+    // A claim carries a bounded number of root filesystems (one per container at most).
+    crate::container_plan::container_configs(config).len() <= hangar_pilot::pooled::CLAIM_MOUNTS_MAX
+        && config.mounts.as_ref().is_none_or(Vec::is_empty)
         && super::rootfs_size_gb(config).is_none()
         && config.volumes.iter().flatten().all(|v| {
             v.temp_dir.as_ref().is_none_or(|t| {
@@ -558,8 +560,8 @@ impl Warm {
     }
 }
 
-/// How long Pilot may take to attach its root filesystems and set up its network when claimed
-/// (a fraction of a millisecond; a wedged kernel call fails the start instead of hanging it).
+/// How long Pilot may take to attach its root filesystems when claimed (a fraction of a
+/// millisecond; a wedged kernel call fails the start instead of hanging it).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
