@@ -30,6 +30,19 @@ async fn page_of(d: &Daemon, id: &str) -> String {
     v["stdout"].as_str().unwrap_or_default().trim().to_string()
 }
 
+/// The page once the machine serves one: `immediate` deploys do not wait for health checks
+/// (as flyctl's), so nginx (which waits for echo to turn healthy) comes up a moment later.
+async fn page_once_served(d: &Daemon, id: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let page = page_of(d, id).await;
+        if !page.is_empty() || std::time::Instant::now() > deadline {
+            return page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn machines(d: &Daemon) -> Vec<Value> {
     d.get("/v1/apps/seed/machines").await.json().unwrap()
 }
@@ -160,7 +173,10 @@ async fn test_deploy_the_seeds_multi_container_app_and_roll_it() {
     for m in machines(&d).await {
         assert_eq!(m["config"]["metadata"]["fly_release_version"], "4");
         assert_eq!(m["config"]["containers"][1]["image"], v2_image.as_str());
-        assert_eq!(page_of(&d, m["id"].as_str().unwrap()).await, "hello v2");
+        assert_eq!(
+            page_once_served(&d, m["id"].as_str().unwrap()).await,
+            "hello v2"
+        );
     }
     for m in machines(&d).await {
         d.destroy_machine("seed", m["id"].as_str().unwrap(), true)
