@@ -63,6 +63,33 @@ pub struct ImageDetails {
     pub config: ImageConfig,
 }
 
+/// Parsed configs kept at most (a few hundred bytes to a few KiB each).
+const CONFIGS_KEPT: usize = 256;
+
+/// Which file `index.json` is: replaced whole at every change, so another inode (or, on a
+/// filesystem that reuses one at once, another change time or size) means another index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl IndexStamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        IndexStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct IndexFile {
     #[serde(default)]
@@ -129,6 +156,11 @@ pub struct GcReport {
 pub struct ImageStore {
     root: PathBuf,
     index_lock: Mutex<()>,
+    /// The index as last read, with the file's identity then: a start resolves its images
+    /// three times, and reading and parsing the file each time cost more than a `stat`.
+    index_cache: Mutex<Option<(IndexStamp, Arc<IndexFile>)>>,
+    /// Parsed image configs by digest (a blob's content never changes).
+    configs: Mutex<HashMap<Digest, ImageConfig>>,
     /// Blobs/layers an operation in progress relies on, so a concurrent GC keeps them.
     pins: Arc<Mutex<HashMap<Digest, usize>>>,
     limits: Limits,
@@ -173,6 +205,8 @@ impl ImageStore {
         Ok(ImageStore {
             root,
             index_lock: Mutex::new(()),
+            index_cache: Mutex::default(),
+            configs: Mutex::default(),
             pins: Arc::default(),
             limits: Limits::default(),
         })
@@ -466,19 +500,63 @@ impl ImageStore {
     /// Finds an image by manifest digest (`sha256:…`, bare hex or a unique hex prefix of at
     /// least 12 characters) or by reference (normalised as Docker does).
     pub fn resolve(&self, name: &str) -> Result<ImageRecord> {
-        let _g = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let idx = self.load_index()?;
+        let idx = self.cached_index()?;
         find(&idx, name)
             .cloned()
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
+    /// The index, read again only when `index.json` is another file than last time (it is
+    /// replaced whole, by this process or another, never written in place).
+    fn cached_index(&self) -> Result<Arc<IndexFile>> {
+        let path = self.root.join("index.json");
+        // Taken before the read: a file replaced in between is newer than its stamp, and read
+        // again next time.
+        let stamp = match fs::metadata(&path) {
+            Ok(meta) => Some(IndexStamp::of(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("stat image index", &path)(e)),
+        };
+        if let Some(stamp) = stamp {
+            let cache = self.index_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, index)) = cache.as_ref().filter(|(s, _)| *s == stamp) {
+                return Ok(index.clone());
+            }
+        }
+        let index = {
+            let _g = self.index_lock.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::new(self.load_index()?)
+        };
+        if let Some(stamp) = stamp {
+            *self.index_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((stamp, index.clone()));
+        }
+        Ok(index)
+    }
+
     pub fn inspect(&self, name: &str) -> Result<ImageDetails> {
         let record = self.resolve(name)?;
-        let config = ImageConfig::parse(
-            &self.read_blob(&record.config_digest)?,
-            &format!("config {}", record.config_digest),
-        )?;
+        let cached = self
+            .configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.config_digest)
+            .cloned();
+        let config = match cached {
+            Some(config) => config,
+            None => {
+                let config = ImageConfig::parse(
+                    &self.read_blob(&record.config_digest)?,
+                    &format!("config {}", record.config_digest),
+                )?;
+                let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+                if configs.len() >= CONFIGS_KEPT {
+                    configs.clear();
+                }
+                configs.insert(record.config_digest.clone(), config.clone());
+                config
+            }
+        };
         Ok(ImageDetails { record, config })
     }
 

@@ -464,3 +464,37 @@ fn idmapped_layers_are_root_owned_inside_the_userns() {
     assert_eq!(inside_root, "0:0");
     assert!(whiteout_hidden);
 }
+
+#[test]
+#[ignore = "needs root (run as root: .ci/run passes --include-ignored)"]
+fn a_second_handle_sees_every_change_to_the_index() {
+    // Two handles on one store stand for the daemon and a `hangar image` command: what one
+    // records or removes, the other resolves at once, although it keeps the index it read.
+    assert!(is_root(), "needs root");
+    let t = tempfile::tempdir().unwrap();
+    let (_l, _img) = two_layer_layout(&t.path().join("layout"));
+    let writer = ImageStore::open(t.path().join("store")).unwrap();
+    let reader = ImageStore::open(t.path().join("store")).unwrap();
+    assert!(matches!(reader.resolve("one"), Err(Error::NotFound(_))));
+    let one = import_dir(&writer, &t.path().join("layout"), "one");
+    assert_eq!(
+        reader.resolve("one").unwrap().manifest_digest,
+        one.manifest_digest
+    );
+    assert_eq!(
+        reader.inspect("one").unwrap().config.working_dir.as_deref(),
+        Some("/a")
+    );
+    // Cached now; a tag made by the writer must still show.
+    let two = import_dir(&writer, &t.path().join("layout"), "two");
+    assert_eq!(
+        reader.resolve("two").unwrap().manifest_digest,
+        two.manifest_digest
+    );
+    writer.remove("one", &InUse::default()).unwrap();
+    assert!(matches!(reader.resolve("one"), Err(Error::NotFound(_))));
+    assert_eq!(
+        reader.resolve("two").unwrap().manifest_digest,
+        two.manifest_digest
+    );
+}
