@@ -62,11 +62,13 @@ pub(super) struct WarmPool {
     starts: Mutex<(usize, Instant)>,
 }
 
-/// How long starts must have been quiet before the pool refills: creates in a row (a deploy, a
-/// benchmark) take what is warm and build the rest rather than share the CPUs and the kernel's
-/// locks with the making of the next sandbox, while a sandbox platform's create, exec, destroy
-/// loop still finds one warm at each create (25 ms measured 10.6 ms create→started there, 5 ms
-/// 7.3 ms).
+/// How long starts must have been quiet before a pool that still holds a sandbox refills: a
+/// sandbox is never made while a start runs (it would share the CPUs and the kernel's mount
+/// lock with the start it is meant to speed up), and one that is not needed yet waits for a
+/// lull, while an empty pool refills in any gap between starts (see [`WarmPool::quiet`]).
+/// Measured A/B (docs/decisions.md, "Refill once starts are quiet"): 25 ms made a sandbox
+/// platform's create, exec, destroy loop miss the pool (10.6 ms create→started, 5 ms 7.3 ms);
+/// refilling an empty pool at once took back-to-back creates from 12.7 to 10.9 ms.
 const QUIET: Duration = Duration::from_millis(5);
 
 /// A sandbox of the pool.
@@ -149,12 +151,19 @@ impl WarmPool {
         StartInFlight(self.clone())
     }
 
-    /// Waits until no start is in flight and none was for [`QUIET`].
+    /// Waits until no start is in flight and, unless the pool is empty, none was for
+    /// [`QUIET`]: an empty pool refills as soon as the CPUs are free of starts, since the next
+    /// start would otherwise build its sandbox from nothing.
     async fn quiet(&self) {
         loop {
             let (in_flight, since) = *self.starts.lock().unwrap_or_else(|e| e.into_inner());
             let waited = since.elapsed();
-            if in_flight == 0 && waited >= QUIET {
+            let empty = self
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            if in_flight == 0 && (empty || waited >= QUIET) {
                 return;
             }
             tokio::time::sleep(QUIET.saturating_sub(waited).max(Duration::from_millis(1))).await;
