@@ -1435,9 +1435,10 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     }
     let after_kill = run(&d, "warm", "sleep 300", json!({})).await;
     d.wait_state("warm", &after_kill, "started").await;
+    // That start found the pool empty and built its own sandbox: the pool doubles.
     until(
-        || warm_pilots(daemon_pid).len() == 2,
-        "the pool refills again",
+        || warm_pilots(daemon_pid).len() == 4,
+        "the pool refills again, grown to four",
     )
     .await;
 
@@ -1460,12 +1461,15 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
             .expect("remove a warm Pilot's pids cgroup");
         broken_cgroups.push(name);
     }
-    // Two starts at once take both (the pool refills only once starts are quiet).
-    let (a, b) = tokio::join!(
+    // Four starts at once take them all (the pool refills only once starts are quiet).
+    assert_eq!(broken.len(), 4, "{broken:?}");
+    let (a, b, c, e) = tokio::join!(
+        run(&d, "warm", "sleep 300", json!({})),
+        run(&d, "warm", "sleep 300", json!({})),
         run(&d, "warm", "sleep 300", json!({})),
         run(&d, "warm", "sleep 300", json!({}))
     );
-    for m in [a, b] {
+    for m in [a, b, c, e] {
         d.wait_state("warm", &m, "started").await;
         let pilot = pilot_pid(&m);
         assert!(
@@ -1484,7 +1488,7 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     until(
         || {
             let now = warm_pilots(daemon_pid);
-            now.len() == 2 && !now.iter().any(|p| broken.contains(p))
+            now.len() == 4 && !now.iter().any(|p| broken.contains(p))
         },
         "the pool refills after failed take-overs",
     )
@@ -1545,7 +1549,7 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
             Some(memory.rsplit('/').next()?.to_string())
         })
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with(".warm-")), "{names:?}");
     // Another claims dir's (a daemon in a container with its own /run, whose claims and
     // processes this daemon cannot see), empty as a sandbox is a moment before its Pilot

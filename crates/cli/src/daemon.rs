@@ -94,7 +94,7 @@ pub struct DaemonArgs {
     /// Threads serving proxied connections, each with its own event loop [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub proxy_workers: Option<u32>,
-    /// Sandboxes kept made ahead (namespaces, cgroup, Pilot waiting), so that a start only mounts the machine's image and hands over its config; cgroup v1 hosts only; 0 turns it off [default: 2]
+    /// Most sandboxes kept made ahead (namespaces, cgroup, Pilot waiting), so that a start only mounts the machine's image and hands over its config: two while starts are rare, more during bursts; cgroup v1 hosts only; 0 turns it off [default: 8]
     #[arg(long, value_name = "N", env = "HANGAR_WARM_SANDBOXES", value_parser = clap::value_parser!(u32).range(0..=64))]
     pub warm_sandboxes: Option<u32>,
     /// Remount the host's cgroup2 tree with favordynmods: machine starts skip an RCU grace period (~10 ms here), forks and exits host-wide get slightly dearer; lasts until reboot

@@ -551,6 +551,7 @@ impl Runtime for SandboxRuntime {
         if let Some(pool) = &self.pool {
             pool.sweep().await;
             pool.fill();
+            pool.keep_size();
         }
     }
 

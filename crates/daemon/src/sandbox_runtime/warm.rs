@@ -12,7 +12,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,27 @@ use super::launch::ask_helper;
 use super::{failed, pids_limit, reap_cgroups, wait_pidfd, RuntimeError};
 use crate::uid_slots::{Slots, UID_BASE_START, UID_RANGE};
 
-/// Sandboxes kept warm unless `--warm-sandboxes` says otherwise: enough for a burst of starts
-/// while the next is made (~5 ms of CPU each).
-pub const DEFAULT_WARM_SANDBOXES: usize = 2;
+/// The most sandboxes kept warm unless `--warm-sandboxes` says otherwise. The pool keeps
+/// [`RESTING_SIZE`] while starts are rare and grows toward this during bursts (a deploy, a
+/// sandbox platform's busy minute): a start that finds the pool empty builds its sandbox from
+/// nothing, an RCU grace period (~10 ms here) for moving its helper into a new cgroup among
+/// the rest. ~0.4 MiB of host memory each while they wait.
+pub const DEFAULT_WARM_SANDBOXES: usize = 8;
+
+/// What the pool keeps while starts are rare: enough for two starts at once.
+const RESTING_SIZE: usize = 2;
+
+/// How long no start may find the pool empty before its size halves (down to
+/// [`RESTING_SIZE`]), and how often that is looked at.
+const SHRINK_AFTER: Duration = Duration::from_secs(60);
+const SHRINK_CHECK: Duration = Duration::from_secs(15);
 
 /// A warm sandbox's limits until a machine takes it over and gets its own: Pilot waiting
 /// needs little.
 const WARM_MEMORY_MB: u64 = 64;
 
 pub(super) struct PoolSetup {
+    /// The most sandboxes kept ready.
     pub target: usize,
     /// Where warm Pilots' logs go (until a machine's log takes over).
     pub dir: PathBuf,
@@ -54,6 +66,12 @@ pub(super) struct WarmPool {
     /// ([`crate::uid_slots::SlotClaims::place_tag`]).
     tag: String,
     ready: Mutex<Vec<Warm>>,
+    /// How many to keep ready now: [`RESTING_SIZE`] (or the target, if smaller), doubled up to
+    /// the target each time a start finds the pool empty, halved after [`SHRINK_AFTER`]
+    /// without that.
+    size: AtomicUsize,
+    /// When a start last found the pool empty.
+    last_miss: Mutex<Instant>,
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -118,10 +136,13 @@ impl WarmPool {
                 .mode(0o711)
                 .create(&setup.dir)?;
         }
+        let resting = RESTING_SIZE.min(setup.target);
         Ok(Some(Arc::new(Self {
             tag: setup.slots.claims.place_tag(),
             setup,
             ready: Mutex::new(Vec::new()),
+            size: AtomicUsize::new(resting),
+            last_miss: Mutex::new(Instant::now()),
             filling: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             starts: Mutex::new((0, Instant::now())),
@@ -136,12 +157,71 @@ impl WarmPool {
     /// broken while it waited is found at its turn, not only once the pool drains). The pool
     /// refills once the start has ended ([`StartInFlight`]): a sandbox made meanwhile would
     /// compete for the CPUs and the kernel's mount lock with the start it is meant to speed up.
+    /// A start that finds the pool empty makes it grow ([`WarmPool::size`]).
     fn take(&self) -> Option<Warm> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        (!ready.is_empty()).then(|| ready.remove(0))
+        if ready.is_empty() {
+            drop(ready);
+            self.missed();
+            return None;
+        }
+        Some(ready.remove(0))
+    }
+
+    /// A start found the pool empty: keep twice as many ready (up to the target).
+    fn missed(&self) {
+        *self.last_miss.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let target = self.setup.target;
+        let _ = self
+            .size
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some((n * 2).clamp(1, target))
+            });
+    }
+
+    /// How many sandboxes the pool keeps ready now.
+    fn size(&self) -> usize {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Halves the pool's size (down to [`RESTING_SIZE`]) each time no start found it empty for
+    /// [`SHRINK_AFTER`], letting the surplus go (the newest first), until the pool closes.
+    pub fn keep_size(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SHRINK_CHECK).await;
+                let Some(pool) = pool.upgrade() else { return };
+                if pool.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let resting = RESTING_SIZE.min(pool.setup.target);
+                let idle = pool
+                    .last_miss
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed();
+                if idle < SHRINK_AFTER || pool.size() <= resting {
+                    continue;
+                }
+                let size = (pool.size() / 2).max(resting);
+                pool.size.store(size, Ordering::Release);
+                *pool.last_miss.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                // Not while a refill runs (it would make what is let go here).
+                let _one_at_a_time = pool.filling.lock().await;
+                let surplus: Vec<Warm> = {
+                    let mut ready = pool.ready.lock().unwrap_or_else(|e| e.into_inner());
+                    let keep = ready.len().min(size);
+                    ready.split_off(keep)
+                };
+                for warm in surplus {
+                    pool.discard(warm, true).await;
+                }
+            }
+        });
     }
 
     /// A start begins; the returned guard says when it ends.
@@ -196,7 +276,7 @@ impl WarmPool {
                 return;
             };
             while !pool.closed.load(Ordering::Acquire)
-                && pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < pool.setup.target
+                && pool.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < pool.size()
             {
                 pool.quiet().await;
                 match pool.make().await {
