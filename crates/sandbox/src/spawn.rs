@@ -198,7 +198,8 @@ pub fn spawn_machine(
     }
     let cgroup = spec.cgroup()?;
     cgroup.create(&spec.limits())?;
-    cgroup.add_process(std::process::id() as i32)?;
+    // The helper is single-threaded (see above): moving itself is the cheap migration.
+    cgroup.join_single_threaded()?;
 
     // Open the executable now: after the switch to the machine's uids, host paths such as a
     // 0700 home directory may not be traversable, but an open fd can still be executed.

@@ -434,7 +434,16 @@ impl Runtime for SandboxRuntime {
     }
 
     async fn destroy(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
-        self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
+        // A machine stopped already (the service stops a running one first) was cleaned up by
+        // its stop: the clean-up below, which also drops its writable layers, is enough.
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&m.id);
+        if running {
+            self.stop(m, Signal::SIGKILL, Duration::ZERO).await?;
+        }
         self.cleanup(&m.id, false).await?;
         let dir = self.machine_dir(&m.id);
         // The logs outlive the machine (crate::log_archive); everything else goes now.
