@@ -156,7 +156,10 @@ const TRASH_PREFIX: &str = ".trash-";
 pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Option<PathBuf>> {
     use std::os::unix::fs::DirBuilderExt;
     // Gone already (a second clean-up): no trash dir made and removed for nothing.
-    if dir.symlink_metadata().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+    if dir
+        .symlink_metadata()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
         return Ok(None);
     }
     let trash = machines_dir.join(format!("{TRASH_PREFIX}{:016x}", rand::random::<u64>()));
