@@ -97,7 +97,7 @@ pub struct DaemonArgs {
     /// Most sandboxes kept made ahead (namespaces, cgroup, Pilot waiting), so that a start only mounts the machine's image and hands over its config: two while starts are rare, more during bursts; cgroup v1 hosts only; 0 turns it off [default: 8]
     #[arg(long, value_name = "N", env = "HANGAR_WARM_SANDBOXES", value_parser = clap::value_parser!(u32).range(0..=64))]
     pub warm_sandboxes: Option<u32>,
-    /// Remount the host's cgroup2 tree with favordynmods: machine starts skip an RCU grace period (~10 ms here), forks and exits host-wide get slightly dearer; lasts until reboot
+    /// Remount the host's cgroup2 tree with favordynmods: machine starts on pure cgroup v2 hosts skip an RCU grace period (~10 ms), forks and exits host-wide get slightly dearer; lasts until reboot
     #[arg(long, env = "HANGAR_FAVOR_DYNMODS")]
     pub favor_dynmods: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (proxy requests, latency, autostarts, machines by state)
