@@ -1426,13 +1426,28 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     until(|| warm_pilots(daemon_pid).len() == 2, "the pool refills").await;
 
     // A warm sandbox whose Pilot was killed while it waited is let go; the start goes on.
-    for p in warm_pilots(daemon_pid) {
+    let killed = warm_pilots(daemon_pid);
+    for &p in &killed {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill a warm Pilot");
     }
+    // Dead (a zombie, or reaped) before the start looks: one still exiting (idle class, busy
+    // host) would be taken, fail its take-over, and the start would not find the pool empty.
+    until(
+        || {
+            killed.iter().all(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, r)| r.starts_with('Z'))
+                })
+            })
+        },
+        "the killed warm Pilots are dead",
+    )
+    .await;
     let after_kill = run(&d, "warm", "sleep 300", json!({})).await;
     d.wait_state("warm", &after_kill, "started").await;
     // That start found the pool empty and built its own sandbox: the pool doubles.

@@ -92,7 +92,7 @@ pub struct DaemonOptions {
     pub proxy_tls: Option<(PathBuf, PathBuf)>,
     /// Where `/metrics` is served (opt-in).
     pub metrics_listen: Option<SocketAddr>,
-    /// Remount the host's cgroup2 tree with `favordynmods` (faster machine starts; see
+    /// Remount the host's cgroup2 tree with `favordynmods` (faster machine starts on pure v2; see
     /// hangar_sandbox::cgroup::favor_dynmods for the trade-off).
     pub favor_dynmods: bool,
     /// Sandboxes kept made ahead for the next starts (crate::sandbox_runtime::warm); 0: none.

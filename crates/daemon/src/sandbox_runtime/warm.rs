@@ -30,8 +30,8 @@ use crate::uid_slots::{Slots, UID_BASE_START, UID_RANGE};
 /// The most sandboxes kept warm unless `--warm-sandboxes` says otherwise. The pool keeps
 /// [`RESTING_SIZE`] while starts are rare and grows toward this during bursts (a deploy, a
 /// sandbox platform's busy minute): a start that finds the pool empty builds its sandbox from
-/// nothing, an RCU grace period (~10 ms here) for moving its helper into a new cgroup among
-/// the rest. ~0.4 MiB of host memory each while they wait.
+/// nothing (namespaces, cgroup, Pilot's exec: ~4 ms more here). ~0.4 MiB of host memory each
+/// while they wait.
 pub const DEFAULT_WARM_SANDBOXES: usize = 8;
 
 /// What the pool keeps while starts are rare: enough for two starts at once.
@@ -72,11 +72,13 @@ pub(super) struct WarmPool {
     size: AtomicUsize,
     /// When a start last found the pool empty.
     last_miss: Mutex<Instant>,
+    /// [`WarmPool::keep_size`] runs.
+    sizing: AtomicBool,
     /// One refill at a time.
     filling: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     /// Starts in flight, and when the last one began or ended: the pool refills only once
-    /// starts have been quiet for [`QUIET`].
+    /// none is in flight, and, unless it is empty, none was for [`QUIET`].
     starts: Mutex<(usize, Instant)>,
 }
 
@@ -143,6 +145,7 @@ impl WarmPool {
             ready: Mutex::new(Vec::new()),
             size: AtomicUsize::new(resting),
             last_miss: Mutex::new(Instant::now()),
+            sizing: AtomicBool::new(false),
             filling: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             starts: Mutex::new((0, Instant::now())),
@@ -178,7 +181,7 @@ impl WarmPool {
         let _ = self
             .size
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some((n * 2).clamp(1, target))
+                Some(n.saturating_mul(2).min(target).max(1))
             });
     }
 
@@ -189,7 +192,11 @@ impl WarmPool {
 
     /// Halves the pool's size (down to [`RESTING_SIZE`]) each time no start found it empty for
     /// [`SHRINK_AFTER`], letting the surplus go (the newest first), until the pool closes.
+    /// Once per pool (later calls do nothing).
     pub fn keep_size(self: &Arc<Self>) {
+        if self.sizing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -204,17 +211,25 @@ impl WarmPool {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .elapsed();
-                if idle < SHRINK_AFTER || pool.size() <= resting {
+                if idle < SHRINK_AFTER {
                     continue;
                 }
-                let size = (pool.size() / 2).max(resting);
-                pool.size.store(size, Ordering::Release);
+                // From the size read, so that a miss meanwhile is not overwritten.
+                let halved = pool
+                    .size
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n > resting).then(|| (n / 2).max(resting))
+                    });
+                if halved.is_err() {
+                    continue;
+                }
                 *pool.last_miss.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                // Not while a refill runs (it would make what is let go here).
-                let _one_at_a_time = pool.filling.lock().await;
                 let surplus: Vec<Warm> = {
+                    // Not while a refill runs (it may be making one more); the lock is let go
+                    // before the discards, which take a while, so refills are not missed.
+                    let _one_at_a_time = pool.filling.lock().await;
                     let mut ready = pool.ready.lock().unwrap_or_else(|e| e.into_inner());
-                    let keep = ready.len().min(size);
+                    let keep = ready.len().min(pool.size());
                     ready.split_off(keep)
                 };
                 for warm in surplus {
