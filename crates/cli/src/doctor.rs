@@ -179,7 +179,7 @@ fn checks(data_dir: &Path) -> Vec<Check> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let v2: Vec<&str> = mounts.lines().filter(|l| l.contains(" cgroup2 ")).collect();
     let favored = !v2.is_empty() && v2.iter().all(|l| l.contains("favordynmods"));
-    let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let pure_v2 = matches!(hierarchy, Ok(hangar_sandbox::Hierarchy::V2 { .. }));
     out.push(Check {
         name: "cgroup favordynmods",
         ok: favored || !pure_v2,

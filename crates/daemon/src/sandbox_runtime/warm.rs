@@ -37,6 +37,11 @@ pub const DEFAULT_WARM_SANDBOXES: usize = 8;
 /// What the pool keeps while starts are rare: enough for two starts at once.
 const RESTING_SIZE: usize = 2;
 
+/// The resting size of a pool of at most `target`.
+fn resting_size(target: usize) -> usize {
+    RESTING_SIZE.min(target)
+}
+
 /// How long no start may find the pool empty before its size halves (down to
 /// [`RESTING_SIZE`]), and how often that is looked at.
 const SHRINK_AFTER: Duration = Duration::from_secs(60);
@@ -138,7 +143,7 @@ impl WarmPool {
                 .mode(0o711)
                 .create(&setup.dir)?;
         }
-        let resting = RESTING_SIZE.min(setup.target);
+        let resting = resting_size(setup.target);
         Ok(Some(Arc::new(Self {
             tag: setup.slots.claims.place_tag(),
             setup,
@@ -181,7 +186,7 @@ impl WarmPool {
         let _ = self
             .size
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_mul(2).min(target).max(1))
+                Some(n.saturating_mul(2).min(target))
             });
     }
 
@@ -205,38 +210,44 @@ impl WarmPool {
                 if pool.closed.load(Ordering::Acquire) {
                     return;
                 }
-                let resting = RESTING_SIZE.min(pool.setup.target);
-                let idle = pool
-                    .last_miss
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed();
-                if idle < SHRINK_AFTER {
-                    continue;
-                }
-                // From the size read, so that a miss meanwhile is not overwritten.
-                let halved = pool
-                    .size
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n > resting).then(|| (n / 2).max(resting))
-                    });
-                if halved.is_err() {
-                    continue;
-                }
-                *pool.last_miss.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                let surplus: Vec<Warm> = {
-                    // Not while a refill runs (it may be making one more); the lock is let go
-                    // before the discards, which take a while, so refills are not missed.
-                    let _one_at_a_time = pool.filling.lock().await;
-                    let mut ready = pool.ready.lock().unwrap_or_else(|e| e.into_inner());
-                    let keep = ready.len().min(pool.size());
-                    ready.split_off(keep)
-                };
-                for warm in surplus {
-                    pool.discard(warm, true).await;
-                }
+                pool.shrink_if_unmissed().await;
             }
         });
+    }
+
+    /// Halves the size if no start found the pool empty for [`SHRINK_AFTER`], and lets the
+    /// sandboxes beyond it go.
+    async fn shrink_if_unmissed(&self) {
+        let idle = self
+            .last_miss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        if idle < SHRINK_AFTER {
+            return;
+        }
+        let resting = resting_size(self.setup.target);
+        // From the size read, so that a miss meanwhile is not overwritten.
+        let halved = self
+            .size
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > resting).then(|| (n / 2).max(resting))
+            });
+        if halved.is_err() {
+            return;
+        }
+        *self.last_miss.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let surplus: Vec<Warm> = {
+            // Not while a refill runs (it may be making one more); the lock is let go before
+            // the discards, which take a while, so refills are not missed.
+            let _one_at_a_time = self.filling.lock().await;
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = ready.len().min(self.size());
+            ready.split_off(keep)
+        };
+        for warm in surplus {
+            self.discard(warm, true).await;
+        }
     }
 
     /// A start begins; the returned guard says when it ends.
