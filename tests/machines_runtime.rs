@@ -1385,6 +1385,16 @@ fn warm_cgroups() -> Vec<String> {
 /// the sandboxes go with a SIGKILLed daemon and what they leave is swept at its next start.
 #[tokio::test]
 async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
+    /// The machine dirs made ahead for the daemon's warm sandboxes.
+    fn made_ahead_dirs(d: &Daemon) -> Vec<String> {
+        std::fs::read_dir(d.data_dir.join("warm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".dir"))
+            .collect()
+    }
     if !std::path::Path::new("/sys/fs/cgroup/memory").exists() {
         eprintln!("skipped: warm sandboxes need cgroup v1 (v2 cannot rename a cgroup)");
         return;
@@ -1424,6 +1434,15 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         "a warm sandbox's root filesystem is mounted in the machine only"
     );
     until(|| warm_pilots(daemon_pid).len() == 2, "the pool refills").await;
+    // Each warm sandbox comes with a machine dir made ahead, which its machine takes.
+    until(
+        || made_ahead_dirs(&d).len() == 2,
+        "a machine dir made ahead per warm sandbox",
+    )
+    .await;
+    let machine_dir = d.data_dir.join("machines").join(&m);
+    assert!(machine_dir.join("run/logs/app.log").exists());
+    assert!(machine_dir.join("containers/app/upper").is_dir());
 
     // A warm sandbox whose Pilot was killed while it waited is let go; the start goes on.
     let killed = warm_pilots(daemon_pid);
@@ -1566,6 +1585,8 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         .collect();
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with(".warm-")), "{names:?}");
+    let dirs_left = made_ahead_dirs(&d);
+    assert_eq!(dirs_left.len(), 4, "{dirs_left:?}");
     // Another claims dir's (a daemon in a container with its own /run, whose claims and
     // processes this daemon cannot see), empty as a sandbox is a moment before its Pilot
     // enters: not this daemon's to remove.
@@ -1595,6 +1616,11 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
         "the previous run's warm cgroups were swept: {names:?} {now:?}"
     );
     assert!(now.contains(&foreign), "{now:?}");
+    let dirs_now = made_ahead_dirs(&d);
+    assert!(
+        dirs_left.iter().all(|n| !dirs_now.contains(n)),
+        "the previous run's machine dirs made ahead were swept: {dirs_left:?} {dirs_now:?}"
+    );
     for dir in &foreign_dirs {
         std::fs::remove_dir(dir).expect("remove the foreign warm cgroup");
     }

@@ -169,6 +169,9 @@ pub fn spawn_log_reader(
     max: u64,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_local(async move {
+        // After the I/O driver's next turn: a request waiting for the launch (the daemon's
+        // `status_once_launched`) is answered before the log file is opened.
+        tokio::task::yield_now().await;
         let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             return;
         };

@@ -45,9 +45,15 @@ pub fn run_from_args(args: &[String]) -> Option<std::process::ExitCode> {
 
 /// Pilot in a pooled sandbox: waits for its machine, then runs it ([`pooled`]).
 fn run_pooled() -> std::process::ExitCode {
-    exit_code(pooled::wait_for_claim().and_then(|claimed| match claimed {
-        Some(dir) => main(&dir, true),
-        None => Ok(0),
+    // What does not depend on the machine is made while the sandbox waits: the runtime and the
+    // seccomp programs every container loads.
+    let ready = supervisor::Prepared::new();
+    let _ = hangar_sandbox::seccomp::default_filters();
+    exit_code(ready.and_then(|ready| {
+        pooled::wait_for_claim().and_then(|claimed| match claimed {
+            Some(dir) => supervisor::main_prepared(ready, &dir, true),
+            None => Ok(0),
+        })
     }))
 }
 

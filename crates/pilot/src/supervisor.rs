@@ -33,12 +33,29 @@ use hangar_policy::RestartTracker;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
 pub fn main(dir: &Path, spec_from_stdin: bool) -> anyhow::Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the runtime")?;
+    main_prepared(Prepared::new()?, dir, spec_from_stdin)
+}
+
+/// Pilot's runtime, which a pooled Pilot makes before its claim (~0.2 ms of a start). Its
+/// signal handlers come with the machine: a pooled Pilot still ends on SIGTERM.
+pub struct Prepared {
+    rt: tokio::runtime::Runtime,
+}
+
+impl Prepared {
+    pub fn new() -> anyhow::Result<Prepared> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the runtime")?;
+        Ok(Prepared { rt })
+    }
+}
+
+/// [`main`] on a runtime made ahead.
+pub fn main_prepared(ready: Prepared, dir: &Path, spec_from_stdin: bool) -> anyhow::Result<i32> {
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(dir.to_path_buf(), spec_from_stdin))
+    local.block_on(&ready.rt, run(dir.to_path_buf(), spec_from_stdin))
 }
 
 /// With `from_stdin` (how the daemon runs Pilot) the spec arrives on stdin, a sealed memfd: it

@@ -85,9 +85,19 @@ fn build(e: seccompiler::BackendError) -> SeccompError {
     SeccompError::Build(e.to_string())
 }
 
-/// The filters to load, in order. The kernel runs every loaded filter and takes the strictest
-/// answer, so the clone3 rule can live in its own program with a different error.
-pub fn default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
+/// The filters to load, in order, built once per process: Pilot builds them before its claim,
+/// and every container it forks loads its copy.
+pub fn default_filters() -> Result<&'static [BpfProgram], SeccompError> {
+    static BUILT: std::sync::OnceLock<Result<Vec<BpfProgram>, String>> = std::sync::OnceLock::new();
+    match BUILT.get_or_init(|| build_default_filters().map_err(|e| e.to_string())) {
+        Ok(programs) => Ok(programs),
+        Err(e) => Err(SeccompError::Build(e.clone())),
+    }
+}
+
+/// The kernel runs every loaded filter and takes the strictest answer, so the clone3 rule can
+/// live in its own program with a different error.
+fn build_default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     // clone is allowed unless it asks for a new namespace: one rule per namespace flag.
@@ -137,7 +147,7 @@ pub fn default_filters() -> Result<Vec<BpfProgram>, SeccompError> {
 /// Loads the default filters into the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
 pub fn apply_default_filter() -> Result<(), SeccompError> {
     for program in default_filters()? {
-        apply_filter(&program).map_err(|e| SeccompError::Load(e.to_string()))?;
+        apply_filter(program).map_err(|e| SeccompError::Load(e.to_string()))?;
     }
     Ok(())
 }

@@ -236,13 +236,18 @@ impl SandboxRuntime {
         let dir = self.machine_dir(&m.id);
         let run = self.run_dir(&m.id);
         let uid_base = UID_BASE_START + slot * UID_RANGE;
-        std::fs::create_dir_all(&run).map_err(failed)?;
-        // Only root and this boot's machine (its root's group) may enter the machine dir: it
-        // holds the container's writable layer.
-        restrict_machine_dir(&dir, uid_base).map_err(failed)?;
-        // This boot's uid owns the run dir and what earlier boots left there (their logs).
-        chown_tree_nofollow(&run, uid_base).map_err(failed)?;
-        let _ = std::fs::remove_file(run.join(EXIT_FILE));
+        let made_ahead = warm
+            .take_machine_dir()
+            .is_some_and(|ahead| adopt_machine_dir(ahead, &dir, &m.config));
+        if !made_ahead {
+            std::fs::create_dir_all(&run).map_err(failed)?;
+            // Only root and this boot's machine (its root's group) may enter the machine dir:
+            // it holds the container's writable layer.
+            restrict_machine_dir(&dir, uid_base).map_err(failed)?;
+            // This boot's uid owns the run dir and what earlier boots left there (their logs).
+            chown_tree_nofollow(&run, uid_base).map_err(failed)?;
+            let _ = std::fs::remove_file(run.join(EXIT_FILE));
+        }
         let (pilot_spec, mounts, volume_mounts) = self.plan(m, &dir, uid_base, secrets).await?;
         // Pilot's spec holds the machine's env and file contents, secrets included: it reaches
         // Pilot in memory only (crate::sandbox_runtime::host::spec_memfd), never on disk. A spec
@@ -418,6 +423,46 @@ impl UnusedWarm {
     fn spare_veth(&self) -> Option<&str> {
         self.0.as_ref().and_then(|(w, _)| w.spare_veth.as_deref())
     }
+
+    /// The machine dir made ahead with the sandbox, if any: the launch's from here on.
+    fn take_machine_dir(&mut self) -> Option<PathBuf> {
+        self.0.as_mut().and_then(|(w, _)| w.machine_dir.take())
+    }
+}
+
+/// Makes `ahead`, a machine dir made with the warm sandbox for its uid range (the machine's
+/// now), the machine's `dir`, unless that exists (a machine that ran before keeps its own: the
+/// one made ahead goes). Its container dir is named after the machine's first container.
+fn adopt_machine_dir(ahead: PathBuf, dir: &Path, config: &MachineConfig) -> bool {
+    let renamed = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &ahead,
+        nix::fcntl::AT_FDCWD,
+        dir,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    if let Err(e) = renamed {
+        if e != nix::errno::Errno::EEXIST {
+            tracing::debug!(error = %e, "taking the machine dir made ahead failed");
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || std::fs::remove_dir_all(ahead));
+        }
+        return false;
+    }
+    let first = container_configs(config)
+        .into_iter()
+        .next()
+        .map(|c| c.rootfs_of.unwrap_or(c.name));
+    if let Some(first) = first.filter(|n| n != super::warm::MADE_AHEAD_CONTAINER) {
+        let containers = dir.join("containers");
+        // Should this fail, the start makes the container's dir itself; the empty one stays.
+        let _ = std::fs::rename(
+            containers.join(super::warm::MADE_AHEAD_CONTAINER),
+            containers.join(first),
+        );
+    }
+    true
 }
 
 impl Drop for UnusedWarm {

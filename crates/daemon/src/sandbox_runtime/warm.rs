@@ -109,6 +109,36 @@ pub(super) struct Warm {
     /// The host end of its spare veth (`eth0` inside), with networking: the host veth of
     /// the machine that takes it over.
     pub spare_veth: Option<String>,
+    /// A machine dir made ahead for its uid range ([`make_machine_dir`]), which a machine
+    /// created into this sandbox takes by a rename.
+    pub machine_dir: Option<PathBuf>,
+}
+
+/// The container dir a machine dir made ahead holds: that of a machine's first container
+/// when it has no `containers` of its own (crate::container_plan).
+pub(super) const MADE_AHEAD_CONTAINER: &str = "app";
+
+/// A new machine's dir, made ahead for the uid range starting at `uid_base`, as a start
+/// would make it (`launch`, `prepare_rootfs`): only root and the machine's root group may
+/// enter it; the run dir with Pilot's log dir, and the first container's writable layer
+/// (upper, work) and root filesystem mount point. Made while no start runs, it spares the
+/// start a dozen metadata writes (~1 ms on a host whose ext4 takes 60–90 µs a `mkdir`).
+fn make_machine_dir(path: &Path, uid_base: u32) -> std::io::Result<()> {
+    let own = |p: &Path, uid: u32| std::os::unix::fs::lchown(p, Some(uid), Some(uid));
+    std::fs::create_dir(path)?;
+    let run = path.join(super::RUN_DIR);
+    std::fs::create_dir(&run)?;
+    let logs = run.join(hangar_pilot::spec::LOG_DIR);
+    std::fs::create_dir(&logs)?;
+    own(&logs, uid_base)?;
+    own(&run, uid_base)?;
+    let container = path.join("containers").join(MADE_AHEAD_CONTAINER);
+    std::fs::create_dir_all(&container)?;
+    for d in ["upper", "work", "rootfs"] {
+        std::fs::create_dir(container.join(d))?;
+    }
+    own(&container.join("upper"), uid_base)?;
+    super::host::restrict_machine_dir(path, uid_base)
 }
 
 /// Whether a machine with `config` can take over a warm sandbox: its mounts must all be
@@ -143,6 +173,9 @@ impl WarmPool {
                 .mode(0o711)
                 .create(&setup.dir)?;
         }
+        // Machine dirs are made here ahead, and their files would otherwise all go to this
+        // dir's block group (see `mark_top_dir`).
+        super::host::mark_top_dir(&setup.dir);
         let resting = resting_size(setup.target);
         Ok(Some(Arc::new(Self {
             tag: setup.slots.claims.place_tag(),
@@ -347,7 +380,23 @@ impl WarmPool {
             .ok_or_else(|| Made::Failed(failed("no free uid range for a warm sandbox")))?;
         let made = self.spawn(&name, slot).await;
         match made {
-            Ok(warm) => Ok(warm),
+            Ok(mut warm) => {
+                let dir = self.machine_dir_path(&name);
+                let uid_base = UID_BASE_START + slot * UID_RANGE;
+                let made = {
+                    let dir = dir.clone();
+                    tokio::task::spawn_blocking(move || make_machine_dir(&dir, uid_base)).await
+                };
+                match made {
+                    Ok(Ok(())) => warm.machine_dir = Some(dir),
+                    // Its machine makes its dir itself.
+                    outcome => {
+                        tracing::debug!(?outcome, "making a machine dir ahead failed");
+                        remove_machine_dir(dir).await;
+                    }
+                }
+                Ok(warm)
+            }
             Err(e) => {
                 self.setup.slots.free(slot, &name);
                 let _ = std::fs::remove_file(self.log_path(&name));
@@ -358,6 +407,10 @@ impl WarmPool {
 
     fn log_path(&self, name: &str) -> PathBuf {
         self.setup.dir.join(format!("{name}.log"))
+    }
+
+    fn machine_dir_path(&self, name: &str) -> PathBuf {
+        self.setup.dir.join(format!("{name}.dir"))
     }
 
     async fn spawn(&self, name: &str, slot: u32) -> Result<Warm, Made> {
@@ -431,6 +484,7 @@ impl WarmPool {
             socket: ours,
             log,
             spare_veth,
+            machine_dir: None,
         })
     }
 
@@ -444,9 +498,13 @@ impl WarmPool {
             pidfd,
             socket,
             log,
+            machine_dir,
             ..
         } = warm;
         drop(socket);
+        if let Some(dir) = machine_dir {
+            remove_machine_dir(dir).await;
+        }
         let cgroup = self.cgroup(&name);
         let exe = self.setup.exe.clone();
         let _ = tokio::task::spawn_blocking(move || retire(&cgroup, &exe)).await;
@@ -522,9 +580,14 @@ impl WarmPool {
             }
         })
         .await;
+        // The earlier run's Pilot logs and machine dirs made ahead.
         if let Ok(rd) = std::fs::read_dir(&self.setup.dir) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path());
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
     }
@@ -542,6 +605,11 @@ impl Drop for StartInFlight {
         }
         self.0.fill();
     }
+}
+
+/// Removes a machine dir made ahead that no machine took (it holds empty dirs only).
+async fn remove_machine_dir(dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
 /// Why a warm sandbox was not made.
