@@ -1403,6 +1403,18 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     d.create_app("warm").await;
     let daemon_pid = d.child.as_ref().expect("daemon running").id();
     until(|| warm_pilots(daemon_pid).len() == 2, "two warm sandboxes").await;
+    until(
+        || made_ahead_dirs(&d).len() == 2,
+        "a machine dir made ahead per warm sandbox",
+    )
+    .await;
+    let inode = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"))
+    };
+    let ahead: Vec<u64> = made_ahead_dirs(&d)
+        .iter()
+        .map(|n| inode(&d.data_dir.join("warm").join(n)))
+        .collect();
     let warm = warm_pilots(daemon_pid);
 
     let m = run(&d, "warm", "sleep 300", json!({})).await;
@@ -1441,6 +1453,10 @@ async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     )
     .await;
     let machine_dir = d.data_dir.join("machines").join(&m);
+    assert!(
+        ahead.contains(&inode(&machine_dir)),
+        "the machine took a dir made ahead"
+    );
     assert!(machine_dir.join("run/logs/app.log").exists());
     assert!(machine_dir.join("containers/app/upper").is_dir());
 

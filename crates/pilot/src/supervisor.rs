@@ -33,6 +33,8 @@ use hangar_policy::RestartTracker;
 
 /// Runs Pilot for the machine in `dir`; returns the exit code for the process.
 pub fn main(dir: &Path, spec_from_stdin: bool) -> anyhow::Result<i32> {
+    // Built once here, not in each container Pilot forks.
+    let _ = hangar_sandbox::seccomp::default_filters();
     main_prepared(Prepared::new()?, dir, spec_from_stdin)
 }
 

@@ -454,7 +454,12 @@ fn adopt_machine_dir(ahead: PathBuf, dir: &Path, config: &MachineConfig) -> bool
         .into_iter()
         .next()
         .map(|c| c.rootfs_of.unwrap_or(c.name));
-    if let Some(first) = first.filter(|n| n != super::warm::MADE_AHEAD_CONTAINER) {
+    // Names become host paths: validation admits only plain ones, checked again here (the
+    // plan checks them too, after this).
+    let first = first.filter(|n| {
+        n != super::warm::MADE_AHEAD_CONTAINER && hangar_api::validate::is_dir_safe_name(n)
+    });
+    if let Some(first) = first {
         let containers = dir.join("containers");
         // Should this fail, the start makes the container's dir itself; the empty one stays.
         let _ = std::fs::rename(

@@ -230,6 +230,7 @@ impl SandboxRuntime {
             pilot_exe: pilot_exe.clone(),
             io_devices: io_devices.clone(),
             network: net.is_some(),
+            machines_dir: machines_dir.clone(),
         })?;
         Ok(Self {
             io_devices,

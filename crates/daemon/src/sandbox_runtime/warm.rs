@@ -63,10 +63,16 @@ pub(super) struct PoolSetup {
     pub io_devices: Vec<String>,
     /// Machines get a veth: each sandbox is made with a spare one.
     pub network: bool,
+    /// Where machine dirs are: each sandbox comes with one made ahead when `dir` is on the
+    /// same filesystem (the take-over renames it there).
+    pub machines_dir: PathBuf,
 }
 
 pub(super) struct WarmPool {
     setup: PoolSetup,
+    /// Whether machine dirs are made ahead (`setup.dir` and the machines dir share a
+    /// filesystem).
+    dirs_ahead: bool,
     /// Part of its sandboxes' names: which uid-claims dir they were claimed in
     /// ([`crate::uid_slots::SlotClaims::place_tag`]).
     tag: String,
@@ -176,8 +182,14 @@ impl WarmPool {
         // Machine dirs are made here ahead, and their files would otherwise all go to this
         // dir's block group (see `mark_top_dir`).
         super::host::mark_top_dir(&setup.dir);
+        let dirs_ahead = {
+            use std::os::unix::fs::MetadataExt;
+            let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+            dev(&setup.dir).is_some_and(|d| Some(d) == dev(&setup.machines_dir))
+        };
         let resting = resting_size(setup.target);
         Ok(Some(Arc::new(Self {
+            dirs_ahead,
             tag: setup.slots.claims.place_tag(),
             setup,
             ready: Mutex::new(Vec::new()),
@@ -380,6 +392,7 @@ impl WarmPool {
             .ok_or_else(|| Made::Failed(failed("no free uid range for a warm sandbox")))?;
         let made = self.spawn(&name, slot).await;
         match made {
+            Ok(warm) if !self.dirs_ahead => Ok(warm),
             Ok(mut warm) => {
                 let dir = self.machine_dir_path(&name);
                 let uid_base = UID_BASE_START + slot * UID_RANGE;
@@ -549,6 +562,7 @@ impl WarmPool {
             .map(|w| w.name.clone())
             .collect();
         let ours = format!("{WARM_CGROUP_PREFIX}{}-", self.tag);
+        let ready_names = ready.clone();
         let claimed: Vec<String> = self
             .setup
             .slots
@@ -580,16 +594,29 @@ impl WarmPool {
             }
         })
         .await;
-        // The earlier run's Pilot logs and machine dirs made ahead.
-        if let Ok(rd) = std::fs::read_dir(&self.setup.dir) {
+        // The earlier run's Pilot logs and machine dirs made ahead (not those of sandboxes
+        // ready now, were there any).
+        let (dir, ready) = (self.setup.dir.clone(), ready_names);
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                return;
+            };
             for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let sandbox = name
+                    .strip_suffix(".log")
+                    .or_else(|| name.strip_suffix(".dir"));
+                if sandbox.is_some_and(|s| ready.iter().any(|r| r == s)) {
+                    continue;
+                }
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     let _ = std::fs::remove_dir_all(e.path());
                 } else {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
-        }
+        })
+        .await;
     }
 }
 
