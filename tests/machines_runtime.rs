@@ -1368,14 +1368,19 @@ fn uid_claims_of(holder: &str) -> usize {
         .count()
 }
 
-fn warm_cgroups() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/cgroup/memory/hangar")
+/// The names in `dir` that `keep` accepts (none if `dir` cannot be read).
+fn dir_names(dir: impl AsRef<std::path::Path>, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".warm-"))
+        .filter(|n| keep(n))
         .collect()
+}
+
+fn warm_cgroups() -> Vec<String> {
+    dir_names("/sys/fs/cgroup/memory/hangar", |n| n.starts_with(".warm-"))
 }
 
 /// Warm sandboxes (cgroup v1 hosts): a start takes over a sandbox made ahead, Pilot and all,
@@ -1387,13 +1392,7 @@ fn warm_cgroups() -> Vec<String> {
 async fn test_warm_sandboxes_are_taken_over_and_go_with_the_daemon() {
     /// The machine dirs made ahead for the daemon's warm sandboxes.
     fn made_ahead_dirs(d: &Daemon) -> Vec<String> {
-        std::fs::read_dir(d.data_dir.join("warm"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".dir"))
-            .collect()
+        dir_names(d.data_dir.join("warm"), |n| n.ends_with(".dir"))
     }
     if !std::path::Path::new("/sys/fs/cgroup/memory").exists() {
         eprintln!("skipped: warm sandboxes need cgroup v1 (v2 cannot rename a cgroup)");

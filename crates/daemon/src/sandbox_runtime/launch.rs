@@ -446,7 +446,7 @@ fn adopt_machine_dir(ahead: PathBuf, dir: &Path, config: &MachineConfig) -> bool
             tracing::debug!(error = %e, "taking the machine dir made ahead failed");
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || std::fs::remove_dir_all(ahead));
+            rt.spawn(super::warm::remove_machine_dir(ahead));
         }
         return false;
     }

@@ -130,20 +130,17 @@ pub(super) const MADE_AHEAD_CONTAINER: &str = "app";
 /// (upper, work) and root filesystem mount point. Made while no start runs, it spares the
 /// start a dozen metadata writes (~1 ms on a host whose ext4 takes 60–90 µs a `mkdir`).
 fn make_machine_dir(path: &Path, uid_base: u32) -> std::io::Result<()> {
-    let own = |p: &Path, uid: u32| std::os::unix::fs::lchown(p, Some(uid), Some(uid));
     std::fs::create_dir(path)?;
     let run = path.join(super::RUN_DIR);
-    std::fs::create_dir(&run)?;
-    let logs = run.join(hangar_pilot::spec::LOG_DIR);
-    std::fs::create_dir(&logs)?;
-    own(&logs, uid_base)?;
-    own(&run, uid_base)?;
+    std::fs::create_dir_all(run.join(hangar_pilot::spec::LOG_DIR))?;
+    super::host::chown_tree_nofollow(&run, uid_base)?;
     let container = path.join("containers").join(MADE_AHEAD_CONTAINER);
     std::fs::create_dir_all(&container)?;
     for d in ["upper", "work", "rootfs"] {
         std::fs::create_dir(container.join(d))?;
     }
-    own(&container.join("upper"), uid_base)?;
+    let upper = container.join("upper");
+    std::os::unix::fs::lchown(&upper, Some(uid_base), Some(uid_base))?;
     super::host::restrict_machine_dir(path, uid_base)
 }
 
@@ -392,24 +389,7 @@ impl WarmPool {
             .ok_or_else(|| Made::Failed(failed("no free uid range for a warm sandbox")))?;
         let made = self.spawn(&name, slot).await;
         match made {
-            Ok(warm) if !self.dirs_ahead => Ok(warm),
-            Ok(mut warm) => {
-                let dir = self.machine_dir_path(&name);
-                let uid_base = UID_BASE_START + slot * UID_RANGE;
-                let made = {
-                    let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || make_machine_dir(&dir, uid_base)).await
-                };
-                match made {
-                    Ok(Ok(())) => warm.machine_dir = Some(dir),
-                    // Its machine makes its dir itself.
-                    outcome => {
-                        tracing::debug!(?outcome, "making a machine dir ahead failed");
-                        remove_machine_dir(dir).await;
-                    }
-                }
-                Ok(warm)
-            }
+            Ok(warm) => Ok(self.with_machine_dir(warm).await),
             Err(e) => {
                 self.setup.slots.free(slot, &name);
                 let _ = std::fs::remove_file(self.log_path(&name));
@@ -422,8 +402,26 @@ impl WarmPool {
         self.setup.dir.join(format!("{name}.log"))
     }
 
-    fn machine_dir_path(&self, name: &str) -> PathBuf {
-        self.setup.dir.join(format!("{name}.dir"))
+    /// `warm` with a machine dir made ahead for its uid range, when this pool makes them and
+    /// making it works (otherwise its machine makes its dir itself).
+    async fn with_machine_dir(&self, mut warm: Warm) -> Warm {
+        if !self.dirs_ahead {
+            return warm;
+        }
+        let dir = self.setup.dir.join(format!("{}.dir", warm.name));
+        let uid_base = UID_BASE_START + warm.slot * UID_RANGE;
+        let made = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || make_machine_dir(&dir, uid_base)).await
+        };
+        match made {
+            Ok(Ok(())) => warm.machine_dir = Some(dir),
+            outcome => {
+                tracing::debug!(?outcome, "making a machine dir ahead failed");
+                remove_machine_dir(dir).await;
+            }
+        }
+        warm
     }
 
     async fn spawn(&self, name: &str, slot: u32) -> Result<Warm, Made> {
@@ -635,7 +633,7 @@ impl Drop for StartInFlight {
 }
 
 /// Removes a machine dir made ahead that no machine took (it holds empty dirs only).
-async fn remove_machine_dir(dir: PathBuf) {
+pub(super) async fn remove_machine_dir(dir: PathBuf) {
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
 }
 
