@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{registry, test_image, Daemon};
+use common::{registry, test_image, until, Daemon};
 use serde_json::{json, Value};
 
 fn escape_image() -> String {
@@ -284,11 +284,17 @@ async fn test_a_fork_bomb_is_contained_and_destroyable() {
     assert_eq!(r.status, 200, "destroy: {}", r.text());
     let r = d.get(&format!("/v1/apps/bomb/machines/{id}")).await;
     assert_eq!(r.status, 404, "destroyed machines are gone: {}", r.text());
-    // The cgroup (and with it every process of the bomb) is gone.
+    // The cgroup (and with it every process of the bomb) goes right after the answer.
     let cgroups = ["/sys/fs/cgroup/pids/hangar", "/sys/fs/cgroup/hangar"];
-    for root in cgroups {
-        assert!(!Path::new(root).join(&id).exists(), "{root}/{id} is left");
-    }
+    until(
+        || {
+            cgroups
+                .iter()
+                .all(|root| !Path::new(root).join(&id).exists())
+        },
+        "the bomb's cgroup removed",
+    )
+    .await;
 }
 
 /// A machine whose workload exits while the daemon is down gets its restart policy when the
@@ -543,15 +549,18 @@ async fn test_rootfs_size_is_enforced() {
     );
     assert!(!out.contains("wrote=0"), "the write must fail: {out}");
     d.destroy_machine("size", &id, true).await;
-    let loops = std::process::Command::new("losetup")
-        .arg("-a")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    assert!(
-        !loops.contains(&id),
-        "a loop device outlived the machine: {loops}"
-    );
+    let loops = || {
+        std::process::Command::new("losetup")
+            .arg("-a")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    until(
+        || !loops().contains(&id),
+        "the machine's loop device detached",
+    )
+    .await;
 }
 
 /// Two daemons on one host hand out different uid ranges (claimed host-wide).

@@ -521,6 +521,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits (up to 20 s) until `cond` holds. A destroy answers once the machine's processes are
+/// killed; what it held on the host is released right after, which tests wait for with this.
+pub async fn until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).
 pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {

@@ -336,15 +336,13 @@ pub async fn run(mut opts: DaemonOptions) -> anyhow::Result<()> {
             eprintln!("hangar: machine networking is off: machines have loopback only");
             None
         };
-        Arc::new(
-            sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, sandbox_runtime::RuntimeSettings {
-                log_retention: opts.log_retention,
-                net,
-                volumes: volumes.clone(),
-                warm_sandboxes: opts.warm_sandboxes,
-            })
-                .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?,
-        )
+        sandbox_runtime::SandboxRuntime::new(&opts.data_dir, image_store.clone(), pull.clone(), exits_tx, sandbox_runtime::RuntimeSettings {
+            log_retention: opts.log_retention,
+            net,
+            volumes: volumes.clone(),
+            warm_sandboxes: opts.warm_sandboxes,
+        })
+            .context("the machine sandbox is not usable on this host (set HANGAR_RUNTIME=none to run without it)")?
     };
     let hangar = tokio::task::block_in_place(|| {
         service::Hangar::new(

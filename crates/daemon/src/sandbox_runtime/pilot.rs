@@ -10,7 +10,8 @@ impl SandboxRuntime {
         m: &MachineRecord,
         state: &RuntimeState,
     ) -> Result<watch::Receiver<Option<MachineExit>>, RuntimeError> {
-        let pidfd = pidfd_open(state.pid).map_err(|e| failed(format!("pidfd_open: {e}")))?;
+        let pidfd =
+            Arc::new(pidfd_open(state.pid).map_err(|e| failed(format!("pidfd_open: {e}")))?);
         let (tx, rx) = watch::channel(None);
         // Registered before the watcher runs, so an instant exit still counts as current.
         self.running
@@ -22,6 +23,7 @@ impl SandboxRuntime {
                     state: state.clone(),
                     exited: rx.clone(),
                     stopping: false,
+                    pidfd: pidfd.clone(),
                 },
             );
         let exits = self.exits.clone();
@@ -297,7 +299,7 @@ pub(super) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 
 /// Waits for the process behind `pidfd` to exit and reaps it when it is our child (Pilot is
 /// reparented to the daemon, a subreaper). Returns (exit code, signal) when known.
-pub(super) async fn wait_pidfd(pidfd: OwnedFd) -> Option<(i32, Option<i32>)> {
+pub(super) async fn wait_pidfd(pidfd: impl AsRawFd) -> Option<(i32, Option<i32>)> {
     // SAFETY: we own the pidfd and it stays open for as long as the AsyncFd lives.
     let afd = unsafe { tokio::io::unix::AsyncFd::register(pidfd) }.ok()?;
     let _ = afd.readable().await.ok()?;

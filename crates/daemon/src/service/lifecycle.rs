@@ -472,10 +472,8 @@ impl Hangar {
             lease,
         )
         .await?;
-        if !stoppable {
-            let stopped = self.runtime.stop(&m, Signal::SIGKILL, Duration::ZERO).await;
-            self.or_fail(&mut m, "destroy", stopped).await?;
-        }
+        // The runtime kills what still runs, and answers once nothing of the machine runs
+        // (the rest of its release may follow the answer).
         let destroyed = self.runtime.destroy(&m).await;
         self.or_fail(&mut m, "destroy", destroyed).await?;
         let mid = m.id.clone();

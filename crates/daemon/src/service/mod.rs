@@ -433,9 +433,14 @@ impl Hangar {
         let event = Self::event(m, kind, state, source, request);
         let event_id = event.id.clone();
         // A machine coming up is not made durable by an fsync: after a power loss it does not
-        // run whatever the store says (hangar_store::Expect::observed). A start request's
-        // lease is still checked in the same transaction.
-        let observed = matches!(state, MachineState::Starting | MachineState::Started);
+        // run whatever the store says (hangar_store::Expect::observed). Nor is one going: the
+        // `destroyed` (or `failed`) write that follows `destroying` syncs it, and a machine
+        // found `started` after a power loss runs nothing either. A request's lease is still
+        // checked in the same transaction.
+        let observed = matches!(
+            state,
+            MachineState::Starting | MachineState::Started | MachineState::Destroying
+        );
         if let Err(e) = self.save_with(m, false, Some(event), lease, observed).await {
             m.state = from;
             // A reservation made for this transition (a start's admission) is given back.
