@@ -182,12 +182,17 @@ async fn test_invalid_utf8_and_logs_after_destroy() {
         "kept after destroy"
     );
     assert_eq!(messages(logs(None).await), got);
+    // Archived by the release that follows the destroy's answer.
     let archived = d.data_dir.join("logs").join(&id);
+    common::until(
+        || archived.join("app.log").is_file(),
+        "the destroyed machine's logs archived",
+    )
+    .await;
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(d.data_dir.join("logs"))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700, "the archive is root's alone");
-    assert!(archived.join("app.log").is_file());
 }

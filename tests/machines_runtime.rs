@@ -684,6 +684,61 @@ fn cgroup_exists(id: &str) -> bool {
     }
 }
 
+/// A destroy answers before its machine's release is done: a daemon stopped right after still
+/// finishes the release (shutdown waits for it), and one killed right after leaves the rest to
+/// its next start, which also keeps the machine's logs as a destroy does.
+#[tokio::test]
+async fn test_releases_outlive_neither_shutdown_nor_a_crash() {
+    let mut d = Daemon::start_with_runtime().await;
+    d.create_app("rel").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let script = "echo hello-release; exec sh -c 'sleep 300; true' hangar-release-check";
+        ids.push(run(&d, "rel", script, json!({})).await);
+    }
+    for m in &ids {
+        d.wait_state("rel", m, "started").await;
+        until_logged(&d, m, "hello-release").await;
+    }
+    let machines = d.data_dir.join("machines");
+    let gone = |m: &String| !cgroup_exists(m) && !machines.join(m).exists();
+    // Destroyed, then the daemon killed at once: the next start finishes the releases.
+    for m in &ids[..2] {
+        d.destroy_machine("rel", m, true).await;
+    }
+    d.kill9();
+    d.restart().await;
+    until(
+        || ids[..2].iter().all(gone),
+        "releases finished at start-up",
+    )
+    .await;
+    for m in &ids[..2] {
+        let kept = d.data_dir.join("logs").join(m).join("app.log");
+        let text = std::fs::read_to_string(&kept).unwrap_or_default();
+        assert!(text.contains("hello-release"), "{m}'s logs kept: {text:?}");
+    }
+    // Destroyed, then the daemon stopped at once: it stops only once they are released.
+    for m in &ids[2..] {
+        d.destroy_machine("rel", m, true).await;
+    }
+    assert!(d.terminate().success());
+    for m in &ids[2..] {
+        assert!(gone(m), "{m} released before the daemon stopped");
+    }
+    let (mounts, _) = count_host_state(&d.data_dir);
+    assert_eq!(mounts, 0, "mounts left behind");
+    let procs = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains("hangar-release-check"))
+        })
+        .count();
+    assert_eq!(procs, 0, "processes left behind");
+}
+
 #[tokio::test]
 async fn test_destroying_machines_leaves_nothing_behind() {
     let d = Daemon::start_with_runtime().await;

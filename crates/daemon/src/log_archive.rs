@@ -18,7 +18,10 @@ pub fn archive_dir(machines_dir: &Path) -> PathBuf {
 /// Moves the logs dir `live` of machine `id` into the archive; with a zero `retention` the
 /// logs are not kept. Best effort: a machine's teardown never fails over its logs.
 pub fn archive(live: &Path, archive: &Path, id: &str, retention: Duration) {
-    if retention.is_zero() || !live.is_dir() {
+    // The logs dir is in the machine's run dir, which its uid could write while it ran: a
+    // link planted there is not followed (nor its target's time stamp set below).
+    let is_dir = live.symlink_metadata().is_ok_and(|m| m.is_dir());
+    if retention.is_zero() || !is_dir {
         return;
     }
     if let Err(e) = create_private_dir(archive) {

@@ -124,7 +124,9 @@ pub trait Runtime: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Option<MachineExit>, RuntimeError>;
     /// Releases everything the machine holds on the host (processes, mounts, cgroups, dirs).
-    /// Its logs are kept for the retention period (crate::log_archive).
+    /// Its logs are kept for the retention period (crate::log_archive). May return once every
+    /// process of the machine has been sent SIGKILL, with the rest of the release following
+    /// in the background (a runtime that does so finishes it before its shutdown returns).
     async fn destroy(&self, machine: &MachineRecord) -> Result<(), RuntimeError>;
     /// Removes what is left on the host of machines not in `live` (start-up clean-up).
     async fn sweep(&self, _live: &std::collections::HashSet<String>) {}

@@ -147,7 +147,7 @@ pub(super) fn append_platform_log(run_dir: &Path, line: &str) -> std::io::Result
 /// Name prefix of what is moved out of a machine's way to be removed in the background, in
 /// the machines dir (a start-up sweep removes any a crash left): the trash bin below, and the
 /// per-dir trash dirs of earlier versions.
-const TRASH_PREFIX: &str = ".trash-";
+pub(super) const TRASH_PREFIX: &str = ".trash-";
 /// The trash bin in the machines dir (mode 0700: what a machine's uid owns, a container's
 /// writable layer with the files its secrets went to, stays out of everyone else's reach until
 /// it is removed), made once and kept.
@@ -166,18 +166,31 @@ pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Optio
     match std::fs::rename(dir, &target) {
         Ok(()) => Ok(Some(target)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Either `dir` is gone already (a second clean-up) or the bin is not made yet.
+            // Either `dir` is gone already (a second clean-up) or the bin is not there (made
+            // at start-up; this is a fallback). Made (by this call or a concurrent one), the
+            // rename is tried once more, and NotFound then means `dir` is gone.
             match std::fs::DirBuilder::new().mode(0o700).create(&bin) {
-                Ok(()) => match std::fs::rename(dir, &target) {
+                Err(made) if made.kind() != std::io::ErrorKind::AlreadyExists => Err(made),
+                _ => match std::fs::rename(dir, &target) {
                     Ok(()) => Ok(Some(target)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(e),
                 },
-                Err(made) if made.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
-                Err(made) => Err(made),
             }
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Makes the machines dir's trash bin (mode 0700, root's) if it is not there.
+pub(super) fn make_trash_bin(machines_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(machines_dir.join(TRASH_BIN))
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -240,19 +253,20 @@ pub(super) fn empty_trash(trash: Vec<PathBuf>) {
 }
 
 /// Removes every trashed directory now (daemon start-up and shutdown), beside the collector if
-/// it is at work on some of them.
+/// it is at work on some of them. The bin itself stays (emptied): a move into it never finds
+/// it missing.
 pub(super) fn remove_trash_now(machines_dir: &Path) {
     let Ok(rd) = std::fs::read_dir(machines_dir) else {
         return;
     };
-    for entry in rd.flatten() {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(TRASH_PREFIX)
-        {
-            continue;
-        }
+    let bin = machines_dir.join(TRASH_BIN);
+    let in_bin = std::fs::read_dir(&bin).into_iter().flatten().flatten();
+    let trash_dirs = rd.flatten().filter(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with(TRASH_PREFIX) && name != TRASH_BIN
+    });
+    for entry in trash_dirs.chain(in_bin) {
         match std::fs::remove_dir_all(entry.path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(dir = %entry.path().display(), error = %e, "removing a trashed dir failed");

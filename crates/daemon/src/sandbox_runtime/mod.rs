@@ -124,11 +124,17 @@ pub struct SandboxRuntime {
     me: Weak<SandboxRuntime>,
 }
 
-/// How long a killed machine's Pilot gets to end before it is taken for frozen (a suspended
-/// machine's tasks die only once thawed); ending takes a few milliseconds otherwise.
+/// How long a killed machine's Pilot gets to end before it is taken for frozen (on cgroup v1
+/// a suspended machine's tasks die only once thawed); ending takes a few milliseconds otherwise.
 const KILLED_EXIT_GRACE: Duration = Duration::from_millis(200);
 /// How long shutdown waits for destroyed machines' releases (a start-up sweep finishes any).
 const TEARDOWN_SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// Pauses before a failed release is tried again (a cgroup still busy, a mount still in use).
+const RELEASE_RETRIES: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
 
 pub(crate) use crate::runtime::failed;
 
@@ -214,6 +220,7 @@ impl SandboxRuntime {
         let machines_dir = data_dir.join("machines");
         std::fs::create_dir_all(&machines_dir)?;
         host::mark_top_dir(&machines_dir);
+        host::make_trash_bin(&machines_dir)?;
         check_traversable(data_dir)?;
         // Machine roots are unprivileged host uids; they must be able to reach their own
         // machine dir (but not list anything above it).
@@ -517,13 +524,21 @@ impl Runtime for SandboxRuntime {
         // mount must be gone by then. Everything else of the machine is its own (its dirs,
         // cgroup, uid range and veth are never handed out while it holds them), so it is
         // released after the answer; a start-up sweep finishes what a crash interrupted.
+        // Once shutdown waits for the releases, a destroy (one still running, an
+        // auto_destroy) releases before it answers, so that nothing is cut off.
         let holds_volume = m.config.mounts.as_ref().is_some_and(|v| !v.is_empty());
         match self.me.upgrade() {
-            Some(me) if !holds_volume => {
+            Some(me) if !holds_volume && !self.teardowns.is_closed() => {
                 let m = m.clone();
                 self.teardowns.spawn(async move {
-                    if let Err(error) = me.release(&m).await {
-                        tracing::warn!(machine = %m.id, %error, "releasing a destroyed machine's host resources failed; the next start-up finishes it");
+                    let mut retries = RELEASE_RETRIES.iter();
+                    while let Err(error) = me.release(&m).await {
+                        let Some(pause) = retries.next() else {
+                            tracing::error!(machine = %m.id, %error, "releasing a destroyed machine's host resources failed; the next start-up finishes it");
+                            return;
+                        };
+                        tracing::warn!(machine = %m.id, %error, "releasing a destroyed machine's host resources failed; trying again in {pause:?}");
+                        tokio::time::sleep(*pause).await;
                     }
                 });
                 Ok(())
@@ -541,11 +556,19 @@ impl Runtime for SandboxRuntime {
         };
         for entry in rd.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            if live.contains(&id) {
+            if live.contains(&id) || id.starts_with(TRASH_PREFIX) {
                 continue;
             }
             tracing::info!(machine = %id, "removing what a destroyed machine left behind");
             let _ = self.cleanup(&id, false).await;
+            // Its logs are kept as a destroy keeps them (a release cut off by a crash).
+            let live_logs = entry.path().join(RUN_DIR).join("logs");
+            let archive = crate::log_archive::archive_dir(&self.machines_dir);
+            let keep = self.log_retention;
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::log_archive::archive(&live_logs, &archive, &id, keep)
+            })
+            .await;
             let _ = remove_dir(entry.path()).await;
         }
         // cgroups retired (emptied and moved aside) whose reaper did not finish, by this daemon

@@ -94,7 +94,7 @@ impl Hangar {
             }
         }
         // As on Fly (reference 1.1): machines that are stopped or never started go with the
-        // app; only running ones need `force` (which stops them first).
+        // app; only running ones need `force` (which kills them).
         let running: Vec<&MachineRecord> = machines
             .iter()
             .filter(|m| m.state.may_be_running())

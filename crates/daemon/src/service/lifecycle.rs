@@ -472,8 +472,8 @@ impl Hangar {
             lease,
         )
         .await?;
-        // The runtime kills what still runs, and answers once nothing of the machine runs
-        // (the rest of its release may follow the answer).
+        // The runtime kills what still runs (SIGKILL sent, the processes may still be ending)
+        // and may release the rest after the answer.
         let destroyed = self.runtime.destroy(&m).await;
         self.or_fail(&mut m, "destroy", destroyed).await?;
         let mid = m.id.clone();
