@@ -23,8 +23,6 @@ use tokio::sync::oneshot;
 
 use crate::spec::ExecResult;
 
-/// Stack for the cloned child; it only runs the setup code before exec.
-const CHILD_STACK: usize = 1 << 20;
 /// Output kept per stream; the rest is read and dropped so the command never blocks on a pipe.
 const MAX_OUTPUT: usize = 1 << 20;
 /// After the command exits, how long its leftover children may keep the pipes open.
@@ -135,7 +133,6 @@ pub fn spawn_with(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let process = process.clone();
     let argv = argv.to_vec();
-    let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
         // The parent reads the failure with its kind first: `S` setup, else the command's
         // exit code (3 digits) then the message.
@@ -158,8 +155,9 @@ pub fn spawn_with(
         .map_err(|e| format!("entering the container's pid namespace: {e}"))?;
     // SAFETY: Pilot is single-threaded, so the child (a copy of this process, no CLONE_VM) can
     // run ordinary Rust code until it execs.
-    let cloned =
-        unsafe { nix::sched::clone(child, &mut stack, CloneFlags::empty(), Some(libc::SIGCHLD)) };
+    let cloned = crate::clone_stack::with_stack(|stack| unsafe {
+        nix::sched::clone(child, stack, CloneFlags::empty(), Some(libc::SIGCHLD))
+    });
     // Containers started later must get fresh pid namespaces under Pilot's own, never under
     // this container's: going back is not optional.
     if let Err(e) = nix::sched::setns(own_pid_ns.as_fd(), CloneFlags::CLONE_NEWPID) {

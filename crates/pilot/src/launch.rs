@@ -12,9 +12,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::logs::LogFile;
 use crate::spec::ContainerSpec;
 
-/// Stack for the cloned container child; it only runs the setup code before exec.
-const CHILD_STACK: usize = 1 << 20;
-
 /// Where a container's output comes from.
 pub enum Output {
     /// stdout and stderr pipes.
@@ -57,7 +54,6 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
         None
     };
     let process = c.process.clone();
-    let mut stack = vec![0u8; CHILD_STACK];
     let child = Box::new(|| {
         let msg = match &tty_socket {
             Some((_, child_end)) => hangar_sandbox::container::exec_container_on_tty(
@@ -88,14 +84,14 @@ pub fn start_container(c: &ContainerSpec) -> Result<Launched, String> {
     });
     // SAFETY: Pilot is single-threaded, so the child (a copy of this process, no CLONE_VM) can
     // run ordinary Rust code until it execs.
-    let pid = unsafe {
+    let pid = crate::clone_stack::with_stack(|stack| unsafe {
         nix::sched::clone(
             child,
-            &mut stack,
+            stack,
             CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID,
             Some(libc::SIGCHLD),
         )
-    }
+    })
     .map_err(|e| format!("clone: {e}"))?;
     drop((out_w, err_w, exec_w, status_w));
     // The exec pipe carries READY_TO_EXEC when the workload is about to exec, or why the

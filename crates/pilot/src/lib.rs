@@ -5,6 +5,7 @@
 
 mod attach;
 mod checks;
+mod clone_stack;
 mod control;
 mod exec;
 pub mod graph;
