@@ -638,17 +638,18 @@ fn count_host_state(data_dir: &std::path::Path) -> (usize, usize) {
                 .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string)),
         );
     }
-    let mounts = points.len();
-    let procs = std::fs::read_dir("/proc")
+    (points.len(), procs_named("hangar-leak-check"))
+}
+
+/// Processes on the host whose command line contains `marker`.
+fn procs_named(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("cmdline"))
-                .map(|c| c.contains("hangar-leak-check"))
-                .unwrap_or(false)
+            std::fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c.contains(marker))
         })
-        .count();
-    (mounts, procs)
+        .count()
 }
 
 /// The machines (by id) whose dirs have mounts in each mount namespace on the host.
@@ -728,15 +729,11 @@ async fn test_releases_outlive_neither_shutdown_nor_a_crash() {
     }
     let (mounts, _) = count_host_state(&d.data_dir);
     assert_eq!(mounts, 0, "mounts left behind");
-    let procs = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("cmdline"))
-                .is_ok_and(|c| c.contains("hangar-release-check"))
-        })
-        .count();
-    assert_eq!(procs, 0, "processes left behind");
+    assert_eq!(
+        procs_named("hangar-release-check"),
+        0,
+        "processes left behind"
+    );
 }
 
 #[tokio::test]

@@ -160,25 +160,21 @@ const TRASH_BIN: &str = ".trash-bin";
 /// groups that the machines dir's `+T` asks for: ~1 ms of CPU per create/destroy loop).
 /// Returns where it went, for [`empty_trash`].
 pub(super) fn to_trash(machines_dir: &Path, dir: &Path) -> std::io::Result<Option<PathBuf>> {
-    use std::os::unix::fs::DirBuilderExt;
-    let bin = machines_dir.join(TRASH_BIN);
-    let target = bin.join(format!("{:016x}", rand::random::<u64>()));
+    let target = machines_dir
+        .join(TRASH_BIN)
+        .join(format!("{:016x}", rand::random::<u64>()));
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     match std::fs::rename(dir, &target) {
-        Ok(()) => Ok(Some(target)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Either `dir` is gone already (a second clean-up) or the bin is not there (made
-            // at start-up; this is a fallback). Made (by this call or a concurrent one), the
-            // rename is tried once more, and NotFound then means `dir` is gone.
-            match std::fs::DirBuilder::new().mode(0o700).create(&bin) {
-                Err(made) if made.kind() != std::io::ErrorKind::AlreadyExists => Err(made),
-                _ => match std::fs::rename(dir, &target) {
-                    Ok(()) => Ok(Some(target)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                },
+        // Either `dir` is gone already (a second clean-up) or the bin is not there (it is made
+        // at start-up; this is a fallback): with the bin there, NotFound means `dir` is gone.
+        Err(e) if not_found(&e) => {
+            make_trash_bin(machines_dir)?;
+            match std::fs::rename(dir, &target) {
+                Err(e) if not_found(&e) => Ok(None),
+                renamed => renamed.map(|()| Some(target)),
             }
         }
-        Err(e) => Err(e),
+        renamed => renamed.map(|()| Some(target)),
     }
 }
 

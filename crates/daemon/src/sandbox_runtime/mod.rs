@@ -339,6 +339,17 @@ impl SandboxRuntime {
         }
     }
 
+    /// Moves a destroyed machine's logs dir into the log archive (crate::log_archive).
+    async fn archive_logs(&self, id: &str) {
+        let live = self.run_dir(id).join("logs");
+        let archive = crate::log_archive::archive_dir(&self.machines_dir);
+        let (id, keep) = (id.to_string(), self.log_retention);
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::log_archive::archive(&live, &archive, &id, keep)
+        })
+        .await;
+    }
+
     /// Releases everything a destroyed (and [killed](Self::kill)) machine holds on the host:
     /// its processes once ended, mounts, cgroup, uid range and dirs; its logs are archived.
     async fn release(&self, m: &MachineRecord) -> Result<(), RuntimeError> {
@@ -363,13 +374,7 @@ impl SandboxRuntime {
         self.cleanup(&m.id, false).await?;
         let dir = self.machine_dir(&m.id);
         // The logs outlive the machine (crate::log_archive); everything else goes now.
-        let live = dir.join(RUN_DIR).join("logs");
-        let archive = crate::log_archive::archive_dir(&self.machines_dir);
-        let (id, keep) = (m.id.clone(), self.log_retention);
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::log_archive::archive(&live, &archive, &id, keep)
-        })
-        .await;
+        self.archive_logs(&m.id).await;
         // Gone from its place now (a machine dir's removal took 1–6 ms here), removed by the
         // trash collector.
         match to_trash(&self.machines_dir, &dir) {
@@ -562,13 +567,7 @@ impl Runtime for SandboxRuntime {
             tracing::info!(machine = %id, "removing what a destroyed machine left behind");
             let _ = self.cleanup(&id, false).await;
             // Its logs are kept as a destroy keeps them (a release cut off by a crash).
-            let live_logs = entry.path().join(RUN_DIR).join("logs");
-            let archive = crate::log_archive::archive_dir(&self.machines_dir);
-            let keep = self.log_retention;
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::log_archive::archive(&live_logs, &archive, &id, keep)
-            })
-            .await;
+            self.archive_logs(&id).await;
             let _ = remove_dir(entry.path()).await;
         }
         // cgroups retired (emptied and moved aside) whose reaper did not finish, by this daemon
