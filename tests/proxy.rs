@@ -905,7 +905,14 @@ async fn dedicated_addresses_give_apps_their_own_raw_tcp_ports() {
         ("127.0.0.3", "db2"),
         ("127.0.0.1", "db3"),
     ] {
-        let resp = raw_get(ip, 18700, "/hostname").await;
+        // `started` means the workload was forked, not that it listens yet: a raw TCP
+        // connection before that is closed empty, so it is tried again for a while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut resp = raw_get(ip, 18700, "/hostname").await;
+        while resp.is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            resp = raw_get(ip, 18700, "/hostname").await;
+        }
         assert!(resp.contains(ids[app].as_str()), "{ip} -> {app}: {resp}");
     }
     let list: Value = d.get("/v1/apps/db1/ip_assignments").await.json().unwrap();
