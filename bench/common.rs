@@ -158,3 +158,23 @@ pub async fn create_sleeper(c: &Client, app: &str, image: &str) -> (String, Dura
     });
     create_started(c, app, config).await
 }
+
+/// CPU time (user + system, seconds) the processes `pids` have used so far, from
+/// `/proc/PID/stat` (every thread of each). CPU per request is the steadier figure when the host
+/// is noisy: requests/s moves with whatever else runs, the work a request costs does not.
+#[allow(dead_code)] // not every runner measures CPU
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces), from the state on:
+            // utime and stime are the 12th and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}

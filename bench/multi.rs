@@ -35,15 +35,6 @@ async fn run(c: &Client, app: &str, containers: Vec<Value>) -> (String, Duration
     common::create_started(c, app, config).await
 }
 
-fn cpu_ticks(pid: i64) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     common::check_args(&[], "bench_multi: create to all containers started for a 5-container chain gated by checks, and Pilot's CPU supervising 20 containers");
@@ -111,17 +102,14 @@ async fn main() {
     let pid = state["pid"].as_i64().expect("pilot pid");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let window = Duration::from_secs(30);
-    let before = cpu_ticks(pid);
+    let before = common::cpu_seconds(&[pid as u32]);
     tokio::time::sleep(window).await;
-    let after = cpu_ticks(pid);
-    // SAFETY: sysconf with a constant name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = (after - before) as f64 / hz / window.as_secs_f64() * 100.0;
+    let used = common::cpu_seconds(&[pid as u32]) - before;
     println!(
-        "  Pilot CPU over {}s: {:.2}% of one core ({} ticks)",
+        "  Pilot CPU over {}s: {:.2}% of one core ({:.2} s)",
         window.as_secs(),
-        cpu,
-        after - before
+        used / window.as_secs_f64() * 100.0,
+        used
     );
     let m: Value = c
         .get(format!("/v1/apps/multi/machines/{id}"))

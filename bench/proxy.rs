@@ -51,6 +51,15 @@ fn wrk(url: &str, seconds: u64, connections: u64) -> Option<(f64, f64, f64)> {
     Some((rps, ms(&field("50%")?)?, ms(&field("99%")?)?))
 }
 
+/// The worker processes of the nginx whose master is `master`.
+fn children(master: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Time to the first byte of the response to a GET on `port`.
 async fn first_byte(port: u16) -> Duration {
     let t0 = Instant::now();
@@ -126,6 +135,22 @@ async fn main() {
         }
         None => println!("  {name:<28} failed (is wrk installed?)"),
     };
+    // A proxy's CPU per request: what its processes used during the run over the requests
+    // served.
+    let through = |name: &str, url: &str, pids: &[u32]| {
+        let before = common::cpu_seconds(pids);
+        let r = wrk(url, seconds, connections);
+        let used = common::cpu_seconds(pids) - before;
+        let per_request = r.map(|(rps, _, _)| used / (rps * seconds as f64).max(1.0) * 1e6);
+        if let (Some((rps, p50, p99)), Some(us)) = (r, per_request) {
+            println!(
+                "  {name:<28} {rps:>9.0} req/s   p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   {us:>5.1} µs CPU/request"
+            );
+        } else {
+            show(name, r);
+        }
+        r.zip(per_request)
+    };
     // Two nginx configurations: the bare `proxy_pass` (what nginx does when told nothing), and
     // the same job as Hangar's proxy: the client's Host, and Fly's request and response headers
     // (what a reverse proxy in front of web apps is configured to send, and what costs the
@@ -171,6 +196,8 @@ async fn main() {
     println!(
         "proxy throughput ({rounds} rounds of {seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):"
     );
+    let daemon = [d.child.id()];
+    let workers = nginx.as_ref().map(|n| children(n.id())).unwrap_or_default();
     let (mut bare, mut same) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!(" round {round}:");
@@ -180,16 +207,25 @@ async fn main() {
             connections,
         );
         show("direct to the machine", direct);
-        let hangar = wrk("http://127.0.0.1:18090/index.html", seconds, connections);
-        show("through hangar's proxy", hangar);
+        let hangar = through(
+            "through hangar's proxy",
+            "http://127.0.0.1:18090/index.html",
+            &daemon,
+        );
         if nginx.is_ok() {
-            let n = wrk("http://127.0.0.1:18091/index.html", seconds, connections);
-            show("through nginx, bare", n);
-            let s = wrk("http://127.0.0.1:18092/index.html", seconds, connections);
-            show("through nginx, same headers", s);
+            let n = through(
+                "through nginx, bare",
+                "http://127.0.0.1:18091/index.html",
+                &workers,
+            );
+            let s = through(
+                "through nginx, same headers",
+                "http://127.0.0.1:18092/index.html",
+                &workers,
+            );
             if let (Some(h), Some(n), Some(s)) = (hangar, n, s) {
-                bare.push(h.0 / n.0.max(1e-9));
-                same.push(h.0 / s.0.max(1e-9));
+                bare.push((h.0 .0 / n.0 .0.max(1e-9), h.1 / n.1.max(1e-9)));
+                same.push((h.0 .0 / s.0 .0.max(1e-9), h.1 / s.1.max(1e-9)));
             }
         } else {
             println!("  nginx: skipped (apt install nginx)");
@@ -201,6 +237,11 @@ async fn main() {
         let _ = Command::new("kill").arg(nginx.id().to_string()).status();
         let _ = nginx.wait();
     }
+    let median = |mut v: Vec<f64>| {
+        let shown: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], shown.join(", "))
+    };
     for (ratios, what) in [
         (same, "nginx sending the same headers"),
         (bare, "bare nginx (no forwarding headers)"),
@@ -208,14 +249,10 @@ async fn main() {
         if ratios.is_empty() {
             continue;
         }
-        let mut ratios = ratios;
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "  hangar vs {what}: {:.2}x the throughput (median; rounds {})",
-            ratios[ratios.len() / 2],
-            shown.join(", ")
-        );
+        let (throughput, rounds) = median(ratios.iter().map(|r| r.0).collect());
+        println!("  hangar vs {what}: {throughput:.2}x the throughput (median; rounds {rounds})");
+        let (cpu, rounds) = median(ratios.iter().map(|r| r.1).collect());
+        println!("    and {cpu:.2}x the CPU per request (median; rounds {rounds})");
     }
 
     // Added latency without queueing: one connection, one request at a time.
