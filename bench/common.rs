@@ -178,3 +178,13 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum::<f64>()
         / ticks
 }
+
+/// The child processes of `pid` (its main thread's).
+#[allow(dead_code)] // not every runner looks at processes
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}

@@ -435,13 +435,8 @@ async fn main() {
             continue;
         };
         pilot_pss += pss_kib(pid as i32);
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for child in children
-            .split_whitespace()
-            .filter_map(|c| c.parse::<i32>().ok())
-        {
-            sleep_pss += pss_kib(child);
+        for child in common::children(pid as u32) {
+            sleep_pss += pss_kib(child as i32);
         }
     }
     let daemon_after = rss_kib(d.child.id());

@@ -51,15 +51,6 @@ fn wrk(url: &str, seconds: u64, connections: u64) -> Option<(f64, f64, f64)> {
     Some((rps, ms(&field("50%")?)?, ms(&field("99%")?)?))
 }
 
-/// The worker processes of the nginx whose master is `master`.
-fn children(master: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 /// Time to the first byte of the response to a GET on `port`.
 async fn first_byte(port: u16) -> Duration {
     let t0 = Instant::now();
@@ -135,8 +126,8 @@ async fn main() {
         }
         None => println!("  {name:<28} failed (is wrk installed?)"),
     };
-    // A proxy's CPU per request: what its processes used during the run over the requests
-    // served.
+    // A proxy's requests/s and CPU per request (µs): what its processes used during the run
+    // over the requests served.
     let through = |name: &str, url: &str, pids: &[u32]| {
         let before = common::cpu_seconds(pids);
         let r = wrk(url, seconds, connections);
@@ -149,7 +140,7 @@ async fn main() {
         } else {
             show(name, r);
         }
-        r.zip(per_request)
+        r.map(|(rps, _, _)| rps).zip(per_request)
     };
     // Two nginx configurations: the bare `proxy_pass` (what nginx does when told nothing), and
     // the same job as Hangar's proxy: the client's Host, and Fly's request and response headers
@@ -197,7 +188,10 @@ async fn main() {
         "proxy throughput ({rounds} rounds of {seconds} s, {connections} connections, 2 threads, one nginx machine as the backend):"
     );
     let daemon = [d.child.id()];
-    let workers = nginx.as_ref().map(|n| children(n.id())).unwrap_or_default();
+    let workers = nginx
+        .as_ref()
+        .map(|n| common::children(n.id()))
+        .unwrap_or_default();
     let (mut bare, mut same) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!(" round {round}:");
@@ -224,8 +218,8 @@ async fn main() {
                 &workers,
             );
             if let (Some(h), Some(n), Some(s)) = (hangar, n, s) {
-                bare.push((h.0 .0 / n.0 .0.max(1e-9), h.1 / n.1.max(1e-9)));
-                same.push((h.0 .0 / s.0 .0.max(1e-9), h.1 / s.1.max(1e-9)));
+                bare.push((h.0 / n.0.max(1e-9), h.1 / n.1.max(1e-9)));
+                same.push((h.0 / s.0.max(1e-9), h.1 / s.1.max(1e-9)));
             }
         } else {
             println!("  nginx: skipped (apt install nginx)");
